@@ -1,0 +1,134 @@
+"""The paper's training recipes, in one place, for the config files to build on.
+
+Every value here is a DSpark-paper setting (block 7, 5 draft layers, 512
+anchors, Markov rank 256, loss weights, lr 6e-4, warmup 4%, global batch 512,
+10 epochs, bf16, max length 4096). The config files under ``config/`` name the
+target and what differs per algorithm; anything can still be overridden with
+``--opts``.
+
+Target layer ids: we spread five ids evenly from layer 1 to layer L-3
+(``spread_layer_ids``): early enough to see token identity, late enough to see
+the target's next-token plan, and never the last layer (whose output is the
+post-norm state we store separately). For Qwen3-4B (36 layers) this gives the
+paper's [1, 9, 17, 25, 33].
+"""
+
+from __future__ import annotations
+
+import os
+
+# Family facts the configs need before any model is loaded.
+QWEN3_MASK_TOKEN_ID = 151669  # first unused row after Qwen3's 151,669 tokenizer entries
+GEMMA4_MASK_TOKEN_ID = 4  # Gemma's reserved <mask> token
+TARGET_NUM_LAYERS = {
+    "Qwen/Qwen3-4B": 36,
+    "Qwen/Qwen3-8B": 36,
+    "Qwen/Qwen3-14B": 40,
+    "google/gemma-4-12B-it": 48,
+}
+
+
+def spread_layer_ids(num_layers: int, *, count: int = 5, first: int = 1) -> list[int]:
+    """``count`` evenly spaced ids from ``first`` to ``num_layers - 3`` (inclusive)."""
+    last = num_layers - 3
+    if last - first < count - 1:
+        raise ValueError(f"{num_layers} layers are too few for {count} distinct ids in [{first}, {last}]")
+    step = (last - first) / (count - 1)
+    return [round(first + i * step) for i in range(count)]
+
+
+def default_tiny_target_dir() -> str:
+    """Where the locally built tiny target lives (env ``DEEPSPEC_TINY_TARGET`` wins)."""
+    return os.environ.get("DEEPSPEC_TINY_TARGET") or os.path.expanduser("~/.cache/deepspec/tiny_target")
+
+
+def parallel_drafter_model(*, algorithm: str, target: str, target_layer_ids: list[int], mask_token_id: int) -> dict:
+    """DSpark (Markov + confidence heads, CE+L1+BCE) or DFlash (no heads, CE only)."""
+    dspark = algorithm == "dspark"
+    return dict(
+        algorithm=algorithm,
+        target_model_name_or_path=target,
+        block_size=7,
+        num_draft_layers=5,
+        target_layer_ids=list(target_layer_ids),
+        mask_token_id=mask_token_id,
+        num_anchors=512,
+        markov_rank=256 if dspark else 0,  # 0 = DFlash
+        markov_head_type="vanilla",
+        confidence_head_alpha=1.0 if dspark else 0.0,
+        confidence_head_with_markov=dspark,
+        loss_decay_gamma=4.0,
+        ce_loss_alpha=0.1 if dspark else 1.0,
+        l1_loss_alpha=0.9 if dspark else 0.0,
+        attention_backend="auto",  # flex on CUDA, sdpa with an explicit mask on CPU
+    )
+
+
+def eagle3_model(*, target: str, target_layer_ids: list[int]) -> dict:
+    """One-layer autoregressive draft trained with a 7-step training-time test."""
+    return dict(
+        algorithm="eagle3",
+        target_model_name_or_path=target,
+        num_draft_layers=1,
+        target_layer_ids=list(target_layer_ids),
+        ttt_length=7,
+        step_loss_decay=0.8,
+        attention_backend="auto",
+    )
+
+
+def paper_train(*, trainer_cls: str) -> dict:
+    return dict(
+        trainer_cls=trainer_cls,
+        lr=6.0e-4,
+        warmup_ratio=0.04,
+        weight_decay=0.0,
+        adam_betas=[0.9, 0.95],
+        precision="bf16",
+        local_batch_size=1,
+        global_batch_size=512,
+        num_train_epochs=10,
+        max_train_steps=None,
+        max_grad_norm=1.0,
+        sharding_strategy="no_shard",  # DDP; full_shard / shard_grad_op = FSDP
+        torch_compile=False,
+    )
+
+
+def paper_logging() -> dict:
+    return dict(
+        logging_steps=10,
+        checkpointing_steps=3000,
+        checkpoint_dir=None,  # derived by finalize_cfg
+        tensorboard_dir=None,  # derived by finalize_cfg
+    )
+
+
+def paper_data(*, chat_template: str) -> dict:
+    return dict(
+        target_cache_path=None,
+        train_data_paths=[],
+        chat_template=chat_template,
+        max_length=4096,
+        min_loss_tokens=14,
+        num_workers=4,
+    )
+
+
+def tiny_overrides(model: dict, train: dict, logging: dict, data: dict) -> None:
+    """Shrink a paper recipe so it trains in minutes on 2 CPU cores (same relative shape)."""
+    model["target_model_name_or_path"] = default_tiny_target_dir()
+    if "num_anchors" in model:
+        model["num_anchors"] = 32
+        model["markov_rank"] = min(model["markov_rank"], 64)
+    train.update(lr=2.0e-3, local_batch_size=4, global_batch_size=16, num_train_epochs=1, max_train_steps=200)
+    logging.update(logging_steps=10, checkpointing_steps=100)
+    data.update(max_length=512, min_loss_tokens=4, num_workers=0)
+
+
+def derive_output_dirs(cfg):
+    """Default ``finalize_cfg``: checkpoints and tensorboard under ``~/<kind>/<project>/<exp>``."""
+    for key, base in (("checkpoint_dir", "~/checkpoints"), ("tensorboard_dir", "~/tensorboard")):
+        if not cfg["logging"].get(key):
+            cfg["logging"][key] = os.path.join(os.path.expanduser(base), str(cfg["project_name"]), str(cfg["exp_name"]))
+    return cfg
