@@ -1,0 +1,244 @@
+"""What differs per target family, and nothing else.
+
+Every stage talks to the frozen target through :class:`Target`: load it,
+capture the hidden states of ``target_layer_ids`` plus the post-norm last
+hidden state in one forward, and hand out the frozen embedding and LM head.
+A family (:class:`TargetFamily`) only says where those pieces live inside the
+transformers model and which small quirks apply (Gemma's logit soft-capping,
+the multimodal wrapper around Gemma 4's text model). Adding a family is adding
+one entry to ``FAMILIES``.
+
+Layer ids: ``i`` is the output of decoder layer ``i`` (0-based), ``-1`` the
+embedding output; equal to ``output_hidden_states[i + 1]`` of transformers.
+The last layer is never allowed: its output is what the final norm turns into
+the last hidden state, which we store separately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+# Modules whose decoder blocks the draft reuses; resolved lazily (transformers import is slow).
+_BLOCK_MODULES = {
+    "qwen3": "transformers.models.qwen3.modeling_qwen3",
+    "gemma4": "transformers.models.gemma4.modeling_gemma4",
+}
+
+
+class TargetError(ValueError):
+    """The target or the requested layers do not fit; the message says what to change."""
+
+
+def _text_model_qwen3(model: nn.Module) -> nn.Module:
+    return model.model if hasattr(model, "model") else model
+
+
+def _text_model_gemma4(model: nn.Module) -> nn.Module:
+    # google/gemma-4-*-it checkpoints are multimodal (Gemma4ForConditionalGeneration):
+    # the text decoder sits at model.model.language_model; Gemma4ForCausalLM has it at model.model.
+    inner = model.model if hasattr(model, "model") else model
+    return getattr(inner, "language_model", inner)
+
+
+@dataclass(frozen=True)
+class TargetFamily:
+    """One target family: where the text decoder lives and its quirks."""
+
+    name: str
+    model_types: tuple[str, ...]
+    chat_template: str
+    mask_token_id: int | None
+    text_model: Callable[[nn.Module], nn.Module]
+    # The draft layers reuse the family's decoder block classes (see models/).
+    block_class_names: dict = field(default_factory=dict)
+
+    def text_config(self, config):
+        """The decoder's config (multimodal configs keep it under ``text_config``)."""
+        return getattr(config, "text_config", None) or config
+
+    def block_module(self):
+        import importlib
+
+        return importlib.import_module(_BLOCK_MODULES[self.name])
+
+
+FAMILIES = (
+    TargetFamily(
+        name="qwen3",
+        model_types=("qwen3",),
+        chat_template="qwen3",
+        mask_token_id=151669,
+        text_model=_text_model_qwen3,
+        block_class_names=dict(attention="Qwen3Attention", mlp="Qwen3MLP", norm="Qwen3RMSNorm",
+                               rotary="Qwen3RotaryEmbedding", layer="Qwen3DecoderLayer"),
+    ),
+    TargetFamily(
+        name="gemma4",
+        model_types=("gemma4", "gemma4_text"),
+        chat_template="gemma4",
+        mask_token_id=4,
+        text_model=_text_model_gemma4,
+        block_class_names=dict(attention="Gemma4TextAttention", mlp="Gemma4TextMLP", norm="Gemma4RMSNorm",
+                               rotary="Gemma4TextRotaryEmbedding", layer="Gemma4TextDecoderLayer"),
+    ),
+)
+
+
+def family_of(config) -> TargetFamily:
+    """The family of a transformers config, or a clear error listing the supported ones."""
+    model_type = getattr(config, "model_type", None)
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    supported = ", ".join(t for f in FAMILIES for t in f.model_types)
+    raise TargetError(f"unsupported target model_type {model_type!r}; supported: {supported}")
+
+
+def validate_layer_ids(layer_ids: Sequence[int], *, num_layers: int) -> list[int]:
+    """Strictly increasing ids in [-1, num_layers - 2]; the last layer is never captured."""
+    ids = [int(i) for i in layer_ids]
+    if not ids:
+        raise TargetError("target_layer_ids is empty; give at least one layer id (e.g. [1, 9, 17, 25, 33])")
+    if any(b <= a for a, b in zip(ids, ids[1:])):
+        raise TargetError(f"target_layer_ids must be strictly increasing, got {ids}")
+    if ids[0] < -1:
+        raise TargetError(f"target_layer_ids: -1 (embedding output) is the smallest id, got {ids}")
+    if ids[-1] >= num_layers - 1:
+        raise TargetError(
+            f"target_layer_ids {ids}: the target has {num_layers} layers (ids -1..{num_layers - 1}); "
+            f"the last layer ({num_layers - 1}) and beyond cannot be captured, use ids <= {num_layers - 2}"
+        )
+    return ids
+
+
+@dataclass
+class CapturedStates:
+    """One target forward's features: ``hidden_states`` [B, T, n_layers*H], ``last_hidden_state`` [B, T, H]."""
+
+    hidden_states: torch.Tensor
+    last_hidden_state: torch.Tensor
+
+
+class Target:
+    """A frozen target LLM seen through its family adapter."""
+
+    def __init__(self, model: nn.Module, tokenizer=None, *, family: TargetFamily | None = None):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.family = family or family_of(model.config)
+        self.config = self.family.text_config(model.config)
+        self.decoder = self.family.text_model(model)
+
+    # -- facts ------------------------------------------------------------------------------
+    @property
+    def name_or_path(self) -> str:
+        return getattr(self.model.config, "_name_or_path", "") or ""
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config.vocab_size)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.decoder.layers
+
+    @property
+    def embed_tokens(self) -> nn.Module:
+        return self.decoder.embed_tokens
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.decoder.norm
+
+    @property
+    def lm_head(self) -> nn.Linear:
+        return self.model.get_output_embeddings()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def validate_layer_ids(self, layer_ids: Sequence[int]) -> list[int]:
+        return validate_layer_ids(layer_ids, num_layers=self.num_layers)
+
+    # -- compute ----------------------------------------------------------------------------
+    def logits(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
+        """Target logits from the post-norm last hidden state (LM head + family soft-cap)."""
+        logits = self.lm_head(last_hidden_state)
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        if cap:  # Gemma: cap * tanh(logits / cap)
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    @torch.no_grad()
+    def capture(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        layer_ids: Sequence[int],
+        attention_mask: torch.Tensor | None = None,
+    ) -> CapturedStates:
+        """One forward of the text decoder; hooks keep only the requested layers' outputs."""
+        ids = self.validate_layer_ids(layer_ids)
+        captured: dict[int, torch.Tensor] = {}
+
+        def keep(layer_id: int):
+            def hook(_module, _inputs, output):
+                captured[layer_id] = output[0] if isinstance(output, (tuple, list)) else output
+
+            return hook
+
+        handles = [
+            (self.embed_tokens if i == -1 else self.layers[i]).register_forward_hook(keep(i)) for i in ids
+        ]
+        try:
+            out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+        hidden = torch.cat([captured[i] for i in ids], dim=-1)
+        return CapturedStates(hidden_states=hidden, last_hidden_state=out.last_hidden_state)
+
+
+def load_target(
+    name_or_path: str,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    attn_implementation: str | None = None,
+    with_tokenizer: bool = True,
+) -> Target:
+    """Load a target (hub id or local folder) with its tokenizer, frozen, in eval mode.
+
+    Local folders (the tiny target) never touch the network; hub ids download as
+    transformers usually does, which is the only network use in DeepSpec.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except OSError as exc:
+        raise TargetError(
+            f"cannot load target {name_or_path!r}: {exc}\n"
+            "For the tiny local target run: python scripts/data/build_tiny_target.py"
+        ) from exc
+    family = family_of(config)
+    if attn_implementation is None:
+        attn_implementation = "sdpa" if torch.device(device).type == "cuda" else "eager"
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path, dtype=dtype, attn_implementation=attn_implementation
+    ).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path) if with_tokenizer else None
+    return Target(model, tokenizer, family=family)

@@ -1,0 +1,128 @@
+"""Family adapters: captured states equal a plain transformers forward, for Qwen3 and Gemma 4."""
+
+import pytest
+import torch
+from transformers import (
+    Gemma4Config,
+    Gemma4ForCausalLM,
+    Gemma4ForConditionalGeneration,
+    Gemma4TextConfig,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from deepspec.targets import Target, TargetError, family_of, load_target, validate_layer_ids
+
+VOCAB = 128
+
+
+def tiny_qwen3() -> Qwen3ForCausalLM:
+    torch.manual_seed(0)
+    cfg = Qwen3Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=5,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=32, tie_word_embeddings=True)
+    return Qwen3ForCausalLM(cfg).eval()
+
+
+def tiny_gemma4_text_config() -> Gemma4TextConfig:
+    # Small but keeps Gemma 4's quirks: per-layer embeddings, sliding + full layers, logit soft-cap.
+    return Gemma4TextConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+                            num_attention_heads=2, num_key_value_heads=1, head_dim=32, global_head_dim=32,
+                            hidden_size_per_layer_input=8, vocab_size_per_layer_input=VOCAB, sliding_window=8,
+                            final_logit_softcapping=30.0, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+
+
+def tiny_gemma4() -> Gemma4ForCausalLM:
+    torch.manual_seed(0)
+    return Gemma4ForCausalLM(tiny_gemma4_text_config()).eval()
+
+
+def tiny_gemma4_multimodal() -> Gemma4ForConditionalGeneration:
+    torch.manual_seed(0)
+    cfg = Gemma4Config(text_config=tiny_gemma4_text_config().to_dict(), vision_config=None, audio_config=None)
+    return Gemma4ForConditionalGeneration(cfg).eval()
+
+
+MODELS = {"qwen3": tiny_qwen3, "gemma4_text": tiny_gemma4, "gemma4_multimodal": tiny_gemma4_multimodal}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_capture_equals_output_hidden_states(name):
+    model = MODELS[name]()
+    target = Target(model)
+    ids = [-1, 0, 2, target.num_layers - 2]
+    torch.manual_seed(1)
+    input_ids = torch.randint(3, VOCAB, (2, 24))  # sequences longer than Gemma's sliding window
+    reference = model(input_ids=input_ids, output_hidden_states=True)
+    # Independent reference: transformers' own hidden_states tuple (index i+1 = output of layer i).
+    ref_hidden = reference.hidden_states
+    captured = target.capture(input_ids, layer_ids=ids)
+    H = target.hidden_size
+    assert captured.hidden_states.shape == (2, 24, len(ids) * H)
+    for j, layer_id in enumerate(ids):
+        torch.testing.assert_close(captured.hidden_states[..., j * H:(j + 1) * H], ref_hidden[layer_id + 1],
+                                   rtol=0, atol=0)
+    torch.testing.assert_close(captured.last_hidden_state, ref_hidden[-1], rtol=0, atol=0)
+    # Target logits (LM head + Gemma's soft-cap) reproduce the model's own logits.
+    torch.testing.assert_close(target.logits(captured.last_hidden_state), reference.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_families_and_frozen_pieces():
+    qwen, gemma, mm = Target(tiny_qwen3()), Target(tiny_gemma4()), Target(tiny_gemma4_multimodal())
+    assert (qwen.family.name, gemma.family.name, mm.family.name) == ("qwen3", "gemma4", "gemma4")
+    assert (qwen.num_layers, gemma.num_layers, mm.num_layers) == (5, 6, 6)
+    assert (qwen.hidden_size, mm.hidden_size, mm.vocab_size) == (64, 64, VOCAB)
+    assert qwen.family.mask_token_id == 151669 and gemma.family.mask_token_id == 4
+    for target in (qwen, gemma, mm):
+        assert target.embed_tokens.weight.shape == (VOCAB, 64)
+        assert target.lm_head.weight.shape == (VOCAB, 64)
+        assert not any(p.requires_grad for p in target.model.parameters())
+        module = target.family.block_module()
+        for cls_name in target.family.block_class_names.values():
+            assert hasattr(module, cls_name), cls_name
+
+
+def test_capture_with_padding_mask_matches_unpadded():
+    target = Target(tiny_qwen3())
+    torch.manual_seed(2)
+    seq = torch.randint(3, VOCAB, (1, 10))
+    padded = torch.cat([seq, torch.zeros(1, 4, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(1, 10), torch.zeros(1, 4)], dim=1).long()
+    a = target.capture(seq, layer_ids=[0, 3])
+    b = target.capture(padded, layer_ids=[0, 3], attention_mask=mask)
+    torch.testing.assert_close(b.hidden_states[:, :10], a.hidden_states, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "ids, message",
+    [
+        ([], "is empty"),
+        ([3, 1], "strictly increasing"),
+        ([1, 1], "strictly increasing"),
+        ([-2, 1], "smallest id"),
+        ([0, 4], "the last layer \\(4\\)"),
+        ([0, 9], "has 5 layers"),
+    ],
+)
+def test_layer_id_validation(ids, message):
+    with pytest.raises(TargetError, match=message):
+        validate_layer_ids(ids, num_layers=5)
+    assert validate_layer_ids([-1, 0, 3], num_layers=5) == [-1, 0, 3]
+
+
+def test_unsupported_family():
+    class Cfg:
+        model_type = "llama"
+
+    with pytest.raises(TargetError, match="unsupported target model_type 'llama'; supported: qwen3"):
+        family_of(Cfg())
+
+
+def test_load_target_from_a_saved_folder(tmp_path):
+    model = tiny_qwen3()
+    model.save_pretrained(tmp_path / "t")
+    target = load_target(str(tmp_path / "t"), dtype=torch.float32, with_tokenizer=False)
+    x = torch.randint(3, VOCAB, (1, 8))
+    torch.testing.assert_close(target.capture(x, layer_ids=[1]).last_hidden_state,
+                               Target(model).capture(x, layer_ids=[1]).last_hidden_state)
+    with pytest.raises(TargetError, match="build_tiny_target"):
+        load_target(str(tmp_path / "missing"), with_tokenizer=False)
