@@ -1,0 +1,226 @@
+"""Build the target cache: tokenize conversations, run the target, write shards.
+
+One worker per visible GPU (or ``nproc`` CPU workers); sample ``i`` belongs to
+rank ``i % world``, so a resumed build with the same inputs finds the same
+assignment. Each worker sorts its samples by length (less padding), runs one
+target forward per batch capturing ``model.target_layer_ids`` and the post-norm
+last hidden state, moves them to the CPU and hands them to the cache writer's
+background thread. Rank 0 finalizes after every worker has closed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm import tqdm
+
+from deepspec.data.chat import tokenize_conversation
+from deepspec.data.conversations import DataError, SkipReport, read_conversations
+from deepspec.data.target_cache import (
+    TargetCacheWriter,
+    cache_is_complete,
+    committed_source_indices,
+    estimate_cache_bytes,
+    finalize_target_cache,
+    format_bytes,
+)
+
+
+@dataclass
+class TokenizedSample:
+    source_index: int
+    id: str
+    input_ids: list[int]
+    loss_mask: list[int]
+
+
+@dataclass
+class BuildPlan:
+    samples: list[TokenizedSample]
+    report: SkipReport
+    truncated: int = 0
+    source_files: list[str] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s.input_ids) for s in self.samples)
+
+
+def tokenize_training_data(
+    paths: Sequence[str | os.PathLike],
+    *,
+    tokenizer,
+    chat_template: str,
+    max_length: int,
+    min_loss_tokens: int,
+    long_samples: str = "truncate",
+    strict: bool = False,
+) -> BuildPlan:
+    """Read, validate and tokenize every conversation; bad or useless ones are counted, not fatal."""
+    report = SkipReport()
+    samples, truncated = [], 0
+    conversations = read_conversations(list(paths), strict=strict, report=report)
+    for conv in tqdm(conversations, desc="tokenize", unit="conv", leave=False):
+        try:
+            tok = tokenize_conversation(tokenizer, conv.messages, chat_template=chat_template, max_length=max_length)
+            if tok.truncated:
+                if long_samples == "skip" or strict:
+                    raise DataError(f"longer than data.max_length={max_length} tokens", reason="too_long",
+                                    where=conv.id)
+                truncated += 1
+            if tok.num_loss_tokens < min_loss_tokens:
+                raise DataError(f"only {tok.num_loss_tokens} supervised tokens (< --min-loss-tokens "
+                                f"{min_loss_tokens})", reason="few_loss_tokens", where=conv.id)
+        except DataError as err:
+            if strict:
+                raise
+            report.kept -= 1  # read fine, but unusable for training
+            report.add(err)
+            continue
+        # Source ordinals number the kept samples densely: stable for the same inputs, so resume works.
+        samples.append(TokenizedSample(len(samples), conv.id, tok.input_ids, tok.loss_mask))
+    return BuildPlan(samples=samples, report=report, truncated=truncated, source_files=[str(p) for p in paths])
+
+
+def check_disk_space(*, output_dir: Path, needed_bytes: int, ignore: bool) -> str:
+    probe = output_dir if output_dir.exists() else output_dir.parent
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    message = f"estimated cache size {format_bytes(needed_bytes)}, free on {probe}: {format_bytes(free)}"
+    if needed_bytes > free and not ignore:
+        raise SystemExit(f"not enough disk space: {message}. Free space, pick another --output-dir, reduce the "
+                         "data, or pass --ignore-disk-space to try anyway.")
+    return message
+
+
+@dataclass
+class WorkerArgs:
+    output_dir: str
+    target: str
+    layer_ids: list[int]
+    hidden_size: int
+    samples: list[TokenizedSample]
+    batch_size: int
+    max_shard_bytes: int
+    device: str
+    dtype: str
+    source_files: list[str]
+    extra: dict
+    fail_after_batches: int | None = None  # tests: simulate a crash mid-build
+
+
+def run_worker(rank: int, world: int, args: WorkerArgs) -> int:
+    """Capture and write this rank's samples; returns how many were written now."""
+    from deepspec.targets import load_target
+
+    device = args.device
+    if device == "cuda":
+        device = f"cuda:{rank % torch.cuda.device_count()}"
+        torch.cuda.set_device(device)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    committed = committed_source_indices(args.output_dir)
+    mine = [s for s in args.samples if s.source_index % world == rank and s.source_index not in committed]
+    mine.sort(key=lambda s: len(s.input_ids), reverse=True)  # long first: memory errors show up early
+    target = load_target(args.target, dtype=dtype, device=device, with_tokenizer=False)
+    pad_id = 0
+    written = 0
+    with TargetCacheWriter(args.output_dir, rank=rank, target_model=args.target, layer_ids=args.layer_ids,
+                           hidden_size=args.hidden_size, max_shard_bytes=args.max_shard_bytes,
+                           source_files=args.source_files, extra=args.extra) as writer:
+        batches = [mine[i:i + args.batch_size] for i in range(0, len(mine), args.batch_size)]
+        for step, batch in enumerate(tqdm(batches, desc=f"capture[rank {rank}]", unit="batch",
+                                          disable=rank != 0 and world > 1)):
+            if args.fail_after_batches is not None and step >= args.fail_after_batches:
+                raise RuntimeError("simulated crash (fail_after_batches)")
+            longest = max(len(s.input_ids) for s in batch)
+            ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), longest), dtype=torch.long)
+            for row, s in enumerate(batch):
+                ids[row, :len(s.input_ids)] = torch.tensor(s.input_ids)
+                mask[row, :len(s.input_ids)] = 1
+            states = target.capture(ids.to(device), layer_ids=args.layer_ids, attention_mask=mask.to(device))
+            # Copy to CPU bf16 here: the writer thread must never hold device tensors.
+            hidden = states.hidden_states.to(torch.bfloat16).cpu()
+            last = states.last_hidden_state.to(torch.bfloat16).cpu()
+            for row, s in enumerate(batch):
+                n = len(s.input_ids)
+                writer.add(source_index=s.source_index, input_ids=torch.tensor(s.input_ids, dtype=torch.int32),
+                           loss_mask=torch.tensor(s.loss_mask, dtype=torch.uint8),
+                           hidden_states=hidden[row, :n].clone(), last_hidden_state=last[row, :n].clone())
+                written += 1
+    return written
+
+
+def build_target_cache(
+    *,
+    cfg,
+    train_data_paths: Sequence[str],
+    output_dir: str | os.PathLike,
+    min_loss_tokens: int,
+    max_shard_bytes: int,
+    batch_size: int,
+    nproc: int | None = None,
+    device: str | None = None,
+    strict: bool = False,
+    long_samples: str = "truncate",
+    ignore_disk_space: bool = False,
+    log: Callable[[str], None] = print,
+    fail_after_batches: int | None = None,
+) -> dict:
+    """The whole stage; returns the manifest. Re-running an interrupted build resumes it."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from deepspec.targets import family_of, validate_layer_ids
+
+    output_dir = Path(output_dir)
+    if cache_is_complete(output_dir):
+        log(f"{output_dir} is already a complete target cache; nothing to do (delete it to rebuild)")
+        from deepspec.data.target_cache import TargetCache
+
+        return TargetCache(output_dir).manifest
+    target_path = cfg.model.target_model_name_or_path
+    hf_config = AutoConfig.from_pretrained(target_path)
+    text_config = family_of(hf_config).text_config(hf_config)
+    layer_ids = validate_layer_ids(cfg.model.target_layer_ids, num_layers=text_config.num_hidden_layers)
+    tokenizer = AutoTokenizer.from_pretrained(target_path)
+    plan = tokenize_training_data(train_data_paths, tokenizer=tokenizer, chat_template=cfg.data.chat_template,
+                                  max_length=cfg.data.max_length, min_loss_tokens=min_loss_tokens,
+                                  long_samples=long_samples, strict=strict)
+    log(plan.report.summary())
+    if plan.truncated:
+        log(f"  {plan.truncated} conversations truncated to data.max_length={cfg.data.max_length} tokens")
+    if not plan.samples:
+        raise SystemExit("no usable training samples; see the summary above")
+    needed = estimate_cache_bytes(num_samples=len(plan.samples), avg_tokens=plan.num_tokens / len(plan.samples),
+                                  num_layers=len(layer_ids), hidden_size=text_config.hidden_size)
+    log(f"{len(plan.samples)} samples, {plan.num_tokens} tokens; "
+        + check_disk_space(output_dir=output_dir, needed_bytes=needed, ignore=ignore_disk_space))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    world = nproc or (torch.cuda.device_count() if device == "cuda" else 1)
+    args = WorkerArgs(output_dir=str(output_dir), target=str(target_path), layer_ids=layer_ids,
+                      hidden_size=int(text_config.hidden_size), samples=plan.samples, batch_size=batch_size,
+                      max_shard_bytes=max_shard_bytes, device=device,
+                      dtype="bf16" if device == "cuda" else "fp32", source_files=plan.source_files,
+                      extra={"max_length": cfg.data.max_length, "chat_template": cfg.data.chat_template,
+                             "min_loss_tokens": min_loss_tokens},
+                      fail_after_batches=fail_after_batches)
+    if world == 1:
+        run_worker(0, 1, args)
+    else:
+        torch.multiprocessing.spawn(_spawned_worker, args=(world, args), nprocs=world, join=True)
+    manifest = finalize_target_cache(output_dir, expected_num_samples=len(plan.samples),
+                                     source_files=plan.source_files)
+    log(f"target cache complete: {output_dir} ({manifest.get('num_samples', len(plan.samples))} samples)")
+    return manifest
+
+
+def _spawned_worker(rank: int, world: int, args: WorkerArgs) -> None:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    run_worker(rank, world, args)
