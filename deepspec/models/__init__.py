@@ -1,0 +1,42 @@
+"""Draft models: DSpark / DFlash (parallel block drafter) and Eagle3, one implementation each for every target family.
+
+Trainer-facing API::
+
+    config = draft_config_from_target(target.model.config, cfg.model)
+    draft = build_draft(config); draft.load_target_weights(target)   # frozen embedding + LM head
+    draft = load_draft(folder)                                          # any saved draft (from_pretrained)
+"""
+
+from deepspec.models.config import (
+    DraftConfig, DraftConfigError, draft_config_class, draft_config_from_dict, draft_config_from_target,
+    load_draft_config,
+)
+from deepspec.models.dspark import DSparkDraftModel, DSparkTrainOutput, block_targets, sample_anchors
+from deepspec.models.eagle3 import Eagle3DraftModel, Eagle3TrainOutput
+from deepspec.models.losses import eagle3_loss, parallel_draft_loss, summarize
+
+__all__ = [
+    "DraftConfig", "DraftConfigError", "draft_config_class", "draft_config_from_dict", "draft_config_from_target",
+    "load_draft_config", "DSparkDraftModel", "DSparkTrainOutput", "Eagle3DraftModel", "Eagle3TrainOutput",
+    "block_targets", "sample_anchors",
+    "parallel_draft_loss", "eagle3_loss", "summarize", "build_draft", "load_draft",
+]
+
+
+def _model_class(config):
+    from deepspec.models.config import EAGLE3
+
+    if config.draft_algorithm == EAGLE3:
+        return Eagle3DraftModel
+    return DSparkDraftModel
+
+
+def build_draft(config):
+    """A freshly initialised draft for a draft config (its per-family class, e.g. ``Qwen3DSparkModel``)."""
+    return _model_class(config)(config)
+
+
+def load_draft(path, **kwargs):
+    """Load any saved draft folder (``config.json`` + ``model.safetensors``)."""
+    config = load_draft_config(path) if "config" not in kwargs else kwargs.pop("config")
+    return _model_class(config).from_pretrained(path, config=config, **kwargs)

@@ -1,0 +1,289 @@
+"""Family-agnostic pieces shared by every draft: layers built from the family's classes.
+
+A draft layer is a pre-norm block (``input_layernorm`` -> attention -> residual,
+``post_attention_layernorm`` -> MLP -> residual) whose norm, MLP, attention
+projections/q-k norms/scaling and rotary embedding are the target family's own
+transformers classes (``TargetFamily.block_class_names``). Only the attention
+*computation* is ours, because drafts attend over keys that are not their own
+queries (context features, earlier TTT steps).
+
+Family facts are read from the family's modules, never restated here: the
+attention scaling (``attn.scaling``; Gemma 4 uses 1.0), the optional value norm
+(Gemma 4 ``v_norm``), the embedding scale (Gemma's scaled word embedding, read
+from the family's text model built on the meta device), logit soft-capping
+(``final_logit_softcapping`` in the config) and weight init (the family's
+``_init_weights``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from deepspec.targets import TargetFamily, family_of
+
+ATTENTION_BACKENDS = ("auto", "sdpa", "eager", "flex")
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+def family_classes(family: TargetFamily) -> dict[str, type]:
+    module = family.block_module()
+    return {role: getattr(module, name) for role, name in family.block_class_names.items()}
+
+
+def family_text_model_class(config) -> type:
+    """The family's decoder class (``Qwen3Model``, ``Gemma4TextModel``) for its embedding and init."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    family = family_of(config)
+    return getattr(family.block_module(), MODEL_MAPPING_NAMES[config.model_type])
+
+
+def family_probe(config) -> nn.Module:
+    """The family's text model built on the meta device (no memory, no weights).
+
+    Drafts read family facts from it: the word-embedding scale and the weight init.
+    """
+    with torch.device("meta"):
+        return family_text_model_class(config)(config)
+
+
+def family_embed_scale(probe: nn.Module) -> float:
+    """The factor the family's word embedding applies (Gemma: sqrt(hidden); others 1)."""
+    emb = probe.get_input_embeddings()
+    scale = getattr(emb, "scalar_embed_scale", None)  # transformers keeps the float next to its (meta) buffer
+    return float(scale) if scale is not None else 1.0
+
+
+def build_norm(family: TargetFamily, config, dim: int) -> nn.Module:
+    return family_classes(family)["norm"](dim, eps=config.rms_norm_eps)
+
+
+def build_mlp(family: TargetFamily, config, layer_idx: int) -> nn.Module:
+    cls = family_classes(family)["mlp"]
+    return cls(config, layer_idx) if _accepts(cls.__init__, "layer_idx") else cls(config)
+
+
+def build_attention(family: TargetFamily, config, layer_idx: int, *, in_features: int | None = None) -> nn.Module:
+    """The family attention module (projections, q/k norms, scaling); ``in_features`` widens q/k/v inputs."""
+    attn = family_classes(family)["attention"](config, layer_idx)
+    if getattr(attn, "v_proj", None) is None or getattr(attn, "k_proj", None) is None:
+        raise ValueError(f"{type(attn).__name__} layer {layer_idx} has no own k/v projection; "
+                         "draft configs must set num_kv_shared_layers=0 and attention_k_eq_v=False")
+    if in_features is not None and in_features != attn.q_proj.in_features:
+        bias = config.attention_bias
+        for name in ("q_proj", "k_proj", "v_proj"):
+            old = getattr(attn, name)
+            setattr(attn, name, nn.Linear(in_features, old.out_features, bias=bias))
+    return attn
+
+
+def build_rotary(family: TargetFamily, config) -> nn.Module:
+    return family_classes(family)["rotary"](config=config)
+
+
+def rotary_cos_sin(rotary: nn.Module, x: torch.Tensor, position_ids: torch.Tensor, layer_type: str):
+    """``cos, sin`` [B, L, head_dim] for ``position_ids`` [B, L] (Gemma's rotary also takes a layer type)."""
+    if _accepts(type(rotary).forward, "layer_type"):
+        return rotary(x, position_ids, layer_type)
+    return rotary(x, position_ids)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, L, heads, d]; cos/sin [B, L, d] (the rotate-half convention both families use)."""
+    cos, sin = cos.unsqueeze(2).to(x.dtype), sin.unsqueeze(2).to(x.dtype)
+    return x * cos + _rotate_half(x) * sin
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention_backend {backend!r}: choose one of {ATTENTION_BACKENDS}")
+    if backend == "auto":
+        return "flex" if device.type == "cuda" else "sdpa"
+    return backend
+
+
+def project_qkv(attn: nn.Module, q_in: torch.Tensor, kv_in: torch.Tensor, q_pos, kv_pos):
+    """Queries from ``q_in``, keys/values from ``kv_in``, each with the family's norms and rope.
+
+    ``q_pos`` / ``kv_pos`` are ``(cos, sin)`` pairs. Returns q [B, h, Lq, d], k/v [B, hkv, Lk, d].
+    """
+    d = attn.head_dim
+    q = attn.q_norm(attn.q_proj(q_in).view(*q_in.shape[:-1], -1, d))
+    k = attn.k_norm(attn.k_proj(kv_in).view(*kv_in.shape[:-1], -1, d))
+    v = attn.v_proj(kv_in).view(*kv_in.shape[:-1], -1, d)
+    v_norm = getattr(attn, "v_norm", None)
+    if v_norm is not None:
+        v = v_norm(v)
+    q, k = apply_rope(q, *q_pos), apply_rope(k, *kv_pos)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+def attend(q, k, v, *, scale: float, mask, backend: str) -> torch.Tensor:
+    """Attention of q [B, h, Lq, d] over k/v [B, hkv, Lk, d] (grouped heads allowed).
+
+    ``mask``: a bool tensor [B, Lq, Lk] (True = may attend) for ``sdpa``/``eager``, or a flex
+    ``BlockMask`` for ``flex``. Returns [B, Lq, h*d].
+    """
+    B, h, Lq, d = q.shape
+    if backend == "flex":
+        from torch.nn.attention.flex_attention import flex_attention
+
+        out = _compiled_flex(flex_attention)(q, k, v, block_mask=mask, scale=scale, enable_gqa=k.shape[1] != h)
+    elif backend == "sdpa":
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scale,
+                                             enable_gqa=k.shape[1] != h)
+    elif backend == "eager":
+        rep = h // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        scores = (q @ k.transpose(-1, -2)).to(torch.promote_types(q.dtype, torch.float32)) * scale
+        scores = scores.masked_fill(~mask[:, None], float("-inf"))
+        out = scores.softmax(dim=-1).to(v.dtype) @ v
+    else:
+        raise ValueError(f"attention backend {backend!r} is not resolved; call resolve_backend first")
+    return out.transpose(1, 2).reshape(B, Lq, h * d)
+
+
+_FLEX = {}
+
+
+def _compiled_flex(fn):
+    # flex attention is only fast (and memory-lean) when compiled; compile once per process.
+    if "fn" not in _FLEX:
+        _FLEX["fn"] = fn if os.environ.get("DEEPSPEC_FLEX_EAGER") else torch.compile(fn, dynamic=False)
+    return _FLEX["fn"]
+
+
+def make_flex_mask(mask_mod, *, batch: int, q_len: int, kv_len: int, device):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(mask_mod, B=batch, H=None, Q_LEN=q_len, KV_LEN=kv_len, device=device)
+
+
+class DraftLayer(nn.Module):
+    """Pre-norm draft block: family norms + family attention parameters + family MLP.
+
+    Holds parameters only; each draft runs the attention itself (:func:`project_qkv` + :func:`attend`)
+    because its keys/values are not just its own queries' inputs.
+    """
+
+    def __init__(self, family: TargetFamily, config, layer_idx: int, *, attn_in_features: int | None = None):
+        super().__init__()
+        self.self_attn = build_attention(family, config, layer_idx, in_features=attn_in_features)
+        self.mlp = build_mlp(family, config, layer_idx)
+        self.input_layernorm = build_norm(family, config, config.hidden_size)
+        self.post_attention_layernorm = build_norm(family, config, config.hidden_size)
+
+    def mlp_block(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class DraftPreTrainedModel(PreTrainedModel):
+    """Common base: family lookup, frozen target embedding / LM head, family init, draft-aware loading."""
+
+    base_model_prefix = ""
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _no_split_modules = ["DraftLayer"]
+    _family_classes: dict[str, type] = {}  # architecture name -> class, filled by register()
+
+    @classmethod
+    def register(cls, architecture: str, base: type) -> type:
+        """A named subclass per family, so ``save_pretrained`` writes the public architecture name."""
+        sub = type(architecture, (base,), {"__module__": base.__module__, "__qualname__": architecture})
+        DraftPreTrainedModel._family_classes[architecture] = sub
+        return sub
+
+    def __new__(cls, config=None, *args, **kwargs):  # config=None: copy/pickle call __new__(cls) bare
+        # DSparkDraftModel(config) returns Qwen3DSparkModel / Gemma4DSparkModel etc., so checkpoints
+        # always carry the public architecture name.
+        arch = (getattr(config, "architectures", None) or [None])[0]
+        target = DraftPreTrainedModel._family_classes.get(arch)
+        if target is not None and issubclass(target, cls) and target is not cls:
+            cls = target
+        return super().__new__(cls)
+
+    def _setup_family(self, config) -> TargetFamily:
+        config.validate_draft()
+        family = family_of(config)
+        self.family = family
+        probe = family_probe(config)
+        self.embed_scale = family_embed_scale(probe)
+        self.__dict__["_family_probe"] = probe  # plain attribute: not a submodule, never saved
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        return family
+
+    def _freeze_target_pieces(self) -> None:
+        # Embedding and LM head are the target's, frozen (never trained, never in the optimizer).
+        self.embed_tokens.weight.requires_grad_(False)
+        self.lm_head.weight.requires_grad_(False)
+
+    def _init_weights(self, module):
+        # The family's own init (norm weights, rotary buffers, ...); it only reads config + module.
+        self._family_probe._init_weights(module)
+
+    @torch.no_grad()
+    def load_target_weights(self, target) -> None:
+        """Copy the frozen target embedding and LM head (a :class:`deepspec.targets.Target`)."""
+        for mine, theirs, name in ((self.embed_tokens, target.embed_tokens, "embedding"),
+                                   (self.lm_head, target.lm_head, "LM head")):
+            if mine.weight.shape != theirs.weight.shape:
+                raise ValueError(f"target {name} shape {tuple(theirs.weight.shape)} != draft "
+                                 f"{tuple(mine.weight.shape)}; "
+                                 "build the draft config from this target (draft_config_from_target)")
+            mine.weight.copy_(theirs.weight)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(input_ids) * self.embed_scale
+
+    def base_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head + the family's final soft-cap (same as ``Target.logits``)."""
+        logits = self.lm_head(hidden)
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    @torch.no_grad()
+    def target_logits(self, target_last_hidden: torch.Tensor) -> torch.Tensor:
+        """Target logits from the cached post-norm last hidden state (frozen LM head is the target's)."""
+        return self.base_logits(target_last_hidden.to(self.lm_head.weight.dtype))
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, config=None, **kwargs):
+        """Load a draft folder; the config is rebuilt as a draft config of the right family and kind."""
+        from deepspec.models.config import load_draft_config
+
+        if config is None:
+            path = str(pretrained_model_name_or_path)
+            if not os.path.isdir(path):
+                from huggingface_hub import snapshot_download
+
+                path = snapshot_download(path, allow_patterns=["config.json"])
+            config = load_draft_config(path)
+        arch = (config.architectures or [None])[0]
+        model_cls = DraftPreTrainedModel._family_classes.get(arch, cls)
+        if not issubclass(model_cls, cls):
+            raise ValueError(f"{pretrained_model_name_or_path} holds a {arch}, not a {cls.__name__}; "
+                             "use deepspec.models.load_draft to load any draft")
+        result = PreTrainedModel.from_pretrained.__func__(model_cls, pretrained_model_name_or_path, *args,
+                                                          config=config, **kwargs)
+        model = result[0] if isinstance(result, tuple) else result
+        model._freeze_target_pieces()  # loading swaps in fresh Parameters (requires_grad=True)
+        return result

@@ -1,0 +1,241 @@
+"""Draft-model configs: the target's text config plus the draft's own fields.
+
+Public DeepSpec layout: a draft's ``config.json`` *is* the target's text config
+(same ``model_type``, e.g. ``qwen3`` / ``gemma4_text``) with ``num_hidden_layers``
+set to the number of draft layers, ``tie_word_embeddings: false``, an
+``architectures`` entry naming the draft (``Qwen3DSparkModel``, ``Gemma4Eagle3Model``,
+...) and the draft fields below. DFlash is the DSpark architecture with
+``markov_rank == 0`` and no confidence head.
+
+We keep that layout by subclassing the family's own config class once per
+(family, algorithm) at runtime (:func:`draft_config_class`): the family's
+modules (MLP, norms, attention, rotary) then get exactly the config type they
+expect, and the draft fields are typed dataclass fields with defaults.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping
+
+from deepspec.targets import family_of, validate_layer_ids
+
+DSPARK = "dspark"
+DFLASH = "dflash"
+EAGLE3 = "eagle3"
+ALGORITHMS = (DSPARK, DFLASH, EAGLE3)
+MARKOV_HEAD_TYPES = ("vanilla", "gated", "rnn")
+# Every draft layer uses this attention type of the family: the draft attends to the whole
+# context (no sliding window), so the family's "full" layer settings apply (Gemma 4: global
+# head dim and proportional rope).
+DRAFT_LAYER_TYPE = "full_attention"
+
+# name -> (annotation, default); all algorithms share the target-layer fields.
+_COMMON_FIELDS = {
+    "target_layer_ids": (list, None),
+    "num_target_layers": (int, None),
+}
+_PARALLEL_FIELDS = {  # DSpark / DFlash
+    "block_size": (int, 7),
+    "mask_token_id": (int, None),
+    "num_anchors": (int, 512),
+    "markov_rank": (int, 0),
+    "markov_head_type": (str, "vanilla"),
+    "enable_confidence_head": (bool, False),
+    "confidence_head_with_markov": (bool, False),
+}
+_EAGLE3_FIELDS = {
+    "ttt_length": (int, 7),
+    "step_loss_decay": (float, 0.8),
+    "draft_num_hidden_layers": (int, 1),
+}
+
+
+class DraftConfigError(ValueError):
+    """A draft config that cannot work; the message says which key to change."""
+
+
+class DraftConfig:
+    """Marker + checks mixed into every draft config class (see :func:`draft_config_class`).
+
+    ``isinstance(cfg, DraftConfig)`` tells a draft config from a plain target config.
+    ``draft_algorithm`` is a class attribute: ``"parallel"`` (DSpark/DFlash) or ``"eagle3"``.
+    """
+
+    draft_algorithm: str = ""
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.tie_word_embeddings = False  # embedding and LM head are separate frozen copies of the target's
+        # No validation here: transformers builds default instances (no target_layer_ids) internally;
+        # the draft models call validate_draft() when they are built.
+
+    @property
+    def num_context_features(self) -> int:
+        """How many captured target layers ``fc`` concatenates."""
+        return len(self.target_layer_ids or ())
+
+    @property
+    def algorithm(self) -> str:
+        if self.draft_algorithm == EAGLE3:
+            return EAGLE3
+        return DSPARK if (self.markov_rank > 0 or self.enable_confidence_head) else DFLASH
+
+    def validate_draft(self) -> None:
+        ids = self.target_layer_ids
+        if not ids:
+            raise DraftConfigError("draft config needs target_layer_ids (the captured target layers), "
+                                   "e.g. [1, 9, 17, 25, 33]")
+        if self.num_target_layers is not None:
+            validate_layer_ids(ids, num_layers=int(self.num_target_layers))
+        if self.draft_algorithm == EAGLE3:
+            if self.ttt_length < 1:
+                raise DraftConfigError(f"ttt_length must be >= 1, got {self.ttt_length}")
+            return
+        if self.block_size < 1:
+            raise DraftConfigError(f"block_size must be >= 1, got {self.block_size}")
+        if self.mask_token_id is None or not 0 <= int(self.mask_token_id) < int(self.vocab_size):
+            raise DraftConfigError(
+                f"mask_token_id {self.mask_token_id!r} must be a token id in [0, {self.vocab_size}); "
+                "use the family's mask token (deepspec.recipes.*_MASK_TOKEN_ID)")
+        if self.markov_rank < 0:
+            raise DraftConfigError(f"markov_rank must be >= 0 (0 = DFlash), got {self.markov_rank}")
+        if self.markov_head_type not in MARKOV_HEAD_TYPES:
+            raise DraftConfigError(f"markov_head_type {self.markov_head_type!r}: choose one of {MARKOV_HEAD_TYPES}")
+        if self.confidence_head_with_markov and not (self.enable_confidence_head and self.markov_rank > 0):
+            raise DraftConfigError(
+                "confidence_head_with_markov needs enable_confidence_head=True and markov_rank > 0; "
+                "set confidence_head_with_markov=False for a confidence head on h_k alone")
+
+
+def architecture_name(family_name: str, algorithm: str) -> str:
+    prefix = family_name[:1].upper() + family_name[1:]  # qwen3 -> Qwen3, gemma4 -> Gemma4
+    return f"{prefix}{'Eagle3' if algorithm == EAGLE3 else 'DSpark'}Model"
+
+
+@functools.lru_cache(maxsize=None)
+def draft_config_class(model_type: str, algorithm: str) -> type:
+    """The draft config class for a family text ``model_type`` and ``"parallel"`` or ``"eagle3"``."""
+    from transformers import CONFIG_MAPPING
+
+    if algorithm not in ("parallel", EAGLE3):
+        raise DraftConfigError(f"algorithm kind must be 'parallel' or 'eagle3', got {algorithm!r}")
+    base = CONFIG_MAPPING[model_type]
+    fields = {**_COMMON_FIELDS, **(_EAGLE3_FIELDS if algorithm == EAGLE3 else _PARALLEL_FIELDS)}
+    name = f"{base.__name__.removesuffix('Config')}{'Eagle3' if algorithm == EAGLE3 else 'Parallel'}DraftConfig"
+    namespace = {
+        "__module__": __name__,
+        "__qualname__": name,
+        "__annotations__": {key: ann | None for key, (ann, _) in fields.items()},
+        "draft_algorithm": algorithm,
+        **{key: default for key, (_, default) in fields.items()},
+    }
+    cls = type(name, (DraftConfig, base), namespace)
+    globals()[name] = cls  # importable by name, so configs pickle (dataloader workers, DDP spawn)
+    return cls
+
+
+def _kind(algorithm: str) -> str:
+    return EAGLE3 if algorithm == EAGLE3 else "parallel"
+
+
+def draft_config_kind(config_dict: Mapping[str, Any]) -> str:
+    """``"eagle3"`` or ``"parallel"`` from a saved config dict (architectures first, then fields)."""
+    arch = " ".join(config_dict.get("architectures") or ())
+    if "Eagle3" in arch or "ttt_length" in config_dict:
+        return EAGLE3
+    if "DSpark" in arch or "block_size" in config_dict:
+        return "parallel"
+    raise DraftConfigError(
+        f"not a DeepSpec draft config (architectures={config_dict.get('architectures')}); "
+        "expected e.g. Qwen3DSparkModel or Qwen3Eagle3Model")
+
+
+def draft_config_from_dict(config_dict: Mapping[str, Any]):
+    """Rebuild a draft config from a ``config.json`` dict (the public layout)."""
+    data = dict(config_dict)
+    cls = draft_config_class(data.pop("model_type"), draft_config_kind(data))
+    data.pop("transformers_version", None)
+    return cls(**data)
+
+
+def load_draft_config(path):
+    """Read ``<path>/config.json`` as a draft config."""
+    import json
+    import os
+
+    file = os.path.join(path, "config.json") if os.path.isdir(path) else path
+    with open(file) as fh:
+        return draft_config_from_dict(json.load(fh))
+
+
+def draft_config_from_target(target_hf_config, model_cfg: Mapping[str, Any]):
+    """Build a draft config from the target's transformers config and our ``cfg.model`` dict.
+
+    ``model_cfg`` keys (see ``deepspec/recipes.py``): ``algorithm`` (dspark / dflash / eagle3),
+    ``num_draft_layers``, ``target_layer_ids``; DSpark/DFlash: ``block_size``, ``mask_token_id``,
+    ``num_anchors``, ``markov_rank``, ``markov_head_type``, ``confidence_head_alpha`` (> 0 enables the
+    confidence head), ``confidence_head_with_markov``; Eagle3: ``ttt_length``, ``step_loss_decay``.
+    """
+    family = family_of(target_hf_config)
+    text = family.text_config(target_hf_config)
+    algorithm = str(model_cfg.get("algorithm", "")).lower()
+    if algorithm not in ALGORITHMS:
+        raise DraftConfigError(f"model.algorithm must be one of {ALGORITHMS}, got {model_cfg.get('algorithm')!r}")
+    num_target_layers = int(text.num_hidden_layers)
+    layer_ids = validate_layer_ids(model_cfg["target_layer_ids"], num_layers=num_target_layers)
+    num_layers = int(model_cfg.get("num_draft_layers", 1))
+    if num_layers < 1:
+        raise DraftConfigError(f"model.num_draft_layers must be >= 1, got {num_layers}")
+
+    base = text.to_dict()
+    heterogeneous = "per_layer_config" in base
+    per_layer = {str(k): v for k, v in (base.pop("per_layer_config", None) or {}).items()}
+    for key in ("architectures", "layer_types", "_name_or_path", "transformers_version", "auto_map", "model_type",
+                "num_hidden_layers", "tie_word_embeddings", "dtype", "torch_dtype", "sliding_window"):
+        base.pop(key, None)
+    fields: dict[str, Any] = dict(
+        architectures=[architecture_name(family.name, algorithm)],
+        num_hidden_layers=num_layers,
+        layer_types=[DRAFT_LAYER_TYPE] * num_layers,
+        target_layer_ids=layer_ids,
+        num_target_layers=num_target_layers,
+        tie_word_embeddings=False,
+    )
+    if heterogeneous:
+        # Per-layer overrides (Gemma 4: head dim of full-attention layers) are stored by layer
+        # index, and only where they differ: give every draft layer those of a target layer of
+        # the draft's type. Passing the dict (even empty) stops the family re-deriving defaults.
+        types = list(getattr(text, "layer_types", None) or [])
+        same_type = [i for i, t in enumerate(types) if t == DRAFT_LAYER_TYPE]
+        overrides = dict(per_layer.get(str(same_type[0]), {})) if same_type else {}
+        fields["per_layer_config"] = {i: dict(overrides) for i in range(num_layers)}
+    # The draft layer is a plain pre-norm block with its own k/v projections: no shared KV
+    # layers, no k==v trick (the public layout has a v_proj), no sliding window.
+    for key, value in (("num_kv_shared_layers", 0), ("attention_k_eq_v", False), ("use_sliding_window", False),
+                       ("use_bidirectional_attention", None), ("enable_moe_block", False)):
+        if key in base:
+            base[key] = value
+    if algorithm == EAGLE3:
+        fields.update(ttt_length=int(model_cfg.get("ttt_length", 7)),
+                      step_loss_decay=float(model_cfg.get("step_loss_decay", 0.8)),
+                      draft_num_hidden_layers=num_layers)
+    else:
+        markov_rank = int(model_cfg.get("markov_rank", 0))
+        if algorithm == DFLASH and markov_rank:
+            raise DraftConfigError(f"DFlash has no Markov head: set model.markov_rank=0 (got {markov_rank})")
+        conf = algorithm == DSPARK and float(model_cfg.get("confidence_head_alpha", 0.0)) > 0
+        fields.update(
+            block_size=int(model_cfg.get("block_size", 7)),
+            mask_token_id=model_cfg.get("mask_token_id", family.mask_token_id),
+            num_anchors=int(model_cfg.get("num_anchors", 512)),
+            markov_rank=markov_rank,
+            markov_head_type=str(model_cfg.get("markov_head_type", "vanilla")),
+            enable_confidence_head=conf,
+            confidence_head_with_markov=bool(conf and model_cfg.get("confidence_head_with_markov", False)
+                                             and markov_rank > 0),
+        )
+    cls = draft_config_class(text.model_type, _kind(algorithm))
+    config = cls(**{**base, **fields})
+    config.validate_draft()
+    return config

@@ -1,0 +1,355 @@
+"""DSpark / DFlash drafts: the batched block-sparse pass equals a naive per-block loop, gradients, save/load."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from transformers import Gemma4ForCausalLM, Gemma4TextConfig
+
+from deepspec.models import (
+    build_draft, draft_config_from_dict, draft_config_from_target, load_draft, parallel_draft_loss, sample_anchors,
+    summarize,
+)
+from deepspec.models.dspark import DSparkDraftModel
+from deepspec.targets import Target
+from deepspec.tiny_target import make_model_config
+
+V, H, G, MASK = 96, 32, 4, 3
+LOSS = dict(loss_decay_gamma=4.0, ce_loss_alpha=0.1, l1_loss_alpha=0.9, confidence_head_alpha=1.0)
+
+
+def qwen3_target_config():
+    return make_model_config(vocab_size=V, hidden_size=H, intermediate_size=64, num_hidden_layers=5,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+
+
+def gemma4_target_config():
+    # Gemma 4 quirks: scaled embeddings, attention scaling 1.0, v_norm, soft-capped logits,
+    # and full-attention layers with their own head dim (global_head_dim != head_dim).
+    return Gemma4TextConfig(vocab_size=V, hidden_size=H, intermediate_size=64, num_hidden_layers=6,
+                            num_attention_heads=2, num_key_value_heads=1, head_dim=16, global_head_dim=8,
+                            hidden_size_per_layer_input=8, vocab_size_per_layer_input=V, sliding_window=8,
+                            final_logit_softcapping=30.0, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+
+
+VARIANTS = {  # name -> (target config, cfg.model overrides)
+    "dspark_vanilla": (qwen3_target_config, dict(algorithm="dspark", markov_rank=8, markov_head_type="vanilla",
+                                                 confidence_head_alpha=1.0, confidence_head_with_markov=True)),
+    "dflash": (qwen3_target_config, dict(algorithm="dflash", markov_rank=0, confidence_head_alpha=0.0)),
+    "dspark_gated": (qwen3_target_config, dict(algorithm="dspark", markov_rank=8, markov_head_type="gated",
+                                               confidence_head_alpha=1.0, confidence_head_with_markov=True)),
+    "dspark_rnn_conf_h_only": (qwen3_target_config, dict(algorithm="dspark", markov_rank=8, markov_head_type="rnn",
+                                                         confidence_head_alpha=1.0, confidence_head_with_markov=False)),
+    "gemma4_dspark": (gemma4_target_config, dict(algorithm="dspark", markov_rank=8, markov_head_type="vanilla",
+                                                 confidence_head_alpha=1.0, confidence_head_with_markov=True)),
+}
+
+
+def make_draft(name, dtype=torch.float64):
+    target_cfg, overrides = VARIANTS[name]
+    model_cfg = dict(num_draft_layers=2, target_layer_ids=[0, 1, 3], block_size=G, mask_token_id=MASK,
+                     num_anchors=6, **overrides)
+    torch.manual_seed(0)
+    draft = build_draft(draft_config_from_target(target_cfg(), model_cfg)).to(dtype)
+    with torch.no_grad():  # non-trivial norm weights, so a norm applied in the wrong place shows up
+        for name_, p in draft.named_parameters():
+            if name_.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return draft
+
+
+def make_batch(dtype=torch.float64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    B, T = 2, 24
+    ids = torch.randint(4, V, (B, T), generator=g)
+    loss_mask = torch.zeros(B, T, dtype=torch.long)
+    loss_mask[0, 8:] = 1
+    loss_mask[1, 5:14] = 1  # a span that ends mid-sequence: blocks get cut there
+    loss_mask[1, 17:21] = 1
+    hidden = torch.randn(B, T, 3 * H, generator=g, dtype=dtype)
+    last = torch.randn(B, T, H, generator=g, dtype=dtype) * 3
+    anchors, valid = sample_anchors(loss_mask, num_anchors=6, block_size=G, generator=g)
+    return ids, hidden, loss_mask, last, anchors, valid
+
+
+# ----------------------------------------------------------------------------- naive reference
+
+def rope(x, cos, sin):  # x [L, heads, d], cos/sin [L, d]
+    half = x.shape[-1] // 2
+    rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None] + rot * sin[:, None]
+
+
+def naive_block(draft, ctx_states, block_ids, anchor):
+    """One block on its own: keys = [fc-normed context 0..anchor-1 ; block], all visible (no mask needed)."""
+    cfg = draft.config
+    ctx = draft.hidden_norm(draft.fc(ctx_states))  # [anchor, H]
+    x = draft.embed(block_ids)  # [G, H]
+    pos = torch.arange(anchor + G)[None]
+    cos, sin = draft.rotary_emb(x[None], pos, "full_attention") if "gemma" in cfg.model_type else \
+        draft.rotary_emb(x[None], pos)
+    cos, sin = cos[0], sin[0]
+    for layer in draft.layers:
+        attn = layer.self_attn
+        d = attn.head_dim
+        normed = layer.input_layernorm(x)
+        kv_in = torch.cat([ctx, normed])
+        q = rope(attn.q_norm(attn.q_proj(normed).view(G, -1, d)), cos[anchor:], sin[anchor:])
+        k = rope(attn.k_norm(attn.k_proj(kv_in).view(len(kv_in), -1, d)), cos, sin)
+        v = attn.v_proj(kv_in).view(len(kv_in), -1, d)
+        if getattr(attn, "v_norm", None) is not None:
+            v = attn.v_norm(v)
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        scores = torch.einsum("qhd,khd->hqk", q, k) * attn.scaling
+        out = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(G, -1)
+        x = x + attn.o_proj(out)
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return draft.norm(x)
+
+
+def capped(cfg, logits):
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def naive_heads(draft, h, prev):
+    cfg = draft.config
+    logits = capped(cfg, h @ draft.lm_head.weight.T)
+    feat = None
+    if cfg.markov_rank:
+        mh = draft.markov_head
+        e = mh.markov_w1.weight[prev]
+        if cfg.markov_head_type == "vanilla":
+            feat = e
+        elif cfg.markov_head_type == "gated":
+            feat = torch.sigmoid(torch.cat([h, e], -1) @ mh.gate_proj.weight.T + mh.gate_proj.bias) * e
+        else:
+            s, feat = torch.zeros(cfg.markov_rank, dtype=h.dtype), []
+            for k in range(G):
+                s = torch.tanh(torch.cat([e[k], s]) @ mh.joint_proj.weight.T + mh.joint_proj.bias)
+                feat.append(s)
+            feat = torch.stack(feat)
+        logits = logits + feat @ mh.markov_w2.weight.T
+    conf = None
+    if cfg.enable_confidence_head:
+        inp = torch.cat([h, feat], -1) if cfg.confidence_head_with_markov else h
+        conf = inp @ draft.confidence_head.proj.weight[0] + draft.confidence_head.proj.bias[0]
+    return logits, conf
+
+
+def naive_loss(draft, ids, hidden, loss_mask, last, anchors, valid):
+    """Loop over sequences, anchors and slots; returns the same sums as parallel_draft_loss."""
+    T = ids.shape[1]
+    sums = dict(loss_sum=0.0, weight_sum=0.0, ce_sum=0.0, l1_sum=0.0, conf_sum=0.0, tau_sum=0.0, block_count=0.0)
+    slot_logits = {}
+    for b in range(ids.shape[0]):
+        for a in range(anchors.shape[1]):
+            if not valid[b, a]:
+                continue
+            p = int(anchors[b, a])
+            block_ids = torch.tensor([int(ids[b, p])] + [MASK] * (G - 1))
+            prev = torch.tensor([int(ids[b, min(p + k, T - 1)]) for k in range(G)])
+            logits, conf = naive_heads(draft, naive_block(draft, hidden[b, :p], block_ids, p), prev)
+            survive, tau = 1.0, 1.0
+            for k in range(G):
+                if p + k + 1 >= T or not loss_mask[b, p + k + 1]:
+                    break  # supervision stops at the first token outside the loss mask
+                w = math.exp(-k / LOSS["loss_decay_gamma"])
+                p_d = logits[k].softmax(-1)
+                p_t = capped(draft.config, last[b, p + k] @ draft.lm_head.weight.T).softmax(-1)
+                ce = -torch.log(p_d[ids[b, p + k + 1]])
+                l1 = (p_d - p_t).abs().sum()
+                sums["weight_sum"] += w
+                sums["ce_sum"] += w * ce
+                sums["l1_sum"] += w * l1
+                if conf is not None:
+                    sums["conf_sum"] += w * F.binary_cross_entropy_with_logits(conf[k], (1 - 0.5 * l1).detach())
+                survive *= float(1 - 0.5 * l1.detach())
+                tau += survive
+                slot_logits[(b, a, k)] = logits[k]
+            sums["tau_sum"] += tau
+            sums["block_count"] += 1
+    sums["loss_sum"] = (LOSS["ce_loss_alpha"] * sums["ce_sum"] + LOSS["l1_loss_alpha"] * sums["l1_sum"]
+                        + LOSS["confidence_head_alpha"] * sums["conf_sum"])
+    return sums, slot_logits
+
+
+def batched_loss(draft, ids, hidden, loss_mask, last, anchors, valid, backend="sdpa"):
+    out = draft.forward_train(input_ids=ids, hidden_states=hidden, loss_mask=loss_mask, anchors=anchors,
+                              anchor_valid=valid, attention_backend=backend)
+    alpha = dict(LOSS, confidence_head_alpha=LOSS["confidence_head_alpha"] if out.confidence_logits is not None else 0)
+    sums = parallel_draft_loss(logits=out.logits, target_logits=draft.gather_target_logits(last, out.targets),
+                               labels=out.targets.labels, slot_mask=out.targets.slot_mask,
+                               confidence_logits=out.confidence_logits, **alpha)
+    return out, sums
+
+
+# ----------------------------------------------------------------------------- tests
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_batched_loss_equals_naive_per_block_loop(name, backend):
+    draft = make_draft(name)
+    batch = make_batch()
+    out, sums = batched_loss(draft, *batch, backend=backend)
+    ref, ref_logits = naive_loss(draft, *batch)
+    assert ref["block_count"] >= 8 and len(ref_logits) >= 20, "the batch should exercise many blocks and slots"
+    for key in ("loss_sum", "weight_sum", "ce_sum", "l1_sum", "conf_sum", "tau_sum", "block_count"):
+        torch.testing.assert_close(sums[key].double(), torch.as_tensor(ref[key], dtype=torch.float64),
+                                   rtol=1e-6, atol=1e-6, msg=f"{name}: {key}")
+    mask = out.targets.slot_mask
+    assert int(mask.sum()) == len(ref_logits), "supervised slots differ from the naive walk over the loss mask"
+    for (b, a, k), logits in ref_logits.items():
+        torch.testing.assert_close(out.logits[b, a, k], logits, rtol=1e-8, atol=1e-8)
+    metrics = summarize(sums)
+    assert 1.0 <= metrics["tau_probabilistic"] <= G + 1
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_mask_matches_dense_mask_forward(monkeypatch):
+    monkeypatch.setenv("DEEPSPEC_FLEX_EAGER", "1")  # uncompiled flex: CPU forward only (no CPU backward)
+    draft = make_draft("dspark_vanilla", dtype=torch.float32)
+    ids, hidden, loss_mask, last, anchors, valid = make_batch(dtype=torch.float32)
+    with torch.no_grad():
+        dense = draft.forward_train(input_ids=ids, hidden_states=hidden, loss_mask=loss_mask, anchors=anchors,
+                                    anchor_valid=valid, attention_backend="sdpa")
+        flex = draft.forward_train(input_ids=ids, hidden_states=hidden, loss_mask=loss_mask, anchors=anchors,
+                                   anchor_valid=valid, attention_backend="flex")
+    torch.testing.assert_close(flex.logits, dense.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_sample_anchors_and_slot_supervision():
+    loss_mask = torch.tensor([[0, 0, 1, 1, 1, 0, 1, 1], [0, 0, 0, 0, 0, 0, 1, 0]])
+    g = torch.Generator().manual_seed(0)
+    anchors, valid = sample_anchors(loss_mask, num_anchors=5, block_size=3, generator=g)
+    assert anchors.shape == valid.shape == (2, 5)
+    # Candidates: positions whose next token is supervised; fewer candidates than anchors -> the rest invalid.
+    assert anchors[0].tolist() == [1, 2, 3, 5, 6] and valid[0].all()
+    assert anchors[1][valid[1]].tolist() == [5] and valid[1].sum() == 1
+    few, few_valid = sample_anchors(loss_mask, num_anchors=2, block_size=3, generator=g)
+    assert few_valid[0].all() and set(few[0].tolist()) <= {1, 2, 3, 5, 6} and few[0, 0] < few[0, 1]
+    again = sample_anchors(loss_mask, num_anchors=5, block_size=3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], anchors)
+    from deepspec.models.dspark import block_targets
+
+    ids = torch.arange(16).view(2, 8)
+    tg = block_targets(input_ids=ids, loss_mask=loss_mask, anchors=anchors, anchor_valid=valid, block_size=3,
+                       mask_token_id=99)
+    # anchor 2: tokens 3, 4 supervised, 5 is not -> slots 0, 1 only; anchor 5: 6, 7 then the end of the sequence.
+    assert tg.slot_mask[0].tolist() == [[True, True, True], [True, True, False], [True, False, False],
+                                        [True, True, False], [True, False, False]]
+    assert tg.block_ids[0, 1].tolist() == [2, 99, 99] and tg.labels[0, 1].tolist() == [3, 4, 5]
+    assert tg.prev_tokens[0, 1].tolist() == [2, 3, 4] and tg.target_positions[0, 1].tolist() == [2, 3, 4]
+    assert not tg.slot_mask[1, 1:].any()
+
+
+@pytest.mark.parametrize("name", ["dspark_vanilla", "dspark_gated", "dspark_rnn_conf_h_only", "gemma4_dspark"])
+def test_gradients_reach_every_trainable_parameter_and_never_the_frozen_ones(name):
+    draft = make_draft(name, dtype=torch.float32)
+    _, sums = batched_loss(draft, *make_batch(dtype=torch.float32))
+    (sums["loss_sum"] / sums["weight_sum"]).backward()
+    frozen = {"embed_tokens.weight", "lm_head.weight"}
+    for pname, p in draft.named_parameters():
+        if pname in frozen:
+            assert not p.requires_grad and p.grad is None, pname
+        else:
+            assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for {pname}"
+    assert {id(p) for p in draft.trainable_parameters()}.isdisjoint({id(draft.embed_tokens.weight),
+                                                                    id(draft.lm_head.weight)})
+
+
+@pytest.mark.parametrize("name", ["dspark_vanilla", "dflash", "gemma4_dspark"])
+def test_save_from_pretrained_round_trip_is_exact(name, tmp_path):
+    draft = make_draft(name, dtype=torch.float32)
+    draft.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    family = "Gemma4" if name.startswith("gemma4") else "Qwen3"
+    assert saved["architectures"] == [f"{family}DSparkModel"] and saved["tie_word_embeddings"] is False
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = load_draft(tmp_path)
+    assert type(loaded).__name__ == f"{family}DSparkModel" and isinstance(loaded, DSparkDraftModel)
+    also = DSparkDraftModel.from_pretrained(tmp_path)
+    assert type(also) is type(loaded)
+    a, b = draft.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert not loaded.embed_tokens.weight.requires_grad and not loaded.lm_head.weight.requires_grad
+    batch = make_batch(dtype=torch.float32)
+    with torch.no_grad():
+        _, s1 = batched_loss(draft, *batch)
+        _, s2 = batched_loss(loaded, *batch)
+    assert torch.equal(s1["loss_sum"], s2["loss_sum"])
+
+
+def test_public_layout_config_json_loads_with_expected_weight_names(tmp_path):
+    # A config.json as released DeepSpec drafts ship it: Qwen3 keys + the DSpark keys.
+    config = {
+        "architectures": ["Qwen3DSparkModel"], "model_type": "qwen3", "attention_bias": False,
+        "attention_dropout": 0.0, "head_dim": 16, "hidden_act": "silu", "hidden_size": H,
+        "initializer_range": 0.02, "intermediate_size": 64, "max_position_embeddings": 4096,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_theta": 1000000,
+        "rope_scaling": None, "use_sliding_window": False, "vocab_size": V, "torch_dtype": "bfloat16",
+        "num_hidden_layers": 2, "tie_word_embeddings": False, "block_size": 7, "mask_token_id": MASK,
+        "target_layer_ids": [1, 9, 17, 25, 33], "num_target_layers": 36, "num_anchors": 512, "markov_rank": 8,
+        "markov_head_type": "vanilla", "enable_confidence_head": True, "confidence_head_with_markov": True,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    r, n = 8, 5
+    shapes = {"embed_tokens.weight": (V, H), "lm_head.weight": (V, H), "fc.weight": (H, n * H),
+              "hidden_norm.weight": (H,), "norm.weight": (H,), "markov_head.markov_w1.weight": (V, r),
+              "markov_head.markov_w2.weight": (V, r), "confidence_head.proj.weight": (1, H + r),
+              "confidence_head.proj.bias": (1,)}
+    for i in range(2):
+        pre = f"layers.{i}."
+        shapes.update({pre + "self_attn.q_proj.weight": (64, H), pre + "self_attn.k_proj.weight": (32, H),
+                       pre + "self_attn.v_proj.weight": (32, H), pre + "self_attn.o_proj.weight": (H, 64),
+                       pre + "self_attn.q_norm.weight": (16,), pre + "self_attn.k_norm.weight": (16,),
+                       pre + "mlp.gate_proj.weight": (64, H), pre + "mlp.up_proj.weight": (64, H),
+                       pre + "mlp.down_proj.weight": (H, 64), pre + "input_layernorm.weight": (H,),
+                       pre + "post_attention_layernorm.weight": (H,)})
+    g = torch.Generator().manual_seed(3)
+    tensors = {k: torch.randn(s, generator=g).to(torch.bfloat16) for k, s in shapes.items()}
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    draft, info = load_draft(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert type(draft).__name__ == "Qwen3DSparkModel" and draft.config.algorithm == "dspark"
+    assert draft.config.rope_parameters["rope_theta"] == 1000000  # legacy rope keys understood
+    state = draft.state_dict()
+    assert set(state) == set(shapes)
+    for key, value in tensors.items():
+        assert torch.equal(state[key].to(torch.bfloat16), value), key
+    rebuilt = draft_config_from_dict(config)
+    assert rebuilt.target_layer_ids == [1, 9, 17, 25, 33] and rebuilt.markov_rank == 8
+
+
+def test_gemma4_draft_uses_the_family_embedding_scale_and_softcap():
+    draft = make_draft("gemma4_dspark", dtype=torch.float32)
+    torch.manual_seed(0)
+    target = Target(Gemma4ForCausalLM(gemma4_target_config()).eval())
+    draft.load_target_weights(target)
+    ids = torch.randint(0, V, (2, 5))
+    torch.testing.assert_close(draft.embed(ids), target.embed_tokens(ids))  # sqrt(H)-scaled, from the family
+    last = torch.randn(2, 5, H) * 10
+    torch.testing.assert_close(draft.target_logits(last), target.logits(last))
+    attn = draft.layers[0].self_attn
+    assert attn.scaling == 1.0 and attn.head_dim == 8  # family attention: full-attention head dim
+
+
+def test_config_errors_say_what_to_change():
+    from deepspec.models import DraftConfigError
+
+    base = dict(num_draft_layers=1, target_layer_ids=[0, 1], mask_token_id=MASK)
+    with pytest.raises(DraftConfigError, match="markov_rank=0"):
+        draft_config_from_target(qwen3_target_config(), dict(base, algorithm="dflash", markov_rank=4))
+    with pytest.raises(DraftConfigError, match="markov_head_type"):
+        draft_config_from_target(qwen3_target_config(), dict(base, algorithm="dspark", markov_rank=4,
+                                                             markov_head_type="lstm"))
+    with pytest.raises(DraftConfigError, match="mask_token_id"):
+        draft_config_from_target(qwen3_target_config(), dict(base, algorithm="dspark", mask_token_id=V))
+    with pytest.raises(ValueError, match="last layer"):
+        draft_config_from_target(qwen3_target_config(), dict(base, algorithm="dspark", target_layer_ids=[0, 4]))
