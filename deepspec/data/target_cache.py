@@ -1,0 +1,690 @@
+"""The sharded on-disk target cache (hidden states captured from the target).
+
+Folder layout::
+
+    manifest.json                 written LAST by finalize_target_cache(); its presence = complete cache
+    index.bin                     merged index: RECORD_DTYPE records sorted by source ordinal, no header
+    rank00000.meta.json           what rank 0 is building (checked on resume)
+    rank00000.shard000000.bin     sample data
+    rank00000.shard000000.idx     64-byte header + that shard's records; renamed in last = commit marker
+    .rank00000.shard000001.bin.tmp  shard being written (removed when a build resumes)
+
+Per sample, contiguous in a shard, each array starting on a 64-byte boundary
+(so numpy/torch views of the mmap are aligned and need no copy)::
+
+    input_ids int32 [T] | loss_mask uint8 [T] | hidden_states bf16 [T, n_layers*H] | last_hidden_state bf16 [T, H]
+
+bf16 is stored as its raw 16-bit pattern (numpy has no bfloat16).
+
+Protocol: each rank runs a :class:`TargetCacheWriter`; shards are written
+under temp names, fsynced and renamed, the ``.idx`` part last.  After every
+rank has closed, rank 0 runs :func:`finalize_target_cache`, which merges the
+committed parts into ``index.bin`` and writes ``manifest.json`` atomically.
+A killed build has no manifest; re-running it skips
+:func:`committed_source_indices` and carries on.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import json
+import os
+import re
+import struct
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "FORMAT_VERSION", "RECORD_DTYPE", "TargetCacheError", "CacheCompatibilityError", "TargetCacheWriteError",
+    "TargetCacheWriter", "TargetCache", "finalize_target_cache", "committed_source_indices",
+    "cache_is_complete", "estimate_cache_bytes", "format_bytes", "sample_nbytes",
+]
+
+FORMAT_NAME = "deepspec-target-cache"
+FORMAT_VERSION = 1
+ALIGN = 64
+MANIFEST_NAME = "manifest.json"
+INDEX_NAME = "index.bin"
+DEFAULT_MAX_SHARD_BYTES = 2 << 30
+DTYPES = {"input_ids": "int32", "loss_mask": "uint8", "hidden_states": "bfloat16", "last_hidden_state": "bfloat16"}
+
+RECORD_DTYPE = np.dtype([("source_index", "<i8"), ("offset", "<u8"), ("shard", "<u4"),
+                         ("length", "<u4"), ("loss_tokens", "<u4"), ("reserved", "<u4")])
+# .idx part header: magic, version, record size, n records, shard bytes, shard crc32, records crc32.
+_PART_HEADER = struct.Struct("<8sIIQQII24x")
+_PART_MAGIC = b"DSTCIDX1"
+_SHARD_RE = re.compile(r"^rank(\d{5})\.shard(\d{6})\.(bin|idx)$")
+_ZEROS = bytes(ALIGN)
+_WRITEBACK_BYTES = 32 << 20
+_FADVISE = getattr(os, "posix_fadvise", None)  # Linux; elsewhere fsync alone does the work
+
+
+class TargetCacheError(RuntimeError):
+    """The cache is missing, incomplete, corrupt, or cannot be built as asked."""
+
+
+class CacheCompatibilityError(TargetCacheError):
+    """The cache was built for a different target / layers than requested."""
+
+
+class TargetCacheWriteError(TargetCacheError):
+    """The background writer thread failed; raised in the caller."""
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _parts(length: int, hidden_width: int, hidden_size: int) -> list[int]:
+    """Padded byte sizes of the four arrays of one sample."""
+    return [_align(4 * length), _align(length), _align(2 * length * hidden_width), _align(2 * length * hidden_size)]
+
+
+def sample_nbytes(length: int, *, hidden_width: int, hidden_size: int) -> int:
+    """Bytes one sample of ``length`` tokens occupies in a shard (padding included)."""
+    return sum(_parts(length, hidden_width, hidden_size))
+
+
+def estimate_cache_bytes(*, num_samples: int, avg_tokens: float, num_layers: int, hidden_size: int) -> int:
+    """Approximate cache size: samples x tokens x ((layers+1)*H*2 + 5) plus padding and index."""
+    per_token = (num_layers + 1) * hidden_size * 2 + 4 + 1
+    per_sample_overhead = RECORD_DTYPE.itemsize + 2 * ALIGN  # index record + average padding of 4 arrays
+    return int(num_samples * (avg_tokens * per_token + per_sample_overhead)) + 64 * 1024
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.50 KiB' (binary units)."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+# ---------------------------------------------------------------------------- file helpers
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _writev_all(fd: int, bufs: list) -> None:
+    """os.writev that handles short writes (one syscall per sample in the common case)."""
+    bufs = [memoryview(b).cast("B") for b in bufs if len(b)]
+    while bufs:
+        n = os.writev(fd, bufs[:1024])  # IOV_MAX
+        while n and bufs:
+            if n >= len(bufs[0]):
+                n -= len(bufs.pop(0))
+            else:
+                bufs[0] = bufs[0][n:]
+                n = 0
+
+
+def _crc_chain(bufs: list, crc: int) -> int:
+    for b in bufs:
+        crc = zlib.crc32(b, crc)
+    return crc
+
+
+def _read_part(path: Path) -> tuple[np.ndarray, int, int]:
+    """Read a committed ``.idx`` part -> (records, shard bytes, shard crc32); raises on corruption."""
+    raw = path.read_bytes()
+    what = f"index part {path}"
+    if len(raw) < _PART_HEADER.size:
+        raise TargetCacheError(f"{what} is truncated; delete it and its .bin shard, then re-run the build")
+    magic, version, rec_size, n, shard_bytes, shard_crc, rec_crc = _PART_HEADER.unpack_from(raw)
+    body = raw[_PART_HEADER.size:]
+    if magic != _PART_MAGIC or version != FORMAT_VERSION or rec_size != RECORD_DTYPE.itemsize:
+        raise TargetCacheError(f"{what} has an unknown header (version {version}); was it written by another "
+                               "DeepSpec version? Rebuild the cache with this version")
+    if len(body) != n * rec_size or zlib.crc32(body) != rec_crc:
+        raise TargetCacheError(f"{what} is corrupt (size or checksum mismatch); delete it and its .bin shard, "
+                               "then re-run the build to redo those samples")
+    return np.frombuffer(body, dtype=RECORD_DTYPE).copy(), shard_bytes, shard_crc
+
+
+def _scan(output_dir: Path) -> dict[tuple[int, int], dict[str, Path]]:
+    """(rank, shard number) -> {"bin": path, "idx": path} of final-named files."""
+    found: dict[tuple[int, int], dict[str, Path]] = {}
+    for p in output_dir.iterdir():
+        m = _SHARD_RE.match(p.name)
+        if m:
+            found.setdefault((int(m[1]), int(m[2])), {})[m[3]] = p
+    return found
+
+
+def _remove_uncommitted(output_dir: Path, *, rank: int | None) -> int:
+    """Delete temp files and shards without a committed .idx (of one rank, or all when rank is None)."""
+    removed = 0
+    for p in output_dir.iterdir():
+        m = re.match(r"^\.rank(\d{5})\..*\.tmp$", p.name)
+        if m and (rank is None or int(m[1]) == rank):
+            p.unlink(missing_ok=True)
+            removed += 1
+    for (r, _), files in _scan(output_dir).items():
+        # .bin alone: crashed between the two renames; .idx alone: someone deleted a shard to redo it.
+        if len(files) == 1 and (rank is None or r == rank):
+            next(iter(files.values())).unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def committed_source_indices(output_dir: str | os.PathLike) -> set[int]:
+    """Source ordinals already committed (all ranks); a resumed build skips these."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return set()
+    out: set[int] = set()
+    for files in _scan(output_dir).values():
+        if "idx" in files and "bin" in files:
+            out.update(_read_part(files["idx"])[0]["source_index"].tolist())
+    return out
+
+
+def cache_is_complete(path: str | os.PathLike) -> bool:
+    return (Path(path) / MANIFEST_NAME).is_file()
+
+
+def _read_metas(output_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(output_dir.glob("rank*.meta.json"))]
+
+
+def _same_model(a: str, b: str) -> bool:
+    # A hub id and a local copy of it ("Qwen/Qwen3-4B" vs "/models/Qwen3-4B") count as the same target.
+    a, b = str(a).rstrip("/"), str(b).rstrip("/")
+    return a == b or a.rsplit("/", 1)[-1].lower() == b.rsplit("/", 1)[-1].lower()
+
+
+def _check_fields(have: dict, *, target_model, layer_ids, hidden_size, where: str, fix: str) -> None:
+    if target_model is not None and not _same_model(have["target_model"], target_model):
+        raise CacheCompatibilityError(f"{where} was built for target_model={have['target_model']!r}, "
+                                      f"not {target_model!r}; {fix}")
+    if layer_ids is not None and [int(x) for x in layer_ids] != list(have["layer_ids"]):
+        raise CacheCompatibilityError(f"{where} holds layer_ids={list(have['layer_ids'])}, not {list(layer_ids)}; "
+                                      f"{fix} (or set target_layer_ids={list(have['layer_ids'])} in the config)")
+    if hidden_size is not None and int(hidden_size) != int(have["hidden_size"]):
+        raise CacheCompatibilityError(f"{where} has hidden_size={have['hidden_size']}, not {hidden_size}; {fix}")
+
+
+# ---------------------------------------------------------------------------- writer
+
+def _to_numpy(x: Any, name: str, kind: str) -> np.ndarray:
+    """Zero-copy where possible: int32 ids, uint8 mask, int16 bit patterns for bf16."""
+    if isinstance(x, torch.Tensor):
+        if x.device.type != "cpu":
+            raise ValueError(f"{name} is on {x.device}; call .cpu() before add() - the writer thread only "
+                             "handles CPU tensors so it never synchronises with the GPU")
+        x = x.detach()
+        if kind == "bf16":
+            x = x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16)
+            return x.contiguous().view(torch.int16).numpy()
+        if kind == "mask":  # stored as 0/1 so the reader can view it as bool
+            x = x if x.dtype == torch.bool else (x != 0)
+            return x.contiguous().view(torch.uint8).numpy()
+        return x.to(torch.int32).contiguous().numpy()
+    x = np.asarray(x)
+    if kind == "bf16":
+        if x.dtype in (np.int16, np.uint16):  # already raw bf16 bits
+            return np.ascontiguousarray(x).view(np.int16)
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(torch.bfloat16).view(torch.int16).numpy()
+    if kind == "mask":
+        return np.ascontiguousarray(x if x.dtype == np.bool_ else x != 0).view(np.uint8)
+    return np.ascontiguousarray(x, dtype=np.int32)
+
+
+def _squeeze_batch(x: np.ndarray, ndim: int, name: str) -> np.ndarray:
+    if x.ndim == ndim + 1 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dims (no batch dim), got shape {tuple(x.shape)}")
+    return x
+
+
+class TargetCacheWriter:
+    """Writes one rank's samples into ``output_dir`` on a background thread.
+
+    ``add()`` validates and hands over references to the arrays (no copy) and
+    returns quickly; the caller must pass **CPU** tensors (do the ``.cpu()``
+    yourself) and must not modify them in place afterwards.  At most
+    ``max_queue_bytes`` of samples wait in memory; ``add()`` blocks beyond that.
+    A failure of the writer thread is raised by the next ``add()``/``close()``.
+    Always ``close()`` (or use ``with``): it commits the open shard.
+
+    On resume, skip the samples in ``writer.committed`` (every rank's committed
+    source ordinals, read at start) *before* running the target on them.
+    ``hidden_states`` may be ``[T, n*H]`` or ``[T, n, H]``; a leading batch dim
+    of 1 is dropped; float hidden states are converted to bf16 (a copy).
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, *, rank: int = 0, target_model: str,
+                 layer_ids: Sequence[int], hidden_size: int, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                 max_queue_bytes: int = 1 << 30, source_files: Sequence[str] = (), extra: dict | None = None,
+                 checksum: bool = True):
+        self.output_dir = Path(output_dir)
+        self.rank = int(rank)
+        self.layer_ids = [int(x) for x in layer_ids]
+        self.hidden_size = int(hidden_size)
+        self.hidden_width = len(self.layer_ids) * self.hidden_size
+        if not self.layer_ids or self.hidden_size <= 0 or not 0 <= self.rank < 100000:
+            raise ValueError("need at least one layer id, hidden_size > 0 and 0 <= rank < 100000")
+        self.max_shard_bytes = int(max_shard_bytes)
+        self.max_queue_bytes = int(max_queue_bytes)
+        self.checksum = checksum
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if cache_is_complete(self.output_dir):
+            raise TargetCacheError(f"{self.output_dir} is already a finalized target cache; write to a new folder, "
+                                   f"or delete {MANIFEST_NAME} there to add samples to it")
+        for meta in _read_metas(self.output_dir):
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise CacheCompatibilityError(f"{self.output_dir} holds a partial build of cache format version "
+                                              f"{meta.get('format_version')}; use a new folder")
+            _check_fields(meta, target_model=target_model, layer_ids=self.layer_ids, hidden_size=self.hidden_size,
+                          where=f"the partial build in {self.output_dir}",
+                          fix="use a new output folder or delete this one")
+        _remove_uncommitted(self.output_dir, rank=self.rank)  # leftovers of a killed run of this rank
+        self.meta = {"format_version": FORMAT_VERSION, "rank": self.rank, "target_model": str(target_model),
+                     "layer_ids": self.layer_ids, "hidden_size": self.hidden_size,
+                     "source_files": [str(s) for s in source_files], "extra": extra or {}}
+        _atomic_write(self.output_dir / f"rank{self.rank:05d}.meta.json", json.dumps(self.meta, indent=1).encode())
+        self.committed = committed_source_indices(self.output_dir)
+        own = [k for (r, k) in _scan(self.output_dir) if r == self.rank]
+        self._next_shard = max(own) + 1 if own else 0
+        self._added: set[int] = set()
+        self.num_added = self.num_committed = self.bytes_committed = 0
+        # Queue state shared with the thread, guarded by _cv.
+        self._cv = threading.Condition()
+        self._items: collections.deque = collections.deque()
+        self._pending_bytes = 0
+        self._stop = False
+        self._error: BaseException | None = None
+        self._closed = False
+        # Open-shard state, touched only by the thread.
+        self._fd: int | None = None
+        self._records: list[tuple] = []
+        self._shard_bytes = 0
+        self._crc = self._flushed = 0
+        self._crc_pool = ThreadPoolExecutor(1, thread_name_prefix="target-cache-crc") if checksum else None
+        self._thread = threading.Thread(target=self._run, name=f"target-cache-writer-{self.rank}", daemon=True)
+        self._thread.start()
+
+    # -- caller side
+    def add(self, *, source_index: int, input_ids, loss_mask, hidden_states, last_hidden_state) -> bool:
+        """Queue one sample; returns False (and writes nothing) if ``source_index`` is already committed/added."""
+        self._raise_if_failed()
+        if self._closed:
+            raise TargetCacheError("add() after close(); create a new TargetCacheWriter to resume")
+        source_index = int(source_index)
+        if source_index < 0:
+            raise ValueError(f"source_index must be >= 0, got {source_index}")
+        if source_index in self.committed or source_index in self._added:
+            return False
+        ids = _squeeze_batch(_to_numpy(input_ids, "input_ids", "ids"), 1, "input_ids")
+        mask = _squeeze_batch(_to_numpy(loss_mask, "loss_mask", "mask"), 1, "loss_mask")
+        hid = _to_numpy(hidden_states, "hidden_states", "bf16")
+        if hid.ndim >= 3 and hid.shape[-2:] == (len(self.layer_ids), self.hidden_size):
+            hid = hid.reshape(*hid.shape[:-2], self.hidden_width)  # [T, n, H] -> [T, n*H], free when contiguous
+        hid = _squeeze_batch(hid, 2, "hidden_states")
+        last = _squeeze_batch(_to_numpy(last_hidden_state, "last_hidden_state", "bf16"), 2, "last_hidden_state")
+        t = ids.shape[0]
+        if t == 0:
+            raise ValueError(f"sample {source_index} has no tokens")
+        for name, arr, shape in (("loss_mask", mask, (t,)), ("hidden_states", hid, (t, self.hidden_width)),
+                                 ("last_hidden_state", last, (t, self.hidden_size))):
+            if tuple(arr.shape) != shape:
+                raise ValueError(f"{name} of sample {source_index} has shape {tuple(arr.shape)}, expected {shape} "
+                                 f"(T={t}, {len(self.layer_ids)} layers x hidden_size {self.hidden_size})")
+        nbytes = sample_nbytes(t, hidden_width=self.hidden_width, hidden_size=self.hidden_size)
+        item = (source_index, t, int(np.count_nonzero(mask)), nbytes, (ids, mask, hid, last))
+        with self._cv:
+            # Bound memory held by queued samples; one sample is always admitted so huge ones cannot deadlock.
+            while self._pending_bytes and self._pending_bytes + nbytes > self.max_queue_bytes and not self._error:
+                self._cv.wait()
+            self._raise_if_failed()
+            self._items.append(item)
+            self._pending_bytes += nbytes
+            self._cv.notify_all()
+        self._added.add(source_index)
+        self.num_added += 1
+        return True
+
+    def flush(self) -> None:
+        """Wait until every queued sample is written to disk (the open shard stays uncommitted)."""
+        with self._cv:
+            while self._items and self._error is None:
+                self._cv.wait()
+        self._raise_if_failed()
+
+    def close(self) -> None:
+        """Write the remaining samples, commit the open shard and stop the thread."""
+        if not self._closed:
+            self._closed = True
+            with self._cv:
+                self._stop = True
+                self._cv.notify_all()
+            self._thread.join()
+        self._raise_if_failed()
+
+    def __enter__(self) -> "TargetCacheWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            try:  # keep what was written; the original exception matters more than a close error
+                self.close()
+            except Exception:
+                pass
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise TargetCacheWriteError(
+                f"target cache writer (rank {self.rank}, {self.output_dir}) failed: {self._error!r}. Samples after "
+                "the last committed shard were not saved; fix the cause and re-run the build to resume"
+            ) from self._error
+
+    # -- writer thread
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cv:
+                    while not self._items and not self._stop:
+                        self._cv.wait()
+                    if not self._items:
+                        break
+                    item = self._items[0]
+                self._write(item)
+                with self._cv:
+                    self._items.popleft()
+                    self._pending_bytes -= item[3]
+                    self._cv.notify_all()
+            self._commit()
+        except BaseException as e:  # noqa: BLE001 - must reach the caller, whatever it is
+            with self._cv:
+                self._error = e
+                self._items.clear()
+                self._cv.notify_all()
+            if self._fd is not None:
+                os.close(self._fd)  # temp file stays; the next run of this rank removes it
+                self._fd = None
+        finally:
+            if self._crc_pool is not None:
+                self._crc_pool.shutdown(wait=False)
+
+    def _name(self, ext: str) -> str:
+        return f"rank{self.rank:05d}.shard{self._next_shard:06d}.{ext}"
+
+    def _write(self, item) -> None:
+        source_index, t, loss_tokens, nbytes, arrays = item
+        if self._fd is not None and self._shard_bytes and self._shard_bytes + nbytes > self.max_shard_bytes:
+            self._commit()
+        if self._fd is None:
+            tmp = self.output_dir / f".{self._name('bin')}.tmp"
+            self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._records, self._shard_bytes, self._crc, self._flushed = [], 0, 0, 0
+        bufs = []
+        for arr, padded in zip(arrays, _parts(t, self.hidden_width, self.hidden_size)):
+            bufs.append(memoryview(arr.reshape(-1).view(np.uint8)))
+            if padded > arr.nbytes:
+                bufs.append(_ZEROS[: padded - arr.nbytes])
+        # crc32 and write() both release the GIL: checksum on a helper thread while the kernel copies.
+        crc = self._crc_pool.submit(_crc_chain, bufs, self._crc) if self._crc_pool else None
+        _writev_all(self._fd, bufs)
+        if crc is not None:
+            self._crc = crc.result()
+        self._records.append((source_index, self._shard_bytes, 0, t, loss_tokens, 0))
+        self._shard_bytes += nbytes
+        if _FADVISE and self._shard_bytes - self._flushed >= _WRITEBACK_BYTES:
+            # Start writeback of what was just written (DONTNEED on dirty pages = async flush), so the
+            # disk works while we copy the next samples and the final fsync has little left to do.
+            _FADVISE(self._fd, self._flushed, self._shard_bytes - self._flushed, os.POSIX_FADV_DONTNEED)
+            self._flushed = self._shard_bytes
+
+    def _commit(self) -> None:
+        if self._fd is None:
+            return
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+        records = np.array(self._records, dtype=RECORD_DTYPE).tobytes()
+        header = _PART_HEADER.pack(_PART_MAGIC, FORMAT_VERSION, RECORD_DTYPE.itemsize, len(self._records),
+                                   self._shard_bytes, self._crc if self.checksum else 0, zlib.crc32(records))
+        idx_tmp = self.output_dir / f".{self._name('idx')}.tmp"
+        with open(idx_tmp, "wb") as f:
+            f.write(header + records)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(self.output_dir / f".{self._name('bin')}.tmp", self.output_dir / self._name("bin"))
+        os.replace(idx_tmp, self.output_dir / self._name("idx"))  # the commit point
+        _fsync_dir(self.output_dir)
+        self.num_committed += len(self._records)
+        self.bytes_committed += self._shard_bytes
+        self._next_shard += 1
+
+
+# ---------------------------------------------------------------------------- finalize
+
+def finalize_target_cache(output_dir: str | os.PathLike, *, expected_num_samples: int | None = None,
+                          source_files: Sequence[str] | None = None, extra: dict | None = None) -> dict:
+    """Merge all ranks' committed parts into ``index.bin`` and write ``manifest.json`` last.
+
+    Run once (rank 0) after every writer has closed: it deletes leftover temp
+    files.  ``expected_num_samples`` guards against finalizing a build where a
+    rank died.  Returns the manifest.
+    """
+    output_dir = Path(output_dir)
+    metas = _read_metas(output_dir) if output_dir.is_dir() else []
+    if not metas:
+        raise TargetCacheError(f"{output_dir} has no writer metadata; run the cache build before finalizing")
+    first = metas[0]
+    for m in metas[1:]:
+        _check_fields(m, target_model=first["target_model"], layer_ids=first["layer_ids"],
+                      hidden_size=first["hidden_size"], where=f"rank {m['rank']}'s part of {output_dir}",
+                      fix=f"ranks disagree with rank {first['rank']}; rebuild into a new folder")
+    (output_dir / MANIFEST_NAME).unlink(missing_ok=True)  # never leave an old manifest next to a new index
+    _fsync_dir(output_dir)
+    _remove_uncommitted(output_dir, rank=None)
+
+    shards, parts = [], []
+    scan = _scan(output_dir)
+    hidden_width = len(first["layer_ids"]) * first["hidden_size"]
+    for sid, key in enumerate(sorted(scan)):
+        files = scan[key]
+        records, nbytes, crc = _read_part(files["idx"])
+        actual = files["bin"].stat().st_size
+        if actual != nbytes:
+            raise TargetCacheError(f"shard {files['bin']} has {actual} bytes but its index says {nbytes}; delete "
+                                   f"it and {files['idx'].name}, then re-run the build to redo those samples")
+        records["shard"] = sid
+        parts.append(records)
+        shards.append({"file": files["bin"].name, "bytes": nbytes, "num_samples": len(records),
+                       "crc32": crc if crc else None})
+    if not parts:
+        raise TargetCacheError(f"{output_dir} has no committed samples; run the build first")
+    records = np.concatenate(parts)
+    # Stable sort keeps the first copy (lowest rank/shard) of any duplicated source ordinal.
+    order = np.argsort(records["source_index"], kind="stable")
+    records = records[order]
+    keep = np.ones(len(records), dtype=bool)
+    keep[1:] = records["source_index"][1:] != records["source_index"][:-1]
+    duplicates = int(len(records) - keep.sum())
+    records = records[keep]
+    if expected_num_samples is not None and len(records) != expected_num_samples:
+        raise TargetCacheError(f"{output_dir} has {len(records)} committed samples but {expected_num_samples} were "
+                               "expected; a rank may have failed - re-run the build to resume, then finalize again")
+    index_bytes = records.tobytes()
+    _atomic_write(output_dir / INDEX_NAME, index_bytes)
+
+    if source_files is None:
+        source_files = list(dict.fromkeys(s for m in metas for s in m.get("source_files", [])))
+    manifest = {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "target_model": first["target_model"],
+        "layer_ids": first["layer_ids"], "num_layers": len(first["layer_ids"]),
+        "hidden_size": first["hidden_size"], "hidden_width": hidden_width, "dtypes": DTYPES, "alignment": ALIGN,
+        "index": {"file": INDEX_NAME, "num_records": len(records), "record_size": RECORD_DTYPE.itemsize,
+                  "record_fields": [n for n in RECORD_DTYPE.names], "crc32": zlib.crc32(index_bytes)},
+        "shards": shards, "checksum": "crc32", "num_samples": len(records),
+        "total_tokens": int(records["length"].sum()), "total_loss_tokens": int(records["loss_tokens"].sum()),
+        "duplicates_dropped": duplicates, "source_files": [str(s) for s in source_files],
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "extra": extra if extra is not None else first.get("extra", {}),
+    }
+    _atomic_write(output_dir / MANIFEST_NAME, (json.dumps(manifest, indent=1) + "\n").encode())
+    return manifest
+
+
+# ---------------------------------------------------------------------------- reader
+
+class TargetCache:
+    """Read-only, mmap-backed view of a finalized cache; ``cache[i]`` -> dict of torch tensors.
+
+    Tensors share memory with a private (copy-on-write) mapping: no copy is
+    made, and writing into them never touches the files.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, verify: bool = False):
+        self.path = Path(path)
+        mpath = self.path / MANIFEST_NAME
+        if not mpath.is_file():
+            if self.path.is_dir() and any(_SHARD_RE.match(p.name) or p.name.endswith(".tmp")
+                                          for p in self.path.iterdir()):
+                raise TargetCacheError(f"incomplete cache at {self.path}: no {MANIFEST_NAME} (the build was "
+                                       "interrupted or never finalized); re-run the build to resume")
+            raise TargetCacheError(f"no target cache at {self.path} ({MANIFEST_NAME} not found); build it first")
+        try:
+            self.manifest = m = json.loads(mpath.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise TargetCacheError(f"{mpath} is not valid JSON ({e}); re-run finalize or rebuild the cache") from None
+        if m.get("format") != FORMAT_NAME or m.get("format_version") != FORMAT_VERSION:
+            raise TargetCacheError(f"{self.path}: unsupported cache format {m.get('format')!r} version "
+                                   f"{m.get('format_version')!r} (this DeepSpec reads version {FORMAT_VERSION}); "
+                                   "rebuild the cache")
+        if m.get("dtypes") != DTYPES or m.get("alignment") != ALIGN:
+            raise TargetCacheError(f"{self.path}: unexpected dtypes/alignment in manifest; rebuild the cache")
+        try:
+            self.hidden_size, self.hidden_width = int(m["hidden_size"]), int(m["hidden_width"])
+            self.layer_ids = list(m["layer_ids"])
+            self._shard_paths = [self.path / s["file"] for s in m["shards"]]
+            m["index"]["file"], m["index"]["crc32"], m["num_samples"]  # noqa: B018 - presence check
+        except (KeyError, TypeError) as e:
+            raise TargetCacheError(f"{mpath} lacks field {e}; re-run finalize_target_cache") from None
+        if self.hidden_width != len(self.layer_ids) * self.hidden_size:
+            raise TargetCacheError(f"{mpath}: hidden_width does not match layer_ids x hidden_size; rebuild")
+        sizes = []
+        for s, p in zip(m["shards"], self._shard_paths):
+            if not p.is_file():
+                raise TargetCacheError(f"shard {p} is missing; restore it or rebuild the cache")
+            if p.stat().st_size != s["bytes"]:
+                raise TargetCacheError(f"shard {p} has {p.stat().st_size} bytes, manifest says {s['bytes']} "
+                                       "(truncated or modified); rebuild the cache")
+            if verify and s.get("crc32") is not None and _file_crc32(p) != s["crc32"]:
+                raise TargetCacheError(f"shard {p} fails its checksum (corrupt data); rebuild the cache")
+            sizes.append(s["bytes"])
+        ipath = self.path / m["index"]["file"]
+        n = int(m["num_samples"])
+        if not ipath.is_file() or ipath.stat().st_size != n * RECORD_DTYPE.itemsize:
+            size = ipath.stat().st_size if ipath.is_file() else "no"
+            raise TargetCacheError(f"index {ipath} has {size} bytes, expected {n} records x "
+                                   f"{RECORD_DTYPE.itemsize}; re-run finalize_target_cache or rebuild")
+        raw = ipath.read_bytes()
+        if zlib.crc32(raw) != m["index"]["crc32"]:
+            raise TargetCacheError(f"index {ipath} fails its checksum; re-run finalize_target_cache")
+        self.records = np.frombuffer(raw, dtype=RECORD_DTYPE)
+        self._check_records(np.asarray(sizes, dtype=np.int64))
+        self.lengths = self.records["length"].astype(np.int64)
+        self.source_indices = self.records["source_index"].astype(np.int64)
+        self._maps: list[np.memmap | None] = [None] * len(self._shard_paths)
+
+    def _check_records(self, sizes: np.ndarray) -> None:
+        r = self.records
+        if len(r) == 0:
+            return
+        bad = r["shard"] >= len(sizes)
+        if bad.any():
+            raise TargetCacheError(f"index of {self.path} refers to shard {int(r['shard'][bad][0])} of "
+                                   f"{len(sizes)}; re-run finalize_target_cache")
+        t = r["length"].astype(np.int64)
+        end = r["offset"].astype(np.int64) + sample_nbytes(t, hidden_width=self.hidden_width,
+                                                           hidden_size=self.hidden_size)  # vectorised
+        bad = (end > sizes[r["shard"].astype(np.int64)]) | (r["offset"] % ALIGN != 0) | (t == 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise TargetCacheError(f"index record {i} of {self.path} points outside its shard; the index or shard "
+                                   "is corrupt - rebuild the cache")
+        if (np.diff(r["source_index"]) <= 0).any():
+            raise TargetCacheError(f"index of {self.path} is not sorted by source ordinal; re-run finalize")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _map(self, shard: int) -> np.memmap:
+        mm = self._maps[shard]
+        if mm is None:  # lazily, so pickled copies in DataLoader workers open their own maps
+            mm = self._maps[shard] = np.memmap(self._shard_paths[shard], dtype=np.uint8, mode="c")
+        return mm
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        n = len(self.records)
+        if not -n <= i < n:
+            raise IndexError(f"sample {i} out of range for a cache of {n} samples")
+        rec = self.records[i]
+        t, off = int(rec["length"]), int(rec["offset"])
+        mm = self._map(int(rec["shard"]))
+        p = _parts(t, self.hidden_width, self.hidden_size)
+        o1, o2, o3 = off + p[0], off + p[0] + p[1], off + p[0] + p[1] + p[2]
+        ids = torch.from_numpy(mm[off:off + 4 * t].view(np.int32))
+        mask = torch.from_numpy(mm[o1:o1 + t]).view(torch.bool)
+        hid = torch.from_numpy(mm[o2:o2 + 2 * t * self.hidden_width].view(np.int16)).view(torch.bfloat16)
+        last = torch.from_numpy(mm[o3:o3 + 2 * t * self.hidden_size].view(np.int16)).view(torch.bfloat16)
+        return {"input_ids": ids.long(), "loss_mask": mask, "hidden_states": hid.view(t, self.hidden_width),
+                "last_hidden_state": last.view(t, self.hidden_size), "source_index": int(rec["source_index"])}
+
+    def check_compatible(self, *, target_model: str | None = None, layer_ids: Iterable[int] | None = None,
+                         hidden_size: int | None = None) -> None:
+        """Raise :class:`CacheCompatibilityError` naming the first field that differs (None = not checked)."""
+        _check_fields(self.manifest, target_model=target_model,
+                      layer_ids=list(layer_ids) if layer_ids is not None else None, hidden_size=hidden_size,
+                      where=f"target cache {self.path}", fix="rebuild the cache for this target/config")
+
+    def close(self) -> None:
+        self._maps = [None] * len(self._shard_paths)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_maps"] = [None] * len(self._shard_paths)
+        return state
+
+    def __repr__(self) -> str:
+        return (f"TargetCache({str(self.path)!r}, samples={len(self)}, tokens={int(self.lengths.sum())}, "
+                f"layers={self.layer_ids}, hidden_size={self.hidden_size})")
+
+
+def _file_crc32(path: Path, chunk: int = 16 << 20) -> int:
+    crc = 0
+    buf = bytearray(chunk)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            crc = zlib.crc32(memoryview(buf)[:n], crc)
+    return crc

@@ -1,0 +1,292 @@
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deepspec.data import target_cache as tc
+from deepspec.data.target_cache import (
+    CacheCompatibilityError,
+    TargetCache,
+    TargetCacheError,
+    TargetCacheWriteError,
+    TargetCacheWriter,
+    committed_source_indices,
+    estimate_cache_bytes,
+    finalize_target_cache,
+    format_bytes,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+LAYERS, H = [1, 3, 5], 16
+META = dict(target_model="Qwen/Qwen3-tiny", layer_ids=LAYERS, hidden_size=H)
+
+
+def make_sample(i):
+    g = torch.Generator().manual_seed(1000 + i)
+    t = 3 + (i * 7) % 29
+    return {
+        "input_ids": torch.randint(0, 50000, (t,), generator=g),
+        "loss_mask": torch.rand(t, generator=g) > 0.4,
+        # Random bit patterns cover every bf16 value class (NaN payloads, denormals, -0).
+        "hidden_states": torch.randint(-32768, 32767, (t, len(LAYERS) * H), dtype=torch.int16,
+                                       generator=g).view(torch.bfloat16),
+        "last_hidden_state": torch.randn(t, H, generator=g).bfloat16(),
+    }
+
+
+def assert_same(got, want):
+    assert torch.equal(got["input_ids"], want["input_ids"].long())
+    assert torch.equal(got["loss_mask"], want["loss_mask"].bool())
+    for k in ("hidden_states", "last_hidden_state"):
+        assert got[k].dtype == torch.bfloat16 and got[k].shape == want[k].shape
+        assert torch.equal(got[k].view(torch.int16), want[k].view(torch.int16)), k
+
+
+def build(path, indices, *, rank=0, finalize=True, **kw):
+    kw.setdefault("max_shard_bytes", 4096)
+    with TargetCacheWriter(path, rank=rank, **META, **kw) as w:
+        for i in indices:
+            w.add(source_index=i, **make_sample(i))
+    return finalize_target_cache(path) if finalize else None
+
+
+def all_samples(cache):
+    return [cache[i] for i in range(len(cache))]
+
+
+def test_round_trip_multiple_shards(tmp_path):
+    manifest = build(tmp_path, range(40), source_files=["a.jsonl"], max_queue_bytes=2000)
+    assert len(manifest["shards"]) > 3
+    cache = TargetCache(tmp_path, verify=True)
+    assert len(cache) == 40 == manifest["num_samples"]
+    assert manifest["source_files"] == ["a.jsonl"]
+    assert manifest["total_tokens"] == sum(len(make_sample(i)["input_ids"]) for i in range(40))
+    assert manifest["total_loss_tokens"] == sum(int(make_sample(i)["loss_mask"].sum()) for i in range(40))
+    assert cache.lengths.tolist() == [len(make_sample(i)["input_ids"]) for i in range(40)]
+    for i in range(40):
+        got = cache[i]
+        assert got["source_index"] == i
+        assert_same(got, make_sample(i))
+        assert got["hidden_states"].data_ptr() % 64 == 0 and got["last_hidden_state"].data_ptr() % 64 == 0
+    assert_same(cache[-1], make_sample(39))
+    with pytest.raises(IndexError):
+        cache[40]
+    # Tensors are private copy-on-write views: writing to them leaves the file alone.
+    cache[0]["hidden_states"].zero_()
+    assert_same(TargetCache(tmp_path, verify=True)[0], make_sample(0))
+    # Picklable for DataLoader workers (maps reopen lazily).
+    assert_same(pickle.loads(pickle.dumps(cache))[5], make_sample(5))
+    assert manifest["shards"][0]["file"] in repr(os.listdir(tmp_path))
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_input_forms_numpy_and_layer_stack(tmp_path):
+    s = make_sample(3)
+    t = len(s["input_ids"])
+    with TargetCacheWriter(tmp_path, **META) as w:
+        # numpy ids/mask, bf16 as raw int16 bits, [T, n, H] hidden, batch dim 1 on the last state.
+        assert w.add(source_index=0, input_ids=s["input_ids"].numpy(), loss_mask=s["loss_mask"].numpy(),
+                     hidden_states=s["hidden_states"].view(torch.int16).numpy().reshape(t, len(LAYERS), H),
+                     last_hidden_state=s["last_hidden_state"][None])
+        # float32 hidden is converted to bf16 (finite values: NaN payloads need not survive a round trip).
+        s1 = {**s, "hidden_states": torch.randn(t, len(LAYERS) * H).bfloat16()}
+        assert w.add(source_index=1, input_ids=s1["input_ids"], loss_mask=s1["loss_mask"].to(torch.uint8) * 7,
+                     hidden_states=s1["hidden_states"].float(), last_hidden_state=s1["last_hidden_state"].float())
+        assert not w.add(source_index=1, **s)  # duplicate in the same run: skipped
+        with pytest.raises(ValueError, match=r"last_hidden_state .*shape"):
+            w.add(source_index=2, **{**s, "last_hidden_state": s["last_hidden_state"][:, :8]})
+    finalize_target_cache(tmp_path)
+    cache = TargetCache(tmp_path)
+    assert_same(cache[0], s)
+    assert_same(cache[1], s1)
+
+
+def test_two_ranks_one_folder_sorted_by_source(tmp_path):
+    ranks = [list(range(0, 30, 2)), list(range(1, 30, 2))]
+    threads = [threading.Thread(target=build, args=(tmp_path, idx), kwargs={"rank": r, "finalize": False})
+               for r, idx in enumerate(ranks)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    manifest = finalize_target_cache(tmp_path, expected_num_samples=30)
+    assert {s["file"][:9] for s in manifest["shards"]} == {"rank00000", "rank00001"}
+    cache = TargetCache(tmp_path, verify=True)
+    assert cache.source_indices.tolist() == list(range(30))
+    single = tmp_path / "single"
+    build(single, range(30), max_shard_bytes=1 << 20)
+    for a, b in zip(all_samples(cache), all_samples(TargetCache(single))):
+        assert_same(a, b)
+
+
+CRASH_SCRIPT = """
+import os, sys
+sys.path.insert(0, {tests!r})
+from test_target_cache import META, make_sample
+from deepspec.data.target_cache import TargetCacheWriter
+w = TargetCacheWriter({path!r}, **META, max_shard_bytes=4096)
+for i in range(25):
+    w.add(source_index=i, **make_sample(i))
+w.flush()   # all on disk, the last shard still open
+os._exit(1)  # killed: no close(), no finalize
+"""
+
+
+def test_crash_then_resume_equals_uninterrupted(tmp_path):
+    path = tmp_path / "cache"
+    script = CRASH_SCRIPT.format(tests=str(REPO / "tests"), path=str(path))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert not (path / "manifest.json").exists()
+    assert [p for p in os.listdir(path) if p.endswith(".tmp")]  # the open shard was left behind
+    with pytest.raises(TargetCacheError, match="incomplete cache.*re-run the build to resume"):
+        TargetCache(path)
+    done = committed_source_indices(path)
+    assert done and done < set(range(25)) and done == set(range(len(done)))
+
+    with TargetCacheWriter(path, **META, max_shard_bytes=4096) as w:
+        assert not [p for p in os.listdir(path) if p.endswith(".tmp")]  # leftovers removed on resume
+        assert w.committed == done
+        added = [i for i in range(40) if w.add(source_index=i, **make_sample(i))]
+    assert added == [i for i in range(40) if i not in done]
+    finalize_target_cache(path, expected_num_samples=40)
+    cache = TargetCache(path, verify=True)
+    assert cache.manifest["duplicates_dropped"] == 0
+    assert cache.source_indices.tolist() == list(range(40))
+    clean = tmp_path / "clean"
+    build(clean, range(40))
+    for a, b in zip(all_samples(cache), all_samples(TargetCache(clean))):
+        assert_same(a, b)
+
+
+def test_finalize_requires_all_samples_and_refuses_reopen(tmp_path):
+    build(tmp_path, range(5), finalize=False)
+    with pytest.raises(TargetCacheError, match="5 committed samples but 6 were expected.*resume"):
+        finalize_target_cache(tmp_path, expected_num_samples=6)
+    finalize_target_cache(tmp_path)
+    with pytest.raises(TargetCacheError, match="already a finalized"):
+        TargetCacheWriter(tmp_path, **META)
+    with pytest.raises(TargetCacheError, match="no target cache"):
+        TargetCache(tmp_path / "nothing")
+
+
+def _shard(path, k=0):
+    return path / json.loads((path / "manifest.json").read_text())["shards"][k]["file"]
+
+
+def test_truncated_shard_detected(tmp_path):
+    build(tmp_path, range(10))
+    shard = _shard(tmp_path)
+    os.truncate(shard, shard.stat().st_size - 10)
+    with pytest.raises(TargetCacheError, match=r"rank00000\.shard000000\.bin.*truncated"):
+        TargetCache(tmp_path)
+
+
+def test_flipped_byte_caught_by_verify(tmp_path):
+    build(tmp_path, range(10))
+    shard = _shard(tmp_path, 1)
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    TargetCache(tmp_path)  # size still right: only the checksum can tell
+    with pytest.raises(TargetCacheError, match="checksum"):
+        TargetCache(tmp_path, verify=True)
+
+
+def test_index_truncated_or_corrupt(tmp_path):
+    build(tmp_path, range(10))
+    index = tmp_path / "index.bin"
+    raw = index.read_bytes()
+    index.write_bytes(raw[:-8])
+    with pytest.raises(TargetCacheError, match=r"index .* expected 10 records"):
+        TargetCache(tmp_path)
+    # Right size, offset pushed past the shard end (checksum updated, so only the bounds check can catch it).
+    recs = np.frombuffer(raw, dtype=tc.RECORD_DTYPE).copy()
+    recs["offset"][3] += 1 << 20
+    index.write_bytes(recs.tobytes())
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    m["index"]["crc32"] = tc.zlib.crc32(recs.tobytes())
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(TargetCacheError, match="record 3 .* outside its shard"):
+        TargetCache(tmp_path)
+
+
+def test_corrupt_index_part_refused_by_finalize(tmp_path):
+    build(tmp_path, range(10), finalize=False)
+    part = sorted(tmp_path.glob("*.idx"))[0]
+    raw = bytearray(part.read_bytes())
+    raw[-3] ^= 1
+    part.write_bytes(bytes(raw))
+    with pytest.raises(TargetCacheError, match=r"shard000000\.idx is corrupt.*re-run the build"):
+        finalize_target_cache(tmp_path)
+
+
+def test_check_compatible_messages(tmp_path):
+    build(tmp_path, range(3))
+    cache = TargetCache(tmp_path)
+    cache.check_compatible(**META)
+    cache.check_compatible(target_model="/models/Qwen3-tiny", layer_ids=(1, 3, 5), hidden_size=16)
+    with pytest.raises(CacheCompatibilityError, match=r"target_model='Qwen/Qwen3-tiny', not 'Qwen/Qwen3-8B'"):
+        cache.check_compatible(target_model="Qwen/Qwen3-8B")
+    with pytest.raises(CacheCompatibilityError, match=r"layer_ids=\[1, 3, 5\], not \[1, 2\].*target_layer_ids"):
+        cache.check_compatible(layer_ids=[1, 2])
+    with pytest.raises(CacheCompatibilityError, match="hidden_size=16, not 32; rebuild"):
+        cache.check_compatible(hidden_size=32)
+
+
+def test_resume_with_other_layers_refused(tmp_path):
+    build(tmp_path, range(3), finalize=False)
+    with pytest.raises(CacheCompatibilityError, match="layer_ids"):
+        TargetCacheWriter(tmp_path, target_model="Qwen/Qwen3-tiny", layer_ids=[2], hidden_size=H)
+
+
+def test_background_error_surfaces(tmp_path, monkeypatch):
+    def disk_full(fd, bufs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tc, "_writev_all", disk_full)
+    w = TargetCacheWriter(tmp_path, **META)
+    w.add(source_index=0, **make_sample(0))
+    with pytest.raises(TargetCacheWriteError, match="No space left on device.*re-run the build to resume"):
+        w.flush()
+    with pytest.raises(TargetCacheWriteError):
+        w.add(source_index=1, **make_sample(1))
+    with pytest.raises(TargetCacheWriteError):
+        w.close()
+    assert committed_source_indices(tmp_path) == set()
+
+
+def test_estimate_and_format():
+    n = estimate_cache_bytes(num_samples=1000, avg_tokens=2048, num_layers=5, hidden_size=4096)
+    core = 1000 * 2048 * (6 * 4096 * 2 + 5)
+    assert core <= n < core * 1.001
+    assert format_bytes(512) == "512 B"
+    assert format_bytes(1536) == "1.50 KiB"
+    assert format_bytes(3 * 1024**4) == "3.00 TiB"
+    # The estimate matches what the writer really produces (within padding).
+    assert tc.sample_nbytes(100, hidden_width=3 * 16, hidden_size=16) == 448 + 128 + 9600 + 3200
+
+
+def test_half_committed_shards_are_redone(tmp_path):
+    build(tmp_path, range(20), finalize=False)
+    idx = sorted(tmp_path.glob("*.idx"))
+    idx[0].unlink()  # as if killed between renaming the .bin and the .idx
+    idx[1].with_suffix(".bin").unlink()  # as if a user deleted a corrupt shard to have it rebuilt
+    lost = set(range(20)) - committed_source_indices(tmp_path)
+    assert lost and 0 in lost
+    with TargetCacheWriter(tmp_path, **META, max_shard_bytes=4096) as w:
+        redone = [i for i in range(20) if w.add(source_index=i, **make_sample(i))]
+    assert set(redone) == lost
+    finalize_target_cache(tmp_path, expected_num_samples=20)
+    cache = TargetCache(tmp_path, verify=True)
+    for i in range(20):
+        assert_same(cache[i], make_sample(i))
