@@ -1,0 +1,182 @@
+"""Tests for the embedded default target (tokenizer, trained and random tiny Qwen3 targets)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+import shutil
+
+import pytest
+import torch
+
+from deepspec import tiny_target as tt
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 5
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tt.build_tokenizer()
+
+
+def _ids(encoded):
+    # transformers 5 returns a BatchEncoding from apply_chat_template(tokenize=True)
+    return list(encoded["input_ids"]) if hasattr(encoded, "keys") else list(encoded)
+
+
+def _state(folder):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder).state_dict()
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def test_special_token_ids(tokenizer):
+    assert len(tokenizer) == tt.VOCAB_SIZE
+    assert tokenizer.convert_ids_to_tokens([0, 1, 2, 3]) == list(tt.SPECIAL_TOKENS)
+    assert (tt.ENDOFTEXT_ID, tt.IM_START_ID, tt.IM_END_ID, tt.MASK_TOKEN_ID) == (0, 1, 2, 3)
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.eos_token_id == tt.IM_END_ID
+    assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.pad_token_id == tt.ENDOFTEXT_ID
+    assert tokenizer.mask_token_id == tt.MASK_TOKEN_ID
+    # special tokens inside text are matched whole, not split into bytes
+    assert tokenizer("a<|mask|>b", add_special_tokens=False)["input_ids"].count(tt.MASK_TOKEN_ID) == 1
+    assert tokenizer("x = 1", add_special_tokens=False)["input_ids"][0] > 3  # no BOS added
+
+
+def test_chat_template_exact_and_round_trip(tokenizer):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "def add(a, b):"},
+            {"role": "assistant", "content": "    return a + b"}, {"role": "user", "content": "thanks ✓"}]
+    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\ndef add(a, b):<|im_end|>\n"
+                    "<|im_start|>assistant\n    return a + b<|im_end|>\n<|im_start|>user\nthanks ✓<|im_end|>\n"
+                    "<|im_start|>assistant\n")
+    no_prompt = tokenizer.apply_chat_template(msgs[:2], tokenize=False)
+    assert no_prompt.endswith("def add(a, b):<|im_end|>\n")
+    ids = _ids(tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True))
+    assert ids[0] == tt.IM_START_ID and ids.count(tt.IM_END_ID) == 4
+    assert tokenizer.decode(ids) == text
+    # training text uses exactly the template's rendering
+    pair = msgs[1:3]
+    assert tt.format_chat(user=pair[0]["content"], assistant=pair[1]["content"]) == \
+        tokenizer.apply_chat_template(pair, tokenize=False)
+
+
+def test_tokenizer_is_cached():
+    first = tt._trained_tokenizer_json.cache_info().hits
+    tt.build_tokenizer()
+    assert tt._trained_tokenizer_json.cache_info().hits > first
+
+
+def test_corpus_excludes_tests_and_charmaps():
+    train, val = tt.load_corpus()
+    names = [rel for rel, _ in train + val]
+    assert train and val and set(rel for rel, _ in train).isdisjoint(rel for rel, _ in val)
+    assert not any(rel.startswith(("encodings/", "test/", "idlelib/")) or "/tests/" in rel for rel in names)
+    assert not any(tok in text for _, text in train for tok in tt.SPECIAL_TOKENS)
+
+
+def test_code_chat_pairs():
+    src = 'class A:\n    """Doc."""\n    def f(self, x):\n        y = x + 1\n        return y\n'
+    pairs = tt.code_chat_pairs(text=src)
+    assert ('class A:\n    """Doc."""', '    def f(self, x):\n        y = x + 1\n        return y') in pairs
+    assert ("def f(self, x):\n    y = x + 1", "    return y") in pairs
+    assert tt.code_chat_pairs(text="def broken(:\n") == []
+
+
+def test_steps_and_default_dir(monkeypatch, tmp_path):
+    assert tt.steps_for_minutes(minutes=5) == round(5 * tt.STEPS_PER_MINUTE)
+    with pytest.raises(ValueError):
+        tt.steps_for_minutes(minutes=0)
+    monkeypatch.setenv("DEEPSPEC_TINY_TARGET", str(tmp_path / "t"))
+    assert tt.default_tiny_target_dir() == tmp_path / "t"
+    monkeypatch.delenv("DEEPSPEC_TINY_TARGET")
+    assert tt.default_tiny_target_dir() == pathlib.Path.home() / ".cache" / "deepspec" / "tiny_target"
+
+
+# ----------------------------------------------------------------------------- random target
+
+def test_random_target_loads_and_is_seeded(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    a = tt.build_random_tiny_target(output_dir=tmp_path / "a", seed=3, num_hidden_layers=2)
+    b = tt.build_random_tiny_target(output_dir=tmp_path / "b", seed=3, num_hidden_layers=2)
+    model = AutoModelForCausalLM.from_pretrained(a)
+    assert model.config.num_hidden_layers == 2 and model.config.vocab_size == tt.VOCAB_SIZE
+    assert AutoTokenizer.from_pretrained(a).mask_token_id == tt.MASK_TOKEN_ID
+    sa, sb = model.state_dict(), _state(b)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert tt.read_marker(folder=a)["kind"] == "random"
+    assert not tt.is_complete_tiny_target(folder=a)  # a random folder never passes as trained
+
+
+def test_refuses_to_replace_foreign_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a tiny-target folder"):
+        tt.build_tiny_target(output_dir=tmp_path, steps=STEPS, log=None)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+# ----------------------------------------------------------------------------- trained target
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "target"
+    return tt.build_tiny_target(output_dir=out, steps=STEPS, seed=0, log=None)
+
+
+@pytest.mark.slow
+def test_trained_target_loads_and_generates(built):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    info = tt.read_marker(folder=built)
+    assert info["kind"] == "trained" and info["steps"] == STEPS and info["seed"] == 0
+    assert 0 < info["val_loss"] < 9 and info["val_perplexity"] == pytest.approx(2.718281828 ** info["val_loss"])
+    leftovers = [p.name for p in built.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    assert not leftovers  # temp folders cleaned up
+    tok = AutoTokenizer.from_pretrained(built)
+    model = AutoModelForCausalLM.from_pretrained(built)
+    assert info["num_parameters"] == sum(p.numel() for p in model.parameters())
+    assert list(model.generation_config.eos_token_id) == [tt.IM_END_ID, tt.ENDOFTEXT_ID]
+    assert model.generation_config.pad_token_id == tt.ENDOFTEXT_ID
+    ids = _ids(tok.apply_chat_template([{"role": "user", "content": "def f(x):"}], add_generation_prompt=True))
+    out = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False)
+    assert out.shape[0] == 1 and ids == out[0, : len(ids)].tolist() and out.shape[1] > len(ids)
+
+
+@pytest.mark.slow
+def test_reuse_by_marker(built, capsys):
+    before = (built / "model.safetensors").stat().st_mtime_ns
+    logs = []
+    assert tt.build_tiny_target(output_dir=built, steps=STEPS, seed=0, log=logs.append) == built
+    assert any("reused" in line for line in logs)
+    assert (built / "model.safetensors").stat().st_mtime_ns == before
+    assert tt.is_complete_tiny_target(folder=built, seed=0, steps=STEPS)
+    assert not tt.is_complete_tiny_target(folder=built, seed=1, steps=STEPS)
+    assert not tt.is_complete_tiny_target(folder=built, seed=0, steps=STEPS + 1)
+    # the CLI goes through the same reuse path and prints the perplexity
+    spec = importlib.util.spec_from_file_location("build_tiny_target", REPO / "scripts/data/build_tiny_target.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    assert cli.main(["--output-dir", str(built), "--steps", str(STEPS)]) == 0
+    assert "perplexity" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_unmarked_folder_is_rebuilt_identically(built, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(built, partial)
+    (partial / tt.MARKER_NAME).unlink()
+    (partial / "model.safetensors").write_bytes(b"truncated")
+    assert tt.read_marker(folder=partial) is None
+    assert not tt.is_complete_tiny_target(folder=partial, seed=0, steps=STEPS)
+    logs = []
+    tt.build_tiny_target(output_dir=partial, steps=STEPS, seed=0, log=logs.append)
+    assert not any("reused" in line for line in logs)
+    # same (seed, steps) on the same machine -> bit-identical weights and metrics
+    sa, sb = _state(built), _state(partial)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    a, b = (json.loads((d / tt.MARKER_NAME).read_text()) for d in (built, partial))
+    assert a["val_loss"] == b["val_loss"]
