@@ -1,0 +1,53 @@
+"""Regenerate every assistant turn of a conversation file with the target model.
+
+A draft model learns to imitate the target, so it should be trained on the
+target's *own* answers, not on whatever model wrote the public data set. For
+each conversation the user turns are kept and each assistant turn is replaced
+by what the target answers given the conversation so far, where "so far" holds
+the already regenerated earlier answers (turn k is conditioned on the target's
+turns 1..k-1, exactly as at inference). A conversation that ends with a user
+turn (a plain prompt file) gets an answer for that turn too.
+
+Three backends produce the answers:
+
+* ``vllm``   -- an in-process ``vllm.LLM`` engine (one per GPU group through
+  ``data_parallel_size`` worker processes; a single engine on CPU);
+* ``openai`` -- one or more OpenAI-compatible servers (for example the ones
+  ``scripts/data/launch_vllm_server.sh`` starts), spoken to with the standard
+  library only, so the main environment needs nothing extra;
+* ``hf``     -- transformers ``generate``, batched with left padding, for
+  machines without vLLM.
+
+Output rows are appended to the output file (and flushed) as soon as a whole
+conversation is done, so a crash loses at most the conversations in flight and
+``resume=True`` continues where the file ends. Failures are appended to
+``<output stem>_error.jsonl`` with the conversation id and a reason.
+
+The command line lives in :func:`main` (``scripts/data/generate_train_data.py``).
+
+Layout: ``common`` (settings, results, conversation jobs, input/output/resume/error
+files), ``hf_backend``, ``vllm_backend`` (including data-parallel workers),
+``openai_backend``, ``drivers`` (batched and concurrent scheduling), ``runner``
+(:func:`regenerate`) and ``cli`` (:func:`build_parser`, :func:`main`).
+"""
+
+from deepspec.data.regenerate.cli import build_parser, main
+from deepspec.data.regenerate.common import RegenerationSummary, SamplingSettings, TurnResult, error_path_for
+from deepspec.data.regenerate.hf_backend import HFBackend
+from deepspec.data.regenerate.openai_backend import OpenAIBackend, _base_url  # noqa: F401 - used by tests
+from deepspec.data.regenerate.runner import default_backend, regenerate
+from deepspec.data.regenerate.vllm_backend import VLLMBackend
+
+__all__ = [
+    "SamplingSettings",
+    "TurnResult",
+    "RegenerationSummary",
+    "HFBackend",
+    "VLLMBackend",
+    "OpenAIBackend",
+    "error_path_for",
+    "default_backend",
+    "regenerate",
+    "build_parser",
+    "main",
+]

@@ -1,0 +1,139 @@
+"""The command line of ``scripts/data/generate_train_data.py``: :func:`build_parser` and :func:`main`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from typing import Sequence
+
+from deepspec.data.conversations import DataError
+from deepspec.data.regenerate.common import SamplingSettings, error_path_for
+from deepspec.data.regenerate.hf_backend import HFBackend
+from deepspec.data.regenerate.openai_backend import OpenAIBackend
+from deepspec.data.regenerate.runner import default_backend, regenerate
+from deepspec.data.regenerate.vllm_backend import VLLMBackend
+
+_EPILOG = """\
+examples:
+  # hf backend (no vLLM needed), the tiny CPU target:
+  python scripts/data/generate_train_data.py --backend hf --model ~/.cache/deepspec/tiny_target \\
+      --input-file-path data/train.jsonl --output-file-path data/train_regen.jsonl --max-tokens 256
+
+  # in-process vLLM (run with the vLLM environment: bash scripts/data/setup_vllm_env.sh):
+  .venv-vllm/bin/python scripts/data/generate_train_data.py --backend vllm --model Qwen/Qwen3-4B \\
+      --input-file-path data/train.jsonl --output-file-path data/train_regen.jsonl
+
+  # against servers started by scripts/data/launch_vllm_server.sh:
+  python scripts/data/generate_train_data.py --backend openai --server-address 127.0.0.1:8000 \\
+      --server-address 127.0.0.1:8001 --input-file-path data/train.jsonl --output-file-path data/train_regen.jsonl
+
+An interrupted run continues with the same command plus --resume. Failed conversations
+are listed in <output stem>_error.jsonl and are tried again by the next --resume run.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="generate_train_data.py",
+        description="Regenerate every assistant turn of a conversation JSONL file with the target model, so the "
+                    "draft learns from the target's own answers. User turns are kept; turn k is conditioned on the "
+                    "regenerated turns before it.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = p.add_argument_group("input and output")
+    io.add_argument("--input-file-path", required=True, help="conversation JSONL ({\"id\", \"conversations\"} lines, "
+                    "ShareGPT roles accepted), or a folder of them")
+    io.add_argument("--output-file-path", required=True, help="JSONL to write; failures go to <stem>_error.jsonl")
+    io.add_argument("--num-samples", type=int, default=None, help="only the first N valid conversations (default: all)")
+    io.add_argument("--resume", action="store_true", help="keep the rows already in the output and do only the "
+                    "missing ids (failed ones are retried)")
+    io.add_argument("--overwrite", action="store_true", help="start the output over if it already has rows")
+
+    m = p.add_argument_group("model and backend")
+    m.add_argument("--backend", choices=["vllm", "openai", "hf"], default=None,
+                   help="vllm: in-process engine; openai: HTTP servers; hf: transformers generate "
+                        "(default: vllm when importable, else hf)")
+    m.add_argument("--model", default=None, help="target model folder or hub name (openai backend: the served "
+                   "model name; default there: the first model the server lists)")
+    m.add_argument("--batch-size", type=int, default=None,
+                   help="conversations generated together per call (hf: %d, vllm: %d)"
+                        % (HFBackend.default_batch_size, VLLMBackend.default_batch_size))
+    m.add_argument("--dtype", default="auto", help="hf backend weights dtype: auto (bf16 on GPU, fp32 on CPU), "
+                   "float32, bfloat16, float16")
+
+    s = p.add_argument_group("sampling (unset = the target's own generation_config.json)")
+    s.add_argument("--temperature", type=float, default=None, help="0 = greedy")
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--top-k", type=int, default=None, help="0 or -1 = off")
+    s.add_argument("--min-p", type=float, default=None)
+    s.add_argument("--max-tokens", type=int, default=2048, help="new tokens per assistant turn (default: 2048)")
+    s.add_argument("--seed", type=int, default=None, help="sampling seed (hf and vllm default to 0; openai sends "
+                   "it per request only when given)")
+    think = s.add_mutually_exclusive_group()
+    think.add_argument("--enable-thinking", dest="enable_thinking", action="store_true",
+                       help="chat template kwarg enable_thinking=True (Qwen3 think blocks)")
+    think.add_argument("--disable-thinking", dest="enable_thinking", action="store_false",
+                       help="enable_thinking=False (the default)")
+    p.set_defaults(enable_thinking=False)
+
+    v = p.add_argument_group("vllm backend")
+    v.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per engine")
+    v.add_argument("--data-parallel-size", type=int, default=None,
+                   help="engines, one process each on its own GPU group (default: visible GPUs / tensor parallel "
+                        "size; 1 on CPU)")
+    v.add_argument("--max-model-len", type=int, default=None, help="engine context length (default: the model's)")
+    v.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    v.add_argument("--enforce-eager", dest="enforce_eager", action="store_true", default=None,
+                   help="no CUDA graphs (always on for CPU)")
+
+    o = p.add_argument_group("openai backend")
+    o.add_argument("--server-address", action="append", default=[], metavar="HOST:PORT",
+                   help="an OpenAI-compatible server; repeat for several (requests go round-robin)")
+    o.add_argument("--concurrency", type=int, default=None,
+                   help="requests in flight across all servers (default: %d)" % OpenAIBackend.default_batch_size)
+    o.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request (default: 600)")
+    o.add_argument("--max-retries", type=int, default=5, help="retries per request with exponential backoff")
+    o.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer token, if the servers want "
+                   "one (default: $OPENAI_API_KEY)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _exit_on_sigterm(signum, _frame):
+    # Turn `kill PID` into an exception, so files are closed and engine processes stopped on the way out.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    backend = args.backend or default_backend()
+    try:
+        sampling = SamplingSettings(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                    min_p=args.min_p, max_tokens=args.max_tokens, seed=args.seed,
+                                    enable_thinking=args.enable_thinking)
+        summary = regenerate(
+            input_path=args.input_file_path, output_path=args.output_file_path, backend=backend, model=args.model,
+            sampling=sampling, num_samples=args.num_samples, resume=args.resume, overwrite=args.overwrite,
+            batch_size=args.batch_size, server_addresses=args.server_address, concurrency=args.concurrency,
+            request_timeout=args.request_timeout, max_retries=args.max_retries, api_key=args.api_key,
+            tensor_parallel_size=args.tensor_parallel_size, data_parallel_size=args.data_parallel_size,
+            max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+            enforce_eager=args.enforce_eager, dtype=args.dtype, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished conversations are in the output; continue with --resume", file=sys.stderr)
+        return 130
+    print(summary.text())
+    if summary.failed:
+        print(f"failures are listed in {error_path_for(args.output_file_path)} (a --resume run tries the failed "
+              "conversations again)")
+    print(f"output: {args.output_file_path}")
+    if summary.broken_workers or (summary.failed and summary.ok == 0):
+        return 1
+    return 0
