@@ -1,0 +1,67 @@
+"""Training prompts for the embedded default, from a local source: Python stdlib code.
+
+The tiny target holds out about one stdlib file in twenty from its own
+training; we take the prompts from those held-out files, so the target answers
+code it has not memorised. They are disjoint from every evaluation prompt by
+construction (function headers vs. benchmark questions), and
+:func:`count_overlap` checks it against the evaluation folder anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+from pathlib import Path
+
+from deepspec.data.conversations import write_jsonl
+from deepspec.tiny_target import code_chat_pairs, load_corpus
+
+
+def local_training_conversations(*, num: int, seed: int = 0) -> list[dict]:
+    """``num`` single-turn conversations (user: a def/class header; assistant: its body)."""
+    _, held_out = load_corpus()
+    pairs = [(rel, user, answer) for rel, text in held_out for user, answer in code_chat_pairs(text=text)]
+    random.Random(seed).shuffle(pairs)
+    if num > len(pairs):
+        raise ValueError(f"asked for {num} prompts but the held-out stdlib files give only {len(pairs)}")
+    return [
+        {"id": f"stdlib-{i}", "source": rel,
+         "conversations": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+        for i, (rel, user, answer) in enumerate(pairs[:num])
+    ]
+
+
+def count_overlap(conversations: list[dict], eval_dir: str | os.PathLike | None) -> int:
+    """How many training user turns equal a first user turn of any evaluation file."""
+    if not eval_dir or not Path(eval_dir).is_dir():
+        return 0
+    eval_turns = set()
+    for path in Path(eval_dir).glob("*.jsonl"):
+        for line in path.read_text(encoding="utf-8").split("\n"):  # not splitlines: U+2028 inside strings
+            if line.strip():
+                turns = json.loads(line).get("turns") or [""]
+                eval_turns.add(turns[0].strip())
+    return sum(c["conversations"][0]["content"].strip() in eval_turns for c in conversations)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Write training prompts for the tiny target from held-out stdlib code.")
+    p.add_argument("--output-file-path", required=True)
+    p.add_argument("--num", type=int, default=256, help="number of conversations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-data-dir", default=os.environ.get("DEEPSPEC_EVAL_DATA_DIR"),
+                   help="checked for overlap with the evaluation prompts (default: $DEEPSPEC_EVAL_DATA_DIR)")
+    args = p.parse_args(argv)
+    rows = local_training_conversations(num=args.num, seed=args.seed)
+    overlap = count_overlap(rows, args.eval_data_dir)
+    if overlap:
+        raise SystemExit(f"{overlap} training prompts equal evaluation prompts; refusing to write them")
+    write_jsonl(args.output_file_path, rows)
+    print(f"wrote {len(rows)} training conversations to {args.output_file_path} "
+          f"(overlap with evaluation prompts: {overlap})")
+
+
+if __name__ == "__main__":
+    main()

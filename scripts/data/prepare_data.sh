@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Stage 1 end to end with the Qwen3-4B, 8-GPU defaults. Every variable below can
+# be set in the environment; extra arguments go to prepare_target_cache.py.
+#
+#   bash scripts/data/prepare_data.sh
+#   MODEL=Qwen/Qwen3-8B CONFIG=config/dspark/dspark_qwen3_8b.py bash scripts/data/prepare_data.sh
+#
+# Steps: 1) download & split  2) regenerate answers with the target (vLLM)
+#        3) estimate the cache size, then build the target cache (one worker per GPU).
+# The cache is large (tens of TB at full scale): read the estimate it prints first.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-python}"
+VLLM_PY="${DEEPSPEC_VLLM_PYTHON:-$ROOT/.venv-vllm/bin/python}"
+[ -x "$VLLM_PY" ] || VLLM_PY="$PY"
+
+export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0,1,2,3,4,5,6,7}"
+MODEL="${MODEL:-Qwen/Qwen3-4B}"
+CONFIG="${CONFIG:-config/dspark/dspark_qwen3_4b.py}"
+DATASET="${DATASET:-mlabonne/open-perfectblend}"
+DATA_DIR="${DATA_DIR:-$HOME/.cache/deepspec/train_data}"
+CACHE_DIR="${CACHE_DIR:-$HOME/.cache/deepspec/target_cache/$(basename "$MODEL")}"
+SAMPLE_SIZE="${SAMPLE_SIZE:-}"          # empty = the whole dataset
+MAX_TOKENS="${MAX_TOKENS:-4096}"
+TEMPERATURE="${TEMPERATURE:-0.6}"
+
+mkdir -p "$DATA_DIR"
+echo "==> 1/3 download and split $DATASET"
+"$PY" scripts/data/download_and_split.py --dataset-name "$DATASET" ${SAMPLE_SIZE:+--sample-size "$SAMPLE_SIZE"} \
+  --train-output-path "$DATA_DIR/train.jsonl" --test-output-dir "$DATA_DIR" --test-output-name heldout --skip-existing
+
+echo "==> 2/3 regenerate answers with $MODEL"
+"$VLLM_PY" scripts/data/generate_train_data.py --model "$MODEL" \
+  --input-file-path "$DATA_DIR/train.jsonl" --output-file-path "$DATA_DIR/train_regen.jsonl" \
+  --max-tokens "$MAX_TOKENS" --temperature "$TEMPERATURE" --disable-thinking --resume
+
+echo "==> 3/3 target cache into $CACHE_DIR"
+"$PY" scripts/data/prepare_target_cache.py --config "$CONFIG" --opts "model.target_model_name_or_path=$MODEL" \
+  --train-data-path "$DATA_DIR/train_regen.jsonl" --output-dir "$CACHE_DIR" "$@"

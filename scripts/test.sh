@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what it needs, then runs pytest.
+# Extra arguments go to pytest, e.g.  bash scripts/test.sh -k config -x
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+# vLLM (own venv, .venv-vllm) for the vllm-marked tests; once it is installed they must run, not skip.
+if bash scripts/data/setup_vllm_env.sh; then export DEEPSPEC_REQUIRE_VLLM=1; elif [ -n "${CI:-}" ]; then exit 1; fi
+python -m pytest -q "$@"
