@@ -1,0 +1,315 @@
+"""The trainer, top to bottom: pre-flight checks, data, model, optimizer, resume, then the step loop.
+
+One optimizer step consumes one global batch = ``world_size x local_batch_size x grad_accum``
+samples. Losses are *sums* (``deepspec.models.losses``): each micro-batch back-propagates its
+``loss_sum``; after the last micro-batch the weight sums of all ranks are all-reduced and the
+gradients are scaled so the update is ``d(Σ loss_sum) / Σ weight_sum`` over the whole global
+batch, independent of how tokens fall across ranks and micro-batches.
+
+Subclasses (``DSparkTrainer``, ``Eagle3Trainer``) only say how a micro-batch becomes loss sums;
+``cfg.train.trainer_cls`` picks one through :data:`TRAINERS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file
+
+from deepspec.data.target_cache import TargetCache
+from deepspec.models import (
+    build_draft, draft_config_from_target, eagle3_loss, parallel_draft_loss, sample_anchors, summarize,
+)
+from deepspec.targets import load_target
+from deepspec.training import checkpoint as ckpt
+from deepspec.training.data import CacheDataset, DataError, StepSampler, build_loader, layer_columns
+from deepspec.training.distributed import (
+    DistInfo, all_gather_object, all_reduce_sums, barrier, broadcast_object, resolve_sharding, wrap_model,
+)
+from deepspec.training.metrics import MetricsLogger
+from deepspec.training.schedule import build_scheduler
+
+
+class TrainingError(ValueError):
+    """A config / data problem found before the first step; the message says what to change."""
+
+
+def grad_accumulation(*, global_batch_size: int, world_size: int, local_batch_size: int) -> int:
+    per_pass = world_size * local_batch_size
+    if global_batch_size % per_pass:
+        raise TrainingError(
+            f"train.global_batch_size={global_batch_size} is not a multiple of world size ({world_size}) x "
+            f"train.local_batch_size ({local_batch_size}) = {per_pass}; set train.global_batch_size to a multiple of "
+            f"{per_pass}, or change train.local_batch_size / the number of workers (--nproc, CUDA_VISIBLE_DEVICES)")
+    return global_batch_size // per_pass
+
+
+def anchor_generator(*, seed: int, step: int, chunk: int) -> torch.Generator:
+    """Random draws of a micro-batch depend only on (seed, step, its chunk of the global batch).
+
+    So a resumed run replays them, and the same global batch split over more workers draws the same anchors.
+    """
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 65_537 + chunk)
+
+
+class Trainer:
+    algorithms: tuple[str, ...] = ()
+
+    def __init__(self, *, cfg, cache_dir: str, info: DistInfo, on_step_end: Callable[[int], None] | None = None,
+                 stop_after_step: int | None = None, progress: bool = True):
+        self.cfg, self.info, self.device = cfg, info, info.device
+        self.on_step_end, self.stop_after_step = on_step_end, stop_after_step
+        t, m = cfg.train, cfg.model
+        if m.algorithm not in self.algorithms:
+            raise TrainingError(f"train.trainer_cls={type(self).__name__} trains {'/'.join(self.algorithms)}, not "
+                                f"model.algorithm={m.algorithm}; use the trainer_cls of the {m.algorithm} configs")
+
+        # -- pre-flight: everything that can be wrong is checked before any work --------------------
+        self.grad_accum = grad_accumulation(global_batch_size=t.global_batch_size, world_size=info.world_size,
+                                            local_batch_size=t.local_batch_size)
+        cache = TargetCache(cache_dir)
+        target = load_target(m.target_model_name_or_path, dtype=torch.float32, device="cpu", with_tokenizer=False)
+        cache.check_compatible(target_model=m.target_model_name_or_path, hidden_size=target.hidden_size)
+        try:
+            columns = layer_columns(cache_layer_ids=cache.layer_ids, wanted_layer_ids=m.target_layer_ids,
+                                    hidden_size=target.hidden_size)
+        except DataError as exc:
+            raise TrainingError(str(exc)) from None
+        if len(cache) < t.global_batch_size:
+            raise TrainingError(
+                f"the target cache {cache_dir} has {len(cache)} samples, fewer than one global batch "
+                f"(train.global_batch_size={t.global_batch_size}); lower train.global_batch_size to at most "
+                f"{len(cache)} (a multiple of world size x train.local_batch_size) or build a larger cache")
+
+        # -- data ---------------------------------------------------------------------------------
+        self.sampler = StepSampler(num_samples=len(cache), seed=int(cfg.seed), rank=info.rank,
+                                   world_size=info.world_size, local_batch_size=t.local_batch_size,
+                                   grad_accum=self.grad_accum)
+        self.loader = build_loader(CacheDataset(cache, columns=columns), self.sampler,
+                                   num_workers=int(cfg.data.num_workers), pin_memory=self.device.type == "cuda")
+        spe = self.sampler.steps_per_epoch
+        self.total_steps = int(t.max_train_steps) if t.max_train_steps else int(t.num_train_epochs) * spe
+
+        # -- model (fp32 master weights; bf16 only inside autocast) --------------------------------
+        torch.manual_seed(int(cfg.seed))  # identical init on every rank
+        self.draft = build_draft(draft_config_from_target(target.model.config, m))
+        self.draft.load_target_weights(target)
+        del target
+        self.cfg_dict = cfg.to_dict()
+        self.ckpt_dir = cfg.logging.checkpoint_dir
+        latest = broadcast_object(str(ckpt.latest_checkpoint(self.ckpt_dir) or "") if info.is_main else None, info)
+        state = None
+        if latest:
+            state = ckpt.load_training_state(latest)
+            ckpt.check_resume_config(saved=state["config"], current=self.cfg_dict, folder=latest)
+            self.draft.load_state_dict(load_file(f"{latest}/model.safetensors"), strict=True)
+        self.draft.to(self.device).train()
+        self.strategy = resolve_sharding(t.sharding_strategy, self.device, warn=info.is_main)
+        self.model = wrap_model(self.draft, strategy=self.strategy, info=info)
+        if t.torch_compile:
+            if self.device.type == "cuda":
+                self.model = torch.compile(self.model)
+            elif info.is_main:
+                warnings.warn("train.torch_compile is GPU-only; training eagerly on CPU", stacklevel=2)
+        self.params = self.draft.trainable_parameters()
+        self.optimizer = torch.optim.AdamW(self.params, lr=float(t.lr), betas=tuple(t.adam_betas),
+                                           weight_decay=float(t.weight_decay))
+        self.scheduler = build_scheduler(self.optimizer, total_steps=self.total_steps,
+                                         warmup_ratio=float(t.warmup_ratio))
+        self.step = 0
+        self._saved_step = -1
+        if state is not None:
+            self._restore(state, latest)
+        self.metrics = MetricsLogger(checkpoint_dir=self.ckpt_dir, tensorboard_dir=cfg.logging.tensorboard_dir,
+                                     total_steps=self.total_steps, start_step=self.step, enabled=info.is_main,
+                                     progress=progress)
+
+    # -- one micro-batch -> loss sums (per algorithm) ----------------------------------------------
+    def compute_sums(self, batch: dict, *, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _target_logits(self, fn):
+        """Target logits use the draft's frozen LM head; under FSDP it must be gathered first."""
+        unshard = getattr(self.draft, "unshard", None) if self.strategy != "no_shard" else None
+        with torch.no_grad():
+            if unshard is None:
+                return fn()
+            unshard()
+            try:
+                return fn()
+            finally:
+                self.draft.reshard()
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        t, info = self.cfg.train, self.info
+        spe, log_every = self.sampler.steps_per_epoch, max(1, int(self.cfg.logging.logging_steps))
+        ckpt_every = int(self.cfg.logging.checkpointing_steps or 0)
+        last: dict = {}
+        if self.step >= self.total_steps and info.is_main:
+            print(f"training already complete: {self.ckpt_dir}/step_{self.step} (raise train.max_train_steps or "
+                  "use a new exp_name to train more)")
+        window_t0, window_wait, window_tokens = time.perf_counter(), 0.0, 0
+        while self.step < self.total_steps:
+            epoch, in_epoch = divmod(self.step, spe)
+            self.sampler.set_position(epoch=epoch, step_in_epoch=in_epoch)
+            batches = iter(self.loader)
+            for _ in range(in_epoch, spe):
+                record, wait = self.train_step(batches)
+                self.step += 1
+                window_wait += wait
+                window_tokens += int(record.pop("num_tokens"))
+                self.metrics.step(loss=record["loss"], lr=record["lr"])
+                if self.step % log_every == 0 or self.step == self.total_steps:
+                    elapsed = max(time.perf_counter() - window_t0, 1e-9)
+                    last = {"step": self.step, "epoch": epoch, **record, "tokens_per_s": window_tokens / elapsed,
+                            "data_wait_fraction": min(1.0, window_wait / elapsed)}
+                    self.metrics.log(last)
+                    window_t0, window_wait, window_tokens = time.perf_counter(), 0.0, 0
+                if (ckpt_every and self.step % ckpt_every == 0) or self.step == self.total_steps:
+                    self.save()
+                if self.on_step_end is not None:
+                    self.on_step_end(self.step)  # test hook (e.g. simulate a crash)
+                if self.step >= self.total_steps or self.step == self.stop_after_step:
+                    break
+            if self.step == self.stop_after_step:
+                if self._saved_step != self.step:
+                    self.save()  # a planned stop keeps its progress; the next run resumes here
+                break
+        self.metrics.close()
+        barrier(info)
+        return last
+
+    def train_step(self, batches) -> tuple[dict, float]:
+        t = self.cfg.train
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+        totals: dict[str, torch.Tensor] = {}
+        wait = 0.0
+        num_tokens = 0
+        for micro in range(self.grad_accum):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            wait += time.perf_counter() - t0
+            num_tokens += batch.pop("num_tokens")
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            last_micro = micro == self.grad_accum - 1
+            # DDP: all-reduce gradients once, on the last micro-batch.
+            sync = contextlib.nullcontext() if last_micro or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with sync:
+                with autocast:
+                    sums = self.compute_sums(batch, generator=anchor_generator(
+                        seed=int(self.cfg.seed), step=self.step, chunk=micro * self.info.world_size + self.info.rank))
+                sums["loss_sum"].backward()
+            for k, v in sums.items():
+                totals[k] = totals[k] + v.detach().float().cpu() if k in totals else v.detach().float().cpu()
+        totals["num_tokens"] = torch.tensor(float(num_tokens))
+        reduced = all_reduce_sums(totals, self.info)
+        weight = float(reduced["weight_sum"])
+        # DDP/FSDP averaged gradients over ranks; turn that mean of sums into (sum of sums) / global weight.
+        scale = self.info.world_size / weight if weight > 0 else 0.0
+        for p in self.params:
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, float(t.max_grad_norm or float("inf")))
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        record = {**summarize(reduced), "lr": lr, "grad_norm": float(grad_norm),
+                  "num_tokens": float(reduced["num_tokens"])}
+        return record, wait
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def _model_and_optim_state(self) -> tuple[dict | None, dict | None]:
+        if self.strategy == "no_shard":
+            return self.draft.state_dict(), self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)  # collective: every rank calls it
+        return (get_model_state_dict(self.draft, options=opts),
+                get_optimizer_state_dict(self.draft, self.optimizer, options=opts))
+
+    def save(self) -> None:
+        model_state, optim_state = self._model_and_optim_state()
+        rng = all_gather_object(ckpt.capture_rng(), self.info)
+        if self.info.is_main:
+            epoch, in_epoch = divmod(self.step, self.sampler.steps_per_epoch)
+            state = {"step": self.step, "epoch": epoch, "step_in_epoch": in_epoch, "optimizer": optim_state,
+                     "scheduler": self.scheduler.state_dict(), "rng": rng, "world_size": self.info.world_size,
+                     "global_batch_size": int(self.cfg.train.global_batch_size)}
+            ckpt.save_checkpoint(root=self.ckpt_dir, step=self.step, model=self.draft, model_state=model_state,
+                                 training_state=state, config=self.cfg_dict,
+                                 keep_last=self.cfg.logging.get("keep_last_checkpoints"))
+        self._saved_step = self.step
+        barrier(self.info)
+
+    def _restore(self, state: dict, folder: str) -> None:
+        if state["global_batch_size"] != int(self.cfg.train.global_batch_size):
+            raise TrainingError(f"cannot resume from {folder}: train.global_batch_size was {state['global_batch_size']} "
+                                f"there, {self.cfg.train.global_batch_size} now (the data position counts global "
+                                "batches); restore it or start a fresh run with a new exp_name")
+        if self.strategy == "no_shard":
+            self.optimizer.load_state_dict(state["optimizer"])
+        else:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.draft, self.optimizer, optim_state_dict=state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        rngs = state["rng"]
+        if len(rngs) == self.info.world_size:
+            ckpt.restore_rng(rngs[self.info.rank])
+        elif self.info.is_main:
+            warnings.warn(f"resuming on {self.info.world_size} workers from a {len(rngs)}-worker checkpoint: global RNG "
+                          "states are not restored (data order and anchors are unaffected)", stacklevel=2)
+
+
+class DSparkTrainer(Trainer):
+    """DSpark and DFlash (DFlash = no Markov / confidence head; the loss weights come from the config)."""
+
+    algorithms = ("dspark", "dflash")
+
+    def compute_sums(self, batch, *, generator):
+        m = self.cfg.model
+        anchors, valid = sample_anchors(batch["loss_mask"], num_anchors=int(m.num_anchors),
+                                        block_size=int(m.block_size), generator=generator)
+        out = self.model(input_ids=batch["input_ids"], hidden_states=batch["hidden_states"],
+                         loss_mask=batch["loss_mask"], anchors=anchors, anchor_valid=valid,
+                         attention_backend=m.attention_backend)
+        target_logits = self._target_logits(lambda: self.draft.gather_target_logits(batch["last_hidden_state"],
+                                                                                    out.targets))
+        return parallel_draft_loss(logits=out.logits, target_logits=target_logits, labels=out.targets.labels,
+                                   slot_mask=out.targets.slot_mask, confidence_logits=out.confidence_logits,
+                                   loss_decay_gamma=float(m.loss_decay_gamma), ce_loss_alpha=float(m.ce_loss_alpha),
+                                   l1_loss_alpha=float(m.l1_loss_alpha),
+                                   confidence_head_alpha=float(m.confidence_head_alpha))
+
+
+class Eagle3Trainer(Trainer):
+    algorithms = ("eagle3",)
+
+    def compute_sums(self, batch, *, generator):
+        m = self.cfg.model
+        out = self.model(input_ids=batch["input_ids"], hidden_states=batch["hidden_states"],
+                         loss_mask=batch["loss_mask"], attention_backend=m.attention_backend)
+        target_logits = self._target_logits(lambda: self.draft.gather_target_logits(batch["last_hidden_state"],
+                                                                                    out.target_positions))
+        return eagle3_loss(logits=out.logits, target_logits=target_logits, step_mask=out.step_mask,
+                           step_loss_decay=float(m.step_loss_decay))
+
+
+TRAINERS: dict[str, type[Trainer]] = {"DSparkTrainer": DSparkTrainer, "Eagle3Trainer": Eagle3Trainer}
+
+
+def trainer_class(name: str) -> type[Trainer]:
+    if name not in TRAINERS:
+        raise TrainingError(f"train.trainer_cls={name!r} is unknown; choose one of {sorted(TRAINERS)}")
+    return TRAINERS[name]

@@ -1,0 +1,185 @@
+"""Trainer: every algorithm learns, 2 gloo workers match 1, crash + resume replays exactly, checkpoint layout,
+pre-flight errors. A random 3-layer tiny target and a 48-sample cache keep it to CPU seconds per run."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from deepspec.config import load_config
+from deepspec.data.cache_build import build_target_cache
+from deepspec.data.target_cache import CacheCompatibilityError
+from deepspec.models import load_draft
+from deepspec.tiny_target import build_random_tiny_target
+from deepspec.training.checkpoint import ResumeError
+from deepspec.training.metrics import read_metrics
+from deepspec.training.trainer import TrainingError, grad_accumulation
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE_LAYERS = [-1, 1]  # layer 0 deliberately absent (pre-flight test)
+CONFIGS = {"dspark": "config/dspark/dspark_tiny.py", "dflash": "config/dflash/dflash_tiny.py",
+           "eagle3": "config/eagle3/eagle3_tiny.py"}
+_spec = importlib.util.spec_from_file_location("deepspec_train_entry", ROOT / "train.py")
+train_entry = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_entry)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("training")
+    target = build_random_tiny_target(output_dir=base / "target", seed=0, num_hidden_layers=3, hidden_size=64,
+                                      intermediate_size=128, num_attention_heads=2, num_key_value_heads=1,
+                                      head_dim=32, initializer_range=0.3)  # peaked target: learnable
+    rows = []
+    for i in range(48):  # a learnable pattern: the answer repeats a short phrase
+        turns = [{"role": "user", "content": f"def f{i}(x):"},
+                 {"role": "assistant", "content": "    return x" + " + x" * (i % 5 + 4) + f"  # {i}"}]
+        rows.append(json.dumps({"id": f"c{i}", "conversations": turns}))
+    (base / "train.jsonl").write_text("\n".join(rows) + "\n")
+    cfg = load_config(ROOT / CONFIGS["dspark"], opts=[f"model.target_model_name_or_path={target}",
+                                                      f"model.target_layer_ids={CACHE_LAYERS}"])
+    build_target_cache(cfg=cfg, train_data_paths=[str(base / "train.jsonl")], output_dir=base / "cache",
+                       min_loss_tokens=2, max_shard_bytes=1 << 24, batch_size=16, log=lambda _: None)
+    return {"base": base, "target": str(target), "cache": str(base / "cache")}
+
+
+def make_cfg(setup, algo, out, *extra):
+    layers = [1] if algo == "eagle3" else CACHE_LAYERS  # Eagle3 uses a subset of the cache's layers
+    opts = [f"model.target_model_name_or_path={setup['target']}", f"model.target_layer_ids={layers}",
+            "model.num_draft_layers=1", "train.local_batch_size=2", "train.global_batch_size=4",
+            "train.max_train_steps=12", "logging.logging_steps=1", "logging.checkpointing_steps=4",
+            f"logging.checkpoint_dir={out}", f"logging.tensorboard_dir={out}/tb"]
+    if algo == "eagle3":
+        opts.append("model.ttt_length=3")
+    else:
+        opts.append("model.num_anchors=8")
+    return load_config(ROOT / CONFIGS[algo], opts=opts + list(extra))
+
+
+def train(setup, cfg, **kwargs):
+    return train_entry.run_training(cfg, cache_dir=setup["cache"], device="cpu", progress=False, **kwargs)
+
+
+def losses(out):
+    return [r["loss"] for r in read_metrics(Path(out) / "metrics.jsonl")]
+
+
+@pytest.mark.parametrize("algo", ["dspark", "dflash", "eagle3"])
+def test_each_algorithm_learns(setup, algo, tmp_path):
+    cfg = make_cfg(setup, algo, tmp_path, "train.max_train_steps=24", "train.lr=5e-3", "train.warmup_ratio=0.1")
+    train(setup, cfg)
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 25))
+    first, last = records[:4], records[-4:]
+    mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
+    assert mean(last, "loss") < 0.9 * mean(first, "loss"), [r["loss"] for r in records]
+    if algo == "dspark":
+        assert mean(last, "tau_probabilistic") > mean(first, "tau_probabilistic")
+    if algo == "eagle3":
+        assert mean(last, "accuracy@0") > mean(first, "accuracy@0")
+    for key in ("lr", "grad_norm", "tokens_per_s", "data_wait_fraction"):
+        assert key in records[-1]
+    assert any((tmp_path / "tb").iterdir()), "TensorBoard events missing"
+
+
+def test_resume_replays_exactly(setup, tmp_path):
+    ref = tmp_path / "ref"
+    train(setup, make_cfg(setup, "dspark", ref))
+
+    crashed = tmp_path / "crashed"
+
+    def crash(step):
+        if step == 6:  # after the step-4 checkpoint: steps 5-6 are lost and must be replayed
+            raise KeyboardInterrupt("simulated crash")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(setup, make_cfg(setup, "dspark", crashed), on_step_end=crash)
+    assert (crashed / "step_latest").read_text().strip() == "step_4"
+    assert len(losses(crashed)) == 6
+    train(setup, make_cfg(setup, "dspark", crashed))
+
+    stopped = tmp_path / "stopped"  # a planned stop (--stop-after-steps) mid-way between checkpoints
+    train(setup, make_cfg(setup, "dspark", stopped), stop_after_step=7)
+    assert (stopped / "step_latest").read_text().strip() == "step_7"
+    train(setup, make_cfg(setup, "dspark", stopped))
+
+    want = losses(ref)
+    assert len(want) == 12
+    ref_w = load_file(ref / "step_12" / "model.safetensors")
+    for run in (crashed, stopped):
+        assert losses(run) == want  # bit-exact on CPU
+        got_w = load_file(run / "step_12" / "model.safetensors")
+        assert ref_w.keys() == got_w.keys() and all(torch.equal(ref_w[k], got_w[k]) for k in ref_w)
+
+
+def test_checkpoint_layout_and_load(setup, tmp_path):
+    cfg = make_cfg(setup, "dspark", tmp_path, "train.max_train_steps=4", "+logging.keep_last_checkpoints=1",
+                   "logging.checkpointing_steps=2")
+    train(setup, cfg)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("step_")) == ["step_4", "step_latest"]
+    folder = tmp_path / "step_4"
+    assert {"config.json", "model.safetensors", "training_state.pt", "train_config.json"} <= {
+        p.name for p in folder.iterdir()}
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3DSparkModel"]
+    assert config["block_size"] == 7 and config["target_layer_ids"] == CACHE_LAYERS
+    assert config["tie_word_embeddings"] is False and config["num_hidden_layers"] == 1
+    draft = load_draft(str(folder))
+    saved = load_file(folder / "model.safetensors")
+    for name, tensor in draft.state_dict().items():
+        if name in saved:
+            assert torch.equal(tensor, saved[name]), name
+    assert "markov_head.markov_w1.weight" in saved and "confidence_head.proj.weight" in saved
+    state = torch.load(folder / "training_state.pt", weights_only=False)
+    assert state["step"] == 4 and {"optimizer", "scheduler", "rng", "config"} <= set(state)
+
+
+def test_two_gloo_workers_match_one(setup, tmp_path):
+    """Same global batch on 2 workers: same samples, same anchors, so the same losses up to float order."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["train.max_train_steps=3", "logging.checkpointing_steps=2"]
+    train(setup, make_cfg(setup, "dflash", one, *common))
+    cfg = make_cfg(setup, "dflash", two, *common)
+    cmd = [sys.executable, "train.py", "--config", str(ROOT / CONFIGS["dflash"]), "--target-cache-dir", setup["cache"],
+           "--nproc", "2", "--device", "cpu", "--no-progress", "--opts"]
+    cmd += [f"model.target_model_name_or_path={setup['target']}", f"model.target_layer_ids={CACHE_LAYERS}",
+            "model.num_draft_layers=1", "model.num_anchors=8", "train.local_batch_size=2", "train.global_batch_size=4",
+            "logging.logging_steps=1", f"logging.checkpoint_dir={two}", f"logging.tensorboard_dir={two}/tb", *common]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=600)
+    assert cfg.train.global_batch_size == 4
+    layout = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if "tb" not in p.parts)  # noqa: E731
+    assert layout(one) == layout(two)
+    assert losses(two) == pytest.approx(losses(one), rel=1e-4)
+
+
+def test_preflight_errors(setup, tmp_path):
+    with pytest.raises(TrainingError, match=r"needs layers \[0\].*set model.target_layer_ids to a subset"):
+        train(setup, make_cfg(setup, "dspark", tmp_path / "a", "model.target_layer_ids=[0, 1]"))
+    other = tmp_path / "other_target"
+    shutil.copytree(setup["target"], other)
+    with pytest.raises(CacheCompatibilityError, match="target_model"):
+        train(setup, make_cfg(setup, "dspark", tmp_path / "b", f"model.target_model_name_or_path={other}"))
+    with pytest.raises(TrainingError, match=r"48 samples, fewer than one global batch.*global_batch_size"):
+        train(setup, make_cfg(setup, "dspark", tmp_path / "c", "train.global_batch_size=64"))
+    with pytest.raises(TrainingError, match=r"multiple of 6"):
+        grad_accumulation(global_batch_size=16, world_size=3, local_batch_size=2)
+    with pytest.raises(TrainingError, match="Eagle3Trainer"):
+        train(setup, make_cfg(setup, "dspark", tmp_path / "d", "train.trainer_cls=Nope"))
+    with pytest.raises(TrainingError, match="trains eagle3, not model.algorithm=dspark"):
+        train(setup, make_cfg(setup, "dspark", tmp_path / "e", "train.trainer_cls=Eagle3Trainer"))
+    run = tmp_path / "f"
+    with pytest.warns(UserWarning, match="falling back to DDP"):  # FSDP is GPU-only
+        train(setup, make_cfg(setup, "dspark", run, "train.max_train_steps=1", "train.sharding_strategy=full_shard",
+                              "data.num_workers=1"))
+    assert (run / "step_latest").read_text().strip() == "step_1"
+    with pytest.raises(ResumeError, match=r"model.markov_rank was 64 there but is 32 now"):
+        train(setup, make_cfg(setup, "dspark", run, "train.max_train_steps=2", "model.markov_rank=32"))
+    assert not any((tmp_path / d).exists() and any((tmp_path / d).glob("step_*")) for d in "abcde")

@@ -1,0 +1,88 @@
+#!/usr/bin/env python
+"""Train a draft model (DSpark / DFlash / Eagle3) on a target cache.
+
+    python train.py --config config/dspark/dspark_tiny.py --target-cache-dir /data/cache
+    python train.py --config config/dspark/dspark_qwen3_4b.py --opts train.lr=3e-4 train.max_train_steps=1000
+
+Re-running the same command resumes from ``<logging.checkpoint_dir>/step_latest``: same data
+order, and on CPU the same loss curve as an uninterrupted run. One worker per visible GPU with
+``--device cuda`` (default when a GPU is visible), else ``--nproc`` CPU workers (gloo). Several
+nodes: set ``RANK`` (node rank), ``WORLD_SIZE`` (node count), ``MASTER_ADDR``, ``MASTER_PORT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import Callable, Sequence
+
+import torch
+
+from deepspec.config import ConfigError, ConfigNode, load_config
+from deepspec.training.distributed import DistInfo, launch, plan_launch
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="config file, e.g. config/dspark/dspark_tiny.py")
+    p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. train.lr=3e-4 logging.checkpointing_steps=500")
+    p.add_argument("--target-cache-dir", default=None,
+                   help="target cache folder (default: data.target_cache_path of the config)")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="workers on this node (default: every visible GPU with --device cuda, else 1)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda when a GPU is visible, else cpu")
+    p.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
+                   help="save and stop after optimizer step N (as if interrupted); re-run to continue")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar (metrics.jsonl is still written)")
+    return p
+
+
+def resolve_cache_dir(cfg, cache_dir: str | None) -> str:
+    path = cache_dir or cfg.data.get("target_cache_path")
+    if not path:
+        raise SystemExit("no target cache: pass --target-cache-dir DIR or set data.target_cache_path "
+                         "(build one with scripts/data/prepare_data.sh)")
+    return str(path)
+
+
+def _worker(info: DistInfo, *, cfg_dict: dict, cache_dir: str, stop_after_step: int | None, progress: bool,
+            on_step_end: Callable[[int], None] | None = None) -> dict:
+    from deepspec.training.trainer import trainer_class
+
+    cfg = ConfigNode(cfg_dict)
+    trainer = trainer_class(cfg.train.trainer_cls)(cfg=cfg, cache_dir=cache_dir, info=info, on_step_end=on_step_end,
+                                                   stop_after_step=stop_after_step, progress=progress)
+    return trainer.fit()
+
+
+def run_training(cfg, *, cache_dir: str | None = None, device: str | None = None, nproc: int | None = None,
+                 stop_after_step: int | None = None, progress: bool = True,
+                 on_step_end: Callable[[int], None] | None = None) -> dict | None:
+    """Train (or resume) ``cfg``; returns the last logged metrics record of rank 0 for in-process runs."""
+    from deepspec.training.trainer import trainer_class
+
+    trainer_class(cfg.train.trainer_cls)  # unknown trainer: fail before spawning anything
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    plan = plan_launch(device_type=device, nproc=nproc)
+    fn = functools.partial(_worker, cfg_dict=cfg.to_dict(), cache_dir=resolve_cache_dir(cfg, cache_dir),
+                           stop_after_step=stop_after_step, progress=progress, on_step_end=on_step_end)
+    return launch(fn, plan)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, opts=args.opts)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    run_training(cfg, cache_dir=args.target_cache_dir, device=args.device, nproc=args.nproc,
+                 stop_after_step=args.stop_after_steps, progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
