@@ -103,3 +103,19 @@ def test_refuses_when_disk_is_too_small(tmp_path, target_dir, monkeypatch):
         build(tmp_path, target_dir)
     manifest, _ = build(tmp_path, target_dir, ignore_disk_space=True)
     assert TargetCache(tmp_path / "cache").manifest["layer_ids"] == LAYERS
+
+
+def test_long_samples_truncate_skip_or_fail(tmp_path, target_dir):
+    from deepspec.data.cache_build import tokenize_training_data
+    from deepspec.data.conversations import DataError
+
+    data = write_data(tmp_path / "train.jsonl")
+    tokenizer = AutoTokenizer.from_pretrained(target_dir)
+    common = dict(tokenizer=tokenizer, chat_template="qwen3", max_length=24, min_loss_tokens=1)
+    kept = tokenize_training_data([data], **common)
+    assert kept.truncated > 0 and all(len(s.input_ids) <= 24 for s in kept.samples)
+    skipped = tokenize_training_data([data], long_samples="skip", **common)
+    assert skipped.report.counts["too_long"] == kept.truncated
+    assert len(skipped.samples) == len(kept.samples) - kept.truncated
+    with pytest.raises(DataError, match="longer than data.max_length=24"):
+        tokenize_training_data([data], strict=True, **{**common, "min_loss_tokens": 1})
