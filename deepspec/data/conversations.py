@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence, Union
 
+from deepspec.fsio import fsync_dir
+
 __all__ = [
     "Conversation",
     "DataError",
@@ -277,17 +279,6 @@ def read_conversations(
                 yield conv
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_jsonl(path: PathLike, rows: Iterable[dict | Conversation]) -> int:
@@ -318,5 +309,5 @@ def write_jsonl(path: PathLike, rows: Iterable[dict | Conversation]) -> int:
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return n

@@ -41,6 +41,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from deepspec.fsio import atomic_write, fsync_dir
+
 __all__ = [
     "FORMAT_VERSION", "RECORD_DTYPE", "TargetCacheError", "CacheCompatibilityError", "TargetCacheWriteError",
     "TargetCacheWriter", "TargetCache", "finalize_target_cache", "committed_source_indices",
@@ -111,22 +113,6 @@ def format_bytes(n: float) -> str:
 
 # ---------------------------------------------------------------------------- file helpers
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _writev_all(fd: int, bufs: list) -> None:
@@ -307,7 +293,7 @@ class TargetCacheWriter:
         self.meta = {"format_version": FORMAT_VERSION, "rank": self.rank, "target_model": str(target_model),
                      "layer_ids": self.layer_ids, "hidden_size": self.hidden_size,
                      "source_files": [str(s) for s in source_files], "extra": extra or {}}
-        _atomic_write(self.output_dir / f"rank{self.rank:05d}.meta.json", json.dumps(self.meta, indent=1).encode())
+        atomic_write(self.output_dir / f"rank{self.rank:05d}.meta.json", json.dumps(self.meta, indent=1).encode())
         self.committed = committed_source_indices(self.output_dir)
         own = [k for (r, k) in _scan(self.output_dir) if r == self.rank]
         self._next_shard = max(own) + 1 if own else 0
@@ -478,7 +464,7 @@ class TargetCacheWriter:
             os.fsync(f.fileno())
         os.replace(self.output_dir / f".{self._name('bin')}.tmp", self.output_dir / self._name("bin"))
         os.replace(idx_tmp, self.output_dir / self._name("idx"))  # the commit point
-        _fsync_dir(self.output_dir)
+        fsync_dir(self.output_dir)
         self.num_committed += len(self._records)
         self.bytes_committed += self._shard_bytes
         self._next_shard += 1
@@ -504,7 +490,7 @@ def finalize_target_cache(output_dir: str | os.PathLike, *, expected_num_samples
                       hidden_size=first["hidden_size"], where=f"rank {m['rank']}'s part of {output_dir}",
                       fix=f"ranks disagree with rank {first['rank']}; rebuild into a new folder")
     (output_dir / MANIFEST_NAME).unlink(missing_ok=True)  # never leave an old manifest next to a new index
-    _fsync_dir(output_dir)
+    fsync_dir(output_dir)
     _remove_uncommitted(output_dir, rank=None)
 
     shards, parts = [], []
@@ -535,7 +521,7 @@ def finalize_target_cache(output_dir: str | os.PathLike, *, expected_num_samples
         raise TargetCacheError(f"{output_dir} has {len(records)} committed samples but {expected_num_samples} were "
                                "expected; a rank may have failed - re-run the build to resume, then finalize again")
     index_bytes = records.tobytes()
-    _atomic_write(output_dir / INDEX_NAME, index_bytes)
+    atomic_write(output_dir / INDEX_NAME, index_bytes)
 
     if source_files is None:
         source_files = list(dict.fromkeys(s for m in metas for s in m.get("source_files", [])))
@@ -551,7 +537,7 @@ def finalize_target_cache(output_dir: str | os.PathLike, *, expected_num_samples
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "extra": extra if extra is not None else first.get("extra", {}),
     }
-    _atomic_write(output_dir / MANIFEST_NAME, (json.dumps(manifest, indent=1) + "\n").encode())
+    atomic_write(output_dir / MANIFEST_NAME, (json.dumps(manifest, indent=1) + "\n").encode())
     return manifest
 
 

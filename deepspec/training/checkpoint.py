@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepspec.fsio import atomic_write, fsync_dir
+
 LATEST_NAME = "step_latest"
 STATE_NAME = "training_state.pt"
 CONFIG_NAME = "train_config.json"
@@ -34,22 +36,6 @@ def step_dir(root: str | os.PathLike, step: int) -> Path:
     return Path(root) / f"step_{step}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def capture_rng() -> dict:
@@ -105,8 +91,8 @@ def save_checkpoint(*, root: str | os.PathLike, step: int, model, model_state: d
     if final.exists():  # re-saving a step (e.g. after a crash between rename and pointer update)
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_dir(root)
-    _write_atomic(root / LATEST_NAME, final.name + "\n")
+    fsync_dir(root)
+    atomic_write(root / LATEST_NAME, final.name + "\n")
     if keep_last:
         for old in complete_steps(root)[:-keep_last]:
             shutil.rmtree(step_dir(root, old), ignore_errors=True)

@@ -1,0 +1,37 @@
+"""Crash-safe file writes shared by every on-disk format (cache, checkpoints, JSONL).
+
+A file is written under a temporary name, fsynced, renamed over the final
+name, and the folder is fsynced so the rename itself survives a power cut:
+readers see the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Persist a folder's entries (renames, new files); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Replace ``path`` with ``data`` atomically (temp file + fsync + rename + folder fsync)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
