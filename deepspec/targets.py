@@ -16,6 +16,8 @@ the last hidden state, which we store separately.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -55,6 +57,9 @@ class TargetFamily:
     text_model: Callable[[nn.Module], nn.Module]
     # The draft layers reuse the family's decoder block classes (see models/).
     block_class_names: dict = field(default_factory=dict)
+    # Checkpoint (safetensors) names of the frozen pieces, first match wins.
+    embed_keys: tuple[str, ...] = ("model.embed_tokens.weight",)
+    lm_head_keys: tuple[str, ...] = ("lm_head.weight",)
 
     def text_config(self, config):
         """The decoder's config (multimodal configs keep it under ``text_config``)."""
@@ -84,6 +89,9 @@ FAMILIES = (
         text_model=_text_model_gemma4,
         block_class_names=dict(attention="Gemma4TextAttention", mlp="Gemma4TextMLP", norm="Gemma4RMSNorm",
                                rotary="Gemma4TextRotaryEmbedding", layer="Gemma4TextDecoderLayer"),
+        # Multimodal (Gemma4ForConditionalGeneration) first, then text-only (Gemma4ForCausalLM).
+        embed_keys=("model.language_model.embed_tokens.weight", "model.embed_tokens.weight"),
+        lm_head_keys=("lm_head.weight",),
     ),
 )
 
@@ -212,6 +220,19 @@ class Target:
         return CapturedStates(hidden_states=hidden, last_hidden_state=out.last_hidden_state)
 
 
+def load_target_config(name_or_path: str):
+    """The target's transformers config (hub id or local folder), or a clear :class:`TargetError`."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except OSError as exc:
+        raise TargetError(
+            f"cannot load target {name_or_path!r}: {exc}\n"
+            "For the tiny local target run: python scripts/data/build_tiny_target.py"
+        ) from exc
+
+
 def load_target(
     name_or_path: str,
     *,
@@ -225,15 +246,9 @@ def load_target(
     Local folders (the tiny target) never touch the network; hub ids download as
     transformers usually does, which is the only network use in DeepSpec.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
-        config = AutoConfig.from_pretrained(name_or_path)
-    except OSError as exc:
-        raise TargetError(
-            f"cannot load target {name_or_path!r}: {exc}\n"
-            "For the tiny local target run: python scripts/data/build_tiny_target.py"
-        ) from exc
+    config = load_target_config(name_or_path)
     family = family_of(config)
     if attn_implementation is None:
         attn_implementation = "sdpa" if torch.device(device).type == "cuda" else "eager"
@@ -242,3 +257,79 @@ def load_target(
     ).to(device)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path) if with_tokenizer else None
     return Target(model, tokenizer, family=family)
+
+
+# -- frozen pieces without the model ----------------------------------------------------------
+_SINGLE_FILE = "model.safetensors"
+_INDEX_FILE = "model.safetensors.index.json"
+
+
+def _target_file(name_or_path: str, filename: str) -> str | None:
+    """Local path of one target file (local folder, or downloaded alone from the hub); None if absent."""
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, filename)
+        return path if os.path.isfile(path) else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    try:
+        return hf_hub_download(name_or_path, filename)
+    except RemoteEntryNotFoundError:
+        return None
+
+
+def _weight_map(name_or_path: str) -> dict[str, str]:
+    """Tensor name -> safetensors file name (sharded via the index, or the single file)."""
+    index = _target_file(name_or_path, _INDEX_FILE)
+    if index is not None:
+        with open(index) as fh:
+            return dict(json.load(fh)["weight_map"])
+    single = _target_file(name_or_path, _SINGLE_FILE)
+    if single is None:
+        raise TargetError(f"target {name_or_path!r} has neither {_SINGLE_FILE} nor {_INDEX_FILE}; "
+                          "DeepSpec reads the target's weights from safetensors files")
+    from safetensors import safe_open
+
+    with safe_open(single, framework="pt") as fh:  # reads the header only
+        return {key: _SINGLE_FILE for key in fh.keys()}
+
+
+def load_frozen_target_pieces(
+    name_or_path: str, *, family: TargetFamily | None = None, config=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(embed_weight, lm_head_weight)`` of a target, read alone from its safetensors files.
+
+    The draft only needs these two frozen tensors; this avoids loading the whole target
+    (tens of GB for a 14B model) on every rank. Tied targets (``tie_word_embeddings``) get the
+    embedding as LM head, as transformers does. Tensors keep the checkpoint's dtype.
+    """
+    config = config if config is not None else load_target_config(name_or_path)
+    family = family or family_of(config)
+    weight_map = _weight_map(name_or_path)
+
+    def find(keys: tuple[str, ...], what: str) -> str:
+        for key in keys:
+            if key in weight_map:
+                return key
+        found = ", ".join(sorted(weight_map))
+        raise TargetError(f"target {name_or_path!r}: no {what} weight in its safetensors files; looked for "
+                          f"{', '.join(keys)} ({family.name} family), found: {found}")
+
+    wanted = {"embed": find(family.embed_keys, "embedding")}
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    if not tied:
+        wanted["lm_head"] = find(family.lm_head_keys, "LM head")
+
+    from safetensors import safe_open
+
+    tensors: dict[str, torch.Tensor] = {}
+    for filename in sorted({weight_map[key] for key in wanted.values()}):
+        path = _target_file(name_or_path, filename)
+        if path is None:
+            raise TargetError(f"target {name_or_path!r}: {filename} (named in {_INDEX_FILE}) is missing")
+        with safe_open(path, framework="pt") as fh:
+            for piece, key in wanted.items():
+                if weight_map[key] == filename:
+                    tensors[piece] = fh.get_tensor(key)
+    embed = tensors["embed"]
+    return embed, (embed if tied else tensors["lm_head"])

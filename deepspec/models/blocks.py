@@ -237,16 +237,19 @@ class DraftPreTrainedModel(PreTrainedModel):
         # The family's own init (norm weights, rotary buffers, ...); it only reads config + module.
         self._family_probe._init_weights(module)
 
-    @torch.no_grad()
     def load_target_weights(self, target) -> None:
         """Copy the frozen target embedding and LM head (a :class:`deepspec.targets.Target`)."""
-        for mine, theirs, name in ((self.embed_tokens, target.embed_tokens, "embedding"),
-                                   (self.lm_head, target.lm_head, "LM head")):
-            if mine.weight.shape != theirs.weight.shape:
-                raise ValueError(f"target {name} shape {tuple(theirs.weight.shape)} != draft "
+        self.load_frozen_weights(embed=target.embed_tokens.weight, lm_head=target.lm_head.weight)
+
+    @torch.no_grad()
+    def load_frozen_weights(self, *, embed: torch.Tensor, lm_head: torch.Tensor) -> None:
+        """Copy the frozen target embedding and LM head weights (e.g. ``load_frozen_target_pieces``)."""
+        for mine, theirs, name in ((self.embed_tokens, embed, "embedding"), (self.lm_head, lm_head, "LM head")):
+            if mine.weight.shape != theirs.shape:
+                raise ValueError(f"target {name} shape {tuple(theirs.shape)} != draft "
                                  f"{tuple(mine.weight.shape)}; "
                                  "build the draft config from this target (draft_config_from_target)")
-            mine.weight.copy_(theirs.weight)
+            mine.weight.copy_(theirs)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(input_ids) * self.embed_scale

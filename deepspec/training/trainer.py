@@ -24,7 +24,7 @@ from deepspec.data.target_cache import TargetCache
 from deepspec.models import (
     build_draft, draft_config_from_target, eagle3_loss, parallel_draft_loss, sample_anchors, summarize,
 )
-from deepspec.targets import load_target
+from deepspec.targets import family_of, load_frozen_target_pieces, load_target_config
 from deepspec.training import checkpoint as ckpt
 from deepspec.training.data import CacheDataset, DataError, StepSampler, build_loader, layer_columns
 from deepspec.training.distributed import (
@@ -72,11 +72,13 @@ class Trainer:
         self.grad_accum = grad_accumulation(global_batch_size=t.global_batch_size, world_size=info.world_size,
                                             local_batch_size=t.local_batch_size)
         cache = TargetCache(cache_dir)
-        target = load_target(m.target_model_name_or_path, dtype=torch.float32, device="cpu", with_tokenizer=False)
-        cache.check_compatible(target_model=m.target_model_name_or_path, hidden_size=target.hidden_size)
+        # Only the target's config and its frozen embedding / LM head are needed, never the whole model.
+        target_config = load_target_config(m.target_model_name_or_path)
+        hidden_size = int(family_of(target_config).text_config(target_config).hidden_size)
+        cache.check_compatible(target_model=m.target_model_name_or_path, hidden_size=hidden_size)
         try:
             columns = layer_columns(cache_layer_ids=cache.layer_ids, wanted_layer_ids=m.target_layer_ids,
-                                    hidden_size=target.hidden_size)
+                                    hidden_size=hidden_size)
         except DataError as exc:
             raise TrainingError(str(exc)) from None
         if len(cache) < t.global_batch_size:
@@ -96,9 +98,10 @@ class Trainer:
 
         # -- model (fp32 master weights; bf16 only inside autocast) --------------------------------
         torch.manual_seed(int(cfg.seed))  # identical init on every rank
-        self.draft = build_draft(draft_config_from_target(target.model.config, m))
-        self.draft.load_target_weights(target)
-        del target
+        self.draft = build_draft(draft_config_from_target(target_config, m))
+        embed, lm_head = load_frozen_target_pieces(m.target_model_name_or_path, config=target_config)
+        self.draft.load_frozen_weights(embed=embed, lm_head=lm_head)
+        del embed, lm_head
         self.cfg_dict = cfg.to_dict()
         self.ckpt_dir = cfg.logging.checkpoint_dir
         latest = broadcast_object(str(ckpt.latest_checkpoint(self.ckpt_dir) or "") if info.is_main else None, info)
