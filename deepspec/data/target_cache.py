@@ -22,6 +22,9 @@ rank has closed, rank 0 runs :func:`finalize_target_cache`, which merges the
 committed parts into ``index.bin`` and writes ``manifest.json`` atomically.
 A killed build has no manifest; re-running it skips
 :func:`committed_source_indices` and carries on.
+
+This module writes and finalizes; :mod:`deepspec.data.target_cache_reader` reads
+(``TargetCache`` is importable from here too).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -541,136 +544,10 @@ def finalize_target_cache(output_dir: str | os.PathLike, *, expected_num_samples
     return manifest
 
 
-# ---------------------------------------------------------------------------- reader
+def __getattr__(name: str):
+    # The reader lives in its own module; keep `from deepspec.data.target_cache import TargetCache` working.
+    if name == "TargetCache":
+        from deepspec.data.target_cache_reader import TargetCache
 
-class TargetCache:
-    """Read-only, mmap-backed view of a finalized cache; ``cache[i]`` -> dict of torch tensors.
-
-    Tensors share memory with a private (copy-on-write) mapping: no copy is
-    made, and writing into them never touches the files.
-    """
-
-    def __init__(self, path: str | os.PathLike, *, verify: bool = False):
-        self.path = Path(path)
-        mpath = self.path / MANIFEST_NAME
-        if not mpath.is_file():
-            if self.path.is_dir() and any(_SHARD_RE.match(p.name) or p.name.endswith(".tmp")
-                                          for p in self.path.iterdir()):
-                raise TargetCacheError(f"incomplete cache at {self.path}: no {MANIFEST_NAME} (the build was "
-                                       "interrupted or never finalized); re-run the build to resume")
-            raise TargetCacheError(f"no target cache at {self.path} ({MANIFEST_NAME} not found); build it first")
-        try:
-            self.manifest = m = json.loads(mpath.read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise TargetCacheError(f"{mpath} is not valid JSON ({e}); re-run finalize or rebuild the cache") from None
-        if m.get("format") != FORMAT_NAME or m.get("format_version") != FORMAT_VERSION:
-            raise TargetCacheError(f"{self.path}: unsupported cache format {m.get('format')!r} version "
-                                   f"{m.get('format_version')!r} (this DeepSpec reads version {FORMAT_VERSION}); "
-                                   "rebuild the cache")
-        if m.get("dtypes") != DTYPES or m.get("alignment") != ALIGN:
-            raise TargetCacheError(f"{self.path}: unexpected dtypes/alignment in manifest; rebuild the cache")
-        try:
-            self.hidden_size, self.hidden_width = int(m["hidden_size"]), int(m["hidden_width"])
-            self.layer_ids = list(m["layer_ids"])
-            self._shard_paths = [self.path / s["file"] for s in m["shards"]]
-            m["index"]["file"], m["index"]["crc32"], m["num_samples"]  # noqa: B018 - presence check
-        except (KeyError, TypeError) as e:
-            raise TargetCacheError(f"{mpath} lacks field {e}; re-run finalize_target_cache") from None
-        if self.hidden_width != len(self.layer_ids) * self.hidden_size:
-            raise TargetCacheError(f"{mpath}: hidden_width does not match layer_ids x hidden_size; rebuild")
-        sizes = []
-        for s, p in zip(m["shards"], self._shard_paths):
-            if not p.is_file():
-                raise TargetCacheError(f"shard {p} is missing; restore it or rebuild the cache")
-            if p.stat().st_size != s["bytes"]:
-                raise TargetCacheError(f"shard {p} has {p.stat().st_size} bytes, manifest says {s['bytes']} "
-                                       "(truncated or modified); rebuild the cache")
-            if verify and s.get("crc32") is not None and _file_crc32(p) != s["crc32"]:
-                raise TargetCacheError(f"shard {p} fails its checksum (corrupt data); rebuild the cache")
-            sizes.append(s["bytes"])
-        ipath = self.path / m["index"]["file"]
-        n = int(m["num_samples"])
-        if not ipath.is_file() or ipath.stat().st_size != n * RECORD_DTYPE.itemsize:
-            size = ipath.stat().st_size if ipath.is_file() else "no"
-            raise TargetCacheError(f"index {ipath} has {size} bytes, expected {n} records x "
-                                   f"{RECORD_DTYPE.itemsize}; re-run finalize_target_cache or rebuild")
-        raw = ipath.read_bytes()
-        if zlib.crc32(raw) != m["index"]["crc32"]:
-            raise TargetCacheError(f"index {ipath} fails its checksum; re-run finalize_target_cache")
-        self.records = np.frombuffer(raw, dtype=RECORD_DTYPE)
-        self._check_records(np.asarray(sizes, dtype=np.int64))
-        self.lengths = self.records["length"].astype(np.int64)
-        self.source_indices = self.records["source_index"].astype(np.int64)
-        self._maps: list[np.memmap | None] = [None] * len(self._shard_paths)
-
-    def _check_records(self, sizes: np.ndarray) -> None:
-        r = self.records
-        if len(r) == 0:
-            return
-        bad = r["shard"] >= len(sizes)
-        if bad.any():
-            raise TargetCacheError(f"index of {self.path} refers to shard {int(r['shard'][bad][0])} of "
-                                   f"{len(sizes)}; re-run finalize_target_cache")
-        t = r["length"].astype(np.int64)
-        end = r["offset"].astype(np.int64) + sample_nbytes(t, hidden_width=self.hidden_width,
-                                                           hidden_size=self.hidden_size)  # vectorised
-        bad = (end > sizes[r["shard"].astype(np.int64)]) | (r["offset"] % ALIGN != 0) | (t == 0)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise TargetCacheError(f"index record {i} of {self.path} points outside its shard; the index or shard "
-                                   "is corrupt - rebuild the cache")
-        if (np.diff(r["source_index"]) <= 0).any():
-            raise TargetCacheError(f"index of {self.path} is not sorted by source ordinal; re-run finalize")
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def _map(self, shard: int) -> np.memmap:
-        mm = self._maps[shard]
-        if mm is None:  # lazily, so pickled copies in DataLoader workers open their own maps
-            mm = self._maps[shard] = np.memmap(self._shard_paths[shard], dtype=np.uint8, mode="c")
-        return mm
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        n = len(self.records)
-        if not -n <= i < n:
-            raise IndexError(f"sample {i} out of range for a cache of {n} samples")
-        rec = self.records[i]
-        t, off = int(rec["length"]), int(rec["offset"])
-        mm = self._map(int(rec["shard"]))
-        p = _parts(t, self.hidden_width, self.hidden_size)
-        o1, o2, o3 = off + p[0], off + p[0] + p[1], off + p[0] + p[1] + p[2]
-        ids = torch.from_numpy(mm[off:off + 4 * t].view(np.int32))
-        mask = torch.from_numpy(mm[o1:o1 + t]).view(torch.bool)
-        hid = torch.from_numpy(mm[o2:o2 + 2 * t * self.hidden_width].view(np.int16)).view(torch.bfloat16)
-        last = torch.from_numpy(mm[o3:o3 + 2 * t * self.hidden_size].view(np.int16)).view(torch.bfloat16)
-        return {"input_ids": ids.long(), "loss_mask": mask, "hidden_states": hid.view(t, self.hidden_width),
-                "last_hidden_state": last.view(t, self.hidden_size), "source_index": int(rec["source_index"])}
-
-    def check_compatible(self, *, target_model: str | None = None, layer_ids: Iterable[int] | None = None,
-                         hidden_size: int | None = None) -> None:
-        """Raise :class:`CacheCompatibilityError` naming the first field that differs (None = not checked)."""
-        _check_fields(self.manifest, target_model=target_model,
-                      layer_ids=list(layer_ids) if layer_ids is not None else None, hidden_size=hidden_size,
-                      where=f"target cache {self.path}", fix="rebuild the cache for this target/config")
-
-    def close(self) -> None:
-        self._maps = [None] * len(self._shard_paths)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_maps"] = [None] * len(self._shard_paths)
-        return state
-
-    def __repr__(self) -> str:
-        return (f"TargetCache({str(self.path)!r}, samples={len(self)}, tokens={int(self.lengths.sum())}, "
-                f"layers={self.layer_ids}, hidden_size={self.hidden_size})")
-
-
-def _file_crc32(path: Path, chunk: int = 16 << 20) -> int:
-    crc = 0
-    buf = bytearray(chunk)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            crc = zlib.crc32(memoryview(buf)[:n], crc)
-    return crc
+        return TargetCache
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
