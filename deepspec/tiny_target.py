@@ -31,7 +31,7 @@ MASK_TOKEN_ID = 3  # for parallel drafters; never occurs in training text
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>")
 VOCAB_SIZE = 4096
 MARKER_NAME = "deepspec_tiny_target.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: newlines are their own pre-tokens (see _trained_tokenizer_json)
 
 # Qwen-style ChatML; extra kwargs such as ``enable_thinking`` are accepted and ignored.
 CHAT_TEMPLATE = (
@@ -163,7 +163,13 @@ def _trained_tokenizer_json(root: str, vocab_size: int) -> str:
 
     train, _ = _load_corpus(root)
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Newlines are isolated before the byte-level split: otherwise "\n" merges with the next line's
+    # indentation, and the generation prompt's lone "\n" after "assistant" never occurs in training,
+    # which made the model end most indented answers at once.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split("\n", behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     # Special tokens listed first get ids 0..3, in order.
