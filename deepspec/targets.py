@@ -199,6 +199,20 @@ class Target:
         attention_mask: torch.Tensor | None = None,
     ) -> CapturedStates:
         """One forward of the text decoder; hooks keep only the requested layers' outputs."""
+        return self.forward_with_capture(input_ids, layer_ids=layer_ids, attention_mask=attention_mask)
+
+    @torch.no_grad()
+    def forward_with_capture(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        layer_ids: Sequence[int],
+        attention_mask=None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values=None,
+    ) -> CapturedStates:
+        """:meth:`capture` with a KV cache (decoding): ``attention_mask`` may be a prepared 4D mask or a
+        dict of them per layer type, ``past_key_values`` a transformers cache that grows in place."""
         ids = self.validate_layer_ids(layer_ids)
         captured: dict[int, torch.Tensor] = {}
 
@@ -212,7 +226,8 @@ class Target:
             (self.embed_tokens if i == -1 else self.layers[i]).register_forward_hook(keep(i)) for i in ids
         ]
         try:
-            out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               past_key_values=past_key_values, use_cache=past_key_values is not None)
         finally:
             for handle in handles:
                 handle.remove()

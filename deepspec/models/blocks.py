@@ -117,20 +117,29 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def project_qkv(attn: nn.Module, q_in: torch.Tensor, kv_in: torch.Tensor, q_pos, kv_pos):
-    """Queries from ``q_in``, keys/values from ``kv_in``, each with the family's norms and rope.
+def project_q(attn: nn.Module, q_in: torch.Tensor, q_pos) -> torch.Tensor:
+    """Queries [B, h, Lq, d] from ``q_in`` with the family's q-norm and rope ``q_pos`` = (cos, sin)."""
+    q = attn.q_norm(attn.q_proj(q_in).view(*q_in.shape[:-1], -1, attn.head_dim))
+    return apply_rope(q, *q_pos).transpose(1, 2)
 
-    ``q_pos`` / ``kv_pos`` are ``(cos, sin)`` pairs. Returns q [B, h, Lq, d], k/v [B, hkv, Lk, d].
-    """
+
+def project_kv(attn: nn.Module, kv_in: torch.Tensor, kv_pos) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys/values [B, hkv, Lk, d] from ``kv_in`` with the family's norms and rope (cacheable at decode time)."""
     d = attn.head_dim
-    q = attn.q_norm(attn.q_proj(q_in).view(*q_in.shape[:-1], -1, d))
     k = attn.k_norm(attn.k_proj(kv_in).view(*kv_in.shape[:-1], -1, d))
     v = attn.v_proj(kv_in).view(*kv_in.shape[:-1], -1, d)
     v_norm = getattr(attn, "v_norm", None)
     if v_norm is not None:
         v = v_norm(v)
-    q, k = apply_rope(q, *q_pos), apply_rope(k, *kv_pos)
-    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    return apply_rope(k, *kv_pos).transpose(1, 2), v.transpose(1, 2)
+
+
+def project_qkv(attn: nn.Module, q_in: torch.Tensor, kv_in: torch.Tensor, q_pos, kv_pos):
+    """Queries from ``q_in``, keys/values from ``kv_in``, each with the family's norms and rope.
+
+    ``q_pos`` / ``kv_pos`` are ``(cos, sin)`` pairs. Returns q [B, h, Lq, d], k/v [B, hkv, Lk, d].
+    """
+    return (project_q(attn, q_in, q_pos), *project_kv(attn, kv_in, kv_pos))
 
 
 def attend(q, k, v, *, scale: float, mask, backend: str) -> torch.Tensor:

@@ -1,0 +1,236 @@
+"""Draft proposers: what each algorithm does between two target verifications.
+
+Common contract (driven by :mod:`deepspec.decoding.engine`):
+
+* ``extend(...)`` — the target just ran over new slots; the proposer appends its own context for
+  them (same slot order as the target's KV cache, see :mod:`deepspec.decoding.slots`). This is how
+  the draft's context features are refreshed from each verify pass.
+* ``propose(...)`` — draft γ tokens after each row's pending token (the last committed token, not yet
+  through the target). Returns the tokens, the distribution each was drawn from, and raw confidence
+  logits when the draft has a confidence head.
+* ``crop`` / ``select_rows`` — mirror the engine's slot table.
+
+DSpark / DFlash (:class:`ParallelProposer`): one bidirectional backbone pass over the block
+[pending, mask, ..., mask] at positions p..p+γ−1 against the cached context keys/values, then (DSpark)
+the Markov head samples left to right, each slot's bias depending on the token drawn before it.
+Eagle3 (:class:`Eagle3Proposer`): a chain of ``ttt_length`` single-token steps, each feeding its own
+output state and token to the next, with a per-round chain cache on top of the context cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from deepspec.decoding.slots import SlotTable
+from deepspec.decoding.verify import probs_from_logits, sample
+from deepspec.models.blocks import attend, project_kv, project_q, project_qkv, rotary_cos_sin
+from deepspec.models.config import DRAFT_LAYER_TYPE, EAGLE3
+
+
+@dataclass
+class Proposal:
+    tokens: torch.Tensor                # [B, γ] drafted tokens
+    probs: torch.Tensor                 # [B, γ, V] the distribution each token was drawn from (float32)
+    conf_logits: torch.Tensor | None    # [B, γ] raw confidence logits (DSpark), else None
+
+
+class _LayerCache:
+    """Per draft layer keys/values [B, hkv, L, d] of the context slots."""
+
+    def __init__(self, num_layers: int):
+        self.kv = [None] * num_layers
+
+    def append(self, i: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        old = self.kv[i]
+        self.kv[i] = (k, v) if old is None else (torch.cat([old[0], k], 2), torch.cat([old[1], v], 2))
+
+    def with_new(self, i: int, k: torch.Tensor, v: torch.Tensor):
+        """Cached keys/values followed by ``k``/``v`` (not stored)."""
+        old = self.kv[i]
+        return (k, v) if old is None else (torch.cat([old[0], k], 2), torch.cat([old[1], v], 2))
+
+    def crop(self, n: int) -> None:
+        if n > 0:
+            self.kv = [(k[:, :, :-n], v[:, :, :-n]) for k, v in self.kv]
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self.kv = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.kv]
+
+
+class ParallelProposer:
+    """DSpark (Markov + confidence heads) and DFlash (``markov_rank == 0``): γ = ``block_size``."""
+
+    def __init__(self, draft):
+        self.draft = draft.eval()
+        self.gamma = int(draft.config.block_size)
+        self.mask_token_id = int(draft.config.mask_token_id)
+        self.cache = _LayerCache(len(draft.layers))
+
+    def reset(self, *, batch: int) -> None:
+        self.cache = _LayerCache(len(self.draft.layers))
+
+    @torch.no_grad()
+    def extend(self, *, slots: SlotTable, hidden_states, positions, valid, next_tokens) -> None:
+        d = self.draft
+        ctx = d.context_features(hidden_states)
+        rope = rotary_cos_sin(d.rotary_emb, ctx, positions, DRAFT_LAYER_TYPE)
+        for i, layer in enumerate(d.layers):  # every layer projects the same H_ctx (KV injection)
+            self.cache.append(i, *project_kv(layer.self_attn, ctx, rope))
+
+    @torch.no_grad()
+    def propose(self, *, slots: SlotTable, pending, temperature: float, generator=None, sequences=None) -> Proposal:
+        d, G = self.draft, self.gamma
+        B = pending.shape[0]
+        block = torch.full((B, G), self.mask_token_id, dtype=torch.long, device=pending.device)
+        block[:, 0] = pending
+        pos = slots.next_position()[:, None] + torch.arange(G, device=pending.device)
+        x = d.embed(block).to(d.fc.weight.dtype)
+        rope = rotary_cos_sin(d.rotary_emb, x, pos, DRAFT_LAYER_TYPE)
+        mask = slots.query_mask(query_pos=pos, causal_new=False)  # committed context + the whole block
+        for i, layer in enumerate(d.layers):
+            attn = layer.self_attn
+            normed = layer.input_layernorm(x)
+            k, v = self.cache.with_new(i, *project_kv(attn, normed, rope))
+            x = x + attn.o_proj(attend(project_q(attn, normed, rope), k, v, scale=attn.scaling, mask=mask,
+                                       backend="sdpa"))
+            x = layer.mlp_block(x)
+        return self._sample_block(d.norm(x), pending, temperature, generator)
+
+    def _sample_block(self, h, pending, temperature, generator) -> Proposal:
+        d, G = self.draft, self.gamma
+        base = d.base_logits(h)  # [B, G, V]
+        if d.markov_head is None:  # DFlash: all slots independent given the backbone
+            probs = probs_from_logits(base, temperature)
+            conf = d.confidence_head(h) if d.confidence_head is not None else None
+            return Proposal(tokens=sample(probs, generator), probs=probs, conf_logits=conf)
+        prev = [pending]
+        tokens, probs, confs = [], [], []
+        for k in range(G):  # slot k's Markov bias needs the token drawn at slot k-1
+            feature = d.markov_head.features(h[:, :k + 1], torch.stack(prev, 1))[:, -1]
+            p = probs_from_logits(base[:, k] + d.markov_head.bias(feature).to(base.dtype), temperature)
+            tok = sample(p, generator)
+            tokens.append(tok), probs.append(p), prev.append(tok)
+            if d.confidence_head is not None:
+                conf_in = torch.cat([h[:, k], feature.to(h.dtype)], -1) if d.config.confidence_head_with_markov \
+                    else h[:, k]
+                confs.append(d.confidence_head(conf_in))
+        return Proposal(tokens=torch.stack(tokens, 1), probs=torch.stack(probs, 1),
+                        conf_logits=torch.stack(confs, 1) if confs else None)
+
+    def crop(self, n: int) -> None:
+        self.cache.crop(n)
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self.cache.select_rows(rows)
+
+
+class Eagle3Proposer:
+    """Eagle3: step 0 comes from the context pass (state at p−1 with token p), steps 1..γ−1 chain."""
+
+    def __init__(self, draft):
+        self.draft = draft.eval()
+        self.gamma = int(draft.config.ttt_length)
+        self.cache = _LayerCache(len(draft.layers))
+        self.last_state = None  # [B, H] layer output at each row's last committed slot
+
+    def reset(self, *, batch: int) -> None:
+        self.cache, self.last_state = _LayerCache(len(self.draft.layers)), None
+
+    def _layers(self, x, tokens, rope, mask, *, store_in: _LayerCache, below: _LayerCache | None = None):
+        """The Eagle3 layer stack on states ``x`` [B, n, H] with input tokens [B, n].
+
+        New keys/values go to ``store_in``; queries see ``below`` (the context) followed by ``store_in``.
+        """
+        d = self.draft
+        emb = d.embed(tokens).to(x.dtype)
+        for i, layer in enumerate(d.layers):
+            attn = layer.self_attn
+            attn_in = (torch.cat([layer.input_layernorm(emb), d.hidden_norm(x)], -1) if i == 0
+                       else layer.input_layernorm(x))
+            q, k, v = project_qkv(attn, attn_in, attn_in, rope, rope)
+            store_in.append(i, k, v)
+            k, v = store_in.kv[i] if below is None else below.with_new(i, *store_in.kv[i])
+            x = x + attn.o_proj(attend(q, k, v, scale=attn.scaling, mask=mask, backend="sdpa"))
+            x = layer.mlp_block(x)
+        return x
+
+    @torch.no_grad()
+    def extend(self, *, slots: SlotTable, hidden_states, positions, valid, next_tokens) -> None:
+        d = self.draft
+        g = d.fuse(hidden_states)
+        rope = rotary_cos_sin(d.rotary_emb, g, positions, DRAFT_LAYER_TYPE)
+        mask = slots.query_mask(query_pos=positions, new_valid=valid)
+        x = self._layers(g, next_tokens, rope, mask, store_in=self.cache)
+        last = valid.long().cumsum(1).argmax(1)  # last valid new slot of each row
+        self.last_state = x[torch.arange(x.shape[0], device=x.device), last]
+
+    @torch.no_grad()
+    def propose(self, *, slots: SlotTable, pending, temperature: float, generator=None, sequences=None) -> Proposal:
+        d, G = self.draft, self.gamma
+        x = self.last_state[:, None]
+        p = probs_from_logits(d.base_logits(d.norm(x))[:, 0], temperature)
+        tokens, probs = [sample(p, generator)], [p]
+        chain = _LayerCache(len(d.layers))  # this round's chain keys, on top of the context cache
+        B = x.shape[0]
+        for s in range(1, G):  # step s sits at position p-1+s and sees the context + steps 1..s
+            pos = (slots.next_position() - 1 + s)[:, None]
+            rope = rotary_cos_sin(d.rotary_emb, x, pos, DRAFT_LAYER_TYPE)
+            mask = torch.cat([slots.valid, slots.valid.new_ones(B, s)], 1)[:, None]
+            x = self._layers(x, tokens[-1][:, None], rope, mask, store_in=chain, below=self.cache)
+            p = probs_from_logits(d.base_logits(d.norm(x))[:, 0], temperature)
+            tokens.append(sample(p, generator)), probs.append(p)
+        return Proposal(tokens=torch.stack(tokens, 1), probs=torch.stack(probs, 1), conf_logits=None)
+
+    def crop(self, n: int) -> None:
+        self.cache.crop(n)
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self.cache.select_rows(rows)
+        self.last_state = self.last_state[rows]
+
+
+class TargetSelfProposer:
+    """The target drafting for itself (the ceiling check: every draft is accepted, τ = γ + 1).
+
+    Recomputes the whole sequence per drafted token (no cache): only for small diagnostic runs.
+    """
+
+    def __init__(self, target, *, gamma: int):
+        self.target, self.gamma = target, int(gamma)
+
+    def reset(self, *, batch: int) -> None:
+        pass
+
+    def extend(self, **_) -> None:
+        pass
+
+    @torch.no_grad()
+    def propose(self, *, slots, pending, temperature: float, generator=None, sequences=None) -> Proposal:
+        assert sequences is not None, "TargetSelfProposer needs the committed sequences"
+        rows_tokens, rows_probs = [], []
+        for seq in sequences:
+            ids = torch.tensor([seq], device=pending.device)
+            toks, ps = [], []
+            for _ in range(self.gamma):
+                logits = self.target.model(input_ids=ids).logits[0, -1].float()
+                p = probs_from_logits(logits, temperature)
+                tok = sample(p, generator)
+                toks.append(tok), ps.append(p)
+                ids = torch.cat([ids, tok.view(1, 1)], 1)
+            rows_tokens.append(torch.stack(toks)), rows_probs.append(torch.stack(ps))
+        return Proposal(tokens=torch.stack(rows_tokens), probs=torch.stack(rows_probs), conf_logits=None)
+
+    def crop(self, n: int) -> None:
+        pass
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        pass
+
+
+def build_proposer(draft):
+    """The proposer for a loaded draft model (algorithm from its config)."""
+    if draft.config.draft_algorithm == EAGLE3:
+        return Eagle3Proposer(draft)
+    return ParallelProposer(draft)

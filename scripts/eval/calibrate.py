@@ -1,0 +1,158 @@
+#!/usr/bin/env python
+"""Fit STS temperatures for a DSpark draft's confidence head and report its calibration.
+
+Input: rounds.jsonl files written by eval.py with --threshold 0 (every round verifies the whole
+block, so each round labels every slot k: "slots 1..k all accepted"). The rounds are split by
+prompt into a fit part and a held-out part; sequential temperature scaling (one temperature per
+slot, fitted left to right on the ECE of the prefix survival a_k) is fitted on the fit part and
+judged on the held-out part. The temperatures go to <draft>/calibration.json, which eval.py and
+scripts/eval/threshold_sweep.py pick up.
+
+Outputs (in --output-dir, default: the folder of the first rounds file):
+    calibration_report.json               held-out ECE / AUROC / Brier before and after, per task too
+    reliability_overall.png               reliability diagrams before | after
+    reliability_<task>.png                the same per task
+
+Examples:
+    python scripts/eval/calibrate.py --rounds outputs/eval/dspark/rounds.jsonl \\
+        --draft_name_or_path checkpoints/dspark/exp/step_latest
+    python scripts/eval/calibrate.py --rounds run1/rounds.jsonl run2/rounds.jsonl --dry-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))  # deepspec may not be pip-installed
+
+from deepspec.decoding.calibration import (  # noqa: E402
+    CalibrationError, apply_temperatures, calibration_arrays, confidence_report, fit_sts,
+    plot_reliability_before_after, prefix_survival, read_rounds, save_calibration, split_rounds,
+    survival_labels, to_jsonable,
+)
+from deepspec.fsio import atomic_write  # noqa: E402
+
+
+def fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", nargs="+", required=True, metavar="PATH",
+                   help="rounds.jsonl file(s) from eval.py runs with --threshold 0 (same draft, same gamma)")
+    p.add_argument("--draft_name_or_path", "--draft-name-or-path", dest="draft", metavar="DIR",
+                   help="draft checkpoint folder; calibration.json is written there (required unless --dry-run)")
+    p.add_argument("--dry-run", action="store_true", help="fit and report, but do not write calibration.json")
+    p.add_argument("--held-out-fraction", type=float, default=0.5,
+                   help="share of prompts kept out of the fit to judge it (0 = judge on the fit rounds; default 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prompt-level fit/held-out split (default 0)")
+    p.add_argument("--num-bins", type=int, default=10, help="equal-width ECE bins on [0, 1] (default 10)")
+    p.add_argument("--output-dir", metavar="DIR",
+                   help="where the report JSON and PNGs go (default: folder of the first rounds file)")
+    args = p.parse_args(argv)
+    if not args.dry_run and not args.draft:
+        p.error("--draft_name_or_path is required (or pass --dry-run to only report)")
+    if args.num_bins < 2:
+        p.error("--num-bins must be >= 2")
+    return args
+
+
+def fmt(x: float | None, pct: bool) -> str:
+    if x is None or x != x:  # NaN: AUROC with one class only
+        return "  n/a"
+    return f"{x:5.1%}" if pct else f"{x:.3f}"
+
+
+def print_table(before: dict, after: dict) -> None:
+    print(f"{'k':>2} {'surv':>6} {'mean a_k':>15} {'ECE':>15} {'AUROC':>13} {'Brier':>13}")
+    for k in range(len(before["ece"])):
+        print(f"{k + 1:>2} {before['empirical_survival'][k]:6.1%} "
+              f"{before['mean_predicted'][k]:6.1%} → {after['mean_predicted'][k]:6.1%} "
+              f"{fmt(before['ece'][k], True):>6} → {fmt(after['ece'][k], True):>6} "
+              f"{fmt(before['auroc'][k], False):>5} → {fmt(after['auroc'][k], False):>5} "
+              f"{fmt(before['brier'][k], False):>5} → {fmt(after['brier'][k], False):>5}")
+
+
+def mean(xs) -> float:
+    return sum(xs) / len(xs)
+
+
+def judge(rounds: list[dict], temps: list[float], *, num_bins: int, png: Path, title: str) -> dict:
+    """Before/after reports on ``rounds`` and a before|after reliability PNG."""
+    logits, accepted, _ = calibration_arrays(rounds)
+    before = confidence_report(logits, accepted, num_bins=num_bins)
+    after = confidence_report(logits, accepted, temperatures=temps, num_bins=num_bins)
+    labels = survival_labels(accepted, logits.shape[1])
+    plot_reliability_before_after(prefix_survival(apply_temperatures(logits, [1.0] * len(temps))),
+                                  prefix_survival(apply_temperatures(logits, temps)), labels,
+                                  path=png, title=title, num_bins=num_bins)
+    return {"before": before, "after": after, "plot": str(png)}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.draft and not Path(args.draft).is_dir():
+        fail(f"--draft_name_or_path {args.draft} is not a folder; pass the draft checkpoint folder")
+    out_dir = Path(args.output_dir) if args.output_dir else Path(args.rounds[0]).resolve().parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        rounds = read_rounds(args.rounds)
+        calibration_arrays(rounds)  # fail early, on all rounds, if none is usable
+        fit, held = split_rounds(rounds, held_out_fraction=args.held_out_fraction, seed=args.seed)
+        if args.held_out_fraction == 0:
+            print("note: --held-out-fraction 0, so the numbers below are on the fit rounds (optimistic)")
+            held = fit
+        for name, part in (("fit", fit), ("held-out", held)):
+            try:
+                calibration_arrays(part)
+            except CalibrationError:
+                fail(f"the {name} split has no usable rounds; record more prompts or change --held-out-fraction")
+        logits, accepted, _ = calibration_arrays(fit)
+        temps = fit_sts(logits, accepted, num_bins=args.num_bins)
+        overall = judge(held, temps, num_bins=args.num_bins, png=out_dir / "reliability_overall.png",
+                        title="all tasks (held-out)")
+        per_task = {}
+        for task in sorted({r["task"] for r in held}):
+            task_rounds = [r for r in held if r["task"] == task]
+            if not any(r["conf_logits"] is not None and r["proposal_len"] == r["gamma"] for r in task_rounds):
+                continue
+            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", task)  # task names become file names
+            per_task[task] = judge(task_rounds, temps, num_bins=args.num_bins,
+                                   png=out_dir / f"reliability_{safe}.png", title=f"{task} (held-out)")
+    except CalibrationError as e:
+        fail(str(e))
+
+    before, after = overall["before"], overall["after"]
+    n_fit = len(calibration_arrays(fit)[1])
+    print(f"rounds: {len(rounds)} read, {n_fit} fit, {before['num_rounds']} held-out (full blocks with "
+          f"confidence logits), gamma {len(temps)}")
+    print("temperatures: " + ", ".join(f"{t:.3g}" for t in temps))
+    print_table(before, after)
+    for task, rep in per_task.items():
+        print(f"  {task}: mean ECE {mean(rep['before']['ece']):.1%} -> {mean(rep['after']['ece']):.1%} "
+              f"({rep['before']['num_rounds']} rounds)")
+    summary = {"held_out_fraction": args.held_out_fraction, "seed": args.seed, "num_bins": args.num_bins,
+               "rounds_files": [str(p) for p in args.rounds], "num_fit_rounds": n_fit,
+               "num_held_out_rounds": before["num_rounds"]}
+    report = {"method": "sts", "temperatures": temps, **summary, "overall": overall, "per_task": per_task}
+    report_path = out_dir / "calibration_report.json"
+    atomic_write(report_path, json.dumps(to_jsonable(report), indent=2) + "\n")
+    print(f"report: {report_path}")
+    if args.dry_run:
+        print("dry run: calibration.json not written")
+    else:
+        path = save_calibration(args.draft, temperatures=temps, report_before=before, report_after=after,
+                                extra={**summary, "evaluated_on": "held-out" if args.held_out_fraction else "fit"})
+        print(f"wrote {path}")
+    print(f"mean ECE {mean(before['ece']):.2%} -> {mean(after['ece']):.2%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Confidence-head metrics, STS calibration, threshold replay and the two eval scripts."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deepspec.decoding.calibration import (
+    CalibrationError, apply_temperatures, auroc, brier_score, calibration_arrays, confidence_report,
+    expected_calibration_error, fit_sts, load_calibration, plot_reliability, prefix_survival, read_rounds,
+    save_calibration, split_rounds, survival_labels,
+)
+from deepspec.decoding.threshold import proposal_lengths, replay_threshold, sweep_thresholds
+
+ROOT = Path(__file__).resolve().parents[1]
+CALIBRATE = ROOT / "scripts" / "eval" / "calibrate.py"
+SWEEP = ROOT / "scripts" / "eval" / "threshold_sweep.py"
+T_TRUE = [2.5, 0.4, 2.0, 0.6]
+
+
+def synth(n, temps, seed):
+    """Logits z and accepted counts drawn slot by slot: slot k accepted w.p. σ(z_k/T_k) given 1..k-1 were."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(1.5, 2.0, size=(n, len(temps)))
+    ok = rng.random(z.shape) < 1 / (1 + np.exp(-z / np.asarray(temps)))
+    return z, np.cumprod(ok, axis=1).sum(axis=1)  # accepted = index of the first failure
+
+
+def logit(p):
+    p = np.asarray(p, dtype=np.float64)
+    return np.log(p / (1 - p))
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def test_prefix_survival_and_labels():
+    np.testing.assert_allclose(prefix_survival([[0.5, 0.5, 0.8]]), [[0.5, 0.25, 0.2]])
+    assert survival_labels([0, 2, 3], 3).tolist() == [[False] * 3, [True, True, False], [True] * 3]
+
+
+def test_ece_hand_example():
+    pred, label = [0.12, 0.18, 0.85, 0.95], [0, 1, 1, 0]
+    # 10 bins: bin 1 {0.12, 0.18}: |0.15-0.5|·2/4; bin 8: |0.85-1|/4; bin 9: |0.95-0|/4
+    assert expected_calibration_error(pred, label) == pytest.approx(0.175 + 0.0375 + 0.2375)
+    # 2 bins: |0.15-0.5|/2 + |0.9-0.5|/2
+    assert expected_calibration_error(pred, label, num_bins=2) == pytest.approx(0.375)
+    assert expected_calibration_error([1.0, 0.0], [1, 0]) == 0.0  # p == 1 lands in the last bin
+    with pytest.raises(CalibrationError, match="sigmoid"):
+        expected_calibration_error([1.5], [1])
+
+
+def test_auroc_matches_pairwise_count():
+    rng = np.random.default_rng(0)
+    pred = np.round(rng.random(300), 1)  # rounding makes many ties
+    label = rng.random(300) < pred
+    pos, neg = pred[label], pred[~label]
+    brute = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (pos.size * neg.size)
+    assert auroc(pred, label) == pytest.approx(brute)
+    assert auroc([0.1, 0.9], [0, 1]) == 1.0
+    assert np.isnan(auroc([0.1, 0.9], [1, 1]))
+
+
+def test_brier_hand_example():
+    assert brier_score([0.12, 0.18, 0.85, 0.95], [0, 1, 1, 0]) == pytest.approx((0.0144 + 0.6724 + 0.0225 + 0.9025) / 4)
+
+
+# ----------------------------------------------------------------------------- STS
+
+def test_sts_recovers_known_temperatures_and_fixes_held_out_ece():
+    fit_z, fit_acc = synth(20000, T_TRUE, seed=1)
+    held_z, held_acc = synth(20000, T_TRUE, seed=2)
+    temps = fit_sts(fit_z, fit_acc)
+    np.testing.assert_allclose(temps, T_TRUE, rtol=0.25)
+    before = confidence_report(held_z, held_acc)
+    after = confidence_report(held_z, held_acc, temperatures=temps)
+    assert np.mean(before["ece"]) > 0.05 and np.mean(after["ece"]) < 0.02, (before["ece"], after["ece"])
+    assert max(after["ece"]) < 0.02
+    np.testing.assert_allclose(after["mean_predicted"], after["empirical_survival"], atol=0.02)
+    assert after["num_rounds"] == 20000 and len(after["auroc"]) == len(T_TRUE)
+
+
+def test_sts_is_order_preserving_and_prefers_one_on_ties():
+    z, acc = synth(3000, T_TRUE, seed=3)
+    temps = fit_sts(z, acc)
+    probs = apply_temperatures(z, temps)
+    for k in range(z.shape[1]):  # each slot ranks rounds exactly as its raw logits do
+        order = np.argsort(z[:, k])
+        assert np.all(np.diff(probs[order, k]) >= 0)
+        assert auroc(probs[:, k], acc >= k + 1) == pytest.approx(auroc(z[:, k], acc >= k + 1))
+    # zero logits give σ = 0.5 at every temperature: all ECEs tie, and 1.0 must win
+    assert fit_sts(np.zeros((10, 2)), np.array([0, 1] * 5), grid=[0.5, 1.0, 2.0]) == [1.0, 1.0]
+    with pytest.raises(CalibrationError, match="positive"):
+        apply_temperatures(z, [1.0, -1.0, 1.0, 1.0])
+    with pytest.raises(CalibrationError, match="gamma"):
+        apply_temperatures(z, [1.0, 1.0])
+
+
+def test_torch_inputs_stay_torch():
+    torch = pytest.importorskip("torch")
+    z = torch.tensor([[0.0, 2.0]])
+    out = prefix_survival(apply_temperatures(z, [1.0, 2.0]))
+    assert torch.is_tensor(out)
+    np.testing.assert_allclose(out.numpy(), [[0.5, 0.5 / (1 + np.exp(-1.0))]], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- files
+
+def test_calibration_json_round_trip(tmp_path):
+    assert load_calibration(tmp_path) is None
+    rep = confidence_report(*synth(200, [1, 1, 1], seed=0))
+    path = save_calibration(tmp_path, temperatures=[0.5, 1.0, 2.0], report_before=rep, report_after=rep,
+                            extra={"seed": 7})
+    data = json.loads(path.read_text())
+    assert data["method"] == "sts" and data["gamma"] == 3 and data["seed"] == 7
+    assert data["ece_before"] == pytest.approx(rep["ece"])
+    assert load_calibration(tmp_path) == [0.5, 1.0, 2.0]
+    assert load_calibration(tmp_path, gamma=3) == [0.5, 1.0, 2.0]
+    with pytest.raises(CalibrationError, match="gamma=3 but this run uses gamma=5"):
+        load_calibration(tmp_path, gamma=5)
+    with pytest.raises(CalibrationError, match="does not exist"):
+        save_calibration(tmp_path / "nope", temperatures=[1.0], report_before=rep, report_after=rep)
+
+
+def _round(task, i, r, acc, logits, gamma=3, proposal_len=None):
+    return {"task": task, "prompt_index": i, "round": r, "gamma": gamma,
+            "proposal_len": gamma if proposal_len is None else proposal_len, "accepted": acc, "conf_logits": logits}
+
+
+def test_read_rounds_errors_name_the_line(tmp_path):
+    p = tmp_path / "rounds.jsonl"
+    p.write_text(json.dumps(_round("t", 0, 0, 1, [0.0, 0.0, 0.0])) + "\n\n{broken\n")
+    with pytest.raises(CalibrationError, match=r"rounds.jsonl:3: malformed JSON"):
+        read_rounds(p)
+    p.write_text(json.dumps(_round("t", 0, 0, 1, [0.0, 0.0])) + "\n")
+    with pytest.raises(CalibrationError, match=r":1: conf_logits must be null or a list of gamma=3"):
+        read_rounds(p)
+    p.write_text(json.dumps(_round("t", 0, 0, 4, None)) + "\n")
+    with pytest.raises(CalibrationError, match="accepted <= proposal_len"):
+        read_rounds(p)
+
+
+def test_no_usable_rounds_errors():
+    with pytest.raises(CalibrationError, match="no confidence head"):
+        calibration_arrays([_round("t", 0, 0, 1, None)])
+    with pytest.raises(CalibrationError, match="threshold 0"):
+        calibration_arrays([_round("t", 0, 0, 1, [0.0] * 3, proposal_len=2)])
+    with pytest.raises(CalibrationError, match="mix gamma"):
+        calibration_arrays([_round("t", 0, 0, 1, [0.0] * 3), _round("t", 1, 0, 1, [0.0] * 4, gamma=4)])
+
+
+def test_split_keeps_prompts_together_and_is_deterministic():
+    rounds = [_round(task, i, r, 0, None) for task in ("a", "b") for i in range(100) for r in range(3)]
+    fit, held = split_rounds(rounds, held_out_fraction=0.3, seed=1)
+    assert split_rounds(rounds, held_out_fraction=0.3, seed=1) == (fit, held)
+    keys_fit = {(r["task"], r["prompt_index"]) for r in fit}
+    keys_held = {(r["task"], r["prompt_index"]) for r in held}
+    assert not keys_fit & keys_held and len(fit) + len(held) == len(rounds)
+    assert 0.15 < len(keys_held) / 200 < 0.45
+    assert split_rounds(rounds, held_out_fraction=0.3, seed=2) != (fit, held)
+
+
+def test_plot_reliability_writes_png(tmp_path):
+    z, acc = synth(500, [1.0, 1.0], seed=0)
+    plot_reliability(prefix_survival(apply_temperatures(z, [1.0, 1.0])), survival_labels(acc, 2),
+                     path=tmp_path / "r.png", title="t")
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ----------------------------------------------------------------------------- threshold replay
+
+def test_threshold_replay_hand_example():
+    # survival: A [0.9, 0.72, 0.36] (accepted 3), B [0.6, 0.54, 0.486] (1), C [0.3, 0.27, 0.243] (0)
+    z = logit([[0.9, 0.8, 0.5], [0.6, 0.9, 0.9], [0.3, 0.9, 0.9]])
+    acc = np.array([3, 1, 0])
+    r0, r5, r7 = sweep_thresholds(z, acc, thresholds=[0.0, 0.5, 0.7])
+    assert r0 == pytest.approx({"threshold": 0.0, "num_rounds": 3, "avg_accepted": 4 / 3, "avg_rejected": 5 / 3,
+                                "acceptance_rate": 4 / 9, "avg_committed": 7 / 3, "avg_proposal_len": 3.0})
+    # ℓ = 2, 2, 0 (B's 0.486 < 0.5); accepted' = 2, 1, 0; rejected = 0, 1, 0
+    assert r5 == pytest.approx({"threshold": 0.5, "num_rounds": 3, "avg_accepted": 1.0, "avg_rejected": 1 / 3,
+                                "acceptance_rate": 3 / 4, "avg_committed": 2.0, "avg_proposal_len": 4 / 3})
+    assert r7["avg_proposal_len"] == pytest.approx(2 / 3) and r7["acceptance_rate"] == 1.0
+    # a recorded short block caps ℓ
+    capped = replay_threshold(z, np.array([1, 1, 0]), threshold=0.0, proposal_len=[1, 3, 3])
+    assert capped["avg_proposal_len"] == pytest.approx(7 / 3)
+    # temperatures enter through the logits
+    t = [2.0, 0.5, 1.0]
+    assert replay_threshold(z, acc, threshold=0.5, temperatures=t) == replay_threshold(z / t, acc, threshold=0.5)
+    # a slot below the threshold stops the proposal even if a later one is above it
+    assert proposal_lengths(np.array([[0.9, 0.4, 0.6]]), threshold=0.5).tolist() == [1]
+
+
+# ----------------------------------------------------------------------------- scripts end to end
+
+def _write_rounds(path, *, prompts=40, per_prompt=100, gamma=4):
+    rng = np.random.default_rng(5)
+    lines = []
+    for task in ("gsm8k", "mt-bench"):
+        z, acc = synth(prompts * per_prompt, T_TRUE[:gamma], seed=len(lines) + 11)
+        for j in range(z.shape[0]):
+            lines.append(_round(task, j // per_prompt, j % per_prompt, int(acc[j]), z[j].tolist(), gamma=gamma))
+    lines.append(_round("gsm8k", 0, 999, 0, None, gamma=gamma))  # a round without confidence logits
+    lines.append(_round("gsm8k", 0, 1000, 1, rng.normal(size=gamma).tolist(), gamma=gamma, proposal_len=2))
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_scripts_end_to_end(tmp_path):
+    rounds = tmp_path / "run" / "rounds.jsonl"
+    rounds.parent.mkdir()
+    _write_rounds(rounds)
+    draft = tmp_path / "draft"
+    draft.mkdir()
+    proc = _run(CALIBRATE, "--rounds", rounds, "--draft_name_or_path", draft)
+    assert proc.returncode == 0, proc.stderr
+    assert "mean ECE" in proc.stdout
+    cal = json.loads((draft / "calibration.json").read_text())
+    assert cal["gamma"] == 4 and cal["evaluated_on"] == "held-out"
+    assert np.mean(cal["ece_after"]) < 0.03 < np.mean(cal["ece_before"])
+    np.testing.assert_allclose(cal["temperatures"], T_TRUE, rtol=0.35)
+    for name in ("calibration_report.json", "reliability_overall.png", "reliability_gsm8k.png",
+                 "reliability_mt-bench.png"):
+        assert (rounds.parent / name).is_file(), name
+
+    out = tmp_path / "sweep"
+    proc = _run(SWEEP, "--rounds", rounds, "--draft_name_or_path", draft, "--output-dir", out)
+    assert proc.returncode == 0, proc.stderr
+    sweep = json.loads((out / "threshold_sweep.json").read_text())
+    assert sweep["temperatures"] == cal["temperatures"] and len(sweep["results"]) == 10
+    lens = [r["avg_proposal_len"] for r in sweep["results"]]
+    assert lens[0] == pytest.approx((8000 * 4 + 2) / 8001) and all(a >= b for a, b in zip(lens, lens[1:]))
+    rates = [r["acceptance_rate"] for r in sweep["results"]]
+    assert rates[-1] > rates[0]  # confident proposals are accepted more often
+    assert set(sweep["per_task"]) == {"gsm8k", "mt-bench"}
+    assert (out / "threshold_sweep.png").is_file()
+
+
+def test_scripts_report_unusable_rounds(tmp_path):
+    rounds = tmp_path / "rounds.jsonl"
+    rounds.write_text(json.dumps(_round("t", 0, 0, 1, None)) + "\n")
+    proc = _run(CALIBRATE, "--rounds", rounds, "--dry-run")
+    assert proc.returncode == 2 and "no confidence head" in proc.stderr
+    proc = _run(CALIBRATE, "--rounds", rounds)
+    assert proc.returncode == 2 and "--draft_name_or_path is required" in proc.stderr
