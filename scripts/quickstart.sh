@@ -9,7 +9,10 @@
 #   3. regenerate the answers with the target      scripts/data/generate_train_data.py
 #   4. target cache                                scripts/data/prepare_target_cache.py
 #   5. train DSpark, DFlash and Eagle3 (equal budgets, 2 gloo workers)   train.py
-# Evaluation (stage 3) joins here when it lands.
+#   6. evaluate each by speculative decoding on the benchmark prompts    eval.py
+#      (from $DEEPSPEC_EVAL_DATA_DIR, default ../shared/eval_datasets; subsampled), plus the target
+#      drafting for itself (the ceiling check: τ must be γ+1)
+#   7. one table + plots in $OUT (results.json, table.md, tau_by_task.png, ...)  scripts/eval/compare.py
 set -euo pipefail
 FAST=0
 OUT=runs/quickstart
@@ -17,7 +20,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --fast) FAST=1; OUT=runs/quickstart-fast ;;
     --out) OUT="$2"; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -27,9 +30,15 @@ mkdir -p "$OUT"
 
 if [ "$FAST" = 1 ]; then
   TARGET="${DEEPSPEC_TINY_TARGET:-$OUT/tiny_target}"; TARGET_BUDGET=(--steps 60); NUM_PROMPTS=24; MAX_TOKENS=48; TRAIN_STEPS=6
+  EVAL_TASKS="gsm8k:1,humaneval:1,mt-bench:1"; EVAL_TOKENS=16; SELF_TASKS="gsm8k:1"
 else
   TARGET="${DEEPSPEC_TINY_TARGET:-$HOME/.cache/deepspec/tiny_target}"; TARGET_BUDGET=(); NUM_PROMPTS=256; MAX_TOKENS=128; TRAIN_STEPS=60
+  EVAL_TASKS="gsm8k:4,math500:4,aime25:4,humaneval:4,mbpp:4,livecodebench:4,mt-bench:4,alpaca:4,arena-hard-v2:4"
+  EVAL_TOKENS=64; SELF_TASKS="gsm8k:2,humaneval:2,mt-bench:2"
 fi
+# Greedy decoding for the table: the tiny target is high-entropy at temperature 1, which buries the
+# differences between drafts in sampling noise at this sample size (eval.py's default is 1.0).
+EVAL_TEMPERATURE="${EVAL_TEMPERATURE:-0}"
 export DEEPSPEC_TINY_TARGET="$TARGET"
 
 declare -a TIMINGS=()
@@ -67,6 +76,23 @@ for algo in ("dspark", "dflash", "eagle3"):
     extra = "".join(f", {k} {first[k]:.3f} -> {last[k]:.3f}" for k in ("tau_probabilistic", "accuracy@0") if k in last)
     print(f"  {algo:7s} steps {last['step']:4d}: loss {first['loss']:.3f} -> {last['loss']:.3f}{extra}")
 PY
+
+evaluate() {  # evaluate NAME EVAL_ARGS...: reuse a finished evaluation of the same checkpoint
+  local name="$1"; shift
+  if [ -s "$OUT/eval/$name/results.json" ] && [ "$OUT/eval/$name/results.json" -nt "$OUT/checkpoints/$name/step_latest" ]; then
+    echo "==> eval $name: reusing $OUT/eval/$name"; return
+  fi
+  stage "eval $name" python eval.py --output-dir "$OUT/eval/$name" --max-new-tokens "$EVAL_TOKENS" \
+    --temperature "$EVAL_TEMPERATURE" --seed 0 "$@"
+}
+for algo in dspark dflash eagle3; do
+  evaluate "$algo" --draft_name_or_path "$OUT/checkpoints/$algo" --tasks "$EVAL_TASKS"
+done
+evaluate self7 --self-draft 7 --tasks "$SELF_TASKS"
+
+echo; echo "==> the paper's Table 1 in miniature (macro τ per domain; greedy, $EVAL_TOKENS new tokens per prompt)"
+python scripts/eval/compare.py --runs dspark="$OUT/eval/dspark" dflash="$OUT/eval/dflash" eagle3="$OUT/eval/eagle3" \
+  --ceiling "$OUT/eval/self7" --output-dir "$OUT"
 
 echo; echo "==> done: outputs in $OUT"
 printf '  %s\n' "${TIMINGS[@]}"

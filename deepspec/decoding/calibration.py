@@ -292,7 +292,7 @@ def calibration_arrays(rounds, *, full_blocks_only: bool = True) -> tuple[np.nda
     if not usable:
         why = ("no round has confidence logits: the draft has no confidence head (enable_confidence_head)"
                if not with_conf else
-               "no round verified a full block: record rounds with threshold 0 (eval.py --threshold 0)")
+               "no round verified a full block: record rounds with threshold 0 (eval.py --confidence-threshold 0)")
         raise CalibrationError(f"no usable rounds among {len(rounds)}: {why}")
     gammas = sorted({r["gamma"] for r in usable})
     if len(gammas) > 1:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fit STS temperatures for a DSpark draft's confidence head and report its calibration.
 
-Input: rounds.jsonl files written by eval.py with --threshold 0 (every round verifies the whole
+Input: rounds.jsonl files written by eval.py with --confidence-threshold 0 (every round verifies the whole
 block, so each round labels every slot k: "slots 1..k all accepted"). The rounds are split by
 prompt into a fit part and a held-out part; sequential temperature scaling (one temperature per
 slot, fitted left to right on the ECE of the prefix survival a_k) is fitted on the fit part and
@@ -46,7 +46,7 @@ def fail(msg: str) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", nargs="+", required=True, metavar="PATH",
-                   help="rounds.jsonl file(s) from eval.py runs with --threshold 0 (same draft, same gamma)")
+                   help="rounds.jsonl file(s) from eval.py runs with --confidence-threshold 0 (same draft, same gamma)")
     p.add_argument("--draft_name_or_path", "--draft-name-or-path", dest="draft", metavar="DIR",
                    help="draft checkpoint folder; calibration.json is written there (required unless --dry-run)")
     p.add_argument("--dry-run", action="store_true", help="fit and report, but do not write calibration.json")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Accepted vs rejected draft tokens per step as the confidence threshold grows (paper Figure 5).
 
-Replays rounds recorded by eval.py with --threshold 0: at threshold t a round would have proposed
+Replays rounds recorded by eval.py with --confidence-threshold 0: at threshold t a round would have proposed
 ℓ = the number of leading slots with prefix survival a_k >= t, accepted min(accepted, ℓ) of them
 and rejected the rest. The replay is exact per round (the target's verdict on slot k does not
 depend on later slots), so no target is needed. a_k uses the STS temperatures from
@@ -44,7 +44,7 @@ def fail(msg: str) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", nargs="+", required=True, metavar="PATH",
-                   help="rounds.jsonl file(s) from eval.py runs with --threshold 0 (same draft, same gamma)")
+                   help="rounds.jsonl file(s) from eval.py runs with --confidence-threshold 0 (same draft, same gamma)")
     p.add_argument("--draft_name_or_path", "--draft-name-or-path", dest="draft", metavar="DIR",
                    help="draft checkpoint folder; its calibration.json (if any) sets the STS temperatures")
     p.add_argument("--no-calibration", action="store_true",

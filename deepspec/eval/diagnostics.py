@@ -1,0 +1,110 @@
+"""Turn decoded records into the eval outputs: rounds.jsonl, results.json, table.md, plots.
+
+Confidence diagnostics (drafts with a confidence head, full blocks verified): per position k the
+predicted prefix survival a_k = Π c_i against whether slots 1..k were all accepted — ECE, AUROC and
+Brier, uncalibrated and (when the draft folder holds ``calibration.json``) after STS, plus a
+reliability diagram per task.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from deepspec.eval.metrics import task_metrics
+from deepspec.eval.report import format_table, markdown_table, plot_conditional_acceptance, short_name, write_results
+from deepspec.fsio import atomic_write
+
+
+def confidence_diagnostics(rounds: list[dict], *, temperatures, plot_path: Path | None, title: str) -> dict | None:
+    """Before/after-calibration reports for one task, or None when no round qualifies."""
+    from deepspec.decoding.calibration import (
+        CalibrationError, apply_temperatures, calibration_arrays, confidence_report, plot_reliability,
+        plot_reliability_before_after, prefix_survival, survival_labels,
+    )
+
+    try:
+        logits, accepted, _ = calibration_arrays(rounds)
+    except CalibrationError:
+        return None
+    before = confidence_report(logits, accepted)
+    after = confidence_report(logits, accepted, temperatures=temperatures) if temperatures else None
+    if plot_path is not None:
+        labels = survival_labels(accepted, logits.shape[1])
+        raw = prefix_survival(apply_temperatures(logits, [1.0] * logits.shape[1]))
+        if temperatures:
+            plot_reliability_before_after(raw, prefix_survival(apply_temperatures(logits, temperatures)), labels,
+                                          path=plot_path, title=title)
+        else:
+            plot_reliability(raw, labels, path=plot_path, title=f"{title} (uncalibrated)")
+    return {"uncalibrated": before, "calibrated": after}
+
+
+def write_reports(opts, decoded: dict, *, domains: dict[str, str]) -> dict:
+    from deepspec.decoding.calibration import to_jsonable
+
+    out_dir = Path(opts.output_dir)
+    gamma, temps = decoded["gamma"], decoded["calibration"]
+    results, round_lines, output_lines = {}, [], []
+    for name, part in decoded["tasks"].items():
+        records = part["records"]
+        rounds = []
+        for rec in records:
+            for r in rec["rounds"]:
+                rounds.append({"task": name, "prompt_index": rec["prompt_index"], **r})
+            if opts.save_outputs:
+                output_lines.append(json.dumps({"task": name, "prompt_index": rec["prompt_index"],
+                                                "token_ids": rec["tokens"], "text": rec["text"],
+                                                "stopped": rec["stopped"]}))
+        round_lines += [json.dumps(r) for r in rounds]
+        generated = sum(len(rec["tokens"]) for rec in records)
+        metrics = task_metrics(rounds, gamma=gamma, num_samples=len(records), generated_tokens=generated,
+                               wall_seconds=part["seconds"])
+        metrics["truncated_prompts"] = part["truncated_prompts"]
+        conf = confidence_diagnostics(rounds, temperatures=temps, plot_path=out_dir / f"reliability_{name}.png",
+                                      title=name)
+        if conf is not None:
+            metrics["confidence"] = to_jsonable(conf)
+        results[name] = metrics
+
+    atomic_write(out_dir / "rounds.jsonl", "".join(line + "\n" for line in round_lines))
+    if opts.save_outputs:
+        atomic_write(out_dir / "outputs.jsonl", "".join(line + "\n" for line in output_lines))
+    target_name = short_name(opts.target)
+    draft_name = f"self (gamma {gamma})" if opts.self_draft_gamma else short_name(opts.draft)
+    meta = {"target": str(opts.target), "draft": draft_name if opts.self_draft_gamma else str(opts.draft),
+            "gamma": gamma, "temperature": opts.temperature, "confidence_threshold": opts.confidence_threshold,
+            "scheduler": opts.scheduler or ("threshold" if opts.confidence_threshold > 0 else "fixed"),
+            "max_new_tokens": opts.max_new_tokens, "batch_size": opts.batch_size, "seed": opts.seed,
+            "device": opts.device, "calibration_temperatures": temps}
+    write_results(out_dir / "results.json", results=results, meta=meta, domains=domains)
+    table = format_table(results, target=target_name, draft=draft_name, gamma=gamma, domains=domains)
+    atomic_write(out_dir / "table.md", markdown_table(results, target=target_name, draft=draft_name, gamma=gamma,
+                                                      domains=domains) + "\n")
+    plot_conditional_acceptance(results, domains=domains, path=out_dir / "conditional_acceptance.png",
+                                title=f"{draft_name}: conditional acceptance by position")
+    print(table)
+    conf_rows = confidence_table(results)
+    if conf_rows:
+        print(conf_rows)
+    return {"results": results, "meta": meta, "table": table}
+
+
+def confidence_table(results: dict) -> str:
+    """ECE / AUROC / Brier of the prefix survival per position (before → after STS when calibrated)."""
+    lines = []
+    for name, m in results.items():
+        conf = m.get("confidence")
+        if not conf:
+            continue
+        before, after = conf["uncalibrated"], conf.get("calibrated")
+        fmt = lambda v: "  n/a" if v is None else f"{v:5.3f}"  # noqa: E731
+        for k in range(len(before["ece"])):
+            row = (f"{name:14s} a_{k + 1}  ECE {100 * before['ece'][k]:5.1f}%"
+                   + (f" -> {100 * after['ece'][k]:4.1f}%" if after else "")
+                   + f"  AUROC {fmt(before['auroc'][k])}  Brier {fmt(before['brier'][k])}"
+                   + (f" -> {fmt(after['brier'][k])}" if after else ""))
+            lines.append(row)
+    if not lines:
+        return ""
+    return "confidence head (prefix survival vs. acceptance, threshold-0 rounds):\n" + "\n".join(lines)

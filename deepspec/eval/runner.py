@@ -1,0 +1,232 @@
+"""Stage 3: speculative decoding over the benchmark prompts; τ, per-position rates, calibration, plots.
+
+:func:`run_eval` is what ``eval.py`` calls. One worker per visible GPU takes every W-th prompt of
+each task; on CPU one in-process worker does everything. Every decoding round is kept
+(``rounds.jsonl``): metrics, the confidence diagnostics, STS calibration and the serving simulator
+all read that one record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from deepspec.eval.tasks import TaskSpec, domains_of, load_prompts
+
+
+class EvalSetupError(ValueError):
+    """A draft / target / flag combination that cannot run; the message says what to change."""
+
+
+@dataclass
+class EvalOptions:
+    target: str
+    draft: str | None                 # None with self_draft
+    tasks: list[TaskSpec]
+    output_dir: Path
+    max_new_tokens: int = 2048
+    temperature: float = 1.0
+    confidence_threshold: float = 0.0
+    seed: int = 0
+    batch_size: int = 1
+    device: str = "cpu"
+    dtype: str = "auto"
+    scheduler: str | None = None      # fixed | threshold | prefix (None: threshold if > 0 else fixed)
+    engine_profile: str | None = None
+    async_scheduler: bool = False
+    use_calibration: bool = True
+    self_draft_gamma: int = 0         # > 0: the target drafts for itself (ceiling check, τ = γ+1)
+    save_outputs: bool = False
+    progress: bool = True
+
+
+def resolve_draft_dir(path: str) -> str:
+    """A draft folder, a training checkpoint root (its latest complete step), or a hub id."""
+    from deepspec.training.checkpoint import latest_checkpoint
+
+    p = Path(os.path.expanduser(path))
+    if (p / "config.json").is_file():
+        return str(p)
+    if p.is_dir():
+        latest = latest_checkpoint(p)
+        if latest is None:
+            raise EvalSetupError(f"{p} holds no draft (no config.json) and no complete step_N checkpoint; "
+                                 "pass a step folder such as checkpoints/<project>/<exp>/step_100")
+        return str(latest)
+    return path  # a hub id: transformers downloads it (the only network use, on request)
+
+
+def check_draft_fits_target(draft_config, target) -> None:
+    """Fail early when a draft was trained for another target."""
+    problems = []
+    for key, mine, theirs in (("hidden_size", draft_config.hidden_size, target.hidden_size),
+                              ("vocab_size", draft_config.vocab_size, target.vocab_size)):
+        if int(mine) != int(theirs):
+            problems.append(f"{key} {mine} (draft) != {theirs} (target)")
+    n = draft_config.num_target_layers
+    if n is not None and int(n) != target.num_layers:
+        problems.append(f"the draft was trained on a {n}-layer target, this target has {target.num_layers} layers")
+    try:
+        target.validate_layer_ids(draft_config.target_layer_ids)
+    except ValueError as exc:
+        problems.append(str(exc))
+    if getattr(draft_config, "model_type", None) != getattr(target.config, "model_type", None):
+        problems.append(f"model_type {draft_config.model_type!r} (draft) != {target.config.model_type!r} (target)")
+    if problems:
+        raise EvalSetupError("draft does not fit the target: " + "; ".join(problems)
+                             + ". Evaluate a draft trained for this target (its config.json names the target "
+                             "geometry), or pass the matching --target_name_or_path")
+
+
+def stop_token_ids(tokenizer, model) -> list[int]:
+    ids = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        eos = getattr(source, "eos_token_id", None)
+        ids.update([eos] if isinstance(eos, int) else (eos or []))
+    for token in ("<|im_end|>", "<end_of_turn>", "<turn|>"):  # chat end-of-turn markers of our families
+        tid = tokenizer.convert_tokens_to_ids(token) if token in tokenizer.get_vocab() else None
+        if tid is not None:
+            ids.add(tid)
+    return sorted(int(i) for i in ids)
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """First user turn through the chat template, generation prompt on, thinking off."""
+    messages = [{"role": "user", "content": text}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, enable_thinking=False)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # newer transformers return a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def _dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[name]
+
+
+def load_models(opts: EvalOptions, device: str):
+    """(target, draft or None, proposer factory, γ, calibration temperatures or None)."""
+    from deepspec.decoding.calibration import load_calibration
+    from deepspec.decoding.proposers import TargetSelfProposer, build_proposer
+    from deepspec.models import load_draft
+    from deepspec.targets import load_target
+
+    dtype = _dtype(opts.dtype, device)
+    target = load_target(opts.target, dtype=dtype, device=device)
+    if opts.self_draft_gamma > 0:
+        return target, None, lambda: TargetSelfProposer(target, gamma=opts.self_draft_gamma), \
+            opts.self_draft_gamma, None
+    draft_dir = resolve_draft_dir(opts.draft)
+    from deepspec.models.config import load_draft_config
+
+    config = load_draft_config(draft_dir) if os.path.isdir(draft_dir) else None
+    draft = load_draft(draft_dir, config=config) if config is not None else load_draft(draft_dir)
+    check_draft_fits_target(draft.config, target)
+    draft.load_target_weights(target)  # the frozen embedding / LM head are the target's by definition
+    draft = draft.to(device=device, dtype=dtype).eval()
+    proposer = build_proposer(draft)
+    temps = None
+    if opts.use_calibration and os.path.isdir(draft_dir) and getattr(draft, "confidence_head", None) is not None:
+        temps = load_calibration(draft_dir, gamma=proposer.gamma)
+    return target, draft, lambda: build_proposer(draft), proposer.gamma, temps
+
+
+def _policy(opts: EvalOptions, gamma: int):
+    from deepspec.decoding.scheduler import build_policy
+
+    name = opts.scheduler or ("threshold" if opts.confidence_threshold > 0 else "fixed")
+    if name == "fixed":
+        return None
+    return build_policy(name, gamma=gamma, threshold=opts.confidence_threshold, cost_table=opts.engine_profile,
+                        asynchronous=opts.async_scheduler)
+
+
+def decode_shard(opts: EvalOptions, *, rank: int, world: int, device: str) -> dict:
+    """Decode this worker's share of every task. Returns {task: [per-prompt records]}."""
+    from tqdm.auto import tqdm
+
+    from deepspec.decoding.engine import speculative_generate
+    from deepspec.decoding.target_runner import TargetRunner
+
+    target, draft, make_proposer, gamma, temps = load_models(opts, device)
+    layer_ids = draft.config.target_layer_ids if draft is not None else [target.num_layers - 2]
+    runner = TargetRunner(target, layer_ids=layer_ids)
+    stops = stop_token_ids(target.tokenizer, target.model)
+    max_pos = int(getattr(target.config, "max_position_embeddings", 0) or 0)
+    policy = _policy(opts, gamma)
+    gen = torch.Generator(device=device).manual_seed(opts.seed * 1000 + rank)
+    out = {"gamma": gamma, "calibration": temps, "tasks": {}}
+    for task in opts.tasks:
+        prompts = load_prompts(task)
+        mine = list(range(rank, len(prompts), world))
+        records, truncated, t0 = [], 0, time.perf_counter()
+        bar = tqdm(total=len(mine), desc=f"{task.name}", disable=not opts.progress or rank != 0, unit="prompt")
+        for start in range(0, len(mine), opts.batch_size):
+            batch = mine[start:start + opts.batch_size]
+            encoded = []
+            for i in batch:
+                ids = encode_prompt(target.tokenizer, prompts[i])
+                room = max_pos - opts.max_new_tokens - gamma - 1 if max_pos else len(ids)
+                if len(ids) > room:  # keep the end of an over-long prompt (the question and the chat header)
+                    if room < 8:
+                        raise EvalSetupError(f"--max-new-tokens {opts.max_new_tokens} leaves no room for a prompt "
+                                             f"in the target's {max_pos} positions; lower it")
+                    ids, truncated = ids[-room:], truncated + 1
+                encoded.append(ids)
+            gens = speculative_generate(runner=runner, proposer=make_proposer(), prompts=encoded,
+                                        max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
+                                        stop_token_ids=stops, policy=policy, confidence_temperatures=temps,
+                                        generator=gen)
+            for i, g in zip(batch, gens):
+                records.append({"prompt_index": i, "tokens": g.tokens, "rounds": g.rounds, "stopped": g.stopped,
+                                "text": target.tokenizer.decode(g.tokens, skip_special_tokens=True)
+                                if opts.save_outputs else None})
+            bar.update(len(batch))
+        bar.close()
+        out["tasks"][task.name] = {"records": records, "seconds": time.perf_counter() - t0,
+                                   "truncated_prompts": truncated}
+    return out
+
+
+def _worker(rank: int, world: int, opts: EvalOptions, shard_dir: str) -> None:
+    torch.cuda.set_device(rank)
+    result = decode_shard(opts, rank=rank, world=world, device=f"cuda:{rank}")
+    with open(Path(shard_dir) / f"shard_{rank}.json", "w") as fh:
+        json.dump(result, fh)
+
+
+def decode_all(opts: EvalOptions) -> dict:
+    """All shards merged: {"gamma", "calibration", "tasks": {name: {"records", "seconds", ...}}}."""
+    world = torch.cuda.device_count() if opts.device == "cuda" else 1  # "cuda": every visible GPU
+    if world <= 1:
+        return decode_shard(opts, rank=0, world=1, device=opts.device)
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(dir=opts.output_dir) as shard_dir:
+        mp.spawn(_worker, args=(world, opts, shard_dir), nprocs=world, join=True)
+        shards = [json.loads((Path(shard_dir) / f"shard_{r}.json").read_text()) for r in range(world)]
+    merged = {"gamma": shards[0]["gamma"], "calibration": shards[0]["calibration"], "tasks": {}}
+    for name in shards[0]["tasks"]:
+        parts = [s["tasks"][name] for s in shards]
+        merged["tasks"][name] = {
+            "records": sorted((r for p in parts for r in p["records"]), key=lambda r: r["prompt_index"]),
+            "seconds": max(p["seconds"] for p in parts),  # workers run side by side
+            "truncated_prompts": sum(p["truncated_prompts"] for p in parts)}
+    return merged
+
+
+def run_eval(opts: EvalOptions) -> dict:
+    """Decode, then write rounds.jsonl, results.json, table.md, plots (and outputs.jsonl)."""
+    from deepspec.eval.diagnostics import write_reports
+
+    opts.output_dir.mkdir(parents=True, exist_ok=True)
+    decoded = decode_all(opts)
+    return write_reports(opts, decoded, domains=domains_of(opts.tasks))

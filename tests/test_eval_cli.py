@@ -1,0 +1,128 @@
+"""eval.py end to end on a random tiny target: outputs, losslessness through the CLI, calibration, errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import eval as eval_cli
+from deepspec.models import build_draft, draft_config_from_target
+from deepspec.tiny_target import build_random_tiny_target
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("evalcli")
+    target = build_random_tiny_target(output_dir=base / "target", seed=0, num_hidden_layers=3)
+    from transformers import AutoConfig
+
+    tcfg = AutoConfig.from_pretrained(target)
+    drafts = {}
+    for algo in ("dspark", "eagle3"):
+        torch.manual_seed(0)
+        extra = dict(markov_rank=16, confidence_head_alpha=1.0) if algo == "dspark" else {}
+        cfg = draft_config_from_target(tcfg, dict(algorithm=algo, num_draft_layers=1, target_layer_ids=[0, 1],
+                                                  block_size=4, ttt_length=4, mask_token_id=3, **extra))
+        build_draft(cfg).save_pretrained(base / algo)
+        drafts[algo] = base / algo
+    data = base / "data"
+    data.mkdir()
+    (data / "gsm8k.jsonl").write_text("".join(json.dumps({"turns": [f"What is {i} + {i}?"]}) + "\n"
+                                              for i in range(3)))
+    (data / "mt-bench.jsonl").write_text(json.dumps({"turns": ["Write a haiku.", "Now another."]}) + "\n")
+    return base, target, drafts, data
+
+
+def run(args):
+    return eval_cli.main([str(a) for a in args] + ["--no-progress"])
+
+
+def test_eval_writes_results_and_matches_target_greedy(setup, capsys):
+    base, target, drafts, data = setup
+    out = base / "out_dspark"
+    rc = run(["--target_name_or_path", target, "--draft_name_or_path", drafts["dspark"], "--eval-data-dir", data,
+              "--tasks", "gsm8k,mt-bench,alpaca", "--max-new-tokens", 12, "--temperature", 0, "--batch-size", 2,
+              "--output-dir", out, "--save-outputs"])
+    assert rc == 0
+    printed = capsys.readouterr()
+    assert "alpaca" in printed.err and "skipped" in printed.err  # a known task without a file is reported
+    assert "accept_len" in printed.out and "gsm8k" in printed.out
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["tasks"]) == {"gsm8k", "mt-bench"}
+    g = results["tasks"]["gsm8k"]
+    assert g["num_samples"] == 3 and len(g["accept_rate_by_position"]) == 4
+    assert len(g["conditional_accept_rate_by_position"]) == 4 and "confidence" in g
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert len(rounds) == g["num_rounds"] + results["tasks"]["mt-bench"]["num_rounds"]
+    assert all(len(r["conf_logits"]) == 4 for r in rounds)
+    for name in ("table.md", "conditional_acceptance.png", "reliability_gsm8k.png"):
+        assert (out / name).stat().st_size > 0
+
+    # Losslessness through the whole CLI: greedy speculative output == transformers' greedy output.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deepspec.eval.runner import encode_prompt, stop_token_ids
+
+    tok = AutoTokenizer.from_pretrained(target)
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
+    outputs = [json.loads(line) for line in (out / "outputs.jsonl").read_text().splitlines()]
+    prompts = {("gsm8k", i): f"What is {i} + {i}?" for i in range(3)} | {("mt-bench", 0): "Write a haiku."}
+    assert len(outputs) == 4
+    for o in outputs:
+        ids = encode_prompt(tok, prompts[(o["task"], o["prompt_index"])])
+        ref = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                             eos_token_id=stop_token_ids(tok, model), pad_token_id=0)[0, len(ids):].tolist()
+        assert o["token_ids"] == ref
+
+
+def test_calibration_round_trip_through_eval(setup):
+    base, target, drafts, data = setup
+    out = base / "out_cal"
+    assert run(["--target_name_or_path", target, "--draft_name_or_path", drafts["dspark"], "--eval-data-dir", data,
+                "--tasks", "gsm8k", "--max-new-tokens", 24, "--output-dir", out]) == 0
+    cal = subprocess.run([sys.executable, ROOT / "scripts/eval/calibrate.py", "--rounds", out / "rounds.jsonl",
+                          "--draft_name_or_path", drafts["dspark"], "--held-out-fraction", "0"],
+                         capture_output=True, text=True)
+    assert cal.returncode == 0, cal.stderr
+    temps = json.loads((drafts["dspark"] / "calibration.json").read_text())["temperatures"]
+    assert len(temps) == 4
+    out2 = base / "out_cal2"
+    assert run(["--target_name_or_path", target, "--draft_name_or_path", drafts["dspark"], "--eval-data-dir", data,
+                "--tasks", "gsm8k", "--max-new-tokens", 8, "--output-dir", out2]) == 0
+    meta = json.loads((out2 / "results.json").read_text())["meta"]
+    assert meta["calibration_temperatures"] == pytest.approx(temps)
+    (drafts["dspark"] / "calibration.json").unlink()
+
+
+def test_self_draft_ceiling_and_eagle3(setup):
+    base, target, drafts, data = setup
+    out = base / "self"
+    assert run(["--target_name_or_path", target, "--self-draft", 3, "--eval-data-dir", data, "--tasks", "gsm8k:2",
+                "--max-new-tokens", 16, "--output-dir", out]) == 0
+    tau = json.loads((out / "results.json").read_text())["tasks"]["gsm8k"]["acceptance_length"]
+    assert tau == pytest.approx(4.0)  # γ + 1: the target always accepts its own proposals
+    assert run(["--target_name_or_path", target, "--draft_name_or_path", drafts["eagle3"], "--eval-data-dir", data,
+                "--tasks", "gsm8k:1", "--max-new-tokens", 8, "--output-dir", base / "e3"]) == 0
+
+
+def test_clear_errors(setup, tmp_path, capsys):
+    base, target, drafts, data = setup
+    assert run(["--target_name_or_path", target, "--draft_name_or_path", drafts["dspark"], "--eval-data-dir", data,
+                "--tasks", "gsm9k"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'gsm9k'" in err and "gsm8k" in err and "math500" in err
+    # a draft for a different target geometry
+    other = build_random_tiny_target(output_dir=tmp_path / "other", seed=0, num_hidden_layers=3, hidden_size=96,
+                                     head_dim=32, num_attention_heads=3)
+    assert run(["--target_name_or_path", other, "--draft_name_or_path", drafts["dspark"], "--eval-data-dir", data,
+                "--tasks", "gsm8k:1", "--output-dir", tmp_path / "o"]) == 2
+    assert "draft does not fit the target" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_cli.parse_args(["--tasks", "gsm8k"])  # neither a draft nor --self-draft
+    assert run(["--draft_name_or_path", tmp_path, "--target_name_or_path", target, "--eval-data-dir", data]) == 2
+    assert "no complete step_N checkpoint" in capsys.readouterr().err
