@@ -126,3 +126,16 @@ def test_clear_errors(setup, tmp_path, capsys):
         eval_cli.parse_args(["--tasks", "gsm8k"])  # neither a draft nor --self-draft
     assert run(["--draft_name_or_path", tmp_path, "--target_name_or_path", target, "--eval-data-dir", data]) == 2
     assert "no complete step_N checkpoint" in capsys.readouterr().err
+
+
+def test_draft_paths_resolve_like_training_writes_them(setup, tmp_path):
+    import shutil
+
+    from deepspec.eval.runner import resolve_draft_dir
+
+    base, target, drafts, data = setup
+    root = tmp_path / "ckpt"
+    shutil.copytree(drafts["eagle3"], root / "step_7")
+    (root / "step_latest").write_text("step_7\n")
+    assert resolve_draft_dir(str(root / "step_7")) == str(root / "step_7")
+    assert resolve_draft_dir(str(root / "step_latest")) == str(root / "step_7")

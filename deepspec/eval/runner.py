@@ -50,6 +50,8 @@ def resolve_draft_dir(path: str) -> str:
     from deepspec.training.checkpoint import latest_checkpoint
 
     p = Path(os.path.expanduser(path))
+    if p.is_file() and p.name == "step_latest":  # the pointer file the trainer writes: follow it
+        p = p.parent / p.read_text().strip()
     if (p / "config.json").is_file():
         return str(p)
     if p.is_dir():
