@@ -20,7 +20,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --fast) FAST=1; OUT=runs/quickstart-fast ;;
     --out) OUT="$2"; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
