@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: the tiny local target, end to end, on CPU.
 #
-#   bash scripts/quickstart.sh [--fast] [--out DIR]
+#   bash scripts/quickstart.sh [--fast] [--out DIR] [--num-prompts N] [--train-steps N] [--eval-prompts N] [--ablations]
 #
 # Stages (each reused when already finished, so a re-run picks up where it stopped):
 #   1. build (or reuse) the tiny target            scripts/data/build_tiny_target.py
@@ -13,32 +13,46 @@
 #      (from $DEEPSPEC_EVAL_DATA_DIR, default ../shared/eval_datasets; subsampled), plus the target
 #      drafting for itself (the ceiling check: τ must be γ+1)
 #   7. one table + plots in $OUT (results.json, table.md, tau_by_task.png, ...)  scripts/eval/compare.py
+#   --ablations: also DSpark with 1/2 draft layers (paper Fig. 3) and block size 4/8/12/16 with the
+#   Markov head, the RNN head and DFlash (Fig. 4), same budget: $OUT/ablations.md, depth.png, block_size.png
 set -euo pipefail
-FAST=0
-OUT=runs/quickstart
+FAST=0; ABLATIONS=0
+OUT=""; SET_PROMPTS=""; SET_STEPS=""; SET_EVAL=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    --fast) FAST=1; OUT=runs/quickstart-fast ;;
+    --fast) FAST=1 ;;
     --out) OUT="$2"; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --num-prompts) SET_PROMPTS="$2"; shift ;;
+    --train-steps) SET_STEPS="$2"; shift ;;
+    --eval-prompts) SET_EVAL="$2"; shift ;;
+    --ablations) ABLATIONS=1 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-mkdir -p "$OUT"
-
 if [ "$FAST" = 1 ]; then
+  OUT="${OUT:-runs/quickstart-fast}"
   TARGET="${DEEPSPEC_TINY_TARGET:-$OUT/tiny_target}"; TARGET_BUDGET=(--steps 60); NUM_PROMPTS=24; MAX_TOKENS=48; TRAIN_STEPS=6
-  EVAL_TASKS="gsm8k:1,humaneval:1,mt-bench:1"; EVAL_TOKENS=16; SELF_TASKS="gsm8k:1"
+  EVAL_PROMPTS=1; EVAL_TOKENS=16; SELF_TASKS="gsm8k:1"; ABLATION_STEPS=3
 else
+  OUT="${OUT:-runs/quickstart}"
   TARGET="${DEEPSPEC_TINY_TARGET:-$HOME/.cache/deepspec/tiny_target}"; TARGET_BUDGET=(); NUM_PROMPTS=256; MAX_TOKENS=128; TRAIN_STEPS=60
-  EVAL_TASKS="gsm8k:4,math500:4,aime25:4,humaneval:4,mbpp:4,livecodebench:4,mt-bench:4,alpaca:4,arena-hard-v2:4"
-  EVAL_TOKENS=64; SELF_TASKS="gsm8k:2,humaneval:2,mt-bench:2"
+  EVAL_PROMPTS=4; EVAL_TOKENS=64; SELF_TASKS="gsm8k:2,humaneval:2,mt-bench:2"; ABLATION_STEPS=""
 fi
-# Greedy decoding for the table: the tiny target is high-entropy at temperature 1, which buries the
-# differences between drafts in sampling noise at this sample size (eval.py's default is 1.0).
-EVAL_TEMPERATURE="${EVAL_TEMPERATURE:-0}"
+NUM_PROMPTS="${SET_PROMPTS:-$NUM_PROMPTS}"; TRAIN_STEPS="${SET_STEPS:-$TRAIN_STEPS}"; EVAL_PROMPTS="${SET_EVAL:-$EVAL_PROMPTS}"
+ABLATION_STEPS="${ABLATION_STEPS:-$TRAIN_STEPS}"
+if [ "$FAST" = 1 ]; then
+  EVAL_TASKS="gsm8k:$EVAL_PROMPTS,humaneval:$EVAL_PROMPTS,mt-bench:$EVAL_PROMPTS"
+else
+  EVAL_TASKS=$(printf "%s:$EVAL_PROMPTS," gsm8k math500 aime25 humaneval mbpp livecodebench mt-bench alpaca arena-hard-v2)
+  EVAL_TASKS="${EVAL_TASKS%,}"
+fi
+mkdir -p "$OUT"
+# Sampling at temperature 1, like eval.py's default: DSpark's L1 loss and confidence head target the
+# acceptance of *sampled* drafts; greedy (EVAL_TEMPERATURE=0) measures argmax agreement instead.
+EVAL_TEMPERATURE="${EVAL_TEMPERATURE:-1}"
 export DEEPSPEC_TINY_TARGET="$TARGET"
 
 declare -a TIMINGS=()
@@ -60,11 +74,16 @@ stage "regenerate answers" python scripts/data/generate_train_data.py --model "$
 stage "target cache" python scripts/data/prepare_target_cache.py --config config/dspark/dspark_tiny.py \
   --train-data-path "$OUT/data/train_regen.jsonl" --output-dir "$OUT/cache" --min-loss-tokens 4
 
+train() {  # train NAME CONFIG STEPS [OPTS...]: one draft into $OUT/checkpoints/NAME (resumes / reuses)
+  local name="$1" config="$2" steps="$3"; shift 3
+  stage "train $name" python train.py --config "$config" --target-cache-dir "$OUT/cache" \
+    --nproc 2 --no-progress --opts "train.max_train_steps=$steps" "logging.checkpointing_steps=$steps" \
+    "logging.logging_steps=1" "logging.checkpoint_dir=$OUT/checkpoints/$name" \
+    "logging.tensorboard_dir=$OUT/tensorboard/$name" "$@"
+}
 for algo in dspark dflash eagle3; do
   # Same data, same steps and batch for all three: only the algorithm differs.
-  stage "train $algo" python train.py --config "config/$algo/${algo}_tiny.py" --target-cache-dir "$OUT/cache" \
-    --nproc 2 --no-progress --opts "train.max_train_steps=$TRAIN_STEPS" "logging.checkpointing_steps=$TRAIN_STEPS" \
-    "logging.logging_steps=1" "logging.checkpoint_dir=$OUT/checkpoints/$algo" "logging.tensorboard_dir=$OUT/tensorboard/$algo"
+  train "$algo" "config/$algo/${algo}_tiny.py" "$TRAIN_STEPS"
 done
 
 echo; echo "==> training summary (first -> last logged step)"
@@ -90,9 +109,27 @@ for algo in dspark dflash eagle3; do
 done
 evaluate self7 --self-draft 7 --tasks "$SELF_TASKS"
 
-echo; echo "==> the paper's Table 1 in miniature (macro τ per domain; greedy, $EVAL_TOKENS new tokens per prompt)"
+echo; echo "==> the paper's Table 1 in miniature (macro τ per domain; temperature $EVAL_TEMPERATURE, $EVAL_TOKENS new tokens per prompt)"
 python scripts/eval/compare.py --runs dspark="$OUT/eval/dspark" dflash="$OUT/eval/dflash" eagle3="$OUT/eval/eagle3" \
   --ceiling "$OUT/eval/self7" --output-dir "$OUT"
+
+if [ "$ABLATIONS" = 1 ]; then
+  # Paper Fig. 3 (draft depth; 5 layers is the main DSpark run) and Fig. 4 (block size x head type).
+  for layers in 1 2; do
+    train "dspark_L$layers" config/dspark/dspark_tiny.py "$ABLATION_STEPS" "model.num_draft_layers=$layers"
+    evaluate "dspark_L$layers" --draft_name_or_path "$OUT/checkpoints/dspark_L$layers" --tasks "$EVAL_TASKS"
+  done
+  for block in 4 8 12 16; do
+    train "markov_b$block" config/dspark/dspark_tiny.py "$ABLATION_STEPS" "model.block_size=$block"
+    train "rnn_b$block" config/dspark/dspark_tiny.py "$ABLATION_STEPS" "model.block_size=$block" "model.markov_head_type=rnn"
+    train "dflash_b$block" config/dflash/dflash_tiny.py "$ABLATION_STEPS" "model.block_size=$block"
+    for name in "markov_b$block" "rnn_b$block" "dflash_b$block"; do
+      evaluate "$name" --draft_name_or_path "$OUT/checkpoints/$name" --tasks "$EVAL_TASKS"
+    done
+  done
+  echo; echo "==> ablations"
+  python scripts/eval/plot_ablations.py --out "$OUT"
+fi
 
 echo; echo "==> done: outputs in $OUT"
 printf '  %s\n' "${TIMINGS[@]}"

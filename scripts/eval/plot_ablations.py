@@ -1,0 +1,90 @@
+"""Plots and a table for the quickstart's --ablations runs (paper Figures 3 and 4, in miniature).
+
+    python scripts/eval/plot_ablations.py --out runs/quickstart
+
+Reads <out>/eval/<run>/results.json for the runs the quickstart names: dspark_L1, dspark_L2 and
+dspark (5 draft layers) for depth; markov_b{4,8,12,16}, rnn_b{...}, dflash_b{...} (plus the main
+dspark / dflash runs at block 7) for block size. Writes <out>/ablations.md, depth.png and
+block_size.png (macro τ over the evaluated tasks). Missing runs are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+DEPTH_RUNS = {1: "dspark_L1", 2: "dspark_L2", 5: "dspark"}
+BLOCKS = (4, 7, 8, 12, 16)
+HEADS = {"Markov (DSpark)": "markov_b{}", "RNN head": "rnn_b{}", "DFlash (no head)": "dflash_b{}"}
+MAIN_AT_7 = {"Markov (DSpark)": "dspark", "DFlash (no head)": "dflash"}  # the main runs are the block-7 points
+
+
+def macro_tau(out: Path, run: str, missing: list[str]) -> float | None:
+    from deepspec.eval.metrics import macro_average
+
+    path = out / "eval" / run / "results.json"
+    if not path.is_file():
+        missing.append(run)
+        return None
+    return macro_average(json.loads(path.read_text())["tasks"]).get("all")
+
+
+def _plot(series: dict[str, list[tuple[int, float]]], *, path: Path, xlabel: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in series.items():
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("macro accepted length τ")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    from deepspec.fsio import atomic_write
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="the quickstart output folder")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    missing: list[str] = []
+
+    depth = [(n, t) for n, run in DEPTH_RUNS.items() if (t := macro_tau(out, run, missing)) is not None]
+    blocks: dict[str, list[tuple[int, float]]] = {}
+    for label, pattern in HEADS.items():
+        runs = {b: (MAIN_AT_7.get(label) if b == 7 else pattern.format(b)) for b in BLOCKS}
+        blocks[label] = [(b, t) for b, run in runs.items()
+                         if run is not None and (t := macro_tau(out, run, missing)) is not None]
+
+    lines = ["| draft layers | τ |", "|---:|---:|"] + [f"| {n} | {t:.3f} |" for n, t in depth]
+    lines += ["", "| block size | " + " | ".join(HEADS) + " |", "|---:|" + "---:|" * len(HEADS)]
+    for b in BLOCKS:
+        cells = [next((f"{t:.3f}" for x, t in blocks[h] if x == b), "-") for h in HEADS]
+        lines.append(f"| {b} | " + " | ".join(cells) + " |")
+    if missing:
+        lines += ["", f"missing runs (not evaluated): {', '.join(sorted(set(missing)))}"]
+    atomic_write(out / "ablations.md", "\n".join(lines) + "\n")
+    _plot({"DSpark": depth}, path=out / "depth.png", xlabel="draft layers", title="τ vs draft depth (Fig. 3 analog)")
+    _plot(blocks, path=out / "block_size.png", xlabel="block size γ", title="τ vs block size (Fig. 4 analog)")
+    print("\n".join(lines))
+    print(f"[ablations] wrote {out}/ablations.md, depth.png, block_size.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
