@@ -91,7 +91,15 @@ def test_sts_is_order_preserving_and_prefers_one_on_ties():
         assert np.all(np.diff(probs[order, k]) >= 0)
         assert auroc(probs[:, k], acc >= k + 1) == pytest.approx(auroc(z[:, k], acc >= k + 1))
     # zero logits give σ = 0.5 at every temperature: all ECEs tie, and 1.0 must win
-    assert fit_sts(np.zeros((10, 2)), np.array([0, 1] * 5), grid=[0.5, 1.0, 2.0]) == [1.0, 1.0]
+    assert fit_sts(np.zeros((10, 2)), np.array([0, 1] * 5), grid=[0.5, 1.0, 2.0], min_events=0) == [1.0, 1.0]
+
+
+def test_sts_keeps_slots_with_too_few_events_at_one():
+    z, acc = synth(3000, T_TRUE, seed=4)
+    rare = np.minimum(acc, 2)  # nobody survives slots 3 and 4: nothing to calibrate there
+    temps = fit_sts(z, rare, min_events=20)
+    assert temps[2:] == [1.0, 1.0]
+    assert temps[0] != 1.0  # slots with events are still fitted
     with pytest.raises(CalibrationError, match="positive"):
         apply_temperatures(z, [1.0, -1.0, 1.0, 1.0])
     with pytest.raises(CalibrationError, match="gamma"):

@@ -142,11 +142,13 @@ def _check_arrays(conf_logits, accepted) -> tuple[np.ndarray, np.ndarray]:
     return logits, accepted
 
 
-def fit_sts(conf_logits, accepted, *, grid=None, num_bins: int = 10) -> list[float]:
+def fit_sts(conf_logits, accepted, *, grid=None, num_bins: int = 10, min_events: int = 20) -> list[float]:
     """Sequential temperature scaling: one temperature per slot, fitted left to right.
 
     T_k minimises ECE(Π_{i≤k} σ(logit_i/T_i), accepted >= k) over ``grid`` with T_1..T_{k−1}
     fixed; among (near-)ties the temperature closest to 1 wins, so flat regions change nothing.
+    A slot with fewer than ``min_events`` survived or failed rounds keeps T = 1: with a handful of
+    events the ECE minimum is noise (it drives T to the grid's edge) and hurts held-out rounds.
     """
     logits, accepted = _check_arrays(conf_logits, accepted)
     grid = default_grid() if grid is None else np.asarray(grid, dtype=np.float64).reshape(-1)
@@ -156,6 +158,11 @@ def fit_sts(conf_logits, accepted, *, grid=None, num_bins: int = 10) -> list[flo
     temps: list[float] = []
     prefix = np.ones(logits.shape[0])
     for k in range(logits.shape[1]):
+        survived = int(labels[:, k].sum())
+        if min(survived, labels.shape[0] - survived) < min_events:
+            temps.append(1.0)
+            prefix = prefix * _sigmoid(logits[:, k])
+            continue
         eces = np.array([expected_calibration_error(prefix * _sigmoid(logits[:, k] / t), labels[:, k],
                                                     num_bins=num_bins) for t in grid])
         near_best = np.flatnonzero(eces <= eces.min() + 1e-12)
