@@ -45,7 +45,7 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str]) -> dict:
 
     out_dir = Path(opts.output_dir)
     gamma, temps = decoded["gamma"], decoded["calibration"]
-    results, round_lines, output_lines = {}, [], []
+    results, round_lines, output_lines, all_rounds = {}, [], [], []
     for name, part in decoded["tasks"].items():
         records = part["records"]
         rounds = []
@@ -57,6 +57,7 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str]) -> dict:
                                                 "token_ids": rec["tokens"], "text": rec["text"],
                                                 "stopped": rec["stopped"]}))
         round_lines += [json.dumps(r) for r in rounds]
+        all_rounds += rounds
         generated = sum(len(rec["tokens"]) for rec in records)
         metrics = task_metrics(rounds, gamma=gamma, num_samples=len(records), generated_tokens=generated,
                                wall_seconds=part["seconds"])
@@ -77,6 +78,10 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str]) -> dict:
             "scheduler": opts.scheduler or ("threshold" if opts.confidence_threshold > 0 else "fixed"),
             "max_new_tokens": opts.max_new_tokens, "batch_size": opts.batch_size, "seed": opts.seed,
             "device": opts.device, "calibration_temperatures": temps}
+    pooled = confidence_diagnostics(all_rounds, temperatures=temps, plot_path=out_dir / "reliability_all.png",
+                                    title="all tasks")
+    if pooled is not None:
+        meta["confidence_all_tasks"] = to_jsonable(pooled)
     write_results(out_dir / "results.json", results=results, meta=meta, domains=domains)
     table = format_table(results, target=target_name, draft=draft_name, gamma=gamma, domains=domains)
     atomic_write(out_dir / "table.md", markdown_table(results, target=target_name, draft=draft_name, gamma=gamma,
@@ -84,27 +89,27 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str]) -> dict:
     plot_conditional_acceptance(results, domains=domains, path=out_dir / "conditional_acceptance.png",
                                 title=f"{draft_name}: conditional acceptance by position")
     print(table)
-    conf_rows = confidence_table(results)
-    if conf_rows:
-        print(conf_rows)
+    if pooled is not None:
+        print(confidence_table(results, pooled))
     return {"results": results, "meta": meta, "table": table}
 
 
-def confidence_table(results: dict) -> str:
-    """ECE / AUROC / Brier of the prefix survival per position (before → after STS when calibrated)."""
-    lines = []
+def confidence_table(results: dict, pooled: dict) -> str:
+    """Per position over all tasks: ECE / AUROC / Brier of the prefix survival (before -> after STS),
+    then one mean-ECE line per task (the per-task, per-position numbers are in results.json)."""
+    before, after = pooled["uncalibrated"], pooled.get("calibrated")
+    fmt = lambda v: "  n/a" if v is None else f"{v:5.3f}"  # noqa: E731
+    lines = ["confidence head, all tasks (prefix survival a_k vs. slots 1..k accepted; full-block rounds):"]
+    for k in range(len(before["ece"])):
+        lines.append(f"  a_{k + 1}  ECE {100 * before['ece'][k]:5.1f}%"
+                     + (f" -> {100 * after['ece'][k]:4.1f}%" if after else "")
+                     + f"  AUROC {fmt(before['auroc'][k])}  Brier {fmt(before['brier'][k])}"
+                     + (f" -> {fmt(after['brier'][k])}" if after else ""))
     for name, m in results.items():
         conf = m.get("confidence")
-        if not conf:
-            continue
-        before, after = conf["uncalibrated"], conf.get("calibrated")
-        fmt = lambda v: "  n/a" if v is None else f"{v:5.3f}"  # noqa: E731
-        for k in range(len(before["ece"])):
-            row = (f"{name:14s} a_{k + 1}  ECE {100 * before['ece'][k]:5.1f}%"
-                   + (f" -> {100 * after['ece'][k]:4.1f}%" if after else "")
-                   + f"  AUROC {fmt(before['auroc'][k])}  Brier {fmt(before['brier'][k])}"
-                   + (f" -> {fmt(after['brier'][k])}" if after else ""))
-            lines.append(row)
-    if not lines:
-        return ""
-    return "confidence head (prefix survival vs. acceptance, threshold-0 rounds):\n" + "\n".join(lines)
+        if conf:
+            b = conf["uncalibrated"]["ece"]
+            a = (conf.get("calibrated") or {}).get("ece")
+            lines.append(f"  {name:14s} mean ECE {100 * sum(b) / len(b):4.1f}%"
+                         + (f" -> {100 * sum(a) / len(a):4.1f}%" if a else ""))
+    return "\n".join(lines)
