@@ -96,13 +96,16 @@ for algo in ("dspark", "dflash", "eagle3"):
     print(f"  {algo:7s} steps {last['step']:4d}: loss {first['loss']:.3f} -> {last['loss']:.3f}{extra}")
 PY
 
-evaluate() {  # evaluate NAME EVAL_ARGS...: reuse a finished evaluation of the same checkpoint
+evaluate() {  # evaluate NAME EVAL_ARGS...: reuse a finished evaluation of the same checkpoint and settings
   local name="$1"; shift
-  if [ -s "$OUT/eval/$name/results.json" ] && [ "$OUT/eval/$name/results.json" -nt "$OUT/checkpoints/$name/step_latest" ]; then
-    echo "==> eval $name: reusing $OUT/eval/$name"; return
+  local dir="$OUT/eval/$name" settings="$* --max-new-tokens $EVAL_TOKENS --temperature $EVAL_TEMPERATURE"
+  if [ -s "$dir/results.json" ] && [ "$dir/results.json" -nt "$OUT/checkpoints/$name/step_latest" ] \
+     && [ "$(cat "$dir/settings.txt" 2>/dev/null)" = "$settings" ]; then
+    echo "==> eval $name: reusing $dir"; return
   fi
-  stage "eval $name" python eval.py --output-dir "$OUT/eval/$name" --max-new-tokens "$EVAL_TOKENS" \
+  stage "eval $name" python eval.py --output-dir "$dir" --max-new-tokens "$EVAL_TOKENS" \
     --temperature "$EVAL_TEMPERATURE" --seed 0 "$@"
+  echo "$settings" > "$dir/settings.txt"
 }
 for algo in dspark dflash eagle3; do
   evaluate "$algo" --draft_name_or_path "$OUT/checkpoints/$algo" --tasks "$EVAL_TASKS"
