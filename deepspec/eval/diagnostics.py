@@ -98,7 +98,7 @@ def confidence_table(results: dict, pooled: dict) -> str:
     """Per position over all tasks: ECE / AUROC / Brier of the prefix survival (before -> after STS),
     then one mean-ECE line per task (the per-task, per-position numbers are in results.json)."""
     before, after = pooled["uncalibrated"], pooled.get("calibrated")
-    fmt = lambda v: "  n/a" if v is None else f"{v:5.3f}"  # noqa: E731
+    fmt = lambda v: "  n/a" if v is None or v != v else f"{v:5.3f}"  # noqa: E731  (None or NaN: one class only)
     lines = ["confidence head, all tasks (prefix survival a_k vs. slots 1..k accepted; full-block rounds):"]
     for k in range(len(before["ece"])):
         lines.append(f"  a_{k + 1}  ECE {100 * before['ece'][k]:5.1f}%"
