@@ -73,6 +73,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 if importlib.util.find_spec("deepspec") is None:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from deepspec.eval.tasks import KNOWN_TASKS as _TASK_TABLE  # noqa: E402
 from deepspec.fsio import atomic_write  # noqa: E402
 
 SCRIPT_NAME = "eval_datasets/build_eval_datasets.py"
@@ -81,18 +82,8 @@ LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 # ----------------------------------------------------------------------------- the tables to edit
 
-# Paper sample counts (the default --max-samples), in the paper's table order.
-PAPER_COUNTS: dict[str, int] = {
-    "gsm8k": 500,
-    "math500": 500,
-    "aime25": 30,
-    "humaneval": 164,
-    "mbpp": 256,
-    "livecodebench": 500,
-    "mt-bench": 80,
-    "alpaca": 500,
-    "arena-hard-v2": 500,
-}
+# Paper sample counts (the default --max-samples), in the paper's table order: eval.py's task table.
+PAPER_COUNTS: dict[str, int] = {name: count for name, (count, _) in _TASK_TABLE.items()}
 KNOWN_TASKS = tuple(PAPER_COUNTS)
 
 # Tasks that are a seeded sample of their source; every other task keeps its first N rows.
