@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from deepspec.decoding.calibration import apply_temperatures
 from deepspec.decoding.slots import SlotTable
 from deepspec.decoding.target_runner import TargetRunner
 from deepspec.decoding.verify import probs_from_logits, sample, verify_block
@@ -76,7 +77,7 @@ def speculative_generate(*, runner: TargetRunner, proposer, prompts: Sequence[Se
     proposer.reset(batch=B)
     if policy is not None:
         policy.reset()  # the asynchronous scheduler keeps a short history per run
-    temps = None if confidence_temperatures is None else torch.tensor(confidence_temperatures, device=device)
+    temps = [1.0] * G if confidence_temperatures is None else list(confidence_temperatures)
 
     # Prefill: the target runs over the prompts and samples the first token of each row.
     tokens, valid, pos = _left_pad(prompts, device)
@@ -102,10 +103,7 @@ def speculative_generate(*, runner: TargetRunner, proposer, prompts: Sequence[Se
 
         prop = proposer.propose(slots=slots, pending=pending, temperature=temperature, generator=generator,
                                 sequences=[sequences[r] for r in rows])
-        conf = None
-        if prop.conf_logits is not None:
-            logits = prop.conf_logits.float()
-            conf = torch.sigmoid(logits / temps if temps is not None else logits)
+        conf = None if prop.conf_logits is None else apply_temperatures(prop.conf_logits, temps)
         lengths = (policy.plan(conf, gamma=G, num_requests=n_rows) if policy is not None
                    else torch.full((n_rows,), G, dtype=torch.long)).to(device)
         n = int(lengths.max()) + 1  # pending + the longest proposal

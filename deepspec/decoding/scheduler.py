@@ -194,9 +194,10 @@ class StaticThreshold(Policy):
     def plan(self, confidences, *, gamma, num_requests=None):
         if confidences is None:
             return torch.full((self._num_requests(None, num_requests),), gamma, dtype=torch.long)
+        from deepspec.decoding.threshold import proposal_lengths  # the same rule the offline sweep replays
+
         a = np.cumprod(_check_confidences(confidences, gamma=gamma), axis=1)
-        # Leading run only (a is non-increasing, the cumprod just makes that explicit).
-        ell = np.cumprod(a >= self.threshold, axis=1).sum(axis=1)
+        ell = proposal_lengths(a, threshold=self.threshold)
         return torch.as_tensor(ell, dtype=torch.long, device=confidences.device)
 
 
