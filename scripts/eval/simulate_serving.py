@@ -112,28 +112,21 @@ def _rounds_files(paths: list[pathlib.Path]) -> list[pathlib.Path]:
 
 
 def load_traces(paths: list[pathlib.Path], *, temperatures: list[float] | None) -> Traces:
+    from deepspec.decoding.calibration import CalibrationError, apply_temperatures, read_rounds
+
     groups: dict[tuple, list[tuple[int, int, list | None]]] = defaultdict(list)
     gammas, skipped = set(), 0
     for fi, path in enumerate(_rounds_files(paths)):
-        with open(path) as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    r = json.loads(line)
-                    g, ell, acc = int(r["gamma"]), int(r["proposal_len"]), int(r["accepted"])
-                    key = (fi, str(r["task"]), int(r["prompt_index"]))
-                    rnd = int(r["round"])
-                except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
-                    raise SystemExit(f"{path}:{n}: not a round record ({exc}); expected the rounds.jsonl of eval.py")
-                if ell != g:
-                    skipped += 1
-                    continue
-                assert 0 <= acc <= g, f"{path}:{n}: accepted={acc} outside 0..gamma={g}"
-                logits = r.get("conf_logits")
-                assert logits is None or len(logits) == g, f"{path}:{n}: conf_logits must have gamma={g} values"
-                gammas.add(g)
-                groups[key].append((rnd, acc, logits))
+        try:
+            records = read_rounds([path])  # validated: 0 <= accepted <= proposal_len <= gamma, conf_logits size
+        except CalibrationError as exc:
+            raise SystemExit(str(exc)) from None
+        for r in records:
+            if r["proposal_len"] != r["gamma"]:
+                skipped += 1
+                continue
+            gammas.add(r["gamma"])
+            groups[(fi, str(r["task"]), int(r["prompt_index"]))].append((r["round"], r["accepted"], r["conf_logits"]))
     assert groups, ("no usable rounds: every round was truncated (proposal_len < gamma); record traces "
                     "with a threshold-0 / fixed-γ run")
     assert len(gammas) == 1, f"traces mix gammas {sorted(gammas)}; simulate one gamma at a time"
@@ -144,11 +137,11 @@ def load_traces(paths: list[pathlib.Path], *, temperatures: list[float] | None) 
     accepted = np.array([x[1] for x in flat], dtype=np.int64)
     conf = None
     if all(x[2] is not None for x in flat):
-        T = np.ones(gamma) if temperatures is None else np.asarray(temperatures, dtype=np.float64)
-        assert T.shape == (gamma,) and (T > 0).all(), (
-            f"calibration needs {gamma} positive temperatures (one per slot), got {list(T)}")
-        logits = np.array([x[2] for x in flat], dtype=np.float64)
-        conf = 0.5 * (1.0 + np.tanh(logits / T / 2.0))  # sigmoid, without overflow
+        try:
+            conf = apply_temperatures(np.array([x[2] for x in flat], dtype=np.float64),
+                                      [1.0] * gamma if temperatures is None else temperatures)
+        except CalibrationError as exc:
+            raise SystemExit(f"--calibration: {exc}") from None
     elif any(x[2] is not None for x in flat):
         print("warning: some rounds lack conf_logits; confidence-based policies are skipped")
     return Traces(gamma=gamma, accepted=accepted, conf=conf, starts=np.cumsum(lengths) - lengths,
