@@ -107,8 +107,10 @@ class ParallelProposer:
             return Proposal(tokens=sample(probs, generator), probs=probs, conf_logits=conf)
         prev = [pending]
         tokens, probs, confs = [], [], []
+        per_slot = d.markov_head.kind != "rnn"  # vanilla/gated features depend on slot k alone; rnn on the prefix
         for k in range(G):  # slot k's Markov bias needs the token drawn at slot k-1
-            feature = d.markov_head.features(h[:, :k + 1], torch.stack(prev, 1))[:, -1]
+            first = k if per_slot else 0
+            feature = d.markov_head.features(h[:, first:k + 1], torch.stack(prev[first:], 1))[:, -1]
             p = probs_from_logits(base[:, k] + d.markov_head.bias(feature).to(base.dtype), temperature)
             tok = sample(p, generator)
             tokens.append(tok), probs.append(p), prev.append(tok)
@@ -173,9 +175,9 @@ class Eagle3Proposer:
         p = probs_from_logits(d.base_logits(d.norm(x))[:, 0], temperature)
         tokens, probs = [sample(p, generator)], [p]
         chain = _LayerCache(len(d.layers))  # this round's chain keys, on top of the context cache
-        B = x.shape[0]
+        B, last_pos = x.shape[0], slots.next_position() - 1
         for s in range(1, G):  # step s sits at position p-1+s and sees the context + steps 1..s
-            pos = (slots.next_position() - 1 + s)[:, None]
+            pos = (last_pos + s)[:, None]
             rope = rotary_cos_sin(d.rotary_emb, x, pos, DRAFT_LAYER_TYPE)
             mask = torch.cat([slots.valid, slots.valid.new_ones(B, s)], 1)[:, None]
             x = self._layers(x, tokens[-1][:, None], rope, mask, store_in=chain, below=self.cache)
