@@ -139,3 +139,26 @@ def test_draft_paths_resolve_like_training_writes_them(setup, tmp_path):
     (root / "step_latest").write_text("step_7\n")
     assert resolve_draft_dir(str(root / "step_7")) == str(root / "step_7")
     assert resolve_draft_dir(str(root / "step_latest")) == str(root / "step_7")
+
+
+def test_load_draft_fetches_the_config_of_a_hub_id(setup, monkeypatch):
+    # No network here: stand in for the hub with the local folder; load_draft must ask it for config.json.
+    import huggingface_hub
+    from transformers import PreTrainedModel
+
+    from deepspec.models import load_draft
+
+    base, target, drafts, data = setup
+    asked = []
+
+    def fake_snapshot(repo_id, allow_patterns=None, **_):
+        asked.append((repo_id, allow_patterns))
+        return str(drafts["eagle3"])
+
+    original = PreTrainedModel.from_pretrained.__func__
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained",
+                        classmethod(lambda cls, path, *a, **kw: original(cls, str(drafts["eagle3"]), *a, **kw)))
+    draft = load_draft("someone/eagle3-draft")
+    assert asked == [("someone/eagle3-draft", ["config.json"])]
+    assert type(draft).__name__ == "Qwen3Eagle3Model"

@@ -125,10 +125,7 @@ def load_models(opts: EvalOptions, device: str):
         return target, None, lambda: TargetSelfProposer(target, gamma=opts.self_draft_gamma), \
             opts.self_draft_gamma, None
     draft_dir = resolve_draft_dir(opts.draft)
-    from deepspec.models.config import load_draft_config
-
-    config = load_draft_config(draft_dir) if os.path.isdir(draft_dir) else None
-    draft = load_draft(draft_dir, config=config) if config is not None else load_draft(draft_dir)
+    draft = load_draft(draft_dir)
     check_draft_fits_target(draft.config, target)
     draft.load_target_weights(target)  # the frozen embedding / LM head are the target's by definition
     draft = draft.to(device=device, dtype=dtype).eval()

@@ -39,6 +39,15 @@ def build_draft(config):
 
 
 def load_draft(path, **kwargs):
-    """Load any saved draft folder (``config.json`` + ``model.safetensors``)."""
-    config = load_draft_config(path) if "config" not in kwargs else kwargs.pop("config")
+    """Load any saved draft: a folder (``config.json`` + ``model.safetensors``) or a hub id (downloaded)."""
+    config = kwargs.pop("config", None)
+    if config is None:
+        import os
+
+        folder = str(path)
+        if not os.path.isdir(folder):  # a hub id: fetch config.json first to pick the model class
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(folder, allow_patterns=["config.json"])
+        config = load_draft_config(folder)
     return _model_class(config).from_pretrained(path, config=config, **kwargs)
