@@ -37,13 +37,17 @@ def parse_args(argv=None):
                    help="folder of <task>.jsonl prompt files (default: $DEEPSPEC_EVAL_DATA_DIR, else eval_datasets/)")
     p.add_argument("--max-new-tokens", type=int, default=2048)
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (exactly the target's greedy output)")
-    p.add_argument("--confidence-threshold", type=float, default=0.0,
-                   help="verify only the leading slots whose prefix survival Π c_i >= this (DSpark confidence "
-                        "head; 0 = always the full block)")
-    p.add_argument("--scheduler", choices=("fixed", "threshold", "prefix"), default=None,
-                   help="proposal lengths per round: fixed γ, static confidence threshold, or the hardware-aware "
-                        "prefix scheduler (Algorithm 1; needs --engine-profile). Default: threshold when "
-                        "--confidence-threshold > 0, else fixed")
+    p.add_argument("--confidence-threshold", type=float, default=0.0, metavar="T",
+                   help="DeepSpec's rule: cut the draft block at the first slot whose own confidence "
+                        "sigmoid(c_k) < T (calibrated; 0 = off, always the full block); in [0, 1]")
+    p.add_argument("--survival-threshold", type=float, default=None, metavar="T",
+                   help="cumulative rule (--scheduler cumulative-threshold): verify only the leading slots whose "
+                        "prefix survival Π_{i<=k} sigmoid(c_i) >= T; in [0, 1]; not with --confidence-threshold")
+    p.add_argument("--scheduler", choices=("fixed", "threshold", "cumulative-threshold", "prefix"), default=None,
+                   help="proposal lengths per round: fixed γ, threshold (per-slot, --confidence-threshold), "
+                        "cumulative-threshold (--survival-threshold), or the hardware-aware prefix scheduler "
+                        "(Algorithm 1; needs --engine-profile). Default: threshold when --confidence-threshold "
+                        "> 0, cumulative-threshold when --survival-threshold is given, else fixed")
     p.add_argument("--engine-profile", default=None,
                    help="cost table JSON from scripts/eval/profile_engine.py (for --scheduler prefix)")
     p.add_argument("--async-scheduler", action="store_true",
@@ -67,8 +71,15 @@ def parse_args(argv=None):
         p.error("--draft_name_or_path is required (or --self-draft GAMMA for the ceiling check)")
     if args.max_new_tokens < 1 or args.batch_size < 1:
         p.error("--max-new-tokens and --batch-size must be >= 1")
-    if args.temperature < 0 or not 0 <= args.confidence_threshold <= 1:
-        p.error("--temperature must be >= 0 and --confidence-threshold in [0, 1]")
+    if args.temperature < 0:
+        p.error("--temperature must be >= 0")
+    from deepspec.eval.runner import EvalSetupError, policy_choice
+
+    try:
+        policy_choice(args.scheduler, confidence_threshold=args.confidence_threshold,
+                      survival_threshold=args.survival_threshold)
+    except EvalSetupError as exc:
+        p.error(str(exc))
     if args.scheduler == "prefix" and not args.engine_profile:
         p.error("--scheduler prefix needs --engine-profile (make one with scripts/eval/profile_engine.py)")
     return args
@@ -93,7 +104,8 @@ def main(argv=None) -> int:
     opts = EvalOptions(target=args.target, draft=args.draft, tasks=tasks,
                        output_dir=Path(args.output_dir or Path("runs/eval") / name),
                        max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                       confidence_threshold=args.confidence_threshold, seed=args.seed, batch_size=args.batch_size,
+                       confidence_threshold=args.confidence_threshold, survival_threshold=args.survival_threshold,
+                       seed=args.seed, batch_size=args.batch_size,
                        device=device, dtype=args.dtype, scheduler=args.scheduler, engine_profile=args.engine_profile,
                        async_scheduler=args.async_scheduler, use_calibration=not args.no_calibration,
                        self_draft_gamma=args.self_draft, save_outputs=args.save_outputs,

@@ -273,8 +273,9 @@ def validate_config(cfg: ConfigNode) -> None:
             f"train.global_batch_size ({train.global_batch_size}) must be a multiple of "
             f"train.local_batch_size ({train.local_batch_size})"
         )
-    if train.precision not in ("bf16", "fp32"):
-        raise ConfigError(f"train.precision must be bf16 or fp32, got {train.precision!r}")
+    if train.precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {train.precision!r} "
+                          "(auto: bf16 on GPUs and on CPUs with native bf16, else fp32)")
     if train.sharding_strategy not in ("no_shard", "full_shard", "shard_grad_op"):
         raise ConfigError(
             f"train.sharding_strategy must be no_shard (DDP), full_shard or shard_grad_op (FSDP), "

@@ -60,6 +60,9 @@ class TargetFamily:
     # Checkpoint (safetensors) names of the frozen pieces, first match wins.
     embed_keys: tuple[str, ...] = ("model.embed_tokens.weight",)
     lm_head_keys: tuple[str, ...] = ("lm_head.weight",)
+    # Decoder layers with sandwich norms (Gemma): post_attention_layernorm normalises the attention
+    # output, pre/post_feedforward_layernorm wrap the MLP, and a layer_scalar buffer scales the output.
+    sandwich_norms: bool = False
 
     def text_config(self, config):
         """The decoder's config (multimodal configs keep it under ``text_config``)."""
@@ -92,6 +95,7 @@ FAMILIES = (
         # Multimodal (Gemma4ForConditionalGeneration) first, then text-only (Gemma4ForCausalLM).
         embed_keys=("model.language_model.embed_tokens.weight", "model.embed_tokens.weight"),
         lm_head_keys=("lm_head.weight",),
+        sandwich_norms=True,
     ),
 )
 

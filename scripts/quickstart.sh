@@ -98,6 +98,8 @@ PY
 
 evaluate() {  # evaluate NAME EVAL_ARGS...: reuse a finished evaluation of the same checkpoint and settings
   local name="$1"; shift
+  # step_latest is a symlink and -nt follows it: results must be newer than the newest step_N folder
+  # (its mtime is when its files were written); no checkpoint dir (self-draft): -nt is true.
   local dir="$OUT/eval/$name" settings="$* --max-new-tokens $EVAL_TOKENS --temperature $EVAL_TEMPERATURE"
   if [ -s "$dir/results.json" ] && [ "$dir/results.json" -nt "$OUT/checkpoints/$name/step_latest" ] \
      && [ "$(cat "$dir/settings.txt" 2>/dev/null)" = "$settings" ]; then

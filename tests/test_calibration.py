@@ -13,7 +13,9 @@ from deepspec.decoding.calibration import (
     expected_calibration_error, fit_sts, load_calibration, plot_reliability, prefix_survival, read_rounds,
     save_calibration, split_rounds, survival_labels,
 )
-from deepspec.decoding.threshold import proposal_lengths, replay_threshold, sweep_thresholds
+from deepspec.decoding.threshold import (
+    cumulative_lengths, per_slot_lengths, proposal_lengths, replay_threshold, sweep_thresholds,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIBRATE = ROOT / "scripts" / "eval" / "calibrate.py"
@@ -179,25 +181,52 @@ def test_plot_reliability_writes_png(tmp_path):
 
 # ----------------------------------------------------------------------------- threshold replay
 
+def test_the_two_threshold_rules_differ():
+    # σ = [0.9, 0.6, 0.9] at t = 0.5: every slot passes on its own (ℓ = 3), the prefix survival
+    # 0.9, 0.54, 0.486 drops below at slot 3 (ℓ = 2); σ = [0.9, 0.4, 0.9]: slot 2 stops both (ℓ = 1)
+    conf = np.array([[0.9, 0.6, 0.9], [0.9, 0.4, 0.9]])
+    assert per_slot_lengths(conf, threshold=0.5).tolist() == [3, 1]
+    assert cumulative_lengths(conf, threshold=0.5).tolist() == [2, 1]
+    assert proposal_lengths(conf, threshold=0.5, rule="per-slot").tolist() == [3, 1]
+    assert proposal_lengths(conf, threshold=0.5, rule="cumulative").tolist() == [2, 1]
+    # threshold 0 is off for both rules; a slot below the threshold stops the per-slot proposal for good
+    assert per_slot_lengths(conf, threshold=0.0).tolist() == cumulative_lengths(conf, threshold=0.0).tolist() == [3, 3]
+    assert per_slot_lengths([[0.9, 0.4, 0.6]], threshold=0.5).tolist() == [1]
+    with pytest.raises(CalibrationError, match="per-slot, cumulative"):
+        proposal_lengths(conf, threshold=0.5, rule="product")
+
+
 def test_threshold_replay_hand_example():
-    # survival: A [0.9, 0.72, 0.36] (accepted 3), B [0.6, 0.54, 0.486] (1), C [0.3, 0.27, 0.243] (0)
+    # c: A [0.9, 0.8, 0.5] (accepted 3), B [0.6, 0.9, 0.9] (1), C [0.3, 0.9, 0.9] (0)
+    # survival: A [0.9, 0.72, 0.36], B [0.6, 0.54, 0.486], C [0.3, 0.27, 0.243]
     z = logit([[0.9, 0.8, 0.5], [0.6, 0.9, 0.9], [0.3, 0.9, 0.9]])
     acc = np.array([3, 1, 0])
-    r0, r5, r7 = sweep_thresholds(z, acc, thresholds=[0.0, 0.5, 0.7])
+    r0, r5, r7 = sweep_thresholds(z, acc, thresholds=[0.0, 0.5, 0.7], rule="cumulative")
+    assert [r.pop("rule") for r in (r0, r5, r7)] == ["cumulative"] * 3
     assert r0 == pytest.approx({"threshold": 0.0, "num_rounds": 3, "avg_accepted": 4 / 3, "avg_rejected": 5 / 3,
                                 "acceptance_rate": 4 / 9, "avg_committed": 7 / 3, "avg_proposal_len": 3.0})
     # ℓ = 2, 2, 0 (B's 0.486 < 0.5); accepted' = 2, 1, 0; rejected = 0, 1, 0
     assert r5 == pytest.approx({"threshold": 0.5, "num_rounds": 3, "avg_accepted": 1.0, "avg_rejected": 1 / 3,
                                 "acceptance_rate": 3 / 4, "avg_committed": 2.0, "avg_proposal_len": 4 / 3})
     assert r7["avg_proposal_len"] == pytest.approx(2 / 3) and r7["acceptance_rate"] == 1.0
+    # per-slot (the default, DeepSpec's rule) at 0.5: ℓ = 3, 3, 0 (B's slots pass one by one);
+    # accepted' = 3, 1, 0; rejected = 0, 2, 0
+    r5 = replay_threshold(z, acc, threshold=0.5)
+    assert r5.pop("rule") == "per-slot"
+    assert r5 == pytest.approx({"threshold": 0.5, "num_rounds": 3, "avg_accepted": 4 / 3, "avg_rejected": 2 / 3,
+                                "acceptance_rate": 4 / 6, "avg_committed": 7 / 3, "avg_proposal_len": 2.0})
     # a recorded short block caps ℓ
-    capped = replay_threshold(z, np.array([1, 1, 0]), threshold=0.0, proposal_len=[1, 3, 3])
-    assert capped["avg_proposal_len"] == pytest.approx(7 / 3)
-    # temperatures enter through the logits
+    for rule in ("per-slot", "cumulative"):
+        capped = replay_threshold(z, np.array([1, 1, 0]), threshold=0.0, rule=rule, proposal_len=[1, 3, 3])
+        assert capped["avg_proposal_len"] == pytest.approx(7 / 3)
+    # temperatures enter through the logits, before either rule
     t = [2.0, 0.5, 1.0]
-    assert replay_threshold(z, acc, threshold=0.5, temperatures=t) == replay_threshold(z / t, acc, threshold=0.5)
-    # a slot below the threshold stops the proposal even if a later one is above it
-    assert proposal_lengths(np.array([[0.9, 0.4, 0.6]]), threshold=0.5).tolist() == [1]
+    for rule in ("per-slot", "cumulative"):
+        assert (replay_threshold(z, acc, threshold=0.5, rule=rule, temperatures=t)
+                == replay_threshold(z / t, acc, threshold=0.5, rule=rule))
+    one = logit([[0.9, 0.65, 0.9]])  # σ(logit(0.65) / 2) = 0.577: STS moves slot 2 below 0.6
+    assert replay_threshold(one, [0], threshold=0.6)["avg_proposal_len"] == 3
+    assert replay_threshold(one, [0], threshold=0.6, temperatures=[1.0, 2.0, 1.0])["avg_proposal_len"] == 1
 
 
 # ----------------------------------------------------------------------------- scripts end to end
@@ -239,6 +268,7 @@ def test_scripts_end_to_end(tmp_path):
     proc = _run(SWEEP, "--rounds", rounds, "--draft_name_or_path", draft, "--output-dir", out)
     assert proc.returncode == 0, proc.stderr
     sweep = json.loads((out / "threshold_sweep.json").read_text())
+    assert sweep["rule"] == "per-slot" and {r["rule"] for r in sweep["results"]} == {"per-slot"}
     assert sweep["temperatures"] == cal["temperatures"] and len(sweep["results"]) == 10
     lens = [r["avg_proposal_len"] for r in sweep["results"]]
     assert lens[0] == pytest.approx((8000 * 4 + 2) / 8001) and all(a >= b for a, b in zip(lens, lens[1:]))
@@ -246,6 +276,14 @@ def test_scripts_end_to_end(tmp_path):
     assert rates[-1] > rates[0]  # confident proposals are accepted more often
     assert set(sweep["per_task"]) == {"gsm8k", "mt-bench"}
     assert (out / "threshold_sweep.png").is_file()
+    proc = _run(SWEEP, "--rounds", rounds, "--draft_name_or_path", draft, "--output-dir", out / "cum",
+                "--rule", "cumulative")
+    assert proc.returncode == 0, proc.stderr
+    cum = json.loads((out / "cum" / "threshold_sweep.json").read_text())
+    assert cum["rule"] == "cumulative" and cum["temperatures"] == cal["temperatures"]
+    cum_lens = [r["avg_proposal_len"] for r in cum["results"]]
+    # a_k <= c_k: the cumulative rule never proposes more, and proposes fewer once t > 0
+    assert cum_lens[0] == lens[0] and all(c < p for c, p in zip(cum_lens[1:], lens[1:]))
 
 
 def test_scripts_report_unusable_rounds(tmp_path):

@@ -15,7 +15,7 @@ import torch
 from transformers import Gemma4ForCausalLM, Gemma4TextConfig, Qwen3Config, Qwen3ForCausalLM
 
 from deepspec.decoding.engine import speculative_generate, target_generate
-from deepspec.decoding.scheduler import CostTable, PrefixScheduler, StaticThreshold
+from deepspec.decoding.scheduler import CostTable, CumulativeThreshold, PerSlotThreshold, PrefixScheduler
 from deepspec.decoding.proposers import TargetSelfProposer, build_proposer
 from deepspec.decoding.target_runner import TargetRunner
 from deepspec.decoding.verify import Verdict, verify_block
@@ -143,15 +143,18 @@ def tv_bound(*, outcomes: int, samples: int, delta: float = 1e-4) -> float:
 
 
 def make_policy(name):
-    if name == "threshold":
-        return StaticThreshold(0.2)
+    if name == "threshold":  # per-slot, DeepSpec's rule
+        return PerSlotThreshold(0.5)
+    if name == "cumulative-threshold":
+        return CumulativeThreshold(0.2)
     if name == "prefix":  # verify time grows with batch tokens: admits some candidates, not all
         B = list(range(1, 4001, 100))
         return PrefixScheduler(CostTable(batch_tokens=B, steps_per_second=[1.0 / (1 + b / 1000) for b in B]))
     return None
 
 
-@pytest.mark.parametrize("algo,policy_name", [("dspark", None), ("dspark", "threshold"), ("dspark", "prefix"),
+@pytest.mark.parametrize("algo,policy_name", [("dspark", None), ("dspark", "threshold"),
+                                              ("dspark", "cumulative-threshold"), ("dspark", "prefix"),
                                               ("dflash", None), ("eagle3", None)])
 def test_sampling_matches_the_targets_distribution(algo, policy_name):
     V, steps, N, batch = 12, 3, 3000, 500

@@ -1,6 +1,7 @@
 """eval.py end to end on a random tiny target: outputs, losslessness through the CLI, calibration, errors."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,44 @@ def test_clear_errors(setup, tmp_path, capsys):
     assert "no complete step_N checkpoint" in capsys.readouterr().err
 
 
+def test_threshold_flags_pick_their_rule(setup, capsys):
+    from deepspec.decoding.threshold import per_slot_lengths
+    from deepspec.eval.runner import EvalSetupError, policy_choice
+
+    assert policy_choice(None) == ("fixed", None)
+    assert policy_choice(None, confidence_threshold=0.5) == ("threshold", 0.5)  # DeepSpec's per-slot rule
+    assert policy_choice(None, survival_threshold=0.5) == ("cumulative-threshold", 0.5)
+    assert policy_choice("cumulative-threshold", survival_threshold=0.0) == ("cumulative-threshold", 0.0)
+    assert policy_choice("prefix") == ("prefix", None)
+    for scheduler, conf, surv, match in [
+            (None, 0.5, 0.5, "exclude each other"), ("cumulative-threshold", 0.0, None, "needs --survival-threshold"),
+            ("threshold", 0.0, 0.5, "--survival-threshold applies to --scheduler cumulative-threshold"),
+            ("prefix", 0.5, None, "--confidence-threshold applies to --scheduler threshold"),
+            (None, 1.5, None, r"--confidence-threshold must lie in \[0, 1\]"),
+            (None, 0.0, -0.1, r"--survival-threshold must lie in \[0, 1\]")]:
+        with pytest.raises(EvalSetupError, match=match):
+            policy_choice(scheduler, confidence_threshold=conf, survival_threshold=surv)
+    with pytest.raises(SystemExit):
+        eval_cli.parse_args(["--self-draft", "3", "--confidence-threshold", "0.5", "--survival-threshold", "0.5"])
+    assert "exclude each other" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_cli.parse_args(["--self-draft", "3", "--scheduler", "cumulative-threshold"])
+    assert "needs --survival-threshold" in capsys.readouterr().err
+
+    # --confidence-threshold through the CLI: each block is cut at the first slot with σ(c_k) < t
+    base, target, drafts, data = setup
+    out = base / "out_threshold"
+    assert run(["--target_name_or_path", target, "--draft_name_or_path", drafts["dspark"], "--eval-data-dir", data,
+                "--tasks", "gsm8k:2", "--max-new-tokens", 12, "--confidence-threshold", 0.5, "--no-calibration",
+                "--output-dir", out]) == 0
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert (meta["scheduler"], meta["confidence_threshold"], meta["survival_threshold"]) == ("threshold", 0.5, None)
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    for r in rounds:
+        ell = int(per_slot_lengths(torch.sigmoid(torch.tensor([r["conf_logits"]])).numpy(), threshold=0.5)[0])
+        assert r["proposal_len"] == ell if r["round"] == 0 else r["proposal_len"] <= ell
+
+
 def test_draft_paths_resolve_like_training_writes_them(setup, tmp_path):
     import shutil
 
@@ -136,17 +175,21 @@ def test_draft_paths_resolve_like_training_writes_them(setup, tmp_path):
     base, target, drafts, data = setup
     root = tmp_path / "ckpt"
     shutil.copytree(drafts["eagle3"], root / "step_7")
-    (root / "step_latest").write_text("step_7\n")
+    os.symlink("step_7", root / "step_latest")  # what the trainer writes: a draft folder itself
     assert resolve_draft_dir(str(root / "step_7")) == str(root / "step_7")
+    assert resolve_draft_dir(str(root / "step_latest")) == str(root / "step_latest")
+    (root / "step_latest").unlink()
+    (root / "step_latest").write_text("step_7\n")  # the text pointer earlier versions wrote
     assert resolve_draft_dir(str(root / "step_latest")) == str(root / "step_7")
 
 
-def test_load_draft_fetches_the_config_of_a_hub_id(setup, monkeypatch):
-    # No network here: stand in for the hub with the local folder; load_draft must ask it for config.json.
+def test_load_draft_fetches_a_hub_id_once_and_loads_it_strictly(setup, monkeypatch):
+    # No network here: stand in for the hub with the local folder; load_draft must download the config and
+    # the weights of a hub id (one snapshot), and load them strictly like a local folder.
     import huggingface_hub
-    from transformers import PreTrainedModel
 
     from deepspec.models import load_draft
+    from deepspec.models.loading import SAFETENSORS_INDEX_NAME
 
     base, target, drafts, data = setup
     asked = []
@@ -155,10 +198,7 @@ def test_load_draft_fetches_the_config_of_a_hub_id(setup, monkeypatch):
         asked.append((repo_id, allow_patterns))
         return str(drafts["eagle3"])
 
-    original = PreTrainedModel.from_pretrained.__func__
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
-    monkeypatch.setattr(PreTrainedModel, "from_pretrained",
-                        classmethod(lambda cls, path, *a, **kw: original(cls, str(drafts["eagle3"]), *a, **kw)))
     draft = load_draft("someone/eagle3-draft")
-    assert asked == [("someone/eagle3-draft", ["config.json"])]
+    assert asked == [("someone/eagle3-draft", ["config.json", "*.safetensors", SAFETENSORS_INDEX_NAME])]
     assert type(draft).__name__ == "Qwen3Eagle3Model"

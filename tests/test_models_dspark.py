@@ -26,13 +26,20 @@ def qwen3_target_config():
                              num_attention_heads=4, num_key_value_heads=2, head_dim=16)
 
 
-def gemma4_target_config():
-    # Gemma 4 quirks: scaled embeddings, attention scaling 1.0, v_norm, soft-capped logits,
-    # and full-attention layers with their own head dim (global_head_dim != head_dim).
+def gemma4_target_config(k_eq_v=False):
+    # Gemma 4 quirks: scaled embeddings, attention scaling 1.0, v_norm, soft-capped logits, sandwich
+    # norms + layer_scalar, full-attention layers with their own head dim (global_head_dim != head_dim)
+    # and, optionally, k=v attention with its own kv head count on full-attention layers.
+    extra = dict(attention_k_eq_v=True, num_global_key_value_heads=2, num_key_value_heads=1) if k_eq_v else \
+        dict(num_key_value_heads=1)
     return Gemma4TextConfig(vocab_size=V, hidden_size=H, intermediate_size=64, num_hidden_layers=6,
-                            num_attention_heads=2, num_key_value_heads=1, head_dim=16, global_head_dim=8,
+                            num_attention_heads=2, head_dim=16, global_head_dim=8,
                             hidden_size_per_layer_input=8, vocab_size_per_layer_input=V, sliding_window=8,
-                            final_logit_softcapping=30.0, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+                            final_logit_softcapping=30.0, pad_token_id=0, eos_token_id=1, bos_token_id=2, **extra)
+
+
+def gemma4_k_eq_v_target_config():
+    return gemma4_target_config(k_eq_v=True)
 
 
 VARIANTS = {  # name -> (target config, cfg.model overrides)
@@ -43,8 +50,13 @@ VARIANTS = {  # name -> (target config, cfg.model overrides)
                                                confidence_head_alpha=1.0, confidence_head_with_markov=True)),
     "dspark_rnn_conf_h_only": (qwen3_target_config, dict(algorithm="dspark", markov_rank=8, markov_head_type="rnn",
                                                          confidence_head_alpha=1.0, confidence_head_with_markov=False)),
+    "dspark_rnn": (qwen3_target_config, dict(algorithm="dspark", markov_rank=8, markov_head_type="rnn",
+                                             confidence_head_alpha=1.0, confidence_head_with_markov=True)),
     "gemma4_dspark": (gemma4_target_config, dict(algorithm="dspark", markov_rank=8, markov_head_type="vanilla",
                                                  confidence_head_alpha=1.0, confidence_head_with_markov=True)),
+    "gemma4_k_eq_v_rnn": (gemma4_k_eq_v_target_config, dict(algorithm="dspark", markov_rank=8,
+                                                            markov_head_type="rnn", confidence_head_alpha=1.0,
+                                                            confidence_head_with_markov=True)),
 }
 
 
@@ -58,6 +70,9 @@ def make_draft(name, dtype=torch.float64):
         for name_, p in draft.named_parameters():
             if name_.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5)
+        for name_, b in draft.named_buffers():
+            if name_.endswith("layer_scalar"):
+                b.fill_(0.75)
     return draft
 
 
@@ -92,22 +107,30 @@ def naive_block(draft, ctx_states, block_ids, anchor):
     cos, sin = draft.rotary_emb(x[None], pos, "full_attention") if "gemma" in cfg.model_type else \
         draft.rotary_emb(x[None], pos)
     cos, sin = cos[0], sin[0]
+    gemma = "gemma" in cfg.model_type  # sandwich norms + layer_scalar, as Gemma 4's own decoder layer
     for layer in draft.layers:
         attn = layer.self_attn
         d = attn.head_dim
         normed = layer.input_layernorm(x)
         kv_in = torch.cat([ctx, normed])
         q = rope(attn.q_norm(attn.q_proj(normed).view(G, -1, d)), cos[anchor:], sin[anchor:])
-        k = rope(attn.k_norm(attn.k_proj(kv_in).view(len(kv_in), -1, d)), cos, sin)
-        v = attn.v_proj(kv_in).view(len(kv_in), -1, d)
-        if getattr(attn, "v_norm", None) is not None:
-            v = attn.v_norm(v)
+        k_raw = attn.k_proj(kv_in).view(len(kv_in), -1, d)
+        k = rope(attn.k_norm(k_raw), cos, sin)
+        v = k_raw if cfg.model_type.startswith("gemma") and cfg.attention_k_eq_v else \
+            attn.v_proj(kv_in).view(len(kv_in), -1, d)
+        if gemma:
+            v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + cfg.rms_norm_eps)  # scale-free v_norm
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        scores = torch.einsum("qhd,khd->hqk", q, k) * attn.scaling
-        out = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(G, -1)
-        x = x + attn.o_proj(out)
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
+        scores = torch.einsum("qhd,khd->hqk", q, k) * (1.0 if gemma else d ** -0.5)
+        out = attn.o_proj(torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(G, -1))
+        if gemma:
+            x = x + layer.post_attention_layernorm(out)
+            x = x + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(x)))
+            x = x * layer.layer_scalar
+        else:
+            x = x + out
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
     return draft.norm(x)
 
 
@@ -119,24 +142,26 @@ def capped(cfg, logits):
 def naive_heads(draft, h, prev):
     cfg = draft.config
     logits = capped(cfg, h @ draft.lm_head.weight.T)
-    feat = None
     if cfg.markov_rank:
-        mh = draft.markov_head
-        e = mh.markov_w1.weight[prev]
+        mh, r = draft.markov_head, cfg.markov_rank
+        e = mh.markov_w1.weight[prev]  # e_k = W1[x_{k-1}]
         if cfg.markov_head_type == "vanilla":
-            feat = e
+            bias = e @ mh.markov_w2.weight.T
         elif cfg.markov_head_type == "gated":
-            feat = torch.sigmoid(torch.cat([h, e], -1) @ mh.gate_proj.weight.T + mh.gate_proj.bias) * e
-        else:
-            s, feat = torch.zeros(cfg.markov_rank, dtype=h.dtype), []
+            z = torch.sigmoid(torch.cat([h, e], -1) @ mh.gate_proj.weight.T + mh.gate_proj.bias) * e
+            bias = z @ mh.markov_w2.weight.T
+        else:  # paper eq. 6: z_k = [s_{k-1}; e_k; h_k] -> gate g, candidate c, output o
+            s, bias = torch.zeros(r, dtype=h.dtype), []
             for k in range(G):
-                s = torch.tanh(torch.cat([e[k], s]) @ mh.joint_proj.weight.T + mh.joint_proj.bias)
-                feat.append(s)
-            feat = torch.stack(feat)
-        logits = logits + feat @ mh.markov_w2.weight.T
+                proj = torch.cat([s, e[k], h[k]]) @ mh.joint_proj.weight.T + mh.joint_proj.bias
+                g, c, o = proj[:r], proj[r:2 * r], proj[2 * r:]
+                s = torch.sigmoid(g) * s + (1 - torch.sigmoid(g)) * torch.tanh(c)
+                bias.append(torch.tanh(o) @ mh.markov_w2.weight.T)
+            bias = torch.stack(bias)
+        logits = logits + bias
     conf = None
-    if cfg.enable_confidence_head:
-        inp = torch.cat([h, feat], -1) if cfg.confidence_head_with_markov else h
+    if cfg.enable_confidence_head:  # paper eq. 7: [h_k ; W1[x_{k-1}]] for every head type
+        inp = torch.cat([h, draft.markov_head.markov_w1.weight[prev]], -1) if cfg.confidence_head_with_markov else h
         conf = inp @ draft.confidence_head.proj.weight[0] + draft.confidence_head.proj.bias[0]
     return logits, conf
 
@@ -203,8 +228,9 @@ def test_batched_loss_equals_naive_per_block_loop(name, backend):
                                    rtol=1e-6, atol=1e-6, msg=f"{name}: {key}")
     mask = out.targets.slot_mask
     assert int(mask.sum()) == len(ref_logits), "supervised slots differ from the naive walk over the loss mask"
+    tol = 1e-6 if name.startswith("gemma4") else 1e-8  # Gemma4RMSNorm computes in float32 even for float64
     for (b, a, k), logits in ref_logits.items():
-        torch.testing.assert_close(out.logits[b, a, k], logits, rtol=1e-8, atol=1e-8)
+        torch.testing.assert_close(out.logits[b, a, k], logits, rtol=tol, atol=tol)
     metrics = summarize(sums)
     assert 1.0 <= metrics["tau_probabilistic"] <= G + 1
 
@@ -223,31 +249,42 @@ def test_flex_mask_matches_dense_mask_forward(monkeypatch):
 
 
 def test_sample_anchors_and_slot_supervision():
-    loss_mask = torch.tensor([[0, 0, 1, 1, 1, 0, 1, 1], [0, 0, 0, 0, 0, 0, 1, 0]])
+    loss_mask = torch.tensor([[0, 0, 1, 1, 1, 0, 1, 1], [0, 0, 0, 0, 1, 0, 1, 0]])
     g = torch.Generator().manual_seed(0)
     anchors, valid = sample_anchors(loss_mask, num_anchors=5, block_size=3, generator=g)
     assert anchors.shape == valid.shape == (2, 5)
-    # Candidates: positions whose next token is supervised; fewer candidates than anchors -> the rest invalid.
-    assert anchors[0].tolist() == [1, 2, 3, 5, 6] and valid[0].all()
-    assert anchors[1][valid[1]].tolist() == [5] and valid[1].sum() == 1
+    # DeepSpec's candidates: a < T-1 with loss_mask[a] = loss_mask[a+1] = 1. Never the last prompt token
+    # before a span (1 or 5 in row 0): at inference the anchor is always a committed answer token.
+    assert anchors[0].tolist() == [2, 3, 6, 0, 0] and valid[0].tolist() == [True, True, True, False, False]
+    assert not valid[1].any() and anchors[1].tolist() == [0] * 5  # single-token spans give no anchor
     few, few_valid = sample_anchors(loss_mask, num_anchors=2, block_size=3, generator=g)
-    assert few_valid[0].all() and set(few[0].tolist()) <= {1, 2, 3, 5, 6} and few[0, 0] < few[0, 1]
+    assert few_valid[0].all() and set(few[0].tolist()) <= {2, 3, 6} and few[0, 0] < few[0, 1]
     again = sample_anchors(loss_mask, num_anchors=5, block_size=3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again[0], anchors)
+    # Uniform without replacement: each of the 3 candidates is drawn with probability 2/3 at A = 2.
+    counts = torch.zeros(8)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3000):
+        drawn, ok = sample_anchors(loss_mask[:1], num_anchors=2, block_size=3, generator=gen)
+        counts[drawn[0][ok[0]]] += 1
+    assert counts[[0, 1, 4, 5, 7]].sum() == 0
+    torch.testing.assert_close(counts[[2, 3, 6]] / 3000, torch.full((3,), 2 / 3), atol=0.03, rtol=0)
     from deepspec.models.dspark import block_targets
 
     ids = torch.arange(16).view(2, 8)
     tg = block_targets(input_ids=ids, loss_mask=loss_mask, anchors=anchors, anchor_valid=valid, block_size=3,
                        mask_token_id=99)
-    # anchor 2: tokens 3, 4 supervised, 5 is not -> slots 0, 1 only; anchor 5: 6, 7 then the end of the sequence.
-    assert tg.slot_mask[0].tolist() == [[True, True, True], [True, True, False], [True, False, False],
-                                        [True, True, False], [True, False, False]]
-    assert tg.block_ids[0, 1].tolist() == [2, 99, 99] and tg.labels[0, 1].tolist() == [3, 4, 5]
-    assert tg.prev_tokens[0, 1].tolist() == [2, 3, 4] and tg.target_positions[0, 1].tolist() == [2, 3, 4]
-    assert not tg.slot_mask[1, 1:].any()
+    # anchor 2: tokens 3, 4 supervised, 5 is not -> slots 0, 1; anchor 3: token 4 only; anchor 6: token 7, then
+    # the end of the sequence.
+    assert tg.slot_mask[0].tolist() == [[True, True, False], [True, False, False], [True, False, False],
+                                        [False, False, False], [False, False, False]]
+    assert tg.block_ids[0, 0].tolist() == [2, 99, 99] and tg.labels[0, 0].tolist() == [3, 4, 5]
+    assert tg.prev_tokens[0, 0].tolist() == [2, 3, 4] and tg.target_positions[0, 0].tolist() == [2, 3, 4]
+    assert not tg.slot_mask[1].any()
 
 
-@pytest.mark.parametrize("name", ["dspark_vanilla", "dspark_gated", "dspark_rnn_conf_h_only", "gemma4_dspark"])
+@pytest.mark.parametrize("name", ["dspark_vanilla", "dspark_gated", "dspark_rnn_conf_h_only", "dspark_rnn",
+                                  "gemma4_dspark", "gemma4_k_eq_v_rnn"])
 def test_gradients_reach_every_trainable_parameter_and_never_the_frozen_ones(name):
     draft = make_draft(name, dtype=torch.float32)
     _, sums = batched_loss(draft, *make_batch(dtype=torch.float32))
@@ -315,8 +352,7 @@ def test_public_layout_config_json_loads_with_expected_weight_names(tmp_path):
     g = torch.Generator().manual_seed(3)
     tensors = {k: torch.randn(s, generator=g).to(torch.bfloat16) for k, s in shapes.items()}
     save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
-    draft, info = load_draft(tmp_path, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    draft = load_draft(tmp_path)  # strict: a missing or unexpected tensor would raise
     assert type(draft).__name__ == "Qwen3DSparkModel" and draft.config.algorithm == "dspark"
     assert draft.config.rope_parameters["rope_theta"] == 1000000  # legacy rope keys understood
     state = draft.state_dict()

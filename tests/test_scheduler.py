@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from deepspec.decoding.scheduler import (CostTable, FixedLength, PrefixScheduler, SchedulerError, StaticThreshold,
-                                         build_policy)
+from deepspec.decoding.scheduler import (CostTable, CumulativeThreshold, FixedLength, PerSlotThreshold,
+                                         PrefixScheduler, SchedulerError, build_policy)
+from deepspec.decoding.threshold import proposal_lengths
 from deepspec.decoding.verify import verify_block
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -195,18 +196,37 @@ def test_fixed_and_threshold_policies():
     conf = torch.tensor([[0.9, 0.9, 0.5], [0.4, 1.0, 1.0]], dtype=torch.float64)  # a = [.9 .81 .405], [.4 .4 .4]
     assert FixedLength(2).plan(conf, gamma=3).tolist() == [2, 2]
     assert FixedLength(9).plan(None, gamma=3, num_requests=2).tolist() == [3, 3]
-    assert StaticThreshold(0.5).plan(conf, gamma=3).tolist() == [2, 0]
-    assert StaticThreshold(0.4).plan(conf, gamma=3).tolist() == [3, 3]
-    assert StaticThreshold(0.0).plan(conf, gamma=3).tolist() == [3, 3]
-    assert StaticThreshold(0.5).plan(None, gamma=3, num_requests=1).tolist() == [3]
+    assert CumulativeThreshold(0.5).plan(conf, gamma=3).tolist() == [2, 0]
+    assert PerSlotThreshold(0.5).plan(conf, gamma=3).tolist() == [3, 0]
+    for policy in (PerSlotThreshold, CumulativeThreshold):
+        assert policy(0.4).plan(conf, gamma=3).tolist() == [3, 3]
+        assert policy(0.0).plan(conf, gamma=3).tolist() == [3, 3]
+        assert policy(0.5).plan(None, gamma=3, num_requests=1).tolist() == [3]
+        with pytest.raises(SchedulerError):
+            policy(1.5)
+        with pytest.raises(AssertionError, match="gamma=4"):
+            policy(0.5).plan(conf, gamma=4)
+        with pytest.raises(AssertionError, match="sigmoid"):
+            policy(0.5).plan(conf * 2, gamma=3)
     with pytest.raises(SchedulerError):
         FixedLength(-1)
-    with pytest.raises(SchedulerError):
-        StaticThreshold(1.5)
-    with pytest.raises(AssertionError, match="gamma=4"):
-        StaticThreshold(0.5).plan(conf, gamma=4)
-    with pytest.raises(AssertionError, match="sigmoid"):
-        StaticThreshold(0.5).plan(conf * 2, gamma=3)
+    assert (PerSlotThreshold(0.5).name, CumulativeThreshold(0.5).name) == ("threshold-0.5", "cumulative-threshold-0.5")
+
+
+def test_the_two_threshold_rules_differ():
+    # σ = [0.9, 0.6, 0.9] at t = 0.5: per-slot ℓ = 3; prefix survival 0.9, 0.54, 0.486: cumulative ℓ = 2.
+    # σ = [0.9, 0.4, 0.9]: slot 2 stops both, ℓ = 1.
+    conf = torch.tensor([[0.9, 0.6, 0.9], [0.9, 0.4, 0.9]], dtype=torch.float64)
+    assert PerSlotThreshold(0.5).plan(conf, gamma=3).tolist() == [3, 1]
+    assert CumulativeThreshold(0.5).plan(conf, gamma=3).tolist() == [2, 1]
+
+
+@pytest.mark.parametrize("policy,rule", [(PerSlotThreshold, "per-slot"), (CumulativeThreshold, "cumulative")])
+def test_threshold_policies_apply_the_replayed_rule(policy, rule):
+    conf = torch.rand(200, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64) ** 0.3
+    for t in (0.0, 0.3, 0.6, 0.9):
+        want = proposal_lengths(conf.numpy(), threshold=t, rule=rule)  # what threshold_sweep.py replays
+        assert policy(t).plan(conf, gamma=6).tolist() == want.tolist()
 
 
 def test_prefix_without_confidences_falls_back_once():
@@ -272,13 +292,17 @@ def test_cost_table_json_round_trip_and_errors(tmp_path):
 def test_build_policy(tmp_path):
     assert build_policy("fixed", gamma=7).name == "fixed-7"
     assert build_policy("threshold", gamma=7, threshold=0.5).name == "threshold-0.5"
+    assert isinstance(build_policy("threshold", gamma=7, threshold=0.5), PerSlotThreshold)
+    assert isinstance(build_policy("cumulative-threshold", gamma=7, threshold=0.5), CumulativeThreshold)
     _table({1: 1.0}).to_json(tmp_path / "t.json")
     assert build_policy("prefix", gamma=7, cost_table=tmp_path / "t.json", asynchronous=True).name == "prefix-async"
     with pytest.raises(SchedulerError, match="profile_engine.py"):
         build_policy("prefix", gamma=7)
     with pytest.raises(SchedulerError, match="needs a threshold"):
         build_policy("threshold", gamma=7)
-    with pytest.raises(SchedulerError, match="fixed, threshold, prefix"):
+    with pytest.raises(SchedulerError, match="cumulative-threshold policy needs a threshold"):
+        build_policy("cumulative-threshold", gamma=7)
+    with pytest.raises(SchedulerError, match="fixed, threshold, cumulative-threshold, prefix"):
         build_policy("greedy", gamma=7)
 
 

@@ -18,7 +18,7 @@ from deepspec.data.cache_build import build_target_cache
 from deepspec.data.target_cache import CacheCompatibilityError
 from deepspec.models import load_draft
 from deepspec.tiny_target import build_random_tiny_target
-from deepspec.training.checkpoint import ResumeError
+from deepspec.training.checkpoint import ResumeError, latest_checkpoint, save_checkpoint
 from deepspec.training.metrics import read_metrics
 from deepspec.training.trainer import TrainingError, grad_accumulation
 
@@ -101,13 +101,13 @@ def test_resume_replays_exactly(setup, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train(setup, make_cfg(setup, "dspark", crashed), on_step_end=crash)
-    assert (crashed / "step_latest").read_text().strip() == "step_4"
+    assert os.readlink(crashed / "step_latest") == "step_4"
     assert len(losses(crashed)) == 6
     train(setup, make_cfg(setup, "dspark", crashed))
 
     stopped = tmp_path / "stopped"  # a planned stop (--stop-after-steps) mid-way between checkpoints
     train(setup, make_cfg(setup, "dspark", stopped), stop_after_step=7)
-    assert (stopped / "step_latest").read_text().strip() == "step_7"
+    assert os.readlink(stopped / "step_latest") == "step_7"
     train(setup, make_cfg(setup, "dspark", stopped))
 
     want = losses(ref)
@@ -139,6 +139,72 @@ def test_checkpoint_layout_and_load(setup, tmp_path):
     assert "markov_head.markov_w1.weight" in saved and "confidence_head.proj.weight" in saved
     state = torch.load(folder / "training_state.pt", weights_only=False)
     assert state["step"] == 4 and {"optimizer", "scheduler", "rng", "config"} <= set(state)
+    # step_latest: a relative symlink to step_4, re-pointed from step_2 without a temp link left behind,
+    # usable as-is wherever a draft folder is expected
+    latest = tmp_path / "step_latest"
+    assert latest.is_symlink() and os.readlink(latest) == "step_4"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    via_link = load_draft(str(latest))
+    assert type(via_link) is type(draft)
+    assert all(torch.equal(t, draft.state_dict()[k]) for k, t in via_link.state_dict().items())
+    assert latest_checkpoint(tmp_path) == folder
+
+
+class _FakeDraft:
+    """Stands in for a draft: save_checkpoint only needs save_pretrained."""
+
+    def save_pretrained(self, folder, state_dict):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "config.json").write_text("{}\n")
+
+
+def _save(root, step, **kwargs):
+    return save_checkpoint(root=root, step=step, model=_FakeDraft(), model_state={}, training_state={"step": step},
+                           config={}, **kwargs)
+
+
+def test_step_latest_symlink_is_replaced_atomically(tmp_path, monkeypatch):
+    _save(tmp_path, 2)
+    replaced = []
+    real_replace = os.replace
+
+    def spy(src, dst):  # the link must be renamed over the old one, never removed first
+        replaced.append((Path(src).name, Path(dst).name, os.readlink(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    _save(tmp_path, 4)
+    assert replaced == [(".step_latest.tmp", "step_latest", "step_2")]
+    assert os.readlink(tmp_path / "step_latest") == "step_4" and not os.path.lexists(tmp_path / ".step_latest.tmp")
+    assert latest_checkpoint(tmp_path) == tmp_path / "step_4"
+    os.symlink("step_2", tmp_path / ".step_latest.tmp")  # a crash left a temp link: the next save replaces it
+    _save(tmp_path, 6)
+    assert os.readlink(tmp_path / "step_latest") == "step_6" and not os.path.lexists(tmp_path / ".step_latest.tmp")
+
+
+def test_latest_checkpoint_reads_old_pointers_and_survives_stale_links(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    for step in (2, 4):
+        _save(tmp_path, step)
+    latest = tmp_path / "step_latest"
+    latest.unlink()
+    latest.write_text("step_2\n")  # the one-line text file earlier versions wrote
+    assert latest_checkpoint(tmp_path) == tmp_path / "step_2"
+    latest.unlink()
+    os.symlink("step_9", latest)  # dangling: the newest complete folder
+    assert latest_checkpoint(tmp_path) == tmp_path / "step_4"
+    _save(tmp_path, 6)  # an old text pointer or a dangling link is replaced by a fresh link
+    assert latest.is_symlink() and os.readlink(latest) == "step_6"
+
+
+def test_pruning_keeps_the_folder_step_latest_points_at(tmp_path):
+    for step in (2, 4, 6):
+        _save(tmp_path, step)
+    _save(tmp_path, 4, keep_last=1)  # re-saving an older step (e.g. after resuming from it)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_4", "step_6", "step_latest"]
+    assert latest_checkpoint(tmp_path) == tmp_path / "step_4"
+    _save(tmp_path, 8, keep_last=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_8", "step_latest"]
 
 
 def test_two_gloo_workers_match_one(setup, tmp_path):
@@ -179,7 +245,7 @@ def test_preflight_errors(setup, tmp_path):
     with pytest.warns(UserWarning, match="falling back to DDP"):  # FSDP is GPU-only
         train(setup, make_cfg(setup, "dspark", run, "train.max_train_steps=1", "train.sharding_strategy=full_shard",
                               "data.num_workers=1"))
-    assert (run / "step_latest").read_text().strip() == "step_1"
+    assert os.readlink(run / "step_latest") == "step_1"
     with pytest.raises(ResumeError, match=r"model.markov_rank was 64 there but is 32 now"):
         train(setup, make_cfg(setup, "dspark", run, "train.max_train_steps=2", "model.markov_rank=32"))
     assert not any((tmp_path / d).exists() and any((tmp_path / d).glob("step_*")) for d in "abcde")

@@ -91,10 +91,10 @@ class ParallelProposer:
         mask = slots.query_mask(query_pos=pos, causal_new=False)  # committed context + the whole block
         for i, layer in enumerate(d.layers):
             attn = layer.self_attn
-            normed = layer.input_layernorm(x)
+            normed = layer.attention_input(x)
             k, v = self.cache.with_new(i, *project_kv(attn, normed, rope))
-            x = x + attn.o_proj(attend(project_q(attn, normed, rope), k, v, scale=attn.scaling, mask=mask,
-                                       backend="sdpa"))
+            x = layer.add_attention(x, attn.o_proj(attend(project_q(attn, normed, rope), k, v, scale=attn.scaling,
+                                                          mask=mask, backend="sdpa")))
             x = layer.mlp_block(x)
         return self._sample_block(d.norm(x), pending, temperature, generator)
 
@@ -105,19 +105,15 @@ class ParallelProposer:
             probs = probs_from_logits(base, temperature)
             conf = d.confidence_head(h) if d.confidence_head is not None else None
             return Proposal(tokens=sample(probs, generator), probs=probs, conf_logits=conf)
-        prev = [pending]
+        head, prev, state = d.markov_head, pending, d.markov_head.initial_state(h[:, 0])
         tokens, probs, confs = [], [], []
-        per_slot = d.markov_head.kind != "rnn"  # vanilla/gated features depend on slot k alone; rnn on the prefix
-        for k in range(G):  # slot k's Markov bias needs the token drawn at slot k-1
-            first = k if per_slot else 0
-            feature = d.markov_head.features(h[:, first:k + 1], torch.stack(prev[first:], 1))[:, -1]
-            p = probs_from_logits(base[:, k] + d.markov_head.bias(feature).to(base.dtype), temperature)
-            tok = sample(p, generator)
-            tokens.append(tok), probs.append(p), prev.append(tok)
+        for k in range(G):  # slot k's Markov bias needs the token drawn at slot k-1 (and the rnn state)
+            bias, state = head.step(h[:, k], prev, state)
+            p = probs_from_logits(base[:, k] + bias.to(base.dtype), temperature)
             if d.confidence_head is not None:
-                conf_in = torch.cat([h[:, k], feature.to(h.dtype)], -1) if d.config.confidence_head_with_markov \
-                    else h[:, k]
-                confs.append(d.confidence_head(conf_in))
+                confs.append(d.confidence(h[:, k], prev))
+            prev = sample(p, generator)
+            tokens.append(prev), probs.append(p)
         return Proposal(tokens=torch.stack(tokens, 1), probs=torch.stack(probs, 1),
                         conf_logits=torch.stack(confs, 1) if confs else None)
 
@@ -149,12 +145,11 @@ class Eagle3Proposer:
         emb = d.embed(tokens).to(x.dtype)
         for i, layer in enumerate(d.layers):
             attn = layer.self_attn
-            attn_in = (torch.cat([layer.input_layernorm(emb), d.hidden_norm(x)], -1) if i == 0
-                       else layer.input_layernorm(x))
+            attn_in = layer.attention_input(x, emb)
             q, k, v = project_qkv(attn, attn_in, attn_in, rope, rope)
             store_in.append(i, k, v)
             k, v = store_in.kv[i] if below is None else below.with_new(i, *store_in.kv[i])
-            x = x + attn.o_proj(attend(q, k, v, scale=attn.scaling, mask=mask, backend="sdpa"))
+            x = layer.add_attention(x, attn.o_proj(attend(q, k, v, scale=attn.scaling, mask=mask, backend="sdpa")))
             x = layer.mlp_block(x)
         return x
 

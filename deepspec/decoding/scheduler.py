@@ -4,8 +4,10 @@ Each decoding round the engine asks a :class:`Policy` for ℓ_r ∈ [0, γ] per 
 target then verifies the pending token plus ℓ_r drafts, so a round costs Σ_r (ℓ_r + 1) batch tokens.
 
 - :class:`FixedLength` — ℓ = min(length, γ) (plain speculative decoding; length 1 ≈ MTP-1).
-- :class:`StaticThreshold` — keep the leading slots whose prefix survival a_{r,j} = Π_{i≤j} c_{r,i}
-  clears a fixed threshold.
+- :class:`PerSlotThreshold` ("threshold") — DeepSpec's ``--confidence-threshold``: cut the block at
+  the first slot whose own confidence c_{r,j} is below a fixed threshold.
+- :class:`CumulativeThreshold` ("cumulative-threshold") — keep the leading slots whose prefix
+  survival a_{r,j} = Π_{i≤j} c_{r,i} clears a fixed threshold.
 - :class:`PrefixScheduler` — the hardware-aware prefix scheduler (DSpark paper, Algorithm 1): spend
   verification tokens where the expected accepted length per second, Θ = τ*·SPS(B), still grows,
   with SPS(B) the target's measured steps/second at B batch tokens (:class:`CostTable`, written
@@ -13,7 +15,8 @@ target then verifies the pending token plus ℓ_r drafts, so a round costs Σ_r 
 
 Why the early stop matters (paper Appendix A): a slot's survival a_{r,j} is known before the draft
 token x_{r,j} is sampled (c_{r,j} depends on x_{r,<j} only). Rejection sampling stays exact
-when "verify slot j" is decided from x_{r,<j} — a stopping rule. Admitting candidates greedily
+when "verify slot j" is decided from x_{r,<j} — a stopping rule; both threshold rules are one (slot
+j is verified iff c_{r,1..j} pass). Admitting candidates greedily
 and stopping at the first admission that does not raise Θ decides slot j from the candidates
 ranked at or above it, all of which are known before x_{r,j}. Searching for the best prefix of
 the whole ranked list instead lets a_{r,j+1} — a function of x_{r,j} — decide whether slot j is
@@ -32,6 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from deepspec.decoding.threshold import cumulative_lengths, per_slot_lengths
 
 PROFILE_HINT = "run scripts/eval/profile_engine.py to measure one for your target and device"
 
@@ -182,23 +187,40 @@ class FixedLength(Policy):
         return torch.full((R,), min(self.length, gamma), dtype=torch.long, device=self._device(confidences))
 
 
-class StaticThreshold(Policy):
-    """ℓ_r = number of leading slots with a_{r,j} = Π_{i≤j} c_{r,i} ≥ threshold (γ without confidences)."""
+class _ThresholdPolicy(Policy):
+    """ℓ_r from a fixed threshold on the confidences (γ without confidences); subclasses pick the rule."""
+
+    kind: str  # the policy's name in build_policy / eval.py --scheduler
 
     def __init__(self, threshold: float):
         if not 0.0 <= threshold <= 1.0:
             raise SchedulerError(f"threshold must lie in [0, 1], got {threshold!r}")
         self.threshold = float(threshold)
-        self.name = f"threshold-{self.threshold:g}"
+        self.name = f"{self.kind}-{self.threshold:g}"
+
+    @staticmethod
+    def _lengths(conf: np.ndarray, *, threshold: float) -> np.ndarray:
+        raise NotImplementedError
 
     def plan(self, confidences, *, gamma, num_requests=None):
         if confidences is None:
             return torch.full((self._num_requests(None, num_requests),), gamma, dtype=torch.long)
-        from deepspec.decoding.threshold import proposal_lengths  # the same rule the offline sweep replays
-
-        a = np.cumprod(_check_confidences(confidences, gamma=gamma), axis=1)
-        ell = proposal_lengths(a, threshold=self.threshold)
+        ell = self._lengths(_check_confidences(confidences, gamma=gamma), threshold=self.threshold)
         return torch.as_tensor(ell, dtype=torch.long, device=confidences.device)
+
+
+class PerSlotThreshold(_ThresholdPolicy):
+    """DeepSpec's rule: ℓ_r = index of the first slot with c_{r,j} < threshold (γ if none)."""
+
+    kind = "threshold"
+    _lengths = staticmethod(per_slot_lengths)  # the same rule the offline sweep replays
+
+
+class CumulativeThreshold(_ThresholdPolicy):
+    """ℓ_r = number of leading slots with prefix survival a_{r,j} = Π_{i≤j} c_{r,i} ≥ threshold."""
+
+    kind = "cumulative-threshold"
+    _lengths = staticmethod(cumulative_lengths)  # the same rule the offline sweep replays
 
 
 def rank_candidates(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -321,21 +343,23 @@ class PrefixScheduler(Policy):
         return ell
 
 
-POLICY_NAMES = ("fixed", "threshold", "prefix")
+THRESHOLD_POLICIES = {"threshold": PerSlotThreshold, "cumulative-threshold": CumulativeThreshold}
+POLICY_NAMES = ("fixed", *THRESHOLD_POLICIES, "prefix")
 
 
 def build_policy(name: str, *, gamma: int, threshold: float | None = None,
                  cost_table: CostTable | str | os.PathLike | None = None, asynchronous: bool = False) -> Policy:
-    """A policy by name: "fixed" (ℓ = γ), "threshold" (needs ``threshold``), "prefix" (needs a
+    """A policy by name: "fixed" (ℓ = γ), "threshold" (per-slot c_k ≥ t, DeepSpec's rule) or
+    "cumulative-threshold" (prefix survival a_k ≥ t), both needing ``threshold``; "prefix" (needs a
     cost table: a :class:`CostTable` or the path of a profiler JSON)."""
     if gamma < 1:
         raise SchedulerError(f"gamma must be >= 1, got {gamma}")
     if name == "fixed":
         return FixedLength(gamma)
-    if name == "threshold":
+    if name in THRESHOLD_POLICIES:
         if threshold is None:
-            raise SchedulerError("the threshold policy needs a threshold in [0, 1] (e.g. 0.5)")
-        return StaticThreshold(threshold)
+            raise SchedulerError(f"the {name} policy needs a threshold in [0, 1] (e.g. 0.5)")
+        return THRESHOLD_POLICIES[name](threshold)
     if name == "prefix":
         if cost_table is None:
             raise SchedulerError(f"the prefix scheduler needs a cost table (steps/second vs batch tokens); "

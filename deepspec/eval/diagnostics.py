@@ -42,6 +42,7 @@ def confidence_diagnostics(rounds: list[dict], *, temperatures, plot_path: Path 
 
 def write_reports(opts, decoded: dict, *, domains: dict[str, str]) -> dict:
     from deepspec.decoding.calibration import to_jsonable
+    from deepspec.eval.runner import policy_choice
 
     out_dir = Path(opts.output_dir)
     gamma, temps = decoded["gamma"], decoded["calibration"]
@@ -75,7 +76,9 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str]) -> dict:
     draft_name = f"self (gamma {gamma})" if opts.self_draft_gamma else short_name(opts.draft)
     meta = {"target": str(opts.target), "draft": draft_name if opts.self_draft_gamma else str(opts.draft),
             "gamma": gamma, "temperature": opts.temperature, "confidence_threshold": opts.confidence_threshold,
-            "scheduler": opts.scheduler or ("threshold" if opts.confidence_threshold > 0 else "fixed"),
+            "survival_threshold": opts.survival_threshold,
+            "scheduler": policy_choice(opts.scheduler, confidence_threshold=opts.confidence_threshold,
+                                       survival_threshold=opts.survival_threshold)[0],
             "max_new_tokens": opts.max_new_tokens, "batch_size": opts.batch_size, "seed": opts.seed,
             "device": opts.device, "calibration_temperatures": temps}
     pooled = confidence_diagnostics(all_rounds, temperatures=temps, plot_path=out_dir / "reliability_all.png",

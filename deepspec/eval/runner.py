@@ -31,12 +31,13 @@ class EvalOptions:
     output_dir: Path
     max_new_tokens: int = 2048
     temperature: float = 1.0
-    confidence_threshold: float = 0.0
+    confidence_threshold: float = 0.0      # DeepSpec's rule: cut at the first slot with c_k < t (0 = off)
+    survival_threshold: float | None = None  # cumulative rule: keep slots while Π c_i >= t
     seed: int = 0
     batch_size: int = 1
     device: str = "cpu"
     dtype: str = "auto"
-    scheduler: str | None = None      # fixed | threshold | prefix (None: threshold if > 0 else fixed)
+    scheduler: str | None = None      # fixed | threshold | cumulative-threshold | prefix (None: see policy_choice)
     engine_profile: str | None = None
     async_scheduler: bool = False
     use_calibration: bool = True
@@ -50,7 +51,9 @@ def resolve_draft_dir(path: str) -> str:
     from deepspec.training.checkpoint import latest_checkpoint
 
     p = Path(os.path.expanduser(path))
-    if p.is_file() and p.name == "step_latest":  # the pointer file the trainer writes: follow it
+    # step_latest is a symlink to the newest step_N, i.e. a draft folder; earlier trainers wrote it as
+    # a one-line text file naming that folder instead: follow it.
+    if p.is_file() and p.name == "step_latest":
         p = p.parent / p.read_text().strip()
     if (p / "config.json").is_file():
         return str(p)
@@ -136,13 +139,44 @@ def load_models(opts: EvalOptions, device: str):
     return target, draft, lambda: build_proposer(draft), proposer.gamma, temps
 
 
+def policy_choice(scheduler: str | None, *, confidence_threshold: float = 0.0,
+                  survival_threshold: float | None = None) -> tuple[str, float | None]:
+    """(policy name, its threshold) from eval.py's --scheduler / --confidence-threshold / --survival-threshold.
+
+    Without --scheduler: "threshold" (DeepSpec's per-slot rule) when --confidence-threshold > 0,
+    "cumulative-threshold" when --survival-threshold is given, else "fixed". Each threshold
+    belongs to its own policy; any other combination is an error.
+    """
+    for flag, t in (("--confidence-threshold", confidence_threshold), ("--survival-threshold", survival_threshold)):
+        if t is not None and not 0.0 <= t <= 1.0:
+            raise EvalSetupError(f"{flag} must lie in [0, 1], got {t}")
+    if confidence_threshold > 0 and survival_threshold is not None:
+        raise EvalSetupError("--confidence-threshold (per-slot rule, DeepSpec's) and --survival-threshold "
+                             "(cumulative prefix-survival rule) exclude each other; pass one of them")
+    name = scheduler or ("threshold" if confidence_threshold > 0
+                         else "cumulative-threshold" if survival_threshold is not None else "fixed")
+    if name == "cumulative-threshold":
+        if survival_threshold is None:
+            raise EvalSetupError("--scheduler cumulative-threshold needs --survival-threshold T in [0, 1] "
+                                 "(keeps the leading slots whose prefix survival Π c_i >= T)")
+        return name, survival_threshold
+    if survival_threshold is not None:
+        raise EvalSetupError(f"--survival-threshold applies to --scheduler cumulative-threshold, not {name}")
+    if name == "threshold":
+        return name, confidence_threshold
+    if confidence_threshold > 0:
+        raise EvalSetupError(f"--confidence-threshold applies to --scheduler threshold, not {name}")
+    return name, None
+
+
 def _policy(opts: EvalOptions, gamma: int):
     from deepspec.decoding.scheduler import build_policy
 
-    name = opts.scheduler or ("threshold" if opts.confidence_threshold > 0 else "fixed")
+    name, threshold = policy_choice(opts.scheduler, confidence_threshold=opts.confidence_threshold,
+                                    survival_threshold=opts.survival_threshold)
     if name == "fixed":
         return None
-    return build_policy(name, gamma=gamma, threshold=opts.confidence_threshold, cost_table=opts.engine_profile,
+    return build_policy(name, gamma=gamma, threshold=threshold, cost_table=opts.engine_profile,
                         asynchronous=opts.async_scheduler)
 
 

@@ -15,13 +15,15 @@ from deepspec.models.config import (
 )
 from deepspec.models.dspark import DSparkDraftModel, DSparkTrainOutput, block_targets, sample_anchors
 from deepspec.models.eagle3 import Eagle3DraftModel, Eagle3TrainOutput
+from deepspec.models.loading import DraftLoadError, load_state_strict
 from deepspec.models.losses import eagle3_loss, parallel_draft_loss, summarize
 
 __all__ = [
     "DraftConfig", "DraftConfigError", "draft_config_class", "draft_config_from_dict", "draft_config_from_target",
     "load_draft_config", "DSparkDraftModel", "DSparkTrainOutput", "Eagle3DraftModel", "Eagle3TrainOutput",
     "block_targets", "sample_anchors",
-    "parallel_draft_loss", "eagle3_loss", "summarize", "build_draft", "load_draft",
+    "parallel_draft_loss", "eagle3_loss", "summarize", "build_draft", "load_draft", "DraftLoadError",
+    "load_state_strict",
 ]
 
 
@@ -39,15 +41,13 @@ def build_draft(config):
 
 
 def load_draft(path, **kwargs):
-    """Load any saved draft: a folder (``config.json`` + ``model.safetensors``) or a hub id (downloaded)."""
-    config = kwargs.pop("config", None)
-    if config is None:
-        import os
+    """Load any saved draft strictly: a folder (``config.json`` + ``model.safetensors``) or a hub id.
 
-        folder = str(path)
-        if not os.path.isdir(folder):  # a hub id: fetch config.json first to pick the model class
-            from huggingface_hub import snapshot_download
+    ``kwargs``: ``config``, ``dtype``, ``device`` (see ``DraftPreTrainedModel.from_pretrained``).
+    A tensor that does not fit is a :class:`~deepspec.models.loading.DraftLoadError` naming it.
+    """
+    from deepspec.models.loading import resolve_draft_folder
 
-            folder = snapshot_download(folder, allow_patterns=["config.json"])
-        config = load_draft_config(folder)
-    return _model_class(config).from_pretrained(path, config=config, **kwargs)
+    folder = resolve_draft_folder(path)
+    config = kwargs.pop("config", None) or load_draft_config(folder)
+    return _model_class(config).from_pretrained(folder, config=config, **kwargs)

@@ -74,16 +74,21 @@ def build_mlp(family: TargetFamily, config, layer_idx: int) -> nn.Module:
 
 
 def build_attention(family: TargetFamily, config, layer_idx: int, *, in_features: int | None = None) -> nn.Module:
-    """The family attention module (projections, q/k norms, scaling); ``in_features`` widens q/k/v inputs."""
+    """The family attention module (projections, q/k/v norms, scaling); ``in_features`` widens q/k/v inputs.
+
+    A module without ``v_proj`` is Gemma 4's k=v attention (``attention_k_eq_v``): values are the
+    key projection before the key norm (see :func:`project_kv`).
+    """
     attn = family_classes(family)["attention"](config, layer_idx)
-    if getattr(attn, "v_proj", None) is None or getattr(attn, "k_proj", None) is None:
-        raise ValueError(f"{type(attn).__name__} layer {layer_idx} has no own k/v projection; "
-                         "draft configs must set num_kv_shared_layers=0 and attention_k_eq_v=False")
+    if getattr(attn, "k_proj", None) is None:
+        raise ValueError(f"{type(attn).__name__} layer {layer_idx} has no own k projection (a KV-shared layer); "
+                         "draft configs must set num_kv_shared_layers=0")
     if in_features is not None and in_features != attn.q_proj.in_features:
         bias = config.attention_bias
         for name in ("q_proj", "k_proj", "v_proj"):
             old = getattr(attn, name)
-            setattr(attn, name, nn.Linear(in_features, old.out_features, bias=bias))
+            if old is not None:
+                setattr(attn, name, nn.Linear(in_features, old.out_features, bias=bias))
     return attn
 
 
@@ -126,8 +131,9 @@ def project_q(attn: nn.Module, q_in: torch.Tensor, q_pos) -> torch.Tensor:
 def project_kv(attn: nn.Module, kv_in: torch.Tensor, kv_pos) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys/values [B, hkv, Lk, d] from ``kv_in`` with the family's norms and rope (cacheable at decode time)."""
     d = attn.head_dim
-    k = attn.k_norm(attn.k_proj(kv_in).view(*kv_in.shape[:-1], -1, d))
-    v = attn.v_proj(kv_in).view(*kv_in.shape[:-1], -1, d)
+    k_raw = attn.k_proj(kv_in).view(*kv_in.shape[:-1], -1, d)
+    v = k_raw if attn.v_proj is None else attn.v_proj(kv_in).view(*kv_in.shape[:-1], -1, d)  # k=v attention
+    k = attn.k_norm(k_raw)
     v_norm = getattr(attn, "v_norm", None)
     if v_norm is not None:
         v = v_norm(v)
@@ -184,20 +190,47 @@ def make_flex_mask(mask_mod, *, batch: int, q_len: int, kv_len: int, device):
 
 
 class DraftLayer(nn.Module):
-    """Pre-norm draft block: family norms + family attention parameters + family MLP.
+    """One draft block: family norms + family attention parameters + family MLP.
+
+    Qwen-style (pre-norm): ``x + attn(input_layernorm(x))``, then ``x + mlp(post_attention_layernorm(x))``.
+    Sandwich norms (``TargetFamily.sandwich_norms``, Gemma 4, as the family's own decoder layer):
+    ``x + post_attention_layernorm(attn(input_layernorm(x)))``, then
+    ``x + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x)))``, times ``layer_scalar``.
+    ``fused_input`` (Eagle3): the attention input is ``[input_layernorm(embeds) ; hidden_norm(x)]``
+    (2·H wide q/k/v projections); the residual stream stays the un-normalised ``x``.
 
     Holds parameters only; each draft runs the attention itself (:func:`project_qkv` + :func:`attend`)
     because its keys/values are not just its own queries' inputs.
     """
 
-    def __init__(self, family: TargetFamily, config, layer_idx: int, *, attn_in_features: int | None = None):
+    def __init__(self, family: TargetFamily, config, layer_idx: int, *, fused_input: bool = False):
         super().__init__()
-        self.self_attn = build_attention(family, config, layer_idx, in_features=attn_in_features)
+        H = config.hidden_size
+        self.self_attn = build_attention(family, config, layer_idx, in_features=2 * H if fused_input else None)
         self.mlp = build_mlp(family, config, layer_idx)
-        self.input_layernorm = build_norm(family, config, config.hidden_size)
-        self.post_attention_layernorm = build_norm(family, config, config.hidden_size)
+        if fused_input:
+            self.hidden_norm = build_norm(family, config, H)
+        self.input_layernorm = build_norm(family, config, H)
+        self.post_attention_layernorm = build_norm(family, config, H)
+        self.sandwich = family.sandwich_norms
+        if self.sandwich:
+            self.pre_feedforward_layernorm = build_norm(family, config, H)
+            self.post_feedforward_layernorm = build_norm(family, config, H)
+            self.register_buffer("layer_scalar", torch.ones(1))
+
+    def attention_input(self, x: torch.Tensor, embeds: torch.Tensor | None = None) -> torch.Tensor:
+        if hasattr(self, "hidden_norm"):
+            return torch.cat([self.input_layernorm(embeds), self.hidden_norm(x)], dim=-1)
+        return self.input_layernorm(x)
+
+    def add_attention(self, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """The residual update with the attention output (already through ``o_proj``)."""
+        return x + (self.post_attention_layernorm(attn_out) if self.sandwich else attn_out)
 
     def mlp_block(self, h: torch.Tensor) -> torch.Tensor:
+        if self.sandwich:
+            h = h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
+            return h * self.layer_scalar.to(h.dtype)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -245,6 +278,9 @@ class DraftPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         # The family's own init (norm weights, rotary buffers, ...); it only reads config + module.
         self._family_probe._init_weights(module)
+        if isinstance(module, DraftLayer) and module.sandwich:
+            with torch.no_grad():
+                module.layer_scalar.fill_(1.0)  # the family inits its own layer class only
 
     def load_target_weights(self, target) -> None:
         """Copy the frozen target embedding and LM head (a :class:`deepspec.targets.Target`)."""
@@ -278,24 +314,27 @@ class DraftPreTrainedModel(PreTrainedModel):
         return [p for p in self.parameters() if p.requires_grad]
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, config=None, **kwargs):
-        """Load a draft folder; the config is rebuilt as a draft config of the right family and kind."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *, config=None, dtype=None, torch_dtype=None,
+                        device=None):
+        """Load a draft folder (or hub id) strictly: every tensor must fit (see :mod:`deepspec.models.loading`).
+
+        The config is rebuilt as a draft config of the right family and kind; ``cls`` may be the
+        generic class (``DSparkDraftModel``) or a per-family name (``Qwen3DSparkModel``).
+        """
         from deepspec.models.config import load_draft_config
+        from deepspec.models.loading import load_state_strict, read_safetensors, resolve_draft_folder
 
-        if config is None:
-            path = str(pretrained_model_name_or_path)
-            if not os.path.isdir(path):
-                from huggingface_hub import snapshot_download
-
-                path = snapshot_download(path, allow_patterns=["config.json"])
-            config = load_draft_config(path)
+        folder = resolve_draft_folder(pretrained_model_name_or_path)
+        config = config if config is not None else load_draft_config(folder)
         arch = (config.architectures or [None])[0]
         model_cls = DraftPreTrainedModel._family_classes.get(arch, cls)
         if not issubclass(model_cls, cls):
             raise ValueError(f"{pretrained_model_name_or_path} holds a {arch}, not a {cls.__name__}; "
                              "use deepspec.models.load_draft to load any draft")
-        result = PreTrainedModel.from_pretrained.__func__(model_cls, pretrained_model_name_or_path, *args,
-                                                          config=config, **kwargs)
-        model = result[0] if isinstance(result, tuple) else result
-        model._freeze_target_pieces()  # loading swaps in fresh Parameters (requires_grad=True)
-        return result
+        model = model_cls(config)
+        load_state_strict(model, read_safetensors(folder), source=str(pretrained_model_name_or_path))
+        dtype = dtype or torch_dtype
+        if dtype is not None or device is not None:
+            model = model.to(device=device, dtype=dtype)
+        model._freeze_target_pieces()
+        return model

@@ -210,9 +210,10 @@ def draft_config_from_target(target_hf_config, model_cfg: Mapping[str, Any]):
         same_type = [i for i, t in enumerate(types) if t == DRAFT_LAYER_TYPE]
         overrides = dict(per_layer.get(str(same_type[0]), {})) if same_type else {}
         fields["per_layer_config"] = {i: dict(overrides) for i in range(num_layers)}
-    # The draft layer is a plain pre-norm block with its own k/v projections: no shared KV
-    # layers, no k==v trick (the public layout has a v_proj), no sliding window.
-    for key, value in (("num_kv_shared_layers", 0), ("attention_k_eq_v", False), ("use_sliding_window", False),
+    # Every draft layer has its own k (and v) projection: no shared KV layers, no sliding window,
+    # no per-layer input gates. Gemma 4's k=v attention (``attention_k_eq_v``) is kept from the target,
+    # as DeepSpec does: values are then the key projection and the layer has no v_proj.
+    for key, value in (("num_kv_shared_layers", 0), ("use_sliding_window", False), ("hidden_size_per_layer_input", 0),
                        ("use_bidirectional_attention", None), ("enable_moe_block", False)):
         if key in base:
             base[key] = value

@@ -19,18 +19,18 @@ is bidirectional. Training puts all A blocks of a sequence in one pass (queries 
 keys = [context ; all blocks]) with a block-sparse mask: slot (a, k) sees context j < p_a and the
 G slots of block a. Padding must be on the right (anchors are only drawn inside the loss mask).
 
-Markov head (rank r; paper eq. 5-6), our reading, with e_k = W1[x_{k-1}] (W1: V×r, ``markov_w1``)
-and x_{k-1} the token before slot k's target (slot 0: the anchor token):
+Markov head (rank r; paper eq. 5-6, DeepSpec's layout), with e_k = W1[x_{k-1}] (W1: V×r,
+``markov_w1``) and x_{k-1} the token before slot k's target (slot 0: the anchor token):
   vanilla  bias_k = W2 e_k                                       (W2: r×V, ``markov_w2``)
   gated    z_k = sigmoid(gate_proj([h_k ; e_k])) ⊙ e_k,  bias_k = W2 z_k
-  rnn      s_k = tanh(joint_proj([e_k ; s_{k-1}])), s_{-1} = 0,  bias_k = W2 s_k
-            (a rank-r recurrent state over the block's previous tokens, left to right)
+  rnn      [g ; c ; o] = joint_proj([s_{k-1} ; e_k ; h_k])     (2r+H -> 3r, with bias), s before slot 0 = 0,
+           s_k = sigmoid(g) ⊙ s_{k-1} + (1 - sigmoid(g)) ⊙ tanh(c),  bias_k = W2 tanh(o)
 ``logits_k = base_logits(h_k) + bias_k`` where base logits are the LM head output after the
 family's soft-cap. Training is teacher-forced (x_{k-1} = the true token).
 
-Confidence head: ``c_k = proj([h_k ; m_k])`` (a logit; sigmoid at use), m_k = the Markov feature
-(e_k, z_k or s_k; e_k = W1[x_{k-1}] for the paper's vanilla head), or ``proj(h_k)`` alone when
-``confidence_head_with_markov`` is false. h_k is the post-``norm`` draft state.
+Confidence head (paper eq. 7): ``c_k = proj([h_k ; e_k])`` (a logit; sigmoid at use) for every
+Markov head type, or ``proj(h_k)`` alone when ``confidence_head_with_markov`` is false. h_k is the
+post-``norm`` draft state.
 """
 
 from __future__ import annotations
@@ -49,33 +49,53 @@ from deepspec.targets import FAMILIES
 
 
 class MarkovHead(nn.Module):
-    """Low-rank token-transition bias added to each slot's logits (see module docstring)."""
+    """Low-rank token-transition bias added to each slot's logits (see module docstring).
+
+    One slot at a time: :meth:`step` maps (h_k, x_{k-1}, state) to (bias_k, next state); only the
+    ``rnn`` head carries a state (``None`` for the others). :meth:`block_bias` runs the slots of
+    teacher-forced blocks left to right (training).
+    """
 
     def __init__(self, *, vocab_size: int, hidden_size: int, rank: int, kind: str):
         super().__init__()
-        self.kind = kind
+        self.kind, self.rank = kind, rank
         self.markov_w1 = nn.Embedding(vocab_size, rank)
         self.markov_w2 = nn.Linear(rank, vocab_size, bias=False)
         if kind == "gated":
             self.gate_proj = nn.Linear(hidden_size + rank, rank)
         elif kind == "rnn":
-            self.joint_proj = nn.Linear(2 * rank, rank)
+            # [s_{k-1} ; W1[x_{k-1}] ; h_k] -> [gate ; candidate ; output] (paper eq. 6)
+            self.joint_proj = nn.Linear(2 * rank + hidden_size, 3 * rank)
 
-    def features(self, hidden: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
-        """m_k [..., G, r] from h_k [..., G, H] and x_{k-1} [..., G] (slots along dim -2)."""
-        e = self.markov_w1(prev_tokens)
+    def prev_embedding(self, prev_tokens: torch.Tensor) -> torch.Tensor:
+        """e_k = W1[x_{k-1}] (also the confidence head's Markov feature, paper eq. 7)."""
+        return self.markov_w1(prev_tokens)
+
+    def initial_state(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """s_0 = 0 for the rnn head, shaped like one slot of ``hidden`` [..., H] -> [..., r]."""
+        return hidden.new_zeros(*hidden.shape[:-1], self.rank) if self.kind == "rnn" else None
+
+    def step(self, hidden: torch.Tensor, prev_tokens: torch.Tensor, state: torch.Tensor | None):
+        """bias_k [..., V] and the next state from h_k [..., H], x_{k-1} [...] and s_{k-1}."""
+        e = self.prev_embedding(prev_tokens).to(hidden.dtype)
         if self.kind == "vanilla":
-            return e
+            return self.markov_w2(e), state
         if self.kind == "gated":
-            return torch.sigmoid(self.gate_proj(torch.cat([hidden, e.to(hidden.dtype)], dim=-1))) * e
-        states, s = [], torch.zeros_like(e[..., 0, :])
-        for k in range(e.shape[-2]):  # G is small (7): a plain loop keeps it obviously sequential
-            s = torch.tanh(self.joint_proj(torch.cat([e[..., k, :], s], dim=-1)))
-            states.append(s)
-        return torch.stack(states, dim=-2)
+            return self.markov_w2(torch.sigmoid(self.gate_proj(torch.cat([hidden, e], dim=-1))) * e), state
+        gate, cand, out = self.joint_proj(torch.cat([state.to(hidden.dtype), e, hidden], dim=-1)).chunk(3, dim=-1)
+        g = torch.sigmoid(gate)
+        state = g * state + (1.0 - g) * torch.tanh(cand)
+        return self.markov_w2(torch.tanh(out)), state
 
-    def bias(self, feature: torch.Tensor) -> torch.Tensor:
-        return self.markov_w2(feature)
+    def block_bias(self, hidden: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
+        """bias [..., G, V] for slots along dim -2 of h [..., G, H] with x_{k-1} [..., G] (teacher forced)."""
+        if self.kind != "rnn":  # no state: all slots at once
+            return self.step(hidden, prev_tokens, None)[0]
+        state, biases = self.initial_state(hidden[..., 0, :]), []
+        for k in range(hidden.shape[-2]):  # G is small (7): a plain loop keeps it obviously sequential
+            bias, state = self.step(hidden[..., k, :], prev_tokens[..., k], state)
+            biases.append(bias)
+        return torch.stack(biases, dim=-2)
 
 
 class ConfidenceHead(nn.Module):
@@ -108,19 +128,21 @@ class DSparkTrainOutput:
 
 def sample_anchors(loss_mask: torch.Tensor, *, num_anchors: int, block_size: int,
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw up to ``num_anchors`` distinct anchors per sequence among positions whose next token is supervised.
+    """Draw up to ``num_anchors`` distinct anchors per sequence, uniformly without replacement.
 
-    Returns ``anchors`` [B, A] (ascending; invalid entries are 0) and ``valid`` [B, A]. A sequence with
-    fewer candidates than A gets them all and the rest marked invalid. ``block_size`` does not restrict
-    candidates: a block near the end of a span still trains its early slots (later ones are masked by
-    :func:`block_targets`).
+    Candidates are positions a < T-1 with ``loss_mask[a] = loss_mask[a+1] = 1`` (DeepSpec's rule):
+    the anchor is itself an answer token, as at inference (the last committed token), never the
+    last prompt token before a span. Returns ``anchors`` [B, A] (ascending; invalid entries are 0)
+    and ``valid`` [B, A]. A sequence with fewer candidates than A gets them all and the rest marked
+    invalid. ``block_size`` does not restrict candidates: a block near the end of a span still
+    trains its early slots (later ones are masked by :func:`block_targets`).
     """
     assert loss_mask.dim() == 2, f"loss_mask must be [B, T], got shape {tuple(loss_mask.shape)}"
     assert num_anchors >= 1 and block_size >= 1, (
         f"need num_anchors >= 1 and block_size >= 1, got {num_anchors}, {block_size}")
     B, T = loss_mask.shape
     candidate = torch.zeros(B, T, dtype=torch.bool, device=loss_mask.device)
-    candidate[:, :-1] = loss_mask[:, 1:].bool()
+    candidate[:, :-1] = loss_mask[:, :-1].bool() & loss_mask[:, 1:].bool()
     scores = torch.rand(B, T, generator=generator, device=generator.device if generator else loss_mask.device)
     scores = scores.to(loss_mask.device).masked_fill(~candidate, -1.0)
     k = min(num_anchors, T)
@@ -195,25 +217,27 @@ class DSparkDraftModel(DraftPreTrainedModel):
         rope_kv = tuple(torch.cat([c, q], dim=1) for c, q in zip(rope_ctx, rope_q))
         for layer in self.layers:
             attn = layer.self_attn
-            normed = layer.input_layernorm(x)
+            normed = layer.attention_input(x)
             q, k, v = project_qkv(attn, normed, torch.cat([context, normed], dim=1), rope_q, rope_kv)
-            x = x + attn.o_proj(attend(q, k, v, scale=attn.scaling, mask=mask, backend=backend))
+            x = layer.add_attention(x, attn.o_proj(attend(q, k, v, scale=attn.scaling, mask=mask, backend=backend)))
             x = layer.mlp_block(x)
         return self.norm(x)
 
     def heads(self, hidden: torch.Tensor, prev_tokens: torch.Tensor):
-        """Slot logits [..., G, V] and confidence logits [..., G] (or None) from h [..., G, H]."""
+        """Slot logits [..., G, V] and confidence logits [..., G] (or None) from h [..., G, H] (teacher forced)."""
         logits = self.base_logits(hidden)
-        feature = None
         if self.markov_head is not None:
-            feature = self.markov_head.features(hidden, prev_tokens)
-            logits = logits + self.markov_head.bias(feature).to(logits.dtype)
-        conf = None
-        if self.confidence_head is not None:
-            conf_in = hidden if not self.config.confidence_head_with_markov else torch.cat(
-                [hidden, feature.to(hidden.dtype)], dim=-1)
-            conf = self.confidence_head(conf_in)
-        return logits, conf
+            logits = logits + self.markov_head.block_bias(hidden, prev_tokens).to(logits.dtype)
+        return logits, self.confidence(hidden, prev_tokens)
+
+    def confidence(self, hidden: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor | None:
+        """c_k = proj([h_k ; W1[x_{k-1}]]) for every Markov head type (paper eq. 7), or proj(h_k) alone."""
+        if self.confidence_head is None:
+            return None
+        if not self.config.confidence_head_with_markov:
+            return self.confidence_head(hidden)
+        e = self.markov_head.prev_embedding(prev_tokens).to(hidden.dtype)
+        return self.confidence_head(torch.cat([hidden, e], dim=-1))
 
     def training_mask(self, anchors: torch.Tensor, *, context_len: int, backend: str):
         """Block-sparse mask: slot (a, k) sees context j < anchor_a and the slots of block a."""

@@ -7,19 +7,24 @@ of the next token x_{t+1} (frozen target embedding). It predicts x_{t+2}; the ta
 the target's logits at position t+1. This matches inference: after the target ran over x_0..x_{p-1}
 and sampled x_p, the draft's first step sits at p-1 with (g_{p-1}, x_p).
 
-Layer 0 (EAGLE-3): the attention input is the concatenation ``[input_layernorm(embed) ;
-hidden_norm(g)]`` of width 2H, so ``q_proj``/``k_proj``/``v_proj`` take 2H inputs (our choice of where
-the fusion happens: inside the projections, as EAGLE-3 does); the residual stream is g itself.
-Then ``post_attention_layernorm`` -> MLP -> residual. Further layers, if any, are plain pre-norm
-blocks. The final ``norm`` -> frozen LM head (+ family soft-cap) gives the logits.
+Every layer (EAGLE-3, DeepSpec's layout): the attention input is ``[input_layernorm(embed) ;
+hidden_norm(x)]`` of width 2H (each layer has its own ``hidden_norm``; q/k/v projections take 2H
+inputs), x = g for the first layer and the previous layer's output after that; the residual stream
+is the un-normalised x. Then the family's MLP block (pre-norm, or Gemma's sandwich norms, see
+:class:`~deepspec.models.blocks.DraftLayer`). The final ``norm`` -> frozen LM head (+ family
+soft-cap) gives the logits.
 
-TTT (EAGLE-3): step s >= 1 repeats the layer at every index t with the previous step's layer
-output at t in place of g_t and the true token x_{t+1+s} (teacher forcing), predicting x_{t+2+s}.
+TTT (EAGLE-3): step s >= 1 repeats the layers at every index t with the previous step's output
+at t in place of g_t and the true token x_{t+1+s} (teacher forcing), predicting x_{t+2+s}.
 Its query sits at rotary position t+s. Keys/values grow per step: step s at index t attends the
 step-0 keys at indices j <= t (the real context) and the keys that steps 1..s produced *at index
 t* (its own earlier draft tokens), exactly what a chain of s draft tokens after position t sees at
-inference. Step s is supervised where x_{t+2+s} exists and is in the loss mask; weight
-``step_loss_decay**s``.
+inference.
+
+Supervision (DeepSpec's rule): step s supervises index t iff ``loss_mask[t+s] = 1`` and t+s is
+not the sequence's last valid token (that token is removed from the mask before shifting),
+against the target distribution at position t+s+1. Loss (see ``losses.eagle3_loss``): each
+step's summed soft cross-entropy divided by B·T of the micro-batch, weighted ``step_loss_decay**s``.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from deepspec.targets import FAMILIES
 @dataclass
 class Eagle3TrainOutput:
     logits: torch.Tensor            # [S, B, T, V]
-    step_mask: torch.Tensor         # [S, B, T] supervised (label x_{t+2+s} in range and in the loss mask)
+    step_mask: torch.Tensor         # [S, B, T] supervised: loss_mask[t+s] with each row's last valid token off
     labels: torch.Tensor            # [S, B, T] x_{t+2+s}
     target_positions: torch.Tensor  # [S, B, T] t+1+s: where the target's logits predict the label
 
@@ -53,17 +58,27 @@ def ttt_mask(*, step: int, length: int, device) -> torch.Tensor:
     return torch.cat([causal] + [diagonal] * step, dim=1)
 
 
+def next_token_mask(loss_mask: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``loss_mask`` [B, T] as bool with each row's last valid token removed (it has no next token)."""
+    mask = loss_mask.bool().clone()
+    B, T = mask.shape
+    lengths = (torch.full((B,), T, device=mask.device) if attention_mask is None
+               else attention_mask.long().sum(dim=1))
+    rows = torch.arange(B, device=mask.device)
+    mask[rows, (lengths - 1).clamp(min=0)] = False
+    return mask
+
+
 class Eagle3DraftModel(DraftPreTrainedModel):
-    """One-layer EAGLE-3 draft; ``Qwen3Eagle3Model`` / ``Gemma4Eagle3Model`` are its per-family names."""
+    """EAGLE-3 draft (one layer by default); ``Qwen3Eagle3Model`` / ``Gemma4Eagle3Model`` are its per-family names."""
 
     def __init__(self, config):
         super().__init__(config)
         family = self._setup_family(config)
         H = config.hidden_size
-        self.layers = nn.ModuleList(DraftLayer(family, config, i, attn_in_features=2 * H if i == 0 else None)
+        self.layers = nn.ModuleList(DraftLayer(family, config, i, fused_input=True)
                                     for i in range(config.num_hidden_layers))
         self.fc = nn.Linear(config.num_context_features * H, H, bias=False)
-        self.hidden_norm = build_norm(family, config, H)
         self.norm = build_norm(family, config, H)
         self.rotary_emb = build_rotary(family, config)
         self.post_init()
@@ -82,15 +97,13 @@ class Eagle3DraftModel(DraftPreTrainedModel):
         rope = rotary_cos_sin(self.rotary_emb, x, positions, DRAFT_LAYER_TYPE)
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
-            if i == 0:
-                attn_in = torch.cat([layer.input_layernorm(token_embeds), self.hidden_norm(x)], dim=-1)
-            else:
-                attn_in = layer.input_layernorm(x)
+            attn_in = layer.attention_input(x, token_embeds)
             q, k, v = project_qkv(attn, attn_in, attn_in, rope, rope)
             caches[i][0].append(k)
             caches[i][1].append(v)
             keys, values = torch.cat(caches[i][0], dim=2), torch.cat(caches[i][1], dim=2)
-            x = x + attn.o_proj(attend(q, keys, values, scale=attn.scaling, mask=mask, backend=backend))
+            x = layer.add_attention(x, attn.o_proj(attend(q, keys, values, scale=attn.scaling, mask=mask,
+                                                          backend=backend)))
             x = layer.mlp_block(x)
         return x
 
@@ -104,11 +117,13 @@ class Eagle3DraftModel(DraftPreTrainedModel):
         return ttt_mask(step=step, length=length, device=device).expand(batch, -1, -1)
 
     def forward_train(self, *, input_ids: torch.Tensor, hidden_states: torch.Tensor, loss_mask: torch.Tensor,
-                      attention_backend: str = "auto", ttt_length: int | None = None) -> Eagle3TrainOutput:
+                      attention_mask: torch.Tensor | None = None, attention_backend: str = "auto",
+                      ttt_length: int | None = None) -> Eagle3TrainOutput:
         """Unrolled TTT over ``ttt_length`` (default: config) steps; logits [S, B, T, V].
 
-        Compute the loss with :func:`deepspec.models.losses.eagle3_loss` and target logits from
-        :meth:`gather_target_logits`.
+        ``attention_mask`` [B, T] marks each row's valid (non-padding) tokens; right padding only
+        (None: every row is T long). Compute the loss with :func:`deepspec.models.losses.eagle3_loss`
+        and target logits from :meth:`gather_target_logits`.
         """
         B, T = input_ids.shape
         assert hidden_states.shape[:2] == (B, T) and loss_mask.shape == (B, T), (
@@ -119,6 +134,7 @@ class Eagle3DraftModel(DraftPreTrainedModel):
         t = torch.arange(T, device=input_ids.device).expand(B, T)
         caches = [([], []) for _ in self.layers]
         hidden = self.fuse(hidden_states)
+        supervised = next_token_mask(loss_mask, attention_mask)
         logits, masks, labels, tpos = [], [], [], []
         for s in range(S):
             tokens = input_ids.gather(1, (t + 1 + s).clamp(max=T - 1))
@@ -126,9 +142,8 @@ class Eagle3DraftModel(DraftPreTrainedModel):
                                caches=caches, mask=self._mask(step=s, batch=B, length=T, backend=backend,
                                                               device=input_ids.device), backend=backend)
             logits.append(self.base_logits(self.norm(hidden)))
-            label_pos = t + 2 + s
-            masks.append((label_pos < T) & loss_mask.bool().gather(1, label_pos.clamp(max=T - 1)))
-            labels.append(input_ids.gather(1, label_pos.clamp(max=T - 1)))
+            masks.append(((t + s) < T) & supervised.gather(1, (t + s).clamp(max=T - 1)))
+            labels.append(input_ids.gather(1, (t + 2 + s).clamp(max=T - 1)))
             tpos.append((t + 1 + s).clamp(max=T - 1))
         return Eagle3TrainOutput(logits=torch.stack(logits), step_mask=torch.stack(masks), labels=torch.stack(labels),
                                  target_positions=torch.stack(tpos))

@@ -20,7 +20,11 @@ Metrics (greedy, teacher-forced: every slot is conditioned on the true previous 
   count α = 0, so blocks cut by the end of the loss span under-count.
 
 Eagle3, per TTT step s with weight ``step_loss_decay**s``: soft cross-entropy against the
-target distribution, -Σ_v p_t log p_d; accuracy@s = draft argmax == target argmax.
+target distribution, -Σ_v p_t log p_d, summed over supervised positions and divided by B·T of the
+micro-batch (DeepSpec's ``local_mean``: every sequence weighs the same at local batch 1; a global
+token mean lets long sequences dominate, which DeepSpec found to degrade acceptance). So an
+Eagle3 micro-batch contributes its loss with weight 1 and the trainer averages micro-batches and
+ranks. accuracy@s = draft argmax == target argmax.
 """
 
 from __future__ import annotations
@@ -90,8 +94,8 @@ def eagle3_loss(*, logits: torch.Tensor, target_logits: torch.Tensor, step_mask:
                 step_loss_decay: float = 0.8) -> dict[str, torch.Tensor]:
     """TTT loss sums for step logits [S, ..., V] (step first) and step_mask [S, ...].
 
-    Returns ``loss_sum`` (differentiable, Σ_s decay^s Σ soft-CE), ``weight_sum`` (Σ_s decay^s·count_s),
-    ``step_ce_sum`` [S], ``step_correct`` [S], ``step_count`` [S].
+    Returns ``loss_sum`` (differentiable, Σ_s decay^s · Σ soft-CE / (B·T)), ``weight_sum`` (1: one
+    micro-batch), ``step_ce_sum`` [S], ``step_correct`` [S], ``step_count`` [S].
     """
     assert logits.shape == target_logits.shape, (
         f"draft logits {tuple(logits.shape)} and target logits {tuple(target_logits.shape)} must match")
@@ -107,7 +111,8 @@ def eagle3_loss(*, logits: torch.Tensor, target_logits: torch.Tensor, step_mask:
     step_count = mask.reshape(S, -1).sum(1)
     with torch.no_grad():
         correct = ((logits.argmax(-1) == target_logits.argmax(-1)).float() * mask).reshape(S, -1).sum(1)
-    return {"loss_sum": (decay * step_ce).sum(), "weight_sum": (decay * step_count).sum(),
+    positions = mask[0].numel()  # B·T of this micro-batch (padding included, as DeepSpec)
+    return {"loss_sum": (decay * step_ce).sum() / positions, "weight_sum": torch.ones((), device=logits.device),
             "step_ce_sum": step_ce.detach(), "step_correct": correct, "step_count": step_count}
 
 

@@ -4,8 +4,11 @@
 ``deepspec.models.load_draft`` and in the public DeepSpec layout), ``training_state.pt``
 (optimizer, scheduler, per-rank RNG states, data position, resolved config) and
 ``train_config.json`` (the same config, human-readable). A checkpoint is written into a hidden
-temp folder and renamed into place, then ``step_latest`` (a one-line text file naming the folder)
-is replaced atomically; a crash at any point leaves the previous checkpoint as the latest.
+temp folder and renamed into place, then ``step_latest`` -- a relative symlink to the newest complete
+``step_N`` -- is replaced atomically; a crash at any point leaves the previous checkpoint as the latest.
+``<checkpoint_dir>/step_latest`` is therefore itself a draft folder: pass it as-is to ``eval.py``,
+``from_pretrained`` / ``load_draft`` or an engine (``vllm serve``), as with the public DeepSpec release.
+Earlier versions wrote ``step_latest`` as a one-line text file naming the folder; resuming still reads it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepspec.fsio import atomic_write, fsync_dir
+from deepspec.fsio import fsync_dir
 
 LATEST_NAME = "step_latest"
 STATE_NAME = "training_state.pt"
@@ -62,21 +65,48 @@ def complete_steps(root: str | os.PathLike) -> list[int]:
     return sorted(steps)
 
 
-def latest_checkpoint(root: str | os.PathLike) -> Path | None:
-    """The folder ``step_latest`` names; if the pointer is missing or stale, the newest complete folder."""
-    root = Path(root)
+def _latest_name(root: Path) -> str | None:
+    """What ``step_latest`` names: the symlink's target, or the folder an old-style text pointer names."""
     pointer = root / LATEST_NAME
-    if pointer.is_file():
-        folder = root / pointer.read_text().strip()
+    if pointer.is_symlink():
+        return os.readlink(pointer)
+    if pointer.is_file():  # written by earlier versions: a one-line text file naming the folder
+        return pointer.read_text().strip()
+    return None
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The ``step_N`` folder ``step_latest`` points at; if it is missing, dangling or names an
+    incomplete folder, the newest complete folder (None when there is none)."""
+    root = Path(root)
+    name = _latest_name(root)
+    if name:
+        folder = root / name
         if (folder / STATE_NAME).is_file():
             return folder
     steps = complete_steps(root)
     return step_dir(root, steps[-1]) if steps else None
 
 
+def point_latest(root: str | os.PathLike, folder_name: str) -> None:
+    """Make ``<root>/step_latest`` a relative symlink to ``folder_name``, replacing the old one atomically.
+
+    The new link is made under a temp name in the same folder and renamed over the old one (a
+    rename replaces a symlink or an old text pointer in one step), so there is no moment without
+    a ``step_latest``. Relative, so the checkpoint folder can be moved or mounted elsewhere.
+    """
+    root = Path(root)
+    tmp = root / f".{LATEST_NAME}.tmp"
+    if tmp.is_symlink() or tmp.exists():  # left over by a crash between symlink and rename
+        tmp.unlink()
+    os.symlink(folder_name, tmp)
+    os.replace(tmp, root / LATEST_NAME)
+    fsync_dir(root)
+
+
 def save_checkpoint(*, root: str | os.PathLike, step: int, model, model_state: dict, training_state: dict,
                     config: dict, keep_last: int | None = None) -> Path:
-    """Write ``step_N`` atomically and point ``step_latest`` at it (call on rank 0 only)."""
+    """Write ``step_N`` atomically and point the ``step_latest`` symlink at it (call on rank 0 only)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = step_dir(root, step)
@@ -92,10 +122,11 @@ def save_checkpoint(*, root: str | os.PathLike, step: int, model, model_state: d
         shutil.rmtree(final)
     os.rename(tmp, final)
     fsync_dir(root)
-    atomic_write(root / LATEST_NAME, final.name + "\n")
+    point_latest(root, final.name)
     if keep_last:
         for old in complete_steps(root)[:-keep_last]:
-            shutil.rmtree(step_dir(root, old), ignore_errors=True)
+            if old != step:  # never the folder step_latest points at (it may not be the highest step)
+                shutil.rmtree(step_dir(root, old), ignore_errors=True)
     return final
 
 

@@ -56,7 +56,10 @@ class CacheDataset(Dataset):
 
 
 def collate(samples: list[dict]) -> dict:
-    """Right-pad to the batch's longest sample (padding: token 0, loss mask off, zero states)."""
+    """Right-pad to the batch's longest sample (padding: token 0, loss mask off, zero states).
+
+    ``attention_mask`` [B, T] marks the real tokens (Eagle3 needs each row's last valid token).
+    """
     T = max(int(s["input_ids"].shape[0]) for s in samples)
     B = len(samples)
     ex = samples[0]
@@ -70,6 +73,7 @@ def collate(samples: list[dict]) -> dict:
         n = int(s["input_ids"].shape[0])
         for key in out:
             out[key][b, :n] = s[key]
+    out["attention_mask"] = torch.arange(T)[None, :] < torch.tensor([int(s["input_ids"].shape[0]) for s in samples])[:, None]
     out["num_tokens"] = sum(int(s["input_ids"].shape[0]) for s in samples)
     return out
 

@@ -18,12 +18,13 @@ import warnings
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file
 
 from deepspec.data.target_cache import TargetCache
 from deepspec.models import (
-    build_draft, draft_config_from_target, eagle3_loss, parallel_draft_loss, sample_anchors, summarize,
+    DraftLoadError, build_draft, load_state_strict, draft_config_from_target, eagle3_loss, parallel_draft_loss, sample_anchors, summarize,
 )
+from deepspec.models.loading import read_safetensors
+from deepspec.precision import resolve_precision
 from deepspec.targets import family_of, load_frozen_target_pieces, load_target_config
 from deepspec.training import checkpoint as ckpt
 from deepspec.training.data import CacheDataset, DataError, StepSampler, build_loader, layer_columns
@@ -109,7 +110,10 @@ class Trainer:
         if latest:
             state = ckpt.load_training_state(latest)
             ckpt.check_resume_config(saved=state["config"], current=self.cfg_dict, folder=latest)
-            self.draft.load_state_dict(load_file(f"{latest}/model.safetensors"), strict=True)
+            try:
+                load_state_strict(self.draft, read_safetensors(latest), source=str(latest))
+            except DraftLoadError as exc:
+                raise TrainingError(f"cannot resume: {exc}") from None
         self.draft.to(self.device).train()
         self.strategy = resolve_sharding(t.sharding_strategy, self.device, warn=info.is_main)
         self.model = wrap_model(self.draft, strategy=self.strategy, info=info)
@@ -189,7 +193,8 @@ class Trainer:
 
     def train_step(self, batches) -> tuple[dict, float]:
         t = self.cfg.train
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+        bf16 = resolve_precision(t.precision, self.device) == "bf16"
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
         totals: dict[str, torch.Tensor] = {}
         wait = 0.0
         num_tokens = 0
@@ -302,7 +307,8 @@ class Eagle3Trainer(Trainer):
     def compute_sums(self, batch, *, generator):
         m = self.cfg.model
         out = self.model(input_ids=batch["input_ids"], hidden_states=batch["hidden_states"],
-                         loss_mask=batch["loss_mask"], attention_backend=m.attention_backend)
+                         loss_mask=batch["loss_mask"], attention_mask=batch["attention_mask"],
+                         attention_backend=m.attention_backend)
         target_logits = self._target_logits(lambda: self.draft.gather_target_logits(batch["last_hidden_state"],
                                                                                     out.target_positions))
         return eagle3_loss(logits=out.logits, target_logits=target_logits, step_mask=out.step_mask,

@@ -5,6 +5,7 @@
 #   CUDA_VISIBLE_DEVICES GPUs (one worker per visible GPU shards the prompts; default: all)
 # Extra arguments go to eval.py, e.g.:
 #   draft_name_or_path=runs/quickstart/checkpoints/dspark bash scripts/eval/eval.sh --tasks gsm8k:20 --temperature 0
+#   ... --confidence-threshold 0.5   (DeepSpec's rule: cut the block at the first slot with confidence < 0.5)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../env.sh"  # the virtualenv; cds to the repo root
 args=()

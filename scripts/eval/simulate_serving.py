@@ -77,7 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fixed-lengths", type=_list(int), default=None,
                         help="fixed proposal lengths to compare (default: γ,3,1)")
     parser.add_argument("--thresholds", type=_list(float), default=[0.3, 0.5, 0.7],
-                        help="static prefix-survival thresholds to compare (default: 0.3,0.5,0.7)")
+                        help="static confidence thresholds to compare (default: 0.3,0.5,0.7)")
+    parser.add_argument("--rule", choices=("per-slot", "cumulative"), default="per-slot",
+                        help="threshold rule: per-slot c_k >= t (eval.py --confidence-threshold, DeepSpec's) or "
+                             "cumulative prefix survival a_k >= t (eval.py --survival-threshold); default per-slot")
     parser.add_argument("--seed", type=int, default=0, help="trace sampling seed (default: 0)")
     parser.add_argument("--output-dir", type=pathlib.Path, default=pathlib.Path("serving_sim"),
                         help="where simulation.json and the plots go (default: ./serving_sim)")
@@ -184,7 +187,8 @@ def simulate(traces: Traces, policy, *, concurrency: int, steps: int, cost_table
 
 
 def make_policies(args, *, gamma: int, cost_table, has_confidences: bool) -> list:
-    from deepspec.decoding.scheduler import FixedLength, PrefixScheduler, StaticThreshold
+    from deepspec.decoding.scheduler import (CumulativeThreshold, FixedLength, PerSlotThreshold,
+                                             PrefixScheduler)
 
     lengths = args.fixed_lengths or [gamma, 3, 1]
     lengths = list(dict.fromkeys(min(L, gamma) for L in lengths))
@@ -193,7 +197,8 @@ def make_policies(args, *, gamma: int, cost_table, has_confidences: bool) -> lis
         policies += [PrefixScheduler(cost_table), PrefixScheduler(cost_table, asynchronous=True)]
     policies += [FixedLength(L) for L in lengths]
     if has_confidences:
-        policies += [StaticThreshold(t) for t in args.thresholds]
+        threshold = PerSlotThreshold if args.rule == "per-slot" else CumulativeThreshold
+        policies += [threshold(t) for t in args.thresholds]
     else:
         print("note: traces carry no conf_logits; only fixed-length policies are simulated")
     return policies
@@ -324,7 +329,7 @@ def main(argv=None) -> int:
                "skipped_rounds": traces.skipped, "rounds_files": [str(p) for p in args.rounds],
                "calibration": str(args.calibration) if args.calibration else None,
                "draft_time_ms": args.draft_time_ms, "seed": args.seed, "cost_table": cost_table.to_dict(),
-               "results": results,
+               "threshold_rule": args.rule, "results": results,
                "gains": {n: {**{k: v for k, v in g.items() if k != "matched_interactivity"},
                              "matched_interactivity": {str(R): v for R, v in g["matched_interactivity"].items()}}
                          for n, g in gain.items()}}

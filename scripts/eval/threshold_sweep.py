@@ -2,10 +2,14 @@
 """Accepted vs rejected draft tokens per step as the confidence threshold grows (paper Figure 5).
 
 Replays rounds recorded by eval.py with --confidence-threshold 0: at threshold t a round would have proposed
-ℓ = the number of leading slots with prefix survival a_k >= t, accepted min(accepted, ℓ) of them
-and rejected the rest. The replay is exact per round (the target's verdict on slot k does not
-depend on later slots), so no target is needed. a_k uses the STS temperatures from
-<draft>/calibration.json when --draft_name_or_path has one (see scripts/eval/calibrate.py).
+ℓ slots, accepted min(accepted, ℓ) of them and rejected the rest. --rule picks ℓ:
+    per-slot    (default) the index of the first slot with c_k < t (eval.py --confidence-threshold,
+                DeepSpec's rule)
+    cumulative  the number of leading slots with prefix survival a_k = Π_{i≤k} c_i >= t
+                (eval.py --survival-threshold)
+The replay is exact per round (the target's verdict on slot k does not depend on later slots), so
+no target is needed. c_k uses the STS temperatures from <draft>/calibration.json when
+--draft_name_or_path has one (see scripts/eval/calibrate.py).
 
 Per threshold: accepted and rejected draft tokens per step, acceptance rate (Σ accepted / Σ ℓ),
 committed tokens per step (accepted + the target's own token) and mean proposal length ℓ.
@@ -17,6 +21,7 @@ Examples:
     python scripts/eval/threshold_sweep.py --rounds outputs/eval/dspark/rounds.jsonl \\
         --draft_name_or_path checkpoints/dspark/exp/step_latest
     python scripts/eval/threshold_sweep.py --rounds rounds.jsonl --no-calibration --thresholds 0 0.3 0.5
+    python scripts/eval/threshold_sweep.py --rounds rounds.jsonl --rule cumulative
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ sys.path.insert(0, str(REPO_ROOT))  # deepspec may not be pip-installed
 from deepspec.decoding.calibration import (  # noqa: E402
     CALIBRATION_FILE, CalibrationError, calibration_arrays, load_calibration, read_rounds, to_jsonable,
 )
-from deepspec.decoding.threshold import DEFAULT_THRESHOLDS, plot_threshold_sweep, sweep_thresholds  # noqa: E402
+from deepspec.decoding.threshold import (  # noqa: E402
+    DEFAULT_THRESHOLDS, RULES, plot_threshold_sweep, sweep_thresholds,
+)
 from deepspec.fsio import atomic_write  # noqa: E402
 
 
@@ -49,8 +56,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="draft checkpoint folder; its calibration.json (if any) sets the STS temperatures")
     p.add_argument("--no-calibration", action="store_true",
                    help="use the raw confidence head (temperature 1) even if calibration.json exists")
+    p.add_argument("--rule", choices=RULES, default="per-slot",
+                   help="per-slot: cut at the first c_k < t (eval.py --confidence-threshold, DeepSpec's; default); "
+                        "cumulative: keep slots while a_k = Π c_i >= t (eval.py --survival-threshold)")
     p.add_argument("--thresholds", nargs="+", type=float, default=list(DEFAULT_THRESHOLDS), metavar="T",
-                   help="thresholds on a_k to replay, each in [0, 1] (default 0.0 0.1 ... 0.9)")
+                   help="thresholds to replay, each in [0, 1] (default 0.0 0.1 ... 0.9)")
     p.add_argument("--output-dir", metavar="DIR",
                    help="where threshold_sweep.json / .png go (default: folder of the first rounds file)")
     args = p.parse_args(argv)
@@ -82,32 +92,32 @@ def main(argv=None) -> None:
         if short > 0.2 * len(accepted):
             print(f"warning: {short} of {len(accepted)} rounds proposed fewer than gamma={gamma} slots; "
                   "were they recorded with a threshold > 0? The replay assumes threshold-0 rounds.")
-        results = sweep_thresholds(logits, accepted, thresholds=args.thresholds, temperatures=temps,
+        results = sweep_thresholds(logits, accepted, thresholds=args.thresholds, rule=args.rule, temperatures=temps,
                                    proposal_len=proposal_len)
         per_task = {}
         for task in sorted({r["task"] for r in rounds}):
             task_rounds = [r for r in rounds if r["task"] == task and r["conf_logits"] is not None]
             if task_rounds:
                 tl, ta, tp = calibration_arrays(task_rounds, full_blocks_only=False)
-                per_task[task] = sweep_thresholds(tl, ta, thresholds=args.thresholds, temperatures=temps,
-                                                  proposal_len=tp)
+                per_task[task] = sweep_thresholds(tl, ta, thresholds=args.thresholds, rule=args.rule,
+                                                  temperatures=temps, proposal_len=tp)
     except CalibrationError as e:
         fail(str(e))
 
-    print(f"rounds: {len(accepted)} with confidence logits, gamma {gamma}, calibration: {source}")
+    print(f"rounds: {len(accepted)} with confidence logits, gamma {gamma}, calibration: {source}, rule: {args.rule}")
     print(f"{'thresh':>6} {'accepted/step':>13} {'rejected/step':>13} {'accept rate':>11} "
           f"{'committed/step':>14} {'mean ℓ':>7}")
     for r in results:
         rate = "n/a" if r["acceptance_rate"] != r["acceptance_rate"] else f"{r['acceptance_rate']:.1%}"
         print(f"{r['threshold']:6.2f} {r['avg_accepted']:13.3f} {r['avg_rejected']:13.3f} {rate:>11} "
               f"{r['avg_committed']:14.3f} {r['avg_proposal_len']:7.2f}")
-    report = {"rounds_files": [str(p) for p in args.rounds], "gamma": gamma, "calibration": source,
+    report = {"rounds_files": [str(p) for p in args.rounds], "gamma": gamma, "rule": args.rule, "calibration": source,
               "temperatures": temps, "results": results, "per_task": per_task}
     json_path = out_dir / "threshold_sweep.json"
     atomic_write(json_path, json.dumps(to_jsonable(report), indent=2) + "\n")
     png_path = out_dir / "threshold_sweep.png"
     plot_threshold_sweep(results, path=png_path,
-                         title=f"threshold sweep (gamma {gamma}, {'STS' if temps else 'uncalibrated'})")
+                         title=f"{args.rule} threshold sweep (gamma {gamma}, {'STS' if temps else 'uncalibrated'})")
     print(f"wrote {json_path} and {png_path}")
 
 
