@@ -51,6 +51,10 @@ _EAGLE3_FIELDS = {
 }
 
 
+# Gemma 4 keys that transformers >= 5.16 folds into per_layer_config (see DraftConfig.to_dict).
+_GEMMA4_FLAT_KEYS = ("global_head_dim", "num_global_key_value_heads")
+
+
 class DraftConfigError(ValueError):
     """A draft config that cannot work; the message says which key to change."""
 
@@ -69,6 +73,19 @@ class DraftConfig:
         self.tie_word_embeddings = False  # embedding and LM head are separate frozen copies of the target's
         # No validation here: transformers builds default instances (no target_layer_ids) internally;
         # the draft models call validate_draft() when they are built.
+
+    def to_dict(self):
+        out = super().to_dict()
+        # Gemma 4 under transformers >= 5.16 keeps the full-attention head dim / kv heads only in
+        # per_layer_config; DeepSpec's release (transformers 5.10) and vLLM read the flat keys, so write
+        # both (our loader ignores the flat keys when per_layer_config is present).
+        layers = out.get("per_layer_config") or {}
+        first = layers.get("0", layers.get(0))
+        if out.get("model_type", "").startswith("gemma4") and first:
+            out.setdefault("global_head_dim", int(first.get("head_dim", out.get("head_dim"))))
+            out.setdefault("num_global_key_value_heads",
+                           int(first.get("num_key_value_heads", out.get("num_key_value_heads"))))
+        return out
 
     @property
     def num_context_features(self) -> int:
@@ -156,7 +173,11 @@ def draft_config_from_dict(config_dict: Mapping[str, Any]):
     data = dict(config_dict)
     cls = draft_config_class(data.pop("model_type"), draft_config_kind(data))
     data.pop("transformers_version", None)
-    return cls(**data)
+    config = cls(**data)
+    for key in _GEMMA4_FLAT_KEYS:  # transformers folds them into per_layer_config; keep them for re-export
+        if key in config_dict:
+            setattr(config, key, config_dict[key])
+    return config
 
 
 def load_draft_config(path):
