@@ -43,11 +43,10 @@ def build_draft(config):
 def load_draft(path, **kwargs):
     """Load any saved draft strictly: a folder (``config.json`` + ``model.safetensors``) or a hub id.
 
-    ``kwargs``: ``config``, ``dtype``, ``device`` (see ``DraftPreTrainedModel.from_pretrained``).
-    A tensor that does not fit is a :class:`~deepspec.models.loading.DraftLoadError` naming it.
+    ``kwargs``: ``config``, ``dtype``, ``device``. The class comes from the config's architecture
+    (see ``DraftPreTrainedModel.from_pretrained``); a tensor that does not fit is a
+    :class:`~deepspec.models.loading.DraftLoadError` naming it.
     """
-    from deepspec.models.loading import resolve_draft_folder
+    from deepspec.models.blocks import DraftPreTrainedModel
 
-    folder = resolve_draft_folder(path)
-    config = kwargs.pop("config", None) or load_draft_config(folder)
-    return _model_class(config).from_pretrained(folder, config=config, **kwargs)
+    return DraftPreTrainedModel.from_pretrained(path, **kwargs)

@@ -327,7 +327,11 @@ class DraftPreTrainedModel(PreTrainedModel):
         folder = resolve_draft_folder(pretrained_model_name_or_path)
         config = config if config is not None else load_draft_config(folder)
         arch = (config.architectures or [None])[0]
-        model_cls = DraftPreTrainedModel._family_classes.get(arch, cls)
+        model_cls = DraftPreTrainedModel._family_classes.get(arch)
+        if model_cls is None:  # no (known) architecture name: the algorithm's generic class
+            from deepspec.models import _model_class
+
+            model_cls = _model_class(config)
         if not issubclass(model_cls, cls):
             raise ValueError(f"{pretrained_model_name_or_path} holds a {arch}, not a {cls.__name__}; "
                              "use deepspec.models.load_draft to load any draft")
