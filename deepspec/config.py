@@ -32,6 +32,8 @@ import re
 
 import yaml
 
+from deepspec.errors import DeepSpecError
+
 REQUIRED_SECTIONS = ("model", "train", "logging", "data")
 REQUIRED_TOP_LEVEL = ("project_name", "exp_name", "seed")
 ALGORITHMS = ("dspark", "dflash", "eagle3")
@@ -56,7 +58,7 @@ _OverrideLoader.add_implicit_resolver(
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(DeepSpecError, ValueError):
     """A config file or an override is wrong; the message says how to fix it."""
 
 

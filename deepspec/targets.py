@@ -24,6 +24,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from deepspec.errors import DeepSpecError
+
 # Modules whose decoder blocks the draft reuses; resolved lazily (transformers import is slow).
 _BLOCK_MODULES = {
     "qwen3": "transformers.models.qwen3.modeling_qwen3",
@@ -31,7 +33,7 @@ _BLOCK_MODULES = {
 }
 
 
-class TargetError(ValueError):
+class TargetError(DeepSpecError, ValueError):
     """The target or the requested layers do not fit; the message says what to change."""
 
 

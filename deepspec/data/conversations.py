@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence, Union
 
+from deepspec.errors import DeepSpecError
 from deepspec.fsio import fsync_dir
 
 __all__ = [
@@ -72,7 +73,7 @@ SKIP_REASONS = {
 }
 
 
-class DataError(ValueError):
+class DataError(DeepSpecError, ValueError):
     """A training-data problem; ``reason`` is a key of :data:`SKIP_REASONS`."""
 
     def __init__(self, message: str, *, reason: str, where: str = ""):

@@ -44,6 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from deepspec.errors import DeepSpecError
 from deepspec.fsio import atomic_write, fsync_dir
 
 __all__ = [
@@ -71,7 +72,7 @@ _WRITEBACK_BYTES = 32 << 20
 _FADVISE = getattr(os, "posix_fadvise", None)  # Linux; elsewhere fsync alone does the work
 
 
-class TargetCacheError(RuntimeError):
+class TargetCacheError(DeepSpecError, RuntimeError):
     """The cache is missing, incomplete, corrupt, or cannot be built as asked."""
 
 

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from deepspec.errors import DeepSpecError
 from deepspec.fsio import atomic_write
 
 CALIBRATION_FILE = "calibration.json"
 ROUND_KEYS = ("task", "prompt_index", "round", "gamma", "proposal_len", "accepted", "conf_logits")
 
 
-class CalibrationError(ValueError):
+class CalibrationError(DeepSpecError, ValueError):
     """Unusable rounds or calibration file; the message says what to do."""
 
 

@@ -37,11 +37,12 @@ import numpy as np
 import torch
 
 from deepspec.decoding.threshold import cumulative_lengths, per_slot_lengths
+from deepspec.errors import DeepSpecError
 
 PROFILE_HINT = "run scripts/eval/profile_engine.py to measure one for your target and device"
 
 
-class SchedulerError(ValueError):
+class SchedulerError(DeepSpecError, ValueError):
     """A policy or cost table that cannot work; the message says what to change."""
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
+from deepspec.errors import DeepSpecError
 from deepspec.eval.tasks import DOMAINS, task_domain
 
 
-class MetricsError(ValueError):
+class MetricsError(DeepSpecError, ValueError):
     """Round records that cannot come from a correct engine; the message names the bad record."""
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
+from deepspec.errors import DeepSpecError
 from deepspec.eval.tasks import TaskSpec, domains_of, load_prompts
 
 
-class EvalSetupError(ValueError):
+class EvalSetupError(DeepSpecError, ValueError):
     """A draft / target / flag combination that cannot run; the message says what to change."""
 
 

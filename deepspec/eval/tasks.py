@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from deepspec.errors import DeepSpecError
+
 # name -> (paper sample count, domain), in the paper's table order.
 KNOWN_TASKS: dict[str, tuple[int, str]] = {
     "gsm8k": (500, "math"),
@@ -35,7 +37,7 @@ BUILD_HINT = "python eval_datasets/build_eval_datasets.py"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class EvalDataError(ValueError):
+class EvalDataError(DeepSpecError, ValueError):
     """The requested tasks or their prompt files are unusable; the message says what to change."""
 
 

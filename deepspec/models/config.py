@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Mapping
 
+from deepspec.errors import DeepSpecError
 from deepspec.targets import family_of, validate_layer_ids
 
 DSPARK = "dspark"
@@ -55,7 +56,7 @@ _EAGLE3_FIELDS = {
 _GEMMA4_FLAT_KEYS = ("global_head_dim", "num_global_key_value_heads")
 
 
-class DraftConfigError(ValueError):
+class DraftConfigError(DeepSpecError, ValueError):
     """A draft config that cannot work; the message says which key to change."""
 
 

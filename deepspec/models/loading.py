@@ -16,12 +16,14 @@ from pathlib import Path
 
 import torch
 
+from deepspec.errors import DeepSpecError
+
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 _SHOW = 8  # names listed per kind of problem
 
 
-class DraftLoadError(ValueError):
+class DraftLoadError(DeepSpecError, ValueError):
     """A checkpoint does not fit the draft it claims to be; the message names the tensors."""
 
 

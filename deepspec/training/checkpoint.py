@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepspec.errors import DeepSpecError
 from deepspec.fsio import fsync_dir
 
 LATEST_NAME = "step_latest"
@@ -31,7 +32,7 @@ CONFIG_NAME = "train_config.json"
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
 
-class ResumeError(ValueError):
+class ResumeError(DeepSpecError, ValueError):
     """The checkpoint cannot be resumed with this config; the message says what to change."""
 
 

@@ -15,9 +15,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from deepspec.data.target_cache import TargetCache
+from deepspec.errors import DeepSpecError
 
 
-class DataError(ValueError):
+class DataError(DeepSpecError, ValueError):
     """The cache cannot feed this config; the message says which numbers to change."""
 
 

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from deepspec.data.target_cache import TargetCache
+from deepspec.errors import DeepSpecError
 from deepspec.models import (
     DraftLoadError, build_draft, load_state_strict, draft_config_from_target, eagle3_loss, parallel_draft_loss, sample_anchors, summarize,
 )
@@ -35,7 +36,7 @@ from deepspec.training.metrics import MetricsLogger
 from deepspec.training.schedule import build_scheduler
 
 
-class TrainingError(ValueError):
+class TrainingError(DeepSpecError, ValueError):
     """A config / data problem found before the first step; the message says what to change."""
 
 
