@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from deepspec.errors import cli_main
+
 
 def parse_args(argv=None):
     from deepspec.eval.tasks import KNOWN_TASKS
@@ -85,18 +87,15 @@ def parse_args(argv=None):
     return args
 
 
+@cli_main
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from deepspec.eval.runner import EvalOptions, EvalSetupError, run_eval
-    from deepspec.eval.tasks import EvalDataError, parse_tasks
+    from deepspec.eval.runner import EvalOptions, run_eval
+    from deepspec.eval.tasks import parse_tasks
 
-    try:
-        tasks, skipped = parse_tasks(args.tasks, eval_data_dir=args.eval_data_dir)
-    except EvalDataError as exc:
-        print(f"eval.py: {exc}", file=sys.stderr)
-        return 2
+    tasks, skipped = parse_tasks(args.tasks, eval_data_dir=args.eval_data_dir)
     for line in skipped:
         print(f"[eval] {line}", file=sys.stderr)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -112,8 +111,8 @@ def main(argv=None) -> int:
                        progress=not args.no_progress)
     try:
         run_eval(opts)
-    except (EvalSetupError, ValueError, OSError) as exc:
-        print(f"eval.py: {exc}", file=sys.stderr)
+    except OSError as exc:  # unreadable file, full disk: the user's to fix; project errors go through cli_main
+        print(f"eval.py: error: {exc}", file=sys.stderr)
         return 2
     print(f"[eval] wrote {opts.output_dir}/results.json, table.md, rounds.jsonl and plots")
     return 0

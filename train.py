@@ -19,15 +19,15 @@ from typing import Callable, Sequence
 
 import torch
 
-from deepspec.config import ConfigError, ConfigNode, load_config
+from deepspec.config import ConfigNode, add_opts_argument, load_config
+from deepspec.errors import cli_main
 from deepspec.training.distributed import DistInfo, launch, plan_launch
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="config file, e.g. config/dspark/dspark_tiny.py")
-    p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides, e.g. train.lr=3e-4 logging.checkpointing_steps=500")
+    add_opts_argument(p)
     p.add_argument("--target-cache-dir", default=None,
                    help="target cache folder (default: data.target_cache_path of the config)")
     p.add_argument("--nproc", type=int, default=None,
@@ -72,13 +72,10 @@ def run_training(cfg, *, cache_dir: str | None = None, device: str | None = None
     return launch(fn, plan)
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(args.config, opts=args.opts)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, opts=args.opts)
     run_training(cfg, cache_dir=args.target_cache_dir, device=args.device, nproc=args.nproc,
                  stop_after_step=args.stop_after_steps, progress=not args.no_progress)
     return 0

@@ -112,6 +112,13 @@ def _unwrap(value: Any) -> Any:
     return value
 
 
+def add_opts_argument(parser, *, example: str = "train.lr=3e-4 logging.checkpointing_steps=500") -> None:
+    """``--opts k=v [k=v ...]``, repeatable: ``--opts a=1 --opts b=2`` keeps both, in order."""
+    parser.add_argument("--opts", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help=f"config overrides, applied in order; repeat the flag or list several "
+                             f"(e.g. --opts {example})")
+
+
 def _is_config_name(name: str, value: Any) -> bool:
     if name.startswith("_") or name.isupper():
         return False
@@ -246,8 +253,57 @@ def load_config(path: str | os.PathLike, *, opts: Iterable[str] = ()) -> ConfigN
     return cfg
 
 
+# (dotted key, kind, lower bound, bound inclusive?, may be null) for every numeric field; checked once here.
+_NUMERIC_FIELDS = (
+    ("train.lr", float, 0, False, False),
+    ("train.warmup_ratio", float, 0, True, False),
+    ("train.weight_decay", float, 0, True, False),
+    ("train.local_batch_size", int, 1, True, False),
+    ("train.global_batch_size", int, 1, True, False),
+    ("train.num_train_epochs", int, 0, True, True),
+    ("train.max_train_steps", int, 1, True, True),
+    ("train.max_grad_norm", float, 0, False, True),
+    ("data.max_length", int, 2, True, False),
+    ("data.min_loss_tokens", int, 1, True, False),
+    ("data.num_workers", int, 0, True, False),
+    ("logging.logging_steps", int, 1, True, False),
+    ("logging.checkpointing_steps", int, 0, True, True),
+    ("model.num_anchors", int, 1, True, False),
+    ("model.loss_decay_gamma", float, 0, False, True),
+    ("model.ce_loss_alpha", float, 0, True, False),
+    ("model.l1_loss_alpha", float, 0, True, False),
+    ("model.confidence_head_alpha", float, 0, True, False),
+)
+
+
+def _lookup(cfg: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _check_numbers(cfg: ConfigNode) -> None:
+    for key, kind, low, inclusive, nullable in _NUMERIC_FIELDS:
+        present, value = _lookup(cfg, key)
+        if not present or (value is None and nullable):
+            continue
+        number_ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            kind is float or float(value).is_integer())
+        if not number_ok or value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{key} must be a finite {'integer' if kind is int else 'number'}, got {value!r}")
+        if value < low or (value == low and not inclusive):
+            raise ConfigError(f"{key} must be {'>=' if inclusive else '>'} {low}, got {value!r}")
+    ratio = cfg.train.get("warmup_ratio")
+    if isinstance(ratio, (int, float)) and ratio > 1:
+        raise ConfigError(f"train.warmup_ratio is a fraction of all steps in [0, 1], got {ratio!r}")
+
+
 def validate_config(cfg: ConfigNode) -> None:
     """Checks that need no target model; the target-dependent ones live in targets.py."""
+    _check_numbers(cfg)
     model, train = cfg.model, cfg.train
     algo = model.get("algorithm")
     if algo not in ALGORITHMS:

@@ -40,3 +40,21 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
         return precision
     kind = torch.device(device).type
     return "bf16" if kind == "cuda" or (kind == "cpu" and cpu_has_native_bf16()) else "fp32"
+
+
+def describe_choice(precision: str, device: torch.device | str) -> dict:
+    """What ``precision`` resolves to on ``device`` and why, for markers, metrics and the one log line."""
+    chosen = resolve_precision(precision, device)
+    kind = torch.device(device).type
+    if precision != "auto":
+        why = f"{precision} as configured"
+    elif kind != "cpu":
+        why = f"{kind} device"
+    elif os.environ.get("DEEPSPEC_CPU_BF16") in ("0", "1"):
+        why = f"DEEPSPEC_CPU_BF16={os.environ['DEEPSPEC_CPU_BF16']}"
+    elif chosen == "bf16":
+        why = "CPU has native bf16 (" + "/".join(_NATIVE_BF16_FLAGS) + " in /proc/cpuinfo, or Apple silicon)"
+    else:
+        why = ("CPU lacks native bf16 (no " + "/".join(_NATIVE_BF16_FLAGS) + " in /proc/cpuinfo): "
+               "bf16 would be emulated at 7-16x the cost of fp32")
+    return {"requested": precision, "compute_dtype": chosen, "device": kind, "reason": why}

@@ -384,11 +384,12 @@ def _train(*, folder: pathlib.Path, steps: int, seed: int, log: Log | None) -> d
         gen = torch.Generator().manual_seed(seed)
         order, cursor = torch.randperm(len(train_blocks), generator=gen), 0
         loss_ema = None
-        from deepspec.precision import resolve_precision
+        from deepspec.precision import describe_choice
 
-        autocast_bf16 = resolve_precision("auto", "cpu") == "bf16"
-        say(f"[tiny-target] compute dtype {'bfloat16 (autocast)' if autocast_bf16 else 'float32'} "
-            "(this CPU's capability; DEEPSPEC_CPU_BF16=0/1 overrides)")
+        precision = describe_choice("auto", "cpu")
+        autocast_bf16 = precision["compute_dtype"] == "bf16"
+        say(f"[tiny-target] compute dtype {'bfloat16 (autocast)' if autocast_bf16 else 'float32'}: "
+            f"{precision['reason']} (DEEPSPEC_CPU_BF16=0/1 overrides)")
         t_train = time.perf_counter()
         bar = tqdm(range(steps), desc="tiny-target", unit="step", disable=log is None, dynamic_ncols=True)
         model.train()
@@ -428,7 +429,8 @@ def _train(*, folder: pathlib.Path, steps: int, seed: int, log: Log | None) -> d
                    "train_tokens": train_tokens, "val_tokens": val_tokens,
                    "val_tokens_scored": int(val_blocks.numel())},
         "training": {**cfg, "betas": list(cfg["betas"]), "warmup_steps": warmup, "threads": TRAIN_THREADS,
-                     "autocast": "bfloat16" if autocast_bf16 else "none", "saved_dtype": "float32"},
+                     "autocast": "bfloat16" if autocast_bf16 else "none", "saved_dtype": "float32",
+                     "precision": precision},
     }
 
 

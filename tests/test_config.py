@@ -139,3 +139,67 @@ def test_override_yaml_has_no_yes_no_booleans():
     assert parse_override("a=false")[1] is False
     assert parse_override("a=1e-4")[1] == pytest.approx(1e-4)
     assert parse_override("a=-2E3")[1] == -2000.0
+
+
+def test_opts_flag_repeats_and_lists():
+    """--opts a=1 --opts b=2 keeps both (README and DeepSpec's train.sh repeat the flag)."""
+    import argparse
+
+    from deepspec.config import add_opts_argument
+
+    p = argparse.ArgumentParser()
+    add_opts_argument(p)
+    args = p.parse_args(["--opts", "train.lr=1e-3", "seed=3", "--opts", "train.max_train_steps=7"])
+    assert args.opts == ["train.lr=1e-3", "seed=3", "train.max_train_steps=7"]
+    assert p.parse_args([]).opts == [] and p.parse_args([]).opts is not args.opts
+    cfg = load_config(ROOT / "config/dspark/dspark_tiny.py", opts=args.opts)
+    assert (cfg.train.lr, cfg.seed, cfg.train.max_train_steps) == (1e-3, 3, 7)
+
+
+def _bash_argv(script: str, args: list[str], tmp_path: Path) -> list[str]:
+    """The argv a wrapper script hands to python: a fake venv whose python prints its argv."""
+    import hashlib
+    import subprocess
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True, exist_ok=True)
+    (venv / "bin/python").write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+    (venv / "bin/python").chmod(0o755)
+    stamp = hashlib.sha256((ROOT / "requirements.txt").read_bytes() + (ROOT / "pyproject.toml").read_bytes())
+    (venv / ".deepspec-installed").write_text(stamp.hexdigest() + "\n")  # env.sh: nothing to install
+    env = dict(os.environ, DEEPSPEC_VENV=str(venv))
+    out = subprocess.run(["bash", str(ROOT / script), *args], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+@pytest.mark.parametrize("args", [["train.lr=1", "seed=2", "--nproc", "2"],
+                                  ["--opts", "train.lr=1", "--opts", "seed=2", "--nproc", "2"],
+                                  ["--nproc", "2", "--opts", "train.lr=1", "seed=2"]])
+def test_train_sh_passes_bare_and_opts_overrides(args, tmp_path):
+    argv = _bash_argv("scripts/train/train.sh", args, tmp_path)
+    assert argv[0] == "train.py"
+    assert argv[argv.index("--nproc") + 1] == "2"
+    assert argv[argv.index("--opts"):][1:3] == ["train.lr=1", "seed=2"] and argv.count("--opts") == 1
+
+
+def test_eval_sh_maps_name_value_to_flags(tmp_path):
+    argv = _bash_argv("scripts/eval/eval.sh", ["tasks=gsm8k:2", "--opts", "temperature=0", "--seed", "1"], tmp_path)
+    assert argv[1:] == ["--tasks", "gsm8k:2", "--temperature", "0", "--seed", "1"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.local_batch_size=0", "train.local_batch_size must be >= 1, got 0"),
+    ("train.global_batch_size=-4", "train.global_batch_size must be >= 1, got -4"),
+    ("train.lr=0", "train.lr must be > 0, got 0.0"),
+    ("train.lr=.nan", "train.lr must be a finite number, got nan"),
+    ("train.warmup_ratio=1.5", "train.warmup_ratio is a fraction of all steps in [0, 1], got 1.5"),
+    ("train.max_train_steps=0", "train.max_train_steps must be >= 1, got 0"),
+    ("data.max_length=1", "data.max_length must be >= 2, got 1"),
+    ("logging.logging_steps=0", "logging.logging_steps must be >= 1, got 0"),
+    ("model.num_anchors=0", "model.num_anchors must be >= 1, got 0"),
+])
+def test_numeric_fields_are_range_checked(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "config/dspark/dspark_tiny.py", opts=[override])
+    assert str(err.value) == message

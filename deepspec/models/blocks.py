@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from deepspec.targets import TargetFamily, family_of
+from deepspec.targets import TargetError, TargetFamily, family_of
 
 ATTENTION_BACKENDS = ("auto", "sdpa", "eager", "flex")
 
@@ -291,9 +291,9 @@ class DraftPreTrainedModel(PreTrainedModel):
         """Copy the frozen target embedding and LM head weights (e.g. ``load_frozen_target_pieces``)."""
         for mine, theirs, name in ((self.embed_tokens, embed, "embedding"), (self.lm_head, lm_head, "LM head")):
             if mine.weight.shape != theirs.shape:
-                raise ValueError(f"target {name} shape {tuple(theirs.shape)} != draft "
-                                 f"{tuple(mine.weight.shape)}; "
-                                 "build the draft config from this target (draft_config_from_target)")
+                raise TargetError(f"target {name} shape {tuple(theirs.shape)} != draft "
+                                  f"{tuple(mine.weight.shape)}; "
+                                  "build the draft config from this target (draft_config_from_target)")
             mine.weight.copy_(theirs)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -333,8 +333,10 @@ class DraftPreTrainedModel(PreTrainedModel):
 
             model_cls = _model_class(config)
         if not issubclass(model_cls, cls):
-            raise ValueError(f"{pretrained_model_name_or_path} holds a {arch}, not a {cls.__name__}; "
-                             "use deepspec.models.load_draft to load any draft")
+            from deepspec.models.loading import DraftLoadError
+
+            raise DraftLoadError(f"{pretrained_model_name_or_path} holds a {arch}, not a {cls.__name__}; "
+                                 "use deepspec.models.load_draft to load any draft")
         model = model_cls(config)
         load_state_strict(model, read_safetensors(folder), source=str(pretrained_model_name_or_path))
         dtype = dtype or torch_dtype

@@ -13,6 +13,7 @@ Subclasses (``DSparkTrainer``, ``Eagle3Trainer``) only say how a micro-batch bec
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import warnings
 from typing import Callable
@@ -25,7 +26,7 @@ from deepspec.models import (
     DraftLoadError, build_draft, load_state_strict, draft_config_from_target, eagle3_loss, parallel_draft_loss, sample_anchors, summarize,
 )
 from deepspec.models.loading import read_safetensors
-from deepspec.precision import resolve_precision
+from deepspec.precision import describe_choice
 from deepspec.targets import family_of, load_frozen_target_pieces, load_target_config
 from deepspec.training import checkpoint as ckpt
 from deepspec.training.data import CacheDataset, DataError, StepSampler, build_loader, layer_columns
@@ -132,6 +133,11 @@ class Trainer:
         self._saved_step = -1
         if state is not None:
             self._restore(state, latest)
+        # bf16 autocast only where it is fast (GPUs, CPUs with bf16 units); said once, recorded per log line.
+        choice = describe_choice(t.precision, self.device)
+        self.precision = choice["compute_dtype"]
+        if info.is_main:
+            print(f"[train] compute dtype {self.precision}: {choice['reason']}", file=sys.stderr)
         self.metrics = MetricsLogger(checkpoint_dir=self.ckpt_dir, tensorboard_dir=cfg.logging.tensorboard_dir,
                                      total_steps=self.total_steps, start_step=self.step, enabled=info.is_main,
                                      progress=progress)
@@ -175,7 +181,7 @@ class Trainer:
                 if self.step % log_every == 0 or self.step == self.total_steps:
                     elapsed = max(time.perf_counter() - window_t0, 1e-9)
                     last = {"step": self.step, "epoch": epoch, **record, "tokens_per_s": window_tokens / elapsed,
-                            "data_wait_fraction": min(1.0, window_wait / elapsed)}
+                            "data_wait_fraction": min(1.0, window_wait / elapsed), "precision": self.precision}
                     self.metrics.log(last)
                     window_t0, window_wait, window_tokens = time.perf_counter(), 0.0, 0
                 if (ckpt_every and self.step % ckpt_every == 0) or self.step == self.total_steps:
@@ -194,8 +200,7 @@ class Trainer:
 
     def train_step(self, batches) -> tuple[dict, float]:
         t = self.cfg.train
-        bf16 = resolve_precision(t.precision, self.device) == "bf16"
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         totals: dict[str, torch.Tensor] = {}
         wait = 0.0
         num_tokens = 0

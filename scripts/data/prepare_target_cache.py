@@ -19,14 +19,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from deepspec.config import load_config  # noqa: E402
+from deepspec.config import add_opts_argument, load_config  # noqa: E402
 from deepspec.data.cache_build import build_target_cache  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="training config (.py); gives target, layer ids, max_length")
-    p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. data.max_length=2048")
+    add_opts_argument(p, example="data.max_length=2048")
     p.add_argument("--train-data-path", action="append", default=None,
                    help="conversation JSONL file or folder (repeatable); default: data.train_data_paths")
     p.add_argument("--output-dir", default=None, help="cache folder; default: data.target_cache_path")

@@ -4,12 +4,23 @@
 #   target_cache_dir  target cache folder (default: data.target_cache_path of the config)
 #   CUDA_VISIBLE_DEVICES  GPUs to use (default: 0-7, one worker each)
 #   multi-node: RANK (node rank), WORLD_SIZE (node count), MASTER_ADDR, MASTER_PORT
-# Extra arguments are config overrides:  bash scripts/train/train.sh train.lr=3e-4 exp_name=try2
+# Extra arguments: config overrides, bare or after --opts (repeatable), and train.py flags:
+#   bash scripts/train/train.sh train.lr=3e-4 exp_name=try2
+#   bash scripts/train/train.sh --opts train.lr=3e-4 --opts exp_name=try2 --nproc 2
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../env.sh"  # the virtualenv; cds to the repo root
 export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0,1,2,3,4,5,6,7}"
 config_path="${config_path:-config/dspark/dspark_tiny.py}"
 args=(--config "$config_path")
 if [ -n "${target_cache_dir:-}" ]; then args+=(--target-cache-dir "$target_cache_dir"); fi
-if [ "$#" -gt 0 ]; then args+=(--opts "$@"); fi
+overrides=()
+for arg in "$@"; do
+  case "$arg" in
+    --opts) ;;                                   # DeepSpec's spelling: the overrides follow
+    -*) args+=("$arg") ;;                        # a train.py flag (e.g. --nproc)
+    *=*) overrides+=("$arg") ;;                  # key.path=value
+    *) args+=("$arg") ;;                         # a flag's value (e.g. the 2 of --nproc 2)
+  esac
+done
+if [ "${#overrides[@]}" -gt 0 ]; then args+=(--opts "${overrides[@]}"); fi
 exec python train.py "${args[@]}"
