@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -73,6 +74,15 @@ def parse_args(argv=None):
         p.error("--draft_name_or_path is required (or --self-draft GAMMA for the ceiling check)")
     if args.max_new_tokens < 1 or args.batch_size < 1:
         p.error("--max-new-tokens and --batch-size must be >= 1")
+    if args.self_draft < 0:
+        p.error(f"--self-draft must be >= 1 (γ, the tokens the target drafts for itself) or 0 (off), got {args.self_draft}")
+    if args.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        p.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if args.device and args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error(f"--device {args.device} but no GPU is visible; use --device cpu or check CUDA_VISIBLE_DEVICES")
     if args.temperature < 0:
         p.error("--temperature must be >= 0")
     from deepspec.eval.runner import EvalSetupError, policy_choice

@@ -19,7 +19,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from deepspec.config import ConfigNode, add_opts_argument, load_config
+from deepspec.cli import positive_int
+from deepspec.config import ConfigError, ConfigNode, add_opts_argument, load_config
 from deepspec.errors import cli_main
 from deepspec.training.distributed import DistInfo, launch, plan_launch
 
@@ -30,11 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_opts_argument(p)
     p.add_argument("--target-cache-dir", default=None,
                    help="target cache folder (default: data.target_cache_path of the config)")
-    p.add_argument("--nproc", type=int, default=None,
+    p.add_argument("--nproc", type=positive_int, default=None,
                    help="workers on this node (default: every visible GPU with --device cuda, else 1)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when a GPU is visible, else cpu")
-    p.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
+    p.add_argument("--stop-after-steps", type=positive_int, default=None, metavar="N",
                    help="save and stop after optimizer step N (as if interrupted); re-run to continue")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (metrics.jsonl is still written)")
     return p
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_cache_dir(cfg, cache_dir: str | None) -> str:
     path = cache_dir or cfg.data.get("target_cache_path")
     if not path:
-        raise SystemExit("no target cache: pass --target-cache-dir DIR or set data.target_cache_path "
+        raise ConfigError("no target cache: pass --target-cache-dir DIR or set data.target_cache_path "
                          "(build one with scripts/data/prepare_data.sh)")
     return str(path)
 

@@ -24,6 +24,8 @@ import uuid
 import zlib
 from typing import Callable
 
+from deepspec.errors import DeepSpecError
+
 ENDOFTEXT_ID = 0
 IM_START_ID = 1
 IM_END_ID = 2
@@ -32,6 +34,11 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>")
 VOCAB_SIZE = 4096
 MARKER_NAME = "deepspec_tiny_target.json"
 FORMAT_VERSION = 2  # 2: newlines are their own pre-tokens (see _trained_tokenizer_json)
+
+
+class TinyTargetError(DeepSpecError, ValueError):
+    """The tiny target cannot be built as asked; the message says what to change."""
+
 
 # Qwen-style ChatML; extra kwargs such as ``enable_thinking`` are accepted and ignored.
 CHAT_TEMPLATE = (
@@ -86,7 +93,7 @@ def default_tiny_target_dir() -> pathlib.Path:
 def steps_for_minutes(*, minutes: float) -> int:
     """Fixed optimizer-step count for a nominal CPU budget in minutes."""
     if minutes <= 0:
-        raise ValueError(f"minutes must be positive, got {minutes}")
+        raise TinyTargetError(f"minutes must be positive, got {minutes}")
     return max(1, round(minutes * STEPS_PER_MINUTE))
 
 
@@ -104,7 +111,7 @@ def _is_val_file(rel: str) -> bool:
 def _load_corpus(root: str) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
     base = pathlib.Path(root)
     if not base.is_dir():
-        raise FileNotFoundError(f"Python stdlib folder not found: {base}")
+        raise TinyTargetError(f"Python stdlib folder not found: {base}; the tiny target trains on the standard library's sources, so use a Python installed with them (not a stripped one)")
     files = sorted(base.rglob("*.py"), key=lambda p: p.relative_to(base).as_posix())
     train, val = [], []
     for path in files:
@@ -115,7 +122,7 @@ def _load_corpus(root: str) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[st
         text = path.read_bytes().decode("utf-8", errors="replace")
         (val if _is_val_file(rel) else train).append((rel, text))
     if not train or not val:
-        raise RuntimeError(f"stdlib corpus under {base} is too small ({len(train)} train / {len(val)} val files)")
+        raise TinyTargetError(f"stdlib corpus under {base} is too small ({len(train)} train / {len(val)} val files)")
     return tuple(train), tuple(val)
 
 
@@ -454,10 +461,10 @@ def _check_replaceable(out: pathlib.Path) -> None:
     if not out.exists():
         return
     if not out.is_dir():
-        raise FileExistsError(f"output path exists and is not a folder: {out}")
+        raise TinyTargetError(f"output path exists and is not a folder: {out}; pass a new folder with --output-dir")
     strangers = sorted(p.name for p in out.iterdir() if p.name not in _OWN_FILES)
     if strangers and read_marker(folder=out) is None:
-        raise FileExistsError(f"refusing to replace {out}: it is not a tiny-target folder "
+        raise TinyTargetError(f"refusing to replace {out}: it is not a tiny-target folder "
                               f"(unexpected entries: {', '.join(strangers[:5])})")
 
 
@@ -473,7 +480,7 @@ def build_tiny_target(*, output_dir: str | os.PathLike | None = None, minutes: f
     out = out.expanduser().absolute()
     steps = int(steps) if steps is not None else steps_for_minutes(minutes=minutes)
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise TinyTargetError(f"steps must be >= 1, got {steps}")
     say = log or (lambda _msg: None)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(out):

@@ -114,7 +114,7 @@ def test_random_target_loads_and_is_seeded(tmp_path):
 
 def test_refuses_to_replace_foreign_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not a tiny-target folder"):
+    with pytest.raises(tt.TinyTargetError, match="not a tiny-target folder"):
         tt.build_tiny_target(output_dir=tmp_path, steps=STEPS, log=None)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from deepspec.errors import DeepSpecError
+from deepspec.errors import DeepSpecError, check_outputs_apart
 from deepspec.eval.tasks import TaskSpec, domains_of, load_prompts
 
 
@@ -257,10 +257,24 @@ def decode_all(opts: EvalOptions) -> dict:
     return merged
 
 
+def check_output_dir(opts: EvalOptions) -> None:
+    """The report folder must be a folder, apart from the prompt files and the models it reads."""
+    out = opts.output_dir
+    if out.exists() and not out.is_dir():
+        raise EvalSetupError(f"--output-dir {out} is a file; pass a folder (it receives results.json, "
+                             "table.md, rounds.jsonl and plots)")
+    inputs = {str(task.path.parent) for task in opts.tasks}
+    inputs |= {p for p in (opts.target, opts.draft) if p and os.path.exists(os.path.expanduser(p))}
+    check_outputs_apart(inputs=sorted(inputs), outputs=[out], what="--output-dir")
+
+
 def run_eval(opts: EvalOptions) -> dict:
     """Decode, then write rounds.jsonl, results.json, table.md, plots (and outputs.jsonl)."""
     from deepspec.eval.diagnostics import write_reports
 
+    check_output_dir(opts)
+    if opts.draft and not opts.self_draft_gamma:
+        resolve_draft_dir(opts.draft)  # a wrong draft path fails before the target loads
     opts.output_dir.mkdir(parents=True, exist_ok=True)
     decoded = decode_all(opts)
     return write_reports(opts, decoded, domains=domains_of(opts.tasks))

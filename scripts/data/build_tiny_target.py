@@ -40,6 +40,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+from deepspec.errors import cli_main  # noqa: E402
+
+
+@cli_main
 def main(argv=None) -> int:
     args = parse_args(argv)
     from deepspec.tiny_target import MARKER_NAME, build_tiny_target

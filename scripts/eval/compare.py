@@ -28,6 +28,10 @@ def read_results(folder: str) -> dict:
     return json.loads(path.read_text())
 
 
+from deepspec.errors import cli_main  # noqa: E402
+
+
+@cli_main
 def main(argv=None) -> int:
     from deepspec.eval.metrics import macro_average
     from deepspec.eval.report import comparison_table, plot_conditional_by_algorithm, plot_tau_by_task

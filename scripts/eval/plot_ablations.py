@@ -55,6 +55,10 @@ def _plot(series: dict[str, list[tuple[int, float]]], *, path: Path, xlabel: str
     plt.close(fig)
 
 
+from deepspec.errors import DeepSpecError, cli_main  # noqa: E402
+
+
+@cli_main
 def main(argv=None) -> int:
     from deepspec.fsio import atomic_write
 
@@ -62,6 +66,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="the quickstart output folder")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if not out.is_dir():
+        raise DeepSpecError(f"--out {out} is not a folder; pass the quickstart output folder (runs/quickstart)")
     missing: list[str] = []
 
     depth = [(n, t) for n, run in DEPTH_RUNS.items() if (t := macro_tau(out, run, missing)) is not None]

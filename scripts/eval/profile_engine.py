@@ -138,6 +138,10 @@ def measure(model, *, batch_tokens: list[int], context_len: int, row_tokens: int
     return results
 
 
+from deepspec.errors import cli_main  # noqa: E402
+
+
+@cli_main
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
