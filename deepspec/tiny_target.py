@@ -460,8 +460,6 @@ def _build_lock(out: pathlib.Path):
 def _check_replaceable(out: pathlib.Path) -> None:
     if not out.exists():
         return
-    if not out.is_dir():
-        raise TinyTargetError(f"output path exists and is not a folder: {out}; pass a new folder with --output-dir")
     strangers = sorted(p.name for p in out.iterdir() if p.name not in _OWN_FILES)
     if strangers and read_marker(folder=out) is None:
         raise TinyTargetError(f"refusing to replace {out}: it is not a tiny-target folder "
@@ -482,6 +480,8 @@ def build_tiny_target(*, output_dir: str | os.PathLike | None = None, minutes: f
     if steps < 1:
         raise TinyTargetError(f"steps must be >= 1, got {steps}")
     say = log or (lambda _msg: None)
+    if out.exists() and not out.is_dir():  # before the lock, which would leave a file beside the user's
+        raise TinyTargetError(f"output path exists and is not a folder: {out}; pass a new folder with --output-dir")
     out.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(out):
         if not force and is_complete_tiny_target(folder=out, seed=seed, steps=steps):
