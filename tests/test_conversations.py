@@ -152,3 +152,24 @@ def test_write_jsonl_roundtrip_atomic(tmp_path):
     # Old file intact, temp file removed.
     assert [c.id for c in read_conversations(path)] == ["a", "b"]
     assert os.listdir(path.parent) == ["out.jsonl"]
+
+
+def test_regenerated_rows_with_a_model_record_read_like_any_row(tmp_path):
+    # generate_train_data.py adds finish_reasons and generated_by; readers must ignore them.
+    row = dict(GOOD, finish_reasons=["stop"], generated_by={"model": "m", "fingerprint": "name:m"})
+    path = _write(tmp_path, [row])
+    (conv,) = read_conversations(path)
+    assert conv.to_json() == GOOD
+
+
+def test_input_files_are_listed_once(tmp_path):
+    from deepspec.data.conversations import list_input_files
+
+    _write(tmp_path, [GOOD], name="a.jsonl")
+    files = list_input_files(tmp_path)
+    _write(tmp_path, [GOOD], name="b.jsonl")  # written after listing, like an output would be
+    assert [p.name for p in files] == ["a.jsonl"]
+    assert len(list(read_conversations(files))) == 1
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no \\*.jsonl"):
+        list_input_files(tmp_path / "empty")

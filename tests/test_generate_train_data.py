@@ -143,6 +143,8 @@ def test_hf_regenerates_every_assistant_turn_greedily(tiny_target, prompts, tmp_
                          progress=False, log=lambda _m: None)
     assert (summary.ok, summary.failed, summary.skipped) == (4, 2, 0)
     by_id = check_regenerated(_rows(out), expect_ids=GOOD_IDS)
+    # Every row names the model that wrote it; --resume checks it (tests/test_bad_inputs_data.py).
+    assert {r["generated_by"]["model"] for r in _rows(out)} == {str(tiny_target)}
     check_errors(out, expect={"malformed_json", "prompt_too_long"})
 
     # Turn 2 of the multi-turn conversation must be the target's greedy answer given the

@@ -48,6 +48,7 @@ __all__ = [
     "normalize_role",
     "normalize_conversation",
     "read_conversations",
+    "list_input_files",
     "write_jsonl",
 ]
 
@@ -218,14 +219,19 @@ def normalize_conversation(obj: Any, *, where: str = "<input>", default_id: str 
     return Conversation(id=conv_id, messages=messages)
 
 
-def _expand(paths: PathLike | Sequence[PathLike]) -> list[Path]:
+def list_input_files(paths: PathLike | Sequence[PathLike]) -> list[Path]:
+    """The JSONL files ``paths`` name (a folder gives its ``*.jsonl``), listed now.
+
+    A tool that writes next to its input lists the input first, so that nothing it writes later
+    can be read back as input.
+    """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out: list[Path] = []
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            found = sorted(p.glob("*.jsonl"))
+            found = sorted(q for q in p.glob("*.jsonl") if q.is_file())
             if not found:
                 raise DataError(f"directory {p} contains no *.jsonl files", reason="missing_file")
             out.extend(found)
@@ -249,7 +255,7 @@ def read_conversations(
     invalid line raises :class:`DataError` naming file and line instead.
     A missing file always raises.
     """
-    files = _expand(paths)
+    files = list_input_files(paths)
     if report is None:
         report = SkipReport()
     for path in files:

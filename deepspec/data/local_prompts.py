@@ -15,7 +15,8 @@ import os
 import random
 from pathlib import Path
 
-from deepspec.data.conversations import write_jsonl
+from deepspec.data.conversations import DataError, write_jsonl
+from deepspec.errors import check_outputs_apart, cli_main
 from deepspec.tiny_target import code_chat_pairs, load_corpus
 
 
@@ -25,7 +26,8 @@ def local_training_conversations(*, num: int, seed: int = 0) -> list[dict]:
     pairs = [(rel, user, answer) for rel, text in held_out for user, answer in code_chat_pairs(text=text)]
     random.Random(seed).shuffle(pairs)
     if num > len(pairs):
-        raise ValueError(f"asked for {num} prompts but the held-out stdlib files give only {len(pairs)}")
+        raise DataError(f"asked for {num} prompts but the held-out stdlib files give only {len(pairs)}; "
+                        f"lower --num to {len(pairs)} or less", reason="no_conversations")
     return [
         {"id": f"stdlib-{i}", "source": rel,
          "conversations": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
@@ -39,29 +41,59 @@ def count_overlap(conversations: list[dict], eval_dir: str | os.PathLike | None)
         return 0
     eval_turns = set()
     for path in Path(eval_dir).glob("*.jsonl"):
-        for line in path.read_text(encoding="utf-8").split("\n"):  # not splitlines: U+2028 inside strings
-            if line.strip():
+        lines = path.read_text(encoding="utf-8", errors="replace").split("\n")  # not splitlines: U+2028 in strings
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
                 turns = json.loads(line).get("turns") or [""]
-                eval_turns.add(turns[0].strip())
+                eval_turns.add(str(turns[0]).strip())
+            except (ValueError, AttributeError, TypeError, IndexError):
+                raise DataError('not an eval row {"id", "turns": [...]}; fix the file or point --eval-data-dir '
+                                "elsewhere", reason="malformed_json", where=f"{path}:{lineno}") from None
     return sum(c["conversations"][0]["content"].strip() in eval_turns for c in conversations)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+@cli_main
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Write training prompts for the tiny target from held-out stdlib code.")
     p.add_argument("--output-file-path", required=True)
-    p.add_argument("--num", type=int, default=256, help="number of conversations")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num", type=_positive_int, default=256, help="number of conversations")
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--eval-data-dir", default=os.environ.get("DEEPSPEC_EVAL_DATA_DIR"),
                    help="checked for overlap with the evaluation prompts (default: $DEEPSPEC_EVAL_DATA_DIR)")
     args = p.parse_args(argv)
+    out = Path(args.output_file_path)
+    check_outputs_apart(inputs=[args.eval_data_dir] if args.eval_data_dir and Path(args.eval_data_dir).exists() else [],
+                        outputs=[out], what="output")
+    if out.is_dir():
+        raise DataError(f"{out} is a folder; --output-file-path must name a .jsonl file", reason="missing_file")
     rows = local_training_conversations(num=args.num, seed=args.seed)
     overlap = count_overlap(rows, args.eval_data_dir)
     if overlap:
-        raise SystemExit(f"{overlap} training prompts equal evaluation prompts; refusing to write them")
+        raise DataError(f"{overlap} training prompts equal evaluation prompts in {args.eval_data_dir}; refusing to "
+                        "write them (try another --seed)", reason="duplicate_id")
     write_jsonl(args.output_file_path, rows)
     print(f"wrote {len(rows)} training conversations to {args.output_file_path} "
           f"(overlap with evaluation prompts: {overlap})")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

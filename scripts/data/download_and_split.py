@@ -8,7 +8,7 @@ user/assistant); bad rows are counted by reason and skipped (--strict stops at t
 first one instead). Rows are shuffled with --seed, the first --sample-size valid
 ones are kept, and --test-size of them are held out.
 
-Outputs (both written atomically):
+Outputs (both written atomically, and never onto or inside the local source: that is refused):
   train  {"id": ..., "conversations": [{"role": ..., "content": ...}, ...]} per line
          -- the input of scripts/data/generate_train_data.py
   test   {"id": ..., "turns": [user turn, ...]} per line, the eval_datasets format
@@ -36,6 +36,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from deepspec.data.conversations import DataError, SkipReport, normalize_conversation, write_jsonl  # noqa: E402
+from deepspec.errors import DeepSpecError, check_outputs_apart, cli_main  # noqa: E402
 
 DEFAULT_DATASET = "mlabonne/open-perfectblend"
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -133,15 +134,24 @@ def load_rows(*, dataset_name: str, split: str) -> _Rows:
                             reason="no_conversations")
         parts, labels = [], []
         for f in files:
-            if f.suffix == ".parquet":
-                from datasets import load_dataset
+            try:
+                if f.suffix == ".parquet":
+                    from datasets import load_dataset
 
-                parts.append(load_dataset("parquet", data_files=str(f), split="train"))
-            else:
-                parts.append(_read_json_file(f))
+                    parts.append(load_dataset("parquet", data_files=str(f), split="train"))
+                else:
+                    parts.append(_read_json_file(f))
+            except DataError:
+                raise
+            except Exception as e:  # noqa: BLE001 - unreadable or not parquet: arrow and OS errors come in many types
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise DataError(f"cannot read {f}: {type(e).__name__}: {first}. Check the file (a .parquet must be "
+                                "Parquet, a .json/.jsonl JSON)", reason="no_conversations") from None
             labels.append(f.name)
         return _Rows(parts, labels)
-    if dataset_name.startswith((".", "/", "~")) or Path(dataset_name).suffix in LOCAL_SUFFIXES:
+    # Hub ids are NAME or OWNER/NAME: any other spelling is a local path that does not exist.
+    if (dataset_name.startswith((".", "/", "~")) or Path(dataset_name).suffix in LOCAL_SUFFIXES
+            or dataset_name.count("/") > 1 or not dataset_name.strip()):
         raise DataError(f"local data set {dataset_name} not found (check the path)", reason="no_conversations")
     from datasets import load_dataset
 
@@ -169,10 +179,14 @@ def _drop_nulls(obj):
 
 # ----------------------------------------------------------------------------- split
 
+class SplitError(DeepSpecError, ValueError):
+    """A split setting or output path that cannot work; the message says what to change."""
+
+
 def split_size(n: int, test_size: float) -> int:
     """Held-out count: a fraction (< 1) rounds up, a number >= 1 is a count; never more than ``n``."""
-    if test_size < 0:
-        raise ValueError(f"--test-size must be >= 0, got {test_size}")
+    if not math.isfinite(test_size) or test_size < 0:
+        raise SplitError(f"--test-size must be a share in [0, 1) or a whole count >= 1, got {test_size}")
     k = math.ceil(n * test_size) if test_size < 1 else int(test_size)
     return min(k, n)
 
@@ -217,16 +231,61 @@ def eval_row(conv) -> dict:
 
 # ----------------------------------------------------------------------------- command line
 
+def _sample_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 (leave it out to keep everything), got {text!r}")
+    return value
+
+
+def _test_size(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1) or a whole count >= 1, got {text!r}")
+    if value >= 1 and value != int(value):
+        raise argparse.ArgumentTypeError(f"a count >= 1 must be whole (or give a share below 1), got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _check_outputs(*, source: str, train_path: Path, test_path: Path | None) -> None:
+    """Before anything is read or written: no output onto, inside or holding the local source."""
+    outputs = [train_path] + ([test_path] if test_path is not None else [])
+    src = Path(source).expanduser()
+    check_outputs_apart(inputs=[src] if src.exists() else [], outputs=outputs, what="output")
+    if test_path is not None and train_path.resolve() == test_path.resolve():
+        raise SplitError(f"the train and held-out outputs are both {train_path}; the second would overwrite the "
+                         "first. Change --train-output-path or --test-output-dir/--test-output-name")
+    for path in outputs:
+        if path.is_dir():
+            raise SplitError(f"{path} is a folder; outputs must be .jsonl file paths")
+        parent = next((q for q in path.parents if q.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise SplitError(f"cannot write {path}: {parent} is a file, not a folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="download_and_split.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset-name", default=DEFAULT_DATASET,
                    help=f"hub data set, or a local .json/.jsonl/.parquet file or folder (default: {DEFAULT_DATASET})")
     p.add_argument("--split", default="train", help="hub split to load (default: train; ignored for local files)")
-    p.add_argument("--sample-size", type=int, default=None, help="keep this many valid conversations (default: all)")
-    p.add_argument("--test-size", type=float, default=0.05,
+    p.add_argument("--sample-size", type=_sample_size, default=None, help="keep this many valid conversations (default: all)")
+    p.add_argument("--test-size", type=_test_size, default=0.05,
                    help="held-out share (< 1) or count (>= 1) of the kept conversations (default: 0.05)")
-    p.add_argument("--seed", type=int, default=42, help="shuffle seed; the same seed gives the same split (default: 42)")
+    p.add_argument("--seed", type=_seed, default=42, help="shuffle seed; the same seed gives the same split (default: 42)")
     p.add_argument("--train-output-path", default=None,
                    help="train JSONL (default: outputs/data/<dataset>_train.jsonl)")
     p.add_argument("--test-output-dir", default="outputs/data/eval_datasets",
@@ -239,11 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.sample_size is not None and args.sample_size < 1:
-        print("error: --sample-size must be >= 1 (leave it out to keep everything)", file=sys.stderr)
-        return 2
     slug = dataset_slug(args.dataset_name)
     train_path = Path(args.train_output_path or f"outputs/data/{slug}_train.jsonl")
     name = args.test_output_name or slug
@@ -254,29 +311,27 @@ def main(argv=None) -> int:
         print(f"[split] {train_path}{' and ' + str(test_path) if wants_test else ''} exist; skipping "
               "(leave out --skip-existing to rebuild)")
         return 0
+    _check_outputs(source=args.dataset_name, train_path=train_path, test_path=test_path if wants_test else None)
 
     report = SkipReport()
+    rows = load_rows(dataset_name=args.dataset_name, split=args.split)
+    print(f"[split] {args.dataset_name}: {len(rows)} rows")
     try:
-        split_size(1, args.test_size)  # validates --test-size before any loading
-        rows = load_rows(dataset_name=args.dataset_name, split=args.split)
-        print(f"[split] {args.dataset_name}: {len(rows)} rows")
         train, test = select_and_split(rows, sample_size=args.sample_size, test_size=args.test_size,
                                        seed=args.seed, strict=args.strict, report=report, id_prefix=slug,
                                        progress=not args.no_progress)
     except DataError as e:
-        print(f"error: {e}" + ("" if not args.strict else "\n(--strict stops at the first bad row; leave it out "
-                                                          "to skip bad rows and count them)"), file=sys.stderr)
-        return 2
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        if not args.strict:
+            raise
+        raise DataError(f"{e} (--strict stops at the first bad row; leave it out to skip bad rows and count them)",
+                        reason=e.reason) from None
 
     print("[split] " + report.summary().replace("\n", "\n[split] "))
     if args.sample_size is not None and report.kept < args.sample_size:
         print(f"[split] WARNING: asked for {args.sample_size} conversations, only {report.kept} valid ones exist")
     if not train:
-        print("error: no conversations left for training; lower --test-size or check the data", file=sys.stderr)
-        return 1
+        raise SplitError(f"no conversations left for training ({report.kept} valid, {len(test)} held out); "
+                         "lower --test-size or check the data")
     write_jsonl(train_path, train)
     print(f"[split] train: {len(train)} conversations -> {train_path}")
     if wants_test:

@@ -17,6 +17,12 @@
 #   --address-file F          also write the --server-address flags to F once all servers answer
 #   -- ...                    everything after -- goes to vllm.entrypoints.openai.api_server
 #
+# Security: the servers listen on 127.0.0.1 (this machine only) unless --host says otherwise. To
+# require a key, start them with `-- --api-key KEY` (a vLLM option; or set VLLM_API_KEY) and pass
+# the same key to generate_train_data.py with --api-key-env VAR (or --api-key KEY); that script
+# never sends $OPENAI_API_KEY to these servers. Listening on another address without a key lets
+# anyone who can reach the port use the GPUs, so a warning is printed then.
+#
 # Environment: DEEPSPEC_VLLM_PYTHON (interpreter with vLLM; default <repo>/.venv-vllm/bin/python,
 # made by scripts/data/setup_vllm_env.sh), CUDA_VISIBLE_DEVICES (which GPUs),
 # VLLM_CPU_KVCACHE_SPACE (CPU KV cache GiB, default here 1).
@@ -46,6 +52,18 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$MODEL" ] || die "--model is required (a model folder or hub name)"
 for n in "$PORT" "$TP" "$WAIT_TIMEOUT"; do [[ "$n" =~ ^[0-9]+$ ]] || die "'$n' is not a number"; done
+[ "$TP" -ge 1 ] || die "--tensor-parallel-size must be >= 1, got $TP"
+{ [ "$PORT" -ge 1 ] && [ "$PORT" -le 65535 ]; } || die "--port must be in 1..65535, got $PORT"
+[ -z "$NUM_SERVERS" ] || [[ "$NUM_SERVERS" =~ ^[1-9][0-9]*$ ]] || die "--num-servers must be a positive number"
+[ $((PORT + ${NUM_SERVERS:-1} - 1)) -le 65535 ] || die "ports $PORT.. for ${NUM_SERVERS:-1} servers pass 65535; lower --port"
+HAS_KEY=0
+[ -n "${VLLM_API_KEY:-}" ] && HAS_KEY=1
+for a in "${EXTRA[@]}"; do case "$a" in --api-key|--api-key=*) HAS_KEY=1 ;; esac; done
+case "$HOST" in
+  127.*|localhost|::1|"[::1]") ;;
+  *) [ "$HAS_KEY" = 1 ] || echo "[launch] WARNING: listening on $HOST without an API key: anyone who can reach" \
+       "this machine can use the servers. Keep the default --host 127.0.0.1, or add -- --api-key KEY" >&2 ;;
+esac
 
 PY="${DEEPSPEC_VLLM_PYTHON:-$ROOT/.venv-vllm/bin/python}"
 [ -x "$PY" ] || die "no vLLM interpreter at $PY; run 'bash scripts/data/setup_vllm_env.sh' or set DEEPSPEC_VLLM_PYTHON"
@@ -86,12 +104,19 @@ with socket.socket(family, socket.SOCK_STREAM) as s:
 EOF
 }
 
-answers() {  # does http://$PROBE_HOST:$1/v1/models answer?
+answers() {  # does http://$PROBE_HOST:$1/v1/models answer? (401: up, and wants the key it was given)
   if command -v curl >/dev/null 2>&1; then
-    curl -sf --noproxy '*' -m 5 "http://$PROBE_HOST:$1/v1/models" >/dev/null 2>&1
+    local code
+    code="$(curl -s -o /dev/null -w '%{http_code}' --noproxy '*' -m 5 "http://$PROBE_HOST:$1/v1/models" 2>/dev/null)"
+    [ "$code" = 200 ] || [ "$code" = 401 ]
   else
-    "$PY" -c "import sys,urllib.request as u; u.build_opener(u.ProxyHandler({})).open(sys.argv[1], timeout=5)" \
-      "http://$PROBE_HOST:$1/v1/models" >/dev/null 2>&1
+    "$PY" - "http://$PROBE_HOST:$1/v1/models" >/dev/null 2>&1 <<'EOF'
+import sys, urllib.error, urllib.request as u
+try:
+    u.build_opener(u.ProxyHandler({})).open(sys.argv[1], timeout=5)
+except urllib.error.HTTPError as e:
+    sys.exit(0 if e.code == 401 else 1)
+EOF
   fi
 }
 

@@ -8,6 +8,10 @@
 # Steps: 1) download & split  2) regenerate answers with the target (vLLM)
 #        3) estimate the cache size, then build the target cache (one worker per GPU).
 # The cache is large (tens of TB at full scale): read the estimate it prints first.
+#
+# Step 2 resumes an interrupted run (--resume). Every regenerated row records the model that
+# wrote it, so after changing MODEL step 2 refuses to add the new model's answers to the old
+# ones: set REGEN_OUT to a new file, or OVERWRITE=1 to regenerate the old file from scratch.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -24,6 +28,10 @@ CACHE_DIR="${CACHE_DIR:-$HOME/.cache/deepspec/target_cache/$(basename "$MODEL")}
 SAMPLE_SIZE="${SAMPLE_SIZE:-}"          # empty = the whole dataset
 MAX_TOKENS="${MAX_TOKENS:-4096}"
 TEMPERATURE="${TEMPERATURE:-0.6}"
+REGEN_OUT="${REGEN_OUT:-$DATA_DIR/train_regen.jsonl}"
+OVERWRITE="${OVERWRITE:-0}"             # 1 = start the regenerated file over instead of resuming it
+case "$OVERWRITE" in 0) AGAIN=--resume ;; 1) AGAIN=--overwrite ;;
+  *) echo "prepare_data.sh: error: OVERWRITE must be 0 or 1, got '$OVERWRITE'" >&2; exit 2 ;; esac
 
 mkdir -p "$DATA_DIR"
 echo "==> 1/3 download and split $DATASET"
@@ -31,10 +39,16 @@ echo "==> 1/3 download and split $DATASET"
   --train-output-path "$DATA_DIR/train.jsonl" --test-output-dir "$DATA_DIR" --test-output-name heldout --skip-existing
 
 echo "==> 2/3 regenerate answers with $MODEL"
+rc=0
 "$VLLM_PY" scripts/data/generate_train_data.py --model "$MODEL" \
-  --input-file-path "$DATA_DIR/train.jsonl" --output-file-path "$DATA_DIR/train_regen.jsonl" \
-  --max-tokens "$MAX_TOKENS" --temperature "$TEMPERATURE" --disable-thinking --resume
+  --input-file-path "$DATA_DIR/train.jsonl" --output-file-path "$REGEN_OUT" \
+  --max-tokens "$MAX_TOKENS" --temperature "$TEMPERATURE" --disable-thinking "$AGAIN" || rc=$?
+if [ "$rc" -ne 0 ]; then
+  echo "prepare_data.sh: step 2 failed (exit $rc). If the message says another model wrote $REGEN_OUT," \
+       "rerun with REGEN_OUT=<new file> or OVERWRITE=1." >&2
+  exit "$rc"
+fi
 
 echo "==> 3/3 target cache into $CACHE_DIR"
 "$PY" scripts/data/prepare_target_cache.py --config "$CONFIG" --opts "model.target_model_name_or_path=$MODEL" \
-  --train-data-path "$DATA_DIR/train_regen.jsonl" --output-dir "$CACHE_DIR" "$@"
+  --train-data-path "$REGEN_OUT" --output-dir "$CACHE_DIR" "$@"

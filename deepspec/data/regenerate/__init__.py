@@ -23,17 +23,23 @@ conversation is done, so a crash loses at most the conversations in flight and
 ``resume=True`` continues where the file ends. Failures are appended to
 ``<output stem>_error.jsonl`` with the conversation id and a reason.
 
+Each row records the model that wrote it (``"generated_by": {"model", "fingerprint"}``, see
+``identity``); ``resume=True`` refuses an output another model wrote. Before anything is
+opened, the output and error files are checked against the input (and a local model folder):
+neither may be an input nor sit inside an input folder.
+
 The command line lives in :func:`main` (``scripts/data/generate_train_data.py``).
 
 Layout: ``common`` (settings, results, conversation jobs, input/output/resume/error
 files), ``hf_backend``, ``vllm_backend`` (including data-parallel workers),
-``openai_backend``, ``drivers`` (batched and concurrent scheduling), ``runner``
+``openai_backend``, ``identity`` (the model record), ``drivers`` (batched and concurrent scheduling), ``runner``
 (:func:`regenerate`) and ``cli`` (:func:`build_parser`, :func:`main`).
 """
 
 from deepspec.data.regenerate.cli import build_parser, main
 from deepspec.data.regenerate.common import RegenerationSummary, SamplingSettings, TurnResult, error_path_for
 from deepspec.data.regenerate.hf_backend import HFBackend
+from deepspec.data.regenerate.identity import ModelIdentity, ModelMismatchError, model_identity
 from deepspec.data.regenerate.openai_backend import OpenAIBackend, _base_url  # noqa: F401 - used by tests
 from deepspec.data.regenerate.runner import default_backend, regenerate
 from deepspec.data.regenerate.vllm_backend import VLLMBackend
@@ -46,6 +52,9 @@ __all__ = [
     "VLLMBackend",
     "OpenAIBackend",
     "error_path_for",
+    "ModelIdentity",
+    "ModelMismatchError",
+    "model_identity",
     "default_backend",
     "regenerate",
     "build_parser",

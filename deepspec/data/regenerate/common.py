@@ -11,9 +11,23 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from deepspec.data.conversations import Conversation, DataError, SkipReport, read_conversations
+from deepspec.data.regenerate.identity import RECORD_KEY
+from deepspec.errors import DeepSpecError, InputProtectionError
 
 Messages = list  # list of {"role", "content"} dicts
 Log = Callable[[str], None]
+
+
+class RegenerationError(DeepSpecError, ValueError):
+    """A setting or file that does not fit; the message says what to change."""
+
+
+class OutputExistsError(DeepSpecError, FileExistsError):
+    """The output already has rows and neither --resume nor --overwrite was given."""
+
+
+class BackendUnavailable(DeepSpecError, RuntimeError):
+    """The backend cannot run here (no vLLM, no server answering, a model that does not load)."""
 
 
 # ----------------------------------------------------------------------------- settings and results
@@ -32,13 +46,13 @@ class SamplingSettings:
 
     def __post_init__(self):
         if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+            raise RegenerationError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.temperature is not None and self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise RegenerationError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise RegenerationError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.min_p is not None and not 0 <= self.min_p <= 1:
-            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+            raise RegenerationError(f"min_p must be in [0, 1], got {self.min_p}")
 
     @property
     def chat_template_kwargs(self) -> dict:
@@ -77,6 +91,11 @@ class RegenerationSummary:
     failure_reasons: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     broken_workers: list = field(default_factory=list)
+    attempted: int = 0  # conversations that needed generating (not already in the output)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return self.attempted == 0 and self.skipped > 0
 
     def text(self) -> str:
         lines = [f"regenerated {self.ok} conversations, failed {self.failed}, "
@@ -160,11 +179,12 @@ class _RecordingReport(SkipReport):
             self.on_error(error)
 
 
-def _iter_jobs(input_path, *, num_samples: int | None, done_ids: set, shard: tuple[int, int] = (0, 1),
+def _iter_jobs(input_files, *, num_samples: int | None, done_ids: set, shard: tuple[int, int] = (0, 1),
                on_bad: Callable[[str | None, str, str, str], None] | None = None,
                on_skip: Callable[[str], None] | None = None) -> Iterator[_Job]:
     """Valid input conversations still to do, in file order.
 
+    ``input_files`` is the list made before any output was opened, so nothing written is read back.
     ``on_bad(id, where, reason, message)`` hears about bad lines and duplicate ids;
     ``on_skip(id)`` about conversations already in the output. Only the shard
     ``index % world == rank`` is yielded (the callbacks hear about every line).
@@ -174,7 +194,7 @@ def _iter_jobs(input_path, *, num_samples: int | None, done_ids: set, shard: tup
         (lambda e: on_bad(None, e.where, e.reason, e.detail)) if on_bad is not None else None)
     seen: set[str] = set()
     index = 0
-    for conv in read_conversations(input_path, report=report):
+    for conv in read_conversations(list(input_files), report=report):
         if num_samples is not None and index >= num_samples:
             break
         if conv.id in seen:
@@ -193,9 +213,7 @@ def _iter_jobs(input_path, *, num_samples: int | None, done_ids: set, shard: tup
             yield _Job(conv, i)
 
 
-def _count_lines(path) -> int:
-    p = Path(path)
-    files = sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
+def _count_lines(files) -> int:
     n = 0
     for f in files:
         with open(f, "rb") as fh:
@@ -204,44 +222,119 @@ def _count_lines(path) -> int:
     return n
 
 
-def _done_ids_and_repair(path: Path, log: Log) -> set:
-    """Ids already in ``path``; cuts off a half-written last line left by a crash."""
-    ids: set = set()
+@dataclass
+class OutputScan:
+    """What an existing output holds, read without changing it (checks come before any write)."""
+
+    ids: set = field(default_factory=set)
+    models: Counter = field(default_factory=Counter)  # (model, fingerprint) of each row's record
+    legacy_rows: int = 0  # rows without a record (older versions)
+    not_rows: int = 0
+    torn_tail: int = 0  # bytes of a half-written last line left by a crash
+    tail_row: bool = False  # the last line lacks only its newline: it is a whole row, keep it
+
+
+def _parse_row(line: bytes):
+    try:
+        row = json.loads(line)
+        return row if isinstance(row, dict) and "id" in row else None
+    except ValueError:
+        return None
+
+
+def _scan_output(path: Path) -> OutputScan:
+    scan = OutputScan()
     if not path.exists():
-        return ids
-    with open(path, "rb+") as f:
-        data = f.read()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            log(f"[regenerate] {path}: dropping a half-written last line ({len(data) - end} bytes) left by an "
-                "interrupted run")
-            f.truncate(end)
-    bad = 0
-    for line in data[:end].splitlines():
+        return scan
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    lines = data[:end].splitlines()
+    if end < len(data):
+        if data[end:].strip() and _parse_row(data[end:]) is not None:
+            scan.tail_row = True
+            lines.append(data[end:])
+        else:
+            scan.torn_tail = len(data) - end
+    for line in lines:
         if not line.strip():
             continue
-        try:
-            ids.add(str(json.loads(line)["id"]))
-        except (ValueError, KeyError, TypeError):
-            bad += 1
-    if bad:
-        log(f"[regenerate] WARNING: {bad} lines of {path} are not output rows; they are left as they are")
-    return ids
+        row = _parse_row(line)
+        if row is None:
+            scan.not_rows += 1
+            continue
+        scan.ids.add(str(row["id"]))
+        rec = row.get(RECORD_KEY)
+        if isinstance(rec, dict) and rec.get("fingerprint"):
+            scan.models[(str(rec.get("model")), str(rec["fingerprint"]))] += 1
+        else:
+            scan.legacy_rows += 1
+    return scan
+
+
+def _repair_tail(path: Path, scan: OutputScan, log: Log) -> None:
+    """Cut off a half-written last line left by a crash, or end a whole last row with its newline."""
+    if scan.torn_tail:
+        log(f"[regenerate] {path}: dropping a half-written last line ({scan.torn_tail} bytes) left by an "
+            "interrupted run")
+        with open(path, "rb+") as f:
+            f.truncate(path.stat().st_size - scan.torn_tail)
+    elif scan.tail_row:
+        with open(path, "ab") as f:
+            f.write(b"\n")
+    if scan.not_rows:
+        log(f"[regenerate] WARNING: {scan.not_rows} lines of {path} are not output rows; they are left as they are")
+
+
+def _looks_like_error_file(path: Path) -> bool:
+    """Every line a failure record we write ({"id", "reason", "message"}): then it is ours to replace."""
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if not (isinstance(row, dict) and {"id", "reason", "message"} <= set(row)):
+                    return False
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _check_error_file(path: Path) -> None:
+    """Refuse when the error file's place holds a file we did not write (we replace only our own)."""
+    if path.exists() and (path.is_dir() or not _looks_like_error_file(path)):
+        raise InputProtectionError(
+            f"{path} is where failures of this output go, but it already exists and is not a failure list "
+            "written by generate_train_data.py; move it away or choose another --output-file-path")
+
+
+def _clear_stale_errors(path: Path) -> None:
+    """The error file lists this run's failures only: an earlier run's list (checked to be ours) goes."""
+    _check_error_file(path)
+    if path.exists() and path.stat().st_size:
+        path.unlink()
 
 
 class _Appender:
-    """Appends JSON lines and flushes each, so a crash loses at most rows not yet written."""
+    """Appends JSON lines and flushes each, so a crash loses at most rows not yet written.
 
-    def __init__(self, path: Path, *, truncate: bool):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    The file is opened at the first row: a run that writes nothing creates nothing.
+    """
+
+    def __init__(self, path: Path, *, truncate: bool = False):
         self.path = path
-        self.f = open(path, "w" if truncate else "a", encoding="utf-8")
+        self.mode = "w" if truncate else "a"
+        self.f = None
         self.count = 0
 
     def write(self, row: dict) -> None:
+        if self.f is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(self.path, self.mode, encoding="utf-8")
         self.f.write(json.dumps(row, ensure_ascii=False) + "\n")
         self.f.flush()
         self.count += 1
 
     def close(self) -> None:
-        self.f.close()
+        if self.f is not None:
+            self.f.close()

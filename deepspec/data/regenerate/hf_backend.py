@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from deepspec.data.regenerate.common import Log, Messages, SamplingSettings, TurnResult
+from deepspec.data.regenerate.common import (
+    BackendUnavailable,
+    Log,
+    Messages,
+    RegenerationError,
+    SamplingSettings,
+    TurnResult,
+)
 
 class HFBackend:
     """transformers ``generate``, batched with left padding. For machines without vLLM."""
@@ -23,11 +30,19 @@ class HFBackend:
         if dtype == "auto":
             # bf16 halves memory on GPU; on CPU fp32 keeps greedy outputs stable and is not slower here.
             torch_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        else:
+        elif dtype in ("float32", "bfloat16", "float16"):
             torch_dtype = getattr(torch, dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        else:
+            raise RegenerationError(f"--dtype {dtype!r} is not one of auto, float32, bfloat16, float16")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
+        except (OSError, ValueError, KeyError, ImportError) as e:
+            # transformers words a missing or broken folder many ways, often over many lines; keep the first.
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise BackendUnavailable(f"cannot load the target model {model} with transformers: {first}. Pass a "
+                                     "Hugging Face model folder (config.json, weights, tokenizer) or hub name") from None
         self.tokenizer.padding_side = "left"  # decoder-only: new tokens must follow the prompt directly
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
 
         gen = self.model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else []
@@ -35,7 +50,7 @@ class HFBackend:
         if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in eos:
             eos.append(self.tokenizer.eos_token_id)
         if not eos:
-            raise ValueError(f"{model}: neither generation_config.json nor the tokenizer names an end-of-turn "
+            raise RegenerationError(f"{model}: neither generation_config.json nor the tokenizer names an end-of-turn "
                              "token; set eos_token_id in generation_config.json")
         self.eos_ids = eos
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else gen.pad_token_id

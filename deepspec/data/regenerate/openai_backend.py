@@ -12,13 +12,26 @@ import urllib.parse
 import urllib.request
 from typing import Sequence
 
-from deepspec.data.regenerate.common import Log, Messages, SamplingSettings, TurnResult, _failure
+from deepspec.data.regenerate.common import (
+    BackendUnavailable,
+    Log,
+    Messages,
+    RegenerationError,
+    SamplingSettings,
+    TurnResult,
+    _failure,
+)
+
+# $OPENAI_API_KEY goes to this host only: sending it to any other server hands the key to whoever runs it.
+OFFICIAL_HOST = "api.openai.com"
+ENV_KEY = "OPENAI_API_KEY"
+
 
 def _base_url(address: str) -> str:
     """``host:port`` / ``http://host:port`` / ``http://host:port/v1`` -> ``http://host:port/v1``."""
     addr = address.strip().rstrip("/")
     if not addr:
-        raise ValueError("empty --server-address")
+        raise RegenerationError("empty --server-address; pass HOST:PORT (e.g. 127.0.0.1:8000)")
     if "://" not in addr:
         addr = "http://" + addr
     parsed = urllib.parse.urlparse(addr)
@@ -27,7 +40,9 @@ def _base_url(address: str) -> str:
     except ValueError:
         port = None
     if not parsed.hostname or port is None:
-        raise ValueError(f"--server-address {address!r} is not HOST:PORT (e.g. 127.0.0.1:8000)")
+        raise RegenerationError(f"--server-address {address!r} is not HOST:PORT (e.g. 127.0.0.1:8000)")
+    if parsed.scheme not in ("http", "https"):
+        raise RegenerationError(f"--server-address {address!r}: only http:// and https:// servers are supported")
     path = parsed.path.rstrip("/")
     if not path.endswith("/v1"):
         path += "/v1"
@@ -37,6 +52,18 @@ def _base_url(address: str) -> str:
 def _is_loopback(url: str) -> bool:
     host = urllib.parse.urlparse(url).hostname or ""
     return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def _is_official(url: str) -> bool:
+    parsed = urllib.parse.urlparse(url)
+    return parsed.scheme == "https" and (parsed.hostname or "").lower() == OFFICIAL_HOST
+
+
+def key_for(url: str, explicit: str | None) -> str | None:
+    """The bearer token for ``url``: the key the user gave, else $OPENAI_API_KEY for the official API only."""
+    if explicit:
+        return explicit
+    return (os.environ.get(ENV_KEY) or None) if _is_official(url) else None
 
 
 class _HTTPStatusError(Exception):
@@ -60,19 +87,25 @@ class OpenAIBackend:
                  timeout: float = 600.0, max_retries: int = 5, backoff: float = 1.0,
                  api_key: str | None = None, log: Log = print):
         if not servers:
-            raise ValueError("the openai backend needs at least one --server-address host:port; start servers "
+            raise RegenerationError("the openai backend needs at least one --server-address host:port; start servers "
                              "with `bash scripts/data/launch_vllm_server.sh --model MODEL`")
         self.sampling = sampling
         self.timeout = timeout
         self.max_retries = max(0, int(max_retries))
         self.backoff = backoff
-        self.api_key = api_key
+        self.api_key = api_key  # explicit: sent to every server; else see key_for
         self.stop = threading.Event()
         self._direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
         self._default = urllib.request.build_opener()
         self._rr = itertools.count()
         self._rr_lock = threading.Lock()
-        self.bases = self._reachable([_base_url(s) for s in servers], log)
+        bases = [_base_url(s) for s in servers]
+        if api_key:
+            for base in bases:
+                if base.startswith("http://") and not _is_loopback(base):
+                    log(f"[regenerate] WARNING: the API key goes to {base} over plain http, readable on the way; "
+                        "use https:// for servers on other machines")
+        self.bases = self._reachable(bases, log)
         self.model = self._resolve_model(model, log)
         log(f"[regenerate] openai backend: {len(self.bases)} server(s) {', '.join(self.bases)}, model {self.model!r}, "
             f"sampling overrides {sampling.overrides() or 'none (server defaults)'}, max_tokens {sampling.max_tokens}")
@@ -82,8 +115,9 @@ class OpenAIBackend:
         data = None if payload is None else json.dumps(payload).encode("utf-8")
         req = urllib.request.Request(url, data=data, method="GET" if payload is None else "POST")
         req.add_header("Content-Type", "application/json")
-        if self.api_key:
-            req.add_header("Authorization", f"Bearer {self.api_key}")
+        key = key_for(url, self.api_key)
+        if key:
+            req.add_header("Authorization", f"Bearer {key}")
         opener = self._direct if _is_loopback(url) else self._default
         try:
             with opener.open(req, timeout=timeout) as resp:
@@ -104,18 +138,28 @@ class OpenAIBackend:
                 self._request(base + "/models", timeout=min(10.0, self.timeout))
                 ok.append(base)
             except Exception as e:  # noqa: BLE001 - any failure means "not usable"
-                log(f"[regenerate] WARNING: server {base} does not answer ({e}); leaving it out")
+                hint = ""
+                if isinstance(e, _HTTPStatusError) and e.code in (401, 403):
+                    hint = (f" - it wants an API key: pass --api-key-env VAR (or --api-key KEY); ${ENV_KEY} is "
+                            f"sent to {OFFICIAL_HOST} only")
+                log(f"[regenerate] WARNING: server {base} does not answer ({e}){hint}; leaving it out")
         if not ok:
-            raise RuntimeError(f"no server answered at {', '.join(bases)}. Start them with "
-                               "`bash scripts/data/launch_vllm_server.sh --model MODEL` and pass the "
-                               "--server-address values it prints")
+            raise BackendUnavailable(f"no server answered at {', '.join(bases)}. Start them with "
+                                     "`bash scripts/data/launch_vllm_server.sh --model MODEL` and pass the "
+                                     "--server-address values it prints (a server that wants a key needs "
+                                     "--api-key-env VAR or --api-key KEY)")
         return ok
 
     def _resolve_model(self, model: str | None, log: Log) -> str:
-        served = [m.get("id") for m in self._request(self.bases[0] + "/models", timeout=30).get("data", [])]
+        try:
+            listing = self._request(self.bases[0] + "/models", timeout=30)
+            served = [m.get("id") for m in listing.get("data", [])]
+        except (OSError, ValueError, AttributeError, TypeError, _HTTPStatusError) as e:
+            raise BackendUnavailable(f"{self.bases[0]}/models did not list the served models ({e}); is it an "
+                                     "OpenAI-compatible server?") from None
         if model is None:
             if not served:
-                raise RuntimeError(f"{self.bases[0]} serves no model; pass --model")
+                raise BackendUnavailable(f"{self.bases[0]} serves no model; pass --model")
             return served[0]
         if model in served or not served:
             return model
@@ -124,7 +168,7 @@ class OpenAIBackend:
             if os.path.exists(model) and os.path.exists(name) and os.path.samefile(model, name):
                 log(f"[regenerate] --model {model} is served as {name!r}")
                 return name
-        raise RuntimeError(f"--model {model!r} is not served by {self.bases[0]} (it serves {served}); pass one of "
+        raise BackendUnavailable(f"--model {model!r} is not served by {self.bases[0]} (it serves {served}); pass one of "
                            "those or leave --model out to use the first")
 
     def _next_base(self) -> str:

@@ -7,7 +7,15 @@ import os
 import signal
 from typing import Iterator, Sequence
 
-from deepspec.data.regenerate.common import Log, Messages, SamplingSettings, TurnResult, _iter_jobs, _Job
+from deepspec.data.regenerate.common import (
+    BackendUnavailable,
+    Log,
+    Messages,
+    SamplingSettings,
+    TurnResult,
+    _iter_jobs,
+    _Job,
+)
 from deepspec.data.regenerate.drivers import _run_batched
 
 def _cuda_device_ids() -> list[str]:
@@ -46,7 +54,7 @@ class VLLMBackend:
         try:
             from vllm import LLM, SamplingParams
         except ImportError as e:
-            raise RuntimeError(
+            raise BackendUnavailable(
                 f"cannot import vllm ({e}). Install it with `bash scripts/data/setup_vllm_env.sh` and run this "
                 "script with .venv-vllm/bin/python, or use --backend hf (no vLLM) / --backend openai (a server)"
             ) from e
@@ -60,7 +68,11 @@ class VLLMBackend:
             kwargs["max_model_len"] = max_model_len
         if on_gpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        self.llm = LLM(**kwargs)
+        try:
+            self.llm = LLM(**kwargs)
+        except (OSError, ValueError) as e:  # a missing folder, a config vLLM cannot serve
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise BackendUnavailable(f"vLLM cannot load {model}: {first}") from None
         # Start from the target's generation_config.json (what vLLM itself would use), then apply overrides.
         defaults = self.llm.get_default_sampling_params()
         params = {k: getattr(defaults, k) for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")}
@@ -112,7 +124,7 @@ def _vllm_worker(rank: int, world: int, devices: str, settings: dict, queue) -> 
         sampling = SamplingSettings(**settings["sampling"])
         backend = VLLMBackend(model=settings["model"], sampling=sampling, log=lambda m: print(f"[dp{rank}] {m}"),
                               **settings["engine"])
-        jobs = _iter_jobs(settings["input_path"], num_samples=settings["num_samples"],
+        jobs = _iter_jobs(settings["input_files"], num_samples=settings["num_samples"],
                           done_ids=set(settings["done_ids"]), shard=(rank, world))
         _run_batched(jobs, backend, batch_size=settings["batch_size"],
                      on_done=lambda j: queue.put(("done", j.row())),

@@ -1,0 +1,98 @@
+"""Which model wrote a regenerated row: a record per row, and the check ``--resume`` makes.
+
+Every output row carries ``"generated_by": {"model": NAME, "fingerprint": FP}``. ``NAME`` is the model as
+it was named (a folder, a hub id, a served model name); ``FP`` is what is compared:
+
+* a local folder: ``sha256:<16 hex>`` over its resolved ``config.json`` and the names, sizes and a few
+  sampled bytes of its weight files, so a fine-tune in a folder with the same last name differs, and
+  the same folder spelled two ways (or moved) does not;
+* anything else (a hub id, a name a server gives its model): ``name:<id>``, which is all we know there.
+
+Readers of the output (the cache builder, :func:`deepspec.data.conversations.read_conversations`) ignore
+unknown row fields, so rows with the record read exactly as rows without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from deepspec.errors import DeepSpecError
+
+RECORD_KEY = "generated_by"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
+_SAMPLE = 1 << 16  # bytes read at the start, middle and end of each weight file: cheap even for 100 GB
+
+
+class ModelMismatchError(DeepSpecError, ValueError):
+    """``--resume`` would add rows of another model to an output; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    name: str
+    fingerprint: str
+
+    def record(self) -> dict:
+        return {"model": self.name, "fingerprint": self.fingerprint}
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.fingerprint})"
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    h = hashlib.sha256()
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            # Canonical form: reformatting the file does not make it another model.
+            h.update(json.dumps(json.loads(config.read_text(encoding="utf-8")), sort_keys=True).encode())
+        except ValueError:
+            h.update(config.read_bytes())
+    weights = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    for p in weights:
+        size = p.stat().st_size
+        h.update(f"{p.relative_to(folder).as_posix()}\0{size}\0".encode())
+        with open(p, "rb") as f:
+            for offset in sorted({0, max(0, size // 2 - _SAMPLE // 2), max(0, size - _SAMPLE)}):
+                f.seek(offset)
+                h.update(f.read(_SAMPLE))
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def model_identity(model: str) -> ModelIdentity:
+    """The identity of ``model``: a fingerprint for a local folder, the id string otherwise."""
+    path = Path(os.path.expanduser(model))
+    if path.is_dir():
+        return ModelIdentity(name=model, fingerprint=_folder_fingerprint(path.resolve()))
+    return ModelIdentity(name=model, fingerprint=f"name:{model}")
+
+
+def looks_like_path(model: str) -> bool:
+    """A spelling only a file path has (hub ids are ``name`` or ``org/name``)."""
+    return model.startswith(("/", "./", "../", "~", ".\\")) or model.count("/") > 1 or model in (".", "..")
+
+
+def check_resume_model(*, existing: Counter, legacy_rows: int, identity: ModelIdentity, output_path,
+                       log) -> None:
+    """Refuse to resume an output whose rows another model wrote.
+
+    ``existing`` counts the rows by ``(model, fingerprint)`` of their record; ``legacy_rows`` are rows
+    written before rows carried a record (they are kept, with a warning: nothing says who wrote them).
+    """
+    others = {key: n for key, n in existing.items() if key[1] != identity.fingerprint}
+    if others:
+        (name, fp), n = max(others.items(), key=lambda kv: kv[1])
+        more = f" (and {len(others) - 1} other model(s))" if len(others) > 1 else ""
+        raise ModelMismatchError(
+            f"{output_path} holds {n} row(s) written by {name} ({fp}){more}, but --model asks for "
+            f"{identity.describe()}; resuming would mix two targets' answers. Pass --overwrite to start the "
+            "output over with this model, or choose a new --output-file-path")
+    if legacy_rows:
+        log(f"[regenerate] WARNING: {legacy_rows} rows of {output_path} carry no '{RECORD_KEY}' record (written by "
+            f"an older version), so which model wrote them is unknown; they are kept as if {identity.name} had. "
+            "Use --overwrite if that is not so")
