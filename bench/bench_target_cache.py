@@ -9,6 +9,9 @@ For the same number of bytes, in the same file sizes and write sizes:
 * cache read  : TargetCache[i] for every sample, every tensor copied into a reused buffer
                 (the copy a collate function would do; it touches every byte).  The copy is
                 single-threaded like the kernel's copy in read(), and like a DataLoader worker.
+                Each sample's crc32 is checked on its first read, as in training (a fresh
+                TargetCache per pass, so every pass pays it); "unchecked" is the same read with
+                the check switched off, to price the check.
 
 Reads are "cold" after posix_fadvise(DONTNEED) on every file (evicts them from
 this machine's page cache without root; a VM's host may still cache them) and
@@ -75,8 +78,9 @@ def write_cache(path, samples, pool, args):
     return t1 - t0, time.perf_counter() - t1
 
 
-def read_cache(path):
+def read_cache(path, *, check=True):
     cache = TargetCache(path)
+    cache.checks_samples = check
     scratch, n = np.empty(0, dtype=np.uint8), 0
     t0 = time.perf_counter()
     for i in range(len(cache)):
@@ -161,8 +165,8 @@ def main():
           f"shards {args.shard_mb} MiB, in {root}")
     chunks = [per[i % len(per)] for i in range(samples)]
     sizes = shard_sizes(chunks, args.shard_mb << 20)
-    res = {k: [] for k in ("raw write", "cache write", "raw read cold", "cache read cold",
-                           "raw read warm", "cache read warm")}
+    res = {k: [] for k in ("raw write", "cache write", "raw read cold", "cache read cold", "unchecked read cold",
+                           "raw read warm", "cache read warm", "unchecked read warm")}
     try:
         for rep in range(args.repeats):
             cpath, rpath = root / f"cache{rep}", root / f"raw{rep}"
@@ -178,8 +182,9 @@ def main():
             assert [p.stat().st_size for p in shards] == sizes, "shard packing differs from the writer's"
             for side in ("cache", "raw"):
                 res[f"{side} write"].append(sum(sizes) / t[side])
-            for side in (("cache", "raw") if rep % 2 == 0 else ("raw", "cache")):
-                fn = (lambda: read_cache(cpath)) if side == "cache" else (lambda: read_raw(raw_paths, max(per)))
+            for side in (("cache", "unchecked", "raw") if rep % 2 == 0 else ("raw", "unchecked", "cache")):
+                fn = {"cache": lambda: read_cache(cpath), "unchecked": lambda: read_cache(cpath, check=False),
+                      "raw": lambda: read_raw(raw_paths, max(per))}[side]
                 drop_cache(shards + raw_paths)
                 dt, n = fn()
                 res[f"{side} read cold"].append(n / dt)
@@ -199,6 +204,10 @@ def main():
         raw, cache = res[f"raw {what}"], res[f"cache {what}"]
         rb, cb, rm, cm = max(raw), max(cache), float(np.median(raw)), float(np.median(cache))
         print(f"{what:12}{rb / 1e6:10.0f}{cb / 1e6:12.0f}{cb / rb:7.0%}{rm / 1e6:12.0f}{cm / 1e6:14.0f}{cm / rm:7.0%}")
+    for what in ("read cold", "read warm"):
+        checked, unchecked = float(np.median(res[f"cache {what}"])), float(np.median(res[f"unchecked {what}"]))
+        print(f"per-sample crc32 check, {what}: {checked / 1e6:.0f} vs {unchecked / 1e6:.0f} MB/s unchecked "
+              f"(median), {unchecked / checked - 1:+.0%} time")
 
 
 if __name__ == "__main__":

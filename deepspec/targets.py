@@ -16,9 +16,12 @@ the last hidden state, which we store separately.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -241,10 +244,19 @@ class Target:
         return CapturedStates(hidden_states=hidden, last_hidden_state=out.last_hidden_state)
 
 
+# "org/name" or "name": what may be a hub id (anything else that is not a folder is a missing path).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
 def load_target_config(name_or_path: str):
     """The target's transformers config (hub id or local folder), or a clear :class:`TargetError`."""
     from transformers import AutoConfig
 
+    text = str(name_or_path)
+    if not os.path.isdir(os.path.expanduser(text)) and not _HUB_ID.match(text):
+        # Not a folder and not shaped like a hub id: transformers would blame the "repo id" form.
+        raise TargetError(f"target folder {text!r} does not exist; check model.target_model_name_or_path "
+                          "(for the tiny local target run: python scripts/data/build_tiny_target.py)")
     try:
         return AutoConfig.from_pretrained(name_or_path)
     except OSError as exc:
@@ -354,3 +366,110 @@ def load_frozen_target_pieces(
                     tensors[piece] = fh.get_tensor(key)
     embed = tensors["embed"]
     return embed, (embed if tied else tensors["lm_head"])
+
+
+# -- identity ---------------------------------------------------------------------------------
+# A target is identified by what it computes, not by where it lives: two folders named Qwen3-4B
+# (base and fine-tuned) must differ, a copy of the same files must not.
+FINGERPRINT_VERSION = "dstf1"
+# Keys that change when the same model is re-saved or loaded differently, not what it computes.
+_VOLATILE_CONFIG_KEYS = frozenset({"_name_or_path", "transformers_version", "_commit_hash", "_attn_implementation",
+                                   "_attn_implementation_autoset", "use_cache"})
+_FP_SAMPLE_BYTES = 64 << 10
+_FP_SAMPLES_PER_FILE = 5  # start, quarter points, end: a fine-tune changes bytes everywhere, a header alone not
+
+
+def _canonical_config(obj):
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            if key in _VOLATILE_CONFIG_KEYS:
+                continue
+            out["dtype" if key == "torch_dtype" else key] = _canonical_config(value)  # renamed across versions
+        return out
+    if isinstance(obj, list):
+        return [_canonical_config(v) for v in obj]
+    return obj
+
+
+def resolve_target_folder(name_or_path: str | os.PathLike, *, download: bool = False) -> Path:
+    """The local folder holding a target: the path itself, or a hub id's snapshot in the Hugging Face cache.
+
+    ``download=False`` never touches the network (a hub id must already be cached); the cache build passes
+    ``download=True`` because it loads the whole model anyway.
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise TargetError(f"target {text!r} is a file; pass the model folder that holds config.json")
+    if not _HUB_ID.match(text):
+        raise TargetError(f"target folder {text!r} does not exist; check model.target_model_name_or_path")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(text, local_files_only=not download,
+                                      allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as exc:  # noqa: BLE001 - hub errors have many types; all mean "not available here"
+        if download:
+            raise TargetError(f"cannot download target {text!r} from the Hugging Face hub ({type(exc).__name__}: "
+                              f"{exc}); check the id and the network, or pass a local model folder") from None
+        raise TargetError(f"target {text!r} is neither a local folder nor in the Hugging Face cache; pass the model "
+                          f"folder, or download it first: huggingface-cli download {text}") from None
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / _INDEX_FILE
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise TargetError(f"{index} is not a valid safetensors index ({exc}); re-download the target") from None
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise TargetError(f"target {folder} is incomplete: {', '.join(missing)} (named in {_INDEX_FILE}) "
+                              "missing; finish the download or copy")
+        return [folder / n for n in names]
+    if (folder / _SINGLE_FILE).is_file():
+        return [folder / _SINGLE_FILE]
+    found = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("pytorch_model*.bin"))
+    if not found:
+        raise TargetError(f"target {folder} has no weight files (*.safetensors or pytorch_model*.bin); "
+                          "pass the folder of a saved model")
+    return found
+
+
+def _sampled_bytes(path: Path, size: int, digest) -> None:
+    with open(path, "rb") as fh:
+        if size <= _FP_SAMPLES_PER_FILE * _FP_SAMPLE_BYTES:
+            digest.update(fh.read())
+            return
+        span = size - _FP_SAMPLE_BYTES
+        for k in range(_FP_SAMPLES_PER_FILE):
+            fh.seek(span * k // (_FP_SAMPLES_PER_FILE - 1))
+            digest.update(fh.read(_FP_SAMPLE_BYTES))
+
+
+def target_fingerprint(name_or_path: str | os.PathLike, *, download: bool = False) -> str:
+    """A stable identity of a target: its config plus its weight files' names, sizes and sampled bytes.
+
+    Not the folder name: a copy of the same files has the same fingerprint, a fine-tune saved under the
+    same name does not. Cheap at any size: at most 5 x 64 KiB are read per weight file (~3 MB for a
+    16-file 30 GB model). Raises :class:`TargetError` when the target is not available locally.
+    """
+    folder = resolve_target_folder(name_or_path, download=download)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise TargetError(f"target {folder} has no config.json; pass the folder of a saved model")
+    try:
+        config = json.loads(config_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TargetError(f"{config_path} is not valid JSON ({exc}); re-download or re-save the target") from None
+    digest = hashlib.sha256(FINGERPRINT_VERSION.encode() + b"\0")
+    digest.update(json.dumps(_canonical_config(config), sort_keys=True, separators=(",", ":")).encode())
+    for path in _weight_files(folder):
+        size = path.stat().st_size
+        digest.update(f"\0{path.name}\0{size}\0".encode())
+        _sampled_bytes(path, size, digest)
+    return f"{FINGERPRINT_VERSION}:{digest.hexdigest()}"

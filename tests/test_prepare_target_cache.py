@@ -8,9 +8,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from deepspec.config import load_config
-from deepspec.data.cache_build import build_target_cache
+from deepspec.data.cache_build import CacheBuildError, build_target_cache
 from deepspec.data.chat import tokenize_conversation
-from deepspec.data.target_cache import TargetCache, TargetCacheError
+from deepspec.data.target_cache import CacheCompatibilityError, TargetCache, TargetCacheError
 from deepspec.tiny_target import build_random_tiny_target
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,15 +35,15 @@ def write_data(path: Path, n: int = 9) -> Path:
     return path
 
 
-def config_for(target_dir):
+def config_for(target_dir, *opts):
     return load_config(ROOT / "config/dspark/dspark_tiny.py",
-                       opts=[f"model.target_model_name_or_path={target_dir}", f"model.target_layer_ids={LAYERS}"])
+                       opts=[f"model.target_model_name_or_path={target_dir}", f"model.target_layer_ids={LAYERS}", *opts])
 
 
-def build(tmp_path, target_dir, out_name="cache", **kwargs):
-    data = write_data(tmp_path / "train.jsonl")
+def build(tmp_path, target_dir, out_name="cache", *, opts=(), data=None, **kwargs):
+    data = data or write_data(tmp_path / "train.jsonl")
     logs = []
-    manifest = build_target_cache(cfg=config_for(target_dir), train_data_paths=[str(data)],
+    manifest = build_target_cache(cfg=config_for(target_dir, *opts), train_data_paths=[str(data)],
                                   output_dir=tmp_path / out_name, min_loss_tokens=2, max_shard_bytes=200_000,
                                   batch_size=3, log=logs.append, **kwargs)
     return manifest, logs
@@ -99,7 +99,7 @@ def test_refuses_when_disk_is_too_small(tmp_path, target_dir, monkeypatch):
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(100, 99, 1))
-    with pytest.raises(SystemExit, match="not enough disk space"):
+    with pytest.raises(CacheBuildError, match="not enough disk space"):
         build(tmp_path, target_dir)
     manifest, _ = build(tmp_path, target_dir, ignore_disk_space=True)
     assert TargetCache(tmp_path / "cache").manifest["layer_ids"] == LAYERS
@@ -119,3 +119,126 @@ def test_long_samples_truncate_skip_or_fail(tmp_path, target_dir):
     assert len(skipped.samples) == len(kept.samples) - kept.truncated
     with pytest.raises(DataError, match="longer than data.max_length=24"):
         tokenize_training_data([data], strict=True, **{**common, "min_loss_tokens": 1})
+
+
+def fine_tuned_copy(target_dir, dest):
+    """The same model (same config, same folder *name*) with changed weights, like a fine-tune."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(target_dir, dest)
+    weights = load_file(dest / "model.safetensors")
+    save_file({k: v + 0.01 for k, v in weights.items()}, dest / "model.safetensors", metadata={"format": "pt"})
+    return dest
+
+
+def test_manifest_records_identity(tmp_path, target_dir):
+    import hashlib
+
+    from deepspec.targets import target_fingerprint
+
+    manifest, _ = build(tmp_path, target_dir)
+    data = tmp_path / "train.jsonl"
+    assert manifest["target_fingerprint"] == target_fingerprint(target_dir)
+    assert manifest["layer_ids"] == LAYERS and manifest["max_length"] == 512
+    assert manifest["source_files"] == [{"path": str(data.resolve()), "size": data.stat().st_size,
+                                         "sha256": hashlib.sha256(data.read_bytes()).hexdigest()}]
+    assert manifest["extra"]["chat_template"] == "qwen3" and manifest["sample_checksum"] == "crc32"
+
+
+def test_complete_cache_of_another_build_is_refused_not_nothing_to_do(tmp_path, target_dir):
+    build(tmp_path, target_dir)
+    cache = tmp_path / "cache"
+    before = (cache / "manifest.json").read_text()
+    _, logs = build(tmp_path, target_dir)
+    assert "nothing to do" in "\n".join(logs)
+    # Same folder name, other weights: the fingerprint tells them apart.
+    ft = fine_tuned_copy(target_dir, tmp_path / "ft" / target_dir.name)
+    with pytest.raises(CacheCompatibilityError, match=r"differs in the target \(config or weights\).*--overwrite"):
+        build(tmp_path, ft)
+    with pytest.raises(CacheCompatibilityError, match=r"layer_ids=\[-1, 0, 2\], this run has \[0, 1\]"):
+        build(tmp_path, target_dir, opts=["model.target_layer_ids=[0, 1]"])
+    with pytest.raises(CacheCompatibilityError, match=r"data.max_length=512, this run has 64"):
+        build(tmp_path, target_dir, opts=["data.max_length=64"])
+    other = write_data(tmp_path / "other.jsonl", n=6)
+    with pytest.raises(CacheCompatibilityError, match=r"training data: it was built with \[.*train.jsonl.*this run "
+                                                      r"has \[.*other.jsonl"):
+        build(tmp_path, target_dir, data=other)
+    assert (cache / "manifest.json").read_text() == before  # refusals leave the cache alone
+    # The same file edited in place after the build (new content, same path) is another dataset too.
+    with open(tmp_path / "train.jsonl", "a") as fh:
+        fh.write(json.dumps({"id": "new", "conversations": [{"role": "user", "content": "q"},
+                                                              {"role": "assistant", "content": "a" * 40}]}) + "\n")
+    with pytest.raises(CacheCompatibilityError, match="training data"):
+        build_target_cache(cfg=config_for(target_dir), train_data_paths=[str(tmp_path / "train.jsonl")],
+                           output_dir=cache, min_loss_tokens=2, max_shard_bytes=200_000, batch_size=3, log=print)
+    manifest = build_target_cache(cfg=config_for(ft), train_data_paths=[str(other)], output_dir=cache,
+                                  min_loss_tokens=2, max_shard_bytes=200_000, batch_size=3, overwrite=True,
+                                  log=print)
+    assert manifest["num_samples"] == 6 and TargetCache(cache).manifest["target_fingerprint"] != \
+        json.loads(before)["target_fingerprint"]
+
+
+def test_resume_with_other_data_refused(tmp_path, target_dir):
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        build(tmp_path, target_dir, fail_after_batches=1)
+    other = write_data(tmp_path / "other.jsonl", n=5)
+    with pytest.raises(CacheCompatibilityError, match=r"partial build .* differs in the training data.*other.jsonl"):
+        build(tmp_path, target_dir, data=other)
+    ft = fine_tuned_copy(target_dir, tmp_path / "ft" / target_dir.name)
+    with pytest.raises(CacheCompatibilityError, match="differs in the target"):
+        build(tmp_path, ft)
+    manifest, _ = build(tmp_path, target_dir)  # the original command still resumes
+    assert manifest["num_samples"] == 9
+
+
+def test_trainer_side_check_uses_the_fingerprint(tmp_path, target_dir):
+    import shutil
+
+    build(tmp_path, target_dir)
+    cache = TargetCache(tmp_path / "cache")
+    copy = tmp_path / "copy" / "renamed"
+    shutil.copytree(target_dir, copy)
+    cache.check_compatible(target_model=str(copy), hidden_size=cache.hidden_size, max_length=512)  # same files
+    ft = fine_tuned_copy(target_dir, tmp_path / "ft" / target_dir.name)
+    with pytest.raises(CacheCompatibilityError, match=r"differs in the target.*--target-cache-dir"):
+        cache.check_compatible(target_model=str(ft))
+    with pytest.raises(CacheCompatibilityError, match=r"data.max_length=512, this run has 4096.*data.max_length=512"):
+        cache.check_compatible(target_model=str(target_dir), max_length=4096)
+
+
+def test_input_protection_and_overwrite_safety(tmp_path, target_dir):
+    from deepspec.errors import InputProtectionError
+
+    (tmp_path / "data").mkdir()
+    data = write_data(tmp_path / "data" / "train.jsonl")
+    common = dict(cfg=config_for(target_dir), min_loss_tokens=2, max_shard_bytes=200_000, batch_size=3, log=print)
+    with pytest.raises(InputProtectionError, match="lies inside the input folder"):
+        build_target_cache(train_data_paths=[str(tmp_path / "data")], output_dir=tmp_path / "data" / "cache", **common)
+    with pytest.raises(InputProtectionError, match="contains the input"):
+        build_target_cache(train_data_paths=[str(data)], output_dir=tmp_path, **common)
+    with pytest.raises(InputProtectionError, match="inside the input folder"):
+        build_target_cache(train_data_paths=[str(data)], output_dir=target_dir / "cache", **common)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(CacheBuildError, match=r"holds files that are not part of a target cache \(notes.txt\)"):
+        build_target_cache(train_data_paths=[str(data)], output_dir=tmp_path / "mine", overwrite=True, **common)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_corrupt_shard_repaired_as_the_message_says(tmp_path, target_dir):
+    build(tmp_path, target_dir)
+    cache_dir = tmp_path / "cache"
+    shard = sorted(cache_dir.glob("rank*.shard*.bin"))[1]
+    raw = bytearray(shard.read_bytes())
+    raw[5] ^= 0x10
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(TargetCacheError, match=rf"{shard.name} fails its checksum.*delete manifest.json, {shard.name} "
+                                               rf"and {shard.with_suffix('.idx').name}"):
+        TargetCache(cache_dir, verify=True)
+    for p in (cache_dir / "manifest.json", shard, shard.with_suffix(".idx")):
+        p.unlink()
+    manifest, _ = build(tmp_path, target_dir)  # "re-run the same command": redoes that shard's samples only
+    assert manifest["num_samples"] == 9
+    TargetCache(cache_dir, verify=True)

@@ -191,15 +191,78 @@ def test_truncated_shard_detected(tmp_path):
         TargetCache(tmp_path)
 
 
-def test_flipped_byte_caught_by_verify(tmp_path):
+def _flip(shard, at=100):
+    data = bytearray(shard.read_bytes())
+    data[at] ^= 0xFF
+    shard.write_bytes(bytes(data))
+
+
+def test_flipped_byte_caught_on_first_read(tmp_path):
     build(tmp_path, range(10))
     shard = _shard(tmp_path, 1)
-    data = bytearray(shard.read_bytes())
-    data[100] ^= 0xFF
-    shard.write_bytes(bytes(data))
-    TargetCache(tmp_path)  # size still right: only the checksum can tell
-    with pytest.raises(TargetCacheError, match="checksum"):
-        TargetCache(tmp_path, verify=True)
+    _flip(shard)  # in place: same size, only the checksum can tell
+    cache = TargetCache(tmp_path)
+    in_shard = [i for i in range(10) if cache.records["shard"][i] == 1]
+    bad = next(i for i in in_shard if cache.records["offset"][i] <= 100)
+    good = [i for i in range(10) if i != bad]
+    for i in good:  # the other samples, in this shard and others, still read (and pass)
+        assert_same(cache[i], make_sample(i))
+    with pytest.raises(TargetCacheError, match=rf"sample {bad} .*shard {shard} fails its checksum.*re-run the same"):
+        cache[bad]
+    with pytest.raises(TargetCacheError, match=rf"sample {bad} .*{shard.name}"):  # not marked good by a failure
+        cache[bad]
+    with pytest.raises(TargetCacheError, match="fails its checksum"):
+        TargetCache(tmp_path, verify=True)  # all samples at open
+
+
+def test_each_sample_checked_once_across_workers(tmp_path, monkeypatch):
+    from deepspec.data import target_cache_reader as reader
+    from deepspec.training.data import CacheDataset, StepSampler, build_loader
+
+    build(tmp_path, range(12))
+    cache = TargetCache(tmp_path)
+    calls = []
+    real = reader.zlib.crc32
+    monkeypatch.setattr(reader.zlib, "crc32", lambda b, *a: calls.append(1) or real(b, *a))
+    for _ in range(2):
+        cache[3]
+    assert len(calls) == 1
+    monkeypatch.undo()
+    # Marks set in DataLoader workers are shared: an epoch in 2 workers verifies everything, the next nothing.
+    sampler = StepSampler(num_samples=12, seed=0, rank=0, world_size=1, local_batch_size=2, grad_accum=1)
+    list(build_loader(CacheDataset(cache, columns=None), sampler, num_workers=2, pin_memory=False))
+    assert bool(cache._verified.all())
+
+
+def test_corrupt_sample_in_a_loader_worker_says_one_clear_line(tmp_path):
+    from deepspec.training.data import CacheDataset, StepSampler, build_loader
+
+    build(tmp_path, range(12))
+    shard = _shard(tmp_path, 0)
+    _flip(shard, at=10)
+    sampler = StepSampler(num_samples=12, seed=0, rank=0, world_size=1, local_batch_size=4, grad_accum=1)
+    loader = build_loader(CacheDataset(TargetCache(tmp_path), columns=None), sampler, num_workers=1, pin_memory=False)
+    with pytest.raises(TargetCacheError) as err:
+        list(loader)
+    assert str(err.value).startswith("sample ") and "Traceback" not in str(err.value), str(err.value)
+    assert shard.name in str(err.value)
+
+
+def test_version1_cache_is_read_with_a_warning(tmp_path):
+    build(tmp_path, range(4))
+    mpath = tmp_path / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["format_version"] = 1
+    for key in ("target_fingerprint", "max_length", "sample_checksum"):
+        m.pop(key)
+    mpath.write_text(json.dumps(m))
+    _flip(_shard(tmp_path, 0))
+    with pytest.warns(UserWarning, match="older DeepSpec.*only the target's folder name.*--overwrite"):
+        cache = TargetCache(tmp_path)
+    cache[0]  # no per-sample checksums in version 1: nothing to check against
+    cache.check_compatible(target_model="/elsewhere/Qwen3-tiny", layer_ids=LAYERS)  # names only
+    with pytest.raises(CacheCompatibilityError, match="the target"):
+        cache.check_compatible(target_model="/elsewhere/Qwen3-8B")
 
 
 def test_index_truncated_or_corrupt(tmp_path):
@@ -235,11 +298,12 @@ def test_check_compatible_messages(tmp_path):
     cache = TargetCache(tmp_path)
     cache.check_compatible(**META)
     cache.check_compatible(target_model="/models/Qwen3-tiny", layer_ids=(1, 3, 5), hidden_size=16)
-    with pytest.raises(CacheCompatibilityError, match=r"target_model='Qwen/Qwen3-tiny', not 'Qwen/Qwen3-8B'"):
+    with pytest.raises(CacheCompatibilityError, match=r"built with target_model='Qwen/Qwen3-tiny', this run has "
+                                                      r"'Qwen/Qwen3-8B'; .*prepare_target_cache.py"):
         cache.check_compatible(target_model="Qwen/Qwen3-8B")
-    with pytest.raises(CacheCompatibilityError, match=r"layer_ids=\[1, 3, 5\], not \[1, 2\].*target_layer_ids"):
+    with pytest.raises(CacheCompatibilityError, match=r"layer_ids=\[1, 3, 5\], this run has \[1, 2\].*target_layer_ids"):
         cache.check_compatible(layer_ids=[1, 2])
-    with pytest.raises(CacheCompatibilityError, match="hidden_size=16, not 32; rebuild"):
+    with pytest.raises(CacheCompatibilityError, match="hidden_size=16, this run has 32; "):
         cache.check_compatible(hidden_size=32)
 
 
@@ -247,6 +311,35 @@ def test_resume_with_other_layers_refused(tmp_path):
     build(tmp_path, range(3), finalize=False)
     with pytest.raises(CacheCompatibilityError, match="layer_ids"):
         TargetCacheWriter(tmp_path, target_model="Qwen/Qwen3-tiny", layer_ids=[2], hidden_size=H)
+
+
+def _src(path, sha):
+    return {"path": path, "size": 10, "sha256": sha * 64}
+
+
+def test_identity_fields_compared_with_old_and_new_values(tmp_path):
+    ident = dict(target_fingerprint="dstf1:" + "a" * 64, max_length=512, source_files=[_src("/d/a.jsonl", "1")],
+                 extra={"chat_template": "qwen3"})
+    build(tmp_path, range(3), finalize=False, **ident)
+    # The same build resumes, whatever the target folder is called now (the fingerprint decides).
+    TargetCacheWriter(tmp_path, **{**META, "target_model": "/copy/of/it"}, **ident).close()
+    cases = [
+        ({"target_fingerprint": "dstf1:" + "b" * 64}, r"differs in the target \(config or weights\).*fingerprint "
+                                                       r"aaaaaaaaaaaa\).*fingerprint bbbbbbbbbbbb"),
+        ({"max_length": 1024}, r"differs in max_length: it was built with data.max_length=512, this run has 1024"),
+        ({"source_files": [_src("/d/b.jsonl", "2")]}, r"training data: .*/d/a.jsonl .*sha256 111111111111.*"
+                                                      r"this run has \[/d/b.jsonl"),
+        ({"extra": {"chat_template": "gemma4"}}, r"chat_template='qwen3', this run has 'gemma4'"),
+    ]
+    for change, message in cases:
+        with pytest.raises(CacheCompatibilityError, match=message + ".*--overwrite"):
+            TargetCacheWriter(tmp_path, **META, **{**ident, **change})
+    manifest = finalize_target_cache(tmp_path)
+    assert manifest["target_fingerprint"] == ident["target_fingerprint"] and manifest["max_length"] == 512
+    assert manifest["source_files"] == ident["source_files"] and manifest["sample_checksum"] == "crc32"
+    with pytest.raises(CacheCompatibilityError, match="max_length"):
+        tc.check_build_folder(tmp_path, {**META, **ident, "max_length": 4})
+    assert tc.check_build_folder(tmp_path, {**META, **ident}) == "complete"
 
 
 def test_background_error_surfaces(tmp_path, monkeypatch):

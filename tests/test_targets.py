@@ -126,3 +126,82 @@ def test_load_target_from_a_saved_folder(tmp_path):
                                Target(model).capture(x, layer_ids=[1]).last_hidden_state)
     with pytest.raises(TargetError, match="build_tiny_target"):
         load_target(str(tmp_path / "missing"), with_tokenizer=False)
+
+
+# -- target_fingerprint: identity by content, not by folder name --------------------------------
+def _fake_target(folder, *, weights: bytes, config: dict | None = None):
+    import json
+
+    folder.mkdir(parents=True)
+    cfg = {"model_type": "qwen3", "hidden_size": 64, "_name_or_path": str(folder), "transformers_version": "5.0"}
+    (folder / "config.json").write_text(json.dumps({**cfg, **(config or {})}))
+    (folder / "model.safetensors").write_bytes(weights)
+    return folder
+
+
+def test_fingerprint_same_name_other_folder_differs_and_copies_match(tmp_path):
+    import shutil
+
+    from deepspec.targets import target_fingerprint
+
+    base = _fake_target(tmp_path / "base" / "Qwen3-4B", weights=bytes(range(256)) * 4096)
+    ft = _fake_target(tmp_path / "ft" / "Qwen3-4B", weights=bytes(reversed(range(256))) * 4096)  # a "fine-tune"
+    assert target_fingerprint(base) != target_fingerprint(ft)
+    copy = tmp_path / "elsewhere" / "renamed"
+    shutil.copytree(base, copy)
+    assert target_fingerprint(copy) == target_fingerprint(base) == target_fingerprint(str(base) + "/")
+    # Re-saving rewrites volatile keys (where it was loaded from, library version): still the same target.
+    cfg = (copy / "config.json").read_text().replace("5.0", "5.9").replace(str(base), "/tmp/x")
+    (copy / "config.json").write_text(cfg)
+    assert target_fingerprint(copy) == target_fingerprint(base)
+    other_cfg = _fake_target(tmp_path / "cfg", weights=bytes(range(256)) * 4096, config={"rope_theta": 1.0})
+    assert target_fingerprint(other_cfg) != target_fingerprint(base)
+    # One changed byte in the middle of a large file is seen (sampled there), as is a changed size.
+    big = bytearray(b"\1" * (8 << 20))
+    a = _fake_target(tmp_path / "a", weights=bytes(big))
+    big[len(big) // 2] ^= 1
+    b = _fake_target(tmp_path / "b", weights=bytes(big))
+    c = _fake_target(tmp_path / "c", weights=bytes(big) + b"\0")
+    assert len({target_fingerprint(a), target_fingerprint(b), target_fingerprint(c)}) == 3
+
+
+def test_fingerprint_saved_model_and_cheap_on_a_huge_file(tmp_path):
+    import time
+
+    from deepspec.targets import target_fingerprint
+
+    tiny_qwen3().save_pretrained(tmp_path / "m1")
+    tiny_qwen3().save_pretrained(tmp_path / "m2")  # same seed: same weights
+    torch.manual_seed(1)
+    Qwen3ForCausalLM(tiny_qwen3().config).save_pretrained(tmp_path / "m3")
+    fps = [target_fingerprint(tmp_path / m) for m in ("m1", "m2", "m3")]
+    assert fps[0] == fps[1] != fps[2] and fps[0].startswith("dstf1:")
+    # A 64 GiB sparse weight file: fingerprinting reads a few samples of it, not the file.
+    huge = _fake_target(tmp_path / "huge", weights=b"")
+    with open(huge / "model.safetensors", "r+b") as fh:
+        fh.truncate(64 << 30)
+    t0 = time.perf_counter()
+    target_fingerprint(huge)
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_fingerprint_refuses_what_it_cannot_identify(tmp_path, monkeypatch):
+    import json
+
+    from deepspec.targets import target_fingerprint
+
+    with pytest.raises(TargetError, match="does not exist"):
+        target_fingerprint(tmp_path / "no" / "such" / "folder")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(TargetError, match="neither a local folder nor in the Hugging Face cache.*huggingface-cli download org/none"):
+        target_fingerprint("org/none")
+    sharded = _fake_target(tmp_path / "sharded", weights=b"x")
+    (sharded / "model.safetensors").rename(sharded / "model-00001-of-00002.safetensors")
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(TargetError, match="incomplete: model-00002-of-00002.safetensors"):
+        target_fingerprint(sharded)
+    (sharded / "model-00001-of-00002.safetensors").unlink()
+    (sharded / "model.safetensors.index.json").unlink()
+    with pytest.raises(TargetError, match="no weight files"):
+        target_fingerprint(sharded)

@@ -6,29 +6,30 @@ assignment. Each worker sorts its samples by length (less padding), runs one
 target forward per batch capturing ``model.target_layer_ids`` and the post-norm
 last hidden state, moves them to the CPU and hands them to the cache writer's
 background thread. Rank 0 finalizes after every worker has closed.
+
+Before any of that, :func:`check_build_request` refuses what cannot work (missing data, a cache folder
+that holds or sits inside the data or the target, ``--overwrite`` of a folder that is not a cache) with
+light imports only, so a bad command fails in a fraction of a second instead of after loading torch.
+The identity of the build (target fingerprint, layers, max length, data files' sha256, settings) is
+compared with whatever the folder already holds: a resume continues the same build, a complete cache
+of the same build is "nothing to do", anything else is refused with what differs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
-from tqdm import tqdm
-
 from deepspec.data.chat import tokenize_conversation
-from deepspec.data.conversations import DataError, SkipReport, read_conversations
-from deepspec.data.target_cache import (
-    TargetCacheWriter,
-    cache_is_complete,
-    committed_source_indices,
-    estimate_cache_bytes,
-    finalize_target_cache,
-    format_bytes,
-)
+from deepspec.data.conversations import DataError, SkipReport, list_input_files, read_conversations
+from deepspec.errors import DeepSpecError, check_outputs_apart
+
+# torch, tqdm and the cache module (numpy + torch) are imported where used: a refused command then
+# answers in a fraction of a second.
 
 
 @dataclass
@@ -62,6 +63,8 @@ def tokenize_training_data(
     strict: bool = False,
 ) -> BuildPlan:
     """Read, validate and tokenize every conversation; bad or useless ones are counted, not fatal."""
+    from tqdm import tqdm
+
     report = SkipReport()
     samples, truncated = [], 0
     conversations = read_conversations(list(paths), strict=strict, report=report)
@@ -87,16 +90,84 @@ def tokenize_training_data(
     return BuildPlan(samples=samples, report=report, truncated=truncated, source_files=[str(p) for p in paths])
 
 
+class CacheBuildError(DeepSpecError, ValueError):
+    """The cache build cannot run as asked; the message says what to change."""
+
+
 def check_disk_space(*, output_dir: Path, needed_bytes: int, ignore: bool) -> str:
+    from deepspec.data.target_cache import format_bytes
+
     probe = output_dir if output_dir.exists() else output_dir.parent
     while not probe.exists():
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     message = f"estimated cache size {format_bytes(needed_bytes)}, free on {probe}: {format_bytes(free)}"
     if needed_bytes > free and not ignore:
-        raise SystemExit(f"not enough disk space: {message}. Free space, pick another --output-dir, reduce the "
-                         "data, or pass --ignore-disk-space to try anyway.")
+        raise CacheBuildError(f"not enough disk space: {message}. Free space, pick another --output-dir, reduce the "
+                              "data, or pass --ignore-disk-space to try anyway.")
     return message
+
+
+def _sha256(path: Path, chunk: int = 8 << 20) -> str:
+    digest = hashlib.sha256()
+    buf = bytearray(chunk)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            digest.update(memoryview(buf)[:n])
+    return digest.hexdigest()
+
+
+def describe_source_files(paths: Sequence[str | os.PathLike]) -> list[dict]:
+    """Every data file the build reads (folders expanded as the reader does): path, size, sha256."""
+    return [{"path": str(p.resolve()), "size": p.stat().st_size, "sha256": _sha256(p)}
+            for p in list_input_files(list(paths))]
+
+
+def check_build_request(*, train_data_paths: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
+                        target: str | os.PathLike | None = None, overwrite: bool = False) -> list[Path]:
+    """Refuse a build that cannot work or would harm the user's files; returns the data files to read.
+
+    Cheap (no torch): the data files exist, the cache folder neither equals, holds nor sits inside the
+    data or the target folder, and ``overwrite`` only ever replaces a folder of cache files.
+    """
+    from deepspec.data.target_cache import is_cache_file
+
+    if not train_data_paths:
+        raise CacheBuildError("no training data: pass --train-data-path FILE (or set data.train_data_paths)")
+    files = list_input_files(list(train_data_paths))
+    output_dir = Path(output_dir)
+    inputs = list(train_data_paths) + files
+    if target is not None and Path(target).expanduser().is_dir():
+        inputs.append(Path(target).expanduser())  # a cache inside the model folder could be --overwrite'n away
+    check_outputs_apart(inputs=inputs, output_dirs=[output_dir], what="cache output")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise CacheBuildError(f"--output-dir {output_dir} is a file; the cache is a folder: choose a folder path")
+    if overwrite and output_dir.is_dir():
+        foreign = sorted(p.name for p in output_dir.iterdir() if not is_cache_file(p.name))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise CacheBuildError(f"--overwrite would delete {output_dir}, but it holds files that are not part of a "
+                                  f"target cache ({shown}); move them away or choose another --output-dir")
+    return files
+
+
+def remove_cache_files(output_dir: Path) -> int:
+    """--overwrite: delete the files of an old cache or partial build (nothing else is there: checked above)."""
+    from deepspec.data.target_cache import MANIFEST_NAME, is_cache_file
+    from deepspec.fsio import fsync_dir
+
+    if not output_dir.is_dir():
+        return 0
+    # The manifest first: if we are killed midway, the folder is an incomplete build, never a half-old cache.
+    (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    fsync_dir(output_dir)
+    removed = 0
+    for p in output_dir.iterdir():
+        if is_cache_file(p.name):
+            p.unlink()
+            removed += 1
+    fsync_dir(output_dir)
+    return removed
 
 
 @dataclass
@@ -110,13 +181,19 @@ class WorkerArgs:
     max_shard_bytes: int
     device: str
     dtype: str
-    source_files: list[str]
+    source_files: list[dict]
     extra: dict
+    target_fingerprint: str | None = None
+    max_length: int | None = None
     fail_after_batches: int | None = None  # tests: simulate a crash mid-build
 
 
 def run_worker(rank: int, world: int, args: WorkerArgs) -> int:
     """Capture and write this rank's samples; returns how many were written now."""
+    import torch
+    from tqdm import tqdm
+
+    from deepspec.data.target_cache import TargetCacheWriter, committed_source_indices
     from deepspec.targets import load_target
 
     device = args.device
@@ -132,7 +209,8 @@ def run_worker(rank: int, world: int, args: WorkerArgs) -> int:
     written = 0
     with TargetCacheWriter(args.output_dir, rank=rank, target_model=args.target, layer_ids=args.layer_ids,
                            hidden_size=args.hidden_size, max_shard_bytes=args.max_shard_bytes,
-                           source_files=args.source_files, extra=args.extra) as writer:
+                           source_files=args.source_files, extra=args.extra,
+                           target_fingerprint=args.target_fingerprint, max_length=args.max_length) as writer:
         batches = [mine[i:i + args.batch_size] for i in range(0, len(mine), args.batch_size)]
         for step, batch in enumerate(tqdm(batches, desc=f"capture[rank {rank}]", unit="batch",
                                           disable=rank != 0 and world > 1)):
@@ -170,24 +248,46 @@ def build_target_cache(
     strict: bool = False,
     long_samples: str = "truncate",
     ignore_disk_space: bool = False,
+    overwrite: bool = False,
     log: Callable[[str], None] = print,
     fail_after_batches: int | None = None,
 ) -> dict:
-    """The whole stage; returns the manifest. Re-running an interrupted build resumes it."""
-    from transformers import AutoConfig, AutoTokenizer
+    """The whole stage; returns the manifest. Re-running an interrupted build resumes it.
 
-    from deepspec.targets import family_of, validate_layer_ids
-
+    ``overwrite`` deletes a previous cache (or partial build) in ``output_dir`` first; without it, a folder
+    holding a build of another target, layer set, max length, data or settings is refused.
+    """
     output_dir = Path(output_dir)
-    if cache_is_complete(output_dir):
-        log(f"{output_dir} is already a complete target cache; nothing to do (delete it to rebuild)")
-        from deepspec.data.target_cache import TargetCache
-
-        return TargetCache(output_dir).manifest
     target_path = cfg.model.target_model_name_or_path
-    hf_config = AutoConfig.from_pretrained(target_path)
+    if batch_size < 1 or max_shard_bytes < 1 or min_loss_tokens < 0 or (nproc is not None and nproc < 1):
+        raise CacheBuildError(f"batch_size ({batch_size}), max_shard_bytes ({max_shard_bytes}) and nproc ({nproc}) "
+                              f"must be >= 1 and min_loss_tokens ({min_loss_tokens}) >= 0")
+    check_build_request(train_data_paths=train_data_paths, output_dir=output_dir, target=target_path,
+                        overwrite=overwrite)
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from deepspec.data.target_cache import TargetCache, check_build_folder, estimate_cache_bytes, finalize_target_cache
+    from deepspec.targets import family_of, load_target_config, target_fingerprint, validate_layer_ids
+
+    hf_config = load_target_config(target_path)
     text_config = family_of(hf_config).text_config(hf_config)
     layer_ids = validate_layer_ids(cfg.model.target_layer_ids, num_layers=text_config.num_hidden_layers)
+    extra = {"max_length": cfg.data.max_length, "chat_template": cfg.data.chat_template,
+             "min_loss_tokens": min_loss_tokens, "long_samples": long_samples}
+    identity = {"target_model": str(target_path), "target_fingerprint": target_fingerprint(target_path, download=True),
+                "layer_ids": layer_ids, "hidden_size": int(text_config.hidden_size),
+                "max_length": int(cfg.data.max_length), "source_files": describe_source_files(train_data_paths),
+                "extra": extra}
+    if overwrite:
+        removed = remove_cache_files(output_dir)
+        if removed:
+            log(f"--overwrite: removed {removed} files of the previous cache in {output_dir}")
+    elif check_build_folder(output_dir, identity) == "complete":
+        log(f"{output_dir} is already a complete target cache of this target, layers, data and settings; nothing "
+            "to do (pass --overwrite to rebuild it)")
+        return TargetCache(output_dir).manifest
     tokenizer = AutoTokenizer.from_pretrained(target_path)
     plan = tokenize_training_data(train_data_paths, tokenizer=tokenizer, chat_template=cfg.data.chat_template,
                                   max_length=cfg.data.max_length, min_loss_tokens=min_loss_tokens,
@@ -196,7 +296,8 @@ def build_target_cache(
     if plan.truncated:
         log(f"  {plan.truncated} conversations truncated to data.max_length={cfg.data.max_length} tokens")
     if not plan.samples:
-        raise SystemExit("no usable training samples; see the summary above")
+        raise CacheBuildError("no usable training samples (see the summary above); fix the data or lower "
+                              "--min-loss-tokens")
     needed = estimate_cache_bytes(num_samples=len(plan.samples), avg_tokens=plan.num_tokens / len(plan.samples),
                                   num_layers=len(layer_ids), hidden_size=text_config.hidden_size)
     log(f"{len(plan.samples)} samples, {plan.num_tokens} tokens; "
@@ -205,22 +306,23 @@ def build_target_cache(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     world = nproc or (torch.cuda.device_count() if device == "cuda" else 1)
     args = WorkerArgs(output_dir=str(output_dir), target=str(target_path), layer_ids=layer_ids,
-                      hidden_size=int(text_config.hidden_size), samples=plan.samples, batch_size=batch_size,
+                      hidden_size=identity["hidden_size"], samples=plan.samples, batch_size=batch_size,
                       max_shard_bytes=max_shard_bytes, device=device,
-                      dtype="bf16" if device == "cuda" else "fp32", source_files=plan.source_files,
-                      extra={"max_length": cfg.data.max_length, "chat_template": cfg.data.chat_template,
-                             "min_loss_tokens": min_loss_tokens},
-                      fail_after_batches=fail_after_batches)
+                      dtype="bf16" if device == "cuda" else "fp32", source_files=identity["source_files"],
+                      extra=extra, target_fingerprint=identity["target_fingerprint"],
+                      max_length=identity["max_length"], fail_after_batches=fail_after_batches)
     if world == 1:
         run_worker(0, 1, args)
     else:
         torch.multiprocessing.spawn(_spawned_worker, args=(world, args), nprocs=world, join=True)
     manifest = finalize_target_cache(output_dir, expected_num_samples=len(plan.samples),
-                                     source_files=plan.source_files)
+                                     source_files=identity["source_files"])
     log(f"target cache complete: {output_dir} ({manifest.get('num_samples', len(plan.samples))} samples)")
     return manifest
 
 
 def _spawned_worker(rank: int, world: int, args: WorkerArgs) -> None:
+    import torch
+
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     run_worker(rank, world, args)

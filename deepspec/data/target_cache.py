@@ -16,6 +16,15 @@ Per sample, contiguous in a shard, each array starting on a 64-byte boundary
 
 bf16 is stored as its raw 16-bit pattern (numpy has no bfloat16).
 
+Identity and integrity (format version 2). The manifest (and every rank's meta) records what the
+cache was built from: ``target_fingerprint`` (:func:`deepspec.targets.target_fingerprint`: config
+plus sampled weight bytes, not the folder name), ``layer_ids``, ``hidden_size``, ``max_length``,
+``source_files`` (path, size, sha256) and the build settings in ``extra``. :func:`check_identity`
+is the one comparison: a resumed build, a build into a folder holding a complete cache, and the
+trainer all go through it. Each index record carries the crc32 of its sample's bytes (padding
+included), so a reader verifies a sample the first time it reads it, over bytes it reads anyway.
+Version 1 caches (no fingerprint, no per-sample checksums) are still read, with a warning.
+
 Protocol: each rank runs a :class:`TargetCacheWriter`; shards are written
 under temp names, fsynced and renamed, the ``.idx`` part last.  After every
 rank has closed, rank 0 runs :func:`finalize_target_cache`, which merges the
@@ -42,7 +51,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from deepspec.errors import DeepSpecError
 from deepspec.fsio import atomic_write, fsync_dir
@@ -50,11 +58,13 @@ from deepspec.fsio import atomic_write, fsync_dir
 __all__ = [
     "FORMAT_VERSION", "RECORD_DTYPE", "TargetCacheError", "CacheCompatibilityError", "TargetCacheWriteError",
     "TargetCacheWriter", "TargetCache", "finalize_target_cache", "committed_source_indices",
-    "cache_is_complete", "estimate_cache_bytes", "format_bytes", "sample_nbytes",
+    "cache_is_complete", "estimate_cache_bytes", "format_bytes", "sample_nbytes", "check_identity",
+    "check_build_folder", "is_cache_file", "REBUILD_ADVICE",
 ]
 
 FORMAT_NAME = "deepspec-target-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no fingerprint, no per-sample checksums
 ALIGN = 64
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.bin"
@@ -62,14 +72,17 @@ DEFAULT_MAX_SHARD_BYTES = 2 << 30
 DTYPES = {"input_ids": "int32", "loss_mask": "uint8", "hidden_states": "bfloat16", "last_hidden_state": "bfloat16"}
 
 RECORD_DTYPE = np.dtype([("source_index", "<i8"), ("offset", "<u8"), ("shard", "<u4"),
-                         ("length", "<u4"), ("loss_tokens", "<u4"), ("reserved", "<u4")])
-# .idx part header: magic, version, record size, n records, shard bytes, shard crc32, records crc32.
+                         ("length", "<u4"), ("loss_tokens", "<u4"), ("crc32", "<u4")])
+# crc32: of the sample's padded bytes [offset, offset + sample_nbytes) (version 1: reserved, 0).
+# .idx part header: magic, version, record size, n records, shard bytes, shard crc32 (v1; 0 since), records crc32.
 _PART_HEADER = struct.Struct("<8sIIQQII24x")
 _PART_MAGIC = b"DSTCIDX1"
 _SHARD_RE = re.compile(r"^rank(\d{5})\.shard(\d{6})\.(bin|idx)$")
 _ZEROS = bytes(ALIGN)
 _WRITEBACK_BYTES = 32 << 20
 _FADVISE = getattr(os, "posix_fadvise", None)  # Linux; elsewhere fsync alone does the work
+# What every mismatch tells the user to do (the CLI names; library callers read them the same way).
+REBUILD_ADVICE = "pass --overwrite to prepare_target_cache.py to rebuild it, or choose a new --output-dir"
 
 
 class TargetCacheError(DeepSpecError, RuntimeError):
@@ -147,8 +160,8 @@ def _read_part(path: Path) -> tuple[np.ndarray, int, int]:
     magic, version, rec_size, n, shard_bytes, shard_crc, rec_crc = _PART_HEADER.unpack_from(raw)
     body = raw[_PART_HEADER.size:]
     if magic != _PART_MAGIC or version != FORMAT_VERSION or rec_size != RECORD_DTYPE.itemsize:
-        raise TargetCacheError(f"{what} has an unknown header (version {version}); was it written by another "
-                               "DeepSpec version? Rebuild the cache with this version")
+        raise CacheCompatibilityError(f"{what} has format version {version}, this DeepSpec writes "
+                                      f"{FORMAT_VERSION}; a build cannot resume across versions: {REBUILD_ADVICE}")
     if len(body) != n * rec_size or zlib.crc32(body) != rec_crc:
         raise TargetCacheError(f"{what} is corrupt (size or checksum mismatch); delete it and its .bin shard, "
                                "then re-run the build to redo those samples")
@@ -201,27 +214,118 @@ def _read_metas(output_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(output_dir.glob("rank*.meta.json"))]
 
 
-def _same_model(a: str, b: str) -> bool:
-    # A hub id and a local copy of it ("Qwen/Qwen3-4B" vs "/models/Qwen3-4B") count as the same target.
+def _same_name(a: str, b: str) -> bool:
+    # Names only (caches without a fingerprint): a hub id and a local copy of it count as the same target.
     a, b = str(a).rstrip("/"), str(b).rstrip("/")
     return a == b or a.rsplit("/", 1)[-1].lower() == b.rsplit("/", 1)[-1].lower()
 
 
-def _check_fields(have: dict, *, target_model, layer_ids, hidden_size, where: str, fix: str) -> None:
-    if target_model is not None and not _same_model(have["target_model"], target_model):
-        raise CacheCompatibilityError(f"{where} was built for target_model={have['target_model']!r}, "
-                                      f"not {target_model!r}; {fix}")
-    if layer_ids is not None and [int(x) for x in layer_ids] != list(have["layer_ids"]):
-        raise CacheCompatibilityError(f"{where} holds layer_ids={list(have['layer_ids'])}, not {list(layer_ids)}; "
-                                      f"{fix} (or set target_layer_ids={list(have['layer_ids'])} in the config)")
-    if hidden_size is not None and int(hidden_size) != int(have["hidden_size"]):
-        raise CacheCompatibilityError(f"{where} has hidden_size={have['hidden_size']}, not {hidden_size}; {fix}")
+def _short(fp: str | None) -> str:
+    return fp.split(":", 1)[-1][:12] if fp else "none"
+
+
+def _sources(files) -> list | None:
+    """(size, sha256) per source file, or None when they were recorded as bare names (then not compared)."""
+    if not files or not all(isinstance(f, dict) and "sha256" in f for f in files):
+        return None
+    return [(int(f["size"]), f["sha256"]) for f in files]
+
+
+def _describe_sources(files) -> str:
+    return "[" + ", ".join(f"{f['path']} ({f['size']} bytes, sha256 {f['sha256'][:12]})" if isinstance(f, dict)
+                           else str(f) for f in files) + "]"
+
+
+def _max_length(record: dict):
+    value = record.get("max_length")
+    return value if value is not None else (record.get("extra") or {}).get("max_length")
+
+
+def check_identity(have: dict, want: dict, *, where: str, fix: str) -> None:
+    """Raise :class:`CacheCompatibilityError` naming the first field where ``have`` (a cache's manifest or a
+    partial build's meta) differs from ``want`` (this run), with both values and ``fix``.
+
+    Fields absent (None) in ``want`` are not checked. The target is compared by fingerprint when both sides
+    have one; otherwise by name (a cache from before fingerprints, or a caller that could not compute one).
+    """
+    def differ(field: str, old, new, match: str = "") -> CacheCompatibilityError:
+        hint = f"set {match} to match it, or " if match else ""
+        return CacheCompatibilityError(f"{where} differs in {field}: it was built with {old}, this run has {new}; "
+                                       f"{hint}{fix}")
+
+    name_old, name_new = have.get("target_model"), want.get("target_model")
+    fp_old, fp_new = have.get("target_fingerprint"), want.get("target_fingerprint")
+    if fp_old and fp_new:
+        if fp_old != fp_new:
+            raise differ("the target (config or weights)", f"target_model={name_old!r} (fingerprint {_short(fp_old)})",
+                         f"{name_new!r} (fingerprint {_short(fp_new)})")
+    elif name_new is not None and not _same_name(name_old, name_new):
+        raise differ("the target", f"target_model={name_old!r}", f"{name_new!r}")
+    layers = want.get("layer_ids")
+    if layers is not None and [int(x) for x in layers] != list(have["layer_ids"]):
+        raise differ("layer_ids", f"layer_ids={list(have['layer_ids'])}", f"{[int(x) for x in layers]}",
+                     f"model.target_layer_ids={list(have['layer_ids'])}")
+    if want.get("hidden_size") is not None and int(want["hidden_size"]) != int(have["hidden_size"]):
+        raise differ("hidden_size", f"hidden_size={have['hidden_size']}", f"{want['hidden_size']}")
+    old_len, new_len = _max_length(have), _max_length(want)
+    if old_len is not None and new_len is not None and int(old_len) != int(new_len):
+        raise differ("max_length", f"data.max_length={old_len}", f"{new_len}", f"data.max_length={old_len}")
+    old_src, new_src = _sources(have.get("source_files")), _sources(want.get("source_files"))
+    if old_src is not None and new_src is not None and old_src != new_src:
+        raise differ("the training data", _describe_sources(have["source_files"]),
+                     _describe_sources(want["source_files"]))
+    if "sample_checksum" in have and "sample_checksum" in want and have["sample_checksum"] != want["sample_checksum"]:
+        # Records without a checksum among checked ones would read as corrupt.
+        raise differ("sample_checksum", f"sample_checksum={have['sample_checksum']!r}", f"{want['sample_checksum']!r}")
+    old_extra, new_extra = have.get("extra") or {}, want.get("extra") or {}
+    for key in sorted(set(old_extra) & set(new_extra)):
+        if old_extra[key] != new_extra[key]:
+            raise differ(key, f"{key}={old_extra[key]!r}", f"{new_extra[key]!r}")
+
+
+def check_build_folder(output_dir: str | os.PathLike, want: dict) -> str:
+    """State of a cache folder a build is about to write: "empty", "partial" (resumable) or "complete".
+
+    Raises when what is there was built differently (older format, other target, layers, data, settings):
+    resuming would mix two datasets into one cache, and "nothing to do" would hand over the wrong cache.
+    """
+    output_dir = Path(output_dir)
+    if cache_is_complete(output_dir):
+        mpath = output_dir / MANIFEST_NAME
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise TargetCacheError(f"{mpath} is not valid JSON ({exc}); {REBUILD_ADVICE}") from None
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise CacheCompatibilityError(
+                f"{output_dir} holds a complete cache of format version {manifest.get('format_version')!r} (this "
+                f"DeepSpec writes {FORMAT_VERSION}); it records no target fingerprint or data checksums, so this "
+                f"build cannot tell whether it matches. Train on it as it is, or {REBUILD_ADVICE}")
+        check_identity(manifest, want, where=f"the complete cache in {output_dir}", fix=REBUILD_ADVICE)
+        return "complete"
+    metas = _read_metas(output_dir) if output_dir.is_dir() else []
+    for meta in metas:
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise CacheCompatibilityError(
+                f"{output_dir} holds a partial build of cache format version {meta.get('format_version')!r} (this "
+                f"DeepSpec writes {FORMAT_VERSION}); it cannot be resumed: {REBUILD_ADVICE}")
+        check_identity(meta, want, where=f"the partial build in {output_dir} (rank {meta.get('rank')})",
+                       fix=REBUILD_ADVICE)
+    return "partial" if metas else "empty"
+
+
+def is_cache_file(name: str) -> bool:
+    """Files a cache build writes (what --overwrite may delete)."""
+    return bool(re.match(r"^\.?(manifest\.json|index\.bin|rank\d{5}\.meta\.json|rank\d{5}\.shard\d{6}\.(bin|idx))"
+                         r"(\.tmp)?$", name)) and (name.startswith(".") == name.endswith(".tmp"))
 
 
 # ---------------------------------------------------------------------------- writer
 
 def _to_numpy(x: Any, name: str, kind: str) -> np.ndarray:
     """Zero-copy where possible: int32 ids, uint8 mask, int16 bit patterns for bf16."""
+    import torch  # here, not at the top: a build refused before any work never pays for importing torch
+
     if isinstance(x, torch.Tensor):
         if x.device.type != "cpu":
             raise ValueError(f"{name} is on {x.device}; call .cpu() before add() - the writer thread only "
@@ -270,8 +374,8 @@ class TargetCacheWriter:
 
     def __init__(self, output_dir: str | os.PathLike, *, rank: int = 0, target_model: str,
                  layer_ids: Sequence[int], hidden_size: int, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                 max_queue_bytes: int = 1 << 30, source_files: Sequence[str] = (), extra: dict | None = None,
-                 checksum: bool = True):
+                 max_queue_bytes: int = 1 << 30, source_files: Sequence[str | dict] = (), extra: dict | None = None,
+                 checksum: bool = True, target_fingerprint: str | None = None, max_length: int | None = None):
         self.output_dir = Path(output_dir)
         self.rank = int(rank)
         self.layer_ids = [int(x) for x in layer_ids]
@@ -286,17 +390,13 @@ class TargetCacheWriter:
         if cache_is_complete(self.output_dir):
             raise TargetCacheError(f"{self.output_dir} is already a finalized target cache; write to a new folder, "
                                    f"or delete {MANIFEST_NAME} there to add samples to it")
-        for meta in _read_metas(self.output_dir):
-            if meta.get("format_version") != FORMAT_VERSION:
-                raise CacheCompatibilityError(f"{self.output_dir} holds a partial build of cache format version "
-                                              f"{meta.get('format_version')}; use a new folder")
-            _check_fields(meta, target_model=target_model, layer_ids=self.layer_ids, hidden_size=self.hidden_size,
-                          where=f"the partial build in {self.output_dir}",
-                          fix="use a new output folder or delete this one")
-        _remove_uncommitted(self.output_dir, rank=self.rank)  # leftovers of a killed run of this rank
         self.meta = {"format_version": FORMAT_VERSION, "rank": self.rank, "target_model": str(target_model),
-                     "layer_ids": self.layer_ids, "hidden_size": self.hidden_size,
-                     "source_files": [str(s) for s in source_files], "extra": extra or {}}
+                     "target_fingerprint": target_fingerprint, "layer_ids": self.layer_ids,
+                     "hidden_size": self.hidden_size, "max_length": None if max_length is None else int(max_length),
+                     "source_files": [s if isinstance(s, dict) else str(s) for s in source_files],
+                     "sample_checksum": "crc32" if checksum else None, "extra": extra or {}}
+        check_build_folder(self.output_dir, self.meta)  # a resume must continue the same build, never mix two
+        _remove_uncommitted(self.output_dir, rank=self.rank)  # leftovers of a killed run of this rank
         atomic_write(self.output_dir / f"rank{self.rank:05d}.meta.json", json.dumps(self.meta, indent=1).encode())
         self.committed = committed_source_indices(self.output_dir)
         own = [k for (r, k) in _scan(self.output_dir) if r == self.rank]
@@ -314,7 +414,7 @@ class TargetCacheWriter:
         self._fd: int | None = None
         self._records: list[tuple] = []
         self._shard_bytes = 0
-        self._crc = self._flushed = 0
+        self._flushed = 0
         self._crc_pool = ThreadPoolExecutor(1, thread_name_prefix="target-cache-crc") if checksum else None
         self._thread = threading.Thread(target=self._run, name=f"target-cache-writer-{self.rank}", daemon=True)
         self._thread.start()
@@ -433,18 +533,16 @@ class TargetCacheWriter:
         if self._fd is None:
             tmp = self.output_dir / f".{self._name('bin')}.tmp"
             self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            self._records, self._shard_bytes, self._crc, self._flushed = [], 0, 0, 0
+            self._records, self._shard_bytes, self._flushed = [], 0, 0
         bufs = []
         for arr, padded in zip(arrays, _parts(t, self.hidden_width, self.hidden_size)):
             bufs.append(memoryview(arr.reshape(-1).view(np.uint8)))
             if padded > arr.nbytes:
                 bufs.append(_ZEROS[: padded - arr.nbytes])
         # crc32 and write() both release the GIL: checksum on a helper thread while the kernel copies.
-        crc = self._crc_pool.submit(_crc_chain, bufs, self._crc) if self._crc_pool else None
+        crc = self._crc_pool.submit(_crc_chain, bufs, 0) if self._crc_pool else None
         _writev_all(self._fd, bufs)
-        if crc is not None:
-            self._crc = crc.result()
-        self._records.append((source_index, self._shard_bytes, 0, t, loss_tokens, 0))
+        self._records.append((source_index, self._shard_bytes, 0, t, loss_tokens, crc.result() if crc else 0))
         self._shard_bytes += nbytes
         if _FADVISE and self._shard_bytes - self._flushed >= _WRITEBACK_BYTES:
             # Start writeback of what was just written (DONTNEED on dirty pages = async flush), so the
@@ -460,7 +558,7 @@ class TargetCacheWriter:
         self._fd = None
         records = np.array(self._records, dtype=RECORD_DTYPE).tobytes()
         header = _PART_HEADER.pack(_PART_MAGIC, FORMAT_VERSION, RECORD_DTYPE.itemsize, len(self._records),
-                                   self._shard_bytes, self._crc if self.checksum else 0, zlib.crc32(records))
+                                   self._shard_bytes, 0, zlib.crc32(records))
         idx_tmp = self.output_dir / f".{self._name('idx')}.tmp"
         with open(idx_tmp, "wb") as f:
             f.write(header + records)
@@ -489,10 +587,12 @@ def finalize_target_cache(output_dir: str | os.PathLike, *, expected_num_samples
     if not metas:
         raise TargetCacheError(f"{output_dir} has no writer metadata; run the cache build before finalizing")
     first = metas[0]
-    for m in metas[1:]:
-        _check_fields(m, target_model=first["target_model"], layer_ids=first["layer_ids"],
-                      hidden_size=first["hidden_size"], where=f"rank {m['rank']}'s part of {output_dir}",
-                      fix=f"ranks disagree with rank {first['rank']}; rebuild into a new folder")
+    for m in metas:
+        if m.get("format_version") != FORMAT_VERSION:
+            raise CacheCompatibilityError(f"rank {m.get('rank')}'s part of {output_dir} has format version "
+                                          f"{m.get('format_version')!r}, not {FORMAT_VERSION}; {REBUILD_ADVICE}")
+        check_identity(m, first, where=f"rank {m['rank']}'s part of {output_dir}",
+                       fix=f"ranks disagree with rank {first['rank']}; {REBUILD_ADVICE}")
     (output_dir / MANIFEST_NAME).unlink(missing_ok=True)  # never leave an old manifest next to a new index
     fsync_dir(output_dir)
     _remove_uncommitted(output_dir, rank=None)
@@ -502,7 +602,7 @@ def finalize_target_cache(output_dir: str | os.PathLike, *, expected_num_samples
     hidden_width = len(first["layer_ids"]) * first["hidden_size"]
     for sid, key in enumerate(sorted(scan)):
         files = scan[key]
-        records, nbytes, crc = _read_part(files["idx"])
+        records, nbytes, _ = _read_part(files["idx"])
         actual = files["bin"].stat().st_size
         if actual != nbytes:
             raise TargetCacheError(f"shard {files['bin']} has {actual} bytes but its index says {nbytes}; delete "
@@ -510,7 +610,7 @@ def finalize_target_cache(output_dir: str | os.PathLike, *, expected_num_samples
         records["shard"] = sid
         parts.append(records)
         shards.append({"file": files["bin"].name, "bytes": nbytes, "num_samples": len(records),
-                       "crc32": crc if crc else None})
+                       "index_part": files["idx"].name})
     if not parts:
         raise TargetCacheError(f"{output_dir} has no committed samples; run the build first")
     records = np.concatenate(parts)
@@ -528,16 +628,19 @@ def finalize_target_cache(output_dir: str | os.PathLike, *, expected_num_samples
     atomic_write(output_dir / INDEX_NAME, index_bytes)
 
     if source_files is None:
-        source_files = list(dict.fromkeys(s for m in metas for s in m.get("source_files", [])))
+        unique = {json.dumps(s, sort_keys=True): s for m in metas for s in m.get("source_files", [])}
+        source_files = list(unique.values())
     manifest = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "target_model": first["target_model"],
+        "target_fingerprint": first.get("target_fingerprint"), "max_length": first.get("max_length"),
         "layer_ids": first["layer_ids"], "num_layers": len(first["layer_ids"]),
         "hidden_size": first["hidden_size"], "hidden_width": hidden_width, "dtypes": DTYPES, "alignment": ALIGN,
         "index": {"file": INDEX_NAME, "num_records": len(records), "record_size": RECORD_DTYPE.itemsize,
                   "record_fields": [n for n in RECORD_DTYPE.names], "crc32": zlib.crc32(index_bytes)},
-        "shards": shards, "checksum": "crc32", "num_samples": len(records),
+        "shards": shards, "sample_checksum": first.get("sample_checksum"), "num_samples": len(records),
         "total_tokens": int(records["length"].sum()), "total_loss_tokens": int(records["loss_tokens"].sum()),
-        "duplicates_dropped": duplicates, "source_files": [str(s) for s in source_files],
+        "duplicates_dropped": duplicates,
+        "source_files": [s if isinstance(s, dict) else str(s) for s in source_files],
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "extra": extra if extra is not None else first.get("extra", {}),
     }

@@ -1,12 +1,16 @@
-"""Reading the target cache: validated, memory-mapped, random access.
+"""Reading the target cache: validated, memory-mapped, random access, every sample checked once.
 
-See :mod:`deepspec.data.target_cache` for the format and the writer.
+See :mod:`deepspec.data.target_cache` for the format and the writer. A sample's crc32 (in its index
+record) is verified the first time it is read; the marks live in shared memory, so DataLoader workers
+(and the next epoch's workers) do not verify a sample again. The cost is one crc32 over bytes the
+reader touches anyway.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,13 +22,14 @@ from deepspec.data.target_cache import (
     ALIGN,
     DTYPES,
     FORMAT_NAME,
-    FORMAT_VERSION,
     MANIFEST_NAME,
+    READABLE_VERSIONS,
+    REBUILD_ADVICE,
     RECORD_DTYPE,
     TargetCacheError,
     _SHARD_RE,
-    _check_fields,
     _parts,
+    check_identity,
     sample_nbytes,
 )
 
@@ -33,7 +38,9 @@ class TargetCache:
     """Read-only, mmap-backed view of a finalized cache; ``cache[i]`` -> dict of torch tensors.
 
     Tensors share memory with a private (copy-on-write) mapping: no copy is
-    made, and writing into them never touches the files.
+    made, and writing into them never touches the files. Each sample is checked against its crc32 the
+    first time it is read (a :class:`TargetCacheError` names the shard and sample); ``verify=True``
+    checks every sample at open instead.
     """
 
     def __init__(self, path: str | os.PathLike, *, verify: bool = False):
@@ -49,10 +56,18 @@ class TargetCache:
             self.manifest = m = json.loads(mpath.read_text())
         except (ValueError, UnicodeDecodeError) as e:
             raise TargetCacheError(f"{mpath} is not valid JSON ({e}); re-run finalize or rebuild the cache") from None
-        if m.get("format") != FORMAT_NAME or m.get("format_version") != FORMAT_VERSION:
+        if m.get("format") != FORMAT_NAME or m.get("format_version") not in READABLE_VERSIONS:
             raise TargetCacheError(f"{self.path}: unsupported cache format {m.get('format')!r} version "
-                                   f"{m.get('format_version')!r} (this DeepSpec reads version {FORMAT_VERSION}); "
-                                   "rebuild the cache")
+                                   f"{m.get('format_version')!r} (this DeepSpec reads versions "
+                                   f"{', '.join(map(str, READABLE_VERSIONS))}); {REBUILD_ADVICE}")
+        # Version 1 predates fingerprints and per-sample checksums: still readable (rebuilding tens of TB
+        # is the user's call), but said once so nobody believes it was checked.
+        self.legacy = m["format_version"] == 1
+        if self.legacy:
+            warnings.warn(f"target cache {self.path} was built by an older DeepSpec (format version 1): it records no "
+                          "target fingerprint and no per-sample checksums, so only the target's folder name and the "
+                          "layers are checked and corrupted bytes go unnoticed. To have both checked, rebuild it with "
+                          "prepare_target_cache.py --overwrite", UserWarning, stacklevel=2)
         if m.get("dtypes") != DTYPES or m.get("alignment") != ALIGN:
             raise TargetCacheError(f"{self.path}: unexpected dtypes/alignment in manifest; rebuild the cache")
         try:
@@ -71,7 +86,7 @@ class TargetCache:
             if p.stat().st_size != s["bytes"]:
                 raise TargetCacheError(f"shard {p} has {p.stat().st_size} bytes, manifest says {s['bytes']} "
                                        "(truncated or modified); rebuild the cache")
-            if verify and s.get("crc32") is not None and _file_crc32(p) != s["crc32"]:
+            if verify and self.legacy and s.get("crc32") is not None and _file_crc32(p) != s["crc32"]:
                 raise TargetCacheError(f"shard {p} fails its checksum (corrupt data); rebuild the cache")
             sizes.append(s["bytes"])
         ipath = self.path / m["index"]["file"]
@@ -88,6 +103,14 @@ class TargetCache:
         self.lengths = self.records["length"].astype(np.int64)
         self.source_indices = self.records["source_index"].astype(np.int64)
         self._maps: list[np.memmap | None] = [None] * len(self._shard_paths)
+        self.checks_samples = not self.legacy and m.get("sample_checksum") == "crc32"
+        # Shared memory: marks set in a DataLoader worker are seen by the others and by later epochs' workers.
+        self._verified = torch.zeros(len(self.records), dtype=torch.bool)
+        if self.checks_samples and len(self.records):
+            self._verified.share_memory_()
+        if verify and self.checks_samples:
+            for i in range(len(self.records)):
+                self._check_sample(i)
 
     def _check_records(self, sizes: np.ndarray) -> None:
         r = self.records
@@ -117,10 +140,29 @@ class TargetCache:
             mm = self._maps[shard] = np.memmap(self._shard_paths[shard], dtype=np.uint8, mode="c")
         return mm
 
+    def _check_sample(self, i: int) -> None:
+        """crc32 of sample ``i``'s bytes against its index record (once per sample)."""
+        if not self.checks_samples or self._verified[i]:
+            return
+        rec = self.records[i]
+        off, shard = int(rec["offset"]), int(rec["shard"])
+        end = off + sample_nbytes(int(rec["length"]), hidden_width=self.hidden_width, hidden_size=self.hidden_size)
+        if zlib.crc32(self._map(shard)[off:end]) != int(rec["crc32"]):
+            p = self._shard_paths[shard]
+            part = self.manifest["shards"][shard].get("index_part", p.with_suffix(".idx").name)
+            raise TargetCacheError(
+                f"sample {i} (source ordinal {int(rec['source_index'])}, bytes {off}..{end}) of shard {p} fails its "
+                f"checksum: the file was changed or corrupted after the build, so training on it would be wrong. "
+                f"Repair the cache: delete {MANIFEST_NAME}, {p.name} and {part} in {self.path}, then re-run the same "
+                f"prepare_target_cache.py command (it redoes those samples); or {REBUILD_ADVICE}")
+        self._verified[i] = True
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         n = len(self.records)
         if not -n <= i < n:
             raise IndexError(f"sample {i} out of range for a cache of {n} samples")
+        i = int(i) % n
+        self._check_sample(i)
         rec = self.records[i]
         t, off = int(rec["length"]), int(rec["offset"])
         mm = self._map(int(rec["shard"]))
@@ -134,11 +176,28 @@ class TargetCache:
                 "last_hidden_state": last.view(t, self.hidden_size), "source_index": int(rec["source_index"])}
 
     def check_compatible(self, *, target_model: str | None = None, layer_ids: Iterable[int] | None = None,
-                         hidden_size: int | None = None) -> None:
-        """Raise :class:`CacheCompatibilityError` naming the first field that differs (None = not checked)."""
-        _check_fields(self.manifest, target_model=target_model,
-                      layer_ids=list(layer_ids) if layer_ids is not None else None, hidden_size=hidden_size,
-                      where=f"target cache {self.path}", fix="rebuild the cache for this target/config")
+                         hidden_size: int | None = None, max_length: int | None = None) -> None:
+        """Raise :class:`CacheCompatibilityError` naming the first field that differs (None = not checked).
+
+        ``target_model`` is compared by fingerprint when the cache has one (so a copy of the same files
+        passes and a same-named fine-tune does not); by name for version-1 caches, or when the target
+        cannot be fingerprinted here (a hub id not in the local cache), which is said in a warning.
+        """
+        fingerprint = None
+        if target_model is not None and self.manifest.get("target_fingerprint"):
+            from deepspec.targets import TargetError, target_fingerprint
+
+            try:
+                fingerprint = target_fingerprint(target_model)
+            except TargetError as exc:
+                warnings.warn(f"cannot verify that target cache {self.path} was built from {target_model!r}; checking "
+                              f"its name only: {exc}", UserWarning, stacklevel=2)
+        want = {"target_model": target_model, "target_fingerprint": fingerprint,
+                "layer_ids": list(layer_ids) if layer_ids is not None else None, "hidden_size": hidden_size,
+                "max_length": max_length}
+        check_identity(self.manifest, want, where=f"target cache {self.path}",
+                       fix="point --target-cache-dir at a cache built for this config, or build one with "
+                           "prepare_target_cache.py and this config (--overwrite replaces that cache)")
 
     def close(self) -> None:
         self._maps = [None] * len(self._shard_paths)

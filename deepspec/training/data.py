@@ -109,6 +109,44 @@ class StepSampler(Sampler[list[int]]):
         return (self.steps_per_epoch - self.start_step) * self.accum
 
 
+def _unwrap_worker_error(exc: DeepSpecError) -> DeepSpecError:
+    """A project error raised in a DataLoader worker, as the worker raised it.
+
+    torch re-raises worker errors as ``type(exc)("Caught ... Original Traceback ...: <message>")``; the
+    entry point would print that traceback text. Keep the original message, which says what to do.
+    """
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return exc
+    cls = type(exc)
+    for prefix in (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: "):
+        at = text.rfind("\n" + prefix)
+        if at >= 0:
+            try:
+                return cls(text[at + 1 + len(prefix):].strip())
+            except Exception:  # noqa: BLE001 - a class with another signature keeps torch's text
+                return exc
+    return exc
+
+
+class _Loader(DataLoader):
+    """DataLoader whose iterators raise worker-side project errors with their own message."""
+
+    def __iter__(self):
+        it = super().__iter__()
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except DeepSpecError as exc:
+                clean = _unwrap_worker_error(exc)
+                if clean is exc:
+                    raise
+                raise clean from None
+            yield batch
+
+
 def build_loader(dataset: Dataset, sampler: StepSampler, *, num_workers: int, pin_memory: bool) -> DataLoader:
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=False)
+    return _Loader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                   pin_memory=pin_memory, persistent_workers=False)

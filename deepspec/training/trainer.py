@@ -78,7 +78,10 @@ class Trainer:
         # Only the target's config and its frozen embedding / LM head are needed, never the whole model.
         target_config = load_target_config(m.target_model_name_or_path)
         hidden_size = int(family_of(target_config).text_config(target_config).hidden_size)
-        cache.check_compatible(target_model=m.target_model_name_or_path, hidden_size=hidden_size)
+        # Target by fingerprint (not folder name) and max length; layers are checked as a subset below.
+        # Every sample is then checked against its crc32 the first time the loader reads it.
+        cache.check_compatible(target_model=m.target_model_name_or_path, hidden_size=hidden_size,
+                               max_length=cfg.data.max_length)
         try:
             columns = layer_columns(cache_layer_ids=cache.layer_ids, wanted_layer_ids=m.target_layer_ids,
                                     hidden_size=hidden_size)

@@ -22,73 +22,132 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))  # deepspec may not be pip-installed
 
-from deepspec.data.conversations import DataError, SkipReport, read_conversations  # noqa: E402
-from deepspec.data.target_cache import estimate_cache_bytes, format_bytes  # noqa: E402
+from deepspec.data.conversations import SkipReport, list_input_files, read_conversations  # noqa: E402
+from deepspec.errors import DeepSpecError, cli_main  # noqa: E402
+
+# deepspec.data.target_cache (numpy + torch) is imported once the inputs are known good: a bad
+# command answers at once.
 
 
-def fail(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
+class EstimateError(DeepSpecError, ValueError):
+    """The estimate cannot be made from these options; the message says which to give."""
+
+
+def _number(kind: type, *, minimum: float, inclusive: bool = True):
+    """argparse type: a number of ``kind`` >= (or >) ``minimum``, refused at parse time."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")) or (
+                value < minimum if inclusive else value <= minimum):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {minimum:g}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _layer_ids(text: str) -> list[int]:
+    try:
+        ids = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,9,17, got {text!r}") from None
+    if not ids:
+        raise argparse.ArgumentTypeError("give at least one layer id, e.g. 1,9,17,25,33")
+    return ids
 
 
 def hidden_size_from_config(model: str) -> int:
     """hidden_size from a local model folder's config.json (text_config for multimodal models)."""
     cfg_path = Path(model) / "config.json"
     if not cfg_path.is_file():
-        fail(f"{cfg_path} not found; --target-model must be a local model folder (or pass --hidden-size)")
-    cfg = json.loads(cfg_path.read_text())
-    for c in (cfg, cfg.get("text_config") or {}):
-        if isinstance(c.get("hidden_size"), int):
+        raise EstimateError(f"{cfg_path} not found; --target-model must be a local model folder (or pass "
+                            "--hidden-size)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EstimateError(f"{cfg_path} is not valid JSON ({exc}); pass --hidden-size instead") from None
+    for c in (cfg, cfg.get("text_config") or {}) if isinstance(cfg, dict) else ():
+        if isinstance(c.get("hidden_size"), int) and c["hidden_size"] > 0:
             return c["hidden_size"]
-    fail(f"{cfg_path} has no hidden_size; pass --hidden-size")
+    raise EstimateError(f"{cfg_path} has no positive hidden_size; pass --hidden-size")
+
+
+def _load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise EstimateError(f"cannot load --tokenizer {path!r}: {exc}. Pass a tokenizer folder (usually the target "
+                            "model folder), or leave --tokenizer out for a chars/4 estimate") from None
 
 
 def measure(paths: list[str], tokenizer_path: str | None, max_length: int | None) -> tuple[int, float, str]:
     """(samples, mean tokens per sample, how tokens were counted) for the given JSONL files."""
-    tok = None
-    if tokenizer_path:
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(tokenizer_path)
     report = SkipReport()
+    files = list_input_files(paths)  # a missing file is said before the tokenizer loads
+    conversations = read_conversations(files, report=report)
+    tok = _load_tokenizer(tokenizer_path) if tokenizer_path else None
     n, tokens = 0, 0
-    try:
-        for conv in read_conversations(paths, report=report):
-            if tok is None:
-                # ~4 characters per token for English BPE; the role markers add a few tokens per turn.
-                count = sum(len(m["content"]) for m in conv.messages) / 4 + 4 * len(conv.messages)
-            elif tok.chat_template:
-                ids = tok.apply_chat_template(conv.messages, tokenize=True)
-                ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-                count = len(ids)
-            else:
-                count = sum(len(tok(m["content"])["input_ids"]) for m in conv.messages)
-            n += 1
-            tokens += min(count, max_length) if max_length else count
-    except DataError as e:
-        fail(str(e))
+    for conv in conversations:
+        if tok is None:
+            # ~4 characters per token for English BPE; the role markers add a few tokens per turn.
+            count = sum(len(m["content"]) for m in conv.messages) / 4 + 4 * len(conv.messages)
+        elif tok.chat_template:
+            ids = tok.apply_chat_template(conv.messages, tokenize=True)
+            ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+            count = len(ids)
+        else:
+            count = sum(len(tok(m["content"])["input_ids"]) for m in conv.messages)
+        n += 1
+        tokens += min(count, max_length) if max_length else count
     if report.skipped:
         print(report.summary(), file=sys.stderr)
     if n == 0:
-        fail("no valid conversations found in --train-data-path")
+        raise EstimateError("no valid conversations found in --train-data-path (see the summary above); pass a "
+                            "conversation JSONL file, or --num-samples and --avg-tokens")
     how = f"tokenized with {tokenizer_path}" if tok else "chars/4 approximation; pass --tokenizer for exact counts"
     return n, tokens / n, how
 
 
-def main() -> None:
+@cli_main
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = ap.add_argument_group("data (either counts or a file to measure)")
-    data.add_argument("--num-samples", type=int)
-    data.add_argument("--avg-tokens", type=float, help="mean tokens per sample")
+    data.add_argument("--num-samples", type=_number(int, minimum=1))
+    data.add_argument("--avg-tokens", type=_number(float, minimum=0, inclusive=False), help="mean tokens per sample")
     data.add_argument("--train-data-path", nargs="+", help="JSONL file(s)/folder(s) to count and measure")
     data.add_argument("--tokenizer", help="tokenizer folder/name for exact token counts (else chars/4)")
-    data.add_argument("--max-length", type=int, help="training max sequence length (longer samples truncated)")
+    data.add_argument("--max-length", type=_number(int, minimum=1),
+                      help="training max sequence length (longer samples truncated)")
     model = ap.add_argument_group("target (either sizes or a local model folder)")
-    model.add_argument("--num-layers", type=int, help="number of captured target layers")
-    model.add_argument("--hidden-size", type=int)
+    model.add_argument("--num-layers", type=_number(int, minimum=1), help="number of captured target layers")
+    model.add_argument("--hidden-size", type=_number(int, minimum=1))
     model.add_argument("--target-model", help="local model folder with config.json")
-    model.add_argument("--target-layer-ids", help="comma-separated captured layer ids, e.g. 1,9,17,25,33")
+    model.add_argument("--target-layer-ids", type=_layer_ids,
+                       help="comma-separated captured layer ids, e.g. 1,9,17,25,33")
     ap.add_argument("--output-dir", help="where the cache will go: compare with its free space")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+
+    # Options that need no data first, so a wrong one is said before a long measurement.
+    if args.target_layer_ids:
+        if args.num_layers and args.num_layers != len(args.target_layer_ids):
+            raise EstimateError(f"--num-layers {args.num_layers} disagrees with {len(args.target_layer_ids)} "
+                                "--target-layer-ids; give one of them")
+        num_layers = len(args.target_layer_ids)
+    elif args.num_layers:
+        num_layers = args.num_layers
+    else:
+        raise EstimateError("pass --num-layers or --target-layer-ids")
+    hidden = args.hidden_size or (hidden_size_from_config(args.target_model) if args.target_model else None)
+    if not hidden:
+        raise EstimateError("pass --hidden-size or --target-model (a local folder with config.json)")
+    if args.output_dir and Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise EstimateError(f"--output-dir {args.output_dir} is a file; give the folder the cache will go to")
 
     if args.train_data_path:
         num_samples, avg_tokens, how = measure(args.train_data_path, args.tokenizer, args.max_length)
@@ -101,25 +160,9 @@ def main() -> None:
         if args.max_length:
             avg_tokens = min(avg_tokens, args.max_length)
     else:
-        fail("pass --num-samples and --avg-tokens, or --train-data-path to measure them")
+        raise EstimateError("pass --num-samples and --avg-tokens, or --train-data-path to measure them")
 
-    if args.target_layer_ids:
-        try:
-            layer_ids = [int(x) for x in args.target_layer_ids.replace(" ", "").split(",") if x]
-        except ValueError:
-            fail(f"--target-layer-ids must be comma-separated integers, got {args.target_layer_ids!r}")
-        if args.num_layers and args.num_layers != len(layer_ids):
-            fail(f"--num-layers {args.num_layers} disagrees with {len(layer_ids)} --target-layer-ids")
-        num_layers = len(layer_ids)
-    elif args.num_layers:
-        num_layers = args.num_layers
-    else:
-        fail("pass --num-layers or --target-layer-ids")
-    hidden = args.hidden_size or (hidden_size_from_config(args.target_model) if args.target_model else None)
-    if not hidden:
-        fail("pass --hidden-size or --target-model (a local folder with config.json)")
-    if num_samples <= 0 or avg_tokens <= 0 or num_layers <= 0 or hidden <= 0:
-        fail("all sizes must be positive")
+    from deepspec.data.target_cache import estimate_cache_bytes, format_bytes
 
     total = estimate_cache_bytes(num_samples=num_samples, avg_tokens=avg_tokens, num_layers=num_layers,
                                  hidden_size=hidden)
@@ -142,7 +185,8 @@ def main() -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
