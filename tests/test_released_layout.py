@@ -235,9 +235,34 @@ def test_older_layouts_without_an_exact_mapping_fail_saying_why(tmp_path):
         load_draft(tmp_path / "gemma")
 
 
-def test_missing_local_folder_is_not_mistaken_for_a_hub_id(tmp_path):
-    with pytest.raises(DraftLoadError, match="no draft folder at"):
+def test_missing_local_folder_is_not_mistaken_for_a_hub_id(tmp_path, monkeypatch):
+    with pytest.raises(DraftLoadError, match="no such folder: .*nope"):
         load_draft(str(tmp_path / "nope"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    # relative, with more than one "/", or whose first component is an existing folder: local, never the hub
+    for missing in ("runs/nope/step_5", "runs/nope", "./nope", "~/surely-not-here-deepspec", "nope", "a/b/c"):
+        with pytest.raises(DraftLoadError, match="no such folder: "):
+            load_draft(missing)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DraftLoadError, match="is a file, not a draft folder"):
+        load_draft("file")
+
+
+def test_local_or_hub_id_rule(tmp_path, monkeypatch):
+    from deepspec.cli import NoSuchFolderError, is_hub_id, local_or_hub_id
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "exp").mkdir(parents=True)
+    assert local_or_hub_id("runs/exp") == ("runs/exp", True)
+    assert local_or_hub_id(str(tmp_path / "runs")) == (str(tmp_path / "runs"), True)
+    assert local_or_hub_id("Qwen/Qwen3-4B") == ("Qwen/Qwen3-4B", False)  # only a valid owner/name goes to the hub
+    assert local_or_hub_id("z-lab/Qwen3-4B-DFlash-b16") == ("z-lab/Qwen3-4B-DFlash-b16", False)
+    for local in ("runs/nope", "runs/exp/step_5", "/abs/nope", "./a/b", "~/x/y", "nope", "", "a/b/c", "own er/name",
+                  "owner/na--me", "-owner/name", "owner/name."):
+        with pytest.raises(NoSuchFolderError, match="no such folder"):
+            local_or_hub_id(local, what="target")
+    assert is_hub_id("google/gemma-4-E2B-it") and not is_hub_id("a/b/c") and not is_hub_id("owner/" + "x" * 96)
 
 
 # What DeepSpec's classes assert on a config (its modeling/*/config.py and model __init__).

@@ -4,7 +4,6 @@ pre-flight errors. A random 3-layer tiny target and a 48-sample cache keep it to
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,9 @@ from deepspec.data.cache_build import build_target_cache
 from deepspec.data.target_cache import CacheCompatibilityError
 from deepspec.models import load_draft
 from deepspec.tiny_target import build_random_tiny_target
+from deepspec.training import checkpoint as ckpt
 from deepspec.training.checkpoint import ResumeError, latest_checkpoint, save_checkpoint
+from deepspec.training.distributed import LaunchError, LaunchPlan, launch, plan_launch, plan_rendezvous
 from deepspec.training.metrics import read_metrics
 from deepspec.training.trainer import TrainingError, grad_accumulation
 
@@ -137,8 +138,11 @@ def test_checkpoint_layout_and_load(setup, tmp_path):
         if name in saved:
             assert torch.equal(tensor, saved[name]), name
     assert "markov_head.markov_w1.weight" in saved and "confidence_head.proj.weight" in saved
-    state = torch.load(folder / "training_state.pt", weights_only=False)
-    assert state["step"] == 4 and {"optimizer", "scheduler", "rng", "config"} <= set(state)
+    # Plain tensors and values only: loads with weights_only=True, no global needs allowing (any torch version).
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(folder / "training_state.pt") == []
+    state = torch.load(folder / "training_state.pt", weights_only=True)
+    assert state["step"] == 4 and {"optimizer", "scheduler", "rng", "config", "epoch", "step_in_epoch"} <= set(state)
+    assert_plain(state)
     # step_latest: a relative symlink to step_4, re-pointed from step_2 without a temp link left behind,
     # usable as-is wherever a draft folder is expected
     latest = tmp_path / "step_latest"
@@ -148,6 +152,19 @@ def test_checkpoint_layout_and_load(setup, tmp_path):
     assert type(via_link) is type(draft)
     assert all(torch.equal(t, draft.state_dict()[k]) for k, t in via_link.state_dict().items())
     assert latest_checkpoint(tmp_path) == folder
+
+
+def assert_plain(value, where="state"):
+    """Only what torch's weights_only unpickler has always allowed: tensors, containers, numbers, strings, None."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            assert isinstance(k, (str, int)), f"{where}: key {k!r}"
+            assert_plain(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            assert_plain(v, f"{where}[{i}]")
+    else:
+        assert value is None or type(value) in (bool, int, float, str, torch.Tensor), f"{where}: {type(value)}"
 
 
 class _FakeDraft:
@@ -229,8 +246,9 @@ def test_two_gloo_workers_match_one(setup, tmp_path):
 def test_preflight_errors(setup, tmp_path):
     with pytest.raises(TrainingError, match=r"needs layers \[0\].*set model.target_layer_ids to a subset"):
         train(setup, make_cfg(setup, "dspark", tmp_path / "a", "model.target_layer_ids=[0, 1]"))
-    other = tmp_path / "other_target"
-    shutil.copytree(setup["target"], other)
+    other = build_random_tiny_target(output_dir=tmp_path / "other_target", seed=1, num_hidden_layers=3,
+                                     hidden_size=64, intermediate_size=128, num_attention_heads=2,
+                                     num_key_value_heads=1, head_dim=32, initializer_range=0.3)  # same shape, other weights
     with pytest.raises(CacheCompatibilityError, match="target_model"):
         train(setup, make_cfg(setup, "dspark", tmp_path / "b", f"model.target_model_name_or_path={other}"))
     with pytest.raises(TrainingError, match=r"48 samples, fewer than one global batch.*global_batch_size"):
@@ -249,3 +267,208 @@ def test_preflight_errors(setup, tmp_path):
     with pytest.raises(ResumeError, match=r"model.markov_rank was 64 there but is 32 now"):
         train(setup, make_cfg(setup, "dspark", run, "train.max_train_steps=2", "model.markov_rank=32"))
     assert not any((tmp_path / d).exists() and any((tmp_path / d).glob("step_*")) for d in "abcde")
+
+
+# -- resume: weights_only state, unreadable checkpoints fall back ------------------------------------
+class _WeightsDraft(_FakeDraft):
+    """Writes a real model.safetensors, so a folder is a complete checkpoint for resume_point."""
+
+    def save_pretrained(self, folder, state_dict):
+        from safetensors.torch import save_file
+
+        super().save_pretrained(folder, state_dict)
+        save_file(state_dict, str(Path(folder) / "model.safetensors"))
+
+
+def _optimizer_state():
+    from deepspec.training.schedule import build_scheduler
+
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01)
+    sched = build_scheduler(opt, total_steps=10, warmup_ratio=0.2)
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()
+    sched.step()
+    return model, opt, sched
+
+
+def _save_real(root, step, model, opt, sched):
+    import random
+
+    import numpy as np
+
+    random.seed(step), np.random.seed(step), torch.manual_seed(step)
+    state = {"step": step, "epoch": 0, "step_in_epoch": step, "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict(), "rng": [ckpt.capture_rng()], "world_size": 1, "global_batch_size": 4}
+    cfg = {"model": {"betas": (0.9, 0.95), "path": Path("/x")}, "seed": 0}
+    return save_checkpoint(root=root, step=step, model=_WeightsDraft(), model_state=model.state_dict(),
+                           training_state=state, config=cfg)
+
+
+def test_training_state_round_trips_with_weights_only(tmp_path):
+    import random
+
+    import numpy as np
+
+    model, opt, sched = _optimizer_state()
+    folder = _save_real(tmp_path, 3, model, opt, sched)
+    want = (random.random(), float(np.random.rand()), float(np.random.randn()), float(torch.rand(1)))
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(folder / "training_state.pt") == []
+    state = ckpt.load_training_state(folder)  # weights_only=True inside
+    assert_plain(state)
+    assert state["config"] == {"model": {"betas": [0.9, 0.95], "path": "/x"}, "seed": 0}  # stored as JSON values
+    model2, opt2, sched2 = _optimizer_state()
+    opt2.load_state_dict(state["optimizer"])
+    sched2.load_state_dict(state["scheduler"])
+    assert sched2.get_last_lr() == sched.get_last_lr()
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)
+    ckpt.restore_rng(state["rng"][0])
+    assert (random.random(), float(np.random.rand()), float(np.random.randn()), float(torch.rand(1))) == want
+
+
+def test_earlier_numpy_rng_states_still_load_but_code_never_runs(tmp_path):
+    import numpy as np
+
+    folder = tmp_path / "step_1"
+    folder.mkdir()
+    legacy = {"step": 1, "config": {}, "rng": [{"numpy": np.random.get_state()}]}  # what earlier versions pickled
+    torch.save(legacy, folder / "training_state.pt")
+    assert ckpt.load_training_state(folder)["rng"][0]["numpy"][0] == "MT19937"
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"step": 1, "config": {}, "x": Evil()}, folder / "training_state.pt")
+    with pytest.raises(ResumeError, match=r"holds Python objects beyond tensors.*posix.system"):
+        ckpt.load_training_state(folder)
+    assert not marker.exists()
+
+
+def test_resume_point_skips_unreadable_checkpoints(tmp_path):
+    model, opt, sched = _optimizer_state()
+    for step in (2, 4, 6):
+        _save_real(tmp_path, step, model, opt, sched)
+    messages = []
+    folder, state, tensors = ckpt.resume_point(tmp_path, warn=messages.append)
+    assert folder == tmp_path / "step_6" and state["step"] == 6 and set(tensors) == {"weight", "bias"}
+    assert messages == []
+
+    weights = tmp_path / "step_6" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])  # truncated
+    folder, state, _ = ckpt.resume_point(tmp_path, warn=messages.append)
+    assert folder == tmp_path / "step_4" and state["step"] == 4
+    assert "step_6/model.safetensors" in messages[0] and "truncated or corrupted" in messages[0]
+    assert "resuming from" in messages[1] and "step_4" in messages[1]
+
+    state_file = tmp_path / "step_4" / "training_state.pt"
+    state_file.write_bytes(state_file.read_bytes()[:100])
+    messages.clear()
+    folder, _, _ = ckpt.resume_point(tmp_path, warn=messages.append)
+    assert folder == tmp_path / "step_2" and "step_4/training_state.pt" in messages[1]
+
+    (tmp_path / "step_2" / "model.safetensors").unlink()  # no readable one left: one clear error naming them all
+    with pytest.raises(ckpt.CheckpointReadError, match=r"no readable checkpoint in .*step_6: .*step_4: .*step_2: "
+                                                       r".*new exp_name"):
+        ckpt.resume_point(tmp_path, warn=messages.append)
+    assert ckpt.resume_point(tmp_path / "fresh") is None
+
+
+def test_resume_falls_back_past_a_truncated_latest_checkpoint(setup, tmp_path, capfd):
+    common = ["train.max_train_steps=4", "logging.checkpointing_steps=2"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    train(setup, make_cfg(setup, "dflash", ref, *common))
+    train(setup, make_cfg(setup, "dflash", run, *common))
+    weights = run / "step_4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    capfd.readouterr()
+    train(setup, make_cfg(setup, "dflash", run, *common))
+    err = capfd.readouterr().err
+    assert f"{weights}" in err and "truncated or corrupted" in err and "resuming from" in err and "step_2" in err
+    assert losses(run) == losses(ref)  # steps 3-4 replayed from step 2, bit-exact
+    assert os.readlink(run / "step_latest") == "step_4"
+    assert ckpt.read_checkpoint(run / "step_4")[0]["step"] == 4  # re-saved whole
+
+
+# -- launch: single-node rendezvous is loopback only -----------------------------------------------
+def _listening_addresses() -> list[str]:
+    """Addresses this process listens on (TCP, from /proc), as hex strings of /proc/net/tcp{,6}."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        for line in open(table).read().splitlines()[1:]:
+            parts = line.split()
+            if parts[3] == "0A" and parts[9] in inodes:  # 0A = LISTEN
+                found.append(parts[1].split(":")[0])
+    return found
+
+
+def _is_loopback(hex_addr: str) -> bool:
+    if len(hex_addr) == 8:  # IPv4, little-endian: 127.x.x.x ends in 7F
+        return hex_addr.upper().endswith("7F")
+    return hex_addr.upper() in ("00000000000000000000000001000000",) or (
+        hex_addr.upper().startswith("0000000000000000FFFF0000") and hex_addr.upper().endswith("7F"))
+
+
+def _report_listeners(info, *, out: str) -> None:
+    from deepspec.training.distributed import all_gather_object, barrier
+
+    barrier(info)  # every pair connected: every socket there will be exists now
+    gathered = all_gather_object(_listening_addresses(), info)
+    if info.is_main:
+        Path(out).write_text(json.dumps(gathered))
+    barrier(info)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads listening sockets from /proc")
+def test_single_node_workers_listen_on_loopback_only(tmp_path, monkeypatch):
+    import functools
+
+    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME"):
+        monkeypatch.delenv(var, raising=False)
+    out = tmp_path / "listeners.json"
+    launch(functools.partial(_report_listeners, out=str(out)), plan_launch(device_type="cpu", nproc=2))
+    per_rank = json.loads(out.read_text())
+    assert len(per_rank) == 2 and all(per_rank), per_rank  # gloo's pair sockets are there...
+    assert all(_is_loopback(a) for addrs in per_rank for a in addrs), per_rank  # ...and only on loopback
+    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("deepspec-rendezvous-*/store"))  # store removed
+
+
+def test_rendezvous_plan(tmp_path, monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MASTER_PORT", "29500")  # ignored by a single-node run: it opens no port
+    single = plan_launch(device_type="cpu", nproc=2)
+    assert (single.master_addr, single.master_port) == (None, None)
+    rdv = plan_rendezvous(single, store_dir=tmp_path)
+    assert rdv.init_method == f"file://{tmp_path}/store"
+    assert rdv.env in ({"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"},
+                       {"GLOO_SOCKET_IFNAME": "lo0", "NCCL_SOCKET_IFNAME": "lo0"}, {})
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    multi = plan_launch(device_type="cpu", nproc=2)
+    assert plan_rendezvous(multi, store_dir=None).init_method == "tcp://10.0.0.1:29500"
+    assert (multi.node_rank, multi.num_nodes) == (1, 2)
+    for var, value, match in (("RANK", "2", "must be a node rank"), ("MASTER_PORT", "http", "MASTER_PORT='http'"),
+                              ("MASTER_PORT", "70000", r"\[1, 65535\]"), ("WORLD_SIZE", "0", "WORLD_SIZE='0'"),
+                              ("MASTER_ADDR", "", "needs MASTER_ADDR and MASTER_PORT")):
+        with monkeypatch.context() as m:
+            m.setenv(var, value)
+            with pytest.raises(LaunchError, match=match):
+                plan_launch(device_type="cpu", nproc=2)
+    with pytest.raises(LaunchError, match="--nproc must be >= 1"):
+        plan_launch(device_type="cpu", nproc=0)
+    assert isinstance(LaunchPlan(1, 0, 1, None, None, "cpu"), LaunchPlan)

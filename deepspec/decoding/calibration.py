@@ -212,6 +212,9 @@ def save_calibration(draft_dir, *, temperatures, report_before: dict, report_aft
     if not draft_dir.is_dir():
         raise CalibrationError(f"draft folder {draft_dir} does not exist; pass the draft checkpoint folder")
     temps = [float(t) for t in temperatures]
+    if not temps or not all(t > 0 and math.isfinite(t) for t in temps):  # never write a file that cannot be used
+        raise CalibrationError(f"refusing to write {CALIBRATION_FILE}: temperatures must be positive and finite, "
+                               f"got {temps}")
     data = {"method": "sts", "temperatures": temps, "gamma": len(temps),
             "ece_before": report_before["ece"], "ece_after": report_after["ece"],
             "report_before": report_before, "report_after": report_after, **(extra or {})}
@@ -225,15 +228,28 @@ def load_calibration(draft_dir, *, gamma: int | None = None) -> list[float] | No
     path = Path(draft_dir) / CALIBRATION_FILE
     if not path.is_file():
         return None
+    return read_calibration_file(path, gamma=gamma)
+
+
+def read_calibration_file(path, *, gamma: int | None = None) -> list[float]:
+    """The temperatures of a calibration JSON (``{"temperatures": [T_1..T_γ]}``, as calibrate.py writes it)."""
+    path = Path(path)
+    redo = "re-run scripts/eval/calibrate.py (or pass the calibration.json it wrote)"
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CalibrationError(f"{path} is not valid JSON ({e}); delete it or re-run scripts/eval/calibrate.py")
-    temps = data.get("temperatures")
-    if data.get("method") != "sts" or not isinstance(temps, list) or len(temps) != data.get("gamma"):
-        raise CalibrationError(f"{path} is not an STS calibration file; re-run scripts/eval/calibrate.py")
-    if not all(isinstance(t, (int, float)) and t > 0 for t in temps):
-        raise CalibrationError(f"{path} holds non-positive temperatures; re-run scripts/eval/calibrate.py")
+    except FileNotFoundError:
+        raise CalibrationError(f"{path}: no such file; {redo}") from None
+    except IsADirectoryError:
+        raise CalibrationError(f"{path} is a folder; pass the calibration.json file inside it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CalibrationError(f"{path} is not valid JSON ({e}); delete it or {redo}") from None
+    temps = data.get("temperatures") if isinstance(data, dict) else None
+    if (not isinstance(temps, list) or not temps or data.get("method", "sts") != "sts"
+            or data.get("gamma", len(temps)) != len(temps)):
+        raise CalibrationError(f"{path} is not an STS calibration file (it needs a non-empty \"temperatures\" list, "
+                               f"one per slot); {redo}")
+    if not all(_is_number(t) and t > 0 for t in temps):
+        raise CalibrationError(f"{path} holds temperatures that are not positive finite numbers ({temps}); {redo}")
     if gamma is not None and gamma != len(temps):
         raise CalibrationError(
             f"{path} was fitted for gamma={len(temps)} but this run uses gamma={gamma}; re-run "
@@ -241,39 +257,69 @@ def load_calibration(draft_dir, *, gamma: int | None = None) -> list[float] | No
     return [float(t) for t in temps]
 
 
+def _is_number(v) -> bool:
+    """A finite int or float; JSON's true/false are not numbers here."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+RECORD_HINT = "run eval.py with --confidence-threshold 0 first to record them"
+
+
 def read_rounds(paths) -> list[dict]:
-    """All rounds from one or more rounds.jsonl files, validated; errors name file and line."""
+    """All rounds from one or more rounds.jsonl files, validated; errors name file and line.
+
+    The one place round records are checked (calibrate.py, threshold_sweep.py, simulate_serving.py).
+    """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not paths:
+        raise CalibrationError(f"no rounds files given; {RECORD_HINT}")
     rounds = []
     for path in paths:
+        if Path(path).is_dir():
+            raise CalibrationError(f"{path} is a folder; pass the rounds.jsonl file that eval.py wrote in it")
         if not Path(path).is_file():
             raise CalibrationError(f"{path}: no such file; pass the rounds.jsonl written by eval.py")
-        with open(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise CalibrationError(f"{where}: malformed JSON ({e.msg}); the file may be truncated") from None
-                rounds.append(_check_round(r, where))
+        count = 0
+        try:
+            with open(path, encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    where = f"{path}:{lineno}"
+                    try:
+                        r = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise CalibrationError(f"{where}: malformed JSON ({e.msg}); the file may be truncated") from None
+                    rounds.append(check_round(r, where=where))
+                    count += 1
+        except UnicodeDecodeError:
+            raise CalibrationError(f"{path} is not a text file; pass the rounds.jsonl written by eval.py") from None
+        if count == 0:
+            raise CalibrationError(f"rounds file {path} is empty (0 records): {RECORD_HINT}")
     return rounds
 
 
-def _check_round(r, where: str) -> dict:
+def check_round(r, *, where: str) -> dict:
+    """One round record as eval.py writes it, or a CalibrationError naming ``where`` (file:line)."""
     if not isinstance(r, dict):
         raise CalibrationError(f"{where}: expected a JSON object per line")
     missing = [k for k in ROUND_KEYS if k not in r]
     if missing:
         raise CalibrationError(f"{where}: missing keys {missing}; is this a rounds.jsonl from eval.py?")
+    if not isinstance(r["task"], str):
+        raise CalibrationError(f"{where}: task must be a string, got {r['task']!r}")
+    ints = {k: r[k] for k in ("prompt_index", "round", "gamma", "proposal_len", "accepted")}
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints.values()):
+        raise CalibrationError(f"{where}: {', '.join(ints)} must be integers, got {ints}")
     g, ell, acc = r["gamma"], r["proposal_len"], r["accepted"]
-    if not all(isinstance(v, int) for v in (g, ell, acc)) or not (0 <= acc <= ell <= g and g >= 1):
+    if not (0 <= acc <= ell <= g and g >= 1):
         raise CalibrationError(f"{where}: need integers 0 <= accepted <= proposal_len <= gamma, got {acc}, {ell}, {g}")
     c = r["conf_logits"]
-    if c is not None and (not isinstance(c, list) or len(c) != g
-                          or not all(isinstance(v, (int, float)) for v in c)):
-        raise CalibrationError(f"{where}: conf_logits must be null or a list of gamma={g} numbers")
+    if c is not None and (not isinstance(c, list) or len(c) != g or not all(_is_number(v) for v in c)):
+        bad = [v for v in c if not _is_number(v)] if isinstance(c, list) else c
+        raise CalibrationError(f"{where}: conf_logits must be null or a list of gamma={g} finite numbers, got "
+                               f"{bad if bad else c}; was the draft's confidence head diverged (NaN/inf)? "
+                               "Fix or re-record the rounds with eval.py")
     return r
 
 
@@ -295,6 +341,8 @@ def calibration_arrays(rounds, *, full_blocks_only: bool = True) -> tuple[np.nda
 
     With ``full_blocks_only`` only rounds whose whole block was verified are kept: they label all γ slots.
     """
+    if not rounds:
+        raise CalibrationError(f"no rounds given (0 records): {RECORD_HINT}")
     with_conf = [r for r in rounds if r["conf_logits"] is not None]
     usable = [r for r in with_conf if r["proposal_len"] == r["gamma"]] if full_blocks_only else with_conf
     if not usable:

@@ -9,6 +9,7 @@ reliability diagram per task.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from deepspec.eval.metrics import task_metrics
@@ -19,13 +20,19 @@ from deepspec.fsio import atomic_write
 def confidence_diagnostics(rounds: list[dict], *, temperatures, plot_path: Path | None, title: str) -> dict | None:
     """Before/after-calibration reports for one task, or None when no round qualifies."""
     from deepspec.decoding.calibration import (
-        CalibrationError, apply_temperatures, calibration_arrays, confidence_report, plot_reliability,
+        CalibrationError, apply_temperatures, calibration_arrays, check_round, confidence_report, plot_reliability,
         plot_reliability_before_after, prefix_survival, survival_labels,
     )
 
+    try:  # the same record check calibrate.py applies: NaN/inf logits would give meaningless numbers
+        for i, r in enumerate(rounds):
+            check_round(r, where=f"{title}, round record {i}")
+    except CalibrationError as exc:
+        print(f"warning: confidence diagnostics skipped: {exc}", file=sys.stderr)
+        return None
     try:
         logits, accepted, _ = calibration_arrays(rounds)
-    except CalibrationError:
+    except CalibrationError:  # no confidence head, or no full block: nothing to diagnose
         return None
     before = confidence_report(logits, accepted)
     after = confidence_report(logits, accepted, temperatures=temperatures) if temperatures else None

@@ -27,19 +27,28 @@ class DraftLoadError(DeepSpecError, ValueError):
     """A checkpoint does not fit the draft it claims to be; the message names the tensors."""
 
 
+class DraftReadError(DraftLoadError):
+    """A weights file of a draft folder is missing, truncated or corrupted (not a layout mismatch)."""
+
+
 def resolve_draft_folder(name_or_path) -> str:
-    """A local draft folder as is; anything else is a hub id whose config and weights are downloaded."""
-    path = os.path.expanduser(str(name_or_path))
-    if os.path.isdir(path):
+    """A local draft folder as is; a hub id (``owner/name``) is downloaded; a missing local path says so."""
+    from deepspec.cli import NoSuchFolderError, local_or_hub_id
+
+    try:
+        path, local = local_or_hub_id(name_or_path, what="draft")
+    except NoSuchFolderError as exc:
+        raise DraftLoadError(str(exc)) from None
+    if local:
+        if not os.path.isdir(path):
+            raise DraftLoadError(f"{path} is a file, not a draft folder; pass the folder holding config.json "
+                                 f"and {SAFETENSORS_NAME}")
         return path
-    if os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") != 1:
-        raise DraftLoadError(f"no draft folder at {path} (expected a folder with config.json and "
-                             f"{SAFETENSORS_NAME}, or a hub id like owner/name)")
     from huggingface_hub import snapshot_download
 
     try:
         return snapshot_download(path, allow_patterns=["config.json", "*.safetensors", SAFETENSORS_INDEX_NAME])
-    except Exception as exc:
+    except Exception as exc:  # offline, unknown repo, gated: one line naming the id
         raise DraftLoadError(f"no local draft folder {path}, and the hub has no draft {path!r} reachable from "
                              f"here ({type(exc).__name__}: {exc})") from None
 
@@ -53,16 +62,20 @@ def read_safetensors(folder) -> dict[str, torch.Tensor]:
     if single.is_file():
         files = [single]
     elif index.is_file():
-        files = [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        try:
+            files = [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        except (ValueError, KeyError, AttributeError, TypeError) as exc:
+            raise DraftReadError(f"cannot read {index}: {type(exc).__name__}: {exc}. It must be a JSON object with "
+                                 "a weight_map; re-copy it") from None
     else:
-        raise DraftLoadError(f"{folder} has no {SAFETENSORS_NAME} (nor {SAFETENSORS_INDEX_NAME}); "
+        raise DraftReadError(f"{folder} has no {SAFETENSORS_NAME} (nor {SAFETENSORS_INDEX_NAME}); "
                              "a draft folder holds config.json and its weights")
     state: dict[str, torch.Tensor] = {}
     for file in files:
         try:
             state.update(load_file(str(file)))
         except Exception as exc:  # truncated / corrupted file: say which file, not a raw safetensors error
-            raise DraftLoadError(f"cannot read {file}: {exc}. The file is truncated or corrupted; "
+            raise DraftReadError(f"cannot read {file}: {exc}. The file is truncated or corrupted; "
                                  "re-copy it, or use an earlier complete checkpoint") from None
     return state
 

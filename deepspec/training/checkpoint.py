@@ -9,6 +9,11 @@ temp folder and renamed into place, then ``step_latest`` -- a relative symlink t
 ``<checkpoint_dir>/step_latest`` is therefore itself a draft folder: pass it as-is to ``eval.py``,
 ``from_pretrained`` / ``load_draft`` or an engine (``vllm serve``), as with the public DeepSpec release.
 Earlier versions wrote ``step_latest`` as a one-line text file naming the folder; resuming still reads it.
+
+``training_state.pt`` holds only tensors and plain Python values (numpy's RNG state is split into a
+tensor and numbers), and resuming loads it with ``torch.load(weights_only=True)``: a checkpoint file
+can never run code. A checkpoint whose files cannot be read is skipped, with a line on stderr naming
+the file, for the previous complete step (:func:`resume_point`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import json
 import os
 import random
 import re
+import pickle
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +47,13 @@ def step_dir(root: str | os.PathLike, step: int) -> Path:
     return Path(root) / f"step_{step}"
 
 
-
-
 def capture_rng() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """This process's RNG states as tensors and plain Python values only (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             # numpy's state holds an ndarray, which weights_only refuses: keep its parts as a tensor + numbers
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -51,10 +61,20 @@ def capture_rng() -> dict:
 
 def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_as_tuples(state["python"]))
+    npst = state["numpy"]
+    if isinstance(npst, dict):
+        np.random.set_state((npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                             npst["cached_gaussian"]))
+    else:  # checkpoints of earlier versions pickled numpy's own tuple
+        np.random.set_state(npst)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def _as_tuples(value):
+    """random.setstate needs tuples; a state that went through another container format may hold lists."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def complete_steps(root: str | os.PathLike) -> list[int]:
@@ -114,7 +134,8 @@ def save_checkpoint(*, root: str | os.PathLike, step: int, model, model_state: d
     tmp = root / f".step_{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, state_dict=model_state)
-    torch.save({**training_state, "config": config}, tmp / STATE_NAME)
+    # The config as JSON values (what check_resume_config compares), so the file holds no pickled objects.
+    torch.save({**training_state, "config": json.loads(json.dumps(config, default=str))}, tmp / STATE_NAME)
     (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
     for f in tmp.iterdir():  # data on disk before the rename makes the folder visible
         with open(f, "rb") as fh:
@@ -131,9 +152,102 @@ def save_checkpoint(*, root: str | os.PathLike, step: int, model, model_state: d
     return final
 
 
+class CheckpointReadError(ResumeError):
+    """A file of a checkpoint folder is missing, truncated or corrupted."""
+
+
 def load_training_state(folder: str | os.PathLike) -> dict:
-    # weights_only=False: the state holds python/numpy RNG tuples; the file is our own output.
-    return torch.load(Path(folder) / STATE_NAME, map_location="cpu", weights_only=False)
+    """``training_state.pt`` of a step folder, loaded with ``weights_only=True`` (no arbitrary pickles)."""
+    path = Path(folder) / STATE_NAME
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            state = _load_legacy_state(path)
+    except ResumeError:
+        raise
+    except pickle.UnpicklingError as exc:  # refused even with numpy arrays allowed: never unpickle it
+        raise ResumeError(f"{path} cannot be loaded safely ({(str(exc).splitlines() or [''])[0]}); resume from a "
+                          "checkpoint this tool wrote, or start a fresh run with a new exp_name") from None
+    except Exception as exc:  # truncated zip, bad bytes, missing file
+        first = (str(exc).splitlines() or [""])[0]
+        raise CheckpointReadError(f"cannot read {path}: {type(exc).__name__}: {first}. The file is truncated "
+                                  "or corrupted") from None
+    if not isinstance(state, dict) or not {"step", "config"} <= set(state):
+        raise CheckpointReadError(f"{path} is not a DeepSpec training state (no step / config); the file is "
+                                  "corrupted or from another tool")
+    return state
+
+
+def _legacy_numpy_globals() -> list:
+    """What earlier versions' numpy RNG tuple needs: plain numeric arrays, which hold no code."""
+    core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
+    reconstruct = core.multiarray._reconstruct
+    return [reconstruct, (reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
+            type(np.dtype(np.uint32))]
+
+
+def _load_legacy_state(path: Path) -> dict:
+    """Still ``weights_only=True``, with numpy arrays allowed; anything else is refused with a clear error."""
+    allowed = _legacy_numpy_globals()
+    names = {a[1] if isinstance(a, tuple) else f"{a.__module__}.{a.__qualname__}" for a in allowed}
+    unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    if not unsafe <= names:
+        raise ResumeError(
+            f"{path} holds Python objects beyond tensors and plain values ({', '.join(sorted(unsafe - names))}), "
+            "so it is not loaded: unpickling them could run code. DeepSpec's checkpoints never hold them; "
+            "resume from a checkpoint this tool wrote, or start a fresh run with a new exp_name")
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_checkpoint(folder: str | os.PathLike) -> tuple[dict, dict]:
+    """``(training_state, model tensors)`` of one step folder; CheckpointReadError names the bad file."""
+    from deepspec.models.loading import DraftReadError, read_safetensors
+
+    state = load_training_state(folder)
+    try:
+        tensors = read_safetensors(folder)
+    except DraftReadError as exc:
+        raise CheckpointReadError(str(exc)) from None
+    return state, tensors
+
+
+def _resume_candidates(root: Path) -> list[Path]:
+    """The folder ``step_latest`` names, then the older complete steps, newest first."""
+    steps = complete_steps(root)
+    latest = latest_checkpoint(root)
+    if latest is None:
+        return []
+    m = _STEP_RE.match(latest.name)
+    below = [s for s in reversed(steps) if m is None or s < int(m.group(1))]
+    return [latest] + [step_dir(root, s) for s in below]
+
+
+def resume_point(root: str | os.PathLike, *, warn=None) -> tuple[Path, dict, dict] | None:
+    """``(folder, training_state, model tensors)`` of the newest readable checkpoint; None when there is none.
+
+    A checkpoint whose files cannot be read (a truncated copy, a full disk during a save by another tool)
+    is skipped with one line on stderr naming the file, and the previous complete step is used. When
+    checkpoints exist but none can be read, a :class:`CheckpointReadError` lists them all.
+    """
+    warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    problems = []
+    for folder in _resume_candidates(Path(root)):
+        try:
+            state, tensors = read_checkpoint(folder)
+        except CheckpointReadError as exc:
+            problems.append(f"{folder.name}: {exc}")
+            warn(f"warning: not resuming from {folder}: {exc}; trying the previous complete checkpoint")
+            continue
+        if problems:
+            warn(f"resuming from {folder} instead (the later checkpoint could not be read)")
+        return folder, state, tensors
+    if problems:
+        raise CheckpointReadError(
+            f"no readable checkpoint in {root}: " + "; ".join(problems) + ". Move the broken step_N folders away "
+            "to start from scratch there, or start a fresh run with a new exp_name")
+    return None
 
 
 def _diff(a, b, prefix: str) -> str | None:

@@ -4,19 +4,40 @@ Launch: one worker per visible GPU (``--device cuda``) or ``--nproc`` CPU worker
 torch.multiprocessing. Several nodes: ``RANK`` / ``WORLD_SIZE`` in the environment are the *node*
 rank and node count (with ``MASTER_ADDR`` / ``MASTER_PORT``), so a worker's global rank is
 ``node_rank * nproc + local_rank``. Backend: NCCL on CUDA, gloo on CPU.
+
+What listens where (:func:`plan_rendezvous`):
+
+- One node: no port at all for the rendezvous -- the workers meet through a file store in a private
+  temp folder (mode 0700) -- and gloo / NCCL bind their own sockets to the loopback interface
+  (``GLOO_SOCKET_IFNAME`` / ``NCCL_SOCKET_IFNAME`` = ``lo``, unless set already). Nothing is
+  reachable from another machine.
+- Several nodes: global rank 0 (node rank 0, local rank 0) runs torch's TCPStore, which listens on
+  ``MASTER_PORT`` on *every* interface (torch's store cannot bind one address); every worker on every
+  node also opens gloo / NCCL sockets on ephemeral ports, on the interface that
+  ``GLOO_SOCKET_IFNAME`` / ``NCCL_SOCKET_IFNAME`` name (default: gloo the address the host name
+  resolves to, NCCL the first non-loopback interface). Run multi-node jobs on a private network, or
+  firewall ``MASTER_PORT`` and the ephemeral range to the cluster's nodes.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import socket
+import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.distributed as dist
+
+from deepspec.errors import DeepSpecError
+
+
+class LaunchError(DeepSpecError):
+    """The requested workers / nodes cannot be started; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -40,39 +61,80 @@ class LaunchPlan:
     nproc: int
     node_rank: int
     num_nodes: int
-    master_addr: str
-    master_port: int
+    master_addr: str | None  # multi-node only: single-node runs meet through a file store
+    master_port: int | None
     device_type: str
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@dataclass(frozen=True)
+class Rendezvous:
+    """How the workers find each other: an ``init_method`` and env defaults set in every worker."""
+
+    init_method: str
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def plan_launch(*, device_type: str, nproc: int | None) -> LaunchPlan:
     if device_type == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit("--device cuda but no GPU is visible; use --device cpu or check CUDA_VISIBLE_DEVICES")
+            raise LaunchError("--device cuda but no GPU is visible; use --device cpu or check CUDA_VISIBLE_DEVICES")
         gpus = torch.cuda.device_count()
         nproc = nproc or gpus
         if nproc > gpus:
-            raise SystemExit(f"--nproc {nproc} exceeds the {gpus} visible GPUs; lower --nproc or set "
-                             "CUDA_VISIBLE_DEVICES")
-    nproc = nproc or 1
+            raise LaunchError(f"--nproc {nproc} exceeds the {gpus} visible GPUs; lower --nproc or set "
+                              "CUDA_VISIBLE_DEVICES")
+    nproc = 1 if nproc is None else nproc
     if nproc < 1:
-        raise SystemExit(f"--nproc must be >= 1, got {nproc}")
-    num_nodes = int(os.environ.get("WORLD_SIZE", "1"))
-    node_rank = int(os.environ.get("RANK", "0"))
-    if not 0 <= node_rank < num_nodes:
-        raise SystemExit(f"RANK={node_rank} must be a node rank in [0, WORLD_SIZE={num_nodes})")
-    if num_nodes > 1 and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
-        raise SystemExit("multi-node training needs MASTER_ADDR and MASTER_PORT in the environment")
-    addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
-    port = int(os.environ.get("MASTER_PORT") or _free_port())
+        raise LaunchError(f"--nproc must be >= 1, got {nproc}")
+    num_nodes = _env_int("WORLD_SIZE", default=1, low=1)
+    node_rank = _env_int("RANK", default=0, low=0)
+    if not node_rank < num_nodes:
+        raise LaunchError(f"RANK={node_rank} must be a node rank in [0, WORLD_SIZE={num_nodes}); set RANK to this "
+                          "node's rank, or unset RANK and WORLD_SIZE for a single-node run")
+    if num_nodes == 1:
+        return LaunchPlan(nproc=nproc, node_rank=0, num_nodes=1, master_addr=None, master_port=None,
+                          device_type=device_type)
+    addr = os.environ.get("MASTER_ADDR", "").strip()
+    if not addr or not os.environ.get("MASTER_PORT", "").strip():
+        raise LaunchError("multi-node training (WORLD_SIZE > 1) needs MASTER_ADDR and MASTER_PORT in the "
+                          "environment: the address of node 0 and a free port there")
+    port = _env_int("MASTER_PORT", default=0, low=1, high=65535)
     return LaunchPlan(nproc=nproc, node_rank=node_rank, num_nodes=num_nodes, master_addr=addr, master_port=port,
                       device_type=device_type)
+
+
+def _env_int(name: str, *, default: int, low: int, high: int | None = None) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        bounds = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise LaunchError(f"{name}={text!r} in the environment must be {bounds}; fix or unset it")
+    return value
+
+
+def loopback_interface() -> str | None:
+    """The loopback interface's name (``lo`` on Linux, ``lo0`` on macOS), or None when there is none."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except (OSError, AttributeError):
+        return None
+    return next((n for n in ("lo", "lo0") if n in names), None)
+
+
+def plan_rendezvous(plan: LaunchPlan, *, store_dir: str | os.PathLike | None) -> Rendezvous:
+    """Single node: a file store in ``store_dir`` and loopback-only sockets; several nodes: MASTER_ADDR's TCP store."""
+    if plan.num_nodes == 1:
+        if store_dir is None:
+            raise LaunchError("a single-node launch needs a folder for its file store")
+        lo = loopback_interface()
+        env = {"GLOO_SOCKET_IFNAME": lo, "NCCL_SOCKET_IFNAME": lo} if lo else {}
+        return Rendezvous(init_method=f"file://{os.path.abspath(store_dir)}/store", env=env)
+    return Rendezvous(init_method=f"tcp://{plan.master_addr}:{plan.master_port}")
 
 
 def launch(fn: Callable[[DistInfo], object], plan: LaunchPlan):
@@ -82,15 +144,23 @@ def launch(fn: Callable[[DistInfo], object], plan: LaunchPlan):
         if device.type == "cuda":
             torch.cuda.set_device(device)
         return fn(DistInfo(rank=0, local_rank=0, world_size=1, device=device))
-    torch.multiprocessing.spawn(_worker, args=(plan, fn), nprocs=plan.nproc, join=True)
+    store_dir = tempfile.mkdtemp(prefix="deepspec-rendezvous-") if plan.num_nodes == 1 else None  # mode 0700
+    try:
+        rdv = plan_rendezvous(plan, store_dir=store_dir)
+        torch.multiprocessing.spawn(_worker, args=(plan, rdv, fn), nprocs=plan.nproc, join=True)
+    finally:
+        if store_dir is not None:
+            shutil.rmtree(store_dir, ignore_errors=True)
     return None
 
 
-def _worker(local_rank: int, plan: LaunchPlan, fn: Callable[[DistInfo], object]) -> None:
+def _worker(local_rank: int, plan: LaunchPlan, rdv: Rendezvous, fn: Callable[[DistInfo], object]) -> None:
     world = plan.num_nodes * plan.nproc
     rank = plan.node_rank * plan.nproc + local_rank
     # Libraries that read the env (and our own children) must see *global* values from here on.
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank))
+    for key, value in rdv.env.items():  # a user's explicit interface choice wins
+        os.environ.setdefault(key, value)
     if plan.device_type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -99,8 +169,8 @@ def _worker(local_rank: int, plan: LaunchPlan, fn: Callable[[DistInfo], object])
         device = torch.device("cpu")
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // plan.nproc))  # workers share the cores
         backend = "gloo"
-    dist.init_process_group(backend=backend, init_method=f"tcp://{plan.master_addr}:{plan.master_port}",
-                            rank=rank, world_size=world, timeout=datetime.timedelta(minutes=30))
+    dist.init_process_group(backend=backend, init_method=rdv.init_method, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(minutes=30))
     try:
         fn(DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=device))
     finally:

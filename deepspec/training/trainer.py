@@ -25,7 +25,6 @@ from deepspec.errors import DeepSpecError
 from deepspec.models import (
     DraftLoadError, build_draft, load_state_strict, draft_config_from_target, eagle3_loss, parallel_draft_loss, sample_anchors, summarize,
 )
-from deepspec.models.loading import read_safetensors
 from deepspec.precision import describe_choice
 from deepspec.targets import family_of, load_frozen_target_pieces, load_target_config
 from deepspec.training import checkpoint as ckpt
@@ -110,15 +109,19 @@ class Trainer:
         del embed, lm_head
         self.cfg_dict = cfg.to_dict()
         self.ckpt_dir = cfg.logging.checkpoint_dir
-        latest = broadcast_object(str(ckpt.latest_checkpoint(self.ckpt_dir) or "") if info.is_main else None, info)
+        # Rank 0 picks the newest readable checkpoint (an unreadable one falls back to the previous step, said
+        # on stderr); the other ranks read the folder it picked.
+        found = ckpt.resume_point(self.ckpt_dir) if info.is_main else None
+        latest = broadcast_object(str(found[0]) if found else "", info)
         state = None
         if latest:
-            state = ckpt.load_training_state(latest)
+            state, tensors = found[1:] if found else ckpt.read_checkpoint(latest)
             ckpt.check_resume_config(saved=state["config"], current=self.cfg_dict, folder=latest)
             try:
-                load_state_strict(self.draft, read_safetensors(latest), source=str(latest))
+                load_state_strict(self.draft, tensors, source=str(latest))
             except DraftLoadError as exc:
                 raise TrainingError(f"cannot resume: {exc}") from None
+            found = tensors = None  # the weights now live in the draft; drop the loaded copy
         self.draft.to(self.device).train()
         self.strategy = resolve_sharding(t.sharding_strategy, self.device, warn=info.is_main)
         self.model = wrap_model(self.draft, strategy=self.strategy, info=info)

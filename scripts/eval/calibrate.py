@@ -30,38 +30,54 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))  # deepspec may not be pip-installed
 
+from deepspec.cli import nonnegative_int, positive_int, probability  # noqa: E402
 from deepspec.decoding.calibration import (  # noqa: E402
-    CalibrationError, apply_temperatures, calibration_arrays, confidence_report, fit_sts,
-    plot_reliability_before_after, prefix_survival, read_rounds, save_calibration, split_rounds,
-    survival_labels, to_jsonable,
+    CALIBRATION_FILE, CalibrationError, apply_temperatures, calibration_arrays, confidence_report, fit_sts,
+    plot_reliability_before_after, prefix_survival, read_rounds, save_calibration, split_rounds, survival_labels,
+    to_jsonable,
 )
+from deepspec.errors import check_outputs_apart, cli_main  # noqa: E402
 from deepspec.fsio import atomic_write  # noqa: E402
 
 
-def fail(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
+def held_out_fraction(text: str) -> float:
+    """A share in [0, 1): 1 would leave nothing to fit on."""
+    value = probability(text)
+    if value >= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r} (nothing would be left to fit)")
+    return value
+
+
+def num_bins(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}")
+    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", nargs="+", required=True, metavar="PATH",
                    help="rounds.jsonl file(s) from eval.py runs with --confidence-threshold 0 (same draft, same gamma)")
-    p.add_argument("--draft_name_or_path", "--draft-name-or-path", dest="draft", metavar="DIR",
+    p.add_argument("--draft_name_or_path", "--draft-name-or-path", "--draft", dest="draft", metavar="DIR",
                    help="draft checkpoint folder; calibration.json is written there (required unless --dry-run)")
     p.add_argument("--dry-run", action="store_true", help="fit and report, but do not write calibration.json")
-    p.add_argument("--held-out-fraction", type=float, default=0.5,
-                   help="share of prompts kept out of the fit to judge it (0 = judge on the fit rounds; default 0.5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the prompt-level fit/held-out split (default 0)")
-    p.add_argument("--num-bins", type=int, default=10, help="equal-width ECE bins on [0, 1] (default 10)")
+    p.add_argument("--held-out-fraction", type=held_out_fraction, default=0.5,
+                   help="share of prompts kept out of the fit to judge it, in [0, 1) (0 = judge on the fit rounds; "
+                        "default 0.5)")
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed of the prompt-level fit/held-out split (default 0)")
+    p.add_argument("--num-bins", type=num_bins, default=10, help="equal-width ECE bins on [0, 1], >= 2 (default 10)")
     p.add_argument("--output-dir", metavar="DIR",
                    help="where the report JSON and PNGs go (default: folder of the first rounds file)")
     args = p.parse_args(argv)
     if not args.dry_run and not args.draft:
         p.error("--draft_name_or_path is required (or pass --dry-run to only report)")
-    if args.num_bins < 2:
-        p.error("--num-bins must be >= 2")
     return args
+
+
+def _safe(task: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", task)  # task names become file names
 
 
 def fmt(x: float | None, pct: bool) -> str:
@@ -96,38 +112,46 @@ def judge(rounds: list[dict], temps: list[float], *, num_bins: int, png: Path, t
     return {"before": before, "after": after, "plot": str(png)}
 
 
+@cli_main
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.draft and not Path(args.draft).is_dir():
-        fail(f"--draft_name_or_path {args.draft} is not a folder; pass the draft checkpoint folder")
+        raise CalibrationError(f"no such folder: {args.draft} (--draft_name_or_path must be the draft checkpoint "
+                               f"folder that {CALIBRATION_FILE} is written into)")
+    # Everything is read and checked before anything is written: a bad record leaves every file as it was.
+    rounds = read_rounds(args.rounds)
+    calibration_arrays(rounds)  # fail early, on all rounds, if none is usable
+    fit, held = split_rounds(rounds, held_out_fraction=args.held_out_fraction, seed=args.seed)
+    if args.held_out_fraction == 0:
+        print("note: --held-out-fraction 0, so the numbers below are on the fit rounds (optimistic)")
+        held = fit
+    for name, part in (("fit", fit), ("held-out", held)):
+        try:
+            calibration_arrays(part)
+        except CalibrationError:
+            raise CalibrationError(f"the {name} split has no usable rounds; record more prompts or change "
+                                   "--held-out-fraction") from None
+    tasks = sorted({r["task"] for r in held})
     out_dir = Path(args.output_dir) if args.output_dir else Path(args.rounds[0]).resolve().parent
+    outputs = [out_dir / "calibration_report.json", out_dir / "reliability_overall.png"]
+    outputs += [out_dir / f"reliability_{_safe(task)}.png" for task in tasks]
+    if not args.dry_run:
+        outputs.append(Path(args.draft) / CALIBRATION_FILE)
+    check_outputs_apart(inputs=args.rounds, outputs=outputs)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CalibrationError(f"--output-dir {out_dir} is a file; pass a folder for the report and plots")
+    logits, accepted, _ = calibration_arrays(fit)
+    temps = fit_sts(logits, accepted, num_bins=args.num_bins)
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        rounds = read_rounds(args.rounds)
-        calibration_arrays(rounds)  # fail early, on all rounds, if none is usable
-        fit, held = split_rounds(rounds, held_out_fraction=args.held_out_fraction, seed=args.seed)
-        if args.held_out_fraction == 0:
-            print("note: --held-out-fraction 0, so the numbers below are on the fit rounds (optimistic)")
-            held = fit
-        for name, part in (("fit", fit), ("held-out", held)):
-            try:
-                calibration_arrays(part)
-            except CalibrationError:
-                fail(f"the {name} split has no usable rounds; record more prompts or change --held-out-fraction")
-        logits, accepted, _ = calibration_arrays(fit)
-        temps = fit_sts(logits, accepted, num_bins=args.num_bins)
-        overall = judge(held, temps, num_bins=args.num_bins, png=out_dir / "reliability_overall.png",
-                        title="all tasks (held-out)")
-        per_task = {}
-        for task in sorted({r["task"] for r in held}):
-            task_rounds = [r for r in held if r["task"] == task]
-            if not any(r["conf_logits"] is not None and r["proposal_len"] == r["gamma"] for r in task_rounds):
-                continue
-            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", task)  # task names become file names
-            per_task[task] = judge(task_rounds, temps, num_bins=args.num_bins,
-                                   png=out_dir / f"reliability_{safe}.png", title=f"{task} (held-out)")
-    except CalibrationError as e:
-        fail(str(e))
+    overall = judge(held, temps, num_bins=args.num_bins, png=out_dir / "reliability_overall.png",
+                    title="all tasks (held-out)")
+    per_task = {}
+    for task in tasks:
+        task_rounds = [r for r in held if r["task"] == task]
+        if not any(r["conf_logits"] is not None and r["proposal_len"] == r["gamma"] for r in task_rounds):
+            continue
+        per_task[task] = judge(task_rounds, temps, num_bins=args.num_bins,
+                               png=out_dir / f"reliability_{_safe(task)}.png", title=f"{task} (held-out)")
 
     before, after = overall["before"], overall["after"]
     n_fit = len(calibration_arrays(fit)[1])
@@ -155,4 +179,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -46,15 +46,23 @@ import numpy as np
 # The package may not be pip-installed; make the repo root importable.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
+from deepspec.cli import nonnegative_float, nonnegative_int, positive_int, probability  # noqa: E402
+from deepspec.decoding.calibration import CalibrationError, to_jsonable  # noqa: E402
+from deepspec.errors import check_outputs_apart, cli_main  # noqa: E402
+from deepspec.fsio import atomic_write  # noqa: E402
+
 DEFAULT_CONCURRENCY = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 
-def _list(kind):
+def _list(kind, what: str):
+    """Comma-separated values, each checked by ``kind`` (one of deepspec.cli's type functions)."""
     def parse(text: str):
         try:
-            values = [kind(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+            values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}: {exc}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
         return values
     return parse
 
@@ -67,28 +75,25 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="profiler JSON from scripts/eval/profile_engine.py")
     parser.add_argument("--calibration", type=pathlib.Path, default=None,
                         help='calibration JSON {"temperatures": [T_1..T_γ]}; default: T = 1 (raw sigmoid)')
-    parser.add_argument("--concurrency", type=_list(int), default=DEFAULT_CONCURRENCY,
+    parser.add_argument("--concurrency", type=_list(positive_int, "integers >= 1"), default=DEFAULT_CONCURRENCY,
                         help="comma-separated concurrency levels R (default: 1,2,4,...,256)")
-    parser.add_argument("--steps", type=int, default=200, help="simulated steps per (policy, R) at least (default: 200)")
-    parser.add_argument("--min-request-rounds", type=int, default=4000,
+    parser.add_argument("--steps", type=positive_int, default=200,
+                        help="simulated steps per (policy, R) at least (default: 200)")
+    parser.add_argument("--min-request-rounds", type=nonnegative_int, default=4000,
                         help="more steps at low R until steps*R reaches this many request-rounds (default: 4000)")
-    parser.add_argument("--draft-time-ms", type=float, default=0.0,
+    parser.add_argument("--draft-time-ms", type=nonnegative_float, default=0.0,
                         help="draft cost added to every step, in ms (default: 0, verification only)")
-    parser.add_argument("--fixed-lengths", type=_list(int), default=None,
+    parser.add_argument("--fixed-lengths", type=_list(positive_int, "integers >= 1"), default=None,
                         help="fixed proposal lengths to compare (default: γ,3,1)")
-    parser.add_argument("--thresholds", type=_list(float), default=[0.3, 0.5, 0.7],
+    parser.add_argument("--thresholds", type=_list(probability, "numbers in [0, 1]"), default=[0.3, 0.5, 0.7],
                         help="static confidence thresholds to compare (default: 0.3,0.5,0.7)")
     parser.add_argument("--rule", choices=("per-slot", "cumulative"), default="per-slot",
                         help="threshold rule: per-slot c_k >= t (eval.py --confidence-threshold, DeepSpec's) or "
                              "cumulative prefix survival a_k >= t (eval.py --survival-threshold); default per-slot")
-    parser.add_argument("--seed", type=int, default=0, help="trace sampling seed (default: 0)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="trace sampling seed (default: 0)")
     parser.add_argument("--output-dir", type=pathlib.Path, default=pathlib.Path("serving_sim"),
                         help="where simulation.json and the plots go (default: ./serving_sim)")
     args = parser.parse_args(argv)
-    if not args.concurrency or min(args.concurrency) < 1:
-        parser.error("--concurrency needs integers >= 1")
-    if args.steps < 1 or args.draft_time_ms < 0:
-        parser.error("--steps must be >= 1 and --draft-time-ms >= 0")
     args.concurrency = sorted(set(args.concurrency))
     return args
 
@@ -108,31 +113,34 @@ class Traces:
 def _rounds_files(paths: list[pathlib.Path]) -> list[pathlib.Path]:
     files = []
     for p in paths:
-        found = sorted(p.rglob("rounds.jsonl")) if p.is_dir() else [p]
-        assert found and all(f.is_file() for f in found), f"no rounds.jsonl at {p}; run eval.py to record traces"
-        files += found
+        if p.is_dir():
+            found = sorted(p.rglob("rounds.jsonl"))
+            if not found:
+                raise CalibrationError(f"no rounds.jsonl under the folder {p}; run eval.py (--confidence-threshold 0) "
+                                       "to record traces there, or pass the rounds file itself")
+            files += found
+        else:
+            files.append(p)  # read_rounds says "no such file" for a missing one
     return files
 
 
 def load_traces(paths: list[pathlib.Path], *, temperatures: list[float] | None) -> Traces:
-    from deepspec.decoding.calibration import CalibrationError, apply_temperatures, read_rounds
+    from deepspec.decoding.calibration import apply_temperatures, read_rounds
 
     groups: dict[tuple, list[tuple[int, int, list | None]]] = defaultdict(list)
     gammas, skipped = set(), 0
     for fi, path in enumerate(_rounds_files(paths)):
-        try:
-            records = read_rounds([path])  # validated: 0 <= accepted <= proposal_len <= gamma, conf_logits size
-        except CalibrationError as exc:
-            raise SystemExit(str(exc)) from None
-        for r in records:
+        for r in read_rounds([path]):  # the one validation of round records (and of an empty file)
             if r["proposal_len"] != r["gamma"]:
                 skipped += 1
                 continue
             gammas.add(r["gamma"])
             groups[(fi, str(r["task"]), int(r["prompt_index"]))].append((r["round"], r["accepted"], r["conf_logits"]))
-    assert groups, ("no usable rounds: every round was truncated (proposal_len < gamma); record traces "
-                    "with a threshold-0 / fixed-γ run")
-    assert len(gammas) == 1, f"traces mix gammas {sorted(gammas)}; simulate one gamma at a time"
+    if not groups:
+        raise CalibrationError(f"no usable rounds: all {skipped} rounds were truncated (proposal_len < gamma); record "
+                               "traces with a threshold-0 / fixed-gamma run (eval.py --confidence-threshold 0)")
+    if len(gammas) != 1:
+        raise CalibrationError(f"traces mix gammas {sorted(gammas)}; simulate one gamma at a time")
     gamma = gammas.pop()
     rounds = [sorted(v, key=lambda x: x[0]) for _, v in sorted(groups.items())]
     flat = [x for trace in rounds for x in trace]
@@ -144,7 +152,7 @@ def load_traces(paths: list[pathlib.Path], *, temperatures: list[float] | None) 
             conf = apply_temperatures(np.array([x[2] for x in flat], dtype=np.float64),
                                       [1.0] * gamma if temperatures is None else temperatures)
         except CalibrationError as exc:
-            raise SystemExit(f"--calibration: {exc}") from None
+            raise CalibrationError(f"--calibration: {exc}") from None
     elif any(x[2] is not None for x in flat):
         print("warning: some rounds lack conf_logits; confidence-based policies are skipped")
     return Traces(gamma=gamma, accepted=accepted, conf=conf, starts=np.cumsum(lengths) - lengths,
@@ -283,17 +291,22 @@ def _fmt_ratio(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}x"
 
 
+@cli_main
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from deepspec.decoding.calibration import read_calibration_file
     from deepspec.decoding.scheduler import CostTable
 
+    # Read and check every input before anything is written.
     cost_table = CostTable.from_json(args.cost_table)
-    temperatures = None
-    if args.calibration:
-        calib = json.loads(args.calibration.read_text())
-        assert "temperatures" in calib, f"{args.calibration} has no 'temperatures' list; pass the calibration JSON"
-        temperatures = calib["temperatures"]
+    temperatures = read_calibration_file(args.calibration) if args.calibration else None
     traces = load_traces(args.rounds, temperatures=temperatures)
+    outputs = [args.output_dir / n for n in ("simulation.json", "throughput_vs_speed.png", "budget_vs_concurrency.png")]
+    inputs = [*args.rounds, args.cost_table] + ([args.calibration] if args.calibration else [])
+    check_outputs_apart(inputs=inputs, outputs=outputs)
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        raise CalibrationError(f"--output-dir {args.output_dir} is a file; pass a folder for simulation.json and "
+                               "the plots")
     G = traces.gamma
     print(f"{len(traces.lengths)} traces, {len(traces.accepted)} full rounds (gamma={G}), "
           f"{traces.skipped} truncated rounds skipped; cost table: {cost_table.device}, "
@@ -333,7 +346,7 @@ def main(argv=None) -> int:
                "gains": {n: {**{k: v for k, v in g.items() if k != "matched_interactivity"},
                              "matched_interactivity": {str(R): v for R, v in g["matched_interactivity"].items()}}
                          for n, g in gain.items()}}
-    (args.output_dir / "simulation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(args.output_dir / "simulation.json", json.dumps(to_jsonable(summary), indent=2) + "\n")
     paths = plot(results, out_dir=args.output_dir)
     print(f"\nsimulated in {time.perf_counter() - started:.1f}s; wrote {args.output_dir / 'simulation.json'}, "
           + ", ".join(str(p) for p in paths))
