@@ -119,11 +119,7 @@ def main(argv=None) -> int:
                        async_scheduler=args.async_scheduler, use_calibration=not args.no_calibration,
                        self_draft_gamma=args.self_draft, save_outputs=args.save_outputs,
                        progress=not args.no_progress)
-    try:
-        run_eval(opts)
-    except OSError as exc:  # unreadable file, full disk: the user's to fix; project errors go through cli_main
-        print(f"eval.py: error: {exc}", file=sys.stderr)
-        return 2
+    run_eval(opts)
     print(f"[eval] wrote {opts.output_dir}/results.json, table.md, rounds.jsonl and plots")
     return 0
 

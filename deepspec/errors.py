@@ -2,8 +2,9 @@
 
 Every error we raise on purpose (bad input, a mismatch, a missing file) derives from
 :class:`DeepSpecError` and carries a message that says what is wrong and what to do. Entry
-points wrap ``main`` with :func:`cli_main`: a project error becomes one line on stderr and exit
-code 2; anything else is a bug and keeps its traceback.
+points wrap ``main`` with :func:`cli_main`: a project error or an OSError (permission, full
+disk) becomes one line on stderr and exit code 2; anything else is a bug and keeps its
+traceback. ``DEEPSPEC_TRACEBACK=1`` shows the traceback in every case.
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ def cli_main(fn: Callable[..., int | None]) -> Callable[..., int]:
         prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else fn.__module__
         try:
             code = fn(*args, **kwargs)
-        except DeepSpecError as exc:
+        except (DeepSpecError, OSError) as exc:
+            # OSError: a permission, full disk or missing file the user must fix; the errno text and
+            # file name say which. DEEPSPEC_TRACEBACK=1 shows the traceback of either kind.
+            if os.environ.get("DEEPSPEC_TRACEBACK") == "1":
+                raise
             print(f"{prog}: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:

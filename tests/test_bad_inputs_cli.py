@@ -137,3 +137,28 @@ def test_train_sh_forwards_repeated_opts_to_the_same_checks(world):
     result = run_entry("scripts/train/train.sh", ["--opts", "train.lr=1e-3", "--opts", "train.local_batch_size=0"],
                        env={**_env(world), "config_path": TINY})
     refused(result, "train.local_batch_size must be >= 1, got 0")
+
+
+def test_cli_main_one_line_for_project_and_os_errors_traceback_for_bugs(capsys, monkeypatch):
+    from deepspec.errors import DeepSpecError, cli_main
+
+    @cli_main
+    def main(kind):
+        if kind == "project":
+            raise DeepSpecError("the draft folder is empty; pass a step_N folder")
+        if kind == "os":
+            raise PermissionError(13, "Permission denied", "/data/out")
+        if kind == "bug":
+            raise KeyError("oops")
+        return None
+
+    monkeypatch.setattr("sys.argv", ["tool.py"])
+    assert main("project") == 2 and capsys.readouterr().err == (
+        "tool.py: error: the draft folder is empty; pass a step_N folder\n")
+    assert main("os") == 2 and capsys.readouterr().err == "tool.py: error: [Errno 13] Permission denied: '/data/out'\n"
+    assert main("fine") == 0
+    with pytest.raises(KeyError):
+        main("bug")
+    monkeypatch.setenv("DEEPSPEC_TRACEBACK", "1")
+    with pytest.raises(DeepSpecError):
+        main("project")

@@ -472,3 +472,19 @@ def test_rendezvous_plan(tmp_path, monkeypatch):
     with pytest.raises(LaunchError, match="--nproc must be >= 1"):
         plan_launch(device_type="cpu", nproc=0)
     assert isinstance(LaunchPlan(1, 0, 1, None, None, "cpu"), LaunchPlan)
+
+
+def _raise_config_error(info):
+    from deepspec.config import ConfigError
+
+    if info.rank == 1:
+        raise ConfigError("rank 1 refuses: the cache differs in the target")
+    torch.distributed.barrier()  # rank 0 waits; the launcher must stop it, not hang
+
+
+def test_a_worker_project_error_is_one_line_in_the_launcher():
+    from deepspec.training.distributed import WorkerError
+
+    with pytest.raises(WorkerError) as err:
+        launch(_raise_config_error, plan_launch(device_type="cpu", nproc=2))
+    assert str(err.value) == "rank 1 refuses: the cache differs in the target"

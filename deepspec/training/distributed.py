@@ -40,6 +40,10 @@ class LaunchError(DeepSpecError):
     """The requested workers / nodes cannot be started; the message says what to change."""
 
 
+class WorkerError(DeepSpecError):
+    """A worker process stopped on a project error; the message is that worker's."""
+
+
 @dataclass(frozen=True)
 class DistInfo:
     rank: int
@@ -145,16 +149,26 @@ def launch(fn: Callable[[DistInfo], object], plan: LaunchPlan):
             torch.cuda.set_device(device)
         return fn(DistInfo(rank=0, local_rank=0, world_size=1, device=device))
     store_dir = tempfile.mkdtemp(prefix="deepspec-rendezvous-") if plan.num_nodes == 1 else None  # mode 0700
+    error_dir = tempfile.mkdtemp(prefix="deepspec-errors-")
     try:
         rdv = plan_rendezvous(plan, store_dir=store_dir)
-        torch.multiprocessing.spawn(_worker, args=(plan, rdv, fn), nprocs=plan.nproc, join=True)
+        torch.multiprocessing.spawn(_worker, args=(plan, rdv, fn, error_dir), nprocs=plan.nproc, join=True)
+    except (torch.multiprocessing.ProcessRaisedException, torch.multiprocessing.ProcessExitedException):
+        # A worker that stopped on a project error left its one-line message: say that, not the
+        # wrapped traceback; anything else is a bug and keeps its traceback.
+        messages = [open(os.path.join(error_dir, name)).read() for name in sorted(os.listdir(error_dir))]
+        if messages:
+            raise WorkerError(messages[0]) from None
+        raise
     finally:
+        shutil.rmtree(error_dir, ignore_errors=True)
         if store_dir is not None:
             shutil.rmtree(store_dir, ignore_errors=True)
     return None
 
 
-def _worker(local_rank: int, plan: LaunchPlan, rdv: Rendezvous, fn: Callable[[DistInfo], object]) -> None:
+def _worker(local_rank: int, plan: LaunchPlan, rdv: Rendezvous, fn: Callable[[DistInfo], object],
+            error_dir: str) -> None:
     world = plan.num_nodes * plan.nproc
     rank = plan.node_rank * plan.nproc + local_rank
     # Libraries that read the env (and our own children) must see *global* values from here on.
@@ -173,6 +187,10 @@ def _worker(local_rank: int, plan: LaunchPlan, rdv: Rendezvous, fn: Callable[[Di
                             timeout=datetime.timedelta(minutes=30))
     try:
         fn(DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=device))
+    except DeepSpecError as exc:
+        with open(os.path.join(error_dir, f"rank{rank:05d}.txt"), "w") as fh:
+            fh.write(str(exc))
+        raise SystemExit(2) from None
     finally:
         dist.destroy_process_group()
 
