@@ -265,7 +265,7 @@ def test_rows_record_the_model_and_resume_all_done_exits_0(tiny_target, tmp_path
     from deepspec.data.regenerate import model_identity
 
     assert all(row["generated_by"] == model_identity(str(tiny_target)).record() for row in rows)
-    assert rows[0]["generated_by"]["fingerprint"].startswith("sha256:")
+    assert rows[0]["generated_by"]["fingerprint"].startswith("dstf1:")
     before = fingerprint([out])
     r = run_entry(GEN, argv + ["--resume"], timeout=300)
     assert r.rc == 0, r.output[-3000:]

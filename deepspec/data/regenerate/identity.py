@@ -3,9 +3,9 @@
 Every output row carries ``"generated_by": {"model": NAME, "fingerprint": FP}``. ``NAME`` is the model as
 it was named (a folder, a hub id, a served model name); ``FP`` is what is compared:
 
-* a local folder: ``sha256:<16 hex>`` over its resolved ``config.json`` and the names, sizes and a few
-  sampled bytes of its weight files, so a fine-tune in a folder with the same last name differs, and
-  the same folder spelled two ways (or moved) does not;
+* a local folder: :func:`deepspec.targets.target_fingerprint` (its config and the names, sizes and
+  sampled bytes of its weight files; the same identity the target cache records), so a fine-tune in a
+  folder with the same last name differs, and the same folder spelled two ways (or moved) does not;
 * anything else (a hub id, a name a server gives its model): ``name:<id>``, which is all we know there.
 
 Readers of the output (the cache builder, :func:`deepspec.data.conversations.read_conversations`) ignore
@@ -14,8 +14,6 @@ unknown row fields, so rows with the record read exactly as rows without it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -24,8 +22,6 @@ from pathlib import Path
 from deepspec.errors import DeepSpecError
 
 RECORD_KEY = "generated_by"
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
-_SAMPLE = 1 << 16  # bytes read at the start, middle and end of each weight file: cheap even for 100 GB
 
 
 class ModelMismatchError(DeepSpecError, ValueError):
@@ -44,31 +40,13 @@ class ModelIdentity:
         return f"{self.name} ({self.fingerprint})"
 
 
-def _folder_fingerprint(folder: Path) -> str:
-    h = hashlib.sha256()
-    config = folder / "config.json"
-    if config.is_file():
-        try:
-            # Canonical form: reformatting the file does not make it another model.
-            h.update(json.dumps(json.loads(config.read_text(encoding="utf-8")), sort_keys=True).encode())
-        except ValueError:
-            h.update(config.read_bytes())
-    weights = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
-    for p in weights:
-        size = p.stat().st_size
-        h.update(f"{p.relative_to(folder).as_posix()}\0{size}\0".encode())
-        with open(p, "rb") as f:
-            for offset in sorted({0, max(0, size // 2 - _SAMPLE // 2), max(0, size - _SAMPLE)}):
-                f.seek(offset)
-                h.update(f.read(_SAMPLE))
-    return "sha256:" + h.hexdigest()[:16]
-
-
 def model_identity(model: str) -> ModelIdentity:
     """The identity of ``model``: a fingerprint for a local folder, the id string otherwise."""
     path = Path(os.path.expanduser(model))
     if path.is_dir():
-        return ModelIdentity(name=model, fingerprint=_folder_fingerprint(path.resolve()))
+        from deepspec.targets import target_fingerprint  # the cache manifest's identity too: one rule
+
+        return ModelIdentity(name=model, fingerprint=target_fingerprint(path.resolve()))
     return ModelIdentity(name=model, fingerprint=f"name:{model}")
 
 
