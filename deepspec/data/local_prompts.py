@@ -15,6 +15,7 @@ import os
 import random
 from pathlib import Path
 
+from deepspec.cli import positive_int
 from deepspec.data.conversations import DataError, write_jsonl
 from deepspec.errors import check_outputs_apart, cli_main
 from deepspec.tiny_target import code_chat_pairs, load_corpus
@@ -54,16 +55,6 @@ def count_overlap(conversations: list[dict], eval_dir: str | os.PathLike | None)
     return sum(c["conversations"][0]["content"].strip() in eval_turns for c in conversations)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
 def _seed(text: str) -> int:
     try:
         return int(text)
@@ -75,7 +66,7 @@ def _seed(text: str) -> int:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Write training prompts for the tiny target from held-out stdlib code.")
     p.add_argument("--output-file-path", required=True)
-    p.add_argument("--num", type=_positive_int, default=256, help="number of conversations")
+    p.add_argument("--num", type=positive_int, default=256, help="number of conversations")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--eval-data-dir", default=os.environ.get("DEEPSPEC_EVAL_DATA_DIR"),
                    help="checked for overlap with the evaluation prompts (default: $DEEPSPEC_EVAL_DATA_DIR)")

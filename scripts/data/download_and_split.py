@@ -35,6 +35,7 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from deepspec.cli import positive_int  # noqa: E402
 from deepspec.data.conversations import DataError, SkipReport, normalize_conversation, write_jsonl  # noqa: E402
 from deepspec.errors import DeepSpecError, check_outputs_apart, cli_main  # noqa: E402
 
@@ -231,16 +232,6 @@ def eval_row(conv) -> dict:
 
 # ----------------------------------------------------------------------------- command line
 
-def _sample_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1 (leave it out to keep everything), got {text!r}")
-    return value
-
-
 def _test_size(text: str) -> float:
     try:
         value = float(text)
@@ -282,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-name", default=DEFAULT_DATASET,
                    help=f"hub data set, or a local .json/.jsonl/.parquet file or folder (default: {DEFAULT_DATASET})")
     p.add_argument("--split", default="train", help="hub split to load (default: train; ignored for local files)")
-    p.add_argument("--sample-size", type=_sample_size, default=None, help="keep this many valid conversations (default: all)")
+    p.add_argument("--sample-size", type=positive_int, default=None, help="keep this many valid conversations (default: all)")
     p.add_argument("--test-size", type=_test_size, default=0.05,
                    help="held-out share (< 1) or count (>= 1) of the kept conversations (default: 0.05)")
     p.add_argument("--seed", type=_seed, default=42, help="shuffle seed; the same seed gives the same split (default: 42)")
