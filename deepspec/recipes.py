@@ -107,6 +107,7 @@ def paper_logging() -> dict:
 def paper_data(*, chat_template: str) -> dict:
     return dict(
         target_cache_path=None,
+        online_target=False,  # True: run the target live over data.train_data_paths (no cache)
         train_data_paths=[],
         chat_template=chat_template,
         max_length=4096,
