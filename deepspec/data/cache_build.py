@@ -193,6 +193,7 @@ def run_worker(rank: int, world: int, args: WorkerArgs) -> int:
     import torch
     from tqdm import tqdm
 
+    from deepspec.data.capture import capture_states
     from deepspec.data.target_cache import TargetCacheWriter, committed_source_indices
     from deepspec.targets import load_target
 
@@ -205,7 +206,6 @@ def run_worker(rank: int, world: int, args: WorkerArgs) -> int:
     mine = [s for s in args.samples if s.source_index % world == rank and s.source_index not in committed]
     mine.sort(key=lambda s: len(s.input_ids), reverse=True)  # long first: memory errors show up early
     target = load_target(args.target, dtype=dtype, device=device, with_tokenizer=False)
-    pad_id = 0
     written = 0
     with TargetCacheWriter(args.output_dir, rank=rank, target_model=args.target, layer_ids=args.layer_ids,
                            hidden_size=args.hidden_size, max_shard_bytes=args.max_shard_bytes,
@@ -216,21 +216,11 @@ def run_worker(rank: int, world: int, args: WorkerArgs) -> int:
                                           disable=rank != 0 and world > 1)):
             if args.fail_after_batches is not None and step >= args.fail_after_batches:
                 raise RuntimeError("simulated crash (fail_after_batches)")
-            longest = max(len(s.input_ids) for s in batch)
-            ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), longest), dtype=torch.long)
-            for row, s in enumerate(batch):
-                ids[row, :len(s.input_ids)] = torch.tensor(s.input_ids)
-                mask[row, :len(s.input_ids)] = 1
-            states = target.capture(ids.to(device), layer_ids=args.layer_ids, attention_mask=mask.to(device))
-            # Copy to CPU bf16 here: the writer thread must never hold device tensors.
-            hidden = states.hidden_states.to(torch.bfloat16).cpu()
-            last = states.last_hidden_state.to(torch.bfloat16).cpu()
-            for row, s in enumerate(batch):
-                n = len(s.input_ids)
+            captured = capture_states(target, [s.input_ids for s in batch], layer_ids=args.layer_ids, device=device)
+            for s, (hidden, last) in zip(batch, captured):
                 writer.add(source_index=s.source_index, input_ids=torch.tensor(s.input_ids, dtype=torch.int32),
                            loss_mask=torch.tensor(s.loss_mask, dtype=torch.uint8),
-                           hidden_states=hidden[row, :n].clone(), last_hidden_state=last[row, :n].clone())
+                           hidden_states=hidden, last_hidden_state=last)
                 written += 1
     return written
 
