@@ -78,12 +78,14 @@ def resolve_cache_dir(cfg, cache_dir: str | None) -> str:
     return str(path)
 
 
-def _worker(info: DistInfo, *, cfg_dict: dict, cache_dir: str, stop_after_step: int | None, progress: bool,
+def _worker(info: DistInfo, *, cfg_dict: dict, cache_dir: str | None, train_data_paths: list[str] | None,
+            stop_after_step: int | None, progress: bool,
             on_step_end: Callable[[int], None] | None = None) -> dict:
     from deepspec.training.trainer import trainer_class
 
     cfg = ConfigNode(cfg_dict)
-    trainer = trainer_class(cfg.train.trainer_cls)(cfg=cfg, cache_dir=cache_dir, info=info, on_step_end=on_step_end,
+    trainer = trainer_class(cfg.train.trainer_cls)(cfg=cfg, cache_dir=cache_dir, info=info,
+                                                   train_data_paths=train_data_paths, on_step_end=on_step_end,
                                                    stop_after_step=stop_after_step, progress=progress)
     return trainer.fit()
 
@@ -97,12 +99,10 @@ def run_training(cfg, *, cache_dir: str | None = None, device: str | None = None
 
     trainer_class(cfg.train.trainer_cls)  # unknown trainer: fail before spawning anything
     source = resolve_data_source(cfg, cache_dir=cache_dir, online=online, train_data_paths=train_data_paths)
-    if source["online"]:
-        raise ConfigError("online training (data.online_target=True) is not available in this version yet; "
-                          "build a target cache with scripts/data/prepare_data.sh and pass --target-cache-dir")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     plan = plan_launch(device_type=device, nproc=nproc)
-    fn = functools.partial(_worker, cfg_dict=cfg.to_dict(), cache_dir=source["cache_dir"],
+    fn = functools.partial(_worker, cfg_dict=cfg.to_dict(), cache_dir=source.get("cache_dir"),
+                           train_data_paths=source.get("train_data_paths"),
                            stop_after_step=stop_after_step, progress=progress, on_step_end=on_step_end)
     return launch(fn, plan)
 

@@ -61,7 +61,8 @@ def anchor_generator(*, seed: int, step: int, chunk: int) -> torch.Generator:
 class Trainer:
     algorithms: tuple[str, ...] = ()
 
-    def __init__(self, *, cfg, cache_dir: str, info: DistInfo, on_step_end: Callable[[int], None] | None = None,
+    def __init__(self, *, cfg, cache_dir: str | None = None, info: DistInfo,
+                 train_data_paths: list[str] | None = None, on_step_end: Callable[[int], None] | None = None,
                  stop_after_step: int | None = None, progress: bool = True):
         self.cfg, self.info, self.device = cfg, info, info.device
         self.on_step_end, self.stop_after_step = on_step_end, stop_after_step
@@ -73,30 +74,28 @@ class Trainer:
         # -- pre-flight: everything that can be wrong is checked before any work --------------------
         self.grad_accum = grad_accumulation(global_batch_size=t.global_batch_size, world_size=info.world_size,
                                             local_batch_size=t.local_batch_size)
-        cache = TargetCache(cache_dir)
-        # Only the target's config and its frozen embedding / LM head are needed, never the whole model.
+        # One data contract, two producers: a cache on disk, or the target run live (deepspec.training.online).
         target_config = load_target_config(m.target_model_name_or_path)
-        hidden_size = int(family_of(target_config).text_config(target_config).hidden_size)
-        # Target by fingerprint (not folder name) and max length; layers are checked as a subset below.
-        # Every sample is then checked against its crc32 the first time the loader reads it.
-        cache.check_compatible(target_model=m.target_model_name_or_path, hidden_size=hidden_size,
-                               max_length=cfg.data.max_length)
-        try:
-            columns = layer_columns(cache_layer_ids=cache.layer_ids, wanted_layer_ids=m.target_layer_ids,
-                                    hidden_size=hidden_size)
-        except DataError as exc:
-            raise TrainingError(str(exc)) from None
-        if len(cache) < t.global_batch_size:
+        if cache_dir is None:
+            from deepspec.training.online import build_online_dataset
+
+            dataset = build_online_dataset(cfg=cfg, train_data_paths=list(train_data_paths or []), device=self.device)
+            source = f"the online data {list(train_data_paths or [])}"
+        else:
+            dataset = self._cache_dataset(cache_dir, target_config)
+            source = f"the target cache {cache_dir}"
+        self.dataset = dataset
+        if len(dataset) < t.global_batch_size:
             raise TrainingError(
-                f"the target cache {cache_dir} has {len(cache)} samples, fewer than one global batch "
+                f"{source} has {len(dataset)} samples, fewer than one global batch "
                 f"(train.global_batch_size={t.global_batch_size}); lower train.global_batch_size to at most "
-                f"{len(cache)} (a multiple of world size x train.local_batch_size) or build a larger cache")
+                f"{len(dataset)} (a multiple of world size x train.local_batch_size) or use more data")
 
         # -- data ---------------------------------------------------------------------------------
-        self.sampler = StepSampler(num_samples=len(cache), seed=int(cfg.seed), rank=info.rank,
+        self.sampler = StepSampler(num_samples=len(dataset), seed=int(cfg.seed), rank=info.rank,
                                    world_size=info.world_size, local_batch_size=t.local_batch_size,
                                    grad_accum=self.grad_accum)
-        self.loader = build_loader(CacheDataset(cache, columns=columns), self.sampler,
+        self.loader = build_loader(dataset, self.sampler,
                                    num_workers=int(cfg.data.num_workers), pin_memory=self.device.type == "cuda")
         spe = self.sampler.steps_per_epoch
         self.total_steps = int(t.max_train_steps) if t.max_train_steps else int(t.num_train_epochs) * spe
@@ -149,6 +148,22 @@ class Trainer:
                                      progress=progress)
 
     # -- one micro-batch -> loss sums (per algorithm) ----------------------------------------------
+    def _cache_dataset(self, cache_dir: str, target_config) -> CacheDataset:
+        m = self.cfg.model
+        cache = TargetCache(cache_dir)
+        # Only the target's config and its frozen embedding / LM head are needed, never the whole model.
+        hidden_size = int(family_of(target_config).text_config(target_config).hidden_size)
+        # Target by fingerprint (not folder name) and max length; layers are checked as a subset below.
+        # Every sample is then checked against its crc32 the first time the loader reads it.
+        cache.check_compatible(target_model=m.target_model_name_or_path, hidden_size=hidden_size,
+                               max_length=self.cfg.data.max_length)
+        try:
+            columns = layer_columns(cache_layer_ids=cache.layer_ids, wanted_layer_ids=m.target_layer_ids,
+                                    hidden_size=hidden_size)
+        except DataError as exc:
+            raise TrainingError(str(exc)) from None
+        return CacheDataset(cache, columns=columns)
+
     def compute_sums(self, batch: dict, *, generator: torch.Generator) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -174,6 +189,7 @@ class Trainer:
             print(f"training already complete: {self.ckpt_dir}/step_{self.step} (raise train.max_train_steps or "
                   "use a new exp_name to train more)")
         window_t0, window_wait, window_tokens = time.perf_counter(), 0.0, 0
+        window_fwd = self._target_forward_s()
         while self.step < self.total_steps:
             epoch, in_epoch = divmod(self.step, spe)
             self.sampler.set_position(epoch=epoch, step_in_epoch=in_epoch)
@@ -187,9 +203,11 @@ class Trainer:
                 if self.step % log_every == 0 or self.step == self.total_steps:
                     elapsed = max(time.perf_counter() - window_t0, 1e-9)
                     last = {"step": self.step, "epoch": epoch, **record, "tokens_per_s": window_tokens / elapsed,
-                            "data_wait_fraction": min(1.0, window_wait / elapsed), "precision": self.precision}
+                            "data_wait_fraction": min(1.0, window_wait / elapsed),
+                            "target_forward_s": self._target_forward_s() - window_fwd, "precision": self.precision}
                     self.metrics.log(last)
                     window_t0, window_wait, window_tokens = time.perf_counter(), 0.0, 0
+                    window_fwd = self._target_forward_s()
                 if (ckpt_every and self.step % ckpt_every == 0) or self.step == self.total_steps:
                     self.save()
                 if self.on_step_end is not None:
@@ -203,6 +221,10 @@ class Trainer:
         self.metrics.close()
         barrier(info)
         return last
+
+    def _target_forward_s(self) -> float:
+        """Seconds the live target has run in this process (0 offline; online it is part of the data wait)."""
+        return float(getattr(self.dataset, "forward_s", 0.0))
 
     def train_step(self, batches) -> tuple[dict, float]:
         t = self.cfg.train
