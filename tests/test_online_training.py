@@ -85,8 +85,9 @@ def test_online_equals_offline_with_two_gloo_workers(setup, algo, tmp_path):
     train_cli(setup, algo, on, "--online", "--train-data-path", setup["data"])
     a, b = losses(off), losses(on)
     assert len(a) == len(b) == STEPS
-    for x, y in zip(a, b):
-        assert abs(x - y) <= 1e-6 * abs(x), (algo, a, b)
+    rel = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+    print(f"[online==offline] {algo}: max relative loss difference {rel:.3e} over {STEPS} steps")
+    assert rel < 1e-6, (algo, a, b)
     recs = read_metrics(on / "metrics.jsonl")
     assert all(r["target_forward_s"] > 0 for r in recs)
 

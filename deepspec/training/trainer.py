@@ -95,8 +95,9 @@ class Trainer:
         self.sampler = StepSampler(num_samples=len(dataset), seed=int(cfg.seed), rank=info.rank,
                                    world_size=info.world_size, local_batch_size=t.local_batch_size,
                                    grad_accum=self.grad_accum)
+        # Online, the target runs in this process (loader workers would each copy it): data.num_workers is unused.
         self.loader = build_loader(dataset, self.sampler,
-                                   num_workers=int(cfg.data.num_workers), pin_memory=self.device.type == "cuda")
+                                   num_workers=int(cfg.data.num_workers) if cache_dir is not None else 0, pin_memory=self.device.type == "cuda")
         spe = self.sampler.steps_per_epoch
         self.total_steps = int(t.max_train_steps) if t.max_train_steps else int(t.num_train_epochs) * spe
 
