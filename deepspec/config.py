@@ -299,6 +299,13 @@ def _check_numbers(cfg: ConfigNode) -> None:
     ratio = cfg.train.get("warmup_ratio")
     if isinstance(ratio, (int, float)) and ratio > 1:
         raise ConfigError(f"train.warmup_ratio is a fraction of all steps in [0, 1], got {ratio!r}")
+    for key in _BOOL_FIELDS:
+        present, value = _lookup(cfg, key)
+        if present and not isinstance(value, bool):
+            raise ConfigError(f"{key} must be True or False, got {value!r}")
+
+
+_BOOL_FIELDS = ("data.online_target", "train.target_sharding", "train.torch_compile")
 
 
 def validate_config(cfg: ConfigNode) -> None:

@@ -58,3 +58,11 @@ def describe_choice(precision: str, device: torch.device | str) -> dict:
         why = ("CPU lacks native bf16 (no " + "/".join(_NATIVE_BF16_FLAGS) + " in /proc/cpuinfo): "
                "bf16 would be emulated at 7-16x the cost of fp32")
     return {"requested": precision, "compute_dtype": chosen, "device": kind, "reason": why}
+
+
+def target_precision(device: torch.device | str) -> str:
+    """The frozen target's forward dtype, the same for the cache builder and online training.
+
+    One rule for both producers of training batches, so a cache and the live target agree: the ``auto`` choice.
+    """
+    return resolve_precision("auto", device)

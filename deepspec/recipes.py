@@ -91,6 +91,7 @@ def paper_train(*, trainer_cls: str) -> dict:
         max_train_steps=None,
         max_grad_norm=1.0,
         sharding_strategy="no_shard",  # DDP; full_shard / shard_grad_op = FSDP
+        target_sharding=False,  # online mode: True splits the frozen target over the ranks (FSDP2)
         torch_compile=False,
     )
 

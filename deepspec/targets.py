@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -366,6 +367,33 @@ def load_frozen_target_pieces(
                     tensors[piece] = fh.get_tensor(key)
     embed = tensors["embed"]
     return embed, (embed if tied else tensors["lm_head"])
+
+
+def count_target_parameters(name_or_path: str) -> dict[str, int]:
+    """Parameter counts from the safetensors headers (no weights read): ``total``, ``largest_layer`` (one
+    decoder layer) and ``outside_layers`` (embedding, final norm, untied LM head)."""
+    from safetensors import safe_open
+
+    weight_map = _weight_map(name_or_path)
+    per_layer: dict[str, int] = {}
+    total = 0
+    for filename in sorted(set(weight_map.values())):
+        path = _target_file(name_or_path, filename)
+        if path is None:
+            raise TargetError(f"target {name_or_path!r}: {filename} (named in {_INDEX_FILE}) is missing")
+        with safe_open(path, framework="pt") as fh:
+            for key in fh.keys():
+                n = math.prod(fh.get_slice(key).get_shape())
+                total += n
+                layer = _LAYER_KEY.search(key)
+                if layer:  # keyed by the whole prefix: a vision tower's layer 3 is not the decoder's
+                    unit = key[:layer.end()]
+                    per_layer[unit] = per_layer.get(unit, 0) + n
+    return {"total": total, "largest_layer": max(per_layer.values(), default=0),
+            "outside_layers": total - sum(per_layer.values())}
+
+
+_LAYER_KEY = re.compile(r"(?:^|\.)layers\.\d+\.")
 
 
 # -- identity ---------------------------------------------------------------------------------

@@ -183,6 +183,13 @@ def test_train_sh_passes_bare_and_opts_overrides(args, tmp_path):
     assert argv[argv.index("--opts"):][1:3] == ["train.lr=1", "seed=2"] and argv.count("--opts") == 1
 
 
+def test_train_sh_online_from_train_data_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("train_data_path", "a.jsonl b.jsonl")
+    monkeypatch.delenv("target_cache_dir", raising=False)
+    argv = _bash_argv("scripts/train/train.sh", ["--nproc", "2"], tmp_path)
+    assert argv[3:] == ["--online", "--train-data-path", "a.jsonl", "--train-data-path", "b.jsonl", "--nproc", "2"]
+
+
 def test_eval_sh_maps_name_value_to_flags(tmp_path):
     argv = _bash_argv("scripts/eval/eval.sh", ["tasks=gsm8k:2", "--opts", "temperature=0", "--seed", "1"], tmp_path)
     assert argv[1:] == ["--tasks", "gsm8k:2", "--temperature", "0", "--seed", "1"]

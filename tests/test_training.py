@@ -435,15 +435,19 @@ def _report_listeners(info, *, out: str) -> None:
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads listening sockets from /proc")
 def test_single_node_workers_listen_on_loopback_only(tmp_path, monkeypatch):
     import functools
+    import tempfile
 
     for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME"):
         monkeypatch.delenv(var, raising=False)
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))  # other runs' leftovers in /tmp do not count
     out = tmp_path / "listeners.json"
     launch(functools.partial(_report_listeners, out=str(out)), plan_launch(device_type="cpu", nproc=2))
     per_rank = json.loads(out.read_text())
     assert len(per_rank) == 2 and all(per_rank), per_rank  # gloo's pair sockets are there...
     assert all(_is_loopback(a) for addrs in per_rank for a in addrs), per_rank  # ...and only on loopback
-    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("deepspec-rendezvous-*/store"))  # store removed
+    assert not list(private_tmp.glob("deepspec-rendezvous-*/store"))  # store removed
 
 
 def test_rendezvous_plan(tmp_path, monkeypatch):

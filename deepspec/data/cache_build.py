@@ -259,6 +259,7 @@ def build_target_cache(
     from transformers import AutoTokenizer
 
     from deepspec.data.target_cache import TargetCache, check_build_folder, estimate_cache_bytes, finalize_target_cache
+    from deepspec.precision import target_precision
     from deepspec.targets import family_of, load_target_config, target_fingerprint, validate_layer_ids
 
     hf_config = load_target_config(target_path)
@@ -298,7 +299,7 @@ def build_target_cache(
     args = WorkerArgs(output_dir=str(output_dir), target=str(target_path), layer_ids=layer_ids,
                       hidden_size=identity["hidden_size"], samples=plan.samples, batch_size=batch_size,
                       max_shard_bytes=max_shard_bytes, device=device,
-                      dtype="bf16" if device == "cuda" else "fp32", source_files=identity["source_files"],
+                      dtype=target_precision(device), source_files=identity["source_files"],
                       extra=extra, target_fingerprint=identity["target_fingerprint"],
                       max_length=identity["max_length"], fail_after_batches=fail_after_batches)
     if world == 1:

@@ -15,8 +15,11 @@ STORED_DTYPE = torch.bfloat16  # the cache stores hidden states as bf16
 
 
 def capture_states(target, token_lists: Sequence[Sequence[int]], *, layer_ids: Sequence[int],
-                   device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per sample: (hidden_states [n, L*H], last_hidden_state [n, H]), bf16 on the CPU, padding cut off."""
+                   device, to_cpu: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per sample: (hidden_states [n, L*H], last_hidden_state [n, H]) in bf16, padding cut off.
+
+    On the CPU unless ``to_cpu=False`` (online training on a GPU keeps them there; values are the same).
+    """
     longest = max(len(t) for t in token_lists)
     ids = torch.full((len(token_lists), longest), PAD_ID, dtype=torch.long)
     mask = torch.zeros((len(token_lists), longest), dtype=torch.long)
@@ -25,7 +28,8 @@ def capture_states(target, token_lists: Sequence[Sequence[int]], *, layer_ids: S
         mask[row, :len(toks)] = 1
     with torch.no_grad():
         states = target.capture(ids.to(device), layer_ids=list(layer_ids), attention_mask=mask.to(device))
-    # Copy to CPU bf16 here: a writer thread must never hold device tensors.
-    hidden = states.hidden_states.to(STORED_DTYPE).cpu()
-    last = states.last_hidden_state.to(STORED_DTYPE).cpu()
+    # Copy to CPU bf16 here for the cache: a writer thread must never hold device tensors.
+    hidden, last = states.hidden_states.to(STORED_DTYPE), states.last_hidden_state.to(STORED_DTYPE)
+    if to_cpu:
+        hidden, last = hidden.cpu(), last.cpu()
     return [(hidden[row, :len(t)].clone(), last[row, :len(t)].clone()) for row, t in enumerate(token_lists)]

@@ -64,11 +64,12 @@ def collate(samples: list[dict]) -> dict:
     T = max(int(s["input_ids"].shape[0]) for s in samples)
     B = len(samples)
     ex = samples[0]
+    hid, last = ex["hidden_states"], ex["last_hidden_state"]  # on the CPU from a cache, maybe a GPU online
     out = {
         "input_ids": torch.zeros(B, T, dtype=torch.long),
         "loss_mask": torch.zeros(B, T, dtype=torch.bool),
-        "hidden_states": torch.zeros(B, T, ex["hidden_states"].shape[-1], dtype=ex["hidden_states"].dtype),
-        "last_hidden_state": torch.zeros(B, T, ex["last_hidden_state"].shape[-1], dtype=ex["last_hidden_state"].dtype),
+        "hidden_states": torch.zeros(B, T, hid.shape[-1], dtype=hid.dtype, device=hid.device),
+        "last_hidden_state": torch.zeros(B, T, last.shape[-1], dtype=last.dtype, device=last.device),
     }
     for b, s in enumerate(samples):
         n = int(s["input_ids"].shape[0])
@@ -147,6 +148,7 @@ class _Loader(DataLoader):
             yield batch
 
 
-def build_loader(dataset: Dataset, sampler: StepSampler, *, num_workers: int, pin_memory: bool) -> DataLoader:
-    return _Loader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+def build_loader(dataset: Dataset, sampler: StepSampler, *, num_workers: int, pin_memory: bool,
+                 collate_fn=collate) -> DataLoader:
+    return _Loader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
                    pin_memory=pin_memory, persistent_workers=False)

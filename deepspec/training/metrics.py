@@ -44,6 +44,7 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=tensorboard_dir, purge_step=start_step + 1)
+        self.shares: dict[str, str] = {}
         if progress:
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
 
@@ -51,11 +52,15 @@ class MetricsLogger:
         if self.bar is not None:
             self.bar.update(n)
             if loss is not None:
-                self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", **self.shares)
 
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
+        # The last window's shares of wall time, shown on the bar: waiting for data, and (online) the target.
+        self.shares = {name: f"{record[key]:.0%}" for name, key in (("wait", "data_wait_fraction"),
+                                                                     ("target", "target_forward_fraction"))
+                       if isinstance(record.get(key), (int, float))}
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
         self.file.write(json.dumps(clean) + "\n")
         self.file.flush()

@@ -28,7 +28,7 @@ from deepspec.models import (
 from deepspec.precision import describe_choice
 from deepspec.targets import family_of, load_frozen_target_pieces, load_target_config
 from deepspec.training import checkpoint as ckpt
-from deepspec.training.data import CacheDataset, DataError, StepSampler, build_loader, layer_columns
+from deepspec.training.data import CacheDataset, DataError, StepSampler, build_loader, collate, layer_columns
 from deepspec.training.distributed import (
     DistInfo, all_gather_object, all_reduce_sums, barrier, broadcast_object, resolve_sharding, wrap_model,
 )
@@ -77,14 +77,19 @@ class Trainer:
         # One data contract, two producers: a cache on disk, or the target run live (deepspec.training.online).
         target_config = load_target_config(m.target_model_name_or_path)
         if cache_dir is None:
-            from deepspec.training.online import build_online_dataset
+            from deepspec.training.online import build_online_source, draft_state_bytes
 
-            dataset = build_online_dataset(cfg=cfg, train_data_paths=list(train_data_paths or []), device=self.device)
+            with torch.device("meta"):  # the draft's size, for the memory check before the target is loaded
+                draft_bytes = draft_state_bytes(build_draft(draft_config_from_target(target_config, m)))
+            if resolve_sharding(t.sharding_strategy, self.device, warn=False) != "no_shard":
+                draft_bytes //= info.world_size  # FSDP splits the draft's weights and optimizer state too
+            dataset, collate_fn = build_online_source(cfg=cfg, train_data_paths=list(train_data_paths or []),
+                                                      info=info, draft_bytes=draft_bytes)
             source = f"the online data {list(train_data_paths or [])}"
         else:
-            dataset = self._cache_dataset(cache_dir, target_config)
+            dataset, collate_fn = self._cache_dataset(cache_dir, target_config), collate
             source = f"the target cache {cache_dir}"
-        self.dataset = dataset
+        self.collate_fn = collate_fn
         if len(dataset) < t.global_batch_size:
             raise TrainingError(
                 f"{source} has {len(dataset)} samples, fewer than one global batch "
@@ -95,9 +100,12 @@ class Trainer:
         self.sampler = StepSampler(num_samples=len(dataset), seed=int(cfg.seed), rank=info.rank,
                                    world_size=info.world_size, local_batch_size=t.local_batch_size,
                                    grad_accum=self.grad_accum)
-        # Online, the target runs in this process (loader workers would each copy it): data.num_workers is unused.
-        self.loader = build_loader(dataset, self.sampler,
-                                   num_workers=int(cfg.data.num_workers) if cache_dir is not None else 0, pin_memory=self.device.type == "cuda")
+        # Online, the target runs in this process inside collate (loader workers would each hold a copy), and its
+        # states may already be on the GPU: data.num_workers and pinning apply to the cache only.
+        offline = cache_dir is not None
+        self.loader = build_loader(dataset, self.sampler, collate_fn=collate_fn,
+                                   num_workers=int(cfg.data.num_workers) if offline else 0,
+                                   pin_memory=offline and self.device.type == "cuda")
         spe = self.sampler.steps_per_epoch
         self.total_steps = int(t.max_train_steps) if t.max_train_steps else int(t.num_train_epochs) * spe
 
@@ -205,7 +213,9 @@ class Trainer:
                     elapsed = max(time.perf_counter() - window_t0, 1e-9)
                     last = {"step": self.step, "epoch": epoch, **record, "tokens_per_s": window_tokens / elapsed,
                             "data_wait_fraction": min(1.0, window_wait / elapsed),
-                            "target_forward_s": self._target_forward_s() - window_fwd, "precision": self.precision}
+                            "target_forward_s": self._target_forward_s() - window_fwd,
+                            "target_forward_fraction": min(1.0, (self._target_forward_s() - window_fwd) / elapsed),
+                            "precision": self.precision}
                     self.metrics.log(last)
                     window_t0, window_wait, window_tokens = time.perf_counter(), 0.0, 0
                     window_fwd = self._target_forward_s()
@@ -225,7 +235,7 @@ class Trainer:
 
     def _target_forward_s(self) -> float:
         """Seconds the live target has run in this process (0 offline; online it is part of the data wait)."""
-        return float(getattr(self.dataset, "forward_s", 0.0))
+        return float(getattr(self.collate_fn, "forward_s", 0.0))
 
     def train_step(self, batches) -> tuple[dict, float]:
         t = self.cfg.train
