@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: the tiny local target, end to end, on CPU.
 #
-#   bash scripts/quickstart.sh [--fast] [--out DIR] [--num-prompts N] [--train-steps N] [--eval-prompts N] [--ablations]
+#   bash scripts/quickstart.sh [--fast] [--online] [--out DIR] [--num-prompts N] [--train-steps N] [--eval-prompts N] [--ablations]
 #
 # Stages (each reused when already finished, so a re-run picks up where it stopped):
 #   1. build (or reuse) the tiny target            scripts/data/build_tiny_target.py
@@ -15,8 +15,11 @@
 #   7. one table + plots in $OUT (results.json, table.md, tau_by_task.png, ...)  scripts/eval/compare.py
 #   --ablations: also DSpark with 1/2 draft layers (paper Fig. 3) and block size 4/8/12/16 with the
 #   Markov head, the RNN head and DFlash (Fig. 4), same budget: $OUT/ablations.md, depth.png, block_size.png
+#   --online: no stage 4; the drafts train with the target running live (train.py --online) into
+#   $OUT/checkpoints/<algo>_online, their table goes to $OUT/online/; an offline run in the same $OUT
+#   (a plain quickstart before or after) is printed next to it
 set -euo pipefail
-FAST=0; ABLATIONS=0
+FAST=0; ABLATIONS=0; ONLINE=0
 OUT=""; SET_PROMPTS=""; SET_STEPS=""; SET_EVAL=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -26,11 +29,16 @@ while [ $# -gt 0 ]; do
     --train-steps) SET_STEPS="$2"; shift ;;
     --eval-prompts) SET_EVAL="$2"; shift ;;
     --ablations) ABLATIONS=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --online) ONLINE=1 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
+if [ "$ONLINE" = 1 ] && [ "$ABLATIONS" = 1 ]; then
+  echo "--ablations trains from the target cache; run it without --online" >&2; exit 2
+fi
+DEEPSPEC_TINY_TARGET_GIVEN="${DEEPSPEC_TINY_TARGET:-}"
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 if [ "$FAST" = 1 ]; then
   OUT="${OUT:-runs/quickstart-fast}"
@@ -64,35 +72,48 @@ stage() {  # stage NAME COMMAND...: run, time, remember
   TIMINGS+=("$(printf '%-28s %5ds' "$name" $((SECONDS - t0)))")
 }
 
-stage "tiny target" python scripts/data/build_tiny_target.py --output-dir "$TARGET" "${TARGET_BUDGET[@]}"
+# A DEEPSPEC_TINY_TARGET you built is used as it is (whatever its budget), never rebuilt over.
+if [ -n "${DEEPSPEC_TINY_TARGET_GIVEN:-}" ] && python -c 'import sys; from deepspec.tiny_target import is_complete_tiny_target as ok; sys.exit(not ok(folder=sys.argv[1]))' "$TARGET"; then
+  echo; echo "==> tiny target: using $TARGET (DEEPSPEC_TINY_TARGET)"
+else
+  stage "tiny target" python scripts/data/build_tiny_target.py --output-dir "$TARGET" "${TARGET_BUDGET[@]}"
+fi
 if [ ! -s "$OUT/data/prompts.jsonl" ]; then
   stage "training prompts" python -m deepspec.data.local_prompts --output-file-path "$OUT/data/prompts.jsonl" --num "$NUM_PROMPTS"
 fi
 stage "regenerate answers" python scripts/data/generate_train_data.py --model "$TARGET" \
   --input-file-path "$OUT/data/prompts.jsonl" --output-file-path "$OUT/data/train_regen.jsonl" \
   --max-tokens "$MAX_TOKENS" --temperature 0.7 --seed 0 --resume
-stage "target cache" python scripts/data/prepare_target_cache.py --config config/dspark/dspark_tiny.py \
-  --train-data-path "$OUT/data/train_regen.jsonl" --output-dir "$OUT/cache" --min-loss-tokens 4
+if [ "$ONLINE" = 1 ]; then
+  # Online: the same conversations, tokenised the same way; the target runs inside each training step.
+  SUFFIX="_online"; SOURCE=(--online --train-data-path "$OUT/data/train_regen.jsonl")
+else
+  SUFFIX=""; SOURCE=(--target-cache-dir "$OUT/cache")
+  stage "target cache" python scripts/data/prepare_target_cache.py --config config/dspark/dspark_tiny.py \
+    --train-data-path "$OUT/data/train_regen.jsonl" --output-dir "$OUT/cache" --min-loss-tokens 4
+fi
 
 train() {  # train NAME CONFIG STEPS [OPTS...]: one draft into $OUT/checkpoints/NAME (resumes / reuses)
   local name="$1" config="$2" steps="$3"; shift 3
-  stage "train $name" python train.py --config "$config" --target-cache-dir "$OUT/cache" \
+  stage "train $name" python train.py --config "$config" "${SOURCE[@]}" \
     --nproc 2 --no-progress --opts "train.max_train_steps=$steps" "logging.checkpointing_steps=$steps" \
     "logging.logging_steps=1" "logging.checkpoint_dir=$OUT/checkpoints/$name" \
     "logging.tensorboard_dir=$OUT/tensorboard/$name" "$@"
 }
 for algo in dspark dflash eagle3; do
   # Same data, same steps and batch for all three: only the algorithm differs.
-  train "$algo" "config/$algo/${algo}_tiny.py" "$TRAIN_STEPS"
+  train "$algo$SUFFIX" "config/$algo/${algo}_tiny.py" "$TRAIN_STEPS"
 done
 
 echo; echo "==> training summary (first -> last logged step)"
-python - "$OUT" <<'PY'
+python - "$OUT" "$SUFFIX" <<'PY'
 import json, sys, pathlib
 for algo in ("dspark", "dflash", "eagle3"):
-    rows = [json.loads(l) for l in (pathlib.Path(sys.argv[1]) / "checkpoints" / algo / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    rows = [json.loads(l) for l in (pathlib.Path(sys.argv[1]) / "checkpoints" / (algo + sys.argv[2]) / "metrics.jsonl").read_text().splitlines() if l.strip()]
     first, last = rows[0], rows[-1]
     extra = "".join(f", {k} {first[k]:.3f} -> {last[k]:.3f}" for k in ("tau_probabilistic", "accuracy@0") if k in last)
+    if "target_forward_s" in last and sys.argv[2]:
+        extra += f", target forward {sum(r['target_forward_s'] for r in rows):.1f} s in all"
     print(f"  {algo:7s} steps {last['step']:4d}: loss {first['loss']:.3f} -> {last['loss']:.3f}{extra}")
 PY
 
@@ -110,13 +131,26 @@ evaluate() {  # evaluate NAME EVAL_ARGS...: reuse a finished evaluation of the s
   echo "$settings" > "$dir/settings.txt"
 }
 for algo in dspark dflash eagle3; do
-  evaluate "$algo" --draft_name_or_path "$OUT/checkpoints/$algo" --tasks "$EVAL_TASKS"
+  evaluate "$algo$SUFFIX" --draft_name_or_path "$OUT/checkpoints/$algo$SUFFIX" --tasks "$EVAL_TASKS"
 done
 evaluate self7 --self-draft 7 --tasks "$SELF_TASKS"
 
-echo; echo "==> the paper's Table 1 in miniature (macro τ per domain; temperature $EVAL_TEMPERATURE, $EVAL_TOKENS new tokens per prompt)"
-python scripts/eval/compare.py --runs dspark="$OUT/eval/dspark" dflash="$OUT/eval/dflash" eagle3="$OUT/eval/eagle3" \
-  --ceiling "$OUT/eval/self7" --output-dir "$OUT"
+table() {  # table SUFFIX OUTPUT_DIR LABEL
+  echo; echo "==> the paper's Table 1 in miniature, $3 (macro τ per domain; temperature $EVAL_TEMPERATURE, $EVAL_TOKENS new tokens per prompt)"
+  python scripts/eval/compare.py --runs dspark="$OUT/eval/dspark$1" dflash="$OUT/eval/dflash$1" \
+    eagle3="$OUT/eval/eagle3$1" --ceiling "$OUT/eval/self7" --output-dir "$2"
+}
+if [ "$ONLINE" = 1 ]; then
+  table _online "$OUT/online" "trained online"
+  if [ -s "$OUT/eval/dspark/results.json" ] && [ -s "$OUT/eval/dflash/results.json" ] && [ -s "$OUT/eval/eagle3/results.json" ]; then
+    table "" "$OUT" "trained offline from the cache (the earlier run in $OUT)"
+  fi
+else
+  table "" "$OUT" "trained offline from the cache"
+  if [ -s "$OUT/online/table.md" ]; then
+    echo; echo "==> the same, trained online (the earlier --online run in $OUT): $OUT/online/table.md"; cat "$OUT/online/table.md"
+  fi
+fi
 
 if [ "$ABLATIONS" = 1 ]; then
   # Paper Fig. 3 (draft depth; 5 layers is the main DSpark run) and Fig. 4 (block size x head type).
