@@ -4,11 +4,19 @@
 Size ~= samples x tokens x ((layers + 1) x hidden x 2 + 5) bytes: captured
 layers plus the last hidden state in bf16, int32 ids and a uint8 loss mask.
 
+Also printed: the online alternative (train.py --online), which stores nothing and instead runs the
+target forward-only on every training token: ~2 x non-embedding target parameters FLOPs per token,
+i.e. 2 x params x global batch x tokens/sample per optimizer step, every epoch (attention's
+sequence-length term and the norms are left out). Parameters are counted from --target-model's
+config.json or given with --target-params.
+
 Examples:
     python scripts/data/estimate_target_cache_size.py --num-samples 800000 --avg-tokens 2048 \\
         --num-layers 5 --hidden-size 2560
     python scripts/data/estimate_target_cache_size.py --train-data-path data/regen.jsonl \\
         --target-model /models/Qwen3-4B --target-layer-ids 1,9,17,25,33 --tokenizer /models/Qwen3-4B
+    python scripts/data/estimate_target_cache_size.py --num-samples 800000 --avg-tokens 2048 \\
+        --num-layers 5 --hidden-size 2560 --target-params 3.6e9 --global-batch-size 512 --epochs 10
 """
 
 from __future__ import annotations
@@ -60,20 +68,66 @@ def _layer_ids(text: str) -> list[int]:
     return ids
 
 
-def hidden_size_from_config(model: str) -> int:
-    """hidden_size from a local model folder's config.json (text_config for multimodal models)."""
+def _text_config(model: str, *, instead: str) -> dict:
+    """config.json of a local model folder (its text_config for multimodal models); ``instead`` names the
+    option that avoids reading it, for the error messages."""
     cfg_path = Path(model) / "config.json"
     if not cfg_path.is_file():
         raise EstimateError(f"{cfg_path} not found; --target-model must be a local model folder (or pass "
-                            "--hidden-size)")
+                            f"{instead})")
     try:
         cfg = json.loads(cfg_path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
-        raise EstimateError(f"{cfg_path} is not valid JSON ({exc}); pass --hidden-size instead") from None
-    for c in (cfg, cfg.get("text_config") or {}) if isinstance(cfg, dict) else ():
-        if isinstance(c.get("hidden_size"), int) and c["hidden_size"] > 0:
-            return c["hidden_size"]
-    raise EstimateError(f"{cfg_path} has no positive hidden_size; pass --hidden-size")
+        raise EstimateError(f"{cfg_path} is not valid JSON ({exc}); pass {instead} instead") from None
+    if not isinstance(cfg, dict):
+        raise EstimateError(f"{cfg_path} is not a JSON object; pass {instead} instead")
+    text = cfg.get("text_config")
+    return text if isinstance(text, dict) and "hidden_size" in text and "hidden_size" not in cfg else cfg
+
+
+def hidden_size_from_config(model: str) -> int:
+    """hidden_size from a local model folder's config.json (text_config for multimodal models)."""
+    c = _text_config(model, instead="--hidden-size")
+    if isinstance(c.get("hidden_size"), int) and c["hidden_size"] > 0:
+        return c["hidden_size"]
+    raise EstimateError(f"{Path(model) / 'config.json'} has no positive hidden_size; pass --hidden-size")
+
+
+def target_params_from_config(model: str) -> tuple[int, str]:
+    """(non-embedding parameters, how they were counted) from a decoder-only config.json.
+
+    Per layer: attention q/k/v/o projections (hidden x heads x head_dim for q and o, hidden x kv_heads x
+    head_dim for k and v) plus the gated MLP (gate, up, down: 3 x hidden x intermediate). Norms and
+    biases are left out (well under 1%); embeddings and the LM head are not run per token by the capture.
+    """
+    c = _text_config(model, instead="--target-params")
+    cfg_path = Path(model) / "config.json"
+
+    def get(key: str, default=None) -> int:
+        value = c.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise EstimateError(f"{cfg_path} has no positive integer {key} (got {value!r}); pass --target-params "
+                                "(non-embedding parameter count) instead")
+        return value
+
+    layers, hidden, inter = get("num_hidden_layers"), get("hidden_size"), get("intermediate_size")
+    heads = get("num_attention_heads")
+    kv_heads = get("num_key_value_heads", heads)
+    head_dim = c.get("head_dim") or hidden // heads
+    head_dim = get("head_dim", head_dim)
+    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
+    mlp = 3 * hidden * inter
+    how = (f"{layers} layers x (attention {attention:,} + MLP {mlp:,}) from {cfg_path}: hidden {hidden}, "
+           f"intermediate {inter}, heads {heads}/{kv_heads} kv, head_dim {head_dim}")
+    return layers * (attention + mlp), how
+
+
+def format_flops(n: float) -> str:
+    """2.5e15 -> '2.50 PFLOP' (decimal units)."""
+    for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} FLOP"
 
 
 def _load_tokenizer(path: str):
@@ -130,6 +184,15 @@ def main(argv=None) -> int:
     model.add_argument("--target-model", help="local model folder with config.json")
     model.add_argument("--target-layer-ids", type=_layer_ids,
                        help="comma-separated captured layer ids, e.g. 1,9,17,25,33")
+    online = ap.add_argument_group("online alternative (train.py --online: target forward every step, no cache)")
+    online.add_argument("--target-params", type=_number(float, minimum=1),
+                        help="target non-embedding parameter count, e.g. 3.6e9 (default: counted from "
+                             "--target-model's config.json)")
+    online.add_argument("--global-batch-size", type=_number(int, minimum=1), default=512,
+                        help="training samples per optimizer step (train.global_batch_size; default 512, the "
+                             "paper recipes)")
+    online.add_argument("--epochs", type=_number(int, minimum=1), default=1,
+                        help="training epochs, for the total over the run (default 1; the paper recipes use 10)")
     ap.add_argument("--output-dir", help="where the cache will go: compare with its free space")
     args = ap.parse_args(argv)
 
@@ -146,6 +209,12 @@ def main(argv=None) -> int:
     hidden = args.hidden_size or (hidden_size_from_config(args.target_model) if args.target_model else None)
     if not hidden:
         raise EstimateError("pass --hidden-size or --target-model (a local folder with config.json)")
+    if args.target_params:
+        target_params, params_how = int(args.target_params), "given"
+    elif args.target_model:
+        target_params, params_how = target_params_from_config(args.target_model)
+    else:
+        target_params, params_how = None, None
     if args.output_dir and Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         raise EstimateError(f"--output-dir {args.output_dir} is a file; give the folder the cache will go to")
 
@@ -182,6 +251,29 @@ def main(argv=None) -> int:
         free = shutil.disk_usage(probe).free
         verdict = "fits" if free > total * 1.05 else "DOES NOT FIT: free up space or use the online mode"
         rows.append(("free on output disk", f"{format_bytes(free)} -> {verdict}"))
+    rows.append(("online: disk", "0 bytes (train.py --online runs the target live; no cache)"))
+    tokens_per_step = args.global_batch_size * avg_tokens
+    rows.append(("online: tokens / step", f"{tokens_per_step:,.0f} (global batch {args.global_batch_size:,} x "
+                                          f"{avg_tokens:,.1f} tokens)"))
+    steps = num_samples // args.global_batch_size * args.epochs
+    steps_note = f"{num_samples:,} samples // global batch {args.global_batch_size:,} x {args.epochs} epoch(s)"
+    if steps == 0:
+        steps_note += ": fewer samples than --global-batch-size, training would have no step"
+    rows.append(("online: optimizer steps", f"{steps:,} ({steps_note})"))
+    if target_params is None:
+        rows.append(("online: target forward", "pass --target-model (local folder with config.json) or "
+                                               "--target-params for the FLOPs per step"))
+    else:
+        per_step = round(2 * target_params * tokens_per_step)
+        run_total = per_step * steps
+        once = round(2 * target_params * num_samples * avg_tokens)
+        rows += [
+            ("target params", f"{target_params:,} non-embedding ({params_how})"),
+            ("online: target fwd / step", f"{per_step:,} FLOPs ({format_flops(per_step)}; 2 x params x tokens/step, "
+                                          "forward only)"),
+            ("online: target fwd / run", f"{run_total:,} FLOPs ({format_flops(run_total)}; {steps:,} steps)"),
+            ("cache build forward", f"{once:,} FLOPs ({format_flops(once)}; paid once, every epoch reuses it)"),
+        ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
