@@ -6,15 +6,35 @@ the first 30% of each sample outside the loss mask) for the tiny target; then ea
 ``--steps`` steps. Step 1 (warm-up) is left out of the numbers.
 
     python bench/bench_train.py --steps 8 --num-workers 0
+
+``--online``: the same configs trained offline (from a target cache) and online (train.py --online:
+the target runs live over the conversations) in one run, on the same data. A synthetic regen.jsonl
+of ``--samples`` two-turn conversations (short code answers, ~250-500 tokens each) is written, a
+cache is built from that file with the cache builder, then each config trains ``--steps`` steps
+from the cache and from the file. Per run: step time (mean of steps 2..N), tokens/s, the share of
+wall time the target forward took (metrics ``target_forward_s`` / wall time of those steps) and the
+data-wait share (online, the target forward happens inside the data wait). One extra step closes
+each run so its checkpoint save is not timed. ``--target DIR`` trains against another target folder
+(e.g. a Qwen3-4B-shaped random target on a GPU, with ``--device cuda``; the tiny configs' layer ids
+0,1,2 and mask id 3 suit any target built by ``build_random_tiny_target``):
+
+    python bench/bench_train.py --online --steps 4
+    python -c "from deepspec.tiny_target import build_random_tiny_target as b; b(output_dir='/tmp/q3_4b', \\
+        hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32, \\
+        num_key_value_heads=8, head_dim=128)"
+    python bench/bench_train.py --online --steps 8 --target /tmp/q3_4b --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import random
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,23 +65,112 @@ def synthetic_cache(path: Path, *, target: str, layer_ids: list[int], hidden: in
     finalize_target_cache(path, expected_num_samples=samples)
 
 
+def synthetic_conversations(path: Path, *, samples: int, seed: int = 0) -> None:
+    """A regen.jsonl of two-turn conversations whose answers are short Python functions (the tiny
+    tokenizer's domain): ~250-500 tokens each with the tiny tokenizer, most of them assistant tokens."""
+    rng = random.Random(seed)
+
+    def body(name: str, lines: int) -> str:
+        out = [f"def {name}(items, limit):", "    total = 0"]
+        for j in range(lines):
+            v = rng.choice(["value", "item", "count", "score", "offset"])
+            out += [f"    {v}_{j} = items[{j}] * {rng.randint(2, 99)} + len(items) // {rng.randint(1, 9)}",
+                    f"    if {v}_{j} > limit:", f"        total += {v}_{j}"]
+        return "\n".join(out + ["    return total"])
+
+    with open(path, "w") as f:
+        for i in range(samples):
+            turns = [{"role": "user", "content": f"Write a function step_{i}(items, limit) that sums scaled items."},
+                     {"role": "assistant", "content": body(f"step_{i}", rng.randint(4, 9))},
+                     {"role": "user", "content": "Now a shorter variant."},
+                     {"role": "assistant", "content": body(f"step_{i}_short", rng.randint(1, 3))}]
+            f.write(json.dumps({"id": f"bench{i}", "conversations": turns}) + "\n")
+
+
+def timed_run(entry, cfg, *, device: str, **source) -> tuple[list[dict], list[float]]:
+    """Train ``cfg``; (metrics records, wall seconds of each step 2..N, N = max_train_steps - 1).
+
+    Step k's wall time is the time between the ends of steps k-1 and k; the last step (with its
+    checkpoint save) is only there to close the run and is not timed."""
+    ends: list[float] = []
+    entry.run_training(cfg, device=device, progress=False, on_step_end=lambda step: ends.append(time.perf_counter()),
+                       **source)
+    recs = read_metrics(Path(cfg.logging.checkpoint_dir) / "metrics.jsonl")
+    walls = [b - a for a, b in zip(ends[:-2], ends[1:-1])]
+    return recs[1:len(walls) + 1], walls
+
+
+def online_bench(args, entry, tmp: Path, target: Path, kind: str) -> None:
+    from deepspec.data.cache_build import build_target_cache
+
+    data = tmp / "regen.jsonl"
+    synthetic_conversations(data, samples=args.samples)
+    base = [f"model.target_model_name_or_path={target}", f"train.max_train_steps={args.steps + 1}",
+            "logging.logging_steps=1", "logging.checkpointing_steps=0", f"data.num_workers={args.num_workers}"]
+    cfg0 = load_config(ROOT / CONFIGS["dspark"], opts=base)
+    t0 = time.perf_counter()
+    manifest = build_target_cache(cfg=cfg0, train_data_paths=[str(data)], output_dir=tmp / "cache",
+                                  min_loss_tokens=int(cfg0.data.min_loss_tokens), max_shard_bytes=1 << 28,
+                                  batch_size=args.cache_batch_size, nproc=1, device=args.device, log=lambda _: None)
+    build_s = time.perf_counter() - t0
+    rows = []
+    for algo in args.algos:
+        for mode in ("offline", "online"):
+            out = tmp / f"run_{algo}_{mode}"
+            cfg = load_config(ROOT / CONFIGS[algo], opts=base + [
+                f"logging.checkpoint_dir={out}", f"logging.tensorboard_dir={out}/tb"])
+            source = ({"cache_dir": str(tmp / "cache")} if mode == "offline"
+                      else {"online": True, "train_data_paths": [str(data)]})
+            recs, walls = timed_run(entry, cfg, device=args.device, **source)
+            wall = sum(walls)
+            tokens = sum(r["tokens_per_s"] * w for r, w in zip(recs, walls))  # the trainer's window ~ the step
+            rows.append((algo, mode, wall / len(walls), tokens / wall,
+                         sum(r["target_forward_s"] for r in recs) / wall,
+                         sum(r["data_wait_fraction"] * w for r, w in zip(recs, walls)) / wall, recs[-1]["loss"]))
+    samples = manifest.get("num_samples", "?") if isinstance(manifest, dict) else "?"
+    print(f"\n{kind} ({target}); device {args.device}; torch threads {torch.get_num_threads()}; "
+          f"global batch {cfg0.train.global_batch_size} (local {cfg0.train.local_batch_size}); "
+          f"max_length {cfg0.data.max_length}; data.num_workers={args.num_workers}; {samples} conversations "
+          f"(cache built in {build_s:.1f} s, batch {args.cache_batch_size}); timed steps 2..{args.steps}")
+    print(f"{'algorithm':<10} {'mode':<8} {'step s':>8} {'tokens/s':>10} {'target fwd':>11} {'data wait':>10} "
+          f"{'last loss':>10}")
+    for algo, mode, step_s, tps, fwd, wait, loss in rows:
+        print(f"{algo:<10} {mode:<8} {step_s:>8.3f} {tps:>10.0f} {fwd:>10.1%} {wait:>10.1%} {loss:>10.3f}")
+    print("target fwd = target_forward_s / step wall time; online the forward runs inside the data wait.")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (data.num_workers)")
-    p.add_argument("--algos", nargs="*", default=list(CONFIGS))
+    p.add_argument("--algos", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--online", action="store_true",
+                   help="offline vs online (target run live) on the same synthetic conversations; --samples "
+                        "conversations")
+    p.add_argument("--target", type=Path, default=None,
+                   help="target model folder (default: the tiny target if built, else a random one of its shape)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--cache-batch-size", type=int, default=8, help="--online: cache builder batch size")
     args = p.parse_args()
+    if args.steps < 2:
+        p.error("--steps must be >= 2 (step 1 is warm-up and left out)")
+    if args.target is not None and not (args.target / "config.json").is_file():
+        p.error(f"--target {args.target}: no config.json there; give a model folder")
     spec = importlib.util.spec_from_file_location("deepspec_train_entry", ROOT / "train.py")
     entry = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(entry)
 
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         tmp = Path(tmp)
-        target = default_tiny_target_dir()
-        kind = "trained tiny target"
-        if read_marker(folder=target) is None:  # no built tiny target here: a random one has the same shapes
+        target = args.target or default_tiny_target_dir()
+        kind = "given target" if args.target else "trained tiny target"
+        # no built tiny target here: a random one has the same shapes
+        if args.target is None and read_marker(folder=target) is None:
             target, kind = build_random_tiny_target(output_dir=tmp / "target", seed=0), "random tiny target"
+        if args.online:
+            online_bench(args, entry, tmp, target, kind)
+            return
         cfg0 = load_config(ROOT / CONFIGS["dspark"], opts=[f"model.target_model_name_or_path={target}"])
         from transformers import AutoConfig
 
@@ -76,7 +185,7 @@ def main() -> None:
                 f"model.target_model_name_or_path={target}", f"train.max_train_steps={args.steps}",
                 "logging.logging_steps=1", "logging.checkpointing_steps=0", f"logging.checkpoint_dir={out}",
                 f"logging.tensorboard_dir={out}/tb", f"data.num_workers={args.num_workers}"])
-            entry.run_training(cfg, cache_dir=str(tmp / "cache"), device="cpu", progress=False)
+            entry.run_training(cfg, cache_dir=str(tmp / "cache"), device=args.device, progress=False)
             recs = read_metrics(out / "metrics.jsonl")[1:]
             rows.append((algo, statistics.median(r["tokens_per_s"] for r in recs),
                          statistics.mean(r["data_wait_fraction"] for r in recs), recs[-1]["loss"]))
