@@ -1,0 +1,129 @@
+"""A DeepSpec DSpark / DFlash draft folder as vLLM's own draft classes load it (vLLM 0.32).
+
+vLLM picks the class from ``config.json`` ``architectures`` (``Qwen3DSparkModel`` ->
+``Qwen3DSparkForCausalLM``, ``Gemma4DSparkModel`` -> ``Gemma4DSparkForCausalLM``) when served with
+``--speculative-config '{"method": "dspark", "model": <folder>}'``, and reads our keys as they are:
+``target_layer_ids`` (it adds 1: its capture index L is the input of target layer L, i.e. the
+output of our layer L-1), ``mask_token_id``, ``block_size`` (the default
+``num_speculative_tokens``), ``markov_rank``, ``enable_confidence_head``,
+``confidence_head_with_markov``. Tensor names are ours (it prefixes ``model.`` and stacks
+q/k/v and gate/up itself). tests/test_vllm_loader.py checks all of this against vLLM's code.
+
+What differs, and what :func:`to_vllm_folder` therefore does:
+
+- DFlash (``markov_rank == 0``). DeepSpec's DFlash is DSpark's layout without the Markov head: the
+  anchor slot predicts the next token and each slot the one after it. vLLM's ``dflash`` method uses
+  the other layout (anchor = bonus token, each mask predicts its own position) and refuses
+  ``sample_from_anchor``, and it would look for a ``DFlash<arch>`` class; so a DeepSpec DFlash draft
+  is served with the ``dspark`` method. vLLM's DSpark classes always build a Markov head of
+  ``markov_rank``; a rank-0 head crashes vLLM's CPU weight processing (SIGFPE in
+  ``create_onednn_mm``). The export writes ``markov_rank = 1`` with all-zero ``markov_w1`` /
+  ``markov_w2``: the bias is exactly 0, so the drafts are unchanged.
+- Gated / RNN Markov heads: vLLM implements only the vanilla head (bias = W2 W1[x_{k-1}]) and
+  ignores ``markov_head_type``; refused.
+- Gemma 4 drafts without ``attention_k_eq_v``: vLLM's Gemma 4 DSpark precomputes context K/V
+  assuming k=v attention on every layer (an assertion at load time); refused.
+- Eagle3: vLLM has no DeepSpec-layout Eagle3 class (it reads the speculators format); refused.
+
+``sample_from_anchor: true`` (DSpark's layout, the default vLLM's DSpark speculator assumes) is
+written explicitly. The frozen ``embed_tokens`` / ``lm_head`` copies are kept (vLLM then keeps its
+own copies instead of sharing the target's; the values are the target's either way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from deepspec.errors import DeepSpecError
+
+SUPPORTED_ARCHITECTURES = ("Qwen3DSparkModel", "Gemma4DSparkModel")
+
+
+class VllmExportError(DeepSpecError, ValueError):
+    """A draft that vLLM's own draft classes cannot serve; the message says why."""
+
+
+def _read_config(folder: Path) -> dict:
+    file = folder / "config.json"
+    if not file.is_file():
+        raise VllmExportError(f"{folder} has no config.json; pass a DeepSpec draft folder (e.g. a step_N checkpoint)")
+    try:
+        return json.loads(file.read_text())
+    except ValueError as exc:
+        raise VllmExportError(f"cannot read {file}: {exc}") from None
+
+
+def check_vllm_servable(config: dict) -> None:
+    """Raise :class:`VllmExportError` when vLLM's DSpark classes cannot serve a draft with ``config``."""
+    arch = (config.get("architectures") or [None])[0]
+    if arch is not None and "Eagle3" in arch:
+        raise VllmExportError(
+            f"{arch}: vLLM has no DeepSpec-layout Eagle3 class; it loads Eagle3 drafts in the speculators format "
+            "(Eagle3Qwen3ForCausalLM / Eagle3LlamaForCausalLM), which this exporter does not write")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise VllmExportError(f"architectures {config.get('architectures')!r}: expected one of "
+                              f"{list(SUPPORTED_ARCHITECTURES)} (a DeepSpec DSpark/DFlash draft)")
+    rank = int(config.get("markov_rank") or 0)
+    kind = config.get("markov_head_type", "vanilla")
+    if rank > 0 and kind != "vanilla":
+        raise VllmExportError(
+            f"markov_head_type={kind!r}: vLLM implements only the vanilla Markov head (bias = W2 W1[x_(k-1)], "
+            "qwen3_dspark.py DSparkMarkovHead) and ignores markov_head_type; a gated or rnn head cannot be served. "
+            "Train with markov_head_type='vanilla'")
+    if arch == "Gemma4DSparkModel" and not config.get("attention_k_eq_v", False):
+        raise VllmExportError(
+            "Gemma 4 draft without attention_k_eq_v: vLLM's Gemma4DSparkModel precomputes context K/V assuming "
+            "k=v attention on every layer (it asserts this when loading); only k=v Gemma 4 targets' drafts can "
+            "be served")
+    if config.get("draft_vocab_size") not in (None, config.get("vocab_size")):
+        raise VllmExportError("a reduced draft vocabulary needs d2t tables, which DeepSpec drafts do not have")
+
+
+def to_vllm_folder(*, draft_dir: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``output_dir`` (config.json + model.safetensors) that vLLM's DSpark classes load.
+
+    Serve it with ``--speculative-config '{"method": "dspark", "model": "<output_dir>"}'``. See the
+    module docstring for what changes (DFlash gets an all-zero rank-1 Markov head; nothing else).
+    """
+    from safetensors.torch import save_file
+
+    from deepspec.models.loading import DraftLoadError, read_safetensors
+
+    src, out = Path(draft_dir), Path(output_dir)
+    if not src.is_dir():
+        raise VllmExportError(f"no draft folder {src}")
+    if out.resolve() == src.resolve():
+        raise VllmExportError(f"output_dir {out} is the draft folder itself; choose another folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise VllmExportError(f"{out} exists and is not empty; pass overwrite=True to replace it")
+    config = _read_config(src)
+    check_vllm_servable(config)
+    try:
+        state = read_safetensors(src)
+    except DraftLoadError as exc:
+        raise VllmExportError(str(exc)) from None
+    config = dict(config)
+    if int(config.get("markov_rank") or 0) == 0:
+        ref = state.get("lm_head.weight", state.get("embed_tokens.weight"))
+        if ref is None:
+            raise VllmExportError(f"{src}/model.safetensors has neither lm_head.weight nor embed_tokens.weight")
+        vocab = int(config["vocab_size"])
+        state = dict(state)
+        state["markov_head.markov_w1.weight"] = torch.zeros(vocab, 1, dtype=ref.dtype)
+        state["markov_head.markov_w2.weight"] = torch.zeros(vocab, 1, dtype=ref.dtype)
+        config.update(markov_rank=1, markov_head_type="vanilla")
+    config["sample_from_anchor"] = True
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.rename(tmp, out)
+    return out
