@@ -58,7 +58,7 @@ def _read_config(folder: Path) -> dict:
         raise VllmExportError(f"cannot read {file}: {exc}") from None
 
 
-def check_vllm_servable(config: dict) -> None:
+def check_vllm_servable(*, config: dict) -> None:
     """Raise :class:`VllmExportError` when vLLM's DSpark classes cannot serve a draft with ``config``."""
     arch = (config.get("architectures") or [None])[0]
     if arch is not None and "Eagle3" in arch:
@@ -102,7 +102,7 @@ def to_vllm_folder(*, draft_dir: str | os.PathLike, output_dir: str | os.PathLik
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise VllmExportError(f"{out} exists and is not empty; pass overwrite=True to replace it")
     config = _read_config(src)
-    check_vllm_servable(config)
+    check_vllm_servable(config=config)
     try:
         state = read_safetensors(src)
     except DraftLoadError as exc:
