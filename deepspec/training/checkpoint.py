@@ -7,7 +7,8 @@
 temp folder and renamed into place, then ``step_latest`` -- a relative symlink to the newest complete
 ``step_N`` -- is replaced atomically; a crash at any point leaves the previous checkpoint as the latest.
 ``<checkpoint_dir>/step_latest`` is therefore itself a draft folder: pass it as-is to ``eval.py``,
-``from_pretrained`` / ``load_draft`` or an engine (``vllm serve``), as with the public DeepSpec release.
+``from_pretrained`` / ``load_draft`` or an engine (``vllm serve`` for vanilla-head DSpark; DFlash goes through
+``deepspec.export.to_vllm_folder``), as with the public DeepSpec release.
 Earlier versions wrote ``step_latest`` as a one-line text file naming the folder; resuming still reads it.
 
 ``training_state.pt`` holds only tensors and plain Python values (numpy's RNG state is split into a
