@@ -84,11 +84,13 @@ def check_vllm_servable(*, config: dict) -> None:
         raise VllmExportError("a reduced draft vocabulary needs d2t tables, which DeepSpec drafts do not have")
 
 
-def to_vllm_folder(*, draft_dir: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+def to_vllm_folder(*, draft_dir: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool = False,
+                   dtype: torch.dtype | None = None) -> Path:
     """Write ``output_dir`` (config.json + model.safetensors) that vLLM's DSpark classes load.
 
     Serve it with ``--speculative-config '{"method": "dspark", "model": "<output_dir>"}'``. See the
     module docstring for what changes (DFlash gets an all-zero rank-1 Markov head; nothing else).
+    ``dtype`` casts every floating tensor (None keeps the saved dtypes) and is recorded as ``torch_dtype``.
     """
     from safetensors.torch import save_file
 
@@ -99,6 +101,8 @@ def to_vllm_folder(*, draft_dir: str | os.PathLike, output_dir: str | os.PathLik
         raise VllmExportError(f"no draft folder {src}")
     if out.resolve() == src.resolve():
         raise VllmExportError(f"output_dir {out} is the draft folder itself; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise VllmExportError(f"{out} is a file; give a folder to write the export to")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise VllmExportError(f"{out} exists and is not empty; pass overwrite=True to replace it")
     config = _read_config(src)
@@ -118,6 +122,9 @@ def to_vllm_folder(*, draft_dir: str | os.PathLike, output_dir: str | os.PathLik
         state["markov_head.markov_w2.weight"] = torch.zeros(vocab, 1, dtype=ref.dtype)
         config.update(markov_rank=1, markov_head_type="vanilla")
     config["sample_from_anchor"] = True
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        config["torch_dtype"] = str(dtype).removeprefix("torch.")
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

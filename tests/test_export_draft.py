@@ -1,0 +1,63 @@
+"""scripts/export/export_draft.py: --format deepspec (vLLM's method dspark folder), --dtype, refusals."""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from deepspec.models import build_draft, draft_config_from_target
+from deepspec.tiny_target import make_model_config
+from deepspec.training.checkpoint import LATEST_NAME, save_checkpoint
+from badinput import fingerprint, refused, run_entry
+
+SCRIPT = "scripts/export/export_draft.py"
+TARGET = make_model_config(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2,
+                           num_key_value_heads=1, head_dim=32)
+BASE = dict(num_draft_layers=1, target_layer_ids=[0, 1, 2], block_size=4, num_anchors=4, mask_token_id=3)
+
+
+def saved_draft(root: Path, **model) -> Path:
+    torch.manual_seed(0)
+    draft = build_draft(draft_config_from_target(TARGET, dict(BASE, **model)))
+    save_checkpoint(root=root, step=1, model=draft, model_state=draft.state_dict(), training_state={"step": 1},
+                    config={})
+    return root / LATEST_NAME
+
+
+def test_dspark_export_casts_to_bf16_and_keeps_every_tensor(tmp_path):
+    src = saved_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="vanilla")
+    result = run_entry(SCRIPT, ["--draft", src, "--output", tmp_path / "out", "--dtype", "bf16"])
+    assert result.rc == 0, result.output
+    before, after = load_file(src / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    assert before.keys() == after.keys()
+    for k in before:
+        want = before[k].to(torch.bfloat16) if before[k].is_floating_point() else before[k]
+        assert after[k].dtype == want.dtype and torch.equal(after[k], want), k
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["torch_dtype"] == "bfloat16" and cfg["sample_from_anchor"] is True and cfg["markov_rank"] == 8
+
+
+def test_dflash_export_gets_an_all_zero_rank_one_head(tmp_path):
+    src = saved_draft(tmp_path / "run", algorithm="dflash", markov_rank=0)
+    assert run_entry(SCRIPT, ["--draft", src, "--output", tmp_path / "out"]).rc == 0
+    after = load_file(tmp_path / "out" / "model.safetensors")
+    for name in ("markov_head.markov_w1.weight", "markov_head.markov_w2.weight"):
+        assert after[name].shape == (TARGET.vocab_size, 1) and not after[name].any()
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["markov_rank"] == 1
+
+
+def test_gated_head_is_refused_and_nothing_is_written(tmp_path):
+    src = saved_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="gated")
+    before = fingerprint([tmp_path / "run"])
+    result = run_entry(SCRIPT, ["--draft", src, "--output", tmp_path / "out"])
+    refused(result, "markov_head_type='gated': vLLM implements only the vanilla Markov head", code=2)
+    assert not (tmp_path / "out").exists() and fingerprint([tmp_path / "run"]) == before
+
+
+def test_non_empty_output_needs_overwrite(tmp_path):
+    src = saved_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="vanilla")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    refused(run_entry(SCRIPT, ["--draft", src, "--output", tmp_path / "out"]), "exists and is not empty", code=2)
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
