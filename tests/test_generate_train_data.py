@@ -27,6 +27,7 @@ from deepspec.data.regenerate import (
     error_path_for,
     regenerate,
 )
+from vllm_env import INSTALL_HINT, skip_or_fail, vllm_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "data" / "generate_train_data.py"
@@ -289,24 +290,15 @@ def test_server_address_without_port_is_rejected():
 
 # ----------------------------------------------------------------------------- real vLLM (CPU build)
 
-def _skip_or_fail(message):
-    if os.environ.get("DEEPSPEC_REQUIRE_VLLM") == "1":
-        pytest.fail(f"{message} (DEEPSPEC_REQUIRE_VLLM=1, so this is an error, not a skip)")
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def vllm_python():
-    py = os.environ.get("DEEPSPEC_VLLM_PYTHON") or str(ROOT / ".venv-vllm" / "bin" / "python")
-    how = "install it with `bash scripts/data/setup_vllm_env.sh` (or point DEEPSPEC_VLLM_PYTHON at one)"
-    if not Path(py).exists():
-        _skip_or_fail(f"no vLLM interpreter at {py}; {how}")
+    py = vllm_interpreter()
     try:
         proc = subprocess.run([py, "-c", "import vllm"], capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired:
-        _skip_or_fail(f"`import vllm` with {py} took over 300 s; {how}")
+        skip_or_fail(f"`import vllm` with {py} took over 300 s; {INSTALL_HINT}")
     if proc.returncode != 0:
-        _skip_or_fail(f"`import vllm` fails with {py}: {proc.stderr.strip().splitlines()[-1:]}; {how}")
+        skip_or_fail(f"`import vllm` fails with {py}: {proc.stderr.strip().splitlines()[-1:]}; {INSTALL_HINT}")
     return py
 
 

@@ -32,6 +32,7 @@ from deepspec.models.blocks import project_kv, rotary_cos_sin
 from deepspec.models.config import DRAFT_LAYER_TYPE
 from deepspec.tiny_target import make_model_config
 from deepspec.training.checkpoint import LATEST_NAME, save_checkpoint
+from vllm_env import skip_or_fail, vllm_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = ROOT / "tests" / "vllm_probe.py"
@@ -51,18 +52,9 @@ DRAFTS = {  # name -> (target, cfg.model overrides)
 MASK = {"qwen3": 3, "gemma4": 4, "gemma4_k_eq_v": 4}
 
 
-def _skip_or_fail(message):
-    if os.environ.get("DEEPSPEC_REQUIRE_VLLM") == "1":
-        pytest.fail(f"{message} (DEEPSPEC_REQUIRE_VLLM=1, so this is an error, not a skip)")
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def vllm_python():
-    py = os.environ.get("DEEPSPEC_VLLM_PYTHON") or str(ROOT / ".venv-vllm" / "bin" / "python")
-    how = "install it with `bash scripts/data/setup_vllm_env.sh` (or point DEEPSPEC_VLLM_PYTHON at one)"
-    if not Path(py).exists():
-        _skip_or_fail(f"no vLLM interpreter at {py}; {how}")
+    py = vllm_interpreter()
     return py
 
 
@@ -159,7 +151,7 @@ def probe(vllm_python, built):
     except subprocess.TimeoutExpired:
         pytest.fail("tests/vllm_probe.py ran over 600 s")
     if proc.returncode != 0 and "No module named 'vllm'" in proc.stderr:
-        _skip_or_fail(f"`import vllm` fails with {vllm_python}")
+        skip_or_fail(f"`import vllm` fails with {vllm_python}")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return torch.load(out_file, weights_only=False)
 
