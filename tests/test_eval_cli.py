@@ -202,3 +202,27 @@ def test_load_draft_fetches_a_hub_id_once_and_loads_it_strictly(setup, monkeypat
     draft = load_draft("someone/eagle3-draft")
     assert asked == [("someone/eagle3-draft", ["config.json", "*.safetensors", SAFETENSORS_INDEX_NAME])]
     assert type(draft).__name__ == "Qwen3Eagle3Model"
+
+def test_eval_measures_a_speculators_folder_like_the_draft_it_came_from(setup, tmp_path):
+    # A speculators-format folder as engines' tools write it (no embedding / LM head: eval fills them from
+    # --target_name_or_path) is measured exactly like the DeepSpec folder it was exported from.
+    from safetensors.torch import load_file, save_file
+
+    from deepspec.export.speculators import to_speculators_folder
+
+    base, target, drafts, data = setup
+    spec = to_speculators_folder(draft_dir=drafts["dspark"], output_dir=tmp_path / "spec")
+    state = load_file(spec / "model.safetensors")
+    del state["embed_tokens.weight"], state["lm_head.weight"]
+    save_file(state, str(spec / "model.safetensors"))
+    results = {}
+    for name, draft in (("ours", drafts["dspark"]), ("speculators", spec)):
+        out = tmp_path / name
+        assert run(["--target_name_or_path", target, "--draft_name_or_path", draft, "--eval-data-dir", data,
+                    "--tasks", "gsm8k", "--max-new-tokens", 8, "--temperature", 0, "--output-dir", out,
+                    "--save-outputs"]) == 0
+        results[name] = (json.loads((out / "results.json").read_text())["tasks"]["gsm8k"],
+                         (out / "outputs.jsonl").read_text())
+    (a, out_a), (b, out_b) = results["ours"], results["speculators"]
+    assert a["accept_rate_by_position"] == b["accept_rate_by_position"] and a["num_rounds"] == b["num_rounds"]
+    assert out_a == out_b

@@ -5,7 +5,7 @@ DeepSpec draft folder on CPU, load our safetensors through its ``load_weights`` 
 
 ``CASES.json``: a list of ``{"name", "target", "draft", "method", "inputs"}`` (``inputs``: a ``.pt`` file
 with ``aux`` [T, n*H], ``ctx_positions`` [T], ``block_ids`` [G], ``block_positions`` [G],
-``prev_tokens`` [G]). ``OUT.pt`` gets one dict per case: what was built and loaded (class, every
+``prev_tokens`` [G]; for Eagle3 ``aux``, ``tokens`` [T], ``positions`` [T]: its first draft step, causal). ``OUT.pt`` gets one dict per case: what was built and loaded (class, every
 parameter written or not, every tensor of ours consumed or not, each tensor found in place) and the
 outputs of vLLM's modules for ``inputs``; or ``error`` (the exception, one line) where vLLM refused.
 
@@ -155,15 +155,18 @@ class PlainAttention(nn.Module):
         self.context, self.index = context, index
 
     def forward(self, q, k, v):
-        ck, cv = self.context[self.index]
         n = q.shape[0]
+        empty = k.new_zeros(0, self.num_kv_heads, self.head_size)
+        ck, cv = self.context[self.index] if self.context is not None else (empty, empty)
         q = q.view(n, self.num_heads, self.head_size).transpose(0, 1)
         k = torch.cat([ck, k.view(n, self.num_kv_heads, self.head_size)], dim=0).transpose(0, 1)
         v = torch.cat([cv, v.view(n, self.num_kv_heads, self.head_size)], dim=0).transpose(0, 1)
         rep = self.num_heads // self.num_kv_heads
         k, v = k.repeat_interleave(rep, dim=0), v.repeat_interleave(rep, dim=0)
-        probs = ((q @ k.transpose(-1, -2)) * self.scale).softmax(dim=-1)
-        return (probs @ v).transpose(0, 1).reshape(n, self.num_heads * self.head_size)
+        scores = (q @ k.transpose(-1, -2)) * self.scale
+        if self.context is None:  # Eagle3's first step: causal over its own tokens
+            scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+        return (scores.softmax(dim=-1) @ v).transpose(0, 1).reshape(n, self.num_heads * self.head_size)
 
 
 def layerwise_context_kv(model, ctx_states: torch.Tensor, positions: torch.Tensor) -> list:
@@ -216,18 +219,43 @@ def run_forward(model, inputs: dict) -> dict:
             "hidden": hidden, "base_logits": logits, "markov_bias": bias, "confidence": conf}
 
 
+def run_eagle3_forward(model, inputs: dict) -> dict:
+    """vLLM's Eagle3 first draft step over T positions: fc(aux) + embeds -> layer 0 -> norm -> logits."""
+    for layer in model.model.layers:
+        layer.self_attn.attn = PlainAttention(layer.self_attn.attn, None, 0)
+    with torch.no_grad():
+        fused = model.combine_hidden_states(inputs["aux"])
+        hidden, _ = model(inputs["tokens"], inputs["positions"], fused)
+        logits = model.compute_logits(hidden)
+    return {"fc_out": fused, "hidden": hidden, "logits": logits}
+
+
+# What vLLM's config conversion made of a draft folder (speculators folders go through its algos.py).
+_HF_FIELDS = ("sample_from_anchor", "dspark_bonus_anchor", "target_layer_ids", "dflash_config", "norm_before_residual",
+              "draft_vocab_size", "markov_rank", "markov_head_type", "mask_token_id", "block_size")
+
+
+def num_speculative_tokens(folder: str) -> int:
+    config = json.load(open(os.path.join(folder, "config.json")))
+    if "block_size" in config:
+        return int(config["block_size"])
+    methods = (config.get("speculators_config") or {}).get("proposal_methods") or [{}]
+    return int(methods[0].get("speculative_tokens", 1))
+
+
 def run_case(case: dict) -> dict:
     from vllm.config import set_current_vllm_config
     from vllm.model_executor.models.registry import ModelRegistry
 
-    block_size = int(json.load(open(os.path.join(case["draft"], "config.json"))).get("block_size", 1))
-    vllm_config = build_config(case["target"], case["draft"], case["method"], block_size)
+    vllm_config = build_config(case["target"], case["draft"], case["method"], num_speculative_tokens(case["draft"]))
     spec = vllm_config.speculative_config
     ensure_distributed(vllm_config)
     draft_config = spec.draft_model_config
+    hf = draft_config.hf_config
     out = {"method": spec.method, "architectures": list(draft_config.architectures),
            "num_speculative_tokens": spec.num_speculative_tokens,
-           "aux_layer_ids": None}
+           "aux_layer_ids": None, "hf_config_class": type(hf).__name__,
+           "hf": {k: getattr(hf, k) for k in _HF_FIELDS if hasattr(hf, k)}}
     from vllm.v1.worker.gpu.spec_decode.eagle.eagle3_utils import get_eagle3_aux_layers_from_config
 
     aux = get_eagle3_aux_layers_from_config(spec)
@@ -243,14 +271,35 @@ def run_case(case: dict) -> dict:
 
         process_weights_after_loading(model, draft_config, torch.device("cpu"))
         if case.get("inputs"):
-            out["forward"] = run_forward(model, torch.load(case["inputs"]))
+            inputs = torch.load(case["inputs"])
+            out["forward"] = (run_eagle3_forward if arch.startswith("Eagle3") else run_forward)(model, inputs)
     return out
+
+
+def facts() -> dict:
+    """Checks of vLLM's own source for what only its GPU runner would do."""
+    import vllm
+
+    dflash = os.path.join(os.path.dirname(vllm.__file__), "v1", "worker", "gpu", "spec_decode", "dflash", "speculator.py")
+    text = open(dflash).read() if os.path.exists(dflash) else ""
+    return {"dflash_refuses_sample_from_anchor": "sample_from_anchor=True is not supported for DFlash" in text}
+
+
+def serve_resolution(folder: str) -> dict:
+    """What ``vllm serve <folder>`` resolves a speculators folder to (its target and speculative config)."""
+    from vllm.transformers_utils.config import maybe_override_with_speculators
+
+    model, _, spec = maybe_override_with_speculators(model=folder, tokenizer=None, trust_remote_code=False)
+    return {"model": model, "speculative_config": spec}
 
 
 def main() -> None:
     cases_file, out_file = sys.argv[1:3]
-    results = {}
+    results = {"_facts": facts()}
     for case in json.load(open(cases_file)):
+        if case.get("serve_resolution"):
+            results[case["name"]] = serve_resolution(case["draft"])
+            continue
         try:
             results[case["name"]] = run_case(case)
         except Exception as exc:  # the test asserts on which cases vLLM refuses, and why

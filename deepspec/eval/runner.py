@@ -129,7 +129,7 @@ def load_models(opts: EvalOptions, device: str):
         return target, None, lambda: TargetSelfProposer(target, gamma=opts.self_draft_gamma), \
             opts.self_draft_gamma, None
     draft_dir = resolve_draft_dir(opts.draft)
-    draft = load_draft(draft_dir)
+    draft = load_draft(draft_dir, frozen_target=opts.target)  # fills what a speculators folder may omit
     check_draft_fits_target(draft.config, target)
     draft.load_target_weights(target)  # the frozen embedding / LM head are the target's by definition
     draft = draft.to(device=device, dtype=dtype).eval()

@@ -23,7 +23,8 @@ What differs, and what :func:`to_vllm_folder` therefore does:
   ignores ``markov_head_type``; refused.
 - Gemma 4 drafts without ``attention_k_eq_v``: vLLM's Gemma 4 DSpark precomputes context K/V
   assuming k=v attention on every layer (an assertion at load time); refused.
-- Eagle3: vLLM has no DeepSpec-layout Eagle3 class (it reads the speculators format); refused.
+- Eagle3: vLLM has no DeepSpec-layout Eagle3 class (it reads the speculators format,
+  :mod:`deepspec.export.speculators`); refused.
 
 ``sample_from_anchor: true`` (DSpark's layout, the default vLLM's DSpark speculator assumes) is
 written explicitly. The frozen ``embed_tokens`` / ``lm_head`` copies are kept (vLLM then keeps its
@@ -32,9 +33,7 @@ own copies instead of sharing the target's; the values are the target's either w
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -48,23 +47,13 @@ class VllmExportError(DeepSpecError, ValueError):
     """A draft that vLLM's own draft classes cannot serve; the message says why."""
 
 
-def _read_config(folder: Path) -> dict:
-    file = folder / "config.json"
-    if not file.is_file():
-        raise VllmExportError(f"{folder} has no config.json; pass a DeepSpec draft folder (e.g. a step_N checkpoint)")
-    try:
-        return json.loads(file.read_text())
-    except ValueError as exc:
-        raise VllmExportError(f"cannot read {file}: {exc}") from None
-
-
 def check_vllm_servable(*, config: dict) -> None:
     """Raise :class:`VllmExportError` when vLLM's DSpark classes cannot serve a draft with ``config``."""
     arch = (config.get("architectures") or [None])[0]
     if arch is not None and "Eagle3" in arch:
         raise VllmExportError(
             f"{arch}: vLLM has no DeepSpec-layout Eagle3 class; it loads Eagle3 drafts in the speculators format "
-            "(Eagle3Qwen3ForCausalLM / Eagle3LlamaForCausalLM), which this exporter does not write")
+            "(Eagle3Qwen3ForCausalLM / Eagle3LlamaForCausalLM): export it with --format speculators")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise VllmExportError(f"architectures {config.get('architectures')!r}: expected one of "
                               f"{list(SUPPORTED_ARCHITECTURES)} (a DeepSpec DSpark/DFlash draft)")
@@ -85,31 +74,28 @@ def check_vllm_servable(*, config: dict) -> None:
 
 
 def to_vllm_folder(*, draft_dir: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool = False,
-                   dtype: torch.dtype | None = None) -> Path:
+                   dtype: torch.dtype | None = None, frozen_target: str | None = None) -> Path:
     """Write ``output_dir`` (config.json + model.safetensors) that vLLM's DSpark classes load.
 
-    Serve it with ``--speculative-config '{"method": "dspark", "model": "<output_dir>"}'``. See the
-    module docstring for what changes (DFlash gets an all-zero rank-1 Markov head; nothing else).
-    ``dtype`` casts every floating tensor (None keeps the saved dtypes) and is recorded as ``torch_dtype``.
+    ``draft_dir`` is a DeepSpec draft folder or a speculators-format one (``frozen_target`` fills an
+    embedding / LM head such a folder omits). Serve it with ``--speculative-config '{"method": "dspark",
+    "model": "<output_dir>"}'``. See the module docstring for what changes (DFlash gets an all-zero
+    rank-1 Markov head; nothing else). ``dtype`` casts every floating tensor (None keeps the saved
+    dtypes) and is recorded as ``torch_dtype``.
     """
-    from safetensors.torch import save_file
-
-    from deepspec.models.loading import DraftLoadError, read_safetensors
+    from deepspec.export.speculators import (
+        SpeculatorsFormatError, cast, check_output, read_any_config, read_any_draft, write_folder,
+    )
+    from deepspec.models.loading import DraftLoadError
 
     src, out = Path(draft_dir), Path(output_dir)
     if not src.is_dir():
         raise VllmExportError(f"no draft folder {src}")
-    if out.resolve() == src.resolve():
-        raise VllmExportError(f"output_dir {out} is the draft folder itself; choose another folder")
-    if out.exists() and not out.is_dir():
-        raise VllmExportError(f"{out} is a file; give a folder to write the export to")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise VllmExportError(f"{out} exists and is not empty; pass overwrite=True to replace it")
-    config = _read_config(src)
-    check_vllm_servable(config=config)
     try:
-        state = read_safetensors(src)
-    except DraftLoadError as exc:
+        check_vllm_servable(config=read_any_config(src))
+        check_output(out, src=src, overwrite=overwrite)
+        config, state = read_any_draft(src, frozen_target=frozen_target)
+    except (DraftLoadError, SpeculatorsFormatError) as exc:
         raise VllmExportError(str(exc)) from None
     config = dict(config)
     if int(config.get("markov_rank") or 0) == 0:
@@ -123,14 +109,8 @@ def to_vllm_folder(*, draft_dir: str | os.PathLike, output_dir: str | os.PathLik
         config.update(markov_rank=1, markov_head_type="vanilla")
     config["sample_from_anchor"] = True
     if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         config["torch_dtype"] = str(dtype).removeprefix("torch.")
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.rename(tmp, out)
-    return out
+    try:
+        return write_folder(out, config=config, state=cast(state, dtype), overwrite=overwrite, src=src)
+    except SpeculatorsFormatError as exc:
+        raise VllmExportError(str(exc)) from None

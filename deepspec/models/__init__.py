@@ -43,7 +43,8 @@ def build_draft(config):
 def load_draft(path, **kwargs):
     """Load any saved draft strictly: a folder (``config.json`` + ``model.safetensors``) or a hub id.
 
-    ``kwargs``: ``config``, ``dtype``, ``device``. The class comes from the config's architecture
+    ``kwargs``: ``config``, ``dtype``, ``device``, ``frozen_target``. Speculators-format folders load too
+    (:mod:`deepspec.export.speculators`). The class comes from the config's architecture
     (see ``DraftPreTrainedModel.from_pretrained``); a tensor that does not fit is a
     :class:`~deepspec.models.loading.DraftLoadError` naming it.
     """

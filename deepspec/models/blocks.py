@@ -315,17 +315,24 @@ class DraftPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *, config=None, dtype=None, torch_dtype=None,
-                        device=None):
+                        device=None, frozen_target=None):
         """Load a draft folder (or hub id) strictly: every tensor must fit (see :mod:`deepspec.models.loading`).
 
         The config is rebuilt as a draft config of the right family and kind; ``cls`` may be the
-        generic class (``DSparkDraftModel``) or a per-family name (``Qwen3DSparkModel``).
+        generic class (``DSparkDraftModel``) or a per-family name (``Qwen3DSparkModel``). A
+        speculators-format folder is read through :mod:`deepspec.export.speculators`; ``frozen_target``
+        (a target name or path) fills an embedding / LM head such a folder omits.
         """
-        from deepspec.models.config import load_draft_config
-        from deepspec.models.loading import load_state_strict, read_safetensors, resolve_draft_folder
+        from deepspec.export.speculators import SpeculatorsFormatError, read_any_draft
+        from deepspec.models.config import draft_config_from_dict
+        from deepspec.models.loading import DraftLoadError, load_state_strict, resolve_draft_folder
 
         folder = resolve_draft_folder(pretrained_model_name_or_path)
-        config = config if config is not None else load_draft_config(folder)
+        try:
+            config_dict, state = read_any_draft(folder, frozen_target=frozen_target)
+        except SpeculatorsFormatError as exc:
+            raise DraftLoadError(str(exc)) from None
+        config = config if config is not None else draft_config_from_dict(config_dict)
         arch = (config.architectures or [None])[0]
         model_cls = DraftPreTrainedModel._family_classes.get(arch)
         if model_cls is None:  # no (known) architecture name: the algorithm's generic class
@@ -333,12 +340,10 @@ class DraftPreTrainedModel(PreTrainedModel):
 
             model_cls = _model_class(config)
         if not issubclass(model_cls, cls):
-            from deepspec.models.loading import DraftLoadError
-
             raise DraftLoadError(f"{pretrained_model_name_or_path} holds a {arch}, not a {cls.__name__}; "
                                  "use deepspec.models.load_draft to load any draft")
         model = model_cls(config)
-        load_state_strict(model, read_safetensors(folder), source=str(pretrained_model_name_or_path))
+        load_state_strict(model, state, source=str(pretrained_model_name_or_path))
         dtype = dtype or torch_dtype
         if dtype is not None or device is not None:
             model = model.to(device=device, dtype=dtype)

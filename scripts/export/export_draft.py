@@ -1,13 +1,21 @@
 #!/usr/bin/env python
-"""Export a trained draft folder for serving.
+"""Export a trained draft folder for serving, or convert a speculators-format draft back to ours.
 
-    python scripts/export/export_draft.py --draft ckpt/step_latest --format deepspec --output draft_vllm [--dtype bf16]
+    python scripts/export/export_draft.py --draft ckpt/step_latest --format deepspec --output draft_vllm --dtype bf16
+    python scripts/export/export_draft.py --draft ckpt/step_latest --format speculators --output draft_spec
+    python scripts/export/export_draft.py --draft their_speculators_draft --format deepspec --output ours
+
+--draft is a DeepSpec draft folder (a checkpoint step_N / step_latest) or a speculators-format folder
+(ours or another tool's; one that omits embed_tokens / lm_head needs --target).
 
 --format deepspec writes the DeepSpec layout that vLLM's `"method": "dspark"` loads
 (Qwen3DSparkModel / Gemma4DSparkModel): a DSpark draft as it is, a DFlash draft with an all-zero
-rank-1 Markov head (vLLM's DSpark classes always build one). Drafts vLLM cannot serve are refused
-with the reason: gated/rnn Markov heads, Gemma 4 without k=v attention, Eagle3 (vLLM reads Eagle3 in
-the speculators format, which this tool does not write yet).
+rank-1 Markov head (vLLM's DSpark classes always build one). Drafts vLLM cannot serve this way are
+refused with the reason: gated/rnn Markov heads, Gemma 4 without k=v attention, Eagle3.
+
+--format speculators writes the vllm-project/speculators layout (DSparkSpeculator / DFlashSpeculator /
+Eagle3Speculator): tensors bit-equal, layer ids +1, DeepSpec-only fields under "deepspec" so the
+round trip back is exact. It prints a note when vLLM cannot serve the result from that format.
 """
 
 from __future__ import annotations
@@ -26,12 +34,20 @@ DTYPES = {"keep": None, "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--draft", required=True, help="draft folder (a checkpoint step_N / step_latest, or a saved draft)")
-    p.add_argument("--format", choices=("deepspec",), default="deepspec",
-                   help="deepspec: the folder vLLM's method 'dspark' loads (speculators: not yet)")
+    p.add_argument("--draft", required=True,
+                   help="draft folder: a DeepSpec checkpoint step_N / step_latest, or a speculators-format folder")
+    p.add_argument("--format", choices=("deepspec", "speculators"), default="deepspec",
+                   help="deepspec: the folder vLLM's method 'dspark' loads; speculators: the vllm-project/"
+                        "speculators layout (vLLM method 'eagle3' for Eagle3, 'dspark' for Qwen 3 DSpark)")
     p.add_argument("--output", required=True, help="folder to write (must not exist or be empty, unless --overwrite)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="keep",
                    help="cast floating tensors (default keep: the saved dtypes; serving usually wants bf16)")
+    p.add_argument("--verifier", default=None,
+                   help="--format speculators: the target's hub id or path recorded as verifier.name_or_path "
+                        "(what `vllm serve OUTPUT` loads as the target; default: the target in the checkpoint's "
+                        "train_config.json)")
+    p.add_argument("--target", default=None,
+                   help="target to read embed_tokens / lm_head from when a speculators-format --draft omits them")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
     return p
 
@@ -41,11 +57,31 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from deepspec.export import to_vllm_folder
-
     dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
-    out = to_vllm_folder(draft_dir=args.draft, output_dir=args.output, overwrite=args.overwrite, dtype=dtype)
-    print(f"wrote {out} (serve with --speculative-config '{{\"method\": \"dspark\", \"model\": \"{out}\"}}')")
+    if args.format == "deepspec":
+        from deepspec.export import to_vllm_folder
+
+        out = to_vllm_folder(draft_dir=args.draft, output_dir=args.output, overwrite=args.overwrite, dtype=dtype,
+                             frozen_target=args.target)
+        print(f"wrote {out} (serve with --speculative-config '{{\"method\": \"dspark\", \"model\": \"{out}\"}}')")
+        return 0
+    import json
+
+    from deepspec.export.speculators import from_speculators_config, to_speculators_folder, vllm_caveat
+
+    out = to_speculators_folder(draft_dir=args.draft, output_dir=args.output, overwrite=args.overwrite, dtype=dtype,
+                                verifier_name_or_path=args.verifier, frozen_target=args.target)
+    spec = json.loads((out / "config.json").read_text())
+    caveat = vllm_caveat(from_speculators_config(spec))
+    method = spec["speculators_model_type"]
+    print(f"wrote {out} ({spec['architectures'][0]}, aux_hidden_state_layer_ids = target_layer_ids + 1)")
+    if caveat:
+        print(f"note: vLLM cannot serve this folder: {caveat}")
+    else:
+        print(f"serve with --speculative-config '{{\"method\": \"{method}\", \"model\": \"{out}\"}}'")
+    if spec["speculators_config"]["verifier"]["name_or_path"] is None:
+        print("note: no verifier recorded (pass --verifier TARGET); `vllm serve OUTPUT` needs it, "
+              "--speculative-config with an explicit target does not")
     return 0
 
 

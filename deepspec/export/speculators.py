@@ -1,0 +1,344 @@
+"""The speculators format (vllm-project/speculators 0.9): our drafts out, any such draft in.
+
+A speculators folder is ``config.json`` + ``model.safetensors``. The config nests the draft layers'
+transformers config under ``transformer_layer_config`` and puts the algorithm's fields on top
+(``speculators_model_type`` dspark / dflash / eagle3, ``aux_hidden_state_layer_ids`` or, for Eagle3,
+``eagle_aux_hidden_state_layer_ids``, ``block_size``, ``mask_token_id``, the Markov and confidence
+fields, ``sample_from_anchor``) plus ``speculators_config`` (algorithm, proposal methods, verifier).
+vLLM reads such a folder with ``--speculative-config '{"method": <type>, "model": <folder>}'`` (or
+``vllm serve <folder>``, which takes the target from ``verifier.name_or_path``).
+
+How our layout maps, and why each rule:
+
+- Layer ids: speculators and vLLM count a captured state by the target layer it feeds, so
+  ``aux ids = our target_layer_ids + 1`` (our id L is the output of target layer L).
+- Tensor names are ours already: ``layers.N.*``, ``fc``, ``hidden_norm``, ``norm``,
+  ``markov_head.markov_w1/markov_w2`` (+ ``gate_proj`` / ``joint_proj``, same equations),
+  ``confidence_head.proj``, ``embed_tokens``, ``lm_head`` (Gemma 4's ``layer_scalar`` buffers ride
+  along). Speculators-only tensors are dropped on import: ``verifier_norm`` / ``verifier_lm_head``
+  (training-time copies of the target's) and identity ``d2t`` / ``t2d`` tables.
+- DeepSpec's block layout is ``sample_from_anchor: true`` (slot k predicts token p+k+1), written
+  explicitly for DFlash too; ``sample_from_anchor: false`` drafts (anchor = bonus token) are refused
+  on import: our drafter does not implement that layout.
+- Eagle3: our layer fuses ``[input_layernorm(embeds) ; hidden_norm(x)]`` and keeps the un-normalised
+  x as residual (``norm_before_residual: false``). Speculators feeds the 2H input to layer 0 only,
+  so only one-layer Eagle3 drafts have an equivalent; the other Eagle3 norm variants have none here.
+- Fields only DeepSpec uses (``num_anchors``, ``num_target_layers``, ``ttt_length``,
+  ``step_loss_decay``) are kept under a ``deepspec`` key so the round trip is exact; a foreign folder
+  without it gets our defaults.
+- A reduced draft vocabulary (``draft_vocab_size`` < the target's, with ``d2t`` / ``t2d``) has no
+  equivalent in our drafts: refused.
+
+What engines do with it (README "Serve your draft"): vLLM maps a ``dspark`` folder to its
+``Qwen3DSparkModel`` (Qwen 3 only) and an ``eagle3`` folder to ``Eagle3Qwen3ForCausalLM`` /
+``Eagle3LlamaForCausalLM``; its ``dflash`` method refuses ``sample_from_anchor``. :func:`vllm_caveat`
+says which exports vLLM cannot serve from this format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from deepspec.errors import DeepSpecError
+
+SPECULATORS_VERSION = "0.9.0"
+ARCHITECTURES = {"dspark": "DSparkSpeculator", "dflash": "DFlashSpeculator", "eagle3": "Eagle3Speculator"}
+# Our config keys that are not the draft layers' transformers config.
+_PARALLEL_KEYS = ("block_size", "mask_token_id", "markov_rank", "markov_head_type", "enable_confidence_head",
+                  "confidence_head_with_markov")
+_DEEPSPEC_ONLY = ("num_anchors", "num_target_layers", "ttt_length", "step_loss_decay")
+_DRAFT_KEYS = ("architectures", "target_layer_ids", "draft_num_hidden_layers", *_PARALLEL_KEYS, *_DEEPSPEC_ONLY)
+_EAGLE3_NORM_FLAGS = ("norm_before_residual", "norm_before_fc", "fc_norm", "norm_output")
+_DROPPED_ON_IMPORT = ("verifier_norm.weight", "verifier_lm_head.weight")
+
+
+class SpeculatorsFormatError(DeepSpecError, ValueError):
+    """A draft that has no equivalent across the two formats; the message says why and what to do."""
+
+
+def is_speculators_config(config: dict) -> bool:
+    return "speculators_model_type" in config
+
+
+def read_config_json(folder: str | os.PathLike) -> dict:
+    file = Path(folder) / "config.json"
+    if not file.is_file():
+        raise SpeculatorsFormatError(f"{folder} has no config.json; pass a draft folder")
+    try:
+        return json.loads(file.read_text())
+    except ValueError as exc:
+        raise SpeculatorsFormatError(f"cannot read {file}: {exc}") from None
+
+
+def _algorithm(config: dict) -> str:
+    from deepspec.models.config import draft_config_from_dict
+
+    return draft_config_from_dict(config).algorithm
+
+
+# ----------------------------------------------------------------------------- ours -> speculators
+
+def to_speculators_config(config: dict, *, verifier_name_or_path: str | None = None,
+                          verifier_architectures: list[str] | None = None) -> dict:
+    """Our draft ``config.json`` dict as a speculators config dict (see the module docstring)."""
+    algorithm = _algorithm(config)
+    layer = {k: v for k, v in config.items() if k not in _DRAFT_KEYS}
+    aux = [int(i) + 1 for i in config["target_layer_ids"]]
+    out = {
+        "architectures": [ARCHITECTURES[algorithm]],
+        "speculators_model_type": algorithm,
+        "speculators_version": SPECULATORS_VERSION,
+        "transformer_layer_config": layer,
+        "draft_vocab_size": int(config["vocab_size"]),
+        "target_hidden_size": int(config["hidden_size"]),
+        "deepspec": {k: config[k] for k in _DEEPSPEC_ONLY if config.get(k) is not None},
+    }
+    if algorithm == "eagle3":
+        if int(config["num_hidden_layers"]) != 1:
+            raise SpeculatorsFormatError(
+                f"an Eagle3 draft with {config['num_hidden_layers']} layers: ours fuses [embeds ; features] in every "
+                "layer, the speculators format (and vLLM) only in layer 0, so there is no equivalent. Export a "
+                "one-layer Eagle3 draft (model.num_draft_layers=1, the default)")
+        out.update(eagle_aux_hidden_state_layer_ids=aux, **{flag: False for flag in _EAGLE3_NORM_FLAGS})
+        tokens = int(config.get("ttt_length") or 3)
+    else:
+        out.update({k: config[k] for k in _PARALLEL_KEYS})
+        out.update(aux_hidden_state_layer_ids=aux, sample_from_anchor=True)
+        tokens = int(config["block_size"])
+    out["speculators_config"] = {
+        "algorithm": algorithm,
+        "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": tokens}],
+        "default_proposal_method": "greedy",
+        "verifier": {"name_or_path": verifier_name_or_path, "architectures": list(verifier_architectures or [])},
+    }
+    return out
+
+
+def vllm_caveat(config: dict) -> str | None:
+    """Why vLLM (0.32) cannot serve the speculators export of our ``config``, or None when it can."""
+    from deepspec.export.vllm_layout import VllmExportError, check_vllm_servable
+
+    algorithm, model_type = _algorithm(config), config.get("model_type")
+    if algorithm == "eagle3":
+        if model_type not in ("qwen3", "llama"):
+            return f"vLLM's speculators Eagle3 path builds only qwen3 / llama layers, not {model_type}"
+        return None
+    if algorithm == "dflash":
+        return ("vLLM's dflash method refuses sample_from_anchor (DeepSpec's DFlash layout); serve it with "
+                "--format deepspec and method dspark")
+    if model_type != "qwen3":
+        return (f"vLLM maps every speculators dspark folder to Qwen3DSparkModel, which cannot hold {model_type} "
+                "layers; serve it with --format deepspec (Gemma4DSparkModel)")
+    try:
+        check_vllm_servable(config=config)
+    except VllmExportError as exc:
+        return str(exc)
+    return None
+
+
+def _verifier_architectures(name_or_path: str | None) -> list[str]:
+    if name_or_path and os.path.isfile(os.path.join(name_or_path, "config.json")):
+        try:
+            return list(json.loads(Path(name_or_path, "config.json").read_text()).get("architectures") or [])
+        except ValueError:
+            return []
+    return []
+
+
+# ----------------------------------------------------------------------------- speculators -> ours
+
+def from_speculators_config(spec: dict, *, source: str = "config.json") -> dict:
+    """A speculators config dict as our draft ``config.json`` dict; refuses what has no equivalent."""
+    from deepspec.models.config import DRAFT_LAYER_TYPE, architecture_name
+    from deepspec.targets import TargetError, family_of
+
+    kind = spec.get("speculators_model_type")
+    if kind not in ARCHITECTURES:
+        raise SpeculatorsFormatError(f"{source}: speculators_model_type {kind!r}; DeepSpec reads "
+                                     f"{sorted(ARCHITECTURES)}")
+    layer = dict(spec.get("transformer_layer_config") or {})
+    if not layer:
+        raise SpeculatorsFormatError(f"{source}: no transformer_layer_config (the draft layers' config)")
+    layer.setdefault("model_type", "qwen3")  # speculators' default layer config class
+    try:
+        family = family_of(type("Cfg", (), {"model_type": layer["model_type"]}))
+    except TargetError as exc:
+        raise SpeculatorsFormatError(f"{source}: {exc}") from None
+    vocab = int(layer.get("vocab_size") or 0)
+    if spec.get("draft_vocab_size") not in (None, vocab):
+        raise SpeculatorsFormatError(
+            f"{source}: draft_vocab_size {spec['draft_vocab_size']} < the target's {vocab} (a reduced draft "
+            "vocabulary with d2t / t2d tables); DeepSpec drafts predict over the full vocabulary, so it cannot "
+            "be loaded here")
+    if spec.get("target_hidden_size") not in (None, layer.get("hidden_size")):
+        raise SpeculatorsFormatError(f"{source}: target_hidden_size {spec['target_hidden_size']} differs from the "
+                                     f"draft's hidden_size {layer.get('hidden_size')}; DeepSpec drafts share the "
+                                     "target's width")
+    types = layer.get("layer_types") or []
+    if any(t != DRAFT_LAYER_TYPE for t in types):
+        raise SpeculatorsFormatError(f"{source}: layer_types {types}; DeepSpec draft layers all use "
+                                     f"{DRAFT_LAYER_TYPE} (no sliding window)")
+    ours = {k: v for k, v in layer.items() if k != "architectures"}
+    extra = dict(spec.get("deepspec") or {})
+    n_layers = int(layer.get("num_hidden_layers", 1))
+    ours.update(num_hidden_layers=n_layers, layer_types=[DRAFT_LAYER_TYPE] * n_layers, tie_word_embeddings=False,
+                architectures=[architecture_name(family.name, kind)])
+    if kind == "eagle3":
+        aux = spec.get("eagle_aux_hidden_state_layer_ids")
+        bad = [flag for flag in _EAGLE3_NORM_FLAGS
+               if spec.get(flag, flag == "norm_before_residual")]  # vLLM's default: norm_before_residual true
+        if bad:
+            raise SpeculatorsFormatError(
+                f"{source}: Eagle3 with {', '.join(f'{b}=true' for b in bad)}; DeepSpec's Eagle3 layer normalises "
+                "embeds and features separately and keeps the un-normalised features as residual (all four "
+                f"flags false), so it has no equivalent")
+        if n_layers != 1:
+            raise SpeculatorsFormatError(f"{source}: an Eagle3 draft with {n_layers} layers (the 2H input only in "
+                                         "layer 0); DeepSpec's layout fuses in every layer, so only one-layer "
+                                         "drafts map exactly")
+        ours.update(draft_num_hidden_layers=n_layers, ttt_length=int(extra.get("ttt_length", 7)),
+                    step_loss_decay=float(extra.get("step_loss_decay", 0.8)))
+    else:
+        aux = spec.get("aux_hidden_state_layer_ids")
+        if not spec.get("sample_from_anchor", kind == "dspark"):
+            raise SpeculatorsFormatError(
+                f"{source}: sample_from_anchor=false (the anchor is the bonus token and each mask predicts its own "
+                "position); DeepSpec's parallel drafter uses the sample_from_anchor=true layout (slot k predicts "
+                "token p+k+1), so this draft cannot be measured here")
+        rank = int(spec.get("markov_rank", 256 if kind == "dspark" else 0)) if kind == "dspark" else 0
+        conf = bool(spec.get("enable_confidence_head", True)) if kind == "dspark" else False
+        ours.update(block_size=int(spec.get("block_size", 8)), mask_token_id=spec.get("mask_token_id"),
+                    markov_rank=rank, markov_head_type=str(spec.get("markov_head_type", "vanilla")),
+                    enable_confidence_head=conf,
+                    confidence_head_with_markov=bool(conf and spec.get("confidence_head_with_markov", True)),
+                    num_anchors=int(extra.get("num_anchors", 512)))
+    if not aux:
+        raise SpeculatorsFormatError(f"{source}: no {'eagle_' if kind == 'eagle3' else ''}aux_hidden_state_layer_ids;"
+                                     " DeepSpec needs the captured target layers")
+    ours["target_layer_ids"] = [int(i) - 1 for i in aux]
+    ours["num_target_layers"] = extra.get("num_target_layers")
+    return ours
+
+
+def from_speculators_state(state: dict[str, torch.Tensor], *, source: str) -> dict[str, torch.Tensor]:
+    """Drop the tensors only the speculators format has; refuse non-identity vocabulary tables."""
+    state = {k: v for k, v in state.items() if k not in _DROPPED_ON_IMPORT}
+    d2t, t2d = state.pop("d2t", None), state.pop("t2d", None)
+    if (d2t is not None and d2t.any()) or (t2d is not None and not t2d.all()):
+        raise SpeculatorsFormatError(f"{source}: d2t / t2d map a reduced draft vocabulary; DeepSpec drafts predict "
+                                     "over the full vocabulary, so it cannot be loaded here")
+    return state
+
+
+def read_speculators_folder(folder: str | os.PathLike, *, frozen_target: str | None = None
+                            ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(our config dict, our tensors) of a speculators-format draft folder (ours or another tool's).
+
+    Engines share the target's embedding / LM head, so some folders omit them: ``frozen_target`` (a
+    target name or path) fills them from the target's safetensors; without it a missing one is an error.
+    """
+    from deepspec.models.loading import read_safetensors
+
+    source = str(folder)
+    config = from_speculators_config(read_config_json(folder), source=f"{source}/config.json")
+    state = from_speculators_state(read_safetensors(folder), source=source)
+    missing = [k for k in ("embed_tokens.weight", "lm_head.weight") if k not in state]
+    if missing:
+        if frozen_target is None:
+            raise SpeculatorsFormatError(
+                f"{source} has no {' / '.join(missing)} (engines share the target's); pass the target "
+                "(export_draft.py --target, eval.py uses its --target_model_name_or_path) to fill them")
+        from deepspec.targets import load_frozen_target_pieces
+
+        embed, head = load_frozen_target_pieces(frozen_target)
+        state.setdefault("embed_tokens.weight", embed)
+        state.setdefault("lm_head.weight", head.clone() if head.data_ptr() == embed.data_ptr() else head)  # tied
+    return config, state
+
+
+# ----------------------------------------------------------------------------- folders
+
+def read_any_config(folder: str | os.PathLike) -> dict:
+    """Our config dict of a draft folder in either layout (a speculators config is converted)."""
+    config = read_config_json(folder)
+    return from_speculators_config(config, source=f"{folder}/config.json") if is_speculators_config(config) else config
+
+
+def read_any_draft(folder: str | os.PathLike, *, frozen_target: str | None = None
+                   ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(our config dict, tensors) of a draft folder in either layout."""
+    from deepspec.models.loading import read_safetensors
+
+    config = read_config_json(folder)
+    if is_speculators_config(config):
+        return read_speculators_folder(folder, frozen_target=frozen_target)
+    return config, read_safetensors(folder)
+
+
+def check_output(out: Path, *, src: Path, overwrite: bool) -> None:
+    """Refuse an output folder that is the source, a file, or non-empty without ``overwrite``."""
+    if out.resolve() == src.resolve():
+        raise SpeculatorsFormatError(f"output folder {out} is the draft folder itself; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise SpeculatorsFormatError(f"{out} is a file; give a folder to write the export to")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise SpeculatorsFormatError(f"{out} exists and is not empty; pass --overwrite (overwrite=True) to replace it")
+
+
+def write_folder(out: Path, *, config: dict, state: dict[str, torch.Tensor], overwrite: bool, src: Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` into ``out`` atomically (a sibling temp folder, then rename)."""
+    from safetensors.torch import save_file
+
+    check_output(out, src=src, overwrite=overwrite)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.rename(tmp, out)
+    return out
+
+
+def cast(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    return state if dtype is None else {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+
+
+def to_speculators_folder(*, draft_dir: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool = False,
+                          dtype: torch.dtype | None = None, verifier_name_or_path: str | None = None,
+                          frozen_target: str | None = None) -> Path:
+    """Write a speculators-format copy of a draft folder (either layout) into ``output_dir``.
+
+    ``verifier_name_or_path`` (default: the target recorded in a checkpoint's train_config.json) is what
+    ``vllm serve <output_dir>`` loads as the target. ``dtype`` casts floating tensors (None keeps them).
+    """
+    src, out = Path(draft_dir), Path(output_dir)
+    if not src.is_dir():
+        raise SpeculatorsFormatError(f"no draft folder {src}")
+    check_output(out, src=src, overwrite=overwrite)
+    config = read_any_config(src)
+    _algorithm(config)  # a clear error for a folder that is no draft of ours
+    _, state = read_any_draft(src, frozen_target=frozen_target)
+    verifier = verifier_name_or_path or recorded_target(src)
+    spec = to_speculators_config(config, verifier_name_or_path=verifier,
+                                 verifier_architectures=_verifier_architectures(verifier))
+    if dtype is not None:
+        spec["transformer_layer_config"]["torch_dtype"] = str(dtype).removeprefix("torch.")
+    return write_folder(out, config=spec, state=cast(state, dtype), overwrite=overwrite, src=src)
+
+
+def recorded_target(folder: Path) -> str | None:
+    """The target a checkpoint was trained on (``train_config.json`` model.target_model_name_or_path), if any."""
+    from deepspec.training.checkpoint import CONFIG_NAME
+
+    file = Path(folder) / CONFIG_NAME
+    try:
+        return (json.loads(file.read_text()).get("model") or {}).get("target_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
