@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import os
 
-# Family facts the configs need before any model is loaded.
-QWEN3_MASK_TOKEN_ID = 151669  # first unused row after Qwen3's 151,669 tokenizer entries
-GEMMA4_MASK_TOKEN_ID = 4  # Gemma's reserved <mask> token
-TARGET_NUM_LAYERS = {
+from deepspec.targets import family_by_name
+
+# The families' mask tokens, for the config files (the values live in deepspec.targets.FAMILIES).
+QWEN3_MASK_TOKEN_ID = family_by_name("qwen3").mask_token_id
+GEMMA4_MASK_TOKEN_ID = family_by_name("gemma4").mask_token_id
+LLAMA3_MASK_TOKEN_ID = family_by_name("llama3").mask_token_id
+QWEN3_MOE_MASK_TOKEN_ID = family_by_name("qwen3_moe").mask_token_id
+TARGET_NUM_LAYERS = {  # decoder depth of the shipped configs' targets (their config.json num_hidden_layers)
     "Qwen/Qwen3-4B": 36,
     "Qwen/Qwen3-8B": 36,
     "Qwen/Qwen3-14B": 40,
     "google/gemma-4-12B-it": 48,
+    "meta-llama/Llama-3.1-8B-Instruct": 32,
+    "Qwen/Qwen3-30B-A3B": 48,
 }
 
 

@@ -3,9 +3,10 @@
 Every stage talks to the frozen target through :class:`Target`: load it,
 capture the hidden states of ``target_layer_ids`` plus the post-norm last
 hidden state in one forward, and hand out the frozen embedding and LM head.
-A family (:class:`TargetFamily`) only says where those pieces live inside the
-transformers model and which small quirks apply (Gemma's logit soft-capping,
-the multimodal wrapper around Gemma 4's text model). Adding a family is adding
+A family (:class:`TargetFamily`) says where those pieces live inside the
+transformers model, which small quirks apply (Gemma's logit soft-capping, the
+multimodal wrapper around Gemma 4's text model), its chat facts (end-of-turn
+marker, mask token) and whose layers its drafts use. Adding a family is adding
 one entry to ``FAMILIES``.
 
 Layer ids: ``i`` is the output of decoder layer ``i`` (0-based), ``-1`` the
@@ -30,18 +31,11 @@ from torch import nn
 
 from deepspec.errors import DeepSpecError
 
-# Modules whose decoder blocks the draft reuses; resolved lazily (transformers import is slow).
-_BLOCK_MODULES = {
-    "qwen3": "transformers.models.qwen3.modeling_qwen3",
-    "gemma4": "transformers.models.gemma4.modeling_gemma4",
-}
-
-
 class TargetError(DeepSpecError, ValueError):
     """The target or the requested layers do not fit; the message says what to change."""
 
 
-def _text_model_qwen3(model: nn.Module) -> nn.Module:
+def _text_model_plain(model: nn.Module) -> nn.Module:
     return model.model if hasattr(model, "model") else model
 
 
@@ -54,14 +48,22 @@ def _text_model_gemma4(model: nn.Module) -> nn.Module:
 
 @dataclass(frozen=True)
 class TargetFamily:
-    """One target family: where the text decoder lives and its quirks."""
+    """One target family: every fact DeepSpec needs about it, and the only place that holds them."""
 
     name: str
     model_types: tuple[str, ...]
-    chat_template: str
-    mask_token_id: int | None
+    chat_template: str  # the value of data.chat_template for this family's targets
+    mask_token_id: int | None  # the parallel drafters' mask token (a token id that never occurs in text)
     text_model: Callable[[nn.Module], nn.Module]
-    # The draft layers reuse the family's decoder block classes (see models/).
+    # Chat end-of-turn markers: the first closes an assistant turn (in the loss mask; none: the tokenizer's
+    # eos_token); any of them stops generation.
+    end_of_turn: tuple[str, ...] = ()
+    # Whose decoder layers the draft uses: None = its own (``block_module`` / ``block_class_names``); a family
+    # name = that family's layers, built from this target's sizes (Llama 3, Qwen3-MoE: Qwen3-style dense
+    # layers, the ``Qwen3DSparkModel`` that vLLM serves).
+    draft_family: str | None = None
+    # The transformers module and class names of the draft's blocks (families drafting with their own layers).
+    block_module_name: str = ""
     block_class_names: dict = field(default_factory=dict)
     # Checkpoint (safetensors) names of the frozen pieces, first match wins.
     embed_keys: tuple[str, ...] = ("model.embed_tokens.weight",)
@@ -77,7 +79,17 @@ class TargetFamily:
     def block_module(self):
         import importlib
 
-        return importlib.import_module(_BLOCK_MODULES[self.name])
+        if not self.block_module_name:
+            raise TargetError(f"the {self.name} family drafts with {self.draft_family} layers; "
+                              "it has no blocks of its own")
+        return importlib.import_module(self.block_module_name)
+
+    def drafting_family(self) -> "TargetFamily":
+        """The family whose layers and config class the draft uses (itself unless ``draft_family``)."""
+        return family_by_name(self.draft_family) if self.draft_family else self
+
+    def end_of_turn_marker(self, tokenizer) -> str | None:
+        return self.end_of_turn[0] if self.end_of_turn else getattr(tokenizer, "eos_token", None)
 
 
 FAMILIES = (
@@ -85,8 +97,10 @@ FAMILIES = (
         name="qwen3",
         model_types=("qwen3",),
         chat_template="qwen3",
-        mask_token_id=151669,
-        text_model=_text_model_qwen3,
+        mask_token_id=151669,  # first unused row after Qwen3's 151,669 tokenizer entries
+        text_model=_text_model_plain,
+        end_of_turn=("<|im_end|>",),
+        block_module_name="transformers.models.qwen3.modeling_qwen3",
         block_class_names=dict(attention="Qwen3Attention", mlp="Qwen3MLP", norm="Qwen3RMSNorm",
                                rotary="Qwen3RotaryEmbedding", layer="Qwen3DecoderLayer"),
     ),
@@ -94,8 +108,10 @@ FAMILIES = (
         name="gemma4",
         model_types=("gemma4", "gemma4_text"),
         chat_template="gemma4",
-        mask_token_id=4,
+        mask_token_id=4,  # Gemma's reserved <mask> token
         text_model=_text_model_gemma4,
+        end_of_turn=("<turn|>", "<end_of_turn>"),
+        block_module_name="transformers.models.gemma4.modeling_gemma4",
         block_class_names=dict(attention="Gemma4TextAttention", mlp="Gemma4TextMLP", norm="Gemma4RMSNorm",
                                rotary="Gemma4TextRotaryEmbedding", layer="Gemma4TextDecoderLayer"),
         # Multimodal (Gemma4ForConditionalGeneration) first, then text-only (Gemma4ForCausalLM).
@@ -103,7 +119,36 @@ FAMILIES = (
         lm_head_keys=("lm_head.weight",),
         sandwich_norms=True,
     ),
+    TargetFamily(
+        name="llama3",
+        model_types=("llama",),
+        chat_template="llama3",
+        mask_token_id=128002,  # <|reserved_special_token_0|>: reserved, never in text
+        text_model=_text_model_plain,
+        end_of_turn=("<|eot_id|>",),
+        draft_family="qwen3",  # Llama has no q/k norms; the draft is a Qwen3-style layer of Llama's sizes
+    ),
+    TargetFamily(
+        name="qwen3_moe",
+        model_types=("qwen3_moe",),
+        chat_template="qwen3",  # Qwen3's tokenizer and template
+        mask_token_id=151669,
+        text_model=_text_model_plain,
+        end_of_turn=("<|im_end|>",),
+        draft_family="qwen3",  # a dense draft: Qwen3 layers with the target's dense intermediate_size
+    ),
 )
+
+
+def family_by_name(name: str) -> TargetFamily:
+    for family in FAMILIES:
+        if family.name == name:
+            return family
+    raise TargetError(f"unknown target family {name!r}; known: {[f.name for f in FAMILIES]}")
+
+
+def family_by_chat_template(chat_template: str) -> TargetFamily | None:
+    return next((f for f in FAMILIES if f.chat_template == chat_template), None)
 
 
 def family_of(config) -> TargetFamily:

@@ -209,12 +209,24 @@ def build_tokenizer(*, root: str | os.PathLike | None = None, vocab_size: int = 
 
 # ----------------------------------------------------------------------------- model
 
-def make_model_config(**overrides):
-    from transformers import Qwen3Config
+# Target families the random tiny target can be built as: (config class, model class, extra config).
+TINY_ARCHITECTURES = {
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {}),
+    "llama3": ("LlamaConfig", "LlamaForCausalLM", {}),  # no q/k norms
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",  # a sparse MoE MLP in every layer
+                  dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, decoder_sparse_step=1)),
+}
 
-    kwargs = {**MODEL_CONFIG, **overrides}
-    config = Qwen3Config(**kwargs)
-    config.architectures = ["Qwen3ForCausalLM"]
+
+def make_model_config(*, family: str = "qwen3", **overrides):
+    """The tiny target's config (``family``: a key of :data:`TINY_ARCHITECTURES`), ``overrides`` applied."""
+    import transformers
+
+    if family not in TINY_ARCHITECTURES:
+        raise TinyTargetError(f"no tiny {family!r} target; choose one of {sorted(TINY_ARCHITECTURES)}")
+    config_class, model_class, extra = TINY_ARCHITECTURES[family]
+    config = getattr(transformers, config_class)(**{**MODEL_CONFIG, **extra, **overrides})
+    config.architectures = [model_class]
     return config
 
 
@@ -283,23 +295,25 @@ def _versions() -> dict:
             "tokenizers_version": tokenizers.__version__, "python_version": platform.python_version()}
 
 
-def build_random_tiny_target(*, output_dir: str | os.PathLike, seed: int = 0, **config_overrides) -> pathlib.Path:
-    """Save an untrained (random) tiny Qwen3 target with the real tokenizer, in seconds.
+def build_random_tiny_target(*, output_dir: str | os.PathLike, seed: int = 0, family: str = "qwen3",
+                             **config_overrides) -> pathlib.Path:
+    """Save an untrained (random) tiny target with the real tokenizer, in seconds.
 
-    ``config_overrides`` go to ``Qwen3Config`` (e.g. ``num_hidden_layers=2``).
+    ``family``: qwen3 (default), llama3 or qwen3_moe (:data:`TINY_ARCHITECTURES`); ``config_overrides`` go
+    to its config class (e.g. ``num_hidden_layers=2``).
     """
     import torch
-    from transformers import Qwen3ForCausalLM
+    import transformers
 
     out = pathlib.Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER_NAME).unlink(missing_ok=True)
     tokenizer = build_tokenizer()
-    config = make_model_config(**config_overrides)
+    config = make_model_config(family=family, **config_overrides)
     with _seeded_threads(seed, None):
-        model = Qwen3ForCausalLM(config).to(torch.float32)
+        model = getattr(transformers, config.architectures[0])(config).to(torch.float32)
     _save_folder(model, tokenizer, out)
-    _write_marker(out, {"format": FORMAT_VERSION, "kind": "random", "seed": seed,
+    _write_marker(out, {"format": FORMAT_VERSION, "kind": "random", "family": family, "seed": seed,
                         "num_parameters": sum(p.numel() for p in model.parameters()),
                         "config_overrides": {k: repr(v) for k, v in config_overrides.items()}, **_versions()})
     return out

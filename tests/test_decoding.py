@@ -1,7 +1,7 @@
 """Speculative decoding is lossless, for every algorithm.
 
 (a) temperature 0: output is token-for-token the target's greedy output (transformers ``generate``),
-    batch 1 and batched, Qwen3 and Gemma 4 targets;
+    batch 1 and batched, Qwen3, Gemma 4, Llama 3 and Qwen3-MoE targets;
 (b) temperature 1: the empirical distribution of the first generated tokens matches the target's
     exact distribution computed by enumeration, also with a confidence threshold;
 (c) the incremental proposers (KV caches across rounds, rejected slots masked and cropped) give the
@@ -12,7 +12,10 @@ import math
 
 import pytest
 import torch
-from transformers import Gemma4ForCausalLM, Gemma4TextConfig, Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    Gemma4ForCausalLM, Gemma4TextConfig, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
+)
 
 from deepspec.decoding.engine import speculative_generate, target_generate
 from deepspec.decoding.scheduler import CostTable, CumulativeThreshold, PerSlotThreshold, PrefixScheduler
@@ -52,6 +55,41 @@ def gemma4_target(vocab: int) -> Target:
     return Target(Gemma4ForCausalLM(cfg).double().eval())
 
 
+def llama3_target(vocab: int) -> Target:
+    """No q/k norms; the draft is a Qwen3-style layer of the target's sizes (TargetFamily.draft_family)."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                      num_key_value_heads=1, head_dim=16, max_position_embeddings=256, tie_word_embeddings=False,
+                      pad_token_id=0, eos_token_id=1,
+                      rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                       "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                       "original_max_position_embeddings": 16})
+    cfg._attn_implementation = "eager"
+    model = LlamaForCausalLM(cfg).double().eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    return Target(model)
+
+
+def qwen3_moe_target(vocab: int) -> Target:
+    """A sparse MoE target, a dense draft."""
+    torch.manual_seed(0)
+    cfg = Qwen3MoeConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+                         num_experts=4, num_experts_per_tok=2, num_hidden_layers=3, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=16, max_position_embeddings=256, tie_word_embeddings=False,
+                         pad_token_id=0, eos_token_id=1)
+    cfg._attn_implementation = "eager"
+    cfg._experts_implementation = "eager"  # the grouped GEMM kernel has no float64
+    model = Qwen3MoeForCausalLM(cfg).double().eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    return Target(model)
+
+
+TARGETS = {"qwen3": lambda v: qwen3_target(v), "gemma4": gemma4_target, "llama3": llama3_target,
+           "qwen3_moe": qwen3_moe_target}
+
+
 def make_draft(target: Target, algo: str, *, gamma: int = 4, seed: int = 1):
     torch.manual_seed(seed)
     extra = dict(ALGOS[algo])
@@ -76,10 +114,10 @@ def hf_greedy(target: Target, prompt, n):
     return out[0, len(prompt):].tolist()
 
 
-@pytest.mark.parametrize("family", ["qwen3", "gemma4"])
+@pytest.mark.parametrize("family", list(TARGETS))
 @pytest.mark.parametrize("algo", list(ALGOS))
 def test_greedy_is_the_targets_greedy_output(family, algo):
-    target = qwen3_target(48) if family == "qwen3" else gemma4_target(48)
+    target = TARGETS[family](48)
     draft = make_draft(target, algo)
     runner = TargetRunner(target, layer_ids=draft.config.target_layer_ids)
     reference = [hf_greedy(target, p, 24) for p in PROMPTS]

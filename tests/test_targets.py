@@ -1,4 +1,5 @@
-"""Family adapters: captured states equal a plain transformers forward, for Qwen3 and Gemma 4."""
+"""Family adapters: captured states equal a plain transformers forward, for every family (Qwen3, Gemma 4,
+Llama 3, Qwen3-MoE)."""
 
 import pytest
 import torch
@@ -7,8 +8,12 @@ from transformers import (
     Gemma4ForCausalLM,
     Gemma4ForConditionalGeneration,
     Gemma4TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
 )
 
 from deepspec.targets import Target, TargetError, family_of, load_target, validate_layer_ids
@@ -42,7 +47,26 @@ def tiny_gemma4_multimodal() -> Gemma4ForConditionalGeneration:
     return Gemma4ForConditionalGeneration(cfg).eval()
 
 
-MODELS = {"qwen3": tiny_qwen3, "gemma4_text": tiny_gemma4, "gemma4_multimodal": tiny_gemma4_multimodal}
+def tiny_llama3() -> LlamaForCausalLM:  # no q/k norms, Llama 3 rope scaling
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=5, num_attention_heads=2,
+                      num_key_value_heads=1, head_dim=32, tie_word_embeddings=False,
+                      rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                       "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                       "original_max_position_embeddings": 16})
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_qwen3_moe() -> Qwen3MoeForCausalLM:  # sparse MoE MLPs in every layer
+    torch.manual_seed(0)
+    cfg = Qwen3MoeConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+                         num_experts=4, num_experts_per_tok=2, num_hidden_layers=5, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=32, tie_word_embeddings=True)
+    return Qwen3MoeForCausalLM(cfg).eval()
+
+
+MODELS = {"qwen3": tiny_qwen3, "gemma4_text": tiny_gemma4, "gemma4_multimodal": tiny_gemma4_multimodal,
+          "llama3": tiny_llama3, "qwen3_moe": tiny_qwen3_moe}
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -111,9 +135,10 @@ def test_layer_id_validation(ids, message):
 
 def test_unsupported_family():
     class Cfg:
-        model_type = "llama"
+        model_type = "mistral"
 
-    with pytest.raises(TargetError, match="unsupported target model_type 'llama'; supported: qwen3"):
+    with pytest.raises(TargetError, match="unsupported target model_type 'mistral'; supported: qwen3, gemma4, "
+                                          "gemma4_text, llama, qwen3_moe"):
         family_of(Cfg())
 
 

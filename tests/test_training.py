@@ -13,7 +13,6 @@ import torch
 from safetensors.torch import load_file
 
 from deepspec.config import load_config
-from deepspec.data.cache_build import build_target_cache
 from deepspec.data.target_cache import CacheCompatibilityError
 from deepspec.models import load_draft
 from deepspec.tiny_target import build_random_tiny_target
@@ -22,6 +21,7 @@ from deepspec.training.checkpoint import ResumeError, latest_checkpoint, save_ch
 from deepspec.training.distributed import LaunchError, LaunchPlan, launch, plan_launch, plan_rendezvous
 from deepspec.training.metrics import read_metrics
 from deepspec.training.trainer import TrainingError, grad_accumulation
+from tinyrun import tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_LAYERS = [-1, 1]  # layer 0 deliberately absent (pre-flight test)
@@ -34,21 +34,7 @@ _spec.loader.exec_module(train_entry)
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    base = tmp_path_factory.mktemp("training")
-    target = build_random_tiny_target(output_dir=base / "target", seed=0, num_hidden_layers=3, hidden_size=64,
-                                      intermediate_size=128, num_attention_heads=2, num_key_value_heads=1,
-                                      head_dim=32, initializer_range=0.3)  # peaked target: learnable
-    rows = []
-    for i in range(48):  # a learnable pattern: the answer repeats a short phrase
-        turns = [{"role": "user", "content": f"def f{i}(x):"},
-                 {"role": "assistant", "content": "    return x" + " + x" * (i % 5 + 4) + f"  # {i}"}]
-        rows.append(json.dumps({"id": f"c{i}", "conversations": turns}))
-    (base / "train.jsonl").write_text("\n".join(rows) + "\n")
-    cfg = load_config(ROOT / CONFIGS["dspark"], opts=[f"model.target_model_name_or_path={target}",
-                                                      f"model.target_layer_ids={CACHE_LAYERS}"])
-    build_target_cache(cfg=cfg, train_data_paths=[str(base / "train.jsonl")], output_dir=base / "cache",
-                       min_loss_tokens=2, max_shard_bytes=1 << 24, batch_size=16, log=lambda _: None)
-    return {"base": base, "target": str(target), "cache": str(base / "cache")}
+    return tiny_run(tmp_path_factory.mktemp("training"), layers=CACHE_LAYERS, n=48, batch_size=16)
 
 
 def make_cfg(setup, algo, out, *extra):

@@ -19,8 +19,6 @@ from typing import Sequence
 
 from deepspec.data.conversations import DataError
 
-# The one family difference here: the string that closes a turn.
-END_OF_TURN = {"qwen3": "<|im_end|>", "gemma4": "<turn|>"}
 
 
 @dataclass
@@ -35,13 +33,16 @@ class TokenizedConversation:
 
 
 def end_of_turn_marker(tokenizer, chat_template: str) -> str:
-    marker = END_OF_TURN.get(chat_template)
-    if marker is None:
-        marker = tokenizer.eos_token
+    """The string that closes an assistant turn: the family's marker (``TargetFamily.end_of_turn``, the
+    one difference between families here) when the tokenizer has it, else the tokenizer's eos_token."""
+    from deepspec.targets import FAMILIES, family_by_chat_template
+
+    family = family_by_chat_template(chat_template)
+    marker = family.end_of_turn_marker(tokenizer) if family else getattr(tokenizer, "eos_token", None)
     if not marker:
         raise DataError(
             f"no end-of-turn marker known for chat template {chat_template!r}; "
-            f"use one of {sorted(END_OF_TURN)} or give the tokenizer an eos_token",
+            f"use one of {sorted({f.chat_template for f in FAMILIES})} or give the tokenizer an eos_token",
             reason="template_mismatch",
         )
     return marker

@@ -1,8 +1,9 @@
 """The target side of decoding: one KV cache, forward passes over new slots, captured features.
 
 The only family difference here is which attention layer types exist (Gemma: sliding-window layers
-next to full ones); we hand transformers one prepared mask per layer type so every family sees
-explicit per-row positions and the slot validity of :class:`~deepspec.decoding.slots.SlotTable`.
+next to full ones); we hand transformers one prepared mask per layer type (a single one to configs
+without ``layer_types``, e.g. Llama) so every family sees explicit per-row positions and the slot
+validity of :class:`~deepspec.decoding.slots.SlotTable`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class TargetRunner:
         config = target.config
         types = list(getattr(config, "layer_types", None) or ["full_attention"])
         self.windows = {t: (int(config.sliding_window) if t == "sliding_attention" else None) for t in set(types)}
+        # Configs with layer_types (Qwen3, Gemma) take a mask per layer type; the others one 4D mask.
+        self.per_layer_type_masks = getattr(config, "layer_types", None) is not None
         self.cache = None
 
     def reset(self) -> None:
@@ -45,7 +48,10 @@ class TargetRunner:
         The slots are not appended to ``slots`` here: the caller does that once it knows which are valid.
         """
         dtype = self.target.model.dtype
-        masks = {t: additive(slots.query_mask(query_pos=positions, new_valid=new_valid, window=w), dtype) for t, w in self.windows.items()}
+        masks = {t: additive(slots.query_mask(query_pos=positions, new_valid=new_valid, window=w), dtype)
+                 for t, w in self.windows.items()}
+        if not self.per_layer_type_masks:  # e.g. Llama: one causal mask, no mapping per layer type
+            masks = masks["full_attention"]
         out = self.target.forward_with_capture(tokens, layer_ids=self.layer_ids, attention_mask=masks,
                                                position_ids=positions, past_key_values=self.cache)
         return TargetStep(logits=self.target.logits(out.last_hidden_state).float(), hidden_states=out.hidden_states)

@@ -81,8 +81,11 @@ def check_draft_fits_target(draft_config, target) -> None:
         target.validate_layer_ids(draft_config.target_layer_ids)
     except ValueError as exc:
         problems.append(str(exc))
-    if getattr(draft_config, "model_type", None) != getattr(target.config, "model_type", None):
-        problems.append(f"model_type {draft_config.model_type!r} (draft) != {target.config.model_type!r} (target)")
+    drafting = target.family.drafting_family()
+    want = target.config.model_type if drafting is target.family else drafting.model_types[0]
+    if getattr(draft_config, "model_type", None) != want:
+        problems.append(f"model_type {draft_config.model_type!r} (draft) != {want!r} (what drafts for this "
+                        f"{target.config.model_type!r} target use)")
     if problems:
         raise EvalSetupError("draft does not fit the target: " + "; ".join(problems)
                              + ". Evaluate a draft trained for this target (its config.json names the target "
@@ -94,7 +97,9 @@ def stop_token_ids(tokenizer, model) -> list[int]:
     for source in (getattr(model, "generation_config", None), model.config, tokenizer):
         eos = getattr(source, "eos_token_id", None)
         ids.update([eos] if isinstance(eos, int) else (eos or []))
-    for token in ("<|im_end|>", "<end_of_turn>", "<turn|>"):  # chat end-of-turn markers of our families
+    from deepspec.targets import FAMILIES
+
+    for token in {m for family in FAMILIES for m in family.end_of_turn}:  # chat end-of-turn markers
         tid = tokenizer.convert_tokens_to_ids(token) if token in tokenizer.get_vocab() else None
         if tid is not None:
             ids.add(tid)

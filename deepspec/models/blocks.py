@@ -124,7 +124,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 def project_q(attn: nn.Module, q_in: torch.Tensor, q_pos) -> torch.Tensor:
     """Queries [B, h, Lq, d] from ``q_in`` with the family's q-norm and rope ``q_pos`` = (cos, sin)."""
-    q = attn.q_norm(attn.q_proj(q_in).view(*q_in.shape[:-1], -1, attn.head_dim))
+    q = attn.q_proj(q_in).view(*q_in.shape[:-1], -1, attn.head_dim)
+    q = attn.q_norm(q) if getattr(attn, "q_norm", None) is not None else q  # families without q/k norms
     return apply_rope(q, *q_pos).transpose(1, 2)
 
 
@@ -133,7 +134,7 @@ def project_kv(attn: nn.Module, kv_in: torch.Tensor, kv_pos) -> tuple[torch.Tens
     d = attn.head_dim
     k_raw = attn.k_proj(kv_in).view(*kv_in.shape[:-1], -1, d)
     v = k_raw if attn.v_proj is None else attn.v_proj(kv_in).view(*kv_in.shape[:-1], -1, d)  # k=v attention
-    k = attn.k_norm(k_raw)
+    k = attn.k_norm(k_raw) if getattr(attn, "k_norm", None) is not None else k_raw
     v_norm = getattr(attn, "v_norm", None)
     if v_norm is not None:
         v = v_norm(v)

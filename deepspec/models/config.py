@@ -199,8 +199,9 @@ def draft_config_from_target(target_hf_config, model_cfg: Mapping[str, Any]):
     ``num_anchors``, ``markov_rank``, ``markov_head_type``, ``confidence_head_alpha`` (> 0 enables the
     confidence head), ``confidence_head_with_markov``; Eagle3: ``ttt_length``, ``step_loss_decay``.
     """
-    family = family_of(target_hf_config)
-    text = family.text_config(target_hf_config)
+    target_family = family_of(target_hf_config)
+    text = target_family.text_config(target_hf_config)
+    family = target_family.drafting_family()  # whose layers and config class the draft uses
     algorithm = str(model_cfg.get("algorithm", "")).lower()
     if algorithm not in ALGORITHMS:
         raise DraftConfigError(f"model.algorithm must be one of {ALGORITHMS}, got {model_cfg.get('algorithm')!r}")
@@ -211,6 +212,11 @@ def draft_config_from_target(target_hf_config, model_cfg: Mapping[str, Any]):
         raise DraftConfigError(f"model.num_draft_layers must be >= 1, got {num_layers}")
 
     base = text.to_dict()
+    if family is not target_family:  # e.g. a Llama target's draft: the drafting family's config, the target's sizes
+        from transformers import CONFIG_MAPPING
+
+        known = set(CONFIG_MAPPING[family.model_types[0]]().to_dict())
+        base = {k: v for k, v in base.items() if k in known}
     heterogeneous = "per_layer_config" in base
     per_layer = {str(k): v for k, v in (base.pop("per_layer_config", None) or {}).items()}
     for key in ("architectures", "layer_types", "_name_or_path", "transformers_version", "auto_map", "model_type",
@@ -250,7 +256,7 @@ def draft_config_from_target(target_hf_config, model_cfg: Mapping[str, Any]):
         conf = algorithm == DSPARK and float(model_cfg.get("confidence_head_alpha", 0.0)) > 0
         fields.update(
             block_size=int(model_cfg.get("block_size", 7)),
-            mask_token_id=model_cfg.get("mask_token_id", family.mask_token_id),
+            mask_token_id=model_cfg.get("mask_token_id", target_family.mask_token_id),
             num_anchors=int(model_cfg.get("num_anchors", 512)),
             markov_rank=markov_rank,
             markov_head_type=str(model_cfg.get("markov_head_type", "vanilla")),
@@ -258,7 +264,8 @@ def draft_config_from_target(target_hf_config, model_cfg: Mapping[str, Any]):
             confidence_head_with_markov=bool(conf and model_cfg.get("confidence_head_with_markov", False)
                                              and markov_rank > 0),
         )
-    cls = draft_config_class(text.model_type, _kind(algorithm))
+    model_type = text.model_type if family is target_family else family.model_types[0]
+    cls = draft_config_class(model_type, _kind(algorithm))
     config = cls(**{**base, **fields})
     config.validate_draft()
     return config

@@ -300,6 +300,6 @@ class DSparkDraftModel(DraftPreTrainedModel):
 
 
 # Per-family names (the public architectures); DSparkDraftModel(config) returns the right one.
-for _family in FAMILIES:
+for _family in (f for f in FAMILIES if f.draft_family is None):  # families drafting with own layers
     _name = architecture_name(_family.name, "dspark")
     globals()[_name] = DraftPreTrainedModel.register(_name, DSparkDraftModel)

@@ -159,6 +159,6 @@ class Eagle3DraftModel(DraftPreTrainedModel):
         return self.target_logits(picked)
 
 
-for _family in FAMILIES:
+for _family in (f for f in FAMILIES if f.draft_family is None):  # families drafting with own layers
     _name = architecture_name(_family.name, "eagle3")
     globals()[_name] = DraftPreTrainedModel.register(_name, Eagle3DraftModel)

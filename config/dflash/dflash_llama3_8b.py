@@ -1,0 +1,26 @@
+"""DFlash draft for meta-llama/Llama-3.1-8B-Instruct: block 7, 5 draft layers, no Markov / confidence head, CE only.
+
+Target layer ids: Llama-3.1-8B, 32 layers: the spread rule (5 ids from 1 to L-3 = 29) gives [1, 8, 15, 22, 29].
+Llama has no q/k norms; the draft layers are Qwen3-style (Qwen3DSparkModel) with Llama's sizes and rope.
+Paper settings come from deepspec/recipes.py; override anything with --opts.
+"""
+
+from deepspec.recipes import (
+    LLAMA3_MASK_TOKEN_ID, derive_output_dirs, paper_data, paper_logging, paper_train, parallel_drafter_model,
+)
+
+project_name = "deepspec"
+exp_name = "dflash_block7_llama3_8b"
+seed = 42
+
+model = parallel_drafter_model(
+    algorithm="dflash",
+    target="meta-llama/Llama-3.1-8B-Instruct",
+    target_layer_ids=[1, 8, 15, 22, 29],
+    mask_token_id=LLAMA3_MASK_TOKEN_ID,
+)
+train = paper_train(trainer_cls="DSparkTrainer")
+logging = paper_logging()
+data = paper_data(chat_template="llama3")
+
+finalize_cfg = derive_output_dirs

@@ -1,0 +1,93 @@
+"""Llama 3 and Qwen3-MoE targets end to end: cache build, a few training steps, eval.py lossless greedy.
+
+Each family is one entry of ``deepspec.targets.FAMILIES``; both draft with Qwen3-style dense layers of the
+target's sizes (``TargetFamily.draft_family``). Capture == ``output_hidden_states`` is in test_targets.py and
+lossless greedy decoding for every algorithm in test_decoding.py; this file runs the stages on saved tiny
+random targets with the real tokenizer.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import eval as eval_cli
+from deepspec.config import load_config
+from deepspec.models import load_draft
+from deepspec.training.checkpoint import latest_checkpoint
+from deepspec.training.metrics import read_metrics
+from tinyrun import tiny_run
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("deepspec_train_entry", ROOT / "train.py")
+train_entry = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_entry)
+CONFIGS = {"dspark": "config/dspark/dspark_tiny.py", "eagle3": "config/eagle3/eagle3_tiny.py"}
+LAYERS = [0, 1]
+
+
+@pytest.fixture(scope="module", params=["llama3", "qwen3_moe"])
+def family_setup(request, tmp_path_factory):
+    family = request.param
+    run = tiny_run(tmp_path_factory.mktemp(family), layers=LAYERS, n=24, batch_size=8, family=family)
+    base = run["base"]
+    data = base / "eval"
+    data.mkdir()
+    (data / "gsm8k.jsonl").write_text(json.dumps({"turns": ["def f3(x):"]}) + "\n")
+    return {**run, "family": family, "data": data}
+
+
+@pytest.mark.parametrize("algo", ["dspark", "eagle3"])
+def test_train_then_eval_is_lossless(family_setup, algo, tmp_path):
+    s = family_setup
+    out = tmp_path / "ckpt"
+    opts = [f"model.target_model_name_or_path={s['target']}", f"model.target_layer_ids={LAYERS}",
+            "model.num_draft_layers=1", "train.local_batch_size=2", "train.global_batch_size=4",
+            "train.max_train_steps=6", "logging.logging_steps=1", "logging.checkpointing_steps=6",
+            f"logging.checkpoint_dir={out}", f"logging.tensorboard_dir={out}/tb"]
+    opts.append("model.ttt_length=3" if algo == "eagle3" else "model.num_anchors=8")
+    cfg = load_config(ROOT / CONFIGS[algo], opts=opts)
+    train_entry.run_training(cfg, cache_dir=s["cache"], device="cpu", progress=False)
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 7)) and all(r["loss"] == r["loss"] for r in records)
+    step = latest_checkpoint(out)
+    saved = json.loads((Path(step) / "config.json").read_text())
+    # The draft is Qwen3-style whatever the target (what vLLM serves as Qwen3DSparkModel).
+    assert saved["model_type"] == "qwen3"
+    assert saved["architectures"] == ["Qwen3Eagle3Model" if algo == "eagle3" else "Qwen3DSparkModel"]
+    assert saved["num_target_layers"] == 3 and saved["target_layer_ids"] == LAYERS
+    target_cfg = json.loads((Path(s["target"]) / "config.json").read_text())
+    for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                "vocab_size"):
+        assert saved[key] == target_cfg[key], key
+    assert load_draft(step).config.model_type == "qwen3"
+
+    # eval.py: the draft fits this target, and greedy speculative output is the target's greedy output.
+    res = tmp_path / "eval"
+    assert eval_cli.main(["--target_name_or_path", s["target"], "--draft_name_or_path", str(step),
+                          "--eval-data-dir", str(s["data"]), "--tasks", "gsm8k", "--max-new-tokens", "12",
+                          "--temperature", "0", "--output-dir", str(res), "--save-outputs", "--no-progress"]) == 0
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deepspec.eval.runner import encode_prompt, stop_token_ids
+
+    tok = AutoTokenizer.from_pretrained(s["target"])
+    model = AutoModelForCausalLM.from_pretrained(s["target"], dtype=torch.float32).eval()
+    [row] = [json.loads(line) for line in (res / "outputs.jsonl").read_text().splitlines()]
+    ids = encode_prompt(tok, "def f3(x):")
+    ref = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                         eos_token_id=stop_token_ids(tok, model), pad_token_id=0)[0, len(ids):].tolist()
+    assert row["token_ids"] == ref
+
+
+def test_family_facts_live_in_one_entry():
+    from deepspec.targets import FAMILIES, family_by_name
+
+    llama, moe = family_by_name("llama3"), family_by_name("qwen3_moe")
+    assert (llama.model_types, llama.mask_token_id, llama.end_of_turn, llama.draft_family) == \
+        (("llama",), 128002, ("<|eot_id|>",), "qwen3")
+    assert (moe.model_types, moe.mask_token_id, moe.chat_template, moe.draft_family) == \
+        (("qwen3_moe",), 151669, "qwen3", "qwen3")
+    assert sorted(f.name for f in FAMILIES) == ["gemma4", "llama3", "qwen3", "qwen3_moe"]
