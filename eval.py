@@ -24,50 +24,104 @@ def parse_args(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     tiny = os.environ.get("DEEPSPEC_TINY_TARGET") or os.path.expanduser("~/.cache/deepspec/tiny_target")
-    p.add_argument("--target_name_or_path", "--target-name-or-path", dest="target", default=tiny,
-                   help="target model: hub id or local folder (default: the tiny local target, %(default)s)")
-    p.add_argument("--draft_name_or_path", "--draft-name-or-path", dest="draft",
-                   help="draft: a step_N folder, a training checkpoint dir (its latest step) or a hub id; the "
-                        "algorithm comes from its config.json architectures")
-    p.add_argument("--self-draft", type=int, default=0, metavar="GAMMA",
-                   help="ceiling check: the target drafts GAMMA tokens for itself (every draft accepted, "
-                        "τ = GAMMA+1); no --draft_name_or_path needed")
-    p.add_argument("--tasks", default=None,
-                   help="name[:n],... (default: all nine with the paper's counts: "
-                        + ", ".join(f"{k} {v[0]}" for k, v in KNOWN_TASKS.items())
-                        + "); any <name>.jsonl in --eval-data-dir is a task")
-    p.add_argument("--eval-data-dir", default=None,
-                   help="folder of <task>.jsonl prompt files (default: $DEEPSPEC_EVAL_DATA_DIR, else eval_datasets/)")
+    p.add_argument(
+        "--target_name_or_path",
+        "--target-name-or-path",
+        dest="target",
+        default=tiny,
+        help="target model: hub id or local folder (default: the tiny local target, %(default)s)",
+    )
+    p.add_argument(
+        "--draft_name_or_path",
+        "--draft-name-or-path",
+        dest="draft",
+        help="draft: a step_N folder, a training checkpoint dir (its latest step) or a hub id; the "
+        "algorithm comes from its config.json architectures",
+    )
+    p.add_argument(
+        "--self-draft",
+        type=int,
+        default=0,
+        metavar="GAMMA",
+        help="ceiling check: the target drafts GAMMA tokens for itself (every draft accepted, "
+        "τ = GAMMA+1); no --draft_name_or_path needed",
+    )
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="name[:n],... (default: all nine with the paper's counts: "
+        + ", ".join(f"{k} {v[0]}" for k, v in KNOWN_TASKS.items())
+        + "); any <name>.jsonl in --eval-data-dir is a task",
+    )
+    p.add_argument(
+        "--eval-data-dir",
+        default=None,
+        help="folder of <task>.jsonl prompt files (default: $DEEPSPEC_EVAL_DATA_DIR, else eval_datasets/)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=2048)
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (exactly the target's greedy output)")
-    p.add_argument("--confidence-threshold", type=float, default=0.0, metavar="T",
-                   help="DeepSpec's rule: cut the draft block at the first slot whose own confidence "
-                        "sigmoid(c_k) < T (calibrated; 0 = off, always the full block); in [0, 1]")
-    p.add_argument("--survival-threshold", type=float, default=None, metavar="T",
-                   help="cumulative rule (--scheduler cumulative-threshold): verify only the leading slots whose "
-                        "prefix survival Π_{i<=k} sigmoid(c_i) >= T; in [0, 1]; not with --confidence-threshold")
-    p.add_argument("--scheduler", choices=("fixed", "threshold", "cumulative-threshold", "prefix"), default=None,
-                   help="proposal lengths per round: fixed γ, threshold (per-slot, --confidence-threshold), "
-                        "cumulative-threshold (--survival-threshold), or the hardware-aware prefix scheduler "
-                        "(Algorithm 1; needs --engine-profile). Default: threshold when --confidence-threshold "
-                        "> 0, cumulative-threshold when --survival-threshold is given, else fixed")
-    p.add_argument("--engine-profile", default=None,
-                   help="cost table JSON from scripts/eval/profile_engine.py (for --scheduler prefix)")
-    p.add_argument("--async-scheduler", action="store_true",
-                   help="prefix scheduler: budget from confidences two steps old (paper §5.2)")
-    p.add_argument("--no-calibration", action="store_true",
-                   help="ignore calibration.json next to the draft (raw confidence head)")
+    p.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="DeepSpec's rule: cut the draft block at the first slot whose own confidence "
+        "sigmoid(c_k) < T (calibrated; 0 = off, always the full block); in [0, 1]",
+    )
+    p.add_argument(
+        "--survival-threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="cumulative rule (--scheduler cumulative-threshold): verify only the leading slots whose "
+        "prefix survival Π_{i<=k} sigmoid(c_i) >= T; in [0, 1]; not with --confidence-threshold",
+    )
+    p.add_argument(
+        "--scheduler",
+        choices=("fixed", "threshold", "cumulative-threshold", "prefix"),
+        default=None,
+        help="proposal lengths per round: fixed γ, threshold (per-slot, --confidence-threshold), "
+        "cumulative-threshold (--survival-threshold), or the hardware-aware prefix scheduler "
+        "(Algorithm 1; needs --engine-profile). Default: threshold when --confidence-threshold "
+        "> 0, cumulative-threshold when --survival-threshold is given, else fixed",
+    )
+    p.add_argument(
+        "--engine-profile",
+        default=None,
+        help="cost table JSON from scripts/eval/profile_engine.py (for --scheduler prefix)",
+    )
+    p.add_argument(
+        "--async-scheduler",
+        action="store_true",
+        help="prefix scheduler: budget from confidences two steps old (paper §5.2)",
+    )
+    p.add_argument(
+        "--no-calibration", action="store_true", help="ignore calibration.json next to the draft (raw confidence head)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=1,
-                   help="requests decoded together (default 1: exactly comparable per-request numbers)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="requests decoded together (default 1: exactly comparable per-request numbers)",
+    )
     p.add_argument("--output-dir", default=None, help="default: runs/eval/<draft name>")
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda (one worker per visible GPU, prompts sharded) or cuda:N (default: cuda if "
-                        "available, else cpu)")
-    p.add_argument("--dtype", choices=("auto", "bf16", "fp32", "fp16"), default="auto",
-                   help="model dtype (auto: bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--save-outputs", action="store_true",
-                   help="also write outputs.jsonl (task, prompt index, generated token ids and text)")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda (one worker per visible GPU, prompts sharded) or cuda:N (default: cuda if available, else cpu)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "bf16", "fp32", "fp16"),
+        default="auto",
+        help="model dtype (auto: bf16 on GPU, fp32 on CPU)",
+    )
+    p.add_argument(
+        "--save-outputs",
+        action="store_true",
+        help="also write outputs.jsonl (task, prompt index, generated token ids and text)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     if not args.draft and not args.self_draft:
@@ -75,7 +129,9 @@ def parse_args(argv=None):
     if args.max_new_tokens < 1 or args.batch_size < 1:
         p.error("--max-new-tokens and --batch-size must be >= 1")
     if args.self_draft < 0:
-        p.error(f"--self-draft must be >= 1 (γ, the tokens the target drafts for itself) or 0 (off), got {args.self_draft}")
+        p.error(
+            f"--self-draft must be >= 1 (γ, the tokens the target drafts for itself) or 0 (off), got {args.self_draft}"
+        )
     if args.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
         p.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     if args.device and args.device.startswith("cuda"):
@@ -88,8 +144,9 @@ def parse_args(argv=None):
     from deepspec.eval.runner import EvalSetupError, policy_choice
 
     try:
-        policy_choice(args.scheduler, confidence_threshold=args.confidence_threshold,
-                      survival_threshold=args.survival_threshold)
+        policy_choice(
+            args.scheduler, confidence_threshold=args.confidence_threshold, survival_threshold=args.survival_threshold
+        )
     except EvalSetupError as exc:
         p.error(str(exc))
     if args.scheduler == "prefix" and not args.engine_profile:
@@ -110,15 +167,27 @@ def main(argv=None) -> int:
         print(f"[eval] {line}", file=sys.stderr)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     name = f"self{args.self_draft}" if args.self_draft else Path(args.draft.rstrip("/")).name
-    opts = EvalOptions(target=args.target, draft=args.draft, tasks=tasks,
-                       output_dir=Path(args.output_dir or Path("runs/eval") / name),
-                       max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                       confidence_threshold=args.confidence_threshold, survival_threshold=args.survival_threshold,
-                       seed=args.seed, batch_size=args.batch_size,
-                       device=device, dtype=args.dtype, scheduler=args.scheduler, engine_profile=args.engine_profile,
-                       async_scheduler=args.async_scheduler, use_calibration=not args.no_calibration,
-                       self_draft_gamma=args.self_draft, save_outputs=args.save_outputs,
-                       progress=not args.no_progress)
+    opts = EvalOptions(
+        target=args.target,
+        draft=args.draft,
+        tasks=tasks,
+        output_dir=Path(args.output_dir or Path("runs/eval") / name),
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        confidence_threshold=args.confidence_threshold,
+        survival_threshold=args.survival_threshold,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=device,
+        dtype=args.dtype,
+        scheduler=args.scheduler,
+        engine_profile=args.engine_profile,
+        async_scheduler=args.async_scheduler,
+        use_calibration=not args.no_calibration,
+        self_draft_gamma=args.self_draft,
+        save_outputs=args.save_outputs,
+        progress=not args.no_progress,
+    )
     run_eval(opts)
     print(f"[eval] wrote {opts.output_dir}/results.json, table.md, rounds.jsonl and plots")
     return 0

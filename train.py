@@ -29,24 +29,44 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="config file, e.g. config/dspark/dspark_tiny.py")
     add_opts_argument(p)
-    p.add_argument("--target-cache-dir", default=None,
-                   help="target cache folder (default: data.target_cache_path of the config)")
-    p.add_argument("--online", action="store_true",
-                   help="online mode: run the target live over --train-data-path files (data.online_target=True)")
-    p.add_argument("--train-data-path", action="append", default=None, metavar="FILE",
-                   help="regenerated JSONL file for online mode (repeatable; default: data.train_data_paths)")
-    p.add_argument("--nproc", type=positive_int, default=None,
-                   help="workers on this node (default: every visible GPU with --device cuda, else 1)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                   help="default: cuda when a GPU is visible, else cpu")
-    p.add_argument("--stop-after-steps", type=positive_int, default=None, metavar="N",
-                   help="save and stop after optimizer step N (as if interrupted); re-run to continue")
+    p.add_argument(
+        "--target-cache-dir", default=None, help="target cache folder (default: data.target_cache_path of the config)"
+    )
+    p.add_argument(
+        "--online",
+        action="store_true",
+        help="online mode: run the target live over --train-data-path files (data.online_target=True)",
+    )
+    p.add_argument(
+        "--train-data-path",
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="regenerated JSONL file for online mode (repeatable; default: data.train_data_paths)",
+    )
+    p.add_argument(
+        "--nproc",
+        type=positive_int,
+        default=None,
+        help="workers on this node (default: every visible GPU with --device cuda, else 1)",
+    )
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default=None, help="default: cuda when a GPU is visible, else cpu"
+    )
+    p.add_argument(
+        "--stop-after-steps",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="save and stop after optimizer step N (as if interrupted); re-run to continue",
+    )
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (metrics.jsonl is still written)")
     return p
 
 
-def resolve_data_source(cfg, *, cache_dir: str | None = None, online: bool = False,
-                        train_data_paths: Sequence[str] | None = None) -> dict:
+def resolve_data_source(
+    cfg, *, cache_dir: str | None = None, online: bool = False, train_data_paths: Sequence[str] | None = None
+) -> dict:
     """The one place that decides where training data comes from: a target cache, or the target live.
 
     Returns ``{"online": False, "cache_dir": DIR}`` or ``{"online": True, "train_data_paths": [...]}``.
@@ -57,43 +77,72 @@ def resolve_data_source(cfg, *, cache_dir: str | None = None, online: bool = Fal
     cache = cache_dir or cfg.data.get("target_cache_path")
     if not online:
         if train_data_paths:
-            raise ConfigError("--train-data-path is for online mode; add --online (or data.online_target=True), "
-                              "or train on a cache with --target-cache-dir")
+            raise ConfigError(
+                "--train-data-path is for online mode; add --online (or data.online_target=True), "
+                "or train on a cache with --target-cache-dir"
+            )
         return {"online": False, "cache_dir": resolve_cache_dir(cfg, cache_dir)}
     if cache:
-        raise ConfigError(f"online mode (data.online_target=True / --online) does not read a target cache, but "
-                          f"{'--target-cache-dir' if cache_dir else 'data.target_cache_path'}={cache} is set; "
-                          "drop one of the two: the cache for offline training, or online mode")
+        raise ConfigError(
+            f"online mode (data.online_target=True / --online) does not read a target cache, but "
+            f"{'--target-cache-dir' if cache_dir else 'data.target_cache_path'}={cache} is set; "
+            "drop one of the two: the cache for offline training, or online mode"
+        )
     if not paths:
-        raise ConfigError("online mode needs conversations: pass --train-data-path FILE (repeatable) or set "
-                          "data.train_data_paths=[...] (regenerated JSONL files)")
+        raise ConfigError(
+            "online mode needs conversations: pass --train-data-path FILE (repeatable) or set "
+            "data.train_data_paths=[...] (regenerated JSONL files)"
+        )
     return {"online": True, "train_data_paths": paths}
 
 
 def resolve_cache_dir(cfg, cache_dir: str | None) -> str:
     path = cache_dir or cfg.data.get("target_cache_path")
     if not path:
-        raise ConfigError("no target cache: pass --target-cache-dir DIR or set data.target_cache_path "
-                         "(build one with scripts/data/prepare_data.sh)")
+        raise ConfigError(
+            "no target cache: pass --target-cache-dir DIR or set data.target_cache_path "
+            "(build one with scripts/data/prepare_data.sh)"
+        )
     return str(path)
 
 
-def _worker(info: DistInfo, *, cfg_dict: dict, cache_dir: str | None, train_data_paths: list[str] | None,
-            stop_after_step: int | None, progress: bool,
-            on_step_end: Callable[[int], None] | None = None) -> dict:
+def _worker(
+    info: DistInfo,
+    *,
+    cfg_dict: dict,
+    cache_dir: str | None,
+    train_data_paths: list[str] | None,
+    stop_after_step: int | None,
+    progress: bool,
+    on_step_end: Callable[[int], None] | None = None,
+) -> dict:
     from deepspec.training.trainer import trainer_class
 
     cfg = ConfigNode(cfg_dict)
-    trainer = trainer_class(cfg.train.trainer_cls)(cfg=cfg, cache_dir=cache_dir, info=info,
-                                                   train_data_paths=train_data_paths, on_step_end=on_step_end,
-                                                   stop_after_step=stop_after_step, progress=progress)
+    trainer = trainer_class(cfg.train.trainer_cls)(
+        cfg=cfg,
+        cache_dir=cache_dir,
+        info=info,
+        train_data_paths=train_data_paths,
+        on_step_end=on_step_end,
+        stop_after_step=stop_after_step,
+        progress=progress,
+    )
     return trainer.fit()
 
 
-def run_training(cfg, *, cache_dir: str | None = None, device: str | None = None, nproc: int | None = None,
-                 stop_after_step: int | None = None, progress: bool = True,
-                 on_step_end: Callable[[int], None] | None = None, online: bool = False,
-                 train_data_paths: Sequence[str] | None = None) -> dict | None:
+def run_training(
+    cfg,
+    *,
+    cache_dir: str | None = None,
+    device: str | None = None,
+    nproc: int | None = None,
+    stop_after_step: int | None = None,
+    progress: bool = True,
+    on_step_end: Callable[[int], None] | None = None,
+    online: bool = False,
+    train_data_paths: Sequence[str] | None = None,
+) -> dict | None:
     """Train (or resume) ``cfg``; returns the last logged metrics record of rank 0 for in-process runs."""
     from deepspec.training.trainer import trainer_class
 
@@ -101,9 +150,15 @@ def run_training(cfg, *, cache_dir: str | None = None, device: str | None = None
     source = resolve_data_source(cfg, cache_dir=cache_dir, online=online, train_data_paths=train_data_paths)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     plan = plan_launch(device_type=device, nproc=nproc)
-    fn = functools.partial(_worker, cfg_dict=cfg.to_dict(), cache_dir=source.get("cache_dir"),
-                           train_data_paths=source.get("train_data_paths"),
-                           stop_after_step=stop_after_step, progress=progress, on_step_end=on_step_end)
+    fn = functools.partial(
+        _worker,
+        cfg_dict=cfg.to_dict(),
+        cache_dir=source.get("cache_dir"),
+        train_data_paths=source.get("train_data_paths"),
+        stop_after_step=stop_after_step,
+        progress=progress,
+        on_step_end=on_step_end,
+    )
     return launch(fn, plan)
 
 
@@ -111,9 +166,16 @@ def run_training(cfg, *, cache_dir: str | None = None, device: str | None = None
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config, opts=args.opts)
-    run_training(cfg, cache_dir=args.target_cache_dir, device=args.device, nproc=args.nproc,
-                 stop_after_step=args.stop_after_steps, progress=not args.no_progress, online=args.online,
-                 train_data_paths=args.train_data_path)
+    run_training(
+        cfg,
+        cache_dir=args.target_cache_dir,
+        device=args.device,
+        nproc=args.nproc,
+        stop_after_step=args.stop_after_steps,
+        progress=not args.no_progress,
+        online=args.online,
+        train_data_paths=args.train_data_path,
+    )
     return 0
 
 

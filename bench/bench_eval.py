@@ -22,8 +22,10 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", default=os.environ.get("DEEPSPEC_TINY_TARGET")
-                   or os.path.expanduser("~/.cache/deepspec/tiny_target"))
+    p.add_argument(
+        "--target",
+        default=os.environ.get("DEEPSPEC_TINY_TARGET") or os.path.expanduser("~/.cache/deepspec/tiny_target"),
+    )
     p.add_argument("--draft", default=None, help="draft folder or checkpoint dir (default: random tiny DSpark)")
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -63,7 +65,7 @@ def main() -> int:
     def timed(fn, batch):
         t0, gens = time.perf_counter(), []
         for i in range(0, len(prompts), batch):
-            gens += fn(prompts[i:i + batch])
+            gens += fn(prompts[i : i + batch])
         seconds = time.perf_counter() - t0
         tokens = sum(len(g.tokens) for g in gens)
         rounds = sum(len(g.rounds) for g in gens)
@@ -75,12 +77,15 @@ def main() -> int:
     for batch in (1, 8):
         tps, _, ms, ref = timed(lambda ps: target_generate(prompts=ps, **common), batch)
         rows.append((f"target only, batch {batch}", tps, 1.0, ms))
-        tps, tau, ms, spec = timed(lambda ps: speculative_generate(proposer=build_proposer(draft), prompts=ps,
-                                                                    **common), batch)
+        tps, tau, ms, spec = timed(
+            lambda ps: speculative_generate(proposer=build_proposer(draft), prompts=ps, **common), batch
+        )
         assert [g.tokens for g in spec] == [g.tokens for g in ref], "speculative greedy output differs from target"
         rows.append((f"{draft.config.algorithm}, batch {batch}", tps, tau, ms))
-    print(f"tiny target on CPU ({torch.get_num_threads()} threads), {len(prompts)} prompts, "
-          f"{args.max_new_tokens} new tokens, greedy; draft: {args.draft or 'random tiny DSpark'}")
+    print(
+        f"tiny target on CPU ({torch.get_num_threads()} threads), {len(prompts)} prompts, "
+        f"{args.max_new_tokens} new tokens, greedy; draft: {args.draft or 'random tiny DSpark'}"
+    )
     print(f"{'setting':28s} {'tokens/s':>9s} {'tau':>6s} {'ms/round':>9s}")
     for name, tps, tau, ms in rows:
         print(f"{name:28s} {tps:9.1f} {tau:6.2f} {ms:9.1f}")

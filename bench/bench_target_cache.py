@@ -37,7 +37,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from deepspec.data.target_cache import (  # noqa: E402
-    TargetCache, TargetCacheWriter, finalize_target_cache, format_bytes, sample_nbytes,
+    TargetCache,
+    TargetCacheWriter,
+    finalize_target_cache,
+    format_bytes,
+    sample_nbytes,
 )
 
 
@@ -47,13 +51,16 @@ def make_pool(n, *, tokens, layers, hidden, seed=0):
     pool = []
     for k in range(n):
         t = max(16, int(tokens * (0.5 + k / max(n - 1, 1))))  # lengths 0.5x .. 1.5x the mean
-        pool.append({
-            "input_ids": torch.randint(0, 150000, (t,), generator=g, dtype=torch.int32),
-            "loss_mask": torch.rand(t, generator=g) > 0.3,
-            "hidden_states": torch.randint(-32768, 32767, (t, layers * hidden), generator=g,
-                                           dtype=torch.int16).view(torch.bfloat16),
-            "last_hidden_state": torch.randn(t, hidden, generator=g).bfloat16(),
-        })
+        pool.append(
+            {
+                "input_ids": torch.randint(0, 150000, (t,), generator=g, dtype=torch.int32),
+                "loss_mask": torch.rand(t, generator=g) > 0.3,
+                "hidden_states": torch.randint(
+                    -32768, 32767, (t, layers * hidden), generator=g, dtype=torch.int16
+                ).view(torch.bfloat16),
+                "last_hidden_state": torch.randn(t, hidden, generator=g).bfloat16(),
+            }
+        )
     return pool
 
 
@@ -69,8 +76,13 @@ def drop_cache(paths):
 
 def write_cache(path, samples, pool, args):
     t0 = time.perf_counter()
-    with TargetCacheWriter(path, target_model="bench", layer_ids=list(range(args.layers)), hidden_size=args.hidden,
-                           max_shard_bytes=args.shard_mb << 20) as w:
+    with TargetCacheWriter(
+        path,
+        target_model="bench",
+        layer_ids=list(range(args.layers)),
+        hidden_size=args.hidden,
+        max_shard_bytes=args.shard_mb << 20,
+    ) as w:
         for i in range(samples):
             w.add(source_index=i, **pool[i % len(pool)])
     t1 = time.perf_counter()
@@ -125,7 +137,7 @@ def write_raw(folder, file_sizes, chunks, data):
             n = min(next(it), left)
             mv = data[:n]
             while mv:
-                mv = mv[os.write(fd, mv):]
+                mv = mv[os.write(fd, mv) :]
             left -= n
         os.fsync(fd)
         os.close(fd)
@@ -161,18 +173,31 @@ def main():
     samples = max(1, int(args.gb * (1 << 30) / (sum(per) / len(per))))
     root = Path(tempfile.mkdtemp(prefix="bench_target_cache_", dir=args.dir))
     data = memoryview(np.random.default_rng(0).integers(0, 256, max(per), dtype=np.uint8).tobytes())
-    print(f"{samples} samples, mean {args.tokens} tokens, {args.layers} layers x hidden {args.hidden}, "
-          f"shards {args.shard_mb} MiB, in {root}")
+    print(
+        f"{samples} samples, mean {args.tokens} tokens, {args.layers} layers x hidden {args.hidden}, "
+        f"shards {args.shard_mb} MiB, in {root}"
+    )
     chunks = [per[i % len(per)] for i in range(samples)]
     sizes = shard_sizes(chunks, args.shard_mb << 20)
-    res = {k: [] for k in ("raw write", "cache write", "raw read cold", "cache read cold", "unchecked read cold",
-                           "raw read warm", "cache read warm", "unchecked read warm")}
+    res = {
+        k: []
+        for k in (
+            "raw write",
+            "cache write",
+            "raw read cold",
+            "cache read cold",
+            "unchecked read cold",
+            "raw read warm",
+            "cache read warm",
+            "unchecked read warm",
+        )
+    }
     try:
         for rep in range(args.repeats):
             cpath, rpath = root / f"cache{rep}", root / f"raw{rep}"
             t = {}
             # Alternate which side goes first: on a VM disk, position effects are as large as the difference.
-            for side in (("cache", "raw") if rep % 2 == 0 else ("raw", "cache")):
+            for side in ("cache", "raw") if rep % 2 == 0 else ("raw", "cache"):
                 settle()
                 if side == "cache":
                     t["cache"], t_fin = write_cache(cpath, samples, pool, args)
@@ -182,23 +207,31 @@ def main():
             assert [p.stat().st_size for p in shards] == sizes, "shard packing differs from the writer's"
             for side in ("cache", "raw"):
                 res[f"{side} write"].append(sum(sizes) / t[side])
-            for side in (("cache", "unchecked", "raw") if rep % 2 == 0 else ("raw", "unchecked", "cache")):
-                fn = {"cache": lambda: read_cache(cpath), "unchecked": lambda: read_cache(cpath, check=False),
-                      "raw": lambda: read_raw(raw_paths, max(per))}[side]
+            for side in ("cache", "unchecked", "raw") if rep % 2 == 0 else ("raw", "unchecked", "cache"):
+                fn = {
+                    "cache": lambda: read_cache(cpath),
+                    "unchecked": lambda: read_cache(cpath, check=False),
+                    "raw": lambda: read_raw(raw_paths, max(per)),
+                }[side]
                 drop_cache(shards + raw_paths)
                 dt, n = fn()
                 res[f"{side} read cold"].append(n / dt)
                 dt, n = fn()
                 res[f"{side} read warm"].append(n / dt)
-            print(f"  run {rep}: " + ", ".join(f"{k} {v[-1] / 1e6:.0f}" for k, v in res.items()) +
-                  f" MB/s (finalize {t_fin * 1e3:.0f} ms)")
+            print(
+                f"  run {rep}: "
+                + ", ".join(f"{k} {v[-1] / 1e6:.0f}" for k, v in res.items())
+                + f" MB/s (finalize {t_fin * 1e3:.0f} ms)"
+            )
             # Files are kept until the end: on this thin-provisioned VM disk, writing into blocks just freed
             # by a delete runs 3-5x faster than into fresh ones, which would favour whoever writes second.
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    print(f"\n{format_bytes(sum(sizes))} per run, {args.repeats} runs (MB = 1e6 bytes); "
-          "write = until fsynced, cache write includes checksums and renames")
+    print(
+        f"\n{format_bytes(sum(sizes))} per run, {args.repeats} runs (MB = 1e6 bytes); "
+        "write = until fsynced, cache write includes checksums and renames"
+    )
     print(f"{'':12}{'raw best':>10}{'cache best':>12}{'ratio':>7}{'raw median':>12}{'cache median':>14}{'ratio':>7}")
     for what in ("write", "read cold", "read warm"):
         raw, cache = res[f"raw {what}"], res[f"cache {what}"]
@@ -206,8 +239,10 @@ def main():
         print(f"{what:12}{rb / 1e6:10.0f}{cb / 1e6:12.0f}{cb / rb:7.0%}{rm / 1e6:12.0f}{cm / 1e6:14.0f}{cm / rm:7.0%}")
     for what in ("read cold", "read warm"):
         checked, unchecked = float(np.median(res[f"cache {what}"])), float(np.median(res[f"unchecked {what}"]))
-        print(f"per-sample crc32 check, {what}: {checked / 1e6:.0f} vs {unchecked / 1e6:.0f} MB/s unchecked "
-              f"(median), {unchecked / checked - 1:+.0%} time")
+        print(
+            f"per-sample crc32 check, {what}: {checked / 1e6:.0f} vs {unchecked / 1e6:.0f} MB/s unchecked "
+            f"(median), {unchecked / checked - 1:+.0%} time"
+        )
 
 
 if __name__ == "__main__":

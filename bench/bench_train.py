@@ -47,21 +47,29 @@ from deepspec.data.target_cache import TargetCacheWriter, finalize_target_cache 
 from deepspec.tiny_target import build_random_tiny_target, default_tiny_target_dir, read_marker  # noqa: E402
 from deepspec.training.metrics import read_metrics  # noqa: E402
 
-CONFIGS = {"dspark": "config/dspark/dspark_tiny.py", "dflash": "config/dflash/dflash_tiny.py",
-           "eagle3": "config/eagle3/eagle3_tiny.py"}
+CONFIGS = {
+    "dspark": "config/dspark/dspark_tiny.py",
+    "dflash": "config/dflash/dflash_tiny.py",
+    "eagle3": "config/eagle3/eagle3_tiny.py",
+}
 
 
-def synthetic_cache(path: Path, *, target: str, layer_ids: list[int], hidden: int, vocab: int, samples: int,
-                    max_length: int) -> None:
+def synthetic_cache(
+    path: Path, *, target: str, layer_ids: list[int], hidden: int, vocab: int, samples: int, max_length: int
+) -> None:
     g = torch.Generator().manual_seed(0)
     with TargetCacheWriter(path, target_model=target, layer_ids=layer_ids, hidden_size=hidden) as writer:
         for i in range(samples):
             t = int(torch.randint(max_length // 2, max_length + 1, (1,), generator=g))
             mask = torch.zeros(t, dtype=torch.uint8)
-            mask[int(0.3 * t):] = 1
-            writer.add(source_index=i, input_ids=torch.randint(4, vocab, (t,), generator=g, dtype=torch.int32),
-                       loss_mask=mask, hidden_states=torch.randn(t, len(layer_ids) * hidden, generator=g).bfloat16(),
-                       last_hidden_state=torch.randn(t, hidden, generator=g).bfloat16())
+            mask[int(0.3 * t) :] = 1
+            writer.add(
+                source_index=i,
+                input_ids=torch.randint(4, vocab, (t,), generator=g, dtype=torch.int32),
+                loss_mask=mask,
+                hidden_states=torch.randn(t, len(layer_ids) * hidden, generator=g).bfloat16(),
+                last_hidden_state=torch.randn(t, hidden, generator=g).bfloat16(),
+            )
     finalize_target_cache(path, expected_num_samples=samples)
 
 
@@ -74,16 +82,21 @@ def synthetic_conversations(path: Path, *, samples: int, seed: int = 0) -> None:
         out = [f"def {name}(items, limit):", "    total = 0"]
         for j in range(lines):
             v = rng.choice(["value", "item", "count", "score", "offset"])
-            out += [f"    {v}_{j} = items[{j}] * {rng.randint(2, 99)} + len(items) // {rng.randint(1, 9)}",
-                    f"    if {v}_{j} > limit:", f"        total += {v}_{j}"]
+            out += [
+                f"    {v}_{j} = items[{j}] * {rng.randint(2, 99)} + len(items) // {rng.randint(1, 9)}",
+                f"    if {v}_{j} > limit:",
+                f"        total += {v}_{j}",
+            ]
         return "\n".join(out + ["    return total"])
 
     with open(path, "w") as f:
         for i in range(samples):
-            turns = [{"role": "user", "content": f"Write a function step_{i}(items, limit) that sums scaled items."},
-                     {"role": "assistant", "content": body(f"step_{i}", rng.randint(4, 9))},
-                     {"role": "user", "content": "Now a shorter variant."},
-                     {"role": "assistant", "content": body(f"step_{i}_short", rng.randint(1, 3))}]
+            turns = [
+                {"role": "user", "content": f"Write a function step_{i}(items, limit) that sums scaled items."},
+                {"role": "assistant", "content": body(f"step_{i}", rng.randint(4, 9))},
+                {"role": "user", "content": "Now a shorter variant."},
+                {"role": "assistant", "content": body(f"step_{i}_short", rng.randint(1, 3))},
+            ]
             f.write(json.dumps({"id": f"bench{i}", "conversations": turns}) + "\n")
 
 
@@ -93,11 +106,12 @@ def timed_run(entry, cfg, *, device: str, **source) -> tuple[list[dict], list[fl
     Step k's wall time is the time between the ends of steps k-1 and k; the last step (with its
     checkpoint save) is only there to close the run and is not timed."""
     ends: list[float] = []
-    entry.run_training(cfg, device=device, progress=False, on_step_end=lambda step: ends.append(time.perf_counter()),
-                       **source)
+    entry.run_training(
+        cfg, device=device, progress=False, on_step_end=lambda step: ends.append(time.perf_counter()), **source
+    )
     recs = read_metrics(Path(cfg.logging.checkpoint_dir) / "metrics.jsonl")
     walls = [b - a for a, b in zip(ends[:-2], ends[1:-1])]
-    return recs[1:len(walls) + 1], walls
+    return recs[1 : len(walls) + 1], walls
 
 
 def online_bench(args, entry, tmp: Path, target: Path, kind: str) -> None:
@@ -105,35 +119,64 @@ def online_bench(args, entry, tmp: Path, target: Path, kind: str) -> None:
 
     data = tmp / "regen.jsonl"
     synthetic_conversations(data, samples=args.samples)
-    base = [f"model.target_model_name_or_path={target}", f"train.max_train_steps={args.steps + 1}",
-            "logging.logging_steps=1", "logging.checkpointing_steps=0", f"data.num_workers={args.num_workers}"]
+    base = [
+        f"model.target_model_name_or_path={target}",
+        f"train.max_train_steps={args.steps + 1}",
+        "logging.logging_steps=1",
+        "logging.checkpointing_steps=0",
+        f"data.num_workers={args.num_workers}",
+    ]
     cfg0 = load_config(ROOT / CONFIGS["dspark"], opts=base)
     t0 = time.perf_counter()
-    manifest = build_target_cache(cfg=cfg0, train_data_paths=[str(data)], output_dir=tmp / "cache",
-                                  min_loss_tokens=int(cfg0.data.min_loss_tokens), max_shard_bytes=1 << 28,
-                                  batch_size=args.cache_batch_size, nproc=1, device=args.device, log=lambda _: None)
+    manifest = build_target_cache(
+        cfg=cfg0,
+        train_data_paths=[str(data)],
+        output_dir=tmp / "cache",
+        min_loss_tokens=int(cfg0.data.min_loss_tokens),
+        max_shard_bytes=1 << 28,
+        batch_size=args.cache_batch_size,
+        nproc=1,
+        device=args.device,
+        log=lambda _: None,
+    )
     build_s = time.perf_counter() - t0
     rows = []
     for algo in args.algos:
         for mode in ("offline", "online"):
             out = tmp / f"run_{algo}_{mode}"
-            cfg = load_config(ROOT / CONFIGS[algo], opts=base + [
-                f"logging.checkpoint_dir={out}", f"logging.tensorboard_dir={out}/tb"])
-            source = ({"cache_dir": str(tmp / "cache")} if mode == "offline"
-                      else {"online": True, "train_data_paths": [str(data)]})
+            cfg = load_config(
+                ROOT / CONFIGS[algo], opts=base + [f"logging.checkpoint_dir={out}", f"logging.tensorboard_dir={out}/tb"]
+            )
+            source = (
+                {"cache_dir": str(tmp / "cache")}
+                if mode == "offline"
+                else {"online": True, "train_data_paths": [str(data)]}
+            )
             recs, walls = timed_run(entry, cfg, device=args.device, **source)
             wall = sum(walls)
             tokens = sum(r["tokens_per_s"] * w for r, w in zip(recs, walls))  # the trainer's window ~ the step
-            rows.append((algo, mode, wall / len(walls), tokens / wall,
-                         sum(r["target_forward_s"] for r in recs) / wall,
-                         sum(r["data_wait_fraction"] * w for r, w in zip(recs, walls)) / wall, recs[-1]["loss"]))
+            rows.append(
+                (
+                    algo,
+                    mode,
+                    wall / len(walls),
+                    tokens / wall,
+                    sum(r["target_forward_s"] for r in recs) / wall,
+                    sum(r["data_wait_fraction"] * w for r, w in zip(recs, walls)) / wall,
+                    recs[-1]["loss"],
+                )
+            )
     samples = manifest.get("num_samples", "?") if isinstance(manifest, dict) else "?"
-    print(f"\n{kind} ({target}); device {args.device}; torch threads {torch.get_num_threads()}; "
-          f"global batch {cfg0.train.global_batch_size} (local {cfg0.train.local_batch_size}); "
-          f"max_length {cfg0.data.max_length}; data.num_workers={args.num_workers}; {samples} conversations "
-          f"(cache built in {build_s:.1f} s, batch {args.cache_batch_size}); timed steps 2..{args.steps}")
-    print(f"{'algorithm':<10} {'mode':<8} {'step s':>8} {'tokens/s':>10} {'target fwd':>11} {'data wait':>10} "
-          f"{'last loss':>10}")
+    print(
+        f"\n{kind} ({target}); device {args.device}; torch threads {torch.get_num_threads()}; "
+        f"global batch {cfg0.train.global_batch_size} (local {cfg0.train.local_batch_size}); "
+        f"max_length {cfg0.data.max_length}; data.num_workers={args.num_workers}; {samples} conversations "
+        f"(cache built in {build_s:.1f} s, batch {args.cache_batch_size}); timed steps 2..{args.steps}"
+    )
+    print(
+        f"{'algorithm':<10} {'mode':<8} {'step s':>8} {'tokens/s':>10} {'target fwd':>11} {'data wait':>10} "
+        f"{'last loss':>10}"
+    )
     for algo, mode, step_s, tps, fwd, wait, loss in rows:
         print(f"{algo:<10} {mode:<8} {step_s:>8.3f} {tps:>10.0f} {fwd:>10.1%} {wait:>10.1%} {loss:>10.3f}")
     print("target fwd = target_forward_s / step wall time; online the forward runs inside the data wait.")
@@ -145,11 +188,17 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (data.num_workers)")
     p.add_argument("--algos", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
-    p.add_argument("--online", action="store_true",
-                   help="offline vs online (target run live) on the same synthetic conversations; --samples "
-                        "conversations")
-    p.add_argument("--target", type=Path, default=None,
-                   help="target model folder (default: the tiny target if built, else a random one of its shape)")
+    p.add_argument(
+        "--online",
+        action="store_true",
+        help="offline vs online (target run live) on the same synthetic conversations; --samples conversations",
+    )
+    p.add_argument(
+        "--target",
+        type=Path,
+        default=None,
+        help="target model folder (default: the tiny target if built, else a random one of its shape)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--cache-batch-size", type=int, default=8, help="--online: cache builder batch size")
     args = p.parse_args()
@@ -175,22 +224,44 @@ def main() -> None:
         from transformers import AutoConfig
 
         hf = AutoConfig.from_pretrained(target)
-        synthetic_cache(tmp / "cache", target=str(target), layer_ids=list(cfg0.model.target_layer_ids),
-                        hidden=hf.hidden_size, vocab=hf.vocab_size, samples=args.samples,
-                        max_length=int(cfg0.data.max_length))
+        synthetic_cache(
+            tmp / "cache",
+            target=str(target),
+            layer_ids=list(cfg0.model.target_layer_ids),
+            hidden=hf.hidden_size,
+            vocab=hf.vocab_size,
+            samples=args.samples,
+            max_length=int(cfg0.data.max_length),
+        )
         rows = []
         for algo in args.algos:
             out = tmp / f"run_{algo}"
-            cfg = load_config(ROOT / CONFIGS[algo], opts=[
-                f"model.target_model_name_or_path={target}", f"train.max_train_steps={args.steps}",
-                "logging.logging_steps=1", "logging.checkpointing_steps=0", f"logging.checkpoint_dir={out}",
-                f"logging.tensorboard_dir={out}/tb", f"data.num_workers={args.num_workers}"])
+            cfg = load_config(
+                ROOT / CONFIGS[algo],
+                opts=[
+                    f"model.target_model_name_or_path={target}",
+                    f"train.max_train_steps={args.steps}",
+                    "logging.logging_steps=1",
+                    "logging.checkpointing_steps=0",
+                    f"logging.checkpoint_dir={out}",
+                    f"logging.tensorboard_dir={out}/tb",
+                    f"data.num_workers={args.num_workers}",
+                ],
+            )
             entry.run_training(cfg, cache_dir=str(tmp / "cache"), device=args.device, progress=False)
             recs = read_metrics(out / "metrics.jsonl")[1:]
-            rows.append((algo, statistics.median(r["tokens_per_s"] for r in recs),
-                         statistics.mean(r["data_wait_fraction"] for r in recs), recs[-1]["loss"]))
-    print(f"\n{kind}; torch threads {torch.get_num_threads()}; global batch {cfg0.train.global_batch_size} "
-          f"(local {cfg0.train.local_batch_size}); data.num_workers={args.num_workers}; steps 2..{args.steps}")
+            rows.append(
+                (
+                    algo,
+                    statistics.median(r["tokens_per_s"] for r in recs),
+                    statistics.mean(r["data_wait_fraction"] for r in recs),
+                    recs[-1]["loss"],
+                )
+            )
+    print(
+        f"\n{kind}; torch threads {torch.get_num_threads()}; global batch {cfg0.train.global_batch_size} "
+        f"(local {cfg0.train.local_batch_size}); data.num_workers={args.num_workers}; steps 2..{args.steps}"
+    )
     print(f"{'algorithm':<10} {'tokens/s':>10} {'data wait':>10} {'last loss':>10}")
     for algo, tps, wait, loss in rows:
         print(f"{algo:<10} {tps:>10.0f} {wait:>9.1%} {loss:>10.3f}")

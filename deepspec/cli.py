@@ -100,10 +100,16 @@ def local_or_hub_id(name_or_path, *, what: str = "folder") -> tuple[str, bool]:
     if text and os.path.exists(path):
         return path, True
     first = text.split("/", 1)[0]
-    local = (not text or text.startswith((".", "/", "~", "\\")) or text.count("/") != 1
-             or os.path.isdir(os.path.expanduser(first)) or not is_hub_id(text))
+    local = (
+        not text
+        or text.startswith((".", "/", "~", "\\"))
+        or text.count("/") != 1
+        or os.path.isdir(os.path.expanduser(first))
+        or not is_hub_id(text)
+    )
     if local:
         raise NoSuchFolderError(
             f"no such folder: {text or repr(text)} (the {what} must be an existing local folder, or a hub id "
-            "of the form owner/name); check the path and the current directory")
+            "of the form owner/name); check the path and the current directory"
+        )
     return text, False

@@ -114,9 +114,14 @@ def _unwrap(value: Any) -> Any:
 
 def add_opts_argument(parser, *, example: str = "train.lr=3e-4 logging.checkpointing_steps=500") -> None:
     """``--opts k=v [k=v ...]``, repeatable: ``--opts a=1 --opts b=2`` keeps both, in order."""
-    parser.add_argument("--opts", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help=f"config overrides, applied in order; repeat the flag or list several "
-                             f"(e.g. --opts {example})")
+    parser.add_argument(
+        "--opts",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"config overrides, applied in order; repeat the flag or list several (e.g. --opts {example})",
+    )
 
 
 def _is_config_name(name: str, value: Any) -> bool:
@@ -192,8 +197,10 @@ def _coerce(key: str, old: Any, new: Any) -> Any:
         return str(new)  # e.g. exp_name=2024 parses as a number
     if isinstance(old, (list, tuple)) and not isinstance(new, (list, tuple)):
         raise ConfigError(f"override {key}={new!r}: expected a list such as [1, 2, 3] (current value {old!r})")
-    if isinstance(old, (int, float, str, list, tuple)) and type(new) is not type(old) and not (
-        isinstance(old, (int, float)) and isinstance(new, (int, float))
+    if (
+        isinstance(old, (int, float, str, list, tuple))
+        and type(new) is not type(old)
+        and not (isinstance(old, (int, float)) and isinstance(new, (int, float)))
     ):
         raise ConfigError(f"override {key}={new!r}: expected {type(old).__name__} (current value {old!r})")
     return new
@@ -229,8 +236,7 @@ def _unknown_key(cfg: ConfigNode, key: str, missing: str) -> None:
         near = [k for k in known if k.split(".")[-1] == tail][:3]
     hint = f" Closest valid keys: {', '.join(near)}." if near else ""
     raise ConfigError(
-        f"unknown config key {key!r} ({missing!r} does not exist).{hint} "
-        f"Use +{key}=... to add a new key on purpose."
+        f"unknown config key {key!r} ({missing!r} does not exist).{hint} Use +{key}=... to add a new key on purpose."
     )
 
 
@@ -290,8 +296,11 @@ def _check_numbers(cfg: ConfigNode) -> None:
         present, value = _lookup(cfg, key)
         if not present or (value is None and nullable):
             continue
-        number_ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-            kind is float or float(value).is_integer())
+        number_ok = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and (kind is float or float(value).is_integer())
+        )
         if not number_ok or value != value or value in (float("inf"), float("-inf")):
             raise ConfigError(f"{key} must be a finite {'integer' if kind is int else 'number'}, got {value!r}")
         if value < low or (value == low and not inclusive):
@@ -339,8 +348,10 @@ def validate_config(cfg: ConfigNode) -> None:
             f"train.local_batch_size ({train.local_batch_size})"
         )
     if train.precision not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {train.precision!r} "
-                          "(auto: bf16 on GPUs and on CPUs with native bf16, else fp32)")
+        raise ConfigError(
+            f"train.precision must be auto, bf16 or fp32, got {train.precision!r} "
+            "(auto: bf16 on GPUs and on CPUs with native bf16, else fp32)"
+        )
     if train.sharding_strategy not in ("no_shard", "full_shard", "shard_grad_op"):
         raise ConfigError(
             f"train.sharding_strategy must be no_shard (DDP), full_shard or shard_grad_op (FSDP), "

@@ -57,8 +57,13 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def check_outputs_apart(*, inputs: Iterable[str | os.PathLike], outputs: Iterable[str | os.PathLike] = (),
-                        output_dirs: Iterable[str | os.PathLike] = (), what: str = "output") -> None:
+def check_outputs_apart(
+    *,
+    inputs: Iterable[str | os.PathLike],
+    outputs: Iterable[str | os.PathLike] = (),
+    output_dirs: Iterable[str | os.PathLike] = (),
+    what: str = "output",
+) -> None:
     """Refuse when a written path equals an input, sits inside an input folder, or would hold an input.
 
     ``inputs`` are files or folders that will be read. ``outputs`` are the files that will be written
@@ -73,12 +78,15 @@ def check_outputs_apart(*, inputs: Iterable[str | os.PathLike], outputs: Iterabl
             if o == i:
                 raise InputProtectionError(
                     f"{what} path {out} is the input {shown}; writing it would destroy the input. "
-                    "Choose another output path.")
+                    "Choose another output path."
+                )
             if i.is_dir() and _inside(o, i):
                 raise InputProtectionError(
                     f"{what} path {out} lies inside the input folder {shown}, so it would be read back as "
-                    "input. Write it outside that folder.")
+                    "input. Write it outside that folder."
+                )
             if owned and _inside(i, o):
                 raise InputProtectionError(
                     f"{what} folder {out} contains the input {shown}; writing there could overwrite or "
-                    "re-read it. Choose an output folder that does not hold the input.")
+                    "re-read it. Choose an output folder that does not hold the input."
+                )

@@ -55,8 +55,10 @@ def describe_choice(precision: str, device: torch.device | str) -> dict:
     elif chosen == "bf16":
         why = "CPU has native bf16 (" + "/".join(_NATIVE_BF16_FLAGS) + " in /proc/cpuinfo, or Apple silicon)"
     else:
-        why = ("CPU lacks native bf16 (no " + "/".join(_NATIVE_BF16_FLAGS) + " in /proc/cpuinfo): "
-               "bf16 would be emulated at 7-16x the cost of fp32")
+        why = (
+            "CPU lacks native bf16 (no " + "/".join(_NATIVE_BF16_FLAGS) + " in /proc/cpuinfo): "
+            "bf16 would be emulated at 7-16x the cost of fp32"
+        )
     return {"requested": precision, "compute_dtype": chosen, "device": kind, "reason": why}
 
 

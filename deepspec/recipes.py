@@ -130,8 +130,9 @@ def tiny_overrides(model: dict, train: dict, logging: dict, data: dict) -> None:
         model["num_anchors"] = 32
         model["markov_rank"] = min(model["markov_rank"], 64)
     # precision auto: AVX2-only CPUs emulate bf16 at 7-16x the cost of fp32 (deepspec.precision).
-    train.update(lr=2.0e-3, local_batch_size=4, global_batch_size=16, num_train_epochs=1, max_train_steps=200,
-                 precision="auto")
+    train.update(
+        lr=2.0e-3, local_batch_size=4, global_batch_size=16, num_train_epochs=1, max_train_steps=200, precision="auto"
+    )
     logging.update(logging_steps=10, checkpointing_steps=100)
     data.update(max_length=512, min_loss_tokens=4, num_workers=0)
 

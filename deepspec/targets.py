@@ -31,6 +31,7 @@ from torch import nn
 
 from deepspec.errors import DeepSpecError
 
+
 class TargetError(DeepSpecError, ValueError):
     """The target or the requested layers do not fit; the message says what to change."""
 
@@ -80,8 +81,9 @@ class TargetFamily:
         import importlib
 
         if not self.block_module_name:
-            raise TargetError(f"the {self.name} family drafts with {self.draft_family} layers; "
-                              "it has no blocks of its own")
+            raise TargetError(
+                f"the {self.name} family drafts with {self.draft_family} layers; it has no blocks of its own"
+            )
         return importlib.import_module(self.block_module_name)
 
     def drafting_family(self) -> "TargetFamily":
@@ -101,8 +103,13 @@ FAMILIES = (
         text_model=_text_model_plain,
         end_of_turn=("<|im_end|>",),
         block_module_name="transformers.models.qwen3.modeling_qwen3",
-        block_class_names=dict(attention="Qwen3Attention", mlp="Qwen3MLP", norm="Qwen3RMSNorm",
-                               rotary="Qwen3RotaryEmbedding", layer="Qwen3DecoderLayer"),
+        block_class_names=dict(
+            attention="Qwen3Attention",
+            mlp="Qwen3MLP",
+            norm="Qwen3RMSNorm",
+            rotary="Qwen3RotaryEmbedding",
+            layer="Qwen3DecoderLayer",
+        ),
     ),
     TargetFamily(
         name="gemma4",
@@ -112,8 +119,13 @@ FAMILIES = (
         text_model=_text_model_gemma4,
         end_of_turn=("<turn|>", "<end_of_turn>"),
         block_module_name="transformers.models.gemma4.modeling_gemma4",
-        block_class_names=dict(attention="Gemma4TextAttention", mlp="Gemma4TextMLP", norm="Gemma4RMSNorm",
-                               rotary="Gemma4TextRotaryEmbedding", layer="Gemma4TextDecoderLayer"),
+        block_class_names=dict(
+            attention="Gemma4TextAttention",
+            mlp="Gemma4TextMLP",
+            norm="Gemma4RMSNorm",
+            rotary="Gemma4TextRotaryEmbedding",
+            layer="Gemma4TextDecoderLayer",
+        ),
         # Multimodal (Gemma4ForConditionalGeneration) first, then text-only (Gemma4ForCausalLM).
         embed_keys=("model.language_model.embed_tokens.weight", "model.embed_tokens.weight"),
         lm_head_keys=("lm_head.weight",),
@@ -277,12 +289,15 @@ class Target:
 
             return hook
 
-        handles = [
-            (self.embed_tokens if i == -1 else self.layers[i]).register_forward_hook(keep(i)) for i in ids
-        ]
+        handles = [(self.embed_tokens if i == -1 else self.layers[i]).register_forward_hook(keep(i)) for i in ids]
         try:
-            out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               past_key_values=past_key_values, use_cache=past_key_values is not None)
+            out = self.decoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=past_key_values is not None,
+            )
         finally:
             for handle in handles:
                 handle.remove()
@@ -301,8 +316,10 @@ def load_target_config(name_or_path: str):
     text = str(name_or_path)
     if not os.path.isdir(os.path.expanduser(text)) and not _HUB_ID.match(text):
         # Not a folder and not shaped like a hub id: transformers would blame the "repo id" form.
-        raise TargetError(f"target folder {text!r} does not exist; check model.target_model_name_or_path "
-                          "(for the tiny local target run: python scripts/data/build_tiny_target.py)")
+        raise TargetError(
+            f"target folder {text!r} does not exist; check model.target_model_name_or_path "
+            "(for the tiny local target run: python scripts/data/build_tiny_target.py)"
+        )
     try:
         return AutoConfig.from_pretrained(name_or_path)
     except OSError as exc:
@@ -331,9 +348,9 @@ def load_target(
     family = family_of(config)
     if attn_implementation is None:
         attn_implementation = "sdpa" if torch.device(device).type == "cuda" else "eager"
-    model = AutoModelForCausalLM.from_pretrained(
-        name_or_path, dtype=dtype, attn_implementation=attn_implementation
-    ).to(device)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation=attn_implementation).to(
+        device
+    )
     tokenizer = AutoTokenizer.from_pretrained(name_or_path) if with_tokenizer else None
     return Target(model, tokenizer, family=family)
 
@@ -365,8 +382,10 @@ def _weight_map(name_or_path: str) -> dict[str, str]:
             return dict(json.load(fh)["weight_map"])
     single = _target_file(name_or_path, _SINGLE_FILE)
     if single is None:
-        raise TargetError(f"target {name_or_path!r} has neither {_SINGLE_FILE} nor {_INDEX_FILE}; "
-                          "DeepSpec reads the target's weights from safetensors files")
+        raise TargetError(
+            f"target {name_or_path!r} has neither {_SINGLE_FILE} nor {_INDEX_FILE}; "
+            "DeepSpec reads the target's weights from safetensors files"
+        )
     from safetensors import safe_open
 
     with safe_open(single, framework="pt") as fh:  # reads the header only
@@ -391,8 +410,10 @@ def load_frozen_target_pieces(
             if key in weight_map:
                 return key
         found = ", ".join(sorted(weight_map))
-        raise TargetError(f"target {name_or_path!r}: no {what} weight in its safetensors files; looked for "
-                          f"{', '.join(keys)} ({family.name} family), found: {found}")
+        raise TargetError(
+            f"target {name_or_path!r}: no {what} weight in its safetensors files; looked for "
+            f"{', '.join(keys)} ({family.name} family), found: {found}"
+        )
 
     wanted = {"embed": find(family.embed_keys, "embedding")}
     tied = bool(getattr(config, "tie_word_embeddings", False))
@@ -432,10 +453,13 @@ def count_target_parameters(name_or_path: str) -> dict[str, int]:
                 total += n
                 layer = _LAYER_KEY.search(key)
                 if layer:  # keyed by the whole prefix: a vision tower's layer 3 is not the decoder's
-                    unit = key[:layer.end()]
+                    unit = key[: layer.end()]
                     per_layer[unit] = per_layer.get(unit, 0) + n
-    return {"total": total, "largest_layer": max(per_layer.values(), default=0),
-            "outside_layers": total - sum(per_layer.values())}
+    return {
+        "total": total,
+        "largest_layer": max(per_layer.values(), default=0),
+        "outside_layers": total - sum(per_layer.values()),
+    }
 
 
 _LAYER_KEY = re.compile(r"(?:^|\.)layers\.\d+\.")
@@ -446,8 +470,16 @@ _LAYER_KEY = re.compile(r"(?:^|\.)layers\.\d+\.")
 # (base and fine-tuned) must differ, a copy of the same files must not.
 FINGERPRINT_VERSION = "dstf1"
 # Keys that change when the same model is re-saved or loaded differently, not what it computes.
-_VOLATILE_CONFIG_KEYS = frozenset({"_name_or_path", "transformers_version", "_commit_hash", "_attn_implementation",
-                                   "_attn_implementation_autoset", "use_cache"})
+_VOLATILE_CONFIG_KEYS = frozenset(
+    {
+        "_name_or_path",
+        "transformers_version",
+        "_commit_hash",
+        "_attn_implementation",
+        "_attn_implementation_autoset",
+        "use_cache",
+    }
+)
 _FP_SAMPLE_BYTES = 64 << 10
 _FP_SAMPLES_PER_FILE = 5  # start, quarter points, end: a fine-tune changes bytes everywhere, a header alone not
 
@@ -482,14 +514,17 @@ def resolve_target_folder(name_or_path: str | os.PathLike, *, download: bool = F
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(text, local_files_only=not download,
-                                      allow_patterns=["*.json", "*.safetensors"]))
+        return Path(snapshot_download(text, local_files_only=not download, allow_patterns=["*.json", "*.safetensors"]))
     except Exception as exc:  # noqa: BLE001 - hub errors have many types; all mean "not available here"
         if download:
-            raise TargetError(f"cannot download target {text!r} from the Hugging Face hub ({type(exc).__name__}: "
-                              f"{exc}); check the id and the network, or pass a local model folder") from None
-        raise TargetError(f"target {text!r} is neither a local folder nor in the Hugging Face cache; pass the model "
-                          f"folder, or download it first: huggingface-cli download {text}") from None
+            raise TargetError(
+                f"cannot download target {text!r} from the Hugging Face hub ({type(exc).__name__}: "
+                f"{exc}); check the id and the network, or pass a local model folder"
+            ) from None
+        raise TargetError(
+            f"target {text!r} is neither a local folder nor in the Hugging Face cache; pass the model "
+            f"folder, or download it first: huggingface-cli download {text}"
+        ) from None
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -501,15 +536,19 @@ def _weight_files(folder: Path) -> list[Path]:
             raise TargetError(f"{index} is not a valid safetensors index ({exc}); re-download the target") from None
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
-            raise TargetError(f"target {folder} is incomplete: {', '.join(missing)} (named in {_INDEX_FILE}) "
-                              "missing; finish the download or copy")
+            raise TargetError(
+                f"target {folder} is incomplete: {', '.join(missing)} (named in {_INDEX_FILE}) "
+                "missing; finish the download or copy"
+            )
         return [folder / n for n in names]
     if (folder / _SINGLE_FILE).is_file():
         return [folder / _SINGLE_FILE]
     found = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("pytorch_model*.bin"))
     if not found:
-        raise TargetError(f"target {folder} has no weight files (*.safetensors or pytorch_model*.bin); "
-                          "pass the folder of a saved model")
+        raise TargetError(
+            f"target {folder} has no weight files (*.safetensors or pytorch_model*.bin); "
+            "pass the folder of a saved model"
+        )
     return found
 
 

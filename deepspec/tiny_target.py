@@ -54,29 +54,62 @@ STEPS_PER_MINUTE = 120.0
 TRAIN_THREADS = 2
 
 MODEL_CONFIG = dict(
-    vocab_size=VOCAB_SIZE, hidden_size=192, intermediate_size=576, num_hidden_layers=4,
-    num_attention_heads=3, num_key_value_heads=1, head_dim=64, max_position_embeddings=4096,
-    tie_word_embeddings=True, rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-    bos_token_id=None, eos_token_id=IM_END_ID, pad_token_id=ENDOFTEXT_ID,
+    vocab_size=VOCAB_SIZE,
+    hidden_size=192,
+    intermediate_size=576,
+    num_hidden_layers=4,
+    num_attention_heads=3,
+    num_key_value_heads=1,
+    head_dim=64,
+    max_position_embeddings=4096,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-6,
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    bos_token_id=None,
+    eos_token_id=IM_END_ID,
+    pad_token_id=ENDOFTEXT_ID,
 )
 TRAIN_CONFIG = dict(
-    batch_size=16, seq_len=256, lr=2e-3, min_lr_ratio=0.1, warmup_steps=50,
-    weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0, val_blocks=64,
-    prompt_max_lines=24, answer_lines=32,
+    batch_size=16,
+    seq_len=256,
+    lr=2e-3,
+    min_lr_ratio=0.1,
+    warmup_steps=50,
+    weight_decay=0.1,
+    betas=(0.9, 0.95),
+    grad_clip=1.0,
+    val_blocks=64,
+    prompt_max_lines=24,
+    answer_lines=32,
 )
 
 # Path components left out of the corpus: third-party code, test suites (huge),
 # codec charmap tables and doc dumps (trivially predictable).
-EXCLUDED_DIRS = frozenset({
-    "site-packages", "dist-packages", "__pycache__", "test", "tests", "idlelib",
-    "encodings", "pydoc_data", "turtledemo",
-})
+EXCLUDED_DIRS = frozenset(
+    {
+        "site-packages",
+        "dist-packages",
+        "__pycache__",
+        "test",
+        "tests",
+        "idlelib",
+        "encodings",
+        "pydoc_data",
+        "turtledemo",
+    }
+)
 VAL_EVERY = 20  # about 1 file in 20 is held out, chosen by a hash of its path
 
 # Names a build writes; an unmarked folder holding anything else is not ours to delete.
 _OWN_FILES = {
-    MARKER_NAME, "config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
-    "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+    MARKER_NAME,
+    "config.json",
+    "model.safetensors",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
 }
 
 Log = Callable[[str], None]
@@ -99,6 +132,7 @@ def steps_for_minutes(*, minutes: float) -> int:
 
 # ----------------------------------------------------------------------------- corpus
 
+
 def stdlib_root() -> pathlib.Path:
     return pathlib.Path(sysconfig.get_paths()["stdlib"])
 
@@ -111,7 +145,10 @@ def _is_val_file(rel: str) -> bool:
 def _load_corpus(root: str) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
     base = pathlib.Path(root)
     if not base.is_dir():
-        raise TinyTargetError(f"Python stdlib folder not found: {base}; the tiny target trains on the standard library's sources, so use a Python installed with them (not a stripped one)")
+        raise TinyTargetError(
+            f"Python stdlib folder not found: {base}; the tiny target trains on the standard library's sources, "
+            "so use a Python installed with them (not a stripped one)"
+        )
     files = sorted(base.rglob("*.py"), key=lambda p: p.relative_to(base).as_posix())
     train, val = [], []
     for path in files:
@@ -151,7 +188,7 @@ def code_chat_pairs(*, text: str, prompt_max_lines: int = 24, answer_lines: int 
         if split - start > prompt_max_lines or end <= split:
             continue
         snippet = textwrap.dedent("\n".join(lines[start:end])).split("\n")
-        user, answer = "\n".join(snippet[: split - start]), "\n".join(snippet[split - start:])
+        user, answer = "\n".join(snippet[: split - start]), "\n".join(snippet[split - start :])
         if user.strip() and answer.strip():
             pairs.append((user, answer))
     return pairs
@@ -164,6 +201,7 @@ def format_chat(*, user: str, assistant: str) -> str:
 
 # ----------------------------------------------------------------------------- tokenizer
 
+
 @functools.lru_cache(maxsize=4)
 def _trained_tokenizer_json(root: str, vocab_size: int) -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -173,16 +211,21 @@ def _trained_tokenizer_json(root: str, vocab_size: int) -> str:
     # Newlines are isolated before the byte-level split: otherwise "\n" merges with the next line's
     # indentation, and the generation prompt's lone "\n" after "assistant" never occurs in training,
     # which made the model end most indented answers at once.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split("\n", behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split("\n", behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     # Special tokens listed first get ids 0..3, in order.
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, show_progress=False,
-        special_tokens=list(SPECIAL_TOKENS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size,
+        min_frequency=2,
+        show_progress=False,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator((text for _, text in train), trainer=trainer, length=len(train))
     for i, name in enumerate(SPECIAL_TOKENS):
@@ -201,8 +244,12 @@ def build_tokenizer(*, root: str | os.PathLike | None = None, vocab_size: int = 
 
     raw = Tokenizer.from_str(_trained_tokenizer_json(str(root or stdlib_root()), vocab_size))
     return PreTrainedTokenizerFast(
-        tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>", mask_token="<|mask|>",
-        chat_template=CHAT_TEMPLATE, model_max_length=MODEL_CONFIG["max_position_embeddings"],
+        tokenizer_object=raw,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        mask_token="<|mask|>",
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=MODEL_CONFIG["max_position_embeddings"],
         clean_up_tokenization_spaces=False,
     )
 
@@ -213,8 +260,11 @@ def build_tokenizer(*, root: str | os.PathLike | None = None, vocab_size: int = 
 TINY_ARCHITECTURES = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {}),
     "llama3": ("LlamaConfig", "LlamaForCausalLM", {}),  # no q/k norms
-    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",  # a sparse MoE MLP in every layer
-                  dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, decoder_sparse_step=1)),
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",  # a sparse MoE MLP in every layer
+        dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, decoder_sparse_step=1),
+    ),
 }
 
 
@@ -281,8 +331,11 @@ def is_complete_tiny_target(*, folder: str | os.PathLike, seed: int | None = Non
     """True if ``folder`` holds a finished trained build (matching seed/steps when given)."""
     info = read_marker(folder=folder)
     return bool(
-        info and info.get("kind") == "trained" and info.get("format") == FORMAT_VERSION
-        and (seed is None or info.get("seed") == seed) and (steps is None or info.get("steps") == steps)
+        info
+        and info.get("kind") == "trained"
+        and info.get("format") == FORMAT_VERSION
+        and (seed is None or info.get("seed") == seed)
+        and (steps is None or info.get("steps") == steps)
     )
 
 
@@ -291,12 +344,17 @@ def _versions() -> dict:
     import torch
     import transformers
 
-    return {"torch_version": torch.__version__, "transformers_version": transformers.__version__,
-            "tokenizers_version": tokenizers.__version__, "python_version": platform.python_version()}
+    return {
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "tokenizers_version": tokenizers.__version__,
+        "python_version": platform.python_version(),
+    }
 
 
-def build_random_tiny_target(*, output_dir: str | os.PathLike, seed: int = 0, family: str = "qwen3",
-                             **config_overrides) -> pathlib.Path:
+def build_random_tiny_target(
+    *, output_dir: str | os.PathLike, seed: int = 0, family: str = "qwen3", **config_overrides
+) -> pathlib.Path:
     """Save an untrained (random) tiny target with the real tokenizer, in seconds.
 
     ``family``: qwen3 (default), llama3 or qwen3_moe (:data:`TINY_ARCHITECTURES`); ``config_overrides`` go
@@ -313,13 +371,23 @@ def build_random_tiny_target(*, output_dir: str | os.PathLike, seed: int = 0, fa
     with _seeded_threads(seed, None):
         model = getattr(transformers, config.architectures[0])(config).to(torch.float32)
     _save_folder(model, tokenizer, out)
-    _write_marker(out, {"format": FORMAT_VERSION, "kind": "random", "family": family, "seed": seed,
-                        "num_parameters": sum(p.numel() for p in model.parameters()),
-                        "config_overrides": {k: repr(v) for k, v in config_overrides.items()}, **_versions()})
+    _write_marker(
+        out,
+        {
+            "format": FORMAT_VERSION,
+            "kind": "random",
+            "family": family,
+            "seed": seed,
+            "num_parameters": sum(p.numel() for p in model.parameters()),
+            "config_overrides": {k: repr(v) for k, v in config_overrides.items()},
+            **_versions(),
+        },
+    )
     return out
 
 
 # ----------------------------------------------------------------------------- training
+
 
 def _pack(tokenizer, texts: list[str], seq_len: int):
     import torch
@@ -341,8 +409,13 @@ def _packed_data(root: str):
     tokenizer = build_tokenizer(root=root)
 
     def chats(files):
-        return [format_chat(user=u, assistant=a) for _, text in files for u, a in
-                code_chat_pairs(text=text, prompt_max_lines=cfg["prompt_max_lines"], answer_lines=cfg["answer_lines"])]
+        return [
+            format_chat(user=u, assistant=a)
+            for _, text in files
+            for u, a in code_chat_pairs(
+                text=text, prompt_max_lines=cfg["prompt_max_lines"], answer_lines=cfg["answer_lines"]
+            )
+        ]
 
     train_blocks, train_tokens = _pack(tokenizer, chats(train_files), cfg["seq_len"])
     val_blocks, val_tokens = _pack(tokenizer, chats(val_files), cfg["seq_len"])
@@ -367,7 +440,7 @@ def _evaluate(model, blocks, batch_size: int) -> float:
     total, count = 0.0, 0
     with torch.no_grad():  # fp32: the saved model is fp32, so report its own loss
         for i in range(0, len(blocks), batch_size):
-            batch = blocks[i:i + batch_size]
+            batch = blocks[i : i + batch_size]
             loss = model(input_ids=batch, labels=batch).loss
             n = batch.numel() - batch.shape[0]  # positions with a next-token label
             total, count = total + loss.item() * n, count + n
@@ -384,23 +457,31 @@ def _train(*, folder: pathlib.Path, steps: int, seed: int, log: Log | None) -> d
     say = log or (lambda _msg: None)
     t0 = time.perf_counter()
     train_files, val_files = load_corpus()
-    say(f"[tiny-target] corpus: {len(train_files)} train / {len(val_files)} val stdlib files, "
-        f"{sum(len(t) for _, t in train_files) / 1e6:.1f} / {sum(len(t) for _, t in val_files) / 1e6:.2f} MB")
+    say(
+        f"[tiny-target] corpus: {len(train_files)} train / {len(val_files)} val stdlib files, "
+        f"{sum(len(t) for _, t in train_files) / 1e6:.1f} / {sum(len(t) for _, t in val_files) / 1e6:.2f} MB"
+    )
     tokenizer = build_tokenizer()
     tok_seconds = time.perf_counter() - t0
     say(f"[tiny-target] tokenizer: vocab {len(tokenizer)} in {tok_seconds:.1f}s")
 
     train_blocks, train_tokens, val_blocks, val_tokens = _packed_data(str(stdlib_root()))
-    say(f"[tiny-target] chat tokens: {train_tokens} train ({len(train_blocks)} blocks), {val_tokens} val; "
-        f"{steps} steps x {cfg['batch_size']} x {cfg['seq_len']} = {steps * cfg['batch_size'] * cfg['seq_len'] / 1e6:.2f}M tokens")
+    say(
+        f"[tiny-target] chat tokens: {train_tokens} train ({len(train_blocks)} blocks), {val_tokens} val; "
+        f"{steps} steps x {cfg['batch_size']} x {cfg['seq_len']} = "
+        f"{steps * cfg['batch_size'] * cfg['seq_len'] / 1e6:.2f}M tokens"
+    )
 
     with _seeded_threads(seed, TRAIN_THREADS):
         model = Qwen3ForCausalLM(make_model_config()).to(torch.float32)
         n_params = sum(p.numel() for p in model.parameters())
         decay = [p for p in model.parameters() if p.ndim >= 2]
         no_decay = [p for p in model.parameters() if p.ndim < 2]  # norms
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg["lr"], betas=cfg["betas"])
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg["lr"],
+            betas=cfg["betas"],
+        )
         warmup = min(cfg["warmup_steps"], max(1, steps // 10))
         gen = torch.Generator().manual_seed(seed)
         order, cursor = torch.randperm(len(train_blocks), generator=gen), 0
@@ -409,15 +490,17 @@ def _train(*, folder: pathlib.Path, steps: int, seed: int, log: Log | None) -> d
 
         precision = describe_choice("auto", "cpu")
         autocast_bf16 = precision["compute_dtype"] == "bf16"
-        say(f"[tiny-target] compute dtype {'bfloat16 (autocast)' if autocast_bf16 else 'float32'}: "
-            f"{precision['reason']} (DEEPSPEC_CPU_BF16=0/1 overrides)")
+        say(
+            f"[tiny-target] compute dtype {'bfloat16 (autocast)' if autocast_bf16 else 'float32'}: "
+            f"{precision['reason']} (DEEPSPEC_CPU_BF16=0/1 overrides)"
+        )
         t_train = time.perf_counter()
         bar = tqdm(range(steps), desc="tiny-target", unit="step", disable=log is None, dynamic_ncols=True)
         model.train()
         for step in bar:
             if cursor + cfg["batch_size"] > len(order):  # next epoch, new deterministic order
                 order, cursor = torch.randperm(len(train_blocks), generator=gen), 0
-            batch = train_blocks[order[cursor:cursor + cfg["batch_size"]]]
+            batch = train_blocks[order[cursor : cursor + cfg["batch_size"]]]
             cursor += cfg["batch_size"]
             for group in opt.param_groups:
                 group["lr"] = cfg["lr"] * _lr_at(step, steps, warmup, cfg["min_lr_ratio"])
@@ -435,23 +518,41 @@ def _train(*, folder: pathlib.Path, steps: int, seed: int, log: Log | None) -> d
         train_seconds = time.perf_counter() - t_train
         val_loss = _evaluate(model, val_blocks, cfg["batch_size"])
     ppl = math.exp(val_loss)
-    say(f"[tiny-target] trained {steps} steps in {train_seconds:.0f}s; "
-        f"val loss {val_loss:.4f}, perplexity {ppl:.2f} (random ~ {math.log(VOCAB_SIZE):.2f})")
+    say(
+        f"[tiny-target] trained {steps} steps in {train_seconds:.0f}s; "
+        f"val loss {val_loss:.4f}, perplexity {ppl:.2f} (random ~ {math.log(VOCAB_SIZE):.2f})"
+    )
     _save_folder(model, tokenizer, folder)
     return {
-        "val_loss": val_loss, "val_perplexity": ppl, "train_loss_ema": loss_ema, "num_parameters": n_params,
-        "tokenizer_seconds": tok_seconds, "train_seconds": train_seconds,
-        "corpus": {"source": "Python standard library *.py (sysconfig stdlib path)", "root": str(stdlib_root()),
-                   "excluded_dirs": sorted(EXCLUDED_DIRS), "excluded_files": "test_*.py",
-                   "split": f"by file: crc32(path) % {VAL_EVERY} == 0 is validation",
-                   "format": "chat: user = def/class header + first body line, assistant = next lines",
-                   "loss": "all tokens (packed blocks)",
-                   "train_files": len(train_files), "val_files": len(val_files),
-                   "train_tokens": train_tokens, "val_tokens": val_tokens,
-                   "val_tokens_scored": int(val_blocks.numel())},
-        "training": {**cfg, "betas": list(cfg["betas"]), "warmup_steps": warmup, "threads": TRAIN_THREADS,
-                     "autocast": "bfloat16" if autocast_bf16 else "none", "saved_dtype": "float32",
-                     "precision": precision},
+        "val_loss": val_loss,
+        "val_perplexity": ppl,
+        "train_loss_ema": loss_ema,
+        "num_parameters": n_params,
+        "tokenizer_seconds": tok_seconds,
+        "train_seconds": train_seconds,
+        "corpus": {
+            "source": "Python standard library *.py (sysconfig stdlib path)",
+            "root": str(stdlib_root()),
+            "excluded_dirs": sorted(EXCLUDED_DIRS),
+            "excluded_files": "test_*.py",
+            "split": f"by file: crc32(path) % {VAL_EVERY} == 0 is validation",
+            "format": "chat: user = def/class header + first body line, assistant = next lines",
+            "loss": "all tokens (packed blocks)",
+            "train_files": len(train_files),
+            "val_files": len(val_files),
+            "train_tokens": train_tokens,
+            "val_tokens": val_tokens,
+            "val_tokens_scored": int(val_blocks.numel()),
+        },
+        "training": {
+            **cfg,
+            "betas": list(cfg["betas"]),
+            "warmup_steps": warmup,
+            "threads": TRAIN_THREADS,
+            "autocast": "bfloat16" if autocast_bf16 else "none",
+            "saved_dtype": "float32",
+            "precision": precision,
+        },
     }
 
 
@@ -476,13 +577,21 @@ def _check_replaceable(out: pathlib.Path) -> None:
         return
     strangers = sorted(p.name for p in out.iterdir() if p.name not in _OWN_FILES)
     if strangers and read_marker(folder=out) is None:
-        raise TinyTargetError(f"refusing to replace {out}: it is not a tiny-target folder "
-                              f"(unexpected entries: {', '.join(strangers[:5])})")
+        raise TinyTargetError(
+            f"refusing to replace {out}: it is not a tiny-target folder "
+            f"(unexpected entries: {', '.join(strangers[:5])})"
+        )
 
 
-def build_tiny_target(*, output_dir: str | os.PathLike | None = None, minutes: float = 5.0,
-                      steps: int | None = None, seed: int = 0, force: bool = False,
-                      log: Log | None = print) -> pathlib.Path:
+def build_tiny_target(
+    *,
+    output_dir: str | os.PathLike | None = None,
+    minutes: float = 5.0,
+    steps: int | None = None,
+    seed: int = 0,
+    force: bool = False,
+    log: Log | None = print,
+) -> pathlib.Path:
     """Train the tiny target into ``output_dir`` unless a matching complete build is there.
 
     ``steps`` overrides ``minutes`` (which maps to ``round(minutes * STEPS_PER_MINUTE)``).
@@ -508,9 +617,18 @@ def build_tiny_target(*, output_dir: str | os.PathLike | None = None, minutes: f
         tmp.mkdir()
         try:
             info = _train(folder=tmp, steps=steps, seed=seed, log=log)
-            info.update({"format": FORMAT_VERSION, "kind": "trained", "seed": seed, "steps": steps,
-                         "minutes": steps / STEPS_PER_MINUTE, "build_seconds": time.perf_counter() - t0,
-                         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **_versions()})
+            info.update(
+                {
+                    "format": FORMAT_VERSION,
+                    "kind": "trained",
+                    "seed": seed,
+                    "steps": steps,
+                    "minutes": steps / STEPS_PER_MINUTE,
+                    "build_seconds": time.perf_counter() - t0,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    **_versions(),
+                }
+            )
             _write_marker(tmp, info)  # last file written
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             if out.exists():

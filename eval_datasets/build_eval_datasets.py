@@ -108,8 +108,7 @@ class HubSource:
 # LiveCodeBench release -> files of livecodebench/code_generation_lite (releases are cumulative).
 LCB_REPO = "livecodebench/code_generation_lite"
 LCB_VERSION_FILES: dict[str, tuple[str, ...]] = {
-    f"release_v{n}": tuple("test.jsonl" if k == 1 else f"test{k}.jsonl" for k in range(1, n + 1))
-    for n in range(1, 7)
+    f"release_v{n}": tuple("test.jsonl" if k == 1 else f"test{k}.jsonl" for k in range(1, n + 1)) for n in range(1, 7)
 }
 LCB_VERSION_FILES.update({f"v{n}": ("test.jsonl" if n == 1 else f"test{n}.jsonl",) for n in range(1, 7)})
 DEFAULT_LCB_VERSION = "release_v6"
@@ -144,9 +143,11 @@ FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
 BOXED_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 HUMANEVAL_PREFIX = "Write a solution to the following problem and make sure that it passes the tests:\n```python\n"
 HUMANEVAL_SUFFIX = "\n```"
-LCB_PREFIX = ("You are an expert Python programmer. You will be given a question (problem specification) and "
-              "will generate a correct Python program that matches the specification and passes all tests. "
-              "You will NOT return anything except for the program\n\n### Question:\n")
+LCB_PREFIX = (
+    "You are an expert Python programmer. You will be given a question (problem specification) and "
+    "will generate a correct Python program that matches the specification and passes all tests. "
+    "You will NOT return anything except for the program\n\n### Question:\n"
+)
 LCB_WITH_STARTER = "### Format: Use the following code structure:\n```python\n{starter_code}\n```\n\n"
 LCB_WITHOUT_STARTER = "### Format: Write your code in the following format:\n```python\n# YOUR CODE HERE\n```\n\n"
 LCB_ANSWER = "### Answer: (use the provided format with backticks)"
@@ -154,6 +155,7 @@ ALPACA_INPUT_SEPARATOR = "\n\nInput:\n"
 
 
 # ----------------------------------------------------------------------------- errors
+
 
 class BuildError(RuntimeError):
     """Something the user has to fix (flags, files, network); the message says what."""
@@ -171,6 +173,7 @@ class ConversionError(ValueError):
 
 # ----------------------------------------------------------------------------- conversion (pure)
 
+
 def _field(row: Mapping, *, task: str, role: str, required: bool = True):
     names = FIELDS[task][role]
     for name in names:
@@ -179,9 +182,11 @@ def _field(row: Mapping, *, task: str, role: str, required: bool = True):
     if not required:
         return None
     wanted = " or ".join(repr(n) for n in names)
-    raise ConversionError(f"{task}: the source row has no {wanted} field, or it is null (the row has "
-                          f"{sorted(row)}); if the "
-                          f"source renamed it, edit FIELDS[{task!r}][{role!r}] at the top of {SCRIPT_NAME}")
+    raise ConversionError(
+        f"{task}: the source row has no {wanted} field, or it is null (the row has "
+        f"{sorted(row)}); if the "
+        f"source renamed it, edit FIELDS[{task!r}][{role!r}] at the top of {SCRIPT_NAME}"
+    )
 
 
 def _text(row: Mapping, *, task: str, role: str, required: bool = True) -> str:
@@ -189,8 +194,10 @@ def _text(row: Mapping, *, task: str, role: str, required: bool = True) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise ConversionError(f"{task}: field {role!r} must be a string, got {type(value).__name__}; "
-                              f"check FIELDS[{task!r}][{role!r}] at the top of {SCRIPT_NAME}")
+        raise ConversionError(
+            f"{task}: field {role!r} must be a string, got {type(value).__name__}; "
+            f"check FIELDS[{task!r}][{role!r}] at the top of {SCRIPT_NAME}"
+        )
     if required and not value.strip():
         raise ConversionError(f"{task}: field {role!r} is blank; the source row is unusable")
     return value
@@ -234,10 +241,11 @@ def convert_mt_bench(row: Mapping) -> dict:
     turns = _field(row, task="mt-bench", role="turns")
     if isinstance(turns, tuple):
         turns = list(turns)
-    if (not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns)
-            or not turns[0].strip()):
-        raise ConversionError(f"mt-bench: field 'turns' must be a non-empty list of strings, got {turns!r:.200}; "
-                              f"check FIELDS['mt-bench'] at the top of {SCRIPT_NAME}")
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns) or not turns[0].strip():
+        raise ConversionError(
+            f"mt-bench: field 'turns' must be a non-empty list of strings, got {turns!r:.200}; "
+            f"check FIELDS['mt-bench'] at the top of {SCRIPT_NAME}"
+        )
     return {"turns": list(turns)}
 
 
@@ -268,6 +276,7 @@ CONVERTERS: dict[str, Callable[[Mapping], dict]] = {
 
 # ----------------------------------------------------------------------------- reading sources
 
+
 def _natural_key(path: Path):
     """test.jsonl < test2.jsonl < test10.jsonl: numbers in the stem compare as numbers."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.stem)], path.suffix
@@ -292,8 +301,10 @@ def _iter_json_file(path: Path) -> Iterator[tuple[str, object]]:
             try:
                 yield f"{path.name}:{lineno}", json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise BuildError(f"{path}:{lineno} is not valid JSON ({e}); each line must be one JSON object "
-                                 "(or give a .json file holding one array)") from None
+                raise BuildError(
+                    f"{path}:{lineno} is not valid JSON ({e}); each line must be one JSON object "
+                    "(or give a .json file holding one array)"
+                ) from None
 
 
 def _iter_parquet_file(path: Path) -> Iterator[tuple[str, object]]:
@@ -321,12 +332,16 @@ def find_local_source(source_dir: Path, *, task: str, lcb_version: str) -> list[
     if folder.is_dir():
         found.append(folder)
     if not found:
-        raise BuildError(f"--source-dir {source_dir} has no source for {task!r}: put its rows in "
-                         f"{task}.jsonl, {task}.json, {task}.parquet or a folder {task}/ there "
-                         f"(source: {SOURCES[task].describe()}), or leave {task} out of --tasks")
+        raise BuildError(
+            f"--source-dir {source_dir} has no source for {task!r}: put its rows in "
+            f"{task}.jsonl, {task}.json, {task}.parquet or a folder {task}/ there "
+            f"(source: {SOURCES[task].describe()}), or leave {task} out of --tasks"
+        )
     if len(found) > 1:
-        raise BuildError(f"--source-dir {source_dir} has several sources for {task!r} "
-                         f"({', '.join(p.name for p in found)}); keep only one")
+        raise BuildError(
+            f"--source-dir {source_dir} has several sources for {task!r} "
+            f"({', '.join(p.name for p in found)}); keep only one"
+        )
     if found[0].is_file():
         return found
     files = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix in LOCAL_SUFFIXES), key=_natural_key)
@@ -349,9 +364,11 @@ def _hub_hint(what: str, err: BaseException) -> str:
     detail = f"{type(err).__name__}: {err}"
     if len(detail) > 400:
         detail = detail[:400] + " ..."
-    return (f"could not load {what} from the Hugging Face hub ({detail}). Check the name and the network; "
-            f"on a machine without internet access, copy the sources elsewhere and build from local copies "
-            f"with --source-dir DIR (see --help)")
+    return (
+        f"could not load {what} from the Hugging Face hub ({detail}). Check the name and the network; "
+        f"on a machine without internet access, copy the sources elsewhere and build from local copies "
+        f"with --source-dir DIR (see --help)"
+    )
 
 
 def _iter_hub_rows(source: HubSource) -> Iterator[tuple[str, object]]:
@@ -359,8 +376,10 @@ def _iter_hub_rows(source: HubSource) -> Iterator[tuple[str, object]]:
         try:
             from huggingface_hub import hf_hub_download
         except ImportError:
-            raise BuildError("reading from the hub needs huggingface_hub (pip install huggingface_hub datasets), "
-                             "or build from local copies with --source-dir") from None
+            raise BuildError(
+                "reading from the hub needs huggingface_hub (pip install huggingface_hub datasets), "
+                "or build from local copies with --source-dir"
+            ) from None
         for name in source.files:  # one at a time: later files are fetched only when rows are still wanted
             try:
                 path = hf_hub_download(repo_id=source.repo, filename=name, repo_type="dataset")
@@ -372,8 +391,10 @@ def _iter_hub_rows(source: HubSource) -> Iterator[tuple[str, object]]:
     try:
         from datasets import load_dataset
     except ImportError:
-        raise BuildError("reading from the hub needs the datasets library (pip install datasets), "
-                         "or build from local copies with --source-dir") from None
+        raise BuildError(
+            "reading from the hub needs the datasets library (pip install datasets), "
+            "or build from local copies with --source-dir"
+        ) from None
     try:
         ds = load_dataset(source.repo, source.config, split=source.split)
     except Exception as e:  # noqa: BLE001
@@ -390,6 +411,7 @@ def hub_source(task: str, *, lcb_version: str) -> HubSource:
 
 
 # ----------------------------------------------------------------------------- selection and building
+
 
 @dataclass
 class TaskResult:
@@ -412,8 +434,9 @@ def parse_task_list(spec: str | Iterable[str] | None) -> list[str]:
         return list(KNOWN_TASKS)
     unknown = [n for n in names if n not in PAPER_COUNTS]
     if unknown:
-        raise BuildError(f"unknown task(s) {', '.join(repr(n) for n in unknown)}; known tasks: "
-                         f"{', '.join(KNOWN_TASKS)}")
+        raise BuildError(
+            f"unknown task(s) {', '.join(repr(n) for n in unknown)}; known tasks: {', '.join(KNOWN_TASKS)}"
+        )
     return list(dict.fromkeys(names))  # drop repeats, keep order
 
 
@@ -439,8 +462,9 @@ def _limit(task: str, max_samples: int | None) -> int | None:
     return max_samples or None  # 0: every row
 
 
-def select_rows(rows: Iterable[tuple[str, object]], *, limit: int | None, sample: bool, seed: int
-                ) -> tuple[list[tuple[str, object]], int | None]:
+def select_rows(
+    rows: Iterable[tuple[str, object]], *, limit: int | None, sample: bool, seed: int
+) -> tuple[list[tuple[str, object]], int | None]:
     """First ``limit`` rows, or (``sample``) the first ``limit`` of a seeded shuffle; also the source size if read."""
     if not sample:
         # islice stops before pulling row limit+1, so no further source file is fetched for it
@@ -477,14 +501,24 @@ def render_jsonl(records: Iterable[dict]) -> str:
 def _refuse_existing(paths: list[Path]) -> None:
     existing = [p for p in paths if p.exists()]
     if existing:
-        raise BuildError(f"{', '.join(str(p) for p in existing)} already exist(s); pass --overwrite to replace "
-                         "them, or choose another --output-dir")
+        raise BuildError(
+            f"{', '.join(str(p) for p in existing)} already exist(s); pass --overwrite to replace "
+            "them, or choose another --output-dir"
+        )
 
 
-def build(*, tasks: list[str] | str | None = None, output_dir: str | Path = DEFAULT_OUTPUT_DIR,
-          source_dir: str | Path | None = None, max_samples: int | str | None = None, overwrite: bool = False,
-          seed: int = 0, lcb_version: str = DEFAULT_LCB_VERSION, progress: bool = True,
-          log: Callable[[str], None] = print) -> list[TaskResult]:
+def build(
+    *,
+    tasks: list[str] | str | None = None,
+    output_dir: str | Path = DEFAULT_OUTPUT_DIR,
+    source_dir: str | Path | None = None,
+    max_samples: int | str | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+    lcb_version: str = DEFAULT_LCB_VERSION,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[TaskResult]:
     """Write ``<output_dir>/<task>.jsonl`` for each task; returns what was written.
 
     Raises :class:`BuildError` (or its :class:`HubError`) with a message meant for the user.
@@ -505,25 +539,47 @@ def build(*, tasks: list[str] | str | None = None, output_dir: str | Path = DEFA
     if source_dir is not None:
         source_dir = Path(source_dir)
         if not source_dir.is_dir():
-            raise BuildError(f"--source-dir {source_dir} is not a folder; create it with the local copies "
-                             "of the sources (see --help)")
+            raise BuildError(
+                f"--source-dir {source_dir} is not a folder; create it with the local copies "
+                "of the sources (see --help)"
+            )
         local = {task: find_local_source(source_dir, task=task, lcb_version=lcb_version) for task in names}
     output_dir.mkdir(parents=True, exist_ok=True)
 
     results: list[TaskResult] = []
     try:
         for task in names:
-            results.append(_build_task(task, target=targets[task], local=local.get(task), limit=_limit(task, cap),
-                                       overwrite=overwrite, seed=seed, lcb_version=lcb_version, progress=progress,
-                                       log=log))
+            results.append(
+                _build_task(
+                    task,
+                    target=targets[task],
+                    local=local.get(task),
+                    limit=_limit(task, cap),
+                    overwrite=overwrite,
+                    seed=seed,
+                    lcb_version=lcb_version,
+                    progress=progress,
+                    log=log,
+                )
+            )
     except BuildError as e:
         e.written = results  # what was finished before the failure (each file is complete)
         raise
     return results
 
 
-def _build_task(task: str, *, target: Path, local: list[Path] | None, limit: int | None, overwrite: bool, seed: int,
-                lcb_version: str, progress: bool, log: Callable[[str], None]) -> TaskResult:
+def _build_task(
+    task: str,
+    *,
+    target: Path,
+    local: list[Path] | None,
+    limit: int | None,
+    overwrite: bool,
+    seed: int,
+    lcb_version: str,
+    progress: bool,
+    log: Callable[[str], None],
+) -> TaskResult:
     if local is not None:
         where = ", ".join(str(p) for p in local)
         log(f"[build] {task}: reading {where}")
@@ -559,29 +615,51 @@ def format_summary(results: list[TaskResult]) -> str:
 
 # ----------------------------------------------------------------------------- command line
 
+
 def build_parser() -> argparse.ArgumentParser:
     counts = ", ".join(f"{t} {n}" for t, n in PAPER_COUNTS.items())
-    p = argparse.ArgumentParser(prog="build_eval_datasets.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", default=str(DEFAULT_OUTPUT_DIR),
-                   help="folder for the <task>.jsonl files (default: the folder of this script, eval_datasets/)")
-    p.add_argument("--tasks", default=None,
-                   help=f"comma list of tasks to build (default: all nine: {', '.join(KNOWN_TASKS)})")
-    p.add_argument("--max-samples", default=None, metavar="N",
-                   help=f"keep at most N rows per task, or 'all' for every source row (default: the paper's "
-                        f"counts: {counts})")
-    p.add_argument("--source-dir", default=None, metavar="DIR",
-                   help="offline mode: read each task's source rows from DIR/<task>.jsonl, .json, .parquet or "
-                        "a folder DIR/<task>/ instead of the hub (for machines without internet access)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace existing output files (default: refuse and change nothing)")
-    p.add_argument("--seed", type=int, default=0,
-                   help=f"seed of the sampled tasks ({', '.join(sorted(SAMPLED_TASKS))}); the others keep their "
-                        "first N rows (default: 0)")
-    p.add_argument("--lcb-version", default=DEFAULT_LCB_VERSION, choices=list(LCB_VERSION_FILES),
-                   metavar="VERSION",
-                   help=f"LiveCodeBench release: release_v1 .. release_v6 (cumulative) or v1 .. v6 (one release's "
-                        f"problems only) (default: {DEFAULT_LCB_VERSION}, 1055 problems)")
+    p = argparse.ArgumentParser(
+        prog="build_eval_datasets.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--output-dir",
+        default=str(DEFAULT_OUTPUT_DIR),
+        help="folder for the <task>.jsonl files (default: the folder of this script, eval_datasets/)",
+    )
+    p.add_argument(
+        "--tasks", default=None, help=f"comma list of tasks to build (default: all nine: {', '.join(KNOWN_TASKS)})"
+    )
+    p.add_argument(
+        "--max-samples",
+        default=None,
+        metavar="N",
+        help=f"keep at most N rows per task, or 'all' for every source row (default: the paper's counts: {counts})",
+    )
+    p.add_argument(
+        "--source-dir",
+        default=None,
+        metavar="DIR",
+        help="offline mode: read each task's source rows from DIR/<task>.jsonl, .json, .parquet or "
+        "a folder DIR/<task>/ instead of the hub (for machines without internet access)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace existing output files (default: refuse and change nothing)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help=f"seed of the sampled tasks ({', '.join(sorted(SAMPLED_TASKS))}); the others keep their "
+        "first N rows (default: 0)",
+    )
+    p.add_argument(
+        "--lcb-version",
+        default=DEFAULT_LCB_VERSION,
+        choices=list(LCB_VERSION_FILES),
+        metavar="VERSION",
+        help=f"LiveCodeBench release: release_v1 .. release_v6 (cumulative) or v1 .. v6 (one release's "
+        f"problems only) (default: {DEFAULT_LCB_VERSION}, 1055 problems)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -589,9 +667,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        results = build(tasks=args.tasks, output_dir=args.output_dir, source_dir=args.source_dir,
-                        max_samples=args.max_samples, overwrite=args.overwrite, seed=args.seed,
-                        lcb_version=args.lcb_version, progress=not args.no_progress)
+        results = build(
+            tasks=args.tasks,
+            output_dir=args.output_dir,
+            source_dir=args.source_dir,
+            max_samples=args.max_samples,
+            overwrite=args.overwrite,
+            seed=args.seed,
+            lcb_version=args.lcb_version,
+            progress=not args.no_progress,
+        )
     except BuildError as e:
         written = getattr(e, "written", None)
         if written:

@@ -29,15 +29,23 @@ class Result:
         return self.stdout + self.stderr
 
 
-def run_entry(script: str, args: Sequence[str | os.PathLike], *, cwd: Path | None = None,
-              env: dict | None = None, timeout: float = 300, stdin: str | None = None) -> Result:
+def run_entry(
+    script: str,
+    args: Sequence[str | os.PathLike],
+    *,
+    cwd: Path | None = None,
+    env: dict | None = None,
+    timeout: float = 300,
+    stdin: str | None = None,
+) -> Result:
     """Run ``python <ROOT/script> args`` (or ``bash`` for ``*.sh``) in a subprocess."""
     path = ROOT / script
     cmd = (["bash", str(path)] if script.endswith(".sh") else [sys.executable, str(path)]) + [str(a) for a in args]
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
     full_env.update(env or {})
-    proc = subprocess.run(cmd, cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
-                          input=stdin)
+    proc = subprocess.run(
+        cmd, cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout, input=stdin
+    )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -58,6 +66,8 @@ def refused(result: Result, *needles: str, code: int | None = None) -> None:
     assert result.rc != 0, f"expected a refusal, got exit 0:\n{result.output[-3000:]}"
     if code is not None:
         assert result.rc == code, f"exit code {result.rc}, expected {code}:\n{result.output[-3000:]}"
-    assert "Traceback (most recent call last)" not in result.output, f"traceback instead of a message:\n{result.output[-3000:]}"
+    assert "Traceback (most recent call last)" not in result.output, (
+        f"traceback instead of a message:\n{result.output[-3000:]}"
+    )
     for needle in needles:
         assert needle in result.output, f"{needle!r} not in the message:\n{result.output[-3000:]}"

@@ -25,9 +25,20 @@ def probe(folder: str) -> dict:
     config = SpeculatorModelConfig.from_pretrained(folder)
     model = SpeculatorModel.from_pretrained(folder)
     state, ours = model.state_dict(), load_file(f"{folder}/model.safetensors")
-    fields = ("speculators_model_type", "aux_hidden_state_layer_ids", "eagle_aux_hidden_state_layer_ids",
-              "block_size", "mask_token_id", "markov_rank", "markov_head_type", "enable_confidence_head",
-              "confidence_head_with_markov", "sample_from_anchor", "draft_vocab_size", "norm_before_residual")
+    fields = (
+        "speculators_model_type",
+        "aux_hidden_state_layer_ids",
+        "eagle_aux_hidden_state_layer_ids",
+        "block_size",
+        "mask_token_id",
+        "markov_rank",
+        "markov_head_type",
+        "enable_confidence_head",
+        "confidence_head_with_markov",
+        "sample_from_anchor",
+        "draft_vocab_size",
+        "norm_before_residual",
+    )
     return {
         "config_class": type(config).__name__,
         "fields": {k: getattr(config, k) for k in fields if hasattr(config, k)},
@@ -47,7 +58,10 @@ def main() -> None:
         try:
             results[name] = probe(folder)
         except Exception as exc:
-            results[name] = {"error": f"{type(exc).__name__}: {exc}"[:3000], "traceback": traceback.format_exc()[-4000:]}
+            results[name] = {
+                "error": f"{type(exc).__name__}: {exc}"[:3000],
+                "traceback": traceback.format_exc()[-4000:],
+            }
     json.dump(results, open(out_file, "w"), indent=1, default=str)
 
 

@@ -45,9 +45,18 @@ def run_main(script: str, args) -> Result:
 
 
 def write_data(path: Path, n: int = 9) -> Path:
-    rows = [json.dumps({"id": f"c{i}", "conversations": [
-        {"role": "user", "content": f"def f{i}(x):"},
-        {"role": "assistant", "content": "    return x" + " + x" * (i % 4 + 3)}]}) for i in range(n)]
+    rows = [
+        json.dumps(
+            {
+                "id": f"c{i}",
+                "conversations": [
+                    {"role": "user", "content": f"def f{i}(x):"},
+                    {"role": "assistant", "content": "    return x" + " + x" * (i % 4 + 3)},
+                ],
+            }
+        )
+        for i in range(n)
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(rows) + "\n")
     return path
@@ -63,17 +72,31 @@ def world(tmp_path_factory):
     from deepspec.tiny_target import build_random_tiny_target
 
     base = tmp_path_factory.mktemp("bad_cache")
-    target = build_random_tiny_target(output_dir=base / "base" / "Qwen3-tiny", seed=0, num_hidden_layers=3,
-                                      hidden_size=64, intermediate_size=128, num_attention_heads=2,
-                                      num_key_value_heads=1, head_dim=32)
+    target = build_random_tiny_target(
+        output_dir=base / "base" / "Qwen3-tiny",
+        seed=0,
+        num_hidden_layers=3,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+    )
     ft = base / "ft" / "Qwen3-tiny"
     shutil.copytree(target, ft)
     weights = load_file(ft / "model.safetensors")
     save_file({k: v * 1.01 for k, v in weights.items()}, ft / "model.safetensors", metadata={"format": "pt"})
     data = write_data(base / "data" / "train.jsonl")
     cfg = load_config(CONFIG, opts=[f"model.target_model_name_or_path={target}", f"model.target_layer_ids={LAYERS}"])
-    build_target_cache(cfg=cfg, train_data_paths=[str(data)], output_dir=base / "cache", min_loss_tokens=2,
-                       max_shard_bytes=1 << 20, batch_size=8, log=lambda _: None)
+    build_target_cache(
+        cfg=cfg,
+        train_data_paths=[str(data)],
+        output_dir=base / "cache",
+        min_loss_tokens=2,
+        max_shard_bytes=1 << 20,
+        batch_size=8,
+        log=lambda _: None,
+    )
     return {"base": base, "target": target, "ft": ft, "data": data, "cache": base / "cache"}
 
 
@@ -82,8 +105,14 @@ def untouched(world, *extra):
 
 
 def prepare_args(world, *more, target=None):
-    return ["--config", CONFIG, "--opts", f"model.target_model_name_or_path={target or world['target']}",
-            f"model.target_layer_ids={LAYERS}", *more]
+    return [
+        "--config",
+        CONFIG,
+        "--opts",
+        f"model.target_model_name_or_path={target or world['target']}",
+        f"model.target_layer_ids={LAYERS}",
+        *more,
+    ]
 
 
 # -- prepare_target_cache.py: refused before anything is loaded ---------------------------------------
@@ -100,34 +129,61 @@ CHEAP_PREPARE = [
 @pytest.mark.parametrize("args,needle", CHEAP_PREPARE, ids=[a[0] + "=" + a[1] for a, _ in CHEAP_PREPARE])
 def test_prepare_numeric_options_refused_at_parse_time(world, args, needle):
     before = untouched(world)
-    refused(run_entry(PREPARE, prepare_args(world, "--train-data-path", world["data"], "--output-dir",
-                                            world["base"] / "new", *args)), needle, code=2)
+    refused(
+        run_entry(
+            PREPARE,
+            prepare_args(world, "--train-data-path", world["data"], "--output-dir", world["base"] / "new", *args),
+        ),
+        needle,
+        code=2,
+    )
     assert untouched(world) == before and not (world["base"] / "new").exists()
 
 
 def test_prepare_missing_config_file(world, tmp_path):
-    refused(run_entry(PREPARE, ["--config", tmp_path / "nope.py", "--train-data-path", world["data"],
-                                "--output-dir", tmp_path / "out"]), "config file not found", code=2)
+    refused(
+        run_entry(
+            PREPARE,
+            ["--config", tmp_path / "nope.py", "--train-data-path", world["data"], "--output-dir", tmp_path / "out"],
+        ),
+        "config file not found",
+        code=2,
+    )
     assert not (tmp_path / "out").exists()
 
 
 def test_prepare_missing_data_file(world, tmp_path):
     before = untouched(world)
-    refused(run_entry(PREPARE, prepare_args(world, "--train-data-path", tmp_path / "missing.jsonl",
-                                            "--output-dir", tmp_path / "out")),
-            "training data file not found", "missing.jsonl", code=2)
+    refused(
+        run_entry(
+            PREPARE,
+            prepare_args(world, "--train-data-path", tmp_path / "missing.jsonl", "--output-dir", tmp_path / "out"),
+        ),
+        "training data file not found",
+        "missing.jsonl",
+        code=2,
+    )
     assert untouched(world) == before and not (tmp_path / "out").exists()
 
 
 def test_prepare_data_folder_without_jsonl(world, tmp_path):
     (tmp_path / "empty").mkdir()
-    refused(run_entry(PREPARE, prepare_args(world, "--train-data-path", tmp_path / "empty",
-                                            "--output-dir", tmp_path / "out")), "contains no *.jsonl", code=2)
+    refused(
+        run_entry(
+            PREPARE, prepare_args(world, "--train-data-path", tmp_path / "empty", "--output-dir", tmp_path / "out")
+        ),
+        "contains no *.jsonl",
+        code=2,
+    )
 
 
 def test_prepare_no_output_folder(world):
-    refused(run_entry(PREPARE, prepare_args(world, "--train-data-path", world["data"])),
-            "no output folder", "--output-dir", code=2)
+    refused(
+        run_entry(PREPARE, prepare_args(world, "--train-data-path", world["data"])),
+        "no output folder",
+        "--output-dir",
+        code=2,
+    )
 
 
 @pytest.mark.parametrize("where", ["inside_data_folder", "equals_data_file", "holds_data", "inside_target"])
@@ -147,8 +203,13 @@ def test_prepare_cache_folder_apart_from_inputs(world, where):
 
 def test_prepare_output_is_a_file(world, tmp_path):
     (tmp_path / "a_file").write_text("mine")
-    refused(run_entry(PREPARE, prepare_args(world, "--train-data-path", world["data"],
-                                            "--output-dir", tmp_path / "a_file")), "is a file", code=2)
+    refused(
+        run_entry(
+            PREPARE, prepare_args(world, "--train-data-path", world["data"], "--output-dir", tmp_path / "a_file")
+        ),
+        "is a file",
+        code=2,
+    )
     assert (tmp_path / "a_file").read_text() == "mine"
 
 
@@ -156,31 +217,57 @@ def test_prepare_overwrite_refuses_a_folder_of_user_files(world, tmp_path):
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "paper.tex").write_text("months of work")
     before = fingerprint([tmp_path / "results"])
-    refused(run_entry(PREPARE, prepare_args(world, "--train-data-path", world["data"], "--output-dir",
-                                            tmp_path / "results", "--overwrite")),
-            "not part of a target cache", "paper.tex", code=2)
+    refused(
+        run_entry(
+            PREPARE,
+            prepare_args(
+                world, "--train-data-path", world["data"], "--output-dir", tmp_path / "results", "--overwrite"
+            ),
+        ),
+        "not part of a target cache",
+        "paper.tex",
+        code=2,
+    )
     assert fingerprint([tmp_path / "results"]) == before
 
 
 # -- prepare_target_cache.py: refused once the target is known -------------------------------------------
 def test_prepare_complete_cache_of_a_same_named_other_target_subprocess(world):
     before = untouched(world)
-    refused(run_entry(PREPARE, prepare_args(world, "--train-data-path", world["data"], "--output-dir",
-                                            world["cache"], target=world["ft"])),
-            "differs in the target (config or weights)", "--overwrite", "--output-dir", code=2)
+    refused(
+        run_entry(
+            PREPARE,
+            prepare_args(world, "--train-data-path", world["data"], "--output-dir", world["cache"], target=world["ft"]),
+        ),
+        "differs in the target (config or weights)",
+        "--overwrite",
+        "--output-dir",
+        code=2,
+    )
     assert untouched(world) == before
 
 
-@pytest.mark.parametrize("change,needle", [
-    (["--opts", "model.target_layer_ids=[0, 1]"], "layer_ids=[-1, 1], this run has [0, 1]"),
-    (["--opts", "data.max_length=128"], "data.max_length=512, this run has 128"),
-    (["--min-loss-tokens", "3"], "min_loss_tokens=2, this run has 3"),
-    (["--opts", "model.target_model_name_or_path=/no/such/target"], "target folder '/no/such/target' does not exist"),
-], ids=["layers", "max_length", "min_loss_tokens", "missing_target"])
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        (["--opts", "model.target_layer_ids=[0, 1]"], "layer_ids=[-1, 1], this run has [0, 1]"),
+        (["--opts", "data.max_length=128"], "data.max_length=512, this run has 128"),
+        (["--min-loss-tokens", "3"], "min_loss_tokens=2, this run has 3"),
+        (
+            ["--opts", "model.target_model_name_or_path=/no/such/target"],
+            "target folder '/no/such/target' does not exist",
+        ),
+    ],
+    ids=["layers", "max_length", "min_loss_tokens", "missing_target"],
+)
 def test_prepare_complete_cache_of_another_build(world, change, needle):
     before = untouched(world)
-    result = run_main(PREPARE, prepare_args(world, "--train-data-path", world["data"], "--output-dir", world["cache"],
-                                            "--min-loss-tokens", "2", *change))
+    result = run_main(
+        PREPARE,
+        prepare_args(
+            world, "--train-data-path", world["data"], "--output-dir", world["cache"], "--min-loss-tokens", "2", *change
+        ),
+    )
     refused(result, needle, code=2)
     assert untouched(world) == before
 
@@ -188,31 +275,74 @@ def test_prepare_complete_cache_of_another_build(world, change, needle):
 def test_prepare_complete_cache_with_other_data(world, tmp_path):
     other = write_data(tmp_path / "other.jsonl", n=4)
     before = untouched(world, other)
-    refused(run_main(PREPARE, prepare_args(world, "--train-data-path", other, "--output-dir", world["cache"],
-                                           "--min-loss-tokens", "2")),
-            "differs in the training data", "other.jsonl", "--overwrite", code=2)
+    refused(
+        run_main(
+            PREPARE,
+            prepare_args(world, "--train-data-path", other, "--output-dir", world["cache"], "--min-loss-tokens", "2"),
+        ),
+        "differs in the training data",
+        "other.jsonl",
+        "--overwrite",
+        code=2,
+    )
     assert untouched(world, other) == before
 
 
 # -- estimate_target_cache_size.py -------------------------------------------------------------------------
 ESTIMATES = [
-    (["--num-samples", "0", "--avg-tokens", "10", "--num-layers", "2", "--hidden-size", "8"], "--num-samples: must be >= 1"),
-    (["--num-samples", "5", "--avg-tokens", "-3", "--num-layers", "2", "--hidden-size", "8"], "--avg-tokens: must be > 0"),
-    (["--num-samples", "5", "--avg-tokens", "nan", "--num-layers", "2", "--hidden-size", "8"], "--avg-tokens: must be > 0"),
-    (["--num-samples", "5", "--avg-tokens", "10", "--num-layers", "2", "--hidden-size", "0"], "--hidden-size: must be >= 1"),
-    (["--num-samples", "5", "--avg-tokens", "10", "--num-layers", "-1", "--hidden-size", "8"], "--num-layers: must be >= 1"),
-    (["--num-samples", "5", "--avg-tokens", "10", "--target-layer-ids", "1,x", "--hidden-size", "8"],
-     "--target-layer-ids: expected comma-separated integers"),
-    (["--num-samples", "5", "--avg-tokens", "10", "--num-layers", "3", "--target-layer-ids", "1,2", "--hidden-size", "8"],
-     "disagrees with 2 --target-layer-ids"),
+    (
+        ["--num-samples", "0", "--avg-tokens", "10", "--num-layers", "2", "--hidden-size", "8"],
+        "--num-samples: must be >= 1",
+    ),
+    (
+        ["--num-samples", "5", "--avg-tokens", "-3", "--num-layers", "2", "--hidden-size", "8"],
+        "--avg-tokens: must be > 0",
+    ),
+    (
+        ["--num-samples", "5", "--avg-tokens", "nan", "--num-layers", "2", "--hidden-size", "8"],
+        "--avg-tokens: must be > 0",
+    ),
+    (
+        ["--num-samples", "5", "--avg-tokens", "10", "--num-layers", "2", "--hidden-size", "0"],
+        "--hidden-size: must be >= 1",
+    ),
+    (
+        ["--num-samples", "5", "--avg-tokens", "10", "--num-layers", "-1", "--hidden-size", "8"],
+        "--num-layers: must be >= 1",
+    ),
+    (
+        ["--num-samples", "5", "--avg-tokens", "10", "--target-layer-ids", "1,x", "--hidden-size", "8"],
+        "--target-layer-ids: expected comma-separated integers",
+    ),
+    (
+        [
+            "--num-samples",
+            "5",
+            "--avg-tokens",
+            "10",
+            "--num-layers",
+            "3",
+            "--target-layer-ids",
+            "1,2",
+            "--hidden-size",
+            "8",
+        ],
+        "disagrees with 2 --target-layer-ids",
+    ),
     (["--num-samples", "5", "--avg-tokens", "10", "--hidden-size", "8"], "pass --num-layers or --target-layer-ids"),
-    (["--num-samples", "5", "--avg-tokens", "10", "--num-layers", "2", "--target-model", "/no/such/model"],
-     "/no/such/model/config.json not found"),
+    (
+        ["--num-samples", "5", "--avg-tokens", "10", "--num-layers", "2", "--target-model", "/no/such/model"],
+        "/no/such/model/config.json not found",
+    ),
     (["--num-layers", "2", "--hidden-size", "8"], "pass --num-samples and --avg-tokens"),
-    (["--train-data-path", "/no/such/data.jsonl", "--num-layers", "2", "--hidden-size", "8"],
-     "training data file not found"),
-    (["--num-samples", "5", "--max-length", "0", "--avg-tokens", "10", "--num-layers", "2", "--hidden-size", "8"],
-     "--max-length: must be >= 1"),
+    (
+        ["--train-data-path", "/no/such/data.jsonl", "--num-layers", "2", "--hidden-size", "8"],
+        "training data file not found",
+    ),
+    (
+        ["--num-samples", "5", "--max-length", "0", "--avg-tokens", "10", "--num-layers", "2", "--hidden-size", "8"],
+        "--max-length: must be >= 1",
+    ),
 ]
 
 
@@ -225,33 +355,66 @@ def test_estimate_bad_config_and_empty_data(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{broken")
     before = fingerprint([tmp_path])
-    refused(run_entry(ESTIMATE, ["--num-samples", "5", "--avg-tokens", "10", "--num-layers", "2", "--target-model",
-                                 tmp_path / "model"]), "not valid JSON", "--hidden-size", code=2)
+    refused(
+        run_entry(
+            ESTIMATE,
+            ["--num-samples", "5", "--avg-tokens", "10", "--num-layers", "2", "--target-model", tmp_path / "model"],
+        ),
+        "not valid JSON",
+        "--hidden-size",
+        code=2,
+    )
     (tmp_path / "bad.jsonl").write_text("{not json\n")
-    refused(run_entry(ESTIMATE, ["--train-data-path", tmp_path / "bad.jsonl", "--num-layers", "2",
-                                 "--hidden-size", "8"]), "no valid conversations", code=2)
+    refused(
+        run_entry(ESTIMATE, ["--train-data-path", tmp_path / "bad.jsonl", "--num-layers", "2", "--hidden-size", "8"]),
+        "no valid conversations",
+        code=2,
+    )
     assert fingerprint([tmp_path / "model"]) == {k: v for k, v in before.items() if "model" in k}
 
 
 # -- train.py opening a cache ----------------------------------------------------------------------------
 def train_args(world, out, *more, target=None, cache=None):
-    return ["--config", CONFIG, "--target-cache-dir", cache or world["cache"], "--device", "cpu", "--no-progress",
-            "--opts", f"model.target_model_name_or_path={target or world['target']}", f"model.target_layer_ids={LAYERS}",
-            "model.num_draft_layers=1", "model.num_anchors=4", "train.local_batch_size=2", "train.global_batch_size=4",
-            "train.max_train_steps=4", f"logging.checkpoint_dir={out}", f"logging.tensorboard_dir={out}/tb", *more]
+    return [
+        "--config",
+        CONFIG,
+        "--target-cache-dir",
+        cache or world["cache"],
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--opts",
+        f"model.target_model_name_or_path={target or world['target']}",
+        f"model.target_layer_ids={LAYERS}",
+        "model.num_draft_layers=1",
+        "model.num_anchors=4",
+        "train.local_batch_size=2",
+        "train.global_batch_size=4",
+        "train.max_train_steps=4",
+        f"logging.checkpoint_dir={out}",
+        f"logging.tensorboard_dir={out}/tb",
+        *more,
+    ]
 
 
 def test_train_cache_of_a_same_named_other_target_subprocess(world, tmp_path):
     before = untouched(world)
-    refused(run_entry("train.py", train_args(world, tmp_path / "run", target=world["ft"])),
-            "differs in the target (config or weights)", "--target-cache-dir", code=2)
+    refused(
+        run_entry("train.py", train_args(world, tmp_path / "run", target=world["ft"])),
+        "differs in the target (config or weights)",
+        "--target-cache-dir",
+        code=2,
+    )
     assert untouched(world) == before and not list(tmp_path.rglob("step_*"))
 
 
 def test_train_cache_built_for_another_max_length(world, tmp_path):
     before = untouched(world)
-    refused(run_main("train.py", train_args(world, tmp_path / "run", "data.max_length=1024")),
-            "data.max_length=512, this run has 1024", code=2)
+    refused(
+        run_main("train.py", train_args(world, tmp_path / "run", "data.max_length=1024")),
+        "data.max_length=512, this run has 1024",
+        code=2,
+    )
     assert untouched(world) == before
 
 
@@ -260,8 +423,12 @@ def test_train_incomplete_cache(world, tmp_path):
     shutil.copytree(world["cache"], partial)
     (partial / "manifest.json").unlink()
     before = fingerprint([partial])
-    refused(run_main("train.py", train_args(world, tmp_path / "run", cache=partial)), "incomplete cache",
-            "re-run the build", code=2)
+    refused(
+        run_main("train.py", train_args(world, tmp_path / "run", cache=partial)),
+        "incomplete cache",
+        "re-run the build",
+        code=2,
+    )
     assert fingerprint([partial]) == before
 
 

@@ -7,7 +7,6 @@ traceback, the message naming the problem, and every user file byte-for-byte unc
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -24,8 +23,7 @@ def world(tmp_path_factory):
     target = build_random_tiny_target(output_dir=base / "target", seed=0)
     prompts = base / "prompts"
     prompts.mkdir()
-    (prompts / "gsm8k.jsonl").write_text("".join(json.dumps({"turns": [f"What is {i}+{i}?"]}) + "\n"
-                                                 for i in range(3)))
+    (prompts / "gsm8k.jsonl").write_text("".join(json.dumps({"turns": [f"What is {i}+{i}?"]}) + "\n" for i in range(3)))
     (prompts / "broken.jsonl").write_text('{"turns": ["ok"]}\n{not json\n')
     (prompts / "noturns.jsonl").write_text('{"question": "no turns key"}\n')
     draft = base / "draft_without_weights"
@@ -48,77 +46,214 @@ CASES = [
     ("train-no-config", "train.py", [], ["the following arguments are required: --config"]),
     ("train-missing-config", "train.py", ["--config", "{base}/nope.py"], ["config file not found"]),
     ("train-config-not-python", "train.py", ["--config", "{notes}"], ["config must be a Python file"]),
-    ("train-unknown-key", "train.py", ["--config", TINY, "--opts", "train.lrr=1"],
-     ["unknown config key 'train.lrr'", "train.lr"]),
+    (
+        "train-unknown-key",
+        "train.py",
+        ["--config", TINY, "--opts", "train.lrr=1"],
+        ["unknown config key 'train.lrr'", "train.lr"],
+    ),
     ("train-opts-no-equals", "train.py", ["--config", TINY, "--opts", "train.lr"], ["must look like key.path=value"]),
     ("train-bad-type", "train.py", ["--config", TINY, "--opts", "train.local_batch_size=four"], ["expected int"]),
-    ("train-batch-zero", "train.py", ["--config", TINY, "--opts", "train.local_batch_size=0"],
-     ["train.local_batch_size must be >= 1, got 0"]),
-    ("train-batch-not-multiple", "train.py", ["--config", TINY, "--opts", "train.global_batch_size=6"],
-     ["must be a multiple of"]),
+    (
+        "train-batch-zero",
+        "train.py",
+        ["--config", TINY, "--opts", "train.local_batch_size=0"],
+        ["train.local_batch_size must be >= 1, got 0"],
+    ),
+    (
+        "train-batch-not-multiple",
+        "train.py",
+        ["--config", TINY, "--opts", "train.global_batch_size=6"],
+        ["must be a multiple of"],
+    ),
     ("train-lr-nan", "train.py", ["--config", TINY, "--opts", "train.lr=.nan"], ["train.lr must be a finite number"]),
-    ("train-bad-algorithm", "train.py", ["--config", TINY, "--opts", "model.algorithm=medusa"],
-     ["model.algorithm must be one of"]),
-    ("train-layer-ids-unsorted", "train.py", ["--config", TINY, "--opts", "model.target_layer_ids=[2,1]"],
-     ["strictly increasing"]),
-    ("train-bad-precision", "train.py", ["--config", TINY, "--opts", "train.precision=fp8"],
-     ["train.precision must be auto, bf16 or fp32"]),
+    (
+        "train-bad-algorithm",
+        "train.py",
+        ["--config", TINY, "--opts", "model.algorithm=medusa"],
+        ["model.algorithm must be one of"],
+    ),
+    (
+        "train-layer-ids-unsorted",
+        "train.py",
+        ["--config", TINY, "--opts", "model.target_layer_ids=[2,1]"],
+        ["strictly increasing"],
+    ),
+    (
+        "train-bad-precision",
+        "train.py",
+        ["--config", TINY, "--opts", "train.precision=fp8"],
+        ["train.precision must be auto, bf16 or fp32"],
+    ),
     ("train-no-cache", "train.py", ["--config", TINY], ["no target cache: pass --target-cache-dir"]),
-    ("train-cache-missing", "train.py", ["--config", TINY, "--target-cache-dir", "{base}/nocache"],
-     ["no target cache at", "manifest.json"]),
+    (
+        "train-cache-missing",
+        "train.py",
+        ["--config", TINY, "--target-cache-dir", "{base}/nocache"],
+        ["no target cache at", "manifest.json"],
+    ),
     ("train-nproc-zero", "train.py", ["--config", TINY, "--nproc", "0"], ["--nproc: expected an integer >= 1"]),
-    ("train-stop-after-zero", "train.py", ["--config", TINY, "--stop-after-steps", "0"],
-     ["--stop-after-steps: expected an integer >= 1"]),
-    ("train-unknown-trainer", "train.py", ["--config", TINY, "--opts", "train.trainer_cls=Nope",
-                                           "--target-cache-dir", "{base}"], ["train.trainer_cls='Nope' is unknown"]),
+    (
+        "train-stop-after-zero",
+        "train.py",
+        ["--config", TINY, "--stop-after-steps", "0"],
+        ["--stop-after-steps: expected an integer >= 1"],
+    ),
+    (
+        "train-unknown-trainer",
+        "train.py",
+        ["--config", TINY, "--opts", "train.trainer_cls=Nope", "--target-cache-dir", "{base}"],
+        ["train.trainer_cls='Nope' is unknown"],
+    ),
     ("eval-no-draft", "eval.py", [], ["--draft_name_or_path is required"]),
-    ("eval-missing-draft", "eval.py", ["--draft_name_or_path", "{base}/runs/nope/step_5", "--tasks", "gsm8k:1"],
-     ["no such folder"]),
-    ("eval-relative-missing-draft", "eval.py", ["--draft_name_or_path", "runs/nope", "--tasks", "gsm8k:1"],
-     ["no such folder: runs/nope"]),
-    ("eval-draft-is-file", "eval.py", ["--draft_name_or_path", "{notes}", "--tasks", "gsm8k:1"],
-     ["is a file, not a draft folder"]),
-    ("eval-draft-empty-folder", "eval.py", ["--draft_name_or_path", "{prompts}", "--tasks", "gsm8k:1"],
-     ["holds no draft"]),
+    (
+        "eval-missing-draft",
+        "eval.py",
+        ["--draft_name_or_path", "{base}/runs/nope/step_5", "--tasks", "gsm8k:1"],
+        ["no such folder"],
+    ),
+    (
+        "eval-relative-missing-draft",
+        "eval.py",
+        ["--draft_name_or_path", "runs/nope", "--tasks", "gsm8k:1"],
+        ["no such folder: runs/nope"],
+    ),
+    (
+        "eval-draft-is-file",
+        "eval.py",
+        ["--draft_name_or_path", "{notes}", "--tasks", "gsm8k:1"],
+        ["is a file, not a draft folder"],
+    ),
+    (
+        "eval-draft-empty-folder",
+        "eval.py",
+        ["--draft_name_or_path", "{prompts}", "--tasks", "gsm8k:1"],
+        ["holds no draft"],
+    ),
     ("eval-unknown-task", "eval.py", ["--self-draft", "2", "--tasks", "nosuch:1"], ["unknown task 'nosuch'"]),
     ("eval-task-count-zero", "eval.py", ["--self-draft", "2", "--tasks", "gsm8k:0"], ["the count must be at least 1"]),
     ("eval-task-count-text", "eval.py", ["--self-draft", "2", "--tasks", "gsm8k:x"], ["is not an integer"]),
     ("eval-missing-data-dir", "eval.py", ["--self-draft", "2", "--eval-data-dir", "{base}/noeval"], ["does not exist"]),
-    ("eval-threshold-range", "eval.py", ["--self-draft", "2", "--confidence-threshold", "2"],
-     ["--confidence-threshold must lie in [0, 1]"]),
+    (
+        "eval-threshold-range",
+        "eval.py",
+        ["--self-draft", "2", "--confidence-threshold", "2"],
+        ["--confidence-threshold must lie in [0, 1]"],
+    ),
     ("eval-max-new-tokens-zero", "eval.py", ["--self-draft", "2", "--max-new-tokens", "0"], ["must be >= 1"]),
-    ("eval-negative-temperature", "eval.py", ["--self-draft", "2", "--temperature", "-1"], ["--temperature must be >= 0"]),
+    (
+        "eval-negative-temperature",
+        "eval.py",
+        ["--self-draft", "2", "--temperature", "-1"],
+        ["--temperature must be >= 0"],
+    ),
     ("eval-negative-self-draft", "eval.py", ["--self-draft", "-1"], ["--self-draft must be >= 1"]),
     ("eval-bad-device", "eval.py", ["--self-draft", "2", "--device", "tpu"], ["--device must be cpu, cuda or cuda:N"]),
-    ("eval-prefix-needs-profile", "eval.py", ["--self-draft", "2", "--scheduler", "prefix"], ["needs --engine-profile"]),
-    ("eval-output-is-data-dir", "eval.py", ["--self-draft", "2", "--tasks", "gsm8k:1", "--output-dir", "{prompts}"],
-     ["--output-dir path", "is the input"]),
-    ("eval-output-inside-target", "eval.py", ["--self-draft", "2", "--tasks", "gsm8k:1", "--output-dir",
-                                              "{target}/eval"], ["lies inside the input folder"]),
-    ("eval-output-is-file", "eval.py", ["--self-draft", "2", "--tasks", "gsm8k:1", "--output-dir", "{notes}"],
-     ["is a file; pass a folder"]),
-    ("eval-missing-target", "eval.py", ["--self-draft", "2", "--tasks", "gsm8k:1", "--target_name_or_path",
-                                        "{base}/no_target", "--output-dir", "{base}/out1"], ["no_target", "does not exist"]),
-    ("eval-broken-prompts", "eval.py", ["--self-draft", "2", "--tasks", "broken:2", "--max-new-tokens", "2",
-                                        "--output-dir", "{base}/out2"], ["broken.jsonl:2: not valid JSON"]),
-    ("eval-prompts-without-turns", "eval.py", ["--self-draft", "2", "--tasks", "noturns:1", "--max-new-tokens", "2",
-                                               "--output-dir", "{base}/out3"], ['needs a non-empty "turns" list']),
-    ("eval-missing-profile", "eval.py", ["--self-draft", "2", "--tasks", "gsm8k:1", "--scheduler", "prefix",
-                                         "--engine-profile", "{base}/nope.json", "--output-dir", "{base}/out4"],
-     ["does not exist"]),
-    ("tiny-target-steps-zero", "scripts/data/build_tiny_target.py", ["--steps", "0", "--output-dir", "{base}/tt"],
-     ["steps must be >= 1"]),
-    ("tiny-target-onto-file", "scripts/data/build_tiny_target.py", ["--steps", "1", "--output-dir", "{notes}"],
-     ["exists and is not a folder"]),
-    ("tiny-target-onto-foreign-folder", "scripts/data/build_tiny_target.py",
-     ["--steps", "1", "--output-dir", "{prompts}"], ["not a tiny-target folder"]),
-    ("compare-bad-run-spec", "scripts/eval/compare.py", ["--runs", "nodir", "--output-dir", "{base}/cmp"],
-     ["write NAME=DIR"]),
-    ("compare-missing-run", "scripts/eval/compare.py", ["--runs", "a={base}/x", "--output-dir", "{base}/cmp"],
-     ["results.json not found"]),
+    (
+        "eval-prefix-needs-profile",
+        "eval.py",
+        ["--self-draft", "2", "--scheduler", "prefix"],
+        ["needs --engine-profile"],
+    ),
+    (
+        "eval-output-is-data-dir",
+        "eval.py",
+        ["--self-draft", "2", "--tasks", "gsm8k:1", "--output-dir", "{prompts}"],
+        ["--output-dir path", "is the input"],
+    ),
+    (
+        "eval-output-inside-target",
+        "eval.py",
+        ["--self-draft", "2", "--tasks", "gsm8k:1", "--output-dir", "{target}/eval"],
+        ["lies inside the input folder"],
+    ),
+    (
+        "eval-output-is-file",
+        "eval.py",
+        ["--self-draft", "2", "--tasks", "gsm8k:1", "--output-dir", "{notes}"],
+        ["is a file; pass a folder"],
+    ),
+    (
+        "eval-missing-target",
+        "eval.py",
+        [
+            "--self-draft",
+            "2",
+            "--tasks",
+            "gsm8k:1",
+            "--target_name_or_path",
+            "{base}/no_target",
+            "--output-dir",
+            "{base}/out1",
+        ],
+        ["no_target", "does not exist"],
+    ),
+    (
+        "eval-broken-prompts",
+        "eval.py",
+        ["--self-draft", "2", "--tasks", "broken:2", "--max-new-tokens", "2", "--output-dir", "{base}/out2"],
+        ["broken.jsonl:2: not valid JSON"],
+    ),
+    (
+        "eval-prompts-without-turns",
+        "eval.py",
+        ["--self-draft", "2", "--tasks", "noturns:1", "--max-new-tokens", "2", "--output-dir", "{base}/out3"],
+        ['needs a non-empty "turns" list'],
+    ),
+    (
+        "eval-missing-profile",
+        "eval.py",
+        [
+            "--self-draft",
+            "2",
+            "--tasks",
+            "gsm8k:1",
+            "--scheduler",
+            "prefix",
+            "--engine-profile",
+            "{base}/nope.json",
+            "--output-dir",
+            "{base}/out4",
+        ],
+        ["does not exist"],
+    ),
+    (
+        "tiny-target-steps-zero",
+        "scripts/data/build_tiny_target.py",
+        ["--steps", "0", "--output-dir", "{base}/tt"],
+        ["steps must be >= 1"],
+    ),
+    (
+        "tiny-target-onto-file",
+        "scripts/data/build_tiny_target.py",
+        ["--steps", "1", "--output-dir", "{notes}"],
+        ["exists and is not a folder"],
+    ),
+    (
+        "tiny-target-onto-foreign-folder",
+        "scripts/data/build_tiny_target.py",
+        ["--steps", "1", "--output-dir", "{prompts}"],
+        ["not a tiny-target folder"],
+    ),
+    (
+        "compare-bad-run-spec",
+        "scripts/eval/compare.py",
+        ["--runs", "nodir", "--output-dir", "{base}/cmp"],
+        ["write NAME=DIR"],
+    ),
+    (
+        "compare-missing-run",
+        "scripts/eval/compare.py",
+        ["--runs", "a={base}/x", "--output-dir", "{base}/cmp"],
+        ["results.json not found"],
+    ),
     ("ablations-missing-folder", "scripts/eval/plot_ablations.py", ["--out", "{base}/none"], ["is not a folder"]),
-    ("profile-bad-batch-list", "scripts/eval/profile_engine.py", ["--batch-tokens", "1,x"],
-     ["expected comma-separated integers"]),
+    (
+        "profile-bad-batch-list",
+        "scripts/eval/profile_engine.py",
+        ["--batch-tokens", "1,x"],
+        ["expected comma-separated integers"],
+    ),
     ("profile-repeats-zero", "scripts/eval/profile_engine.py", ["--repeats", "0"], ["must be >= 1"]),
 ]
 
@@ -134,8 +269,11 @@ def test_refused_clearly_and_nothing_touched(world, script, args, needles):
 
 def test_train_sh_forwards_repeated_opts_to_the_same_checks(world):
     """train.sh --opts a --opts b: both overrides reach train.py (the second one fails here, on purpose)."""
-    result = run_entry("scripts/train/train.sh", ["--opts", "train.lr=1e-3", "--opts", "train.local_batch_size=0"],
-                       env={**_env(world), "config_path": TINY})
+    result = run_entry(
+        "scripts/train/train.sh",
+        ["--opts", "train.lr=1e-3", "--opts", "train.local_batch_size=0"],
+        env={**_env(world), "config_path": TINY},
+    )
     refused(result, "train.local_batch_size must be >= 1, got 0")
 
 
@@ -154,7 +292,8 @@ def test_cli_main_one_line_for_project_and_os_errors_traceback_for_bugs(capsys, 
 
     monkeypatch.setattr("sys.argv", ["tool.py"])
     assert main("project") == 2 and capsys.readouterr().err == (
-        "tool.py: error: the draft folder is empty; pass a step_N folder\n")
+        "tool.py: error: the draft folder is empty; pass a step_N folder\n"
+    )
     assert main("os") == 2 and capsys.readouterr().err == "tool.py: error: [Errno 13] Permission denied: '/data/out'\n"
     assert main("fine") == 0
     with pytest.raises(KeyError):

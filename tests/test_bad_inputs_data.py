@@ -25,8 +25,10 @@ PREPARE = "scripts/data/prepare_data.sh"
 
 
 def _conv(i, answer="ORIGINAL"):
-    return {"id": f"c{i}", "conversations": [{"role": "user", "content": f"def f{i}(x):"},
-                                             {"role": "assistant", "content": answer}]}
+    return {
+        "id": f"c{i}",
+        "conversations": [{"role": "user", "content": f"def f{i}(x):"}, {"role": "assistant", "content": answer}],
+    }
 
 
 def _write_jsonl(path, rows):
@@ -64,13 +66,15 @@ def fake_model(tmp_path):
 
 # ----------------------------------------------------------------------------- generate_train_data.py
 
+
 def _gen_setup(tmp_path, fake_model):
     """The user's files: a prompt file, an output of an earlier run by another model, a notes file."""
     data = tmp_path / "data"
     prompts = _write_jsonl(data / "prompts.jsonl", [_conv(i) for i in range(3)])
     other = {"model": "Qwen/Qwen3-4B", "fingerprint": "name:Qwen/Qwen3-4B"}
-    done = _write_jsonl(tmp_path / "done" / "regen.jsonl",
-                        [dict(_conv(0, "OLD ANSWER"), finish_reasons=["stop"], generated_by=other)])
+    done = _write_jsonl(
+        tmp_path / "done" / "regen.jsonl", [dict(_conv(0, "OLD ANSWER"), finish_reasons=["stop"], generated_by=other)]
+    )
     return dict(data=data, prompts=prompts, done=done, model=fake_model, tmp=tmp_path)
 
 
@@ -88,10 +92,16 @@ GEN_CASES = [
     ("input-folder-without-jsonl", lambda f: _hf(f) + _io(f, inp="{tmp}/empty_dir"), ["no *.jsonl"]),
     ("output-is-input", lambda f: _hf(f) + _io(f, out="{prompts}"), ["is the input"]),
     # Once the error file of out.jsonl was opened before the input was read, then deleted as empty.
-    ("error-file-is-input", lambda f: _hf(f) + _io(f, inp="{data}/out_error.jsonl", out="{data}/out.jsonl"),
-     ["error file path", "out_error.jsonl", "is the input"]),
-    ("output-inside-input-folder", lambda f: _hf(f) + _io(f, inp="{data}", out="{data}/regen.jsonl"),
-     ["inside the input folder"]),
+    (
+        "error-file-is-input",
+        lambda f: _hf(f) + _io(f, inp="{data}/out_error.jsonl", out="{data}/out.jsonl"),
+        ["error file path", "out_error.jsonl", "is the input"],
+    ),
+    (
+        "output-inside-input-folder",
+        lambda f: _hf(f) + _io(f, inp="{data}", out="{data}/regen.jsonl"),
+        ["inside the input folder"],
+    ),
     ("output-inside-model-folder", lambda f: _hf(f) + _io(f, out="{model}/regen.jsonl"), ["inside the input folder"]),
     ("output-is-a-folder", lambda f: _hf(f) + _io(f, out="{tmp}/done"), ["is a folder"]),
     ("output-parent-is-a-file", lambda f: _hf(f) + _io(f, out="{prompts}/x.jsonl"), ["is a file, not a folder"]),
@@ -110,34 +120,72 @@ GEN_CASES = [
     ("concurrency-0", lambda f: _hf(f) + _io(f) + ["--concurrency", "0"], ["--concurrency"]),
     ("request-timeout-0", lambda f: _hf(f) + _io(f) + ["--request-timeout", "0"], ["--request-timeout"]),
     ("max-retries-negative", lambda f: _hf(f) + _io(f) + ["--max-retries", "-1"], ["--max-retries"]),
-    ("gpu-memory-utilization-0", lambda f: _hf(f) + _io(f) + ["--gpu-memory-utilization", "0"],
-     ["--gpu-memory-utilization"]),
+    (
+        "gpu-memory-utilization-0",
+        lambda f: _hf(f) + _io(f) + ["--gpu-memory-utilization", "0"],
+        ["--gpu-memory-utilization"],
+    ),
     ("tensor-parallel-0", lambda f: _hf(f) + _io(f) + ["--tensor-parallel-size", "0"], ["--tensor-parallel-size"]),
     ("data-parallel-0", lambda f: _hf(f) + _io(f) + ["--data-parallel-size", "0"], ["--data-parallel-size"]),
     ("dtype-unknown", lambda f: _hf(f) + _io(f) + ["--dtype", "float8"], ["--dtype"]),
-    ("resume-and-overwrite", lambda f: _hf(f) + _io(f, out="{done}") + ["--resume", "--overwrite"],
-     ["--overwrite", "not allowed with"]),
+    (
+        "resume-and-overwrite",
+        lambda f: _hf(f) + _io(f, out="{done}") + ["--resume", "--overwrite"],
+        ["--overwrite", "not allowed with"],
+    ),
     ("existing-output-without-resume", lambda f: _hf(f) + _io(f, out="{done}"), ["already has rows", "--resume"]),
-    ("resume-another-model", lambda f: _hf(f) + _io(f, out="{done}") + ["--resume"],
-     ["written by Qwen/Qwen3-4B", "model_b", "--overwrite", "new --output-file-path"]),
-    ("missing-model-folder", lambda f: ["--backend", "hf", "--model", str(f["tmp"] / "models" / "nope")] + _io(f),
-     ["no such model folder"]),
-    ("model-folder-without-config", lambda f: ["--backend", "hf", "--model", str(f["tmp"] / "empty_dir")] + _io(f),
-     ["no config.json"]),
+    (
+        "resume-another-model",
+        lambda f: _hf(f) + _io(f, out="{done}") + ["--resume"],
+        ["written by Qwen/Qwen3-4B", "model_b", "--overwrite", "new --output-file-path"],
+    ),
+    (
+        "missing-model-folder",
+        lambda f: ["--backend", "hf", "--model", str(f["tmp"] / "models" / "nope")] + _io(f),
+        ["no such model folder"],
+    ),
+    (
+        "model-folder-without-config",
+        lambda f: ["--backend", "hf", "--model", str(f["tmp"] / "empty_dir")] + _io(f),
+        ["no config.json"],
+    ),
     ("hf-without-model", lambda f: ["--backend", "hf"] + _io(f), ["--model is required"]),
     ("openai-without-server", lambda f: ["--backend", "openai"] + _io(f), ["--server-address"]),
-    ("server-address-without-port", lambda f: ["--backend", "openai", "--server-address", "localhost"] + _io(f),
-     ["HOST:PORT"]),
-    ("server-address-ftp", lambda f: ["--backend", "openai", "--server-address", "ftp://127.0.0.1:21"] + _io(f),
-     ["http://"]),
-    ("server-not-running", lambda f: ["--backend", "openai", "--server-address", f"127.0.0.1:{_dead_port()}",
-                                      "--max-retries", "0"] + _io(f), ["no server answered", "launch_vllm_server"]),
-    ("api-key-env-unset", lambda f: ["--backend", "openai", "--server-address", "127.0.0.1:9",
-                                     "--api-key-env", "DEEPSPEC_TEST_NO_SUCH_KEY"] + _io(f), ["not set"]),
-    ("server-address-with-hf", lambda f: _hf(f) + ["--server-address", "127.0.0.1:8000"] + _io(f),
-     ["--backend openai"]),
-    ("error-path-holds-a-user-file", lambda f: _hf(f) + _io(f, out="{tmp}/notes/regen.jsonl"),
-     ["regen_error.jsonl", "not a failure list"]),
+    (
+        "server-address-without-port",
+        lambda f: ["--backend", "openai", "--server-address", "localhost"] + _io(f),
+        ["HOST:PORT"],
+    ),
+    (
+        "server-address-ftp",
+        lambda f: ["--backend", "openai", "--server-address", "ftp://127.0.0.1:21"] + _io(f),
+        ["http://"],
+    ),
+    (
+        "server-not-running",
+        lambda f: (
+            ["--backend", "openai", "--server-address", f"127.0.0.1:{_dead_port()}", "--max-retries", "0"] + _io(f)
+        ),
+        ["no server answered", "launch_vllm_server"],
+    ),
+    (
+        "api-key-env-unset",
+        lambda f: (
+            ["--backend", "openai", "--server-address", "127.0.0.1:9", "--api-key-env", "DEEPSPEC_TEST_NO_SUCH_KEY"]
+            + _io(f)
+        ),
+        ["not set"],
+    ),
+    (
+        "server-address-with-hf",
+        lambda f: _hf(f) + ["--server-address", "127.0.0.1:8000"] + _io(f),
+        ["--backend openai"],
+    ),
+    (
+        "error-path-holds-a-user-file",
+        lambda f: _hf(f) + _io(f, out="{tmp}/notes/regen.jsonl"),
+        ["regen_error.jsonl", "not a failure list"],
+    ),
 ]
 
 
@@ -148,8 +196,13 @@ def test_generate_refuses(name, argv, needles, tmp_path, fake_model):
     _write_jsonl(f["data"] / "out_error.jsonl", [_conv(9)])  # the user's data, named like our error file
     _write_jsonl(tmp_path / "notes" / "regen_error.jsonl", ["my own notes, not JSON"])
     before = fingerprint([tmp_path])
-    result = run_entry(GEN, argv(f), cwd=tmp_path, timeout=60,
-                       env={"DEEPSPEC_TEST_NO_SUCH_KEY": "", "OPENAI_API_KEY": "sk-must-not-leak"})
+    result = run_entry(
+        GEN,
+        argv(f),
+        cwd=tmp_path,
+        timeout=60,
+        env={"DEEPSPEC_TEST_NO_SUCH_KEY": "", "OPENAI_API_KEY": "sk-must-not-leak"},
+    )
     refused(result, *needles)
     assert fingerprint([tmp_path]) == before  # nothing written, nothing deleted
 
@@ -158,13 +211,27 @@ def test_input_folder_holding_the_output_ends_at_once(tmp_path, fake_model):
     # Once: the tool read its own output and error files back, each bad line writing another (369 MB in 60 s).
     data = _write_jsonl(tmp_path / "data" / "bad.jsonl", ["{not json"] * 50).parent
     before = fingerprint([data])
-    result = run_entry(GEN, ["--backend", "hf", "--model", str(fake_model), "--input-file-path", str(data),
-                             "--output-file-path", str(data / "regen.jsonl"), "--resume"], timeout=30)
+    result = run_entry(
+        GEN,
+        [
+            "--backend",
+            "hf",
+            "--model",
+            str(fake_model),
+            "--input-file-path",
+            str(data),
+            "--output-file-path",
+            str(data / "regen.jsonl"),
+            "--resume",
+        ],
+        timeout=30,
+    )
     refused(result, "inside the input folder")
     assert fingerprint([data]) == before
 
 
 # ----------------------------------------------------------------------------- fixes that need a running backend
+
 
 class _Recorder:
     """A loopback OpenAI-compatible server that records each request's Authorization header."""
@@ -194,8 +261,16 @@ class _Recorder:
                 req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if on_post is not None:
                     on_post()
-                self._send({"choices": [{"message": {"role": "assistant", "content": "A:" + req["messages"][-1]
-                                                     ["content"]}, "finish_reason": "stop"}]})
+                self._send(
+                    {
+                        "choices": [
+                            {
+                                "message": {"role": "assistant", "content": "A:" + req["messages"][-1]["content"]},
+                                "finish_reason": "stop",
+                            }
+                        ]
+                    }
+                )
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.address = f"127.0.0.1:{self.httpd.server_address[1]}"
@@ -211,16 +286,27 @@ def test_openai_env_key_never_goes_to_a_server_not_given_one(tmp_path):
     try:
         prompts = _write_jsonl(tmp_path / "p.jsonl", [_conv(i) for i in range(2)])
         out = tmp_path / "o.jsonl"
-        base = ["--backend", "openai", "--server-address", server.address, "--input-file-path", str(prompts),
-                "--no-progress"]
+        base = [
+            "--backend",
+            "openai",
+            "--server-address",
+            server.address,
+            "--input-file-path",
+            str(prompts),
+            "--no-progress",
+        ]
         env = {"OPENAI_API_KEY": "sk-secret", "MY_SERVER_KEY": "local-key"}
         r = run_entry(GEN, base + ["--output-file-path", out], env=env, timeout=60)
         assert r.rc == 0, r.output[-2000:]
         assert server.auth and all(a is None for a in server.auth)  # $OPENAI_API_KEY stayed here
         assert {row["generated_by"]["model"] for row in _rows(out)} == {"served-model"}
         server.auth.clear()
-        r = run_entry(GEN, base + ["--output-file-path", tmp_path / "o2.jsonl", "--api-key-env", "MY_SERVER_KEY"],
-                      env=env, timeout=60)
+        r = run_entry(
+            GEN,
+            base + ["--output-file-path", tmp_path / "o2.jsonl", "--api-key-env", "MY_SERVER_KEY"],
+            env=env,
+            timeout=60,
+        )
         assert r.rc == 0, r.output[-2000:]
         assert server.auth and set(server.auth) == {"Bearer local-key"}  # the key given for it, only that
     finally:
@@ -245,8 +331,23 @@ def test_folder_input_is_listed_before_writing(tmp_path):
     server = _Recorder(on_post=lambda: late.exists() or _write_jsonl(late, [_conv(i) for i in range(10, 20)]))
     try:
         out = tmp_path / "out" / "regen.jsonl"
-        r = run_entry(GEN, ["--backend", "openai", "--server-address", server.address, "--input-file-path", data,
-                            "--output-file-path", out, "--concurrency", "1", "--no-progress"], timeout=60)
+        r = run_entry(
+            GEN,
+            [
+                "--backend",
+                "openai",
+                "--server-address",
+                server.address,
+                "--input-file-path",
+                data,
+                "--output-file-path",
+                out,
+                "--concurrency",
+                "1",
+                "--no-progress",
+            ],
+            timeout=60,
+        )
         assert r.rc == 0, r.output[-2000:]
         assert late.exists() and sorted(row["id"] for row in _rows(out)) == ["c0", "c1", "c2"]
     finally:
@@ -256,8 +357,21 @@ def test_folder_input_is_listed_before_writing(tmp_path):
 def test_rows_record_the_model_and_resume_all_done_exits_0(tiny_target, tmp_path):
     prompts = _write_jsonl(tmp_path / "p.jsonl", ['{"broken', _conv(0), _conv(1)])
     out = tmp_path / "regen.jsonl"
-    argv = ["--backend", "hf", "--model", str(tiny_target), "--input-file-path", prompts, "--output-file-path", out,
-            "--max-tokens", "3", "--temperature", "0", "--no-progress"]
+    argv = [
+        "--backend",
+        "hf",
+        "--model",
+        str(tiny_target),
+        "--input-file-path",
+        prompts,
+        "--output-file-path",
+        out,
+        "--max-tokens",
+        "3",
+        "--temperature",
+        "0",
+        "--no-progress",
+    ]
     r = run_entry(GEN, argv, timeout=300)
     assert r.rc == 0, r.output[-3000:]
     rows = _rows(out)
@@ -280,8 +394,12 @@ def test_rows_record_the_model_and_resume_all_done_exits_0(tiny_target, tmp_path
     cfg = json.loads((other / "config.json").read_text())
     cfg["rope_theta"] = cfg.get("rope_theta", 10000) * 2
     (other / "config.json").write_text(json.dumps(cfg))
-    refused(run_entry(GEN, argv[:3] + [str(other)] + argv[4:] + ["--resume"], timeout=300),
-            f"written by {tiny_target}", "other_target", "--overwrite")
+    refused(
+        run_entry(GEN, argv[:3] + [str(other)] + argv[4:] + ["--resume"], timeout=300),
+        f"written by {tiny_target}",
+        "other_target",
+        "--overwrite",
+    )
     assert fingerprint([out]) == before
 
 
@@ -300,10 +418,15 @@ def test_identity_of_a_folder(tmp_path, fake_model):
 
 # ----------------------------------------------------------------------------- download_and_split.py
 
+
 def _split_setup(tmp_path):
-    src = _write_jsonl(tmp_path / "src" / "chats.jsonl",
-                       [{"id": f"r{i}", "conversations": [{"from": "human", "value": f"q{i}"},
-                                                          {"from": "gpt", "value": f"a{i}"}]} for i in range(6)])
+    src = _write_jsonl(
+        tmp_path / "src" / "chats.jsonl",
+        [
+            {"id": f"r{i}", "conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": f"a{i}"}]}
+            for i in range(6)
+        ],
+    )
     _write_jsonl(tmp_path / "src" / "bad.json", ['[{"broken'])  # not read by the cases that name chats.jsonl
     _write_jsonl(tmp_path / "allbad" / "x.jsonl", ["{nope", '{"id": 1}'])
     (tmp_path / "nodata").mkdir()
@@ -315,8 +438,15 @@ def _split_setup(tmp_path):
 
 
 def _split_io(train="{tmp}/out/train.jsonl", test_dir="{tmp}/out", name="heldout"):
-    return lambda f: ["--train-output-path", train.format(**f), "--test-output-dir", test_dir.format(**f),
-                      "--test-output-name", name, "--no-progress"]
+    return lambda f: [
+        "--train-output-path",
+        train.format(**f),
+        "--test-output-dir",
+        test_dir.format(**f),
+        "--test-output-name",
+        name,
+        "--no-progress",
+    ]
 
 
 def _src(path="{src}"):
@@ -328,8 +458,13 @@ SPLIT_CASES = [
     ("missing-nested-path", _src("data/sets/nope"), _split_io(), [], ["not found"]),
     ("train-output-is-input", _src(), _split_io(train="{src}"), [], ["is the input"]),
     ("test-output-is-input", _src(), _split_io(test_dir="{tmp}/src", name="chats"), [], ["is the input"]),
-    ("output-inside-input-folder", _src("{tmp}/src"), _split_io(train="{tmp}/src/train.jsonl"), [],
-     ["inside the input folder"]),
+    (
+        "output-inside-input-folder",
+        _src("{tmp}/src"),
+        _split_io(train="{tmp}/src/train.jsonl"),
+        [],
+        ["inside the input folder"],
+    ),
     ("train-and-test-same-file", _src(), _split_io(train="{tmp}/out/heldout.jsonl"), [], ["both"]),
     ("train-output-is-a-folder", _src(), _split_io(train="{tmp}/outdir"), [], ["is a folder"]),
     ("test-dir-is-a-file", _src(), _split_io(test_dir="{tmp}/notes.txt"), [], ["is a file, not a folder"]),
@@ -360,10 +495,17 @@ def test_download_and_split_refuses(name, src, io, extra, needles, tmp_path):
 
 # ----------------------------------------------------------------------------- prepare_data.sh
 
+
 def _prepare_env(tmp_path, model, **extra):
-    return {"PYTHON": sys.executable, "DEEPSPEC_VLLM_PYTHON": str(tmp_path / "no_vllm_python"),
-            "MODEL": str(model), "DATA_DIR": str(tmp_path / "data"), "CACHE_DIR": str(tmp_path / "cache"),
-            "CUDA_VISIBLE_DEVICES": "", **extra}
+    return {
+        "PYTHON": sys.executable,
+        "DEEPSPEC_VLLM_PYTHON": str(tmp_path / "no_vllm_python"),
+        "MODEL": str(model),
+        "DATA_DIR": str(tmp_path / "data"),
+        "CACHE_DIR": str(tmp_path / "cache"),
+        "CUDA_VISIBLE_DEVICES": "",
+        **extra,
+    }
 
 
 def test_prepare_data_refuses_a_changed_model(tmp_path, fake_model):
@@ -371,9 +513,16 @@ def test_prepare_data_refuses_a_changed_model(tmp_path, fake_model):
     data = tmp_path / "data"
     _write_jsonl(data / "train.jsonl", [_conv(i) for i in range(3)])
     _write_jsonl(data / "heldout.jsonl", [{"id": "h", "turns": ["q"]}])
-    _write_jsonl(data / "train_regen.jsonl", [dict(_conv(0, "OLD"), finish_reasons=["stop"],
-                                                   generated_by={"model": "Qwen/Qwen3-4B",
-                                                                 "fingerprint": "name:Qwen/Qwen3-4B"})])
+    _write_jsonl(
+        data / "train_regen.jsonl",
+        [
+            dict(
+                _conv(0, "OLD"),
+                finish_reasons=["stop"],
+                generated_by={"model": "Qwen/Qwen3-4B", "fingerprint": "name:Qwen/Qwen3-4B"},
+            )
+        ],
+    )
     before = fingerprint([data])
     result = run_entry(PREPARE, [], env=_prepare_env(tmp_path, fake_model), timeout=120)
     refused(result, "written by Qwen/Qwen3-4B", "REGEN_OUT", "OVERWRITE=1")

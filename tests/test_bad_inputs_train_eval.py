@@ -27,13 +27,16 @@ OLD_CALIBRATION = {"method": "sts", "temperatures": [1.0, 2.0, 0.5, 1.5], "gamma
 
 
 # -- unit: option types ------------------------------------------------------------------------------
-@pytest.mark.parametrize("fn, good, bad", [
-    (positive_int, {"1": 1, "42": 42}, ["0", "-3", "1.5", "x", ""]),
-    (nonnegative_int, {"0": 0, "7": 7}, ["-1", "nan", "2e3"]),
-    (positive_float, {"0.5": 0.5, "3": 3.0}, ["0", "-1", "nan", "inf", "x"]),
-    (nonnegative_float, {"0": 0.0, "2.5": 2.5}, ["-0.1", "nan", "-inf"]),
-    (probability, {"0": 0.0, "1": 1.0, "0.3": 0.3}, ["1.01", "-0.2", "nan", "inf", "half"]),
-])
+@pytest.mark.parametrize(
+    "fn, good, bad",
+    [
+        (positive_int, {"1": 1, "42": 42}, ["0", "-3", "1.5", "x", ""]),
+        (nonnegative_int, {"0": 0, "7": 7}, ["-1", "nan", "2e3"]),
+        (positive_float, {"0.5": 0.5, "3": 3.0}, ["0", "-1", "nan", "inf", "x"]),
+        (nonnegative_float, {"0": 0.0, "2.5": 2.5}, ["-0.1", "nan", "-inf"]),
+        (probability, {"0": 0.0, "1": 1.0, "0.3": 0.3}, ["1.01", "-0.2", "nan", "inf", "half"]),
+    ],
+)
 def test_cli_types(fn, good, bad):
     assert {text: fn(text) for text in good} == good
     for text in bad:
@@ -44,8 +47,15 @@ def test_cli_types(fn, good, bad):
 # -- helpers ---------------------------------------------------------------------------------------
 def round_record(*, task="code", prompt=0, rnd=0, gamma=GAMMA, ell=GAMMA, accepted=2, logits="default"):
     logits = [1.0, 0.5, -0.5, -1.0][:gamma] if logits == "default" else logits
-    return {"task": task, "prompt_index": prompt, "round": rnd, "gamma": gamma, "proposal_len": ell,
-            "accepted": accepted, "conf_logits": logits}
+    return {
+        "task": task,
+        "prompt_index": prompt,
+        "round": rnd,
+        "gamma": gamma,
+        "proposal_len": ell,
+        "accepted": accepted,
+        "conf_logits": logits,
+    }
 
 
 def write_rounds(path: Path, records=None, *, n_prompts=16, n_rounds=8) -> Path:
@@ -57,8 +67,15 @@ def write_rounds(path: Path, records=None, *, n_prompts=16, n_rounds=8) -> Path:
             for r in range(n_rounds):
                 z = rng.normal(1.0, 1.5, size=GAMMA)
                 ok = rng.random(GAMMA) < 1 / (1 + np.exp(-z))
-                records.append(round_record(task="code" if p % 2 else "math", prompt=p, rnd=r,
-                                            accepted=int(np.cumprod(ok).sum()), logits=[round(float(v), 4) for v in z]))
+                records.append(
+                    round_record(
+                        task="code" if p % 2 else "math",
+                        prompt=p,
+                        rnd=r,
+                        accepted=int(np.cumprod(ok).sum()),
+                        logits=[round(float(v), 4) for v in z],
+                    )
+                )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in records))
     return path
@@ -73,8 +90,9 @@ def user(tmp_path):
     (draft / "config.json").write_text("{}\n")
     (draft / "calibration.json").write_text(json.dumps(OLD_CALIBRATION) + "\n")
     cost = tmp_path / "cost_table.json"
-    cost.write_text(json.dumps({"batch_tokens": [1, 8, 64, 512, 4096],
-                                "steps_per_second": [100.0, 99.0, 90.0, 50.0, 8.0]}) + "\n")
+    cost.write_text(
+        json.dumps({"batch_tokens": [1, 8, 64, 512, 4096], "steps_per_second": [100.0, 99.0, 90.0, 50.0, 8.0]}) + "\n"
+    )
     return {"base": tmp_path, "rounds": rounds, "draft": draft, "cost": cost, "out": tmp_path / "out"}
 
 
@@ -116,11 +134,14 @@ def test_read_rounds_names_the_file_and_line(tmp_path):
 
 def test_calibration_files_are_checked_in_one_place(tmp_path):
     path = tmp_path / "calibration.json"
-    for text, match in (('{"temperatures": [1.0, NaN]}', "not positive finite"),
-                        ('{"temperatures": [1.0, -2]}', "not positive finite"),
-                        ('{"temperatures": []}', "not an STS calibration"),
-                        ('{"method": "sts", "temperatures": [1.0], "gamma": 2}', "not an STS calibration"),
-                        ("[1, 2]", "not an STS calibration"), ("{", "not valid JSON")):
+    for text, match in (
+        ('{"temperatures": [1.0, NaN]}', "not positive finite"),
+        ('{"temperatures": [1.0, -2]}', "not positive finite"),
+        ('{"temperatures": []}', "not an STS calibration"),
+        ('{"method": "sts", "temperatures": [1.0], "gamma": 2}', "not an STS calibration"),
+        ("[1, 2]", "not an STS calibration"),
+        ("{", "not valid JSON"),
+    ):
         path.write_text(text)
         with pytest.raises(CalibrationError, match=match):
             read_calibration_file(path)
@@ -135,8 +156,10 @@ def test_calibration_files_are_checked_in_one_place(tmp_path):
 
 
 # -- calibrate.py ----------------------------------------------------------------------------------
-NAN_RECORD = '{"task": "code", "prompt_index": 99, "round": 0, "gamma": 4, "proposal_len": 4, "accepted": 1, ' \
-             '"conf_logits": [0.5, NaN, 0.1, 0.2]}'
+NAN_RECORD = (
+    '{"task": "code", "prompt_index": 99, "round": 0, "gamma": 4, "proposal_len": 4, "accepted": 1, '
+    '"conf_logits": [0.5, NaN, 0.1, 0.2]}'
+)
 
 CALIBRATE_CASES = {
     "nan_logits": (lambda u: bad_line(u, NAN_RECORD), [], ["rounds.jsonl:129", "finite", "nan"]),
@@ -145,17 +168,27 @@ CALIBRATE_CASES = {
     "blank_rounds": (lambda u: write_rounds(u["rounds"], ["", ""]), [], ["is empty (0 records)"]),
     "malformed_json": (lambda u: bad_line(u, '{"task": "code", "prompt'), [], [":129", "malformed JSON"]),
     "missing_keys": (lambda u: bad_line(u, {"task": "code"}), [], [":129", "missing keys"]),
-    "accepted_too_big": (lambda u: bad_line(u, round_record(ell=2, accepted=3)), [], [":129", "accepted <= proposal_len"]),
+    "accepted_too_big": (
+        lambda u: bad_line(u, round_record(ell=2, accepted=3)),
+        [],
+        [":129", "accepted <= proposal_len"],
+    ),
     "logits_wrong_length": (lambda u: bad_line(u, round_record(logits=[1.0])), [], [":129", "gamma=4"]),
     "bool_accepted": (lambda u: bad_line(u, round_record(accepted=True)), [], [":129", "must be integers"]),
     "mixed_gamma": (lambda u: bad_line(u, round_record(gamma=3, ell=3, logits=[1.0, 1.0, 1.0])), [], ["mix gamma"]),
     "no_conf_head": (lambda u: write_rounds(u["rounds"], [round_record(logits=None)]), [], ["no confidence head"]),
-    "binary_rounds": (lambda u: (u["rounds"].write_bytes(b"\xff\xfe\x00\x01" * 50), u["rounds"])[1], [],
-                      ["not a text file"]),
+    "binary_rounds": (
+        lambda u: (u["rounds"].write_bytes(b"\xff\xfe\x00\x01" * 50), u["rounds"])[1],
+        [],
+        ["not a text file"],
+    ),
     "rounds_missing": (lambda u: u["base"] / "eval" / "nope.jsonl", [], ["nope.jsonl: no such file"]),
     "rounds_is_folder": (lambda u: u["base"] / "eval", [], ["is a folder"]),
-    "draft_missing": (lambda u: u["rounds"], ["--draft_name_or_path", "runs/nope/step_5"],
-                      ["no such folder: runs/nope/step_5"]),
+    "draft_missing": (
+        lambda u: u["rounds"],
+        ["--draft_name_or_path", "runs/nope/step_5"],
+        ["no such folder: runs/nope/step_5"],
+    ),
     "held_out_one": (lambda u: u["rounds"], ["--held-out-fraction", "1"], ["[0, 1)"]),
     "held_out_nan": (lambda u: u["rounds"], ["--held-out-fraction", "nan"], ["--held-out-fraction", "expected"]),
     "num_bins_one": (lambda u: u["rounds"], ["--num-bins", "1"], ["--num-bins", ">= 2"]),
@@ -184,8 +217,19 @@ def test_calibrate_will_not_overwrite_its_input(user):
 
 
 def test_calibrate_writes_after_validation(user):
-    result = run_entry(CALIBRATE, ["--rounds", user["rounds"], "--draft_name_or_path", user["draft"],
-                                   "--output-dir", user["out"], "--held-out-fraction", "0.25"])
+    result = run_entry(
+        CALIBRATE,
+        [
+            "--rounds",
+            user["rounds"],
+            "--draft_name_or_path",
+            user["draft"],
+            "--output-dir",
+            user["out"],
+            "--held-out-fraction",
+            "0.25",
+        ],
+    )
     assert result.rc == 0, result.output[-2000:]
     saved = json.loads((user["draft"] / "calibration.json").read_text())
     assert saved["method"] == "sts" and saved["gamma"] == GAMMA and saved["num_fit_rounds"] > 0
@@ -204,10 +248,16 @@ SWEEP_CASES = {
     "threshold_above_one": (lambda u: u["rounds"], ["--thresholds", "0.2", "1.5"], ["--thresholds", "[0, 1]"]),
     "threshold_nan": (lambda u: u["rounds"], ["--thresholds", "nan"], ["--thresholds"]),
     "draft_missing": (lambda u: u["rounds"], ["--draft_name_or_path", "./nope"], ["no such folder: ./nope"]),
-    "calibration_nan": (lambda u: _bad_calibration(u, '{"method": "sts", "temperatures": [1, NaN, 1, 1], "gamma": 4}'),
-                        ["--draft_name_or_path", "@draft"], ["not positive finite"]),
-    "calibration_gamma": (lambda u: _bad_calibration(u, '{"method": "sts", "temperatures": [1, 1], "gamma": 2}'),
-                          ["--draft_name_or_path", "@draft"], ["fitted for gamma=2", "gamma=4"]),
+    "calibration_nan": (
+        lambda u: _bad_calibration(u, '{"method": "sts", "temperatures": [1, NaN, 1, 1], "gamma": 4}'),
+        ["--draft_name_or_path", "@draft"],
+        ["not positive finite"],
+    ),
+    "calibration_gamma": (
+        lambda u: _bad_calibration(u, '{"method": "sts", "temperatures": [1, 1], "gamma": 2}'),
+        ["--draft_name_or_path", "@draft"],
+        ["fitted for gamma=2", "gamma=4"],
+    ),
     "output_dir_is_file": (lambda u: u["rounds"], ["--output-dir", "@cost"], ["is a file"]),
 }
 
@@ -232,8 +282,11 @@ SIMULATE_CASES = {
     # input refusals
     "empty_rounds": (lambda u: write_rounds(u["rounds"], []), [], ["is empty (0 records)", "eval.py"]),
     "folder_without_rounds": (lambda u: u["draft"], [], ["no rounds.jsonl under the folder"]),
-    "all_truncated": (lambda u: write_rounds(u["rounds"], [round_record(ell=2, accepted=1)]), [],
-                      ["no usable rounds", "truncated"]),
+    "all_truncated": (
+        lambda u: write_rounds(u["rounds"], [round_record(ell=2, accepted=1)]),
+        [],
+        ["no usable rounds", "truncated"],
+    ),
     "calibration_nan": (lambda u: u["rounds"], ["--calibration", "@badcal"], ["not positive finite"]),
     "output_inside_input": (lambda u: u["rounds"].parent, ["--output-dir", "@evaldir"], ["inside the input folder"]),
 }
@@ -270,20 +323,51 @@ def trained(tmp_path_factory):
     from deepspec.tiny_target import build_random_tiny_target
 
     base = tmp_path_factory.mktemp("resume")
-    target = build_random_tiny_target(output_dir=base / "target", seed=0, num_hidden_layers=3, hidden_size=64,
-                                      intermediate_size=128, num_attention_heads=2, num_key_value_heads=1,
-                                      head_dim=32)
-    rows = [json.dumps({"id": f"c{i}", "conversations": [
-        {"role": "user", "content": f"def f{i}(x):"}, {"role": "assistant", "content": "    return x" + " + x" * 5}]})
-        for i in range(16)]
+    target = build_random_tiny_target(
+        output_dir=base / "target",
+        seed=0,
+        num_hidden_layers=3,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+    )
+    rows = [
+        json.dumps(
+            {
+                "id": f"c{i}",
+                "conversations": [
+                    {"role": "user", "content": f"def f{i}(x):"},
+                    {"role": "assistant", "content": "    return x" + " + x" * 5},
+                ],
+            }
+        )
+        for i in range(16)
+    ]
     (base / "train.jsonl").write_text("\n".join(rows) + "\n")
-    opts = [f"model.target_model_name_or_path={target}", "model.target_layer_ids=[-1, 1]", "model.num_draft_layers=1",
-            "model.num_anchors=4", "train.local_batch_size=2", "train.global_batch_size=4", "train.max_train_steps=2",
-            "logging.checkpointing_steps=1", f"logging.checkpoint_dir={base / 'run'}",
-            f"logging.tensorboard_dir={base / 'run' / 'tb'}"]
+    opts = [
+        f"model.target_model_name_or_path={target}",
+        "model.target_layer_ids=[-1, 1]",
+        "model.num_draft_layers=1",
+        "model.num_anchors=4",
+        "train.local_batch_size=2",
+        "train.global_batch_size=4",
+        "train.max_train_steps=2",
+        "logging.checkpointing_steps=1",
+        f"logging.checkpoint_dir={base / 'run'}",
+        f"logging.tensorboard_dir={base / 'run' / 'tb'}",
+    ]
     cfg = load_config(ROOT / TINY, opts=opts)
-    build_target_cache(cfg=cfg, train_data_paths=[str(base / "train.jsonl")], output_dir=base / "cache",
-                       min_loss_tokens=2, max_shard_bytes=1 << 24, batch_size=16, log=lambda _: None)
+    build_target_cache(
+        cfg=cfg,
+        train_data_paths=[str(base / "train.jsonl")],
+        output_dir=base / "cache",
+        min_loss_tokens=2,
+        max_shard_bytes=1 << 24,
+        batch_size=16,
+        log=lambda _: None,
+    )
     spec = importlib.util.spec_from_file_location("deepspec_train_entry_bad", ROOT / "train.py")
     entry = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(entry)
@@ -293,8 +377,20 @@ def trained(tmp_path_factory):
 
 def _resume_args(trained, run):
     opts = [o for o in trained["opts"] if not o.startswith("logging.")]
-    return ["--config", TINY, "--target-cache-dir", trained["cache"], "--device", "cpu", "--no-progress", "--opts",
-            *opts, "logging.checkpointing_steps=1", f"logging.checkpoint_dir={run}", f"logging.tensorboard_dir={run}/tb"]
+    return [
+        "--config",
+        TINY,
+        "--target-cache-dir",
+        trained["cache"],
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--opts",
+        *opts,
+        "logging.checkpointing_steps=1",
+        f"logging.checkpoint_dir={run}",
+        f"logging.tensorboard_dir={run}/tb",
+    ]
 
 
 def _copy_run(trained, tmp_path):
@@ -320,10 +416,14 @@ def _evil_state(path: Path, marker: Path):
 
 
 RESUME_CASES = {
-    "every_checkpoint_truncated": (lambda run, m: [_truncate(run / f"step_{s}" / "model.safetensors") for s in (1, 2)],
-                                   ["no readable checkpoint", "step_2: ", "step_1: ", "truncated or corrupted"]),
-    "pickled_code_in_state": (lambda run, m: _evil_state(run / "step_2" / "training_state.pt", m),
-                              ["holds Python objects beyond tensors", "could run code"]),
+    "every_checkpoint_truncated": (
+        lambda run, m: [_truncate(run / f"step_{s}" / "model.safetensors") for s in (1, 2)],
+        ["no readable checkpoint", "step_2: ", "step_1: ", "truncated or corrupted"],
+    ),
+    "pickled_code_in_state": (
+        lambda run, m: _evil_state(run / "step_2" / "training_state.pt", m),
+        ["holds Python objects beyond tensors", "could run code"],
+    ),
 }
 
 

@@ -16,9 +16,11 @@ SCRIPT = ROOT / "eval_datasets" / "build_eval_datasets.py"
 # The prompt templates, written out here independently of the script's constants.
 BOXED = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 HE_PREFIX = "Write a solution to the following problem and make sure that it passes the tests:\n```python\n"
-LCB_PREFIX = ("You are an expert Python programmer. You will be given a question (problem specification) and will "
-              "generate a correct Python program that matches the specification and passes all tests. You will NOT "
-              "return anything except for the program\n\n### Question:\n")
+LCB_PREFIX = (
+    "You are an expert Python programmer. You will be given a question (problem specification) and will "
+    "generate a correct Python program that matches the specification and passes all tests. You will NOT "
+    "return anything except for the program\n\n### Question:\n"
+)
 LCB_STARTER = "### Format: Use the following code structure:\n```python\n"
 LCB_NO_STARTER = "### Format: Write your code in the following format:\n```python\n# YOUR CODE HERE\n```\n\n"
 LCB_ANSWER = "### Answer: (use the provided format with backticks)"
@@ -40,33 +42,92 @@ def mod():
 
 SOURCE_ROWS = {
     "gsm8k": [{"question": f"Tom has {i} apples. How many?", "answer": f"#### {i}"} for i in range(4)],
-    "math500": [{"problem": f"Compute $1+{i}$.", "solution": "...", "answer": str(1 + i), "subject": "Algebra",
-                 "level": 1, "unique_id": f"test/algebra/{i}.json"} for i in range(4)],
-    "aime25": [{"problem_idx": i + 1, "problem": f"Find $x$ if $x={i}$.\n", "answer": i} for i in range(3)],
-    "humaneval": [{"task_id": f"HumanEval/{i}", "prompt": f'def f{i}(x):\n    """Return x."""\n',
-                   "canonical_solution": "    return x\n", "test": "def check(c): pass\n", "entry_point": f"f{i}"}
-                  for i in range(3)],
-    "mbpp": [{"source_file": "x.py", "task_id": 11 + i, "prompt": f"Write a function number {i}.",
-              "code": "def f(): pass", "test_imports": [], "test_list": [f"assert f({i}) == {i}"]}
-             for i in range(4)],
-    "livecodebench": [
-        {"question_title": "A", "question_content": "Read n and print n.\n", "platform": "atcoder",
-         "question_id": "abc1", "contest_id": "abc", "contest_date": "2023-08-01T00:00:00", "starter_code": "",
-         "difficulty": "easy", "public_test_cases": "[]", "private_test_cases": "x", "metadata": "{}"},
-        {"question_title": "B", "question_content": "Return the sum of nums.", "platform": "leetcode",
-         "question_id": "1", "contest_id": "w1", "contest_date": "2023-08-02T00:00:00",
-         "starter_code": "class Solution:\n    def total(self, nums: List[int]) -> int:\n        ",
-         "difficulty": "easy", "public_test_cases": "[]", "private_test_cases": "x", "metadata": "{}"},
+    "math500": [
+        {
+            "problem": f"Compute $1+{i}$.",
+            "solution": "...",
+            "answer": str(1 + i),
+            "subject": "Algebra",
+            "level": 1,
+            "unique_id": f"test/algebra/{i}.json",
+        }
+        for i in range(4)
     ],
-    "mt-bench": [{"prompt": [f"Write a poem {i}.", "Now shorten it."], "prompt_id": 81 + i, "category": "writing",
-                  "reference": []} for i in range(3)],
+    "aime25": [{"problem_idx": i + 1, "problem": f"Find $x$ if $x={i}$.\n", "answer": i} for i in range(3)],
+    "humaneval": [
+        {
+            "task_id": f"HumanEval/{i}",
+            "prompt": f'def f{i}(x):\n    """Return x."""\n',
+            "canonical_solution": "    return x\n",
+            "test": "def check(c): pass\n",
+            "entry_point": f"f{i}",
+        }
+        for i in range(3)
+    ],
+    "mbpp": [
+        {
+            "source_file": "x.py",
+            "task_id": 11 + i,
+            "prompt": f"Write a function number {i}.",
+            "code": "def f(): pass",
+            "test_imports": [],
+            "test_list": [f"assert f({i}) == {i}"],
+        }
+        for i in range(4)
+    ],
+    "livecodebench": [
+        {
+            "question_title": "A",
+            "question_content": "Read n and print n.\n",
+            "platform": "atcoder",
+            "question_id": "abc1",
+            "contest_id": "abc",
+            "contest_date": "2023-08-01T00:00:00",
+            "starter_code": "",
+            "difficulty": "easy",
+            "public_test_cases": "[]",
+            "private_test_cases": "x",
+            "metadata": "{}",
+        },
+        {
+            "question_title": "B",
+            "question_content": "Return the sum of nums.",
+            "platform": "leetcode",
+            "question_id": "1",
+            "contest_id": "w1",
+            "contest_date": "2023-08-02T00:00:00",
+            "starter_code": "class Solution:\n    def total(self, nums: List[int]) -> int:\n        ",
+            "difficulty": "easy",
+            "public_test_cases": "[]",
+            "private_test_cases": "x",
+            "metadata": "{}",
+        },
+    ],
+    "mt-bench": [
+        {
+            "prompt": [f"Write a poem {i}.", "Now shorten it."],
+            "prompt_id": 81 + i,
+            "category": "writing",
+            "reference": [],
+        }
+        for i in range(3)
+    ],
     "alpaca": [
         {"instruction": "Give three tips.", "input": "", "output": "...", "text": "..."},
         {"instruction": "Translate the sentence.", "input": "Hola mundo", "output": "...", "text": "..."},
         {"instruction": "Summarise.", "input": "   ", "output": "...", "text": "..."},
-    ] + [{"instruction": f"Task {i}.", "input": "", "output": "", "text": ""} for i in range(3, 40)],
-    "arena-hard-v2": [{"uid": f"u{i}", "category": "hard_prompt", "subcategory": "coding", "language": "English",
-                       "prompt": f"  Write zig code {i} ünïcode\u2028here  "} for i in range(3)],
+    ]
+    + [{"instruction": f"Task {i}.", "input": "", "output": "", "text": ""} for i in range(3, 40)],
+    "arena-hard-v2": [
+        {
+            "uid": f"u{i}",
+            "category": "hard_prompt",
+            "subcategory": "coding",
+            "language": "English",
+            "prompt": f"  Write zig code {i} ünïcode\u2028here  ",
+        }
+        for i in range(3)
+    ],
 }
 
 EXPECTED = {
@@ -77,8 +138,13 @@ EXPECTED = {
     "mbpp": [[f"Write a function number {i}."] for i in range(4)],
     "livecodebench": [
         [LCB_PREFIX + "Read n and print n.\n\n\n" + LCB_NO_STARTER + LCB_ANSWER],
-        [LCB_PREFIX + "Return the sum of nums.\n\n" + LCB_STARTER
-         + "class Solution:\n    def total(self, nums: List[int]) -> int:\n        \n```\n\n" + LCB_ANSWER],
+        [
+            LCB_PREFIX
+            + "Return the sum of nums.\n\n"
+            + LCB_STARTER
+            + "class Solution:\n    def total(self, nums: List[int]) -> int:\n        \n```\n\n"
+            + LCB_ANSWER
+        ],
     ],
     "mt-bench": [[f"Write a poem {i}.", "Now shorten it."] for i in range(3)],
     "alpaca": [["Give three tips."], ["Translate the sentence.\n\nInput:\nHola mundo"], ["Summarise."]]
@@ -127,6 +193,7 @@ def _turns(path):
 
 # ----------------------------------------------------------------------------- pure converters
 
+
 @pytest.mark.parametrize("task", list(SOURCE_ROWS))
 def test_each_converter_gives_the_exact_prompt(mod, task):
     assert list(mod.CONVERTERS) == list(mod.PAPER_COUNTS)
@@ -144,12 +211,15 @@ def test_converter_errors_name_the_field_and_the_table(mod):
     with pytest.raises(mod.ConversionError, match="list of strings"):
         mod.convert_mt_bench({"prompt": "one string"})
     assert mod.convert_mt_bench({"turns": ["a", "b"]}) == {"turns": ["a", "b"]}  # FastChat's column name
-    assert mod.convert_livecodebench({"question_content": "Q", "starter_code": None})["turns"][0] == \
-        LCB_PREFIX + "Q\n\n" + LCB_NO_STARTER + LCB_ANSWER
+    assert (
+        mod.convert_livecodebench({"question_content": "Q", "starter_code": None})["turns"][0]
+        == LCB_PREFIX + "Q\n\n" + LCB_NO_STARTER + LCB_ANSWER
+    )
     assert mod.convert_alpaca({"instruction": "Do it."}) == {"turns": ["Do it."]}  # no input column at all
 
 
 # ----------------------------------------------------------------------------- building from --source-dir
+
 
 def test_build_every_task_from_local_sources(mod, tmp_path, source_dir):
     out = tmp_path / "out"
@@ -174,22 +244,38 @@ def test_build_every_task_from_local_sources(mod, tmp_path, source_dir):
 def test_command_line_runs_as_a_script(tmp_path, source_dir):
     out = tmp_path / "cli"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--source-dir", str(source_dir), "--output-dir", str(out),
-         "--tasks", "gsm8k, mt-bench,mbpp", "--no-progress"],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--source-dir",
+            str(source_dir),
+            "--output-dir",
+            str(out),
+            "--tasks",
+            "gsm8k, mt-bench,mbpp",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["gsm8k.jsonl", "mbpp.jsonl", "mt-bench.jsonl"]
     assert _turns(out / "gsm8k.jsonl") == EXPECTED["gsm8k"]
     assert _turns(out / "mt-bench.jsonl") == EXPECTED["mt-bench"]
     assert all(len(t) == 2 for t in _turns(out / "mt-bench.jsonl"))
     assert _turns(out / "mbpp.jsonl") == EXPECTED["mbpp"]
-    summary = proc.stdout[proc.stdout.index("task "):]
-    assert [line.split()[:2] for line in summary.strip().split("\n")[1:]] == [["gsm8k", "4"], ["mt-bench", "3"],
-                                                                               ["mbpp", "4"]]
+    summary = proc.stdout[proc.stdout.index("task ") :]
+    assert [line.split()[:2] for line in summary.strip().split("\n")[1:]] == [
+        ["gsm8k", "4"],
+        ["mt-bench", "3"],
+        ["mbpp", "4"],
+    ]
     assert str(out / "gsm8k.jsonl") in summary
 
-    help_text = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True,
-                               timeout=300).stdout
+    help_text = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=300
+    ).stdout
     for word in ("--source-dir", "--max-samples", "--overwrite", "--seed", "openai/gsm8k", "arena-hard-v2"):
         assert word in help_text
 
@@ -201,22 +287,53 @@ def test_max_samples_caps_every_task(mod, tmp_path, source_dir):
     assert _turns(out / "gsm8k.jsonl") == EXPECTED["gsm8k"][:2]  # the first rows, in source order
     assert _turns(out / "livecodebench.jsonl") == EXPECTED["livecodebench"]
 
-    rc = mod.main(["--source-dir", str(source_dir), "--output-dir", str(tmp_path / "one"), "--tasks", "mbpp",
-                   "--max-samples", "1", "--no-progress"])
+    rc = mod.main(
+        [
+            "--source-dir",
+            str(source_dir),
+            "--output-dir",
+            str(tmp_path / "one"),
+            "--tasks",
+            "mbpp",
+            "--max-samples",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert rc == 0 and _turns(tmp_path / "one" / "mbpp.jsonl") == EXPECTED["mbpp"][:1]
 
 
 def test_default_counts_are_the_papers_and_all_keeps_everything(mod, tmp_path, source_dir):
-    assert mod.PAPER_COUNTS == {"gsm8k": 500, "math500": 500, "aime25": 30, "humaneval": 164, "mbpp": 256,
-                                "livecodebench": 500, "mt-bench": 80, "alpaca": 500, "arena-hard-v2": 500}
+    assert mod.PAPER_COUNTS == {
+        "gsm8k": 500,
+        "math500": 500,
+        "aime25": 30,
+        "humaneval": 164,
+        "mbpp": 256,
+        "livecodebench": 500,
+        "mt-bench": 80,
+        "alpaca": 500,
+        "arena-hard-v2": 500,
+    }
     _write_jsonl(source_dir / "aime25.jsonl", [{"problem": f"P{i}"} for i in range(45)])
     _write_jsonl(source_dir / "mt-bench.jsonl", [{"prompt": [f"T{i}", "again"]} for i in range(90)])
-    mod.build(tasks="aime25,mt-bench", output_dir=tmp_path / "paper", source_dir=source_dir, progress=False,
-              log=lambda _: None)
+    mod.build(
+        tasks="aime25,mt-bench",
+        output_dir=tmp_path / "paper",
+        source_dir=source_dir,
+        progress=False,
+        log=lambda _: None,
+    )
     assert len(_turns(tmp_path / "paper" / "aime25.jsonl")) == 30
     assert _turns(tmp_path / "paper" / "mt-bench.jsonl")[-1] == ["T79", "again"]
-    mod.build(tasks="aime25", output_dir=tmp_path / "all", source_dir=source_dir, max_samples="all",
-              progress=False, log=lambda _: None)
+    mod.build(
+        tasks="aime25",
+        output_dir=tmp_path / "all",
+        source_dir=source_dir,
+        max_samples="all",
+        progress=False,
+        log=lambda _: None,
+    )
     assert len(_turns(tmp_path / "all" / "aime25.jsonl")) == 45
     for bad in ("0", "-3", "lots"):
         with pytest.raises(mod.BuildError, match="--max-samples"):
@@ -226,8 +343,15 @@ def test_default_counts_are_the_papers_and_all_keeps_everything(mod, tmp_path, s
 
 def test_alpaca_sample_follows_the_seed(mod, tmp_path, source_dir):
     def sample(seed, n, name):
-        mod.build(tasks="alpaca", output_dir=tmp_path / name, source_dir=source_dir, seed=seed, max_samples=n,
-                  progress=False, log=lambda _: None)
+        mod.build(
+            tasks="alpaca",
+            output_dir=tmp_path / name,
+            source_dir=source_dir,
+            seed=seed,
+            max_samples=n,
+            progress=False,
+            log=lambda _: None,
+        )
         return _turns(tmp_path / name / "alpaca.jsonl")
 
     a, b, c = sample(1, 10, "a"), sample(1, 10, "b"), sample(2, 10, "c")
@@ -276,27 +400,38 @@ def test_missing_or_ambiguous_local_source(mod, tmp_path, source_dir):
 def test_bad_source_rows_are_reported_with_their_place(mod, tmp_path, source_dir):
     _write_jsonl(source_dir / "gsm8k.jsonl", [{"question": "ok"}, {"query": "renamed column"}])
     with pytest.raises(mod.BuildError, match=r"gsm8k\.jsonl:2: .*FIELDS\['gsm8k'\]"):
-        mod.build(tasks="gsm8k", output_dir=tmp_path / "o", source_dir=source_dir, progress=False,
-                  log=lambda _: None)
+        mod.build(tasks="gsm8k", output_dir=tmp_path / "o", source_dir=source_dir, progress=False, log=lambda _: None)
     assert not (tmp_path / "o" / "gsm8k.jsonl").exists()
     (source_dir / "gsm8k.jsonl").write_text('{"question": "ok"}\n{"question": \n')
     with pytest.raises(mod.BuildError, match=r"gsm8k\.jsonl:2 is not valid JSON"):
-        mod.build(tasks="gsm8k", output_dir=tmp_path / "o", source_dir=source_dir, progress=False,
-                  log=lambda _: None)
+        mod.build(tasks="gsm8k", output_dir=tmp_path / "o", source_dir=source_dir, progress=False, log=lambda _: None)
 
 
 def test_livecodebench_folder_follows_the_release(mod, tmp_path, source_dir):
-    mod.build(tasks="livecodebench", output_dir=tmp_path / "v1", source_dir=source_dir, lcb_version="release_v1",
-              progress=False, log=lambda _: None)
+    mod.build(
+        tasks="livecodebench",
+        output_dir=tmp_path / "v1",
+        source_dir=source_dir,
+        lcb_version="release_v1",
+        progress=False,
+        log=lambda _: None,
+    )
     assert _turns(tmp_path / "v1" / "livecodebench.jsonl") == EXPECTED["livecodebench"][:1]
-    mod.build(tasks="livecodebench", output_dir=tmp_path / "only2", source_dir=source_dir, lcb_version="v2",
-              progress=False, log=lambda _: None)
+    mod.build(
+        tasks="livecodebench",
+        output_dir=tmp_path / "only2",
+        source_dir=source_dir,
+        lcb_version="v2",
+        progress=False,
+        log=lambda _: None,
+    )
     assert _turns(tmp_path / "only2" / "livecodebench.jsonl") == EXPECTED["livecodebench"][1:]
     with pytest.raises(mod.BuildError, match="--lcb-version"):
         mod.build(tasks="livecodebench", output_dir=tmp_path / "x", source_dir=source_dir, lcb_version="v9")
 
 
 # ----------------------------------------------------------------------------- the hub, faked
+
 
 def _fake_hub(monkeypatch, tmp_path, *, fail=False):
     """Stand-ins for datasets.load_dataset and huggingface_hub.hf_hub_download; records the calls."""
@@ -326,9 +461,15 @@ def _fake_hub(monkeypatch, tmp_path, *, fail=False):
     return calls
 
 
-HUB_NAMES = {"gsm8k": "openai/gsm8k", "math500": "HuggingFaceH4/MATH-500", "aime25": "MathArena/aime_2025",
-             "humaneval": "openai/openai_humaneval", "mbpp": "google-research-datasets/mbpp",
-             "mt-bench": "HuggingFaceH4/mt_bench_prompts", "alpaca": "tatsu-lab/alpaca"}
+HUB_NAMES = {
+    "gsm8k": "openai/gsm8k",
+    "math500": "HuggingFaceH4/MATH-500",
+    "aime25": "MathArena/aime_2025",
+    "humaneval": "openai/openai_humaneval",
+    "mbpp": "google-research-datasets/mbpp",
+    "mt-bench": "HuggingFaceH4/mt_bench_prompts",
+    "alpaca": "tatsu-lab/alpaca",
+}
 
 
 def test_hub_sources_and_lazy_file_downloads(mod, tmp_path, monkeypatch):
@@ -336,14 +477,21 @@ def test_hub_sources_and_lazy_file_downloads(mod, tmp_path, monkeypatch):
     results = mod.build(output_dir=tmp_path / "out", max_samples=1, progress=False, log=lambda _: None)
     assert {r.task: r.rows for r in results} == {t: 1 for t in mod.PAPER_COUNTS}
     loads = {c[1]: (c[2], c[3]) for c in calls if c[0] == "load_dataset"}
-    assert loads == {"openai/gsm8k": ("main", "test"), "HuggingFaceH4/MATH-500": (None, "test"),
-                     "MathArena/aime_2025": (None, "train"), "openai/openai_humaneval": (None, "test"),
-                     "google-research-datasets/mbpp": ("sanitized", "test"),
-                     "HuggingFaceH4/mt_bench_prompts": (None, "train"), "tatsu-lab/alpaca": (None, "train")}
+    assert loads == {
+        "openai/gsm8k": ("main", "test"),
+        "HuggingFaceH4/MATH-500": (None, "test"),
+        "MathArena/aime_2025": (None, "train"),
+        "openai/openai_humaneval": (None, "test"),
+        "google-research-datasets/mbpp": ("sanitized", "test"),
+        "HuggingFaceH4/mt_bench_prompts": (None, "train"),
+        "tatsu-lab/alpaca": (None, "train"),
+    }
     files = [c[1:] for c in calls if c[0] == "hf_hub_download"]
     # one LiveCodeBench row is in test.jsonl: test2..test6 are never fetched
-    assert files == [("livecodebench/code_generation_lite", "test.jsonl", "dataset"),
-                     ("lmarena-ai/arena-hard-auto", "data/arena-hard-v2.0/question.jsonl", "dataset")]
+    assert files == [
+        ("livecodebench/code_generation_lite", "test.jsonl", "dataset"),
+        ("lmarena-ai/arena-hard-auto", "data/arena-hard-v2.0/question.jsonl", "dataset"),
+    ]
     assert _turns(tmp_path / "out" / "gsm8k.jsonl") == EXPECTED["gsm8k"][:1]
     assert _turns(tmp_path / "out" / "arena-hard-v2.jsonl") == EXPECTED["arena-hard-v2"][:1]
 
@@ -364,8 +512,9 @@ def test_unreachable_hub_says_to_use_source_dir(mod, tmp_path, monkeypatch, caps
 
 def test_error_after_some_tasks_lists_what_was_written(mod, tmp_path, source_dir, capsys):
     _write_jsonl(source_dir / "mbpp.jsonl", [{"prompt": 5}])
-    rc = mod.main(["--source-dir", str(source_dir), "--output-dir", str(tmp_path / "o"), "--tasks", "gsm8k,mbpp",
-                   "--no-progress"])
+    rc = mod.main(
+        ["--source-dir", str(source_dir), "--output-dir", str(tmp_path / "o"), "--tasks", "gsm8k,mbpp", "--no-progress"]
+    )
     assert rc == 2
     captured = capsys.readouterr()
     assert "written before the error" in captured.out and "gsm8k.jsonl" in captured.out
@@ -374,6 +523,7 @@ def test_error_after_some_tasks_lists_what_was_written(mod, tmp_path, source_dir
 
 # ----------------------------------------------------------------------------- the shared prompt files
 
+
 def _shared_dir():
     env = os.environ.get("DEEPSPEC_EVAL_DATA_DIR")
     return Path(env) if env else ROOT.parent / "shared" / "eval_datasets"
@@ -381,7 +531,7 @@ def _shared_dir():
 
 def _strip(text, *, prefix="", suffix=""):
     assert text.startswith(prefix) and text.endswith(suffix), text[:200]
-    return text[len(prefix):len(text) - len(suffix)]
+    return text[len(prefix) : len(text) - len(suffix)]
 
 
 def _lcb_source_row(text):

@@ -9,12 +9,28 @@ import numpy as np
 import pytest
 
 from deepspec.decoding.calibration import (
-    CalibrationError, apply_temperatures, auroc, brier_score, calibration_arrays, confidence_report,
-    expected_calibration_error, fit_sts, load_calibration, plot_reliability, prefix_survival, read_rounds,
-    save_calibration, split_rounds, survival_labels,
+    CalibrationError,
+    apply_temperatures,
+    auroc,
+    brier_score,
+    calibration_arrays,
+    confidence_report,
+    expected_calibration_error,
+    fit_sts,
+    load_calibration,
+    plot_reliability,
+    prefix_survival,
+    read_rounds,
+    save_calibration,
+    split_rounds,
+    survival_labels,
 )
 from deepspec.decoding.threshold import (
-    cumulative_lengths, per_slot_lengths, proposal_lengths, replay_threshold, sweep_thresholds,
+    cumulative_lengths,
+    per_slot_lengths,
+    proposal_lengths,
+    replay_threshold,
+    sweep_thresholds,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +53,7 @@ def logit(p):
 
 
 # ----------------------------------------------------------------------------- metrics
+
 
 def test_prefix_survival_and_labels():
     np.testing.assert_allclose(prefix_survival([[0.5, 0.5, 0.8]]), [[0.5, 0.25, 0.2]])
@@ -70,6 +87,7 @@ def test_brier_hand_example():
 
 
 # ----------------------------------------------------------------------------- STS
+
 
 def test_sts_recovers_known_temperatures_and_fixes_held_out_ece():
     fit_z, fit_acc = synth(20000, T_TRUE, seed=1)
@@ -118,11 +136,13 @@ def test_torch_inputs_stay_torch():
 
 # ----------------------------------------------------------------------------- files
 
+
 def test_calibration_json_round_trip(tmp_path):
     assert load_calibration(tmp_path) is None
     rep = confidence_report(*synth(200, [1, 1, 1], seed=0))
-    path = save_calibration(tmp_path, temperatures=[0.5, 1.0, 2.0], report_before=rep, report_after=rep,
-                            extra={"seed": 7})
+    path = save_calibration(
+        tmp_path, temperatures=[0.5, 1.0, 2.0], report_before=rep, report_after=rep, extra={"seed": 7}
+    )
     data = json.loads(path.read_text())
     assert data["method"] == "sts" and data["gamma"] == 3 and data["seed"] == 7
     assert data["ece_before"] == pytest.approx(rep["ece"])
@@ -135,8 +155,15 @@ def test_calibration_json_round_trip(tmp_path):
 
 
 def _round(task, i, r, acc, logits, gamma=3, proposal_len=None):
-    return {"task": task, "prompt_index": i, "round": r, "gamma": gamma,
-            "proposal_len": gamma if proposal_len is None else proposal_len, "accepted": acc, "conf_logits": logits}
+    return {
+        "task": task,
+        "prompt_index": i,
+        "round": r,
+        "gamma": gamma,
+        "proposal_len": gamma if proposal_len is None else proposal_len,
+        "accepted": acc,
+        "conf_logits": logits,
+    }
 
 
 def test_read_rounds_errors_name_the_line(tmp_path):
@@ -174,12 +201,14 @@ def test_split_keeps_prompts_together_and_is_deterministic():
 
 def test_plot_reliability_writes_png(tmp_path):
     z, acc = synth(500, [1.0, 1.0], seed=0)
-    plot_reliability(prefix_survival(apply_temperatures(z, [1.0, 1.0])), survival_labels(acc, 2),
-                     path=tmp_path / "r.png", title="t")
+    plot_reliability(
+        prefix_survival(apply_temperatures(z, [1.0, 1.0])), survival_labels(acc, 2), path=tmp_path / "r.png", title="t"
+    )
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
 # ----------------------------------------------------------------------------- threshold replay
+
 
 def test_the_two_threshold_rules_differ():
     # σ = [0.9, 0.6, 0.9] at t = 0.5: every slot passes on its own (ℓ = 3), the prefix survival
@@ -203,18 +232,45 @@ def test_threshold_replay_hand_example():
     acc = np.array([3, 1, 0])
     r0, r5, r7 = sweep_thresholds(z, acc, thresholds=[0.0, 0.5, 0.7], rule="cumulative")
     assert [r.pop("rule") for r in (r0, r5, r7)] == ["cumulative"] * 3
-    assert r0 == pytest.approx({"threshold": 0.0, "num_rounds": 3, "avg_accepted": 4 / 3, "avg_rejected": 5 / 3,
-                                "acceptance_rate": 4 / 9, "avg_committed": 7 / 3, "avg_proposal_len": 3.0})
+    assert r0 == pytest.approx(
+        {
+            "threshold": 0.0,
+            "num_rounds": 3,
+            "avg_accepted": 4 / 3,
+            "avg_rejected": 5 / 3,
+            "acceptance_rate": 4 / 9,
+            "avg_committed": 7 / 3,
+            "avg_proposal_len": 3.0,
+        }
+    )
     # ℓ = 2, 2, 0 (B's 0.486 < 0.5); accepted' = 2, 1, 0; rejected = 0, 1, 0
-    assert r5 == pytest.approx({"threshold": 0.5, "num_rounds": 3, "avg_accepted": 1.0, "avg_rejected": 1 / 3,
-                                "acceptance_rate": 3 / 4, "avg_committed": 2.0, "avg_proposal_len": 4 / 3})
+    assert r5 == pytest.approx(
+        {
+            "threshold": 0.5,
+            "num_rounds": 3,
+            "avg_accepted": 1.0,
+            "avg_rejected": 1 / 3,
+            "acceptance_rate": 3 / 4,
+            "avg_committed": 2.0,
+            "avg_proposal_len": 4 / 3,
+        }
+    )
     assert r7["avg_proposal_len"] == pytest.approx(2 / 3) and r7["acceptance_rate"] == 1.0
     # per-slot (the default, DeepSpec's rule) at 0.5: ℓ = 3, 3, 0 (B's slots pass one by one);
     # accepted' = 3, 1, 0; rejected = 0, 2, 0
     r5 = replay_threshold(z, acc, threshold=0.5)
     assert r5.pop("rule") == "per-slot"
-    assert r5 == pytest.approx({"threshold": 0.5, "num_rounds": 3, "avg_accepted": 4 / 3, "avg_rejected": 2 / 3,
-                                "acceptance_rate": 4 / 6, "avg_committed": 7 / 3, "avg_proposal_len": 2.0})
+    assert r5 == pytest.approx(
+        {
+            "threshold": 0.5,
+            "num_rounds": 3,
+            "avg_accepted": 4 / 3,
+            "avg_rejected": 2 / 3,
+            "acceptance_rate": 4 / 6,
+            "avg_committed": 7 / 3,
+            "avg_proposal_len": 2.0,
+        }
+    )
     # a recorded short block caps ℓ
     for rule in ("per-slot", "cumulative"):
         capped = replay_threshold(z, np.array([1, 1, 0]), threshold=0.0, rule=rule, proposal_len=[1, 3, 3])
@@ -222,14 +278,16 @@ def test_threshold_replay_hand_example():
     # temperatures enter through the logits, before either rule
     t = [2.0, 0.5, 1.0]
     for rule in ("per-slot", "cumulative"):
-        assert (replay_threshold(z, acc, threshold=0.5, rule=rule, temperatures=t)
-                == replay_threshold(z / t, acc, threshold=0.5, rule=rule))
+        assert replay_threshold(z, acc, threshold=0.5, rule=rule, temperatures=t) == replay_threshold(
+            z / t, acc, threshold=0.5, rule=rule
+        )
     one = logit([[0.9, 0.65, 0.9]])  # σ(logit(0.65) / 2) = 0.577: STS moves slot 2 below 0.6
     assert replay_threshold(one, [0], threshold=0.6)["avg_proposal_len"] == 3
     assert replay_threshold(one, [0], threshold=0.6, temperatures=[1.0, 2.0, 1.0])["avg_proposal_len"] == 1
 
 
 # ----------------------------------------------------------------------------- scripts end to end
+
 
 def _write_rounds(path, *, prompts=40, per_prompt=100, gamma=4):
     rng = np.random.default_rng(5)
@@ -260,8 +318,12 @@ def test_scripts_end_to_end(tmp_path):
     assert cal["gamma"] == 4 and cal["evaluated_on"] == "held-out"
     assert np.mean(cal["ece_after"]) < 0.03 < np.mean(cal["ece_before"])
     np.testing.assert_allclose(cal["temperatures"], T_TRUE, rtol=0.35)
-    for name in ("calibration_report.json", "reliability_overall.png", "reliability_gsm8k.png",
-                 "reliability_mt-bench.png"):
+    for name in (
+        "calibration_report.json",
+        "reliability_overall.png",
+        "reliability_gsm8k.png",
+        "reliability_mt-bench.png",
+    ):
         assert (rounds.parent / name).is_file(), name
 
     out = tmp_path / "sweep"
@@ -276,8 +338,9 @@ def test_scripts_end_to_end(tmp_path):
     assert rates[-1] > rates[0]  # confident proposals are accepted more often
     assert set(sweep["per_task"]) == {"gsm8k", "mt-bench"}
     assert (out / "threshold_sweep.png").is_file()
-    proc = _run(SWEEP, "--rounds", rounds, "--draft_name_or_path", draft, "--output-dir", out / "cum",
-                "--rule", "cumulative")
+    proc = _run(
+        SWEEP, "--rounds", rounds, "--draft_name_or_path", draft, "--output-dir", out / "cum", "--rule", "cumulative"
+    )
     assert proc.returncode == 0, proc.stderr
     cum = json.loads((out / "cum" / "threshold_sweep.json").read_text())
     assert cum["rule"] == "cumulative" and cum["temperatures"] == cal["temperatures"]

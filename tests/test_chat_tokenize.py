@@ -67,13 +67,20 @@ def expected(tok, pieces):
 def test_qwen3_style_mask_token_by_token():
     tok = make_tokenizer(QWEN3_STYLE, eos_token="<|im_end|>", extra_specials=["<think>", "</think>"])
     out = tokenize_conversation(tok, CONVERSATION, chat_template="qwen3", max_length=4096)
-    ids, mask = expected(tok, [
-        ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\ndef add(a, b):<|im_end|>\n<|im_start|>assistant\n", 0),
-        ("return a + b<|im_end|>", 1),
-        ("\n<|im_start|>user\nand sub?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", 0),
-        ("def sub(a, b):\n    return a - b\n<|im_end|>", 1),
-        ("\n", 0),
-    ])
+    ids, mask = expected(
+        tok,
+        [
+            (
+                "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\ndef add(a, b):<|im_end|>\n"
+                "<|im_start|>assistant\n",
+                0,
+            ),
+            ("return a + b<|im_end|>", 1),
+            ("\n<|im_start|>user\nand sub?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", 0),
+            ("def sub(a, b):\n    return a - b\n<|im_end|>", 1),
+            ("\n", 0),
+        ],
+    )
     assert out.input_ids == ids
     assert out.loss_mask == mask
     assert tok.convert_ids_to_tokens([i for i, m in zip(out.input_ids, out.loss_mask) if m])[-1] == "<|im_end|>"
@@ -81,16 +88,18 @@ def test_qwen3_style_mask_token_by_token():
 
 
 def test_gemma4_style_mask_token_by_token():
-    tok = make_tokenizer(GEMMA4_STYLE, bos_token="<bos>", eos_token="<eos>",
-                         extra_specials=["<|turn>", "<turn|>"])
+    tok = make_tokenizer(GEMMA4_STYLE, bos_token="<bos>", eos_token="<eos>", extra_specials=["<|turn>", "<turn|>"])
     out = tokenize_conversation(tok, CONVERSATION[1:], chat_template="gemma4", max_length=4096)
-    ids, mask = expected(tok, [
-        ("<bos><|turn>user\ndef add(a, b):<turn|>\n<|turn>model\n", 0),
-        ("return a + b<turn|>", 1),
-        ("\n<|turn>user\nand sub?<turn|>\n<|turn>model\n", 0),
-        ("def sub(a, b):\n    return a - b<turn|>", 1),
-        ("\n", 0),
-    ])
+    ids, mask = expected(
+        tok,
+        [
+            ("<bos><|turn>user\ndef add(a, b):<turn|>\n<|turn>model\n", 0),
+            ("return a + b<turn|>", 1),
+            ("\n<|turn>user\nand sub?<turn|>\n<|turn>model\n", 0),
+            ("def sub(a, b):\n    return a - b<turn|>", 1),
+            ("\n", 0),
+        ],
+    )
     assert out.input_ids == ids
     assert out.loss_mask == mask
 
@@ -104,8 +113,7 @@ def test_tiny_tokenizer_truncation_and_counts():
 
 
 def test_template_that_rewrites_content_is_an_error():
-    tok = make_tokenizer("{% for m in messages %}{{ m.content | upper }}<|im_end|>{% endfor %}",
-                         eos_token="<|im_end|>")
+    tok = make_tokenizer("{% for m in messages %}{{ m.content | upper }}<|im_end|>{% endfor %}", eos_token="<|im_end|>")
     with pytest.raises(DataError, match="did not render its content verbatim"):
         tokenize_conversation(tok, CONVERSATION[1:3], chat_template="qwen3", max_length=100)
 
@@ -120,8 +128,21 @@ class _ChunkTokenizer:
         return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
 
     def __call__(self, text, **_):
-        chunks = ["<|im_start|>", "user", "\n", "x", "<|im_end|>", "\n", "<|im_start|>", "assistant",
-                  "\n   ", " return", " 1", "<|im_end|>", "\n"]
+        chunks = [
+            "<|im_start|>",
+            "user",
+            "\n",
+            "x",
+            "<|im_end|>",
+            "\n",
+            "<|im_start|>",
+            "assistant",
+            "\n   ",
+            " return",
+            " 1",
+            "<|im_end|>",
+            "\n",
+        ]
         assert "".join(chunks) == text
         offsets, pos = [], 0
         for c in chunks:

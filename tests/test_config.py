@@ -67,8 +67,14 @@ def test_tiny_configs_point_at_the_tiny_target(rel, monkeypatch, tmp_path):
 def test_overrides_apply_and_rederive_dirs():
     cfg = load_config(
         ROOT / "config/dspark/dspark_qwen3_4b.py",
-        opts=["train.lr=3e-4", "model.target_layer_ids=[1,9,17]", "train.max_train_steps=100",
-              "exp_name=2024", "train.torch_compile=true", "+data.extra_flag=yes"],
+        opts=[
+            "train.lr=3e-4",
+            "model.target_layer_ids=[1,9,17]",
+            "train.max_train_steps=100",
+            "exp_name=2024",
+            "train.torch_compile=true",
+            "+data.extra_flag=yes",
+        ],
     )
     assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)
     assert cfg.model.target_layer_ids == [1, 9, 17]
@@ -173,14 +179,19 @@ def _bash_argv(script: str, args: list[str], tmp_path: Path) -> list[str]:
     return out.stdout.splitlines()
 
 
-@pytest.mark.parametrize("args", [["train.lr=1", "seed=2", "--nproc", "2"],
-                                  ["--opts", "train.lr=1", "--opts", "seed=2", "--nproc", "2"],
-                                  ["--nproc", "2", "--opts", "train.lr=1", "seed=2"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train.lr=1", "seed=2", "--nproc", "2"],
+        ["--opts", "train.lr=1", "--opts", "seed=2", "--nproc", "2"],
+        ["--nproc", "2", "--opts", "train.lr=1", "seed=2"],
+    ],
+)
 def test_train_sh_passes_bare_and_opts_overrides(args, tmp_path):
     argv = _bash_argv("scripts/train/train.sh", args, tmp_path)
     assert argv[0] == "train.py"
     assert argv[argv.index("--nproc") + 1] == "2"
-    assert argv[argv.index("--opts"):][1:3] == ["train.lr=1", "seed=2"] and argv.count("--opts") == 1
+    assert argv[argv.index("--opts") :][1:3] == ["train.lr=1", "seed=2"] and argv.count("--opts") == 1
 
 
 def test_train_sh_online_from_train_data_path(tmp_path, monkeypatch):
@@ -195,17 +206,20 @@ def test_eval_sh_maps_name_value_to_flags(tmp_path):
     assert argv[1:] == ["--tasks", "gsm8k:2", "--temperature", "0", "--seed", "1"]
 
 
-@pytest.mark.parametrize("override,message", [
-    ("train.local_batch_size=0", "train.local_batch_size must be >= 1, got 0"),
-    ("train.global_batch_size=-4", "train.global_batch_size must be >= 1, got -4"),
-    ("train.lr=0", "train.lr must be > 0, got 0.0"),
-    ("train.lr=.nan", "train.lr must be a finite number, got nan"),
-    ("train.warmup_ratio=1.5", "train.warmup_ratio is a fraction of all steps in [0, 1], got 1.5"),
-    ("train.max_train_steps=0", "train.max_train_steps must be >= 1, got 0"),
-    ("data.max_length=1", "data.max_length must be >= 2, got 1"),
-    ("logging.logging_steps=0", "logging.logging_steps must be >= 1, got 0"),
-    ("model.num_anchors=0", "model.num_anchors must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.local_batch_size=0", "train.local_batch_size must be >= 1, got 0"),
+        ("train.global_batch_size=-4", "train.global_batch_size must be >= 1, got -4"),
+        ("train.lr=0", "train.lr must be > 0, got 0.0"),
+        ("train.lr=.nan", "train.lr must be a finite number, got nan"),
+        ("train.warmup_ratio=1.5", "train.warmup_ratio is a fraction of all steps in [0, 1], got 1.5"),
+        ("train.max_train_steps=0", "train.max_train_steps must be >= 1, got 0"),
+        ("data.max_length=1", "data.max_length must be >= 2, got 1"),
+        ("logging.logging_steps=0", "logging.logging_steps must be >= 1, got 0"),
+        ("model.num_anchors=0", "model.num_anchors must be >= 1, got 0"),
+    ],
+)
 def test_numeric_fields_are_range_checked(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(ROOT / "config/dspark/dspark_tiny.py", opts=[override])

@@ -81,8 +81,19 @@ def test_system_only_is_empty(tmp_path):
 
 
 def test_role_normalisation():
-    obj = _conv(("SYSTEM", "s"), ("Human", "q"), ("gpt", "a"), ("USER", "q2"), ("model", "a2"),
-                ("user", "q3"), ("bot", "a3"), ("human", "q4"), ("ChatGPT", "a4"), ("user", "q5"), ("assistant", "a5"))
+    obj = _conv(
+        ("SYSTEM", "s"),
+        ("Human", "q"),
+        ("gpt", "a"),
+        ("USER", "q2"),
+        ("model", "a2"),
+        ("user", "q3"),
+        ("bot", "a3"),
+        ("human", "q4"),
+        ("ChatGPT", "a4"),
+        ("user", "q5"),
+        ("assistant", "a5"),
+    )
     conv = normalize_conversation(obj, where="x:1")
     assert [m["role"] for m in conv.messages] == ["system"] + ["user", "assistant"] * 5
     assert conv.messages[2] == {"role": "assistant", "content": "a"}
@@ -93,8 +104,9 @@ def test_sharegpt_and_messages_key(tmp_path):
     messages = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     path = _write(tmp_path, [sharegpt, messages], name="mix.jsonl")
     convs = list(read_conversations(path))
-    assert convs[0] == Conversation(id="7", messages=[{"role": "user", "content": "q"},
-                                                      {"role": "assistant", "content": "a"}])
+    assert convs[0] == Conversation(
+        id="7", messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    )
     # Missing id -> stable "<stem>:<line>".
     assert convs[1].id == "mix:2"
     assert convs[1].messages == convs[0].messages

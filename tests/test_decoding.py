@@ -13,7 +13,13 @@ import math
 import pytest
 import torch
 from transformers import (
-    Gemma4ForCausalLM, Gemma4TextConfig, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig,
+    Gemma4ForCausalLM,
+    Gemma4TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
 )
 
@@ -35,9 +41,19 @@ ALGOS = {
 
 def qwen3_target(vocab: int, *, sharpen: float = 30.0, seed: int = 0) -> Target:
     torch.manual_seed(seed)
-    cfg = Qwen3Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                      num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
-                      tie_word_embeddings=False, pad_token_id=0, eos_token_id=1)
+    cfg = Qwen3Config(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     cfg._attn_implementation = "eager"
     model = Qwen3ForCausalLM(cfg).double().eval()
     with torch.no_grad():  # random init is near-uniform; sharpen so drafts and target really differ
@@ -47,10 +63,23 @@ def qwen3_target(vocab: int, *, sharpen: float = 30.0, seed: int = 0) -> Target:
 
 def gemma4_target(vocab: int) -> Target:
     torch.manual_seed(0)
-    cfg = Gemma4TextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, global_head_dim=16,
-                           hidden_size_per_layer_input=8, vocab_size_per_layer_input=vocab, sliding_window=6,
-                           final_logit_softcapping=30.0, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    cfg = Gemma4TextConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        global_head_dim=16,
+        hidden_size_per_layer_input=8,
+        vocab_size_per_layer_input=vocab,
+        sliding_window=6,
+        final_logit_softcapping=30.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
     cfg._attn_implementation = "eager"
     return Target(Gemma4ForCausalLM(cfg).double().eval())
 
@@ -58,12 +87,27 @@ def gemma4_target(vocab: int) -> Target:
 def llama3_target(vocab: int) -> Target:
     """No q/k norms; the draft is a Qwen3-style layer of the target's sizes (TargetFamily.draft_family)."""
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-                      num_key_value_heads=1, head_dim=16, max_position_embeddings=256, tie_word_embeddings=False,
-                      pad_token_id=0, eos_token_id=1,
-                      rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                                       "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                       "original_max_position_embeddings": 16})
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        },
+    )
     cfg._attn_implementation = "eager"
     model = LlamaForCausalLM(cfg).double().eval()
     with torch.no_grad():
@@ -74,10 +118,22 @@ def llama3_target(vocab: int) -> Target:
 def qwen3_moe_target(vocab: int) -> Target:
     """A sparse MoE target, a dense draft."""
     torch.manual_seed(0)
-    cfg = Qwen3MoeConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
-                         num_experts=4, num_experts_per_tok=2, num_hidden_layers=3, num_attention_heads=2,
-                         num_key_value_heads=1, head_dim=16, max_position_embeddings=256, tie_word_embeddings=False,
-                         pad_token_id=0, eos_token_id=1)
+    cfg = Qwen3MoeConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        moe_intermediate_size=16,
+        num_experts=4,
+        num_experts_per_tok=2,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     cfg._attn_implementation = "eager"
     cfg._experts_implementation = "eager"  # the grouped GEMM kernel has no float64
     model = Qwen3MoeForCausalLM(cfg).double().eval()
@@ -86,20 +142,32 @@ def qwen3_moe_target(vocab: int) -> Target:
     return Target(model)
 
 
-TARGETS = {"qwen3": lambda v: qwen3_target(v), "gemma4": gemma4_target, "llama3": llama3_target,
-           "qwen3_moe": qwen3_moe_target}
+TARGETS = {
+    "qwen3": lambda v: qwen3_target(v),
+    "gemma4": gemma4_target,
+    "llama3": llama3_target,
+    "qwen3_moe": qwen3_moe_target,
+}
 
 
 def make_draft(target: Target, algo: str, *, gamma: int = 4, seed: int = 1):
     torch.manual_seed(seed)
     extra = dict(ALGOS[algo])
-    model_cfg = dict(algorithm=extra.pop("algorithm", algo), num_draft_layers=1 if algo == "eagle3" else 2,
-                     target_layer_ids=[0, 1], block_size=gamma, mask_token_id=target.vocab_size - 1,
-                     ttt_length=gamma, **extra)
+    model_cfg = dict(
+        algorithm=extra.pop("algorithm", algo),
+        num_draft_layers=1 if algo == "eagle3" else 2,
+        target_layer_ids=[0, 1],
+        block_size=gamma,
+        mask_token_id=target.vocab_size - 1,
+        ttt_length=gamma,
+        **extra,
+    )
     config = draft_config_from_target(target.model.config, model_cfg)
     draft = build_draft(config).double().eval()
     draft.load_target_weights(target)
-    if getattr(draft, "confidence_head", None) is not None:  # spread confidences so thresholds and schedulers vary lengths
+    if (
+        getattr(draft, "confidence_head", None) is not None
+    ):  # spread confidences so thresholds and schedulers vary lengths
         with torch.no_grad():
             draft.confidence_head.proj.weight.mul_(40)
     return draft
@@ -109,9 +177,10 @@ PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12], [3] * 11]
 
 
 def hf_greedy(target: Target, prompt, n):
-    out = target.model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=None,
-                                pad_token_id=0)
-    return out[0, len(prompt):].tolist()
+    out = target.model.generate(
+        torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
+    return out[0, len(prompt) :].tolist()
 
 
 @pytest.mark.parametrize("family", list(TARGETS))
@@ -121,13 +190,19 @@ def test_greedy_is_the_targets_greedy_output(family, algo):
     draft = make_draft(target, algo)
     runner = TargetRunner(target, layer_ids=draft.config.target_layer_ids)
     reference = [hf_greedy(target, p, 24) for p in PROMPTS]
-    assert [g.tokens for g in target_generate(runner=runner, prompts=PROMPTS, max_new_tokens=24, temperature=0)] \
-        == reference
+    assert [
+        g.tokens for g in target_generate(runner=runner, prompts=PROMPTS, max_new_tokens=24, temperature=0)
+    ] == reference
     for batch in (1, 3):
         out = []
         for i in range(0, len(PROMPTS), batch):
-            out += speculative_generate(runner=runner, proposer=build_proposer(draft), prompts=PROMPTS[i:i + batch],
-                                        max_new_tokens=24, temperature=0)
+            out += speculative_generate(
+                runner=runner,
+                proposer=build_proposer(draft),
+                prompts=PROMPTS[i : i + batch],
+                max_new_tokens=24,
+                temperature=0,
+            )
         assert [g.tokens for g in out] == reference, f"{algo} batch {batch}"
         rounds = [r for g in out for r in g.rounds]
         assert all(0 <= r["accepted"] <= r["proposal_len"] == 4 for r in rounds)
@@ -142,8 +217,14 @@ def test_stop_tokens_end_each_request_and_batch_keeps_going():
     runner = TargetRunner(target, layer_ids=draft.config.target_layer_ids)
     free = target_generate(runner=runner, prompts=PROMPTS, max_new_tokens=16, temperature=0)
     stop = free[0].tokens[5]  # a token the first request emits
-    out = speculative_generate(runner=runner, proposer=build_proposer(draft), prompts=PROMPTS, max_new_tokens=16,
-                               temperature=0, stop_token_ids=[stop])
+    out = speculative_generate(
+        runner=runner,
+        proposer=build_proposer(draft),
+        prompts=PROMPTS,
+        max_new_tokens=16,
+        temperature=0,
+        stop_token_ids=[stop],
+    )
     for g, f in zip(out, free):
         cut = f.tokens.index(stop) + 1 if stop in f.tokens else len(f.tokens)
         assert g.tokens == f.tokens[:cut] and g.stopped == (stop in f.tokens)
@@ -152,12 +233,19 @@ def test_stop_tokens_end_each_request_and_batch_keeps_going():
 def test_target_drafting_for_itself_accepts_everything():
     target = qwen3_target(48)
     runner = TargetRunner(target, layer_ids=[0, 1])
-    out = speculative_generate(runner=runner, proposer=TargetSelfProposer(target, gamma=5), prompts=PROMPTS[:2],
-                               max_new_tokens=25, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    out = speculative_generate(
+        runner=runner,
+        proposer=TargetSelfProposer(target, gamma=5),
+        prompts=PROMPTS[:2],
+        max_new_tokens=25,
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert all(r["accepted"] == 5 for g in out for r in g.rounds)  # tau = gamma + 1
 
 
 # -- (b) sampling distribution ----------------------------------------------------------------
+
 
 def exact_token_marginals(target: Target, prompt, steps: int):
     """P(token i = v) for i = 1..steps by enumerating every prefix (small vocab)."""
@@ -191,9 +279,17 @@ def make_policy(name):
     return None
 
 
-@pytest.mark.parametrize("algo,policy_name", [("dspark", None), ("dspark", "threshold"),
-                                              ("dspark", "cumulative-threshold"), ("dspark", "prefix"),
-                                              ("dflash", None), ("eagle3", None)])
+@pytest.mark.parametrize(
+    "algo,policy_name",
+    [
+        ("dspark", None),
+        ("dspark", "threshold"),
+        ("dspark", "cumulative-threshold"),
+        ("dspark", "prefix"),
+        ("dflash", None),
+        ("eagle3", None),
+    ],
+)
 def test_sampling_matches_the_targets_distribution(algo, policy_name):
     V, steps, N, batch = 12, 3, 3000, 500
     target = qwen3_target(V, sharpen=8.0)
@@ -204,8 +300,15 @@ def test_sampling_matches_the_targets_distribution(algo, policy_name):
     policy = make_policy(policy_name)
     samples, lengths = [], set()
     for _ in range(N // batch):
-        out = speculative_generate(runner=runner, proposer=build_proposer(draft), prompts=[prompt] * batch,
-                                   max_new_tokens=steps, temperature=1.0, policy=policy, generator=gen)
+        out = speculative_generate(
+            runner=runner,
+            proposer=build_proposer(draft),
+            prompts=[prompt] * batch,
+            max_new_tokens=steps,
+            temperature=1.0,
+            policy=policy,
+            generator=gen,
+        )
         samples += [g.tokens for g in out]
         lengths |= {r["proposal_len"] for g in out for r in g.rounds}
     exact = exact_token_marginals(target, prompt, steps)
@@ -232,8 +335,14 @@ def test_the_distribution_test_has_power():
 
     original, engine.verify_block = engine.verify_block, accept_all
     try:
-        out = speculative_generate(runner=runner, proposer=build_proposer(draft), prompts=[[2, 3, 4, 5]] * 1500,
-                                   max_new_tokens=2, temperature=1.0, generator=torch.Generator().manual_seed(0))
+        out = speculative_generate(
+            runner=runner,
+            proposer=build_proposer(draft),
+            prompts=[[2, 3, 4, 5]] * 1500,
+            max_new_tokens=2,
+            temperature=1.0,
+            generator=torch.Generator().manual_seed(0),
+        )
     finally:
         engine.verify_block = original
     exact = exact_token_marginals(target, [2, 3, 4, 5], 2)
@@ -247,8 +356,13 @@ def test_verify_block_hand_example():
     q = torch.tensor([[[0.5, 0.5], [0.5, 0.5]]]).expand(20000, -1, -1)
     p = torch.tensor([[[0.7, 0.3]] * 3]).expand(20000, -1, -1)
     tokens = torch.tensor([[1, 0]]).expand(20000, -1)
-    v = verify_block(draft_tokens=tokens, draft_probs=q, target_probs=p, proposal_len=torch.full((20000,), 2),
-                     generator=torch.Generator().manual_seed(0))
+    v = verify_block(
+        draft_tokens=tokens,
+        draft_probs=q,
+        target_probs=p,
+        proposal_len=torch.full((20000,), 2),
+        generator=torch.Generator().manual_seed(0),
+    )
     first_ok = (v.num_accepted >= 1).double().mean().item()
     assert abs(first_ok - 0.6) < 0.02
     assert torch.all(v.next_token[v.num_accepted == 0] == 0)  # residual max(p - q, 0) is all on token 0
@@ -256,6 +370,7 @@ def test_verify_block_hand_example():
 
 
 # -- (c) incremental proposers equal the training forward --------------------------------------
+
 
 class Recorder:
     """Wraps a proposer; remembers (committed sequence, proposal) of every round."""
@@ -276,18 +391,25 @@ def reference_probs(target, draft, seq, prop):
     committed, pending = seq[:-1], seq[-1]
     p, G = len(committed), prop.tokens.shape[1]
     if draft.config.draft_algorithm == "eagle3":
-        ids = torch.tensor([committed + [pending] + prop.tokens[0, :G - 1].tolist()])
+        ids = torch.tensor([committed + [pending] + prop.tokens[0, : G - 1].tolist()])
         states = target.capture(ids, layer_ids=draft.config.target_layer_ids).hidden_states
-        out = draft.forward_train(input_ids=ids, hidden_states=states, loss_mask=torch.ones_like(ids),
-                                  attention_backend="eager", ttt_length=G)
+        out = draft.forward_train(
+            input_ids=ids, hidden_states=states, loss_mask=torch.ones_like(ids), attention_backend="eager", ttt_length=G
+        )
         return torch.softmax(out.logits[:, 0, p - 1], -1), None
     states = target.capture(torch.tensor([committed]), layer_ids=draft.config.target_layer_ids).hidden_states
     ctx = draft.context_features(states)
     block = torch.tensor([[pending] + [draft.config.mask_token_id] * (G - 1)])
     mask = torch.ones(1, G, p + G, dtype=torch.bool)
-    h = draft.block_hidden(block_ids=block, block_positions=p + torch.arange(G)[None], context=ctx,
-                           context_positions=torch.arange(p)[None], mask=mask, backend="eager")
-    prev = torch.tensor([[pending] + prop.tokens[0, :G - 1].tolist()])
+    h = draft.block_hidden(
+        block_ids=block,
+        block_positions=p + torch.arange(G)[None],
+        context=ctx,
+        context_positions=torch.arange(p)[None],
+        mask=mask,
+        backend="eager",
+    )
+    prev = torch.tensor([[pending] + prop.tokens[0, : G - 1].tolist()])
     logits, conf = draft.heads(h, prev)
     return torch.softmax(logits[0], -1), (None if conf is None else conf[0])
 
@@ -298,8 +420,14 @@ def test_incremental_proposer_matches_training_forward(algo):
     draft = make_draft(target, algo)
     runner = TargetRunner(target, layer_ids=draft.config.target_layer_ids)
     rec = Recorder(build_proposer(draft))
-    speculative_generate(runner=runner, proposer=rec, prompts=[PROMPTS[0]], max_new_tokens=30, temperature=1.0,
-                         generator=torch.Generator().manual_seed(3))
+    speculative_generate(
+        runner=runner,
+        proposer=rec,
+        prompts=[PROMPTS[0]],
+        max_new_tokens=30,
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(3),
+    )
     assert len(rec.seen) >= 5
     assert any(p.tokens.shape[1] > 0 for _, p in rec.seen)
     for seq, prop in rec.seen:

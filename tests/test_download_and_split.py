@@ -34,9 +34,15 @@ BAD_LINES = [
     '{"id": "broken", "conversations": [',  # malformed_json
     {"id": "who", "conversations": [{"from": "narrator", "value": "x"}, {"from": "gpt", "value": "y"}]},  # unknown_role
     {"id": "blank", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "  "}]},  # empty_answer
-    {"id": "twice", "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]},  # not_alternating
+    {
+        "id": "twice",
+        "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}],
+    },  # not_alternating
     {"id": "nothing", "text": "no conversation here"},  # no_conversations
-    {"id": "row7", "conversations": [{"from": "human", "value": "dup"}, {"from": "gpt", "value": "dup"}]},  # duplicate_id
+    {
+        "id": "row7",
+        "conversations": [{"from": "human", "value": "dup"}, {"from": "gpt", "value": "dup"}],
+    },  # duplicate_id
 ]
 BAD_REASONS = {"malformed_json", "unknown_role", "empty_answer", "not_alternating", "no_conversations", "duplicate_id"}
 
@@ -60,8 +66,18 @@ def source(tmp_path):
 
 def _run(mod, tmp_path, source, *extra, name="out"):
     train = tmp_path / name / "train.jsonl"
-    argv = ["--dataset-name", str(source), "--train-output-path", str(train), "--test-output-dir",
-            str(tmp_path / name / "eval"), "--test-output-name", "heldout", "--no-progress", *extra]
+    argv = [
+        "--dataset-name",
+        str(source),
+        "--train-output-path",
+        str(train),
+        "--test-output-dir",
+        str(tmp_path / name / "eval"),
+        "--test-output-name",
+        "heldout",
+        "--no-progress",
+        *extra,
+    ]
     rc = mod.main(argv)
     return rc, train, tmp_path / name / "eval" / "heldout.jsonl"
 
@@ -92,8 +108,9 @@ def test_split_sizes_roles_ids_and_eval_format(split_mod, tmp_path, source, caps
         body = [r for r in roles if r != "system"]
         assert body == ["user", "assistant"] * (len(body) // 2)
         if row["id"] in originals and row["id"] != "row7":  # of two rows with one id, the first in shuffled order stays
-            assert [m["content"] for m in row["conversations"]] == \
-                [t["value"] for t in originals[row["id"]]["conversations"]]
+            assert [m["content"] for m in row["conversations"]] == [
+                t["value"] for t in originals[row["id"]]["conversations"]
+            ]
     for row in test:
         assert set(row) == {"id", "turns"}
         assert all(isinstance(t, str) for t in row["turns"])
@@ -144,10 +161,13 @@ def test_parquet_with_mixed_message_keys(split_mod, tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    rows = [{"conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": f"a{i}"}]}
-            for i in range(5)]
-    rows += [{"conversations": [{"role": "user", "content": f"u{i}"}, {"role": "assistant", "content": f"r{i}"}]}
-             for i in range(5)]
+    rows = [
+        {"conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": f"a{i}"}]} for i in range(5)
+    ]
+    rows += [
+        {"conversations": [{"role": "user", "content": f"u{i}"}, {"role": "assistant", "content": f"r{i}"}]}
+        for i in range(5)
+    ]
     path = tmp_path / "mixed.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     rc, train_path, test_path = _run(split_mod, tmp_path, path, "--test-size", "0.2")
@@ -166,9 +186,23 @@ def test_missing_local_file_is_a_clear_error(split_mod, tmp_path, capsys):
 def test_command_line_runs_as_a_script(tmp_path, source):
     train = tmp_path / "cli" / "train.jsonl"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--dataset-name", str(source), "--train-output-path", str(train),
-         "--test-output-dir", str(tmp_path / "cli"), "--test-output-name", "eval", "--no-progress"],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--dataset-name",
+            str(source),
+            "--train-output-path",
+            str(train),
+            "--test-output-dir",
+            str(tmp_path / "cli"),
+            "--test-output-name",
+            "eval",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(_read(train)) == 38 and len(_read(tmp_path / "cli" / "eval.jsonl")) == 2
     assert "train: 38 conversations" in proc.stdout

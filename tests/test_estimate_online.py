@@ -20,8 +20,16 @@ _spec.loader.exec_module(estimate)
 
 # 2 layers; q, o: 64 x (4 x 16) = 4,096 each; k, v: 64 x (2 x 16) = 2,048 each -> attention 12,288;
 # MLP gate/up/down 3 x 64 x 128 = 24,576; per layer 36,864; 2 layers -> 73,728 non-embedding parameters.
-SMALL = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=16, vocab_size=1000, model_type="qwen3")
+SMALL = dict(
+    num_hidden_layers=2,
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    vocab_size=1000,
+    model_type="qwen3",
+)
 SMALL_PARAMS = 73_728
 
 
@@ -45,8 +53,21 @@ def rows(capsys, *args) -> dict[str, str]:
 
 def test_small_config_exact_numbers(tmp_path, capsys):
     model = write_model(tmp_path, SMALL)
-    t = rows(capsys, "--num-samples", 10, "--avg-tokens", 100, "--num-layers", 2, "--target-model", model,
-             "--global-batch-size", 4, "--epochs", 3)
+    t = rows(
+        capsys,
+        "--num-samples",
+        10,
+        "--avg-tokens",
+        100,
+        "--num-layers",
+        2,
+        "--target-model",
+        model,
+        "--global-batch-size",
+        4,
+        "--epochs",
+        3,
+    )
     assert t["online: disk"].startswith("0 bytes")
     assert t["target params"].startswith("73,728 non-embedding (2 layers x (attention 12,288 + MLP 24,576)")
     # tokens per step: 4 samples x 100 tokens = 400
@@ -78,15 +99,39 @@ def test_defaults_batch_512_one_epoch_and_head_dim_from_heads(tmp_path, capsys):
 
 def test_text_config_of_a_multimodal_model(tmp_path, capsys):
     model = write_model(tmp_path, {"model_type": "vlm", "text_config": SMALL, "vision_config": {"hidden_size": 9}})
-    t = rows(capsys, "--num-samples", 8, "--avg-tokens", 5, "--num-layers", 1, "--target-model", model,
-             "--global-batch-size", 8)
+    t = rows(
+        capsys,
+        "--num-samples",
+        8,
+        "--avg-tokens",
+        5,
+        "--num-layers",
+        1,
+        "--target-model",
+        model,
+        "--global-batch-size",
+        8,
+    )
     assert t["target params"].startswith("73,728 non-embedding")
     assert t["online: target fwd / step"].startswith(f"{2 * SMALL_PARAMS * 40:,} FLOPs")  # 5,898,240
 
 
 def test_target_params_given_qwen3_4b_scale(capsys):
-    t = rows(capsys, "--num-samples", 800_000, "--avg-tokens", 2048, "--num-layers", 5, "--hidden-size", 2560,
-             "--target-params", "3.6e9", "--epochs", 10)
+    t = rows(
+        capsys,
+        "--num-samples",
+        800_000,
+        "--avg-tokens",
+        2048,
+        "--num-layers",
+        5,
+        "--hidden-size",
+        2560,
+        "--target-params",
+        "3.6e9",
+        "--epochs",
+        10,
+    )
     assert t["target params"] == "3,600,000,000 non-embedding (given)"
     # 512 x 2,048 = 1,048,576 tokens; 2 x 3.6e9 x 1,048,576 = 7,549,747,200,000,000 FLOPs
     assert t["online: target fwd / step"].startswith("7,549,747,200,000,000 FLOPs (7.55 PFLOP;")
@@ -97,8 +142,10 @@ def test_target_params_given_qwen3_4b_scale(capsys):
 def test_fewer_samples_than_a_batch_and_no_params(capsys):
     t = rows(capsys, "--num-samples", 100, "--avg-tokens", 10, "--num-layers", 1, "--hidden-size", 8)
     assert t["online: disk"].startswith("0 bytes")
-    assert t["online: optimizer steps"].startswith("0 (") and "fewer samples than --global-batch-size" in \
-        t["online: optimizer steps"]
+    assert (
+        t["online: optimizer steps"].startswith("0 (")
+        and "fewer samples than --global-batch-size" in t["online: optimizer steps"]
+    )
     assert "pass --target-model" in t["online: target forward"] and "--target-params" in t["online: target forward"]
     assert "target params" not in t
 
@@ -114,12 +161,20 @@ BAD = [
 
 @pytest.mark.parametrize("extra,needle", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
 def test_bad_online_options(extra, needle):
-    refused(run_entry(ESTIMATE, ["--num-samples", "5", "--avg-tokens", "10", "--num-layers", "2",
-                                 "--hidden-size", "8", *extra]), needle, code=2)
+    refused(
+        run_entry(
+            ESTIMATE, ["--num-samples", "5", "--avg-tokens", "10", "--num-layers", "2", "--hidden-size", "8", *extra]
+        ),
+        needle,
+        code=2,
+    )
 
 
 def test_config_without_mlp_size_says_target_params(tmp_path):
     model = write_model(tmp_path, {k: v for k, v in SMALL.items() if k != "intermediate_size"})
-    refused(run_entry(ESTIMATE, ["--num-samples", "5", "--avg-tokens", "10", "--num-layers", "2",
-                                 "--target-model", model]), "no positive integer intermediate_size",
-            "--target-params", code=2)
+    refused(
+        run_entry(ESTIMATE, ["--num-samples", "5", "--avg-tokens", "10", "--num-layers", "2", "--target-model", model]),
+        "no positive integer intermediate_size",
+        "--target-params",
+        code=2,
+    )

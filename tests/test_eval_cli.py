@@ -27,14 +27,23 @@ def setup(tmp_path_factory):
     for algo in ("dspark", "eagle3"):
         torch.manual_seed(0)
         extra = dict(markov_rank=16, confidence_head_alpha=1.0) if algo == "dspark" else {}
-        cfg = draft_config_from_target(tcfg, dict(algorithm=algo, num_draft_layers=1, target_layer_ids=[0, 1],
-                                                  block_size=4, ttt_length=4, mask_token_id=3, **extra))
+        cfg = draft_config_from_target(
+            tcfg,
+            dict(
+                algorithm=algo,
+                num_draft_layers=1,
+                target_layer_ids=[0, 1],
+                block_size=4,
+                ttt_length=4,
+                mask_token_id=3,
+                **extra,
+            ),
+        )
         build_draft(cfg).save_pretrained(base / algo)
         drafts[algo] = base / algo
     data = base / "data"
     data.mkdir()
-    (data / "gsm8k.jsonl").write_text("".join(json.dumps({"turns": [f"What is {i} + {i}?"]}) + "\n"
-                                              for i in range(3)))
+    (data / "gsm8k.jsonl").write_text("".join(json.dumps({"turns": [f"What is {i} + {i}?"]}) + "\n" for i in range(3)))
     (data / "mt-bench.jsonl").write_text(json.dumps({"turns": ["Write a haiku.", "Now another."]}) + "\n")
     return base, target, drafts, data
 
@@ -46,9 +55,27 @@ def run(args):
 def test_eval_writes_results_and_matches_target_greedy(setup, capsys):
     base, target, drafts, data = setup
     out = base / "out_dspark"
-    rc = run(["--target_name_or_path", target, "--draft_name_or_path", drafts["dspark"], "--eval-data-dir", data,
-              "--tasks", "gsm8k,mt-bench,alpaca", "--max-new-tokens", 12, "--temperature", 0, "--batch-size", 2,
-              "--output-dir", out, "--save-outputs"])
+    rc = run(
+        [
+            "--target_name_or_path",
+            target,
+            "--draft_name_or_path",
+            drafts["dspark"],
+            "--eval-data-dir",
+            data,
+            "--tasks",
+            "gsm8k,mt-bench,alpaca",
+            "--max-new-tokens",
+            12,
+            "--temperature",
+            0,
+            "--batch-size",
+            2,
+            "--output-dir",
+            out,
+            "--save-outputs",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr()
     assert "alpaca" in printed.err and "skipped" in printed.err  # a known task without a file is reported
@@ -76,25 +103,75 @@ def test_eval_writes_results_and_matches_target_greedy(setup, capsys):
     assert len(outputs) == 4
     for o in outputs:
         ids = encode_prompt(tok, prompts[(o["task"], o["prompt_index"])])
-        ref = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
-                             eos_token_id=stop_token_ids(tok, model), pad_token_id=0)[0, len(ids):].tolist()
+        ref = model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=12,
+            do_sample=False,
+            eos_token_id=stop_token_ids(tok, model),
+            pad_token_id=0,
+        )[0, len(ids) :].tolist()
         assert o["token_ids"] == ref
 
 
 def test_calibration_round_trip_through_eval(setup):
     base, target, drafts, data = setup
     out = base / "out_cal"
-    assert run(["--target_name_or_path", target, "--draft_name_or_path", drafts["dspark"], "--eval-data-dir", data,
-                "--tasks", "gsm8k", "--max-new-tokens", 24, "--output-dir", out]) == 0
-    cal = subprocess.run([sys.executable, ROOT / "scripts/eval/calibrate.py", "--rounds", out / "rounds.jsonl",
-                          "--draft_name_or_path", drafts["dspark"], "--held-out-fraction", "0"],
-                         capture_output=True, text=True)
+    assert (
+        run(
+            [
+                "--target_name_or_path",
+                target,
+                "--draft_name_or_path",
+                drafts["dspark"],
+                "--eval-data-dir",
+                data,
+                "--tasks",
+                "gsm8k",
+                "--max-new-tokens",
+                24,
+                "--output-dir",
+                out,
+            ]
+        )
+        == 0
+    )
+    cal = subprocess.run(
+        [
+            sys.executable,
+            ROOT / "scripts/eval/calibrate.py",
+            "--rounds",
+            out / "rounds.jsonl",
+            "--draft_name_or_path",
+            drafts["dspark"],
+            "--held-out-fraction",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert cal.returncode == 0, cal.stderr
     temps = json.loads((drafts["dspark"] / "calibration.json").read_text())["temperatures"]
     assert len(temps) == 4
     out2 = base / "out_cal2"
-    assert run(["--target_name_or_path", target, "--draft_name_or_path", drafts["dspark"], "--eval-data-dir", data,
-                "--tasks", "gsm8k", "--max-new-tokens", 8, "--output-dir", out2]) == 0
+    assert (
+        run(
+            [
+                "--target_name_or_path",
+                target,
+                "--draft_name_or_path",
+                drafts["dspark"],
+                "--eval-data-dir",
+                data,
+                "--tasks",
+                "gsm8k",
+                "--max-new-tokens",
+                8,
+                "--output-dir",
+                out2,
+            ]
+        )
+        == 0
+    )
     meta = json.loads((out2 / "results.json").read_text())["meta"]
     assert meta["calibration_temperatures"] == pytest.approx(temps)
     (drafts["dspark"] / "calibration.json").unlink()
@@ -103,25 +180,88 @@ def test_calibration_round_trip_through_eval(setup):
 def test_self_draft_ceiling_and_eagle3(setup):
     base, target, drafts, data = setup
     out = base / "self"
-    assert run(["--target_name_or_path", target, "--self-draft", 3, "--eval-data-dir", data, "--tasks", "gsm8k:2",
-                "--max-new-tokens", 16, "--output-dir", out]) == 0
+    assert (
+        run(
+            [
+                "--target_name_or_path",
+                target,
+                "--self-draft",
+                3,
+                "--eval-data-dir",
+                data,
+                "--tasks",
+                "gsm8k:2",
+                "--max-new-tokens",
+                16,
+                "--output-dir",
+                out,
+            ]
+        )
+        == 0
+    )
     tau = json.loads((out / "results.json").read_text())["tasks"]["gsm8k"]["acceptance_length"]
     assert tau == pytest.approx(4.0)  # γ + 1: the target always accepts its own proposals
-    assert run(["--target_name_or_path", target, "--draft_name_or_path", drafts["eagle3"], "--eval-data-dir", data,
-                "--tasks", "gsm8k:1", "--max-new-tokens", 8, "--output-dir", base / "e3"]) == 0
+    assert (
+        run(
+            [
+                "--target_name_or_path",
+                target,
+                "--draft_name_or_path",
+                drafts["eagle3"],
+                "--eval-data-dir",
+                data,
+                "--tasks",
+                "gsm8k:1",
+                "--max-new-tokens",
+                8,
+                "--output-dir",
+                base / "e3",
+            ]
+        )
+        == 0
+    )
 
 
 def test_clear_errors(setup, tmp_path, capsys):
     base, target, drafts, data = setup
-    assert run(["--target_name_or_path", target, "--draft_name_or_path", drafts["dspark"], "--eval-data-dir", data,
-                "--tasks", "gsm9k"]) == 2
+    assert (
+        run(
+            [
+                "--target_name_or_path",
+                target,
+                "--draft_name_or_path",
+                drafts["dspark"],
+                "--eval-data-dir",
+                data,
+                "--tasks",
+                "gsm9k",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "unknown task 'gsm9k'" in err and "gsm8k" in err and "math500" in err
     # a draft for a different target geometry
-    other = build_random_tiny_target(output_dir=tmp_path / "other", seed=0, num_hidden_layers=3, hidden_size=96,
-                                     head_dim=32, num_attention_heads=3)
-    assert run(["--target_name_or_path", other, "--draft_name_or_path", drafts["dspark"], "--eval-data-dir", data,
-                "--tasks", "gsm8k:1", "--output-dir", tmp_path / "o"]) == 2
+    other = build_random_tiny_target(
+        output_dir=tmp_path / "other", seed=0, num_hidden_layers=3, hidden_size=96, head_dim=32, num_attention_heads=3
+    )
+    assert (
+        run(
+            [
+                "--target_name_or_path",
+                other,
+                "--draft_name_or_path",
+                drafts["dspark"],
+                "--eval-data-dir",
+                data,
+                "--tasks",
+                "gsm8k:1",
+                "--output-dir",
+                tmp_path / "o",
+            ]
+        )
+        == 2
+    )
     assert "draft does not fit the target" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         eval_cli.parse_args(["--tasks", "gsm8k"])  # neither a draft nor --self-draft
@@ -139,11 +279,13 @@ def test_threshold_flags_pick_their_rule(setup, capsys):
     assert policy_choice("cumulative-threshold", survival_threshold=0.0) == ("cumulative-threshold", 0.0)
     assert policy_choice("prefix") == ("prefix", None)
     for scheduler, conf, surv, match in [
-            (None, 0.5, 0.5, "exclude each other"), ("cumulative-threshold", 0.0, None, "needs --survival-threshold"),
-            ("threshold", 0.0, 0.5, "--survival-threshold applies to --scheduler cumulative-threshold"),
-            ("prefix", 0.5, None, "--confidence-threshold applies to --scheduler threshold"),
-            (None, 1.5, None, r"--confidence-threshold must lie in \[0, 1\]"),
-            (None, 0.0, -0.1, r"--survival-threshold must lie in \[0, 1\]")]:
+        (None, 0.5, 0.5, "exclude each other"),
+        ("cumulative-threshold", 0.0, None, "needs --survival-threshold"),
+        ("threshold", 0.0, 0.5, "--survival-threshold applies to --scheduler cumulative-threshold"),
+        ("prefix", 0.5, None, "--confidence-threshold applies to --scheduler threshold"),
+        (None, 1.5, None, r"--confidence-threshold must lie in \[0, 1\]"),
+        (None, 0.0, -0.1, r"--survival-threshold must lie in \[0, 1\]"),
+    ]:
         with pytest.raises(EvalSetupError, match=match):
             policy_choice(scheduler, confidence_threshold=conf, survival_threshold=surv)
     with pytest.raises(SystemExit):
@@ -156,9 +298,28 @@ def test_threshold_flags_pick_their_rule(setup, capsys):
     # --confidence-threshold through the CLI: each block is cut at the first slot with σ(c_k) < t
     base, target, drafts, data = setup
     out = base / "out_threshold"
-    assert run(["--target_name_or_path", target, "--draft_name_or_path", drafts["dspark"], "--eval-data-dir", data,
-                "--tasks", "gsm8k:2", "--max-new-tokens", 12, "--confidence-threshold", 0.5, "--no-calibration",
-                "--output-dir", out]) == 0
+    assert (
+        run(
+            [
+                "--target_name_or_path",
+                target,
+                "--draft_name_or_path",
+                drafts["dspark"],
+                "--eval-data-dir",
+                data,
+                "--tasks",
+                "gsm8k:2",
+                "--max-new-tokens",
+                12,
+                "--confidence-threshold",
+                0.5,
+                "--no-calibration",
+                "--output-dir",
+                out,
+            ]
+        )
+        == 0
+    )
     meta = json.loads((out / "results.json").read_text())["meta"]
     assert (meta["scheduler"], meta["confidence_threshold"], meta["survival_threshold"]) == ("threshold", 0.5, None)
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
@@ -203,6 +364,7 @@ def test_load_draft_fetches_a_hub_id_once_and_loads_it_strictly(setup, monkeypat
     assert asked == [("someone/eagle3-draft", ["config.json", "*.safetensors", SAFETENSORS_INDEX_NAME])]
     assert type(draft).__name__ == "Qwen3Eagle3Model"
 
+
 def test_eval_measures_a_speculators_folder_like_the_draft_it_came_from(setup, tmp_path):
     # A speculators-format folder as engines' tools write it (no embedding / LM head: eval fills them from
     # --target_name_or_path) is measured exactly like the DeepSpec folder it was exported from.
@@ -218,11 +380,32 @@ def test_eval_measures_a_speculators_folder_like_the_draft_it_came_from(setup, t
     results = {}
     for name, draft in (("ours", drafts["dspark"]), ("speculators", spec)):
         out = tmp_path / name
-        assert run(["--target_name_or_path", target, "--draft_name_or_path", draft, "--eval-data-dir", data,
-                    "--tasks", "gsm8k", "--max-new-tokens", 8, "--temperature", 0, "--output-dir", out,
-                    "--save-outputs"]) == 0
-        results[name] = (json.loads((out / "results.json").read_text())["tasks"]["gsm8k"],
-                         (out / "outputs.jsonl").read_text())
+        assert (
+            run(
+                [
+                    "--target_name_or_path",
+                    target,
+                    "--draft_name_or_path",
+                    draft,
+                    "--eval-data-dir",
+                    data,
+                    "--tasks",
+                    "gsm8k",
+                    "--max-new-tokens",
+                    8,
+                    "--temperature",
+                    0,
+                    "--output-dir",
+                    out,
+                    "--save-outputs",
+                ]
+            )
+            == 0
+        )
+        results[name] = (
+            json.loads((out / "results.json").read_text())["tasks"]["gsm8k"],
+            (out / "outputs.jsonl").read_text(),
+        )
     (a, out_a), (b, out_b) = results["ours"], results["speculators"]
     assert a["accept_rate_by_position"] == b["accept_rate_by_position"] and a["num_rounds"] == b["num_rounds"]
     assert out_a == out_b

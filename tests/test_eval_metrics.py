@@ -5,23 +5,38 @@ import json
 import pytest
 
 from deepspec.eval.metrics import MetricsError, macro_average, task_metrics
-from deepspec.eval.report import (comparison_table, format_table, markdown_table, plot_conditional_acceptance,
-                                  plot_conditional_by_algorithm, plot_tau_by_task, short_name, write_results)
-from deepspec.eval.tasks import (KNOWN_TASKS, EvalDataError, TaskSpec, default_eval_data_dir, load_prompts,
-                                 parse_tasks)
+from deepspec.eval.report import (
+    comparison_table,
+    format_table,
+    markdown_table,
+    plot_conditional_acceptance,
+    plot_conditional_by_algorithm,
+    plot_tau_by_task,
+    short_name,
+    write_results,
+)
+from deepspec.eval.tasks import KNOWN_TASKS, EvalDataError, TaskSpec, default_eval_data_dir, load_prompts, parse_tasks
 
 GAMMA = 3
 # Four rounds with γ=3; round 2 was truncated to ℓ=2 by a threshold.
 ROUNDS = [
     {"task": "gsm8k", "prompt_index": 0, "round": 0, "gamma": 3, "proposal_len": 3, "accepted": 3, "conf_logits": None},
     {"task": "gsm8k", "prompt_index": 0, "round": 1, "gamma": 3, "proposal_len": 3, "accepted": 1, "conf_logits": None},
-    {"task": "gsm8k", "prompt_index": 1, "round": 0, "gamma": 3, "proposal_len": 2, "accepted": 2,
-     "conf_logits": [1.0, 0.5, -2.0]},
+    {
+        "task": "gsm8k",
+        "prompt_index": 1,
+        "round": 0,
+        "gamma": 3,
+        "proposal_len": 2,
+        "accepted": 2,
+        "conf_logits": [1.0, 0.5, -2.0],
+    },
     {"task": "gsm8k", "prompt_index": 1, "round": 1, "gamma": 3, "proposal_len": 3, "accepted": 0, "conf_logits": None},
 ]
 
 
 # ------------------------------------------------------------------------------------------- metrics
+
 
 def test_task_metrics_hand_computed():
     m = task_metrics(ROUNDS, gamma=GAMMA, num_samples=2, wall_seconds=2.0)
@@ -53,20 +68,27 @@ def test_task_metrics_caller_tokens_none_positions_and_empty():
     assert empty["accept_rate_by_position"] == [None] * 3
 
 
-@pytest.mark.parametrize("bad, words", [
-    ({"gamma": 3, "proposal_len": 2, "accepted": 3}, "accepted=3"),
-    ({"gamma": 3, "proposal_len": 4, "accepted": 0}, "proposal_len=4"),
-    ({"gamma": 5, "proposal_len": 1, "accepted": 0}, "gamma=5"),
-    ({"gamma": 3, "accepted": 0}, "proposal_len"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ({"gamma": 3, "proposal_len": 2, "accepted": 3}, "accepted=3"),
+        ({"gamma": 3, "proposal_len": 4, "accepted": 0}, "proposal_len=4"),
+        ({"gamma": 5, "proposal_len": 1, "accepted": 0}, "gamma=5"),
+        ({"gamma": 3, "accepted": 0}, "proposal_len"),
+    ],
+)
 def test_task_metrics_rejects_impossible_rounds(bad, words):
     with pytest.raises(MetricsError, match=words):
         task_metrics([bad], gamma=3, num_samples=1)
 
 
 def test_macro_average_by_domain():
-    res = {"gsm8k": {"acceptance_length": 4.0}, "math500": {"acceptance_length": 3.0},
-           "humaneval": {"acceptance_length": 5.0}, "empty": {"acceptance_length": None}}
+    res = {
+        "gsm8k": {"acceptance_length": 4.0},
+        "math500": {"acceptance_length": 3.0},
+        "humaneval": {"acceptance_length": 5.0},
+        "empty": {"acceptance_length": None},
+    }
     domains = {"gsm8k": "math", "math500": "math", "humaneval": "code", "empty": "chat"}
     macro = macro_average(res, domains=domains)
     assert macro == pytest.approx({"all": 4.0, "math": 3.5, "code": 5.0})
@@ -74,6 +96,7 @@ def test_macro_average_by_domain():
 
 
 # --------------------------------------------------------------------------------------------- tasks
+
 
 def _write_jsonl(path, rows):
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
@@ -102,7 +125,11 @@ def test_parse_tasks_default_is_all_known_with_paper_counts(data_dir):
 def test_parse_tasks_counts_custom_and_missing(data_dir):
     tasks, skipped = parse_tasks("gsm8k:20, mt-bench,humaneval:5,mydata,alpaca", eval_data_dir=data_dir)
     assert [(t.name, t.count, t.domain) for t in tasks] == [
-        ("gsm8k", 20, "math"), ("mt-bench", 80, "chat"), ("humaneval", 5, "code"), ("mydata", 2, "other")]
+        ("gsm8k", 20, "math"),
+        ("mt-bench", 80, "chat"),
+        ("humaneval", 5, "code"),
+        ("mydata", 2, "other"),
+    ]
     assert tasks[3].path == data_dir / "mydata.jsonl"
     assert len(skipped) == 1 and "alpaca" in skipped[0]
 
@@ -139,16 +166,19 @@ def test_load_prompts(data_dir, tmp_path):
     assert load_prompts(tasks[0]) == ["gsm8k q0", "gsm8k q1"]
     assert len(load_prompts(tasks[1])) == 3  # fewer lines than asked: what exists
     bad = tmp_path / "bad.jsonl"
-    for rows, words in [([{"turns": ["ok"]}, "{not json"], "bad.jsonl:2"),
-                        ([{"turns": []}], "bad.jsonl:1"),
-                        ([{"turns": ["ok"]}, "", {"prompt": "x"}], "bad.jsonl:3"),
-                        ([{"turns": [""]}], "bad.jsonl:1")]:
+    for rows, words in [
+        ([{"turns": ["ok"]}, "{not json"], "bad.jsonl:2"),
+        ([{"turns": []}], "bad.jsonl:1"),
+        ([{"turns": ["ok"]}, "", {"prompt": "x"}], "bad.jsonl:3"),
+        ([{"turns": [""]}], "bad.jsonl:1"),
+    ]:
         _write_jsonl(bad, rows)
         with pytest.raises(EvalDataError, match=words):
             load_prompts(TaskSpec(name="bad", count=5, domain="other", path=bad))
 
 
 # -------------------------------------------------------------------------------------------- report
+
 
 def _results():
     gsm = task_metrics(ROUNDS, gamma=GAMMA, num_samples=2)

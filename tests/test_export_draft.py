@@ -12,16 +12,23 @@ from deepspec.training.checkpoint import LATEST_NAME, save_checkpoint
 from badinput import fingerprint, refused, run_entry
 
 SCRIPT = "scripts/export/export_draft.py"
-TARGET = make_model_config(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2,
-                           num_key_value_heads=1, head_dim=32)
+TARGET = make_model_config(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=32,
+)
 BASE = dict(num_draft_layers=1, target_layer_ids=[0, 1, 2], block_size=4, num_anchors=4, mask_token_id=3)
 
 
 def saved_draft(root: Path, **model) -> Path:
     torch.manual_seed(0)
     draft = build_draft(draft_config_from_target(TARGET, dict(BASE, **model)))
-    save_checkpoint(root=root, step=1, model=draft, model_state=draft.state_dict(), training_state={"step": 1},
-                    config={})
+    save_checkpoint(
+        root=root, step=1, model=draft, model_state=draft.state_dict(), training_state={"step": 1}, config={}
+    )
     return root / LATEST_NAME
 
 

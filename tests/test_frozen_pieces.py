@@ -13,8 +13,16 @@ from test_targets import VOCAB, tiny_gemma4, tiny_gemma4_multimodal, tiny_qwen3
 
 def tiny_qwen3_untied() -> Qwen3ForCausalLM:
     torch.manual_seed(0)
-    cfg = Qwen3Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=5,
-                      num_attention_heads=2, num_key_value_heads=1, head_dim=32, tie_word_embeddings=False)
+    cfg = Qwen3Config(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=5,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        tie_word_embeddings=False,
+    )
     return Qwen3ForCausalLM(cfg).eval()
 
 
@@ -26,9 +34,11 @@ def check_pieces(model, folder, *, tied: bool):
     assert torch.equal(embed, lm_head) is tied
 
 
-@pytest.mark.parametrize("make, tied", [(tiny_qwen3, True), (tiny_qwen3_untied, False), (tiny_gemma4, True),
-                                        (tiny_gemma4_multimodal, True)],
-                         ids=["qwen3_tied", "qwen3_untied", "gemma4_text", "gemma4_multimodal"])
+@pytest.mark.parametrize(
+    "make, tied",
+    [(tiny_qwen3, True), (tiny_qwen3_untied, False), (tiny_gemma4, True), (tiny_gemma4_multimodal, True)],
+    ids=["qwen3_tied", "qwen3_untied", "gemma4_text", "gemma4_multimodal"],
+)
 def test_pieces_equal_the_loaded_model(tmp_path, make, tied):
     model = make()
     model.save_pretrained(tmp_path / "t")
@@ -59,8 +69,11 @@ def test_missing_embedding_lists_the_keys_found(tmp_path):
     model.save_pretrained(tmp_path / "t")
     (tmp_path / "t" / "model.safetensors").unlink()
     save_file({"foo.weight": torch.zeros(2, 2), "bar.bias": torch.zeros(2)}, str(tmp_path / "t" / "model.safetensors"))
-    with pytest.raises(TargetError, match=r"no embedding weight.*model\.embed_tokens\.weight.*found: bar\.bias, "
-                                          r"foo\.weight"):
+    with pytest.raises(
+        TargetError,
+        match=r"no embedding weight.*model\.embed_tokens\.weight.*found: bar\.bias, "
+        r"foo\.weight",
+    ):
         load_frozen_target_pieces(str(tmp_path / "t"))
     # The embedding present but an untied LM head missing: same kind of message.
     save_file({"model.embed_tokens.weight": torch.zeros(VOCAB, 64)}, str(tmp_path / "t" / "model.safetensors"))

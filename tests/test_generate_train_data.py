@@ -37,16 +37,25 @@ MAX_TOKENS = 12
 LONG_PROMPT = " ".join(str(i) for i in range(3000))  # far beyond the tiny target's 4096 positions
 
 CONVERSATIONS = [
-    {"id": "single", "conversations": [{"role": "user", "content": "def add(a, b):"},
-                                       {"role": "assistant", "content": "ORIGINAL"}]},
-    {"id": "multi", "conversations": [{"role": "system", "content": "You write Python."},
-                                      {"role": "user", "content": "import os"},
-                                      {"role": "assistant", "content": "ORIGINAL"},
-                                      {"role": "user", "content": "class Config:"},
-                                      {"role": "assistant", "content": "ORIGINAL"}]},
+    {
+        "id": "single",
+        "conversations": [{"role": "user", "content": "def add(a, b):"}, {"role": "assistant", "content": "ORIGINAL"}],
+    },
+    {
+        "id": "multi",
+        "conversations": [
+            {"role": "system", "content": "You write Python."},
+            {"role": "user", "content": "import os"},
+            {"role": "assistant", "content": "ORIGINAL"},
+            {"role": "user", "content": "class Config:"},
+            {"role": "assistant", "content": "ORIGINAL"},
+        ],
+    },
     {"id": "prompt-only", "conversations": [{"role": "user", "content": "for i in range(10):"}]},
-    {"id": "sharegpt", "conversations": [{"from": "human", "value": "while True:"},
-                                         {"from": "gpt", "value": "ORIGINAL"}]},
+    {
+        "id": "sharegpt",
+        "conversations": [{"from": "human", "value": "while True:"}, {"from": "gpt", "value": "ORIGINAL"}],
+    },
     '{"id": "broken", "conversations": [',
     {"id": "too-long", "conversations": [{"role": "user", "content": LONG_PROMPT}]},
 ]
@@ -106,9 +115,14 @@ def check_errors(output_path, *, expect):
 
 def prewrite_partial_output(path):
     """What a crash leaves: one finished row (with a marker answer) and a half-written line."""
-    done = {"id": "single", "conversations": [{"role": "user", "content": "def add(a, b):"},
-                                              {"role": "assistant", "content": "WRITTEN BEFORE THE CRASH"}],
-            "finish_reasons": ["stop"]}
+    done = {
+        "id": "single",
+        "conversations": [
+            {"role": "user", "content": "def add(a, b):"},
+            {"role": "assistant", "content": "WRITTEN BEFORE THE CRASH"},
+        ],
+        "finish_reasons": ["stop"],
+    }
     path.write_text(json.dumps(done) + "\n" + '{"id": "multi", "conversations": [{"ro')
 
 
@@ -120,6 +134,7 @@ def check_resumed(rows):
 
 # ----------------------------------------------------------------------------- hf backend
 
+
 def _greedy(tiny_target, messages, max_new_tokens):
     """The target's greedy answer for ``messages``, computed independently with plain generate()."""
     import torch
@@ -130,18 +145,31 @@ def _greedy(tiny_target, messages, max_new_tokens):
     text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
     ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=[2, 0], pad_token_id=0)
-    new = out[0, ids.shape[1]:].tolist()
-    new = new[:next((i for i, t in enumerate(new) if t in (0, 2)), len(new))]
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=[2, 0],
+            pad_token_id=0,
+        )
+    new = out[0, ids.shape[1] :].tolist()
+    new = new[: next((i for i, t in enumerate(new) if t in (0, 2)), len(new))]
     return tok.decode(new, skip_special_tokens=True)
 
 
 def test_hf_regenerates_every_assistant_turn_greedily(tiny_target, prompts, tmp_path):
     out = tmp_path / "regen.jsonl"
-    summary = regenerate(input_path=prompts, output_path=out, backend="hf", model=str(tiny_target),
-                         sampling=SamplingSettings(temperature=0.0, max_tokens=MAX_TOKENS), batch_size=3,
-                         progress=False, log=lambda _m: None)
+    summary = regenerate(
+        input_path=prompts,
+        output_path=out,
+        backend="hf",
+        model=str(tiny_target),
+        sampling=SamplingSettings(temperature=0.0, max_tokens=MAX_TOKENS),
+        batch_size=3,
+        progress=False,
+        log=lambda _m: None,
+    )
     assert (summary.ok, summary.failed, summary.skipped) == (4, 2, 0)
     by_id = check_regenerated(_rows(out), expect_ids=GOOD_IDS)
     # Every row names the model that wrote it; --resume checks it (tests/test_bad_inputs_data.py).
@@ -159,9 +187,16 @@ def test_hf_regenerates_every_assistant_turn_greedily(tiny_target, prompts, tmp_
 def test_hf_resume_generates_only_missing_ids(tiny_target, prompts, tmp_path):
     out = tmp_path / "regen.jsonl"
     prewrite_partial_output(out)
-    summary = regenerate(input_path=prompts, output_path=out, backend="hf", model=str(tiny_target),
-                         sampling=SamplingSettings(temperature=0.0, max_tokens=4), resume=True,
-                         progress=False, log=lambda _m: None)
+    summary = regenerate(
+        input_path=prompts,
+        output_path=out,
+        backend="hf",
+        model=str(tiny_target),
+        sampling=SamplingSettings(temperature=0.0, max_tokens=4),
+        resume=True,
+        progress=False,
+        log=lambda _m: None,
+    )
     assert (summary.ok, summary.skipped) == (3, 1)
     check_resumed(_rows(out))
 
@@ -170,23 +205,49 @@ def test_existing_output_needs_resume_or_overwrite(tiny_target, prompts, tmp_pat
     out = tmp_path / "regen.jsonl"
     prewrite_partial_output(out)
     with pytest.raises(FileExistsError, match="--resume"):
-        regenerate(input_path=prompts, output_path=out, backend="hf", model=str(tiny_target),
-                   progress=False, log=lambda _m: None)
+        regenerate(
+            input_path=prompts,
+            output_path=out,
+            backend="hf",
+            model=str(tiny_target),
+            progress=False,
+            log=lambda _m: None,
+        )
 
 
 def test_hf_command_line(tiny_target, prompts, tmp_path):
     out = tmp_path / "cli.jsonl"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--backend", "hf", "--model", str(tiny_target), "--input-file-path",
-         str(prompts), "--output-file-path", str(out), "--num-samples", "2", "--max-tokens", "4",
-         "--temperature", "0", "--no-progress"],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--backend",
+            "hf",
+            "--model",
+            str(tiny_target),
+            "--input-file-path",
+            str(prompts),
+            "--output-file-path",
+            str(out),
+            "--num-samples",
+            "2",
+            "--max-tokens",
+            "4",
+            "--temperature",
+            "0",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [r["id"] for r in _rows(out)] == ["single", "multi"]
     assert "regenerated 2 conversations" in proc.stdout
 
 
 # ----------------------------------------------------------------------------- openai client (fake servers)
+
 
 class _FakeServer:
     """A loopback stand-in for a vLLM server: answers with a text that encodes what it was sent."""
@@ -219,8 +280,9 @@ class _FakeServer:
                 if last == "reject me":
                     return self._send(400, {"error": {"message": "unsupported request"}})
                 text = f"{outer.name}:{len(req['messages'])}:{last}"
-                self._send(200, {"choices": [{"message": {"role": "assistant", "content": text},
-                                              "finish_reason": "stop"}]})
+                self._send(
+                    200, {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+                )
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.address = f"127.0.0.1:{self.httpd.server_address[1]}"
@@ -235,16 +297,31 @@ def test_openai_client_retries_spreads_and_conditions_on_earlier_turns(tmp_path)
     a, b = _FakeServer("A", fail_first=1), _FakeServer("B")
     try:
         src = tmp_path / "prompts.jsonl"
-        convs = [{"id": f"c{i}", "conversations": [{"role": "user", "content": f"q{i}"},
-                                                   {"role": "assistant", "content": "x"},
-                                                   {"role": "user", "content": f"r{i}"}]} for i in range(4)]
+        convs = [
+            {
+                "id": f"c{i}",
+                "conversations": [
+                    {"role": "user", "content": f"q{i}"},
+                    {"role": "assistant", "content": "x"},
+                    {"role": "user", "content": f"r{i}"},
+                ],
+            }
+            for i in range(4)
+        ]
         convs.append({"id": "bad", "conversations": [{"role": "user", "content": "reject me"}]})
         src.write_text("".join(json.dumps(c) + "\n" for c in convs))
         out = tmp_path / "out.jsonl"
-        summary = regenerate(input_path=src, output_path=out, backend="openai", model=None,
-                             server_addresses=[a.address, f"http://{b.address}/v1"], concurrency=3,
-                             sampling=SamplingSettings(temperature=0.5, top_k=20, min_p=0.05, max_tokens=7),
-                             progress=False, log=lambda _m: None)
+        summary = regenerate(
+            input_path=src,
+            output_path=out,
+            backend="openai",
+            model=None,
+            server_addresses=[a.address, f"http://{b.address}/v1"],
+            concurrency=3,
+            sampling=SamplingSettings(temperature=0.5, top_k=20, min_p=0.05, max_tokens=7),
+            progress=False,
+            log=lambda _m: None,
+        )
         assert (summary.ok, summary.failed) == (4, 1)
         rows = {r["id"]: r["conversations"] for r in _rows(out)}
         for i in range(4):
@@ -273,12 +350,15 @@ def test_openai_client_gives_up_on_dead_servers(tmp_path):
         OpenAIBackend(servers=[f"127.0.0.1:{port}"], model=None, sampling=SamplingSettings(), log=lambda _m: None)
 
 
-@pytest.mark.parametrize("given,expected", [
-    ("127.0.0.1:8000", "http://127.0.0.1:8000/v1"),
-    ("http://localhost:9/", "http://localhost:9/v1"),
-    ("https://h.example:443/v1", "https://h.example:443/v1"),
-    ("[::1]:8000", "http://[::1]:8000/v1"),
-])
+@pytest.mark.parametrize(
+    "given,expected",
+    [
+        ("127.0.0.1:8000", "http://127.0.0.1:8000/v1"),
+        ("http://localhost:9/", "http://localhost:9/v1"),
+        ("https://h.example:443/v1", "https://h.example:443/v1"),
+        ("[::1]:8000", "http://[::1]:8000/v1"),
+    ],
+)
 def test_server_address_forms(given, expected):
     assert _base_url(given) == expected
 
@@ -289,6 +369,7 @@ def test_server_address_without_port_is_rejected():
 
 
 # ----------------------------------------------------------------------------- real vLLM (CPU build)
+
 
 @pytest.fixture(scope="session")
 def vllm_python():
@@ -315,10 +396,30 @@ def test_vllm_in_process_regenerates_and_resumes(vllm_python, tiny_target, promp
     prewrite_partial_output(out)
     t0 = time.time()
     proc = subprocess.run(
-        [vllm_python, str(SCRIPT), "--backend", "vllm", "--model", str(tiny_target), "--input-file-path",
-         str(prompts), "--output-file-path", str(out), "--max-tokens", "16", "--temperature", "0", "--resume",
-         "--no-progress"],
-        capture_output=True, text=True, timeout=480, env=_vllm_env(), cwd=tmp_path)
+        [
+            vllm_python,
+            str(SCRIPT),
+            "--backend",
+            "vllm",
+            "--model",
+            str(tiny_target),
+            "--input-file-path",
+            str(prompts),
+            "--output-file-path",
+            str(out),
+            "--max-tokens",
+            "16",
+            "--temperature",
+            "0",
+            "--resume",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=480,
+        env=_vllm_env(),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     print(f"vLLM in-process run: {time.time() - t0:.0f}s")
     check_resumed(_rows(out))
@@ -340,9 +441,24 @@ def test_vllm_server_with_openai_backend(vllm_python, tiny_target, prompts, tmp_
     lines: list[str] = []
     t0 = time.time()
     server = subprocess.Popen(
-        ["bash", str(LAUNCH), "--model", str(tiny_target), "--port", str(port), "--log-dir", str(tmp_path / "logs"),
-         "--wait-timeout", "180"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+        [
+            "bash",
+            str(LAUNCH),
+            "--model",
+            str(tiny_target),
+            "--port",
+            str(port),
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--wait-timeout",
+            "180",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     reader = threading.Thread(target=lambda: lines.extend(iter(server.stdout.readline, "")), daemon=True)
     reader.start()
     try:
@@ -358,9 +474,27 @@ def test_vllm_server_with_openai_backend(vllm_python, tiny_target, prompts, tmp_
         assert f"--server-address 127.0.0.1:{port}" in ready
 
         out = tmp_path / "regen.jsonl"
-        cmd = [sys.executable, str(SCRIPT), "--backend", "openai", "--server-address", f"127.0.0.1:{port}",
-               "--model", str(tiny_target), "--input-file-path", str(prompts), "--output-file-path", str(out),
-               "--max-tokens", "16", "--temperature", "0", "--concurrency", "4", "--no-progress"]
+        cmd = [
+            sys.executable,
+            str(SCRIPT),
+            "--backend",
+            "openai",
+            "--server-address",
+            f"127.0.0.1:{port}",
+            "--model",
+            str(tiny_target),
+            "--input-file-path",
+            str(prompts),
+            "--output-file-path",
+            str(out),
+            "--max-tokens",
+            "16",
+            "--temperature",
+            "0",
+            "--concurrency",
+            "4",
+            "--no-progress",
+        ]
         first = subprocess.run(cmd + ["--num-samples", "2"], capture_output=True, text=True, timeout=300)
         assert first.returncode == 0, first.stderr[-3000:]
         check_regenerated(_rows(out), expect_ids=["single", "multi"])

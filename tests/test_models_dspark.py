@@ -10,7 +10,12 @@ from safetensors.torch import save_file
 from transformers import Gemma4ForCausalLM, Gemma4TextConfig
 
 from deepspec.models import (
-    build_draft, draft_config_from_dict, draft_config_from_target, load_draft, parallel_draft_loss, sample_anchors,
+    build_draft,
+    draft_config_from_dict,
+    draft_config_from_target,
+    load_draft,
+    parallel_draft_loss,
+    sample_anchors,
     summarize,
 )
 from deepspec.models.dspark import DSparkDraftModel
@@ -22,20 +27,43 @@ LOSS = dict(loss_decay_gamma=4.0, ce_loss_alpha=0.1, l1_loss_alpha=0.9, confiden
 
 
 def qwen3_target_config():
-    return make_model_config(vocab_size=V, hidden_size=H, intermediate_size=64, num_hidden_layers=5,
-                             num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    return make_model_config(
+        vocab_size=V,
+        hidden_size=H,
+        intermediate_size=64,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    )
 
 
 def gemma4_target_config(k_eq_v=False):
     # Gemma 4 quirks: scaled embeddings, attention scaling 1.0, v_norm, soft-capped logits, sandwich
     # norms + layer_scalar, full-attention layers with their own head dim (global_head_dim != head_dim)
     # and, optionally, k=v attention with its own kv head count on full-attention layers.
-    extra = dict(attention_k_eq_v=True, num_global_key_value_heads=2, num_key_value_heads=1) if k_eq_v else \
-        dict(num_key_value_heads=1)
-    return Gemma4TextConfig(vocab_size=V, hidden_size=H, intermediate_size=64, num_hidden_layers=6,
-                            num_attention_heads=2, head_dim=16, global_head_dim=8,
-                            hidden_size_per_layer_input=8, vocab_size_per_layer_input=V, sliding_window=8,
-                            final_logit_softcapping=30.0, pad_token_id=0, eos_token_id=1, bos_token_id=2, **extra)
+    extra = (
+        dict(attention_k_eq_v=True, num_global_key_value_heads=2, num_key_value_heads=1)
+        if k_eq_v
+        else dict(num_key_value_heads=1)
+    )
+    return Gemma4TextConfig(
+        vocab_size=V,
+        hidden_size=H,
+        intermediate_size=64,
+        num_hidden_layers=6,
+        num_attention_heads=2,
+        head_dim=16,
+        global_head_dim=8,
+        hidden_size_per_layer_input=8,
+        vocab_size_per_layer_input=V,
+        sliding_window=8,
+        final_logit_softcapping=30.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        **extra,
+    )
 
 
 def gemma4_k_eq_v_target_config():
@@ -43,27 +71,75 @@ def gemma4_k_eq_v_target_config():
 
 
 VARIANTS = {  # name -> (target config, cfg.model overrides)
-    "dspark_vanilla": (qwen3_target_config, dict(algorithm="dspark", markov_rank=8, markov_head_type="vanilla",
-                                                 confidence_head_alpha=1.0, confidence_head_with_markov=True)),
+    "dspark_vanilla": (
+        qwen3_target_config,
+        dict(
+            algorithm="dspark",
+            markov_rank=8,
+            markov_head_type="vanilla",
+            confidence_head_alpha=1.0,
+            confidence_head_with_markov=True,
+        ),
+    ),
     "dflash": (qwen3_target_config, dict(algorithm="dflash", markov_rank=0, confidence_head_alpha=0.0)),
-    "dspark_gated": (qwen3_target_config, dict(algorithm="dspark", markov_rank=8, markov_head_type="gated",
-                                               confidence_head_alpha=1.0, confidence_head_with_markov=True)),
-    "dspark_rnn_conf_h_only": (qwen3_target_config, dict(algorithm="dspark", markov_rank=8, markov_head_type="rnn",
-                                                         confidence_head_alpha=1.0, confidence_head_with_markov=False)),
-    "dspark_rnn": (qwen3_target_config, dict(algorithm="dspark", markov_rank=8, markov_head_type="rnn",
-                                             confidence_head_alpha=1.0, confidence_head_with_markov=True)),
-    "gemma4_dspark": (gemma4_target_config, dict(algorithm="dspark", markov_rank=8, markov_head_type="vanilla",
-                                                 confidence_head_alpha=1.0, confidence_head_with_markov=True)),
-    "gemma4_k_eq_v_rnn": (gemma4_k_eq_v_target_config, dict(algorithm="dspark", markov_rank=8,
-                                                            markov_head_type="rnn", confidence_head_alpha=1.0,
-                                                            confidence_head_with_markov=True)),
+    "dspark_gated": (
+        qwen3_target_config,
+        dict(
+            algorithm="dspark",
+            markov_rank=8,
+            markov_head_type="gated",
+            confidence_head_alpha=1.0,
+            confidence_head_with_markov=True,
+        ),
+    ),
+    "dspark_rnn_conf_h_only": (
+        qwen3_target_config,
+        dict(
+            algorithm="dspark",
+            markov_rank=8,
+            markov_head_type="rnn",
+            confidence_head_alpha=1.0,
+            confidence_head_with_markov=False,
+        ),
+    ),
+    "dspark_rnn": (
+        qwen3_target_config,
+        dict(
+            algorithm="dspark",
+            markov_rank=8,
+            markov_head_type="rnn",
+            confidence_head_alpha=1.0,
+            confidence_head_with_markov=True,
+        ),
+    ),
+    "gemma4_dspark": (
+        gemma4_target_config,
+        dict(
+            algorithm="dspark",
+            markov_rank=8,
+            markov_head_type="vanilla",
+            confidence_head_alpha=1.0,
+            confidence_head_with_markov=True,
+        ),
+    ),
+    "gemma4_k_eq_v_rnn": (
+        gemma4_k_eq_v_target_config,
+        dict(
+            algorithm="dspark",
+            markov_rank=8,
+            markov_head_type="rnn",
+            confidence_head_alpha=1.0,
+            confidence_head_with_markov=True,
+        ),
+    ),
 }
 
 
 def make_draft(name, dtype=torch.float64):
     target_cfg, overrides = VARIANTS[name]
-    model_cfg = dict(num_draft_layers=2, target_layer_ids=[0, 1, 3], block_size=G, mask_token_id=MASK,
-                     num_anchors=6, **overrides)
+    model_cfg = dict(
+        num_draft_layers=2, target_layer_ids=[0, 1, 3], block_size=G, mask_token_id=MASK, num_anchors=6, **overrides
+    )
     torch.manual_seed(0)
     draft = build_draft(draft_config_from_target(target_cfg(), model_cfg)).to(dtype)
     with torch.no_grad():  # non-trivial norm weights, so a norm applied in the wrong place shows up
@@ -92,6 +168,7 @@ def make_batch(dtype=torch.float64, seed=1):
 
 # ----------------------------------------------------------------------------- naive reference
 
+
 def rope(x, cos, sin):  # x [L, heads, d], cos/sin [L, d]
     half = x.shape[-1] // 2
     rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
@@ -104,8 +181,11 @@ def naive_block(draft, ctx_states, block_ids, anchor):
     ctx = draft.hidden_norm(draft.fc(ctx_states))  # [anchor, H]
     x = draft.embed(block_ids)  # [G, H]
     pos = torch.arange(anchor + G)[None]
-    cos, sin = draft.rotary_emb(x[None], pos, "full_attention") if "gemma" in cfg.model_type else \
-        draft.rotary_emb(x[None], pos)
+    cos, sin = (
+        draft.rotary_emb(x[None], pos, "full_attention")
+        if "gemma" in cfg.model_type
+        else draft.rotary_emb(x[None], pos)
+    )
     cos, sin = cos[0], sin[0]
     gemma = "gemma" in cfg.model_type  # sandwich norms + layer_scalar, as Gemma 4's own decoder layer
     for layer in draft.layers:
@@ -116,13 +196,16 @@ def naive_block(draft, ctx_states, block_ids, anchor):
         q = rope(attn.q_norm(attn.q_proj(normed).view(G, -1, d)), cos[anchor:], sin[anchor:])
         k_raw = attn.k_proj(kv_in).view(len(kv_in), -1, d)
         k = rope(attn.k_norm(k_raw), cos, sin)
-        v = k_raw if cfg.model_type.startswith("gemma") and cfg.attention_k_eq_v else \
-            attn.v_proj(kv_in).view(len(kv_in), -1, d)
+        v = (
+            k_raw
+            if cfg.model_type.startswith("gemma") and cfg.attention_k_eq_v
+            else attn.v_proj(kv_in).view(len(kv_in), -1, d)
+        )
         if gemma:
             v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + cfg.rms_norm_eps)  # scale-free v_norm
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        scores = torch.einsum("qhd,khd->hqk", q, k) * (1.0 if gemma else d ** -0.5)
+        scores = torch.einsum("qhd,khd->hqk", q, k) * (1.0 if gemma else d**-0.5)
         out = attn.o_proj(torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(G, -1))
         if gemma:
             x = x + layer.post_attention_layernorm(out)
@@ -154,7 +237,7 @@ def naive_heads(draft, h, prev):
             s, bias = torch.zeros(r, dtype=h.dtype), []
             for k in range(G):
                 proj = torch.cat([s, e[k], h[k]]) @ mh.joint_proj.weight.T + mh.joint_proj.bias
-                g, c, o = proj[:r], proj[r:2 * r], proj[2 * r:]
+                g, c, o = proj[:r], proj[r : 2 * r], proj[2 * r :]
                 s = torch.sigmoid(g) * s + (1 - torch.sigmoid(g)) * torch.tanh(c)
                 bias.append(torch.tanh(o) @ mh.markov_w2.weight.T)
             bias = torch.stack(bias)
@@ -198,22 +281,37 @@ def naive_loss(draft, ids, hidden, loss_mask, last, anchors, valid):
                 slot_logits[(b, a, k)] = logits[k]
             sums["tau_sum"] += tau
             sums["block_count"] += 1
-    sums["loss_sum"] = (LOSS["ce_loss_alpha"] * sums["ce_sum"] + LOSS["l1_loss_alpha"] * sums["l1_sum"]
-                        + LOSS["confidence_head_alpha"] * sums["conf_sum"])
+    sums["loss_sum"] = (
+        LOSS["ce_loss_alpha"] * sums["ce_sum"]
+        + LOSS["l1_loss_alpha"] * sums["l1_sum"]
+        + LOSS["confidence_head_alpha"] * sums["conf_sum"]
+    )
     return sums, slot_logits
 
 
 def batched_loss(draft, ids, hidden, loss_mask, last, anchors, valid, backend="sdpa"):
-    out = draft.forward_train(input_ids=ids, hidden_states=hidden, loss_mask=loss_mask, anchors=anchors,
-                              anchor_valid=valid, attention_backend=backend)
+    out = draft.forward_train(
+        input_ids=ids,
+        hidden_states=hidden,
+        loss_mask=loss_mask,
+        anchors=anchors,
+        anchor_valid=valid,
+        attention_backend=backend,
+    )
     alpha = dict(LOSS, confidence_head_alpha=LOSS["confidence_head_alpha"] if out.confidence_logits is not None else 0)
-    sums = parallel_draft_loss(logits=out.logits, target_logits=draft.gather_target_logits(last, out.targets),
-                               labels=out.targets.labels, slot_mask=out.targets.slot_mask,
-                               confidence_logits=out.confidence_logits, **alpha)
+    sums = parallel_draft_loss(
+        logits=out.logits,
+        target_logits=draft.gather_target_logits(last, out.targets),
+        labels=out.targets.labels,
+        slot_mask=out.targets.slot_mask,
+        confidence_logits=out.confidence_logits,
+        **alpha,
+    )
     return out, sums
 
 
 # ----------------------------------------------------------------------------- tests
+
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 @pytest.mark.parametrize("backend", ["sdpa", "eager"])
@@ -224,8 +322,13 @@ def test_batched_loss_equals_naive_per_block_loop(name, backend):
     ref, ref_logits = naive_loss(draft, *batch)
     assert ref["block_count"] >= 8 and len(ref_logits) >= 20, "the batch should exercise many blocks and slots"
     for key in ("loss_sum", "weight_sum", "ce_sum", "l1_sum", "conf_sum", "tau_sum", "block_count"):
-        torch.testing.assert_close(sums[key].double(), torch.as_tensor(ref[key], dtype=torch.float64),
-                                   rtol=1e-6, atol=1e-6, msg=f"{name}: {key}")
+        torch.testing.assert_close(
+            sums[key].double(),
+            torch.as_tensor(ref[key], dtype=torch.float64),
+            rtol=1e-6,
+            atol=1e-6,
+            msg=f"{name}: {key}",
+        )
     mask = out.targets.slot_mask
     assert int(mask.sum()) == len(ref_logits), "supervised slots differ from the naive walk over the loss mask"
     tol = 1e-6 if name.startswith("gemma4") else 1e-8  # Gemma4RMSNorm computes in float32 even for float64
@@ -241,10 +344,22 @@ def test_flex_mask_matches_dense_mask_forward(monkeypatch):
     draft = make_draft("dspark_vanilla", dtype=torch.float32)
     ids, hidden, loss_mask, last, anchors, valid = make_batch(dtype=torch.float32)
     with torch.no_grad():
-        dense = draft.forward_train(input_ids=ids, hidden_states=hidden, loss_mask=loss_mask, anchors=anchors,
-                                    anchor_valid=valid, attention_backend="sdpa")
-        flex = draft.forward_train(input_ids=ids, hidden_states=hidden, loss_mask=loss_mask, anchors=anchors,
-                                   anchor_valid=valid, attention_backend="flex")
+        dense = draft.forward_train(
+            input_ids=ids,
+            hidden_states=hidden,
+            loss_mask=loss_mask,
+            anchors=anchors,
+            anchor_valid=valid,
+            attention_backend="sdpa",
+        )
+        flex = draft.forward_train(
+            input_ids=ids,
+            hidden_states=hidden,
+            loss_mask=loss_mask,
+            anchors=anchors,
+            anchor_valid=valid,
+            attention_backend="flex",
+        )
     torch.testing.assert_close(flex.logits, dense.logits, rtol=1e-4, atol=1e-4)
 
 
@@ -272,19 +387,27 @@ def test_sample_anchors_and_slot_supervision():
     from deepspec.models.dspark import block_targets
 
     ids = torch.arange(16).view(2, 8)
-    tg = block_targets(input_ids=ids, loss_mask=loss_mask, anchors=anchors, anchor_valid=valid, block_size=3,
-                       mask_token_id=99)
+    tg = block_targets(
+        input_ids=ids, loss_mask=loss_mask, anchors=anchors, anchor_valid=valid, block_size=3, mask_token_id=99
+    )
     # anchor 2: tokens 3, 4 supervised, 5 is not -> slots 0, 1; anchor 3: token 4 only; anchor 6: token 7, then
     # the end of the sequence.
-    assert tg.slot_mask[0].tolist() == [[True, True, False], [True, False, False], [True, False, False],
-                                        [False, False, False], [False, False, False]]
+    assert tg.slot_mask[0].tolist() == [
+        [True, True, False],
+        [True, False, False],
+        [True, False, False],
+        [False, False, False],
+        [False, False, False],
+    ]
     assert tg.block_ids[0, 0].tolist() == [2, 99, 99] and tg.labels[0, 0].tolist() == [3, 4, 5]
     assert tg.prev_tokens[0, 0].tolist() == [2, 3, 4] and tg.target_positions[0, 0].tolist() == [2, 3, 4]
     assert not tg.slot_mask[1].any()
 
 
-@pytest.mark.parametrize("name", ["dspark_vanilla", "dspark_gated", "dspark_rnn_conf_h_only", "dspark_rnn",
-                                  "gemma4_dspark", "gemma4_k_eq_v_rnn"])
+@pytest.mark.parametrize(
+    "name",
+    ["dspark_vanilla", "dspark_gated", "dspark_rnn_conf_h_only", "dspark_rnn", "gemma4_dspark", "gemma4_k_eq_v_rnn"],
+)
 def test_gradients_reach_every_trainable_parameter_and_never_the_frozen_ones(name):
     draft = make_draft(name, dtype=torch.float32)
     _, sums = batched_loss(draft, *make_batch(dtype=torch.float32))
@@ -295,8 +418,9 @@ def test_gradients_reach_every_trainable_parameter_and_never_the_frozen_ones(nam
             assert not p.requires_grad and p.grad is None, pname
         else:
             assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for {pname}"
-    assert {id(p) for p in draft.trainable_parameters()}.isdisjoint({id(draft.embed_tokens.weight),
-                                                                    id(draft.lm_head.weight)})
+    assert {id(p) for p in draft.trainable_parameters()}.isdisjoint(
+        {id(draft.embed_tokens.weight), id(draft.lm_head.weight)}
+    )
 
 
 @pytest.mark.parametrize("name", ["dspark_vanilla", "dflash", "gemma4_dspark"])
@@ -326,29 +450,66 @@ def test_save_from_pretrained_round_trip_is_exact(name, tmp_path):
 def test_public_layout_config_json_loads_with_expected_weight_names(tmp_path):
     # A config.json as released DeepSpec drafts ship it: Qwen3 keys + the DSpark keys.
     config = {
-        "architectures": ["Qwen3DSparkModel"], "model_type": "qwen3", "attention_bias": False,
-        "attention_dropout": 0.0, "head_dim": 16, "hidden_act": "silu", "hidden_size": H,
-        "initializer_range": 0.02, "intermediate_size": 64, "max_position_embeddings": 4096,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_theta": 1000000,
-        "rope_scaling": None, "use_sliding_window": False, "vocab_size": V, "torch_dtype": "bfloat16",
-        "num_hidden_layers": 2, "tie_word_embeddings": False, "block_size": 7, "mask_token_id": MASK,
-        "target_layer_ids": [1, 9, 17, 25, 33], "num_target_layers": 36, "num_anchors": 512, "markov_rank": 8,
-        "markov_head_type": "vanilla", "enable_confidence_head": True, "confidence_head_with_markov": True,
+        "architectures": ["Qwen3DSparkModel"],
+        "model_type": "qwen3",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "head_dim": 16,
+        "hidden_act": "silu",
+        "hidden_size": H,
+        "initializer_range": 0.02,
+        "intermediate_size": 64,
+        "max_position_embeddings": 4096,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000,
+        "rope_scaling": None,
+        "use_sliding_window": False,
+        "vocab_size": V,
+        "torch_dtype": "bfloat16",
+        "num_hidden_layers": 2,
+        "tie_word_embeddings": False,
+        "block_size": 7,
+        "mask_token_id": MASK,
+        "target_layer_ids": [1, 9, 17, 25, 33],
+        "num_target_layers": 36,
+        "num_anchors": 512,
+        "markov_rank": 8,
+        "markov_head_type": "vanilla",
+        "enable_confidence_head": True,
+        "confidence_head_with_markov": True,
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
     r, n = 8, 5
-    shapes = {"embed_tokens.weight": (V, H), "lm_head.weight": (V, H), "fc.weight": (H, n * H),
-              "hidden_norm.weight": (H,), "norm.weight": (H,), "markov_head.markov_w1.weight": (V, r),
-              "markov_head.markov_w2.weight": (V, r), "confidence_head.proj.weight": (1, H + r),
-              "confidence_head.proj.bias": (1,)}
+    shapes = {
+        "embed_tokens.weight": (V, H),
+        "lm_head.weight": (V, H),
+        "fc.weight": (H, n * H),
+        "hidden_norm.weight": (H,),
+        "norm.weight": (H,),
+        "markov_head.markov_w1.weight": (V, r),
+        "markov_head.markov_w2.weight": (V, r),
+        "confidence_head.proj.weight": (1, H + r),
+        "confidence_head.proj.bias": (1,),
+    }
     for i in range(2):
         pre = f"layers.{i}."
-        shapes.update({pre + "self_attn.q_proj.weight": (64, H), pre + "self_attn.k_proj.weight": (32, H),
-                       pre + "self_attn.v_proj.weight": (32, H), pre + "self_attn.o_proj.weight": (H, 64),
-                       pre + "self_attn.q_norm.weight": (16,), pre + "self_attn.k_norm.weight": (16,),
-                       pre + "mlp.gate_proj.weight": (64, H), pre + "mlp.up_proj.weight": (64, H),
-                       pre + "mlp.down_proj.weight": (H, 64), pre + "input_layernorm.weight": (H,),
-                       pre + "post_attention_layernorm.weight": (H,)})
+        shapes.update(
+            {
+                pre + "self_attn.q_proj.weight": (64, H),
+                pre + "self_attn.k_proj.weight": (32, H),
+                pre + "self_attn.v_proj.weight": (32, H),
+                pre + "self_attn.o_proj.weight": (H, 64),
+                pre + "self_attn.q_norm.weight": (16,),
+                pre + "self_attn.k_norm.weight": (16,),
+                pre + "mlp.gate_proj.weight": (64, H),
+                pre + "mlp.up_proj.weight": (64, H),
+                pre + "mlp.down_proj.weight": (H, 64),
+                pre + "input_layernorm.weight": (H,),
+                pre + "post_attention_layernorm.weight": (H,),
+            }
+        )
     g = torch.Generator().manual_seed(3)
     tensors = {k: torch.randn(s, generator=g).to(torch.bfloat16) for k, s in shapes.items()}
     save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
@@ -383,8 +544,9 @@ def test_config_errors_say_what_to_change():
     with pytest.raises(DraftConfigError, match="markov_rank=0"):
         draft_config_from_target(qwen3_target_config(), dict(base, algorithm="dflash", markov_rank=4))
     with pytest.raises(DraftConfigError, match="markov_head_type"):
-        draft_config_from_target(qwen3_target_config(), dict(base, algorithm="dspark", markov_rank=4,
-                                                             markov_head_type="lstm"))
+        draft_config_from_target(
+            qwen3_target_config(), dict(base, algorithm="dspark", markov_rank=4, markov_head_type="lstm")
+        )
     with pytest.raises(DraftConfigError, match="mask_token_id"):
         draft_config_from_target(qwen3_target_config(), dict(base, algorithm="dspark", mask_token_id=V))
     with pytest.raises(ValueError, match="last layer"):

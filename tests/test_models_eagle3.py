@@ -14,8 +14,12 @@ TARGETS = {"qwen3": qwen3_target_config, "gemma4": gemma4_target_config, "gemma4
 
 
 def make_draft(family="qwen3", dtype=torch.float64, layers=1):
-    model_cfg = dict(eagle3_model(target="unused", target_layer_ids=[0, 1, 3]), ttt_length=S,
-                     step_loss_decay=DECAY, num_draft_layers=layers)
+    model_cfg = dict(
+        eagle3_model(target="unused", target_layer_ids=[0, 1, 3]),
+        ttt_length=S,
+        step_loss_decay=DECAY,
+        num_draft_layers=layers,
+    )
     torch.manual_seed(0)
     draft = build_draft(draft_config_from_target(TARGETS[family](), model_cfg)).to(dtype)
     with torch.no_grad():
@@ -36,12 +40,17 @@ def make_batch(dtype=torch.float64):
     B, T = 2, 12
     ids = torch.randint(4, V, (B, T), generator=g)
     loss_mask = torch.zeros(B, T, dtype=torch.long)
-    loss_mask[0, 4:] = 1   # runs to the last token: it has no next token and leaves the mask
+    loss_mask[0, 4:] = 1  # runs to the last token: it has no next token and leaves the mask
     loss_mask[1, 3:10] = 1  # ends at the last valid token of a padded row
     ids[1, 10:] = 0
     attention_mask = torch.arange(T)[None] < torch.tensor(LENGTHS)[:, None]
-    return ids, torch.randn(B, T, 3 * H, generator=g, dtype=dtype), loss_mask, \
-        torch.randn(B, T, H, generator=g, dtype=dtype) * 3, attention_mask
+    return (
+        ids,
+        torch.randn(B, T, 3 * H, generator=g, dtype=dtype),
+        loss_mask,
+        torch.randn(B, T, H, generator=g, dtype=dtype) * 3,
+        attention_mask,
+    )
 
 
 def naive_unroll(draft, ids, hidden, loss_mask, last, attention_mask):
@@ -52,7 +61,7 @@ def naive_unroll(draft, ids, hidden, loss_mask, last, attention_mask):
     sums = {"loss_sum": 0.0, "weight_sum": 0.0, "correct": [0.0] * S, "count": [0.0] * S}
     for b in range(B):
         pos = torch.arange(T + S)[None]
-        x0 = draft.embed(ids[b:b + 1])
+        x0 = draft.embed(ids[b : b + 1])
         cos, sin = draft.rotary_emb(x0, pos, "full_attention") if gemma else draft.rotary_emb(x0, pos)
         cos, sin = cos[0], sin[0]
         prev = draft.fc(hidden[b])  # [T, H]: g_t at step 0
@@ -66,7 +75,7 @@ def naive_unroll(draft, ids, hidden, loss_mask, last, attention_mask):
                     attn, d = layer.self_attn, layer.self_attn.head_dim
                     # every layer: [input_layernorm(embed) ; its own hidden_norm(x)], residual = x
                     inp = torch.cat([layer.input_layernorm(draft.embed(torch.tensor(tok))), layer.hidden_norm(x)])
-                    c, si = cos[t + s:t + s + 1], sin[t + s:t + s + 1]
+                    c, si = cos[t + s : t + s + 1], sin[t + s : t + s + 1]
                     q = rope(attn.q_norm(attn.q_proj(inp).view(1, -1, d)), c, si)[0]
                     k_raw = attn.k_proj(inp).view(-1, d)
                     k = rope(attn.k_norm(k_raw)[None], c, si)[0]
@@ -82,12 +91,13 @@ def naive_unroll(draft, ids, hidden, loss_mask, last, attention_mask):
                     K, Vv = torch.stack(ks), torch.stack(vs)  # [L, hkv, d]
                     rep = q.shape[0] // K.shape[1]
                     K, Vv = K.repeat_interleave(rep, 1), Vv.repeat_interleave(rep, 1)
-                    w = (torch.einsum("hd,lhd->hl", q, K) * (1.0 if gemma else d ** -0.5)).softmax(-1)
+                    w = (torch.einsum("hd,lhd->hl", q, K) * (1.0 if gemma else d**-0.5)).softmax(-1)
                     o = attn.o_proj(torch.einsum("hl,lhd->hd", w, Vv).reshape(-1))
                     if gemma:  # sandwich norms and layer_scalar
                         x = x + layer.post_attention_layernorm(o)
-                        x = (x + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(x)))) \
-                            * layer.layer_scalar
+                        x = (
+                            x + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(x)))
+                        ) * layer.layer_scalar
                     else:
                         x = x + o
                         x = x + layer.mlp(layer.post_attention_layernorm(x))
@@ -99,7 +109,7 @@ def naive_unroll(draft, ids, hidden, loss_mask, last, attention_mask):
                     logits = capped(cfg, draft.norm(x) @ draft.lm_head.weight.T)
                     tl = capped(cfg, last[b, j + 1] @ draft.lm_head.weight.T)
                     ce = -(tl.softmax(-1) * logits.log_softmax(-1)).sum()
-                    sums["loss_sum"] += DECAY ** s * ce / (B * T)
+                    sums["loss_sum"] += DECAY**s * ce / (B * T)
                     sums["correct"][s] += float(logits.argmax() == tl.argmax())
                     sums["count"][s] += 1
             prev = torch.stack(out)
@@ -108,14 +118,25 @@ def naive_unroll(draft, ids, hidden, loss_mask, last, attention_mask):
 
 
 def batched(draft, ids, hidden, loss_mask, last, attention_mask, backend="sdpa"):
-    out = draft.forward_train(input_ids=ids, hidden_states=hidden, loss_mask=loss_mask, attention_mask=attention_mask,
-                              attention_backend=backend)
-    return out, eagle3_loss(logits=out.logits, target_logits=draft.gather_target_logits(last, out.target_positions),
-                            step_mask=out.step_mask, step_loss_decay=DECAY)
+    out = draft.forward_train(
+        input_ids=ids,
+        hidden_states=hidden,
+        loss_mask=loss_mask,
+        attention_mask=attention_mask,
+        attention_backend=backend,
+    )
+    return out, eagle3_loss(
+        logits=out.logits,
+        target_logits=draft.gather_target_logits(last, out.target_positions),
+        step_mask=out.step_mask,
+        step_loss_decay=DECAY,
+    )
 
 
-@pytest.mark.parametrize("family,layers,backend", [("qwen3", 1, "sdpa"), ("qwen3", 2, "eager"), ("gemma4", 1, "sdpa"),
-                                                   ("gemma4_k_eq_v", 2, "sdpa")])
+@pytest.mark.parametrize(
+    "family,layers,backend",
+    [("qwen3", 1, "sdpa"), ("qwen3", 2, "eager"), ("gemma4", 1, "sdpa"), ("gemma4_k_eq_v", 2, "sdpa")],
+)
 def test_ttt_unroll_equals_naive_loop(family, layers, backend):
     draft = make_draft(family, layers=layers)
     batch = make_batch()
@@ -123,8 +144,9 @@ def test_ttt_unroll_equals_naive_loop(family, layers, backend):
     ref = naive_unroll(draft, *batch)
     assert out.logits.shape == (S, 2, 12, V)
     tol = 1e-6 if family.startswith("gemma4") else 1e-7  # Gemma4RMSNorm computes in float32
-    torch.testing.assert_close(sums["loss_sum"].double(), torch.as_tensor(ref["loss_sum"], dtype=torch.float64),
-                               rtol=tol, atol=tol)
+    torch.testing.assert_close(
+        sums["loss_sum"].double(), torch.as_tensor(ref["loss_sum"], dtype=torch.float64), rtol=tol, atol=tol
+    )
     torch.testing.assert_close(sums["weight_sum"].double(), torch.tensor(ref["weight_sum"], dtype=torch.float64))
     assert sums["step_count"].tolist() == ref["count"] and sums["step_correct"].tolist() == ref["correct"]
     assert all(0 <= v <= 1 for k, v in summarize(sums).items() if k.startswith("accuracy@"))

@@ -43,10 +43,18 @@ def family_setup(request, tmp_path_factory):
 def test_train_then_eval_is_lossless(family_setup, algo, tmp_path):
     s = family_setup
     out = tmp_path / "ckpt"
-    opts = [f"model.target_model_name_or_path={s['target']}", f"model.target_layer_ids={LAYERS}",
-            "model.num_draft_layers=1", "train.local_batch_size=2", "train.global_batch_size=4",
-            "train.max_train_steps=6", "logging.logging_steps=1", "logging.checkpointing_steps=6",
-            f"logging.checkpoint_dir={out}", f"logging.tensorboard_dir={out}/tb"]
+    opts = [
+        f"model.target_model_name_or_path={s['target']}",
+        f"model.target_layer_ids={LAYERS}",
+        "model.num_draft_layers=1",
+        "train.local_batch_size=2",
+        "train.global_batch_size=4",
+        "train.max_train_steps=6",
+        "logging.logging_steps=1",
+        "logging.checkpointing_steps=6",
+        f"logging.checkpoint_dir={out}",
+        f"logging.tensorboard_dir={out}/tb",
+    ]
     opts.append("model.ttt_length=3" if algo == "eagle3" else "model.num_anchors=8")
     cfg = load_config(ROOT / CONFIGS[algo], opts=opts)
     train_entry.run_training(cfg, cache_dir=s["cache"], device="cpu", progress=False)
@@ -59,16 +67,42 @@ def test_train_then_eval_is_lossless(family_setup, algo, tmp_path):
     assert saved["architectures"] == ["Qwen3Eagle3Model" if algo == "eagle3" else "Qwen3DSparkModel"]
     assert saved["num_target_layers"] == 3 and saved["target_layer_ids"] == LAYERS
     target_cfg = json.loads((Path(s["target"]) / "config.json").read_text())
-    for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
-                "vocab_size"):
+    for key in (
+        "hidden_size",
+        "intermediate_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "vocab_size",
+    ):
         assert saved[key] == target_cfg[key], key
     assert load_draft(step).config.model_type == "qwen3"
 
     # eval.py: the draft fits this target, and greedy speculative output is the target's greedy output.
     res = tmp_path / "eval"
-    assert eval_cli.main(["--target_name_or_path", s["target"], "--draft_name_or_path", str(step),
-                          "--eval-data-dir", str(s["data"]), "--tasks", "gsm8k", "--max-new-tokens", "12",
-                          "--temperature", "0", "--output-dir", str(res), "--save-outputs", "--no-progress"]) == 0
+    assert (
+        eval_cli.main(
+            [
+                "--target_name_or_path",
+                s["target"],
+                "--draft_name_or_path",
+                str(step),
+                "--eval-data-dir",
+                str(s["data"]),
+                "--tasks",
+                "gsm8k",
+                "--max-new-tokens",
+                "12",
+                "--temperature",
+                "0",
+                "--output-dir",
+                str(res),
+                "--save-outputs",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from deepspec.eval.runner import encode_prompt, stop_token_ids
@@ -77,8 +111,9 @@ def test_train_then_eval_is_lossless(family_setup, algo, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(s["target"], dtype=torch.float32).eval()
     [row] = [json.loads(line) for line in (res / "outputs.jsonl").read_text().splitlines()]
     ids = encode_prompt(tok, "def f3(x):")
-    ref = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
-                         eos_token_id=stop_token_ids(tok, model), pad_token_id=0)[0, len(ids):].tolist()
+    ref = model.generate(
+        torch.tensor([ids]), max_new_tokens=12, do_sample=False, eos_token_id=stop_token_ids(tok, model), pad_token_id=0
+    )[0, len(ids) :].tolist()
     assert row["token_ids"] == ref
 
 
@@ -86,8 +121,16 @@ def test_family_facts_live_in_one_entry():
     from deepspec.targets import FAMILIES, family_by_name
 
     llama, moe = family_by_name("llama3"), family_by_name("qwen3_moe")
-    assert (llama.model_types, llama.mask_token_id, llama.end_of_turn, llama.draft_family) == \
-        (("llama",), 128002, ("<|eot_id|>",), "qwen3")
-    assert (moe.model_types, moe.mask_token_id, moe.chat_template, moe.draft_family) == \
-        (("qwen3_moe",), 151669, "qwen3", "qwen3")
+    assert (llama.model_types, llama.mask_token_id, llama.end_of_turn, llama.draft_family) == (
+        ("llama",),
+        128002,
+        ("<|eot_id|>",),
+        "qwen3",
+    )
+    assert (moe.model_types, moe.mask_token_id, moe.chat_template, moe.draft_family) == (
+        ("qwen3_moe",),
+        151669,
+        "qwen3",
+        "qwen3",
+    )
     assert sorted(f.name for f in FAMILIES) == ["gemma4", "llama3", "qwen3", "qwen3_moe"]

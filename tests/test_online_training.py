@@ -22,8 +22,11 @@ from deepspec.tiny_target import build_random_tiny_target
 from deepspec.training.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {"dspark": "config/dspark/dspark_tiny.py", "dflash": "config/dflash/dflash_tiny.py",
-           "eagle3": "config/eagle3/eagle3_tiny.py"}
+CONFIGS = {
+    "dspark": "config/dspark/dspark_tiny.py",
+    "dflash": "config/dflash/dflash_tiny.py",
+    "eagle3": "config/eagle3/eagle3_tiny.py",
+}
 LAYERS = [-1, 1]
 STEPS = 30
 
@@ -31,48 +34,94 @@ STEPS = 30
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("online")
-    target = build_random_tiny_target(output_dir=base / "target", seed=0, num_hidden_layers=3, hidden_size=64,
-                                      intermediate_size=128, num_attention_heads=2, num_key_value_heads=1,
-                                      head_dim=32, initializer_range=0.3)
+    target = build_random_tiny_target(
+        output_dir=base / "target",
+        seed=0,
+        num_hidden_layers=3,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        initializer_range=0.3,
+    )
     rows = []
     for i in range(40):
-        turns = [{"role": "user", "content": f"def f{i}(x):"},
-                 {"role": "assistant", "content": "    return x" + " + x" * (i % 5 + 4) + f"  # {i}"}]
+        turns = [
+            {"role": "user", "content": f"def f{i}(x):"},
+            {"role": "assistant", "content": "    return x" + " + x" * (i % 5 + 4) + f"  # {i}"},
+        ]
         rows.append(json.dumps({"id": f"c{i}", "conversations": turns}))
-    rows.append(json.dumps({"id": "short", "conversations": [{"role": "user", "content": "hi"},
-                                                            {"role": "assistant", "content": "ok"}]}))
+    rows.append(
+        json.dumps(
+            {
+                "id": "short",
+                "conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}],
+            }
+        )
+    )
     data = base / "regen.jsonl"
     data.write_text("\n".join(rows) + "\n")
-    cfg = load_config(ROOT / CONFIGS["dspark"], opts=[f"model.target_model_name_or_path={target}",
-                                                      f"model.target_layer_ids={LAYERS}"])
-    build_target_cache(cfg=cfg, train_data_paths=[str(data)], output_dir=base / "cache",
-                       min_loss_tokens=int(cfg.data.min_loss_tokens), max_shard_bytes=1 << 24, batch_size=1,
-                       nproc=1, device="cpu", log=lambda _: None)
+    cfg = load_config(
+        ROOT / CONFIGS["dspark"], opts=[f"model.target_model_name_or_path={target}", f"model.target_layer_ids={LAYERS}"]
+    )
+    build_target_cache(
+        cfg=cfg,
+        train_data_paths=[str(data)],
+        output_dir=base / "cache",
+        min_loss_tokens=int(cfg.data.min_loss_tokens),
+        max_shard_bytes=1 << 24,
+        batch_size=1,
+        nproc=1,
+        device="cpu",
+        log=lambda _: None,
+    )
     return {"base": base, "target": str(target), "cache": str(base / "cache"), "data": str(data)}
 
 
 def opts_for(setup, algo, out):
     layers = [1] if algo == "eagle3" else LAYERS
-    opts = [f"model.target_model_name_or_path={setup['target']}", f"model.target_layer_ids={layers}",
-            "model.num_draft_layers=1", "train.local_batch_size=1", "train.global_batch_size=4",
-            f"train.max_train_steps={STEPS}", "train.precision=fp32", "logging.logging_steps=1",
-            "logging.checkpointing_steps=100", f"logging.checkpoint_dir={out}", f"logging.tensorboard_dir={out}/tb"]
+    opts = [
+        f"model.target_model_name_or_path={setup['target']}",
+        f"model.target_layer_ids={layers}",
+        "model.num_draft_layers=1",
+        "train.local_batch_size=1",
+        "train.global_batch_size=4",
+        f"train.max_train_steps={STEPS}",
+        "train.precision=fp32",
+        "logging.logging_steps=1",
+        "logging.checkpointing_steps=100",
+        f"logging.checkpoint_dir={out}",
+        f"logging.tensorboard_dir={out}/tb",
+    ]
     opts.append("model.ttt_length=3" if algo == "eagle3" else "model.num_anchors=8")
     return opts
 
 
 def train_cmd(setup, algo, out, *source, extra=()):
     """train.py with 2 gloo workers (spawned workers need an importable entry point, hence the CLI)."""
-    return [sys.executable, "train.py", "--config", str(ROOT / CONFIGS[algo]), *source, "--nproc", "2",
-            "--device", "cpu", "--no-progress", "--opts", *opts_for(setup, algo, out), *extra]
+    return [
+        sys.executable,
+        "train.py",
+        "--config",
+        str(ROOT / CONFIGS[algo]),
+        *source,
+        "--nproc",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--opts",
+        *opts_for(setup, algo, out),
+        *extra,
+    ]
 
 
 CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
 
 
 def train_cli(setup, algo, out, *source, extra=()):
-    subprocess.run(train_cmd(setup, algo, out, *source, extra=extra), cwd=ROOT, env=CLEAN_ENV, check=True,
-                   timeout=900)
+    subprocess.run(train_cmd(setup, algo, out, *source, extra=extra), cwd=ROOT, env=CLEAN_ENV, check=True, timeout=900)
 
 
 def losses(out):
@@ -98,8 +147,9 @@ def test_sharded_target_equals_offline(setup, tmp_path):
     off, on = tmp_path / "off", tmp_path / "on"
     few = ("train.max_train_steps=8",)
     train_cli(setup, "dspark", off, "--target-cache-dir", setup["cache"], extra=few)
-    train_cli(setup, "dspark", on, "--online", "--train-data-path", setup["data"],
-              extra=few + ("train.target_sharding=True",))
+    train_cli(
+        setup, "dspark", on, "--online", "--train-data-path", setup["data"], extra=few + ("train.target_sharding=True",)
+    )
     assert losses(on) == losses(off) and len(losses(on)) == 8
 
 
@@ -113,9 +163,14 @@ def test_online_resume_after_kill_equals_uninterrupted(setup, tmp_path):
     train_cli(setup, "dspark", full, *online, extra=extra)
     private_tmp = tmp_path / "tmp"  # a killed launcher leaves its rendezvous folder behind: keep it here
     private_tmp.mkdir()
-    proc = subprocess.Popen(train_cmd(setup, "dspark", cut, *online, extra=extra), cwd=ROOT,
-                            env={**CLEAN_ENV, "TMPDIR": str(private_tmp)},
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_cmd(setup, "dspark", cut, *online, extra=extra),
+        cwd=ROOT,
+        env={**CLEAN_ENV, "TMPDIR": str(private_tmp)},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         metrics = cut / "metrics.jsonl"
         while proc.poll() is None and not (metrics.exists() and len(losses(cut)) >= 6):

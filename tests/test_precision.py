@@ -19,7 +19,9 @@ def test_auto_follows_the_cpu_flags_and_the_override(monkeypatch):
     monkeypatch.setenv("DEEPSPEC_CPU_BF16", "1")
     assert precision.resolve_precision("auto", "cpu") == "bf16"
     assert precision.resolve_precision("auto", "cuda") == "bf16"
-    assert precision.resolve_precision("fp32", "cuda") == "fp32" and precision.resolve_precision("bf16", "cpu") == "bf16"
+    assert (
+        precision.resolve_precision("fp32", "cuda") == "fp32" and precision.resolve_precision("bf16", "cpu") == "bf16"
+    )
     with pytest.raises(ValueError, match=r"precision must be one of \('auto', 'bf16', 'fp32'\), got 'fp16'"):
         precision.resolve_precision("fp16", "cpu")
 

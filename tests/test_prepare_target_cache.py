@@ -25,7 +25,10 @@ def target_dir(tmp_path_factory):
 def write_data(path: Path, n: int = 9) -> Path:
     rows = []
     for i in range(n):
-        turns = [{"from": "human", "value": f"def f{i}(x):"}, {"from": "gpt", "value": "    return x" + " + x" * (i * 3)}]
+        turns = [
+            {"from": "human", "value": f"def f{i}(x):"},
+            {"from": "gpt", "value": "    return x" + " + x" * (i * 3)},
+        ]
         if i % 4 == 0:  # a multi-turn one
             turns += [{"from": "human", "value": "again"}, {"from": "gpt", "value": "    pass  # " + "y" * i}]
         rows.append(json.dumps({"id": f"c{i}", "conversations": turns}))
@@ -36,16 +39,25 @@ def write_data(path: Path, n: int = 9) -> Path:
 
 
 def config_for(target_dir, *opts):
-    return load_config(ROOT / "config/dspark/dspark_tiny.py",
-                       opts=[f"model.target_model_name_or_path={target_dir}", f"model.target_layer_ids={LAYERS}", *opts])
+    return load_config(
+        ROOT / "config/dspark/dspark_tiny.py",
+        opts=[f"model.target_model_name_or_path={target_dir}", f"model.target_layer_ids={LAYERS}", *opts],
+    )
 
 
 def build(tmp_path, target_dir, out_name="cache", *, opts=(), data=None, **kwargs):
     data = data or write_data(tmp_path / "train.jsonl")
     logs = []
-    manifest = build_target_cache(cfg=config_for(target_dir, *opts), train_data_paths=[str(data)],
-                                  output_dir=tmp_path / out_name, min_loss_tokens=2, max_shard_bytes=200_000,
-                                  batch_size=3, log=logs.append, **kwargs)
+    manifest = build_target_cache(
+        cfg=config_for(target_dir, *opts),
+        train_data_paths=[str(data)],
+        output_dir=tmp_path / out_name,
+        min_loss_tokens=2,
+        max_shard_bytes=200_000,
+        batch_size=3,
+        log=logs.append,
+        **kwargs,
+    )
     return manifest, logs
 
 
@@ -60,7 +72,10 @@ def test_cache_equals_direct_forward(tmp_path, target_dir):
     for i in range(len(cache)):
         sample = cache[i]
         # Independent reference: tokenize alone, unpadded forward with output_hidden_states.
-        conv = [{"role": "user", "content": f"def f{i}(x):"}, {"role": "assistant", "content": "    return x" + " + x" * (i * 3)}]
+        conv = [
+            {"role": "user", "content": f"def f{i}(x):"},
+            {"role": "assistant", "content": "    return x" + " + x" * (i * 3)},
+        ]
         if i % 4 == 0:
             conv += [{"role": "user", "content": "again"}, {"role": "assistant", "content": "    pass  # " + "y" * i}]
         tok = tokenize_conversation(tokenizer, conv, chat_template="qwen3", max_length=512)
@@ -70,10 +85,12 @@ def test_cache_equals_direct_forward(tmp_path, target_dir):
             out = model(torch.tensor([tok.input_ids]), output_hidden_states=True)
         for j, layer in enumerate(LAYERS):
             ref = out.hidden_states[layer + 1][0]
-            got = sample["hidden_states"][:, j * H:(j + 1) * H].float()
+            got = sample["hidden_states"][:, j * H : (j + 1) * H].float()
             assert sample["hidden_states"].dtype == torch.bfloat16
             torch.testing.assert_close(got, ref, rtol=1.6e-2, atol=1e-2)  # bf16 rounding (8 bits of mantissa)
-        torch.testing.assert_close(sample["last_hidden_state"].float(), out.hidden_states[-1][0], rtol=1.6e-2, atol=1e-2)
+        torch.testing.assert_close(
+            sample["last_hidden_state"].float(), out.hidden_states[-1][0], rtol=1.6e-2, atol=1e-2
+        )
     assert len(list((tmp_path / "cache").glob("*.bin"))) > 2  # small max_shard_bytes -> several shards
 
 
@@ -142,8 +159,13 @@ def test_manifest_records_identity(tmp_path, target_dir):
     data = tmp_path / "train.jsonl"
     assert manifest["target_fingerprint"] == target_fingerprint(target_dir)
     assert manifest["layer_ids"] == LAYERS and manifest["max_length"] == 512
-    assert manifest["source_files"] == [{"path": str(data.resolve()), "size": data.stat().st_size,
-                                         "sha256": hashlib.sha256(data.read_bytes()).hexdigest()}]
+    assert manifest["source_files"] == [
+        {
+            "path": str(data.resolve()),
+            "size": data.stat().st_size,
+            "sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+        }
+    ]
     assert manifest["extra"]["chat_template"] == "qwen3" and manifest["sample_checksum"] == "crc32"
 
 
@@ -162,22 +184,48 @@ def test_complete_cache_of_another_build_is_refused_not_nothing_to_do(tmp_path, 
     with pytest.raises(CacheCompatibilityError, match=r"data.max_length=512, this run has 64"):
         build(tmp_path, target_dir, opts=["data.max_length=64"])
     other = write_data(tmp_path / "other.jsonl", n=6)
-    with pytest.raises(CacheCompatibilityError, match=r"training data: it was built with \[.*train.jsonl.*this run "
-                                                      r"has \[.*other.jsonl"):
+    with pytest.raises(
+        CacheCompatibilityError,
+        match=r"training data: it was built with \[.*train.jsonl.*this run "
+        r"has \[.*other.jsonl",
+    ):
         build(tmp_path, target_dir, data=other)
     assert (cache / "manifest.json").read_text() == before  # refusals leave the cache alone
     # The same file edited in place after the build (new content, same path) is another dataset too.
     with open(tmp_path / "train.jsonl", "a") as fh:
-        fh.write(json.dumps({"id": "new", "conversations": [{"role": "user", "content": "q"},
-                                                              {"role": "assistant", "content": "a" * 40}]}) + "\n")
+        fh.write(
+            json.dumps(
+                {
+                    "id": "new",
+                    "conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a" * 40}],
+                }
+            )
+            + "\n"
+        )
     with pytest.raises(CacheCompatibilityError, match="training data"):
-        build_target_cache(cfg=config_for(target_dir), train_data_paths=[str(tmp_path / "train.jsonl")],
-                           output_dir=cache, min_loss_tokens=2, max_shard_bytes=200_000, batch_size=3, log=print)
-    manifest = build_target_cache(cfg=config_for(ft), train_data_paths=[str(other)], output_dir=cache,
-                                  min_loss_tokens=2, max_shard_bytes=200_000, batch_size=3, overwrite=True,
-                                  log=print)
-    assert manifest["num_samples"] == 6 and TargetCache(cache).manifest["target_fingerprint"] != \
-        json.loads(before)["target_fingerprint"]
+        build_target_cache(
+            cfg=config_for(target_dir),
+            train_data_paths=[str(tmp_path / "train.jsonl")],
+            output_dir=cache,
+            min_loss_tokens=2,
+            max_shard_bytes=200_000,
+            batch_size=3,
+            log=print,
+        )
+    manifest = build_target_cache(
+        cfg=config_for(ft),
+        train_data_paths=[str(other)],
+        output_dir=cache,
+        min_loss_tokens=2,
+        max_shard_bytes=200_000,
+        batch_size=3,
+        overwrite=True,
+        log=print,
+    )
+    assert (
+        manifest["num_samples"] == 6
+        and TargetCache(cache).manifest["target_fingerprint"] != json.loads(before)["target_fingerprint"]
+    )
 
 
 def test_resume_with_other_data_refused(tmp_path, target_dir):
@@ -234,8 +282,11 @@ def test_corrupt_shard_repaired_as_the_message_says(tmp_path, target_dir):
     raw = bytearray(shard.read_bytes())
     raw[5] ^= 0x10
     shard.write_bytes(bytes(raw))
-    with pytest.raises(TargetCacheError, match=rf"{shard.name} fails its checksum.*delete manifest.json, {shard.name} "
-                                               rf"and {shard.with_suffix('.idx').name}"):
+    with pytest.raises(
+        TargetCacheError,
+        match=rf"{shard.name} fails its checksum.*delete manifest.json, {shard.name} "
+        rf"and {shard.with_suffix('.idx').name}",
+    ):
         TargetCache(cache_dir, verify=True)
     for p in (cache_dir / "manifest.json", shard, shard.with_suffix(".idx")):
         p.unlink()

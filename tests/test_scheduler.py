@@ -13,8 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from deepspec.decoding.scheduler import (CostTable, CumulativeThreshold, FixedLength, PerSlotThreshold,
-                                         PrefixScheduler, SchedulerError, build_policy)
+from deepspec.decoding.scheduler import (
+    CostTable,
+    CumulativeThreshold,
+    FixedLength,
+    PerSlotThreshold,
+    PrefixScheduler,
+    SchedulerError,
+    build_policy,
+)
 from deepspec.decoding.threshold import proposal_lengths
 from deepspec.decoding.verify import verify_block
 
@@ -28,6 +35,7 @@ def _table(sps: dict[int, float]) -> CostTable:
 
 
 # ----------------------------------------------------------------------------- references written here
+
 
 def _ranked(conf: np.ndarray) -> list[tuple[float, int, int]]:
     """(a, r, j) for a > 0 in the documented order: a desc, slot asc, prefix desc, row asc."""
@@ -107,7 +115,7 @@ def test_appendix_a_theta_values():
     # Θ(ℓ=0) = 1·1.0, Θ(ℓ=1) = 1.8·0.5, Θ(ℓ=2 | x1=A) = (1 + 0.8 + 0.72)·0.45
     assert [round(v, 6) for v in (1 * table.sps(1), 1.8 * table.sps(2), 2.52 * table.sps(3))] == [1.0, 0.9, 1.134]
     assert _lengths_by_first_draft(PrefixScheduler(table)) == {A: 0, B: 0}  # stops at Θ 0.9 < 1.0
-    assert _lengths_by_first_draft(NoEarlyStop(table)) == {A: 2, B: 0}      # 1.134 beats 1.0 only after A
+    assert _lengths_by_first_draft(NoEarlyStop(table)) == {A: 2, B: 0}  # 1.134 beats 1.0 only after A
 
 
 def test_appendix_a_exact():
@@ -126,8 +134,13 @@ def test_appendix_a_sampled_through_verify_block(policy_kind, expected):
     drafts = torch.multinomial(Q_DRAFT.float().expand(n, 2), 2, replacement=True, generator=gen)  # x1, x2 ~ q
     lengths = _lengths_by_first_draft(policy)  # the policy is deterministic given c(x1): plan once per x1
     proposal_len = torch.where(drafts[:, 0] == A, lengths[A], lengths[B])
-    verdict = verify_block(draft_tokens=drafts, draft_probs=Q_DRAFT.float().expand(n, 2, 2),
-                           target_probs=P_TARGET.float().expand(n, 3, 2), proposal_len=proposal_len, generator=gen)
+    verdict = verify_block(
+        draft_tokens=drafts,
+        draft_probs=Q_DRAFT.float().expand(n, 2, 2),
+        target_probs=P_TARGET.float().expand(n, 3, 2),
+        proposal_len=proposal_len,
+        generator=gen,
+    )
     first = torch.where(verdict.num_accepted >= 1, drafts[:, 0], verdict.next_token)
     freq = (first == A).double().mean().item()
     # 5 binomial standard deviations (≈0.016 at p=0.7): a false failure is ~1e-6 likely, and the
@@ -137,6 +150,7 @@ def test_appendix_a_sampled_through_verify_block(policy_kind, expected):
 
 
 # ----------------------------------------------------------------------------- Algorithm 1 properties
+
 
 def _random_conf(rng, *, R, G, ties: bool) -> torch.Tensor:
     conf = rng.choice([0.0, 0.25, 0.5, 0.75, 1.0], size=(R, G)) if ties else rng.random((R, G))
@@ -257,28 +271,43 @@ def test_async_takes_budget_from_two_steps_earlier():
 
 # ----------------------------------------------------------------------------- cost table and factory
 
+
 def test_cost_table_interpolation_and_extrapolation():
     table = _table({1: 10.0, 3: 5.0, 5: 2.0})  # step times 0.1, 0.2, 0.5 s
     assert table.sps(1) == pytest.approx(10.0)
-    assert table.sps(2) == pytest.approx(1 / 0.15)        # linear in time, not in SPS
-    assert table.sps(0) == pytest.approx(10.0)            # clamped below
-    assert table.sps(7) == pytest.approx(1 / 0.8)         # 0.5 + 2·0.15 beyond the last point
+    assert table.sps(2) == pytest.approx(1 / 0.15)  # linear in time, not in SPS
+    assert table.sps(0) == pytest.approx(10.0)  # clamped below
+    assert table.sps(7) == pytest.approx(1 / 0.8)  # 0.5 + 2·0.15 beyond the last point
     assert np.allclose(table.sps(np.array([1, 2])), [10.0, 1 / 0.15])
     assert _table({4: 2.0}).sps(100) == pytest.approx(2.0)  # one point: constant
     assert _table({1: 1.0, 2: 2.0}).sps(10) == pytest.approx(2.0)  # noisy falling time: slope floored at 0
 
 
-@pytest.mark.parametrize("b, s, match", [([], [], "no measured points"), ([1, 2], [1.0], "pair up"),
-                                         ([2, 1], [1.0, 1.0], "ascending"), ([1, 2], [1.0, 0.0], "positive"),
-                                         ([0, 2], [1.0, 1.0], "positive integers")])
+@pytest.mark.parametrize(
+    "b, s, match",
+    [
+        ([], [], "no measured points"),
+        ([1, 2], [1.0], "pair up"),
+        ([2, 1], [1.0, 1.0], "ascending"),
+        ([1, 2], [1.0, 0.0], "positive"),
+        ([0, 2], [1.0, 1.0], "positive integers"),
+    ],
+)
 def test_cost_table_validation(b, s, match):
     with pytest.raises(SchedulerError, match=match):
         CostTable(batch_tokens=b, steps_per_second=s)
 
 
 def test_cost_table_json_round_trip_and_errors(tmp_path):
-    table = CostTable(batch_tokens=[1, 8], steps_per_second=[50.0, 40.0], device="cpu", context_len=32,
-                      dtype="float32", target="tiny", extra={"row_tokens": 8})
+    table = CostTable(
+        batch_tokens=[1, 8],
+        steps_per_second=[50.0, 40.0],
+        device="cpu",
+        context_len=32,
+        dtype="float32",
+        target="tiny",
+        extra={"row_tokens": 8},
+    )
     table.to_json(tmp_path / "t.json")
     again = CostTable.from_json(tmp_path / "t.json")
     assert again.to_dict() == table.to_dict() and again.extra == {"row_tokens": 8}
@@ -308,6 +337,7 @@ def test_build_policy(tmp_path):
 
 # ----------------------------------------------------------------------------- scripts end to end
 
+
 def _script(name):
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "eval" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -332,9 +362,20 @@ def _synthetic_rounds(path: pathlib.Path, *, gamma: int = 7) -> None:
                 conf = 1 / (1 + np.exp(-logits))
                 accepted = int(np.argmin(np.append(rng.random(gamma) < conf, False)))  # first rejection
                 ell = gamma if rnd != 7 else 3  # one truncated round per prompt: must be skipped
-                f.write(json.dumps({"task": "code", "prompt_index": prompt, "round": rnd, "gamma": gamma,
-                                    "proposal_len": ell, "accepted": min(accepted, ell),
-                                    "conf_logits": logits.tolist()}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "task": "code",
+                            "prompt_index": prompt,
+                            "round": rnd,
+                            "gamma": gamma,
+                            "proposal_len": ell,
+                            "accepted": min(accepted, ell),
+                            "conf_logits": logits.tolist(),
+                        }
+                    )
+                    + "\n"
+                )
 
 
 def test_profile_then_simulate(tmp_path):
@@ -343,9 +384,29 @@ def test_profile_then_simulate(tmp_path):
     target = build_random_tiny_target(output_dir=tmp_path / "target", num_hidden_layers=1)
     table_path = tmp_path / "cost_table.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts/eval/profile_engine.py"), "--target_name_or_path", str(target),
-         "--batch-tokens", "1,2,9,16", "--context-len", "32", "--repeats", "2", "--warmup", "1", "--threads", "1",
-         "--output", str(table_path), "--no-progress"], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            str(REPO / "scripts/eval/profile_engine.py"),
+            "--target_name_or_path",
+            str(target),
+            "--batch-tokens",
+            "1,2,9,16",
+            "--context-len",
+            "32",
+            "--repeats",
+            "2",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "--output",
+            str(table_path),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = CostTable.from_json(table_path)
     assert table.batch_tokens == [1, 2, 9, 16] and table.context_len == 32 and table.dtype == "float32"
@@ -357,10 +418,27 @@ def test_profile_then_simulate(tmp_path):
     (tmp_path / "calibration.json").write_text(json.dumps({"temperatures": [1.0, 1.2, 1.1, 1.0, 0.9, 1.0, 1.0]}))
     out = tmp_path / "sim"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts/eval/simulate_serving.py"), str(rounds.parent), "--cost-table",
-         str(table_path), "--calibration", str(tmp_path / "calibration.json"), "--concurrency", "1,4,16",
-         "--steps", "10", "--min-request-rounds", "40", "--output-dir", str(out)],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            str(REPO / "scripts/eval/simulate_serving.py"),
+            str(rounds.parent),
+            "--cost-table",
+            str(table_path),
+            "--calibration",
+            str(tmp_path / "calibration.json"),
+            "--concurrency",
+            "1,4,16",
+            "--steps",
+            "10",
+            "--min-request-rounds",
+            "40",
+            "--output-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "simulation.json").read_text())
     assert (summary["num_traces"], summary["num_rounds"], summary["skipped_rounds"]) == (6, 42, 6)

@@ -20,18 +20,44 @@ from badinput import fingerprint, refused, run_entry
 SCRIPT = "scripts/export/export_draft.py"
 LAYER_IDS = [0, 1, 2]
 TARGETS = {
-    "qwen3": make_model_config(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2,
-                               num_key_value_heads=1, head_dim=32),
-    "gemma4": Gemma4TextConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                               num_attention_heads=2, num_key_value_heads=1, head_dim=16, global_head_dim=32,
-                               hidden_size_per_layer_input=8, vocab_size_per_layer_input=256, sliding_window=8,
-                               final_logit_softcapping=30.0, pad_token_id=0, eos_token_id=1, bos_token_id=2,
-                               attention_k_eq_v=True, num_global_key_value_heads=2),
+    "qwen3": make_model_config(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+    ),
+    "gemma4": Gemma4TextConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        global_head_dim=32,
+        hidden_size_per_layer_input=8,
+        vocab_size_per_layer_input=256,
+        sliding_window=8,
+        final_logit_softcapping=30.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        attention_k_eq_v=True,
+        num_global_key_value_heads=2,
+    ),
 }
 MASK = {"qwen3": 3, "gemma4": 4}
 ALGORITHMS = {
-    "dspark": dict(algorithm="dspark", markov_rank=8, markov_head_type="gated", confidence_head_alpha=1.0,
-                   confidence_head_with_markov=True, num_draft_layers=2),
+    "dspark": dict(
+        algorithm="dspark",
+        markov_rank=8,
+        markov_head_type="gated",
+        confidence_head_alpha=1.0,
+        confidence_head_with_markov=True,
+        num_draft_layers=2,
+    ),
     "dflash": dict(algorithm="dflash", markov_rank=0, num_draft_layers=2),
     "eagle3": dict(algorithm="eagle3", num_draft_layers=1, ttt_length=5, step_loss_decay=0.7),
 }
@@ -39,14 +65,26 @@ ALGORITHMS = {
 
 def saved_draft(root: Path, family: str, algorithm: str, **overrides) -> Path:
     torch.manual_seed(0)
-    model = dict(ALGORITHMS[algorithm], target_layer_ids=LAYER_IDS, block_size=4, num_anchors=16,
-                 mask_token_id=MASK[family], **overrides)
+    model = dict(
+        ALGORITHMS[algorithm],
+        target_layer_ids=LAYER_IDS,
+        block_size=4,
+        num_anchors=16,
+        mask_token_id=MASK[family],
+        **overrides,
+    )
     draft = build_draft(draft_config_from_target(TARGETS[family], model))
     with torch.no_grad():
         for p in draft.parameters():
             p.normal_(0.0, 0.1)
-    save_checkpoint(root=root, step=3, model=draft, model_state=draft.state_dict(), training_state={"step": 3},
-                    config={"model": {"target_model_name_or_path": "Qwen/Qwen3-8B"}})
+    save_checkpoint(
+        root=root,
+        step=3,
+        model=draft,
+        model_state=draft.state_dict(),
+        training_state={"step": 3},
+        config={"model": {"target_model_name_or_path": "Qwen/Qwen3-8B"}},
+    )
     return root / LATEST_NAME
 
 
@@ -61,8 +99,9 @@ def test_round_trip_is_exact(tmp_path, family, algorithm):
     ours = json.loads((src / "config.json").read_text())
     # What the speculators format says, by its own field names.
     assert spec["speculators_model_type"] == algorithm
-    assert spec["architectures"] == [{"dspark": "DSparkSpeculator", "dflash": "DFlashSpeculator",
-                                      "eagle3": "Eagle3Speculator"}[algorithm]]
+    assert spec["architectures"] == [
+        {"dspark": "DSparkSpeculator", "dflash": "DFlashSpeculator", "eagle3": "Eagle3Speculator"}[algorithm]
+    ]
     key = "eagle_aux_hidden_state_layer_ids" if algorithm == "eagle3" else "aux_hidden_state_layer_ids"
     assert spec[key] == [1, 2, 3]
     assert spec["transformer_layer_config"]["model_type"] == ours["model_type"]
@@ -101,10 +140,14 @@ def test_speculators_folder_converts_to_the_vllm_dspark_folder(tmp_path):
     assert json.loads((spec / "config.json").read_text())["transformer_layer_config"]["torch_dtype"] == "bfloat16"
     assert all(v.dtype == torch.bfloat16 for v in load_file(spec / "model.safetensors").values())
     for name, folder in (("from_ours", src), ("from_spec", spec)):
-        rc = run_entry(SCRIPT, ["--draft", folder, "--format", "deepspec", "--output", tmp_path / name,
-                                "--dtype", "bf16"])
+        rc = run_entry(
+            SCRIPT, ["--draft", folder, "--format", "deepspec", "--output", tmp_path / name, "--dtype", "bf16"]
+        )
         assert rc.rc == 0, rc.output
-    a, b = load_file(tmp_path / "from_ours" / "model.safetensors"), load_file(tmp_path / "from_spec" / "model.safetensors")
+    a, b = (
+        load_file(tmp_path / "from_ours" / "model.safetensors"),
+        load_file(tmp_path / "from_spec" / "model.safetensors"),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ca, cb = (json.loads((tmp_path / n / "config.json").read_text()) for n in ("from_ours", "from_spec"))
     assert ca == cb
@@ -122,8 +165,13 @@ def foreign_folder(tmp_path: Path, **changes) -> Path:
     state = load_file(out / "model.safetensors")
     vocab = TARGETS["qwen3"].vocab_size
     state.pop("embed_tokens.weight"), state.pop("lm_head.weight")
-    state.update({"verifier_norm.weight": torch.ones(64), "d2t": torch.zeros(vocab, dtype=torch.long),
-                  "t2d": torch.ones(vocab, dtype=torch.bool)})
+    state.update(
+        {
+            "verifier_norm.weight": torch.ones(64),
+            "d2t": torch.zeros(vocab, dtype=torch.long),
+            "t2d": torch.ones(vocab, dtype=torch.bool),
+        }
+    )
     save_file(state, str(out / "model.safetensors"))
     return out
 
@@ -150,17 +198,21 @@ def test_foreign_folder_loads_with_the_target_filling_the_frozen_pieces(tmp_path
     assert set(load_file(tmp_path / "vllm" / "model.safetensors")) >= {"embed_tokens.weight", "lm_head.weight"}
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"sample_from_anchor": False}, "sample_from_anchor=false (the anchor is the bonus token"),
-    ({"draft_vocab_size": 1000}, "draft_vocab_size 1000 < the target's 4096"),
-    ({"speculators_model_type": "mtp"}, "speculators_model_type 'mtp'; DeepSpec reads"),
-    ({"aux_hidden_state_layer_ids": None}, "no aux_hidden_state_layer_ids"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"sample_from_anchor": False}, "sample_from_anchor=false (the anchor is the bonus token"),
+        ({"draft_vocab_size": 1000}, "draft_vocab_size 1000 < the target's 4096"),
+        ({"speculators_model_type": "mtp"}, "speculators_model_type 'mtp'; DeepSpec reads"),
+        ({"aux_hidden_state_layer_ids": None}, "no aux_hidden_state_layer_ids"),
+    ],
+)
 def test_foreign_folders_without_an_equivalent_are_refused(tmp_path, changes, message):
     folder = foreign_folder(tmp_path, **changes)
     before = fingerprint([folder])
-    refused(run_entry(SCRIPT, ["--draft", folder, "--output", tmp_path / "out", "--format", "speculators"]),
-            message, code=2)
+    refused(
+        run_entry(SCRIPT, ["--draft", folder, "--output", tmp_path / "out", "--format", "speculators"]), message, code=2
+    )
     assert not (tmp_path / "out").exists() and fingerprint([folder]) == before
 
 
@@ -175,8 +227,11 @@ def test_reduced_vocabulary_tables_are_refused(tmp_path):
 
 def test_eagle3_without_an_equivalent_is_refused(tmp_path):
     src = saved_draft(tmp_path / "run", "qwen3", "eagle3", num_draft_layers=2)
-    refused(run_entry(SCRIPT, ["--draft", src, "--format", "speculators", "--output", tmp_path / "out"]),
-            "an Eagle3 draft with 2 layers: ours fuses [embeds ; features] in every layer", code=2)
+    refused(
+        run_entry(SCRIPT, ["--draft", src, "--format", "speculators", "--output", tmp_path / "out"]),
+        "an Eagle3 draft with 2 layers: ours fuses [embeds ; features] in every layer",
+        code=2,
+    )
     assert not (tmp_path / "out").exists()
     one = saved_draft(tmp_path / "one", "qwen3", "eagle3")
     spec = to_speculators_folder(draft_dir=one, output_dir=tmp_path / "spec")
@@ -199,8 +254,14 @@ def test_verifier_flag_and_output_rules(tmp_path):
     assert verifier == {"name_or_path": str(target), "architectures": ["Qwen3ForCausalLM"]}
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    refused(run_entry(SCRIPT, ["--draft", src, "--format", "speculators", "--output", tmp_path / "full"]),
-            "exists and is not empty; pass --overwrite", code=2)
+    refused(
+        run_entry(SCRIPT, ["--draft", src, "--format", "speculators", "--output", tmp_path / "full"]),
+        "exists and is not empty; pass --overwrite",
+        code=2,
+    )
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
-    refused(run_entry(SCRIPT, ["--draft", src, "--format", "speculators", "--output", src]),
-            "is the draft folder itself", code=2)
+    refused(
+        run_entry(SCRIPT, ["--draft", src, "--format", "speculators", "--output", src]),
+        "is the draft folder itself",
+        code=2,
+    )

@@ -36,8 +36,9 @@ def make_sample(i):
         "input_ids": torch.randint(0, 50000, (t,), generator=g),
         "loss_mask": torch.rand(t, generator=g) > 0.4,
         # Random bit patterns cover every bf16 value class (NaN payloads, denormals, -0).
-        "hidden_states": torch.randint(-32768, 32767, (t, len(LAYERS) * H), dtype=torch.int16,
-                                       generator=g).view(torch.bfloat16),
+        "hidden_states": torch.randint(-32768, 32767, (t, len(LAYERS) * H), dtype=torch.int16, generator=g).view(
+            torch.bfloat16
+        ),
         "last_hidden_state": torch.randn(t, H, generator=g).bfloat16(),
     }
 
@@ -93,13 +94,22 @@ def test_input_forms_numpy_and_layer_stack(tmp_path):
     t = len(s["input_ids"])
     with TargetCacheWriter(tmp_path, **META) as w:
         # numpy ids/mask, bf16 as raw int16 bits, [T, n, H] hidden, batch dim 1 on the last state.
-        assert w.add(source_index=0, input_ids=s["input_ids"].numpy(), loss_mask=s["loss_mask"].numpy(),
-                     hidden_states=s["hidden_states"].view(torch.int16).numpy().reshape(t, len(LAYERS), H),
-                     last_hidden_state=s["last_hidden_state"][None])
+        assert w.add(
+            source_index=0,
+            input_ids=s["input_ids"].numpy(),
+            loss_mask=s["loss_mask"].numpy(),
+            hidden_states=s["hidden_states"].view(torch.int16).numpy().reshape(t, len(LAYERS), H),
+            last_hidden_state=s["last_hidden_state"][None],
+        )
         # float32 hidden is converted to bf16 (finite values: NaN payloads need not survive a round trip).
         s1 = {**s, "hidden_states": torch.randn(t, len(LAYERS) * H).bfloat16()}
-        assert w.add(source_index=1, input_ids=s1["input_ids"], loss_mask=s1["loss_mask"].to(torch.uint8) * 7,
-                     hidden_states=s1["hidden_states"].float(), last_hidden_state=s1["last_hidden_state"].float())
+        assert w.add(
+            source_index=1,
+            input_ids=s1["input_ids"],
+            loss_mask=s1["loss_mask"].to(torch.uint8) * 7,
+            hidden_states=s1["hidden_states"].float(),
+            last_hidden_state=s1["last_hidden_state"].float(),
+        )
         assert not w.add(source_index=1, **s)  # duplicate in the same run: skipped
         with pytest.raises(ValueError, match=r"last_hidden_state .*shape"):
             w.add(source_index=2, **{**s, "last_hidden_state": s["last_hidden_state"][:, :8]})
@@ -111,8 +121,10 @@ def test_input_forms_numpy_and_layer_stack(tmp_path):
 
 def test_two_ranks_one_folder_sorted_by_source(tmp_path):
     ranks = [list(range(0, 30, 2)), list(range(1, 30, 2))]
-    threads = [threading.Thread(target=build, args=(tmp_path, idx), kwargs={"rank": r, "finalize": False})
-               for r, idx in enumerate(ranks)]
+    threads = [
+        threading.Thread(target=build, args=(tmp_path, idx), kwargs={"rank": r, "finalize": False})
+        for r, idx in enumerate(ranks)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -298,10 +310,15 @@ def test_check_compatible_messages(tmp_path):
     cache = TargetCache(tmp_path)
     cache.check_compatible(**META)
     cache.check_compatible(target_model="/models/Qwen3-tiny", layer_ids=(1, 3, 5), hidden_size=16)
-    with pytest.raises(CacheCompatibilityError, match=r"built with target_model='Qwen/Qwen3-tiny', this run has "
-                                                      r"'Qwen/Qwen3-8B'; .*prepare_target_cache.py"):
+    with pytest.raises(
+        CacheCompatibilityError,
+        match=r"built with target_model='Qwen/Qwen3-tiny', this run has "
+        r"'Qwen/Qwen3-8B'; .*prepare_target_cache.py",
+    ):
         cache.check_compatible(target_model="Qwen/Qwen3-8B")
-    with pytest.raises(CacheCompatibilityError, match=r"layer_ids=\[1, 3, 5\], this run has \[1, 2\].*target_layer_ids"):
+    with pytest.raises(
+        CacheCompatibilityError, match=r"layer_ids=\[1, 3, 5\], this run has \[1, 2\].*target_layer_ids"
+    ):
         cache.check_compatible(layer_ids=[1, 2])
     with pytest.raises(CacheCompatibilityError, match="hidden_size=16, this run has 32; "):
         cache.check_compatible(hidden_size=32)
@@ -318,17 +335,27 @@ def _src(path, sha):
 
 
 def test_identity_fields_compared_with_old_and_new_values(tmp_path):
-    ident = dict(target_fingerprint="dstf1:" + "a" * 64, max_length=512, source_files=[_src("/d/a.jsonl", "1")],
-                 extra={"chat_template": "qwen3"})
+    ident = dict(
+        target_fingerprint="dstf1:" + "a" * 64,
+        max_length=512,
+        source_files=[_src("/d/a.jsonl", "1")],
+        extra={"chat_template": "qwen3"},
+    )
     build(tmp_path, range(3), finalize=False, **ident)
     # The same build resumes, whatever the target folder is called now (the fingerprint decides).
     TargetCacheWriter(tmp_path, **{**META, "target_model": "/copy/of/it"}, **ident).close()
     cases = [
-        ({"target_fingerprint": "dstf1:" + "b" * 64}, r"differs in the target \(config or weights\).*fingerprint "
-                                                       r"aaaaaaaaaaaa\).*fingerprint bbbbbbbbbbbb"),
+        (
+            {"target_fingerprint": "dstf1:" + "b" * 64},
+            r"differs in the target \(config or weights\).*fingerprint "
+            r"aaaaaaaaaaaa\).*fingerprint bbbbbbbbbbbb",
+        ),
         ({"max_length": 1024}, r"differs in max_length: it was built with data.max_length=512, this run has 1024"),
-        ({"source_files": [_src("/d/b.jsonl", "2")]}, r"training data: .*/d/a.jsonl .*sha256 111111111111.*"
-                                                      r"this run has \[/d/b.jsonl"),
+        (
+            {"source_files": [_src("/d/b.jsonl", "2")]},
+            r"training data: .*/d/a.jsonl .*sha256 111111111111.*"
+            r"this run has \[/d/b.jsonl",
+        ),
         ({"extra": {"chat_template": "gemma4"}}, r"chat_template='qwen3', this run has 'gemma4'"),
     ]
     for change, message in cases:

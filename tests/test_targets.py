@@ -23,17 +23,38 @@ VOCAB = 128
 
 def tiny_qwen3() -> Qwen3ForCausalLM:
     torch.manual_seed(0)
-    cfg = Qwen3Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=5,
-                      num_attention_heads=2, num_key_value_heads=1, head_dim=32, tie_word_embeddings=True)
+    cfg = Qwen3Config(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=5,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        tie_word_embeddings=True,
+    )
     return Qwen3ForCausalLM(cfg).eval()
 
 
 def tiny_gemma4_text_config() -> Gemma4TextConfig:
     # Small but keeps Gemma 4's quirks: per-layer embeddings, sliding + full layers, logit soft-cap.
-    return Gemma4TextConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
-                            num_attention_heads=2, num_key_value_heads=1, head_dim=32, global_head_dim=32,
-                            hidden_size_per_layer_input=8, vocab_size_per_layer_input=VOCAB, sliding_window=8,
-                            final_logit_softcapping=30.0, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    return Gemma4TextConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        global_head_dim=32,
+        hidden_size_per_layer_input=8,
+        vocab_size_per_layer_input=VOCAB,
+        sliding_window=8,
+        final_logit_softcapping=30.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
 
 
 def tiny_gemma4() -> Gemma4ForCausalLM:
@@ -49,24 +70,52 @@ def tiny_gemma4_multimodal() -> Gemma4ForConditionalGeneration:
 
 def tiny_llama3() -> LlamaForCausalLM:  # no q/k norms, Llama 3 rope scaling
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=5, num_attention_heads=2,
-                      num_key_value_heads=1, head_dim=32, tie_word_embeddings=False,
-                      rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                                       "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                       "original_max_position_embeddings": 16})
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=5,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        tie_word_embeddings=False,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        },
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
 def tiny_qwen3_moe() -> Qwen3MoeForCausalLM:  # sparse MoE MLPs in every layer
     torch.manual_seed(0)
-    cfg = Qwen3MoeConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
-                         num_experts=4, num_experts_per_tok=2, num_hidden_layers=5, num_attention_heads=2,
-                         num_key_value_heads=1, head_dim=32, tie_word_embeddings=True)
+    cfg = Qwen3MoeConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        num_experts=4,
+        num_experts_per_tok=2,
+        num_hidden_layers=5,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        tie_word_embeddings=True,
+    )
     return Qwen3MoeForCausalLM(cfg).eval()
 
 
-MODELS = {"qwen3": tiny_qwen3, "gemma4_text": tiny_gemma4, "gemma4_multimodal": tiny_gemma4_multimodal,
-          "llama3": tiny_llama3, "qwen3_moe": tiny_qwen3_moe}
+MODELS = {
+    "qwen3": tiny_qwen3,
+    "gemma4_text": tiny_gemma4,
+    "gemma4_multimodal": tiny_gemma4_multimodal,
+    "llama3": tiny_llama3,
+    "qwen3_moe": tiny_qwen3_moe,
+}
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -83,8 +132,9 @@ def test_capture_equals_output_hidden_states(name):
     H = target.hidden_size
     assert captured.hidden_states.shape == (2, 24, len(ids) * H)
     for j, layer_id in enumerate(ids):
-        torch.testing.assert_close(captured.hidden_states[..., j * H:(j + 1) * H], ref_hidden[layer_id + 1],
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            captured.hidden_states[..., j * H : (j + 1) * H], ref_hidden[layer_id + 1], rtol=0, atol=0
+        )
     torch.testing.assert_close(captured.last_hidden_state, ref_hidden[-1], rtol=0, atol=0)
     # Target logits (LM head + Gemma's soft-cap) reproduce the model's own logits.
     torch.testing.assert_close(target.logits(captured.last_hidden_state), reference.logits, rtol=1e-5, atol=1e-5)
@@ -137,8 +187,10 @@ def test_unsupported_family():
     class Cfg:
         model_type = "mistral"
 
-    with pytest.raises(TargetError, match="unsupported target model_type 'mistral'; supported: qwen3, gemma4, "
-                                          "gemma4_text, llama, qwen3_moe"):
+    with pytest.raises(
+        TargetError,
+        match="unsupported target model_type 'mistral'; supported: qwen3, gemma4, gemma4_text, llama, qwen3_moe",
+    ):
         family_of(Cfg())
 
 
@@ -147,8 +199,9 @@ def test_load_target_from_a_saved_folder(tmp_path):
     model.save_pretrained(tmp_path / "t")
     target = load_target(str(tmp_path / "t"), dtype=torch.float32, with_tokenizer=False)
     x = torch.randint(3, VOCAB, (1, 8))
-    torch.testing.assert_close(target.capture(x, layer_ids=[1]).last_hidden_state,
-                               Target(model).capture(x, layer_ids=[1]).last_hidden_state)
+    torch.testing.assert_close(
+        target.capture(x, layer_ids=[1]).last_hidden_state, Target(model).capture(x, layer_ids=[1]).last_hidden_state
+    )
     with pytest.raises(TargetError, match="build_tiny_target"):
         load_target(str(tmp_path / "missing"), with_tokenizer=False)
 
@@ -218,12 +271,15 @@ def test_fingerprint_refuses_what_it_cannot_identify(tmp_path, monkeypatch):
     with pytest.raises(TargetError, match="does not exist"):
         target_fingerprint(tmp_path / "no" / "such" / "folder")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    with pytest.raises(TargetError, match="neither a local folder nor in the Hugging Face cache.*huggingface-cli download org/none"):
+    with pytest.raises(
+        TargetError, match="neither a local folder nor in the Hugging Face cache.*huggingface-cli download org/none"
+    ):
         target_fingerprint("org/none")
     sharded = _fake_target(tmp_path / "sharded", weights=b"x")
     (sharded / "model.safetensors").rename(sharded / "model-00001-of-00002.safetensors")
-    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
-        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (sharded / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})
+    )
     with pytest.raises(TargetError, match="incomplete: model-00002-of-00002.safetensors"):
         target_fingerprint(sharded)
     (sharded / "model-00001-of-00002.safetensors").unlink()

@@ -34,6 +34,7 @@ def _state(folder):
 
 # ----------------------------------------------------------------------------- tokenizer
 
+
 def test_special_token_ids(tokenizer):
     assert len(tokenizer) == tt.VOCAB_SIZE
     assert tokenizer.convert_ids_to_tokens([0, 1, 2, 3]) == list(tt.SPECIAL_TOKENS)
@@ -47,12 +48,18 @@ def test_special_token_ids(tokenizer):
 
 
 def test_chat_template_exact_and_round_trip(tokenizer):
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "def add(a, b):"},
-            {"role": "assistant", "content": "    return a + b"}, {"role": "user", "content": "thanks ✓"}]
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "def add(a, b):"},
+        {"role": "assistant", "content": "    return a + b"},
+        {"role": "user", "content": "thanks ✓"},
+    ]
     text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, enable_thinking=False)
-    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\ndef add(a, b):<|im_end|>\n"
-                    "<|im_start|>assistant\n    return a + b<|im_end|>\n<|im_start|>user\nthanks ✓<|im_end|>\n"
-                    "<|im_start|>assistant\n")
+    assert text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\ndef add(a, b):<|im_end|>\n"
+        "<|im_start|>assistant\n    return a + b<|im_end|>\n<|im_start|>user\nthanks ✓<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     no_prompt = tokenizer.apply_chat_template(msgs[:2], tokenize=False)
     assert no_prompt.endswith("def add(a, b):<|im_end|>\n")
     ids = _ids(tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True))
@@ -60,8 +67,9 @@ def test_chat_template_exact_and_round_trip(tokenizer):
     assert tokenizer.decode(ids) == text
     # training text uses exactly the template's rendering
     pair = msgs[1:3]
-    assert tt.format_chat(user=pair[0]["content"], assistant=pair[1]["content"]) == \
-        tokenizer.apply_chat_template(pair, tokenize=False)
+    assert tt.format_chat(user=pair[0]["content"], assistant=pair[1]["content"]) == tokenizer.apply_chat_template(
+        pair, tokenize=False
+    )
 
 
 def test_tokenizer_is_cached():
@@ -81,7 +89,7 @@ def test_corpus_excludes_tests_and_charmaps():
 def test_code_chat_pairs():
     src = 'class A:\n    """Doc."""\n    def f(self, x):\n        y = x + 1\n        return y\n'
     pairs = tt.code_chat_pairs(text=src)
-    assert ('class A:\n    """Doc."""', '    def f(self, x):\n        y = x + 1\n        return y') in pairs
+    assert ('class A:\n    """Doc."""', "    def f(self, x):\n        y = x + 1\n        return y") in pairs
     assert ("def f(self, x):\n    y = x + 1", "    return y") in pairs
     assert tt.code_chat_pairs(text="def broken(:\n") == []
 
@@ -97,6 +105,7 @@ def test_steps_and_default_dir(monkeypatch, tmp_path):
 
 
 # ----------------------------------------------------------------------------- random target
+
 
 def test_random_target_loads_and_is_seeded(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -120,6 +129,7 @@ def test_refuses_to_replace_foreign_folder(tmp_path):
 
 
 # ----------------------------------------------------------------------------- trained target
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):

@@ -25,8 +25,11 @@ from tinyrun import tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_LAYERS = [-1, 1]  # layer 0 deliberately absent (pre-flight test)
-CONFIGS = {"dspark": "config/dspark/dspark_tiny.py", "dflash": "config/dflash/dflash_tiny.py",
-           "eagle3": "config/eagle3/eagle3_tiny.py"}
+CONFIGS = {
+    "dspark": "config/dspark/dspark_tiny.py",
+    "dflash": "config/dflash/dflash_tiny.py",
+    "eagle3": "config/eagle3/eagle3_tiny.py",
+}
 _spec = importlib.util.spec_from_file_location("deepspec_train_entry", ROOT / "train.py")
 train_entry = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(train_entry)
@@ -39,10 +42,18 @@ def setup(tmp_path_factory):
 
 def make_cfg(setup, algo, out, *extra):
     layers = [1] if algo == "eagle3" else CACHE_LAYERS  # Eagle3 uses a subset of the cache's layers
-    opts = [f"model.target_model_name_or_path={setup['target']}", f"model.target_layer_ids={layers}",
-            "model.num_draft_layers=1", "train.local_batch_size=2", "train.global_batch_size=4",
-            "train.max_train_steps=12", "logging.logging_steps=1", "logging.checkpointing_steps=4",
-            f"logging.checkpoint_dir={out}", f"logging.tensorboard_dir={out}/tb"]
+    opts = [
+        f"model.target_model_name_or_path={setup['target']}",
+        f"model.target_layer_ids={layers}",
+        "model.num_draft_layers=1",
+        "train.local_batch_size=2",
+        "train.global_batch_size=4",
+        "train.max_train_steps=12",
+        "logging.logging_steps=1",
+        "logging.checkpointing_steps=4",
+        f"logging.checkpoint_dir={out}",
+        f"logging.tensorboard_dir={out}/tb",
+    ]
     if algo == "eagle3":
         opts.append("model.ttt_length=3")
     else:
@@ -107,13 +118,20 @@ def test_resume_replays_exactly(setup, tmp_path):
 
 
 def test_checkpoint_layout_and_load(setup, tmp_path):
-    cfg = make_cfg(setup, "dspark", tmp_path, "train.max_train_steps=4", "+logging.keep_last_checkpoints=1",
-                   "logging.checkpointing_steps=2")
+    cfg = make_cfg(
+        setup,
+        "dspark",
+        tmp_path,
+        "train.max_train_steps=4",
+        "+logging.keep_last_checkpoints=1",
+        "logging.checkpointing_steps=2",
+    )
     train(setup, cfg)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("step_")) == ["step_4", "step_latest"]
     folder = tmp_path / "step_4"
     assert {"config.json", "model.safetensors", "training_state.pt", "train_config.json"} <= {
-        p.name for p in folder.iterdir()}
+        p.name for p in folder.iterdir()
+    }
     config = json.loads((folder / "config.json").read_text())
     assert config["architectures"] == ["Qwen3DSparkModel"]
     assert config["block_size"] == 7 and config["target_layer_ids"] == CACHE_LAYERS
@@ -162,8 +180,9 @@ class _FakeDraft:
 
 
 def _save(root, step, **kwargs):
-    return save_checkpoint(root=root, step=step, model=_FakeDraft(), model_state={}, training_state={"step": step},
-                           config={}, **kwargs)
+    return save_checkpoint(
+        root=root, step=step, model=_FakeDraft(), model_state={}, training_state={"step": step}, config={}, **kwargs
+    )
 
 
 def test_step_latest_symlink_is_replaced_atomically(tmp_path, monkeypatch):
@@ -216,11 +235,32 @@ def test_two_gloo_workers_match_one(setup, tmp_path):
     common = ["train.max_train_steps=3", "logging.checkpointing_steps=2"]
     train(setup, make_cfg(setup, "dflash", one, *common))
     cfg = make_cfg(setup, "dflash", two, *common)
-    cmd = [sys.executable, "train.py", "--config", str(ROOT / CONFIGS["dflash"]), "--target-cache-dir", setup["cache"],
-           "--nproc", "2", "--device", "cpu", "--no-progress", "--opts"]
-    cmd += [f"model.target_model_name_or_path={setup['target']}", f"model.target_layer_ids={CACHE_LAYERS}",
-            "model.num_draft_layers=1", "model.num_anchors=8", "train.local_batch_size=2", "train.global_batch_size=4",
-            "logging.logging_steps=1", f"logging.checkpoint_dir={two}", f"logging.tensorboard_dir={two}/tb", *common]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "--config",
+        str(ROOT / CONFIGS["dflash"]),
+        "--target-cache-dir",
+        setup["cache"],
+        "--nproc",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--opts",
+    ]
+    cmd += [
+        f"model.target_model_name_or_path={setup['target']}",
+        f"model.target_layer_ids={CACHE_LAYERS}",
+        "model.num_draft_layers=1",
+        "model.num_anchors=8",
+        "train.local_batch_size=2",
+        "train.global_batch_size=4",
+        "logging.logging_steps=1",
+        f"logging.checkpoint_dir={two}",
+        f"logging.tensorboard_dir={two}/tb",
+        *common,
+    ]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=600)
     assert cfg.train.global_batch_size == 4
@@ -232,9 +272,17 @@ def test_two_gloo_workers_match_one(setup, tmp_path):
 def test_preflight_errors(setup, tmp_path):
     with pytest.raises(TrainingError, match=r"needs layers \[0\].*set model.target_layer_ids to a subset"):
         train(setup, make_cfg(setup, "dspark", tmp_path / "a", "model.target_layer_ids=[0, 1]"))
-    other = build_random_tiny_target(output_dir=tmp_path / "other_target", seed=1, num_hidden_layers=3,
-                                     hidden_size=64, intermediate_size=128, num_attention_heads=2,
-                                     num_key_value_heads=1, head_dim=32, initializer_range=0.3)  # same shape, other weights
+    other = build_random_tiny_target(
+        output_dir=tmp_path / "other_target",
+        seed=1,
+        num_hidden_layers=3,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        initializer_range=0.3,
+    )  # same shape, other weights
     with pytest.raises(CacheCompatibilityError, match="target_model"):
         train(setup, make_cfg(setup, "dspark", tmp_path / "b", f"model.target_model_name_or_path={other}"))
     with pytest.raises(TrainingError, match=r"48 samples, fewer than one global batch.*global_batch_size"):
@@ -247,8 +295,17 @@ def test_preflight_errors(setup, tmp_path):
         train(setup, make_cfg(setup, "dspark", tmp_path / "e", "train.trainer_cls=Eagle3Trainer"))
     run = tmp_path / "f"
     with pytest.warns(UserWarning, match="falling back to DDP"):  # FSDP is GPU-only
-        train(setup, make_cfg(setup, "dspark", run, "train.max_train_steps=1", "train.sharding_strategy=full_shard",
-                              "data.num_workers=1"))
+        train(
+            setup,
+            make_cfg(
+                setup,
+                "dspark",
+                run,
+                "train.max_train_steps=1",
+                "train.sharding_strategy=full_shard",
+                "data.num_workers=1",
+            ),
+        )
     assert os.readlink(run / "step_latest") == "step_1"
     with pytest.raises(ResumeError, match=r"model.markov_rank was 64 there but is 32 now"):
         train(setup, make_cfg(setup, "dspark", run, "train.max_train_steps=2", "model.markov_rank=32"))
@@ -284,11 +341,20 @@ def _save_real(root, step, model, opt, sched):
     import numpy as np
 
     random.seed(step), np.random.seed(step), torch.manual_seed(step)
-    state = {"step": step, "epoch": 0, "step_in_epoch": step, "optimizer": opt.state_dict(),
-             "scheduler": sched.state_dict(), "rng": [ckpt.capture_rng()], "world_size": 1, "global_batch_size": 4}
+    state = {
+        "step": step,
+        "epoch": 0,
+        "step_in_epoch": step,
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng": [ckpt.capture_rng()],
+        "world_size": 1,
+        "global_batch_size": 4,
+    }
     cfg = {"model": {"betas": (0.9, 0.95), "path": Path("/x")}, "seed": 0}
-    return save_checkpoint(root=root, step=step, model=_WeightsDraft(), model_state=model.state_dict(),
-                           training_state=state, config=cfg)
+    return save_checkpoint(
+        root=root, step=step, model=_WeightsDraft(), model_state=model.state_dict(), training_state=state, config=cfg
+    )
 
 
 def test_training_state_round_trips_with_weights_only(tmp_path):
@@ -357,8 +423,11 @@ def test_resume_point_skips_unreadable_checkpoints(tmp_path):
     assert folder == tmp_path / "step_2" and "step_4/training_state.pt" in messages[1]
 
     (tmp_path / "step_2" / "model.safetensors").unlink()  # no readable one left: one clear error naming them all
-    with pytest.raises(ckpt.CheckpointReadError, match=r"no readable checkpoint in .*step_6: .*step_4: .*step_2: "
-                                                       r".*new exp_name"):
+    with pytest.raises(
+        ckpt.CheckpointReadError,
+        match=r"no readable checkpoint in .*step_6: .*step_4: .*step_2: "
+        r".*new exp_name",
+    ):
         ckpt.resume_point(tmp_path, warn=messages.append)
     assert ckpt.resume_point(tmp_path / "fresh") is None
 
@@ -405,7 +474,8 @@ def _is_loopback(hex_addr: str) -> bool:
     if len(hex_addr) == 8:  # IPv4, little-endian: 127.x.x.x ends in 7F
         return hex_addr.upper().endswith("7F")
     return hex_addr.upper() in ("00000000000000000000000001000000",) or (
-        hex_addr.upper().startswith("0000000000000000FFFF0000") and hex_addr.upper().endswith("7F"))
+        hex_addr.upper().startswith("0000000000000000FFFF0000") and hex_addr.upper().endswith("7F")
+    )
 
 
 def _report_listeners(info, *, out: str) -> None:
@@ -444,17 +514,24 @@ def test_rendezvous_plan(tmp_path, monkeypatch):
     assert (single.master_addr, single.master_port) == (None, None)
     rdv = plan_rendezvous(single, store_dir=tmp_path)
     assert rdv.init_method == f"file://{tmp_path}/store"
-    assert rdv.env in ({"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"},
-                       {"GLOO_SOCKET_IFNAME": "lo0", "NCCL_SOCKET_IFNAME": "lo0"}, {})
+    assert rdv.env in (
+        {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"},
+        {"GLOO_SOCKET_IFNAME": "lo0", "NCCL_SOCKET_IFNAME": "lo0"},
+        {},
+    )
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
     multi = plan_launch(device_type="cpu", nproc=2)
     assert plan_rendezvous(multi, store_dir=None).init_method == "tcp://10.0.0.1:29500"
     assert (multi.node_rank, multi.num_nodes) == (1, 2)
-    for var, value, match in (("RANK", "2", "must be a node rank"), ("MASTER_PORT", "http", "MASTER_PORT='http'"),
-                              ("MASTER_PORT", "70000", r"\[1, 65535\]"), ("WORLD_SIZE", "0", "WORLD_SIZE='0'"),
-                              ("MASTER_ADDR", "", "needs MASTER_ADDR and MASTER_PORT")):
+    for var, value, match in (
+        ("RANK", "2", "must be a node rank"),
+        ("MASTER_PORT", "http", "MASTER_PORT='http'"),
+        ("MASTER_PORT", "70000", r"\[1, 65535\]"),
+        ("WORLD_SIZE", "0", "WORLD_SIZE='0'"),
+        ("MASTER_ADDR", "", "needs MASTER_ADDR and MASTER_PORT"),
+    ):
         with monkeypatch.context() as m:
             m.setenv(var, value)
             with pytest.raises(LaunchError, match=match):

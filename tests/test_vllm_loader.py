@@ -44,12 +44,28 @@ LAYER_IDS = [0, 1, 2]
 
 PARALLEL = dict(num_draft_layers=2, target_layer_ids=LAYER_IDS, block_size=G, num_anchors=4)
 DRAFTS = {  # name -> (target, cfg.model overrides)
-    "dspark_qwen3": ("qwen3", dict(algorithm="dspark", markov_rank=8, markov_head_type="vanilla",
-                                   confidence_head_alpha=1.0, confidence_head_with_markov=True)),
+    "dspark_qwen3": (
+        "qwen3",
+        dict(
+            algorithm="dspark",
+            markov_rank=8,
+            markov_head_type="vanilla",
+            confidence_head_alpha=1.0,
+            confidence_head_with_markov=True,
+        ),
+    ),
     "dflash_qwen3": ("qwen3", dict(algorithm="dflash", markov_rank=0)),
     "dspark_qwen3_gated": ("qwen3", dict(algorithm="dspark", markov_rank=8, markov_head_type="gated")),
-    "dspark_gemma4": ("gemma4_k_eq_v", dict(algorithm="dspark", markov_rank=8, markov_head_type="vanilla",
-                                            confidence_head_alpha=1.0, confidence_head_with_markov=False)),
+    "dspark_gemma4": (
+        "gemma4_k_eq_v",
+        dict(
+            algorithm="dspark",
+            markov_rank=8,
+            markov_head_type="vanilla",
+            confidence_head_alpha=1.0,
+            confidence_head_with_markov=False,
+        ),
+    ),
     "dspark_gemma4_no_k_eq_v": ("gemma4", dict(algorithm="dspark", markov_rank=8, markov_head_type="vanilla")),
     "eagle3_qwen3": ("qwen3", dict(algorithm="eagle3", num_draft_layers=1)),
 }
@@ -65,15 +81,36 @@ def vllm_python():
 
 # ----------------------------------------------------------------------------- targets and drafts
 
+
 def target_config(kind: str):
     if kind == "qwen3":
-        return make_model_config(hidden_size=H, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2,
-                                 num_key_value_heads=1, head_dim=32)
+        return make_model_config(
+            hidden_size=H,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=32,
+        )
     extra = dict(attention_k_eq_v=True, num_global_key_value_heads=2) if kind == "gemma4_k_eq_v" else {}
-    cfg = Gemma4TextConfig(vocab_size=256, hidden_size=H, intermediate_size=128, num_hidden_layers=4,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, global_head_dim=32,
-                           hidden_size_per_layer_input=8, vocab_size_per_layer_input=256, sliding_window=8,
-                           final_logit_softcapping=30.0, pad_token_id=0, eos_token_id=1, bos_token_id=2, **extra)
+    cfg = Gemma4TextConfig(
+        vocab_size=256,
+        hidden_size=H,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        global_head_dim=32,
+        hidden_size_per_layer_input=8,
+        vocab_size_per_layer_input=256,
+        sliding_window=8,
+        final_logit_softcapping=30.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        **extra,
+    )
     cfg.architectures = ["Gemma4ForCausalLM"]
     return cfg
 
@@ -92,8 +129,11 @@ def save_draft(name: str, target_kind: str, root: Path, target: Path) -> Path:
     Returns its step_latest folder."""
     overrides = DRAFTS[name][1]
     torch.manual_seed(1)
-    draft = build_draft(draft_config_from_target(target_config(target_kind),
-                                                 dict(PARALLEL, mask_token_id=MASK[target_kind], **overrides)))
+    draft = build_draft(
+        draft_config_from_target(
+            target_config(target_kind), dict(PARALLEL, mask_token_id=MASK[target_kind], **overrides)
+        )
+    )
     with torch.no_grad():
         for pname, p in draft.named_parameters():
             p.uniform_(0.5, 1.5) if pname.endswith("norm.weight") else p.normal_(0.0, 0.1)
@@ -105,24 +145,37 @@ def save_draft(name: str, target_kind: str, root: Path, target: Path) -> Path:
                 b.fill_(0.75)
     embed, lm_head = load_frozen_target_pieces(str(target))
     draft.load_frozen_weights(embed=embed, lm_head=lm_head)
-    save_checkpoint(root=root, step=1, model=draft, model_state=draft.state_dict(), training_state={"step": 1},
-                    config={})
+    save_checkpoint(
+        root=root, step=1, model=draft, model_state=draft.state_dict(), training_state={"step": 1}, config={}
+    )
     return root / LATEST_NAME
 
 
 def eagle3_inputs(vocab: int, folder: Path) -> Path:
     g = torch.Generator().manual_seed(3)
-    torch.save({"aux": torch.randn(T, len(LAYER_IDS) * H, generator=g), "tokens": torch.randint(5, vocab, (T,), generator=g),
-                "positions": torch.arange(T)}, folder)
+    torch.save(
+        {
+            "aux": torch.randn(T, len(LAYER_IDS) * H, generator=g),
+            "tokens": torch.randint(5, vocab, (T,), generator=g),
+            "positions": torch.arange(T),
+        },
+        folder,
+    )
     return folder
 
 
 def forward_inputs(vocab: int, folder: Path) -> Path:
     g = torch.Generator().manual_seed(2)
-    torch.save({"aux": torch.randn(T, len(LAYER_IDS) * H, generator=g), "ctx_positions": torch.arange(T),
-                "block_ids": torch.tensor([7] + [MASK["qwen3"] if vocab > 256 else MASK["gemma4"]] * (G - 1)),
-                "block_positions": torch.arange(T, T + G), "prev_tokens": torch.randint(5, vocab, (G,), generator=g)},
-               folder)
+    torch.save(
+        {
+            "aux": torch.randn(T, len(LAYER_IDS) * H, generator=g),
+            "ctx_positions": torch.arange(T),
+            "block_ids": torch.tensor([7] + [MASK["qwen3"] if vocab > 256 else MASK["gemma4"]] * (G - 1)),
+            "block_positions": torch.arange(T, T + G),
+            "prev_tokens": torch.randint(5, vocab, (G,), generator=g),
+        },
+        folder,
+    )
     return folder
 
 
@@ -132,13 +185,27 @@ def built(tmp_path_factory):
     targets = {kind: save_target(kind, base / f"target_{kind}") for kind in ("qwen3", "gemma4_k_eq_v", "gemma4")}
     drafts = {name: save_draft(name, kind, base / name, targets[kind]) for name, (kind, _) in DRAFTS.items()}
     vllm_dflash = to_vllm_folder(draft_dir=drafts["dflash_qwen3"], output_dir=base / "dflash_qwen3_vllm")
-    spec = {name: to_speculators_folder(draft_dir=drafts[name], output_dir=base / f"{name}_speculators",
-                                        verifier_name_or_path=str(targets[DRAFTS[name][0]])) for name in SPECULATORS}
+    spec = {
+        name: to_speculators_folder(
+            draft_dir=drafts[name],
+            output_dir=base / f"{name}_speculators",
+            verifier_name_or_path=str(targets[DRAFTS[name][0]]),
+        )
+        for name in SPECULATORS
+    }
     vocab = target_config("qwen3").vocab_size
-    return {"base": base, "targets": targets, "drafts": drafts, "dflash_vllm": vllm_dflash, "speculators": spec,
-            "inputs": {"qwen3": forward_inputs(vocab, base / "in_qwen3.pt"),
-                       "gemma4": forward_inputs(256, base / "in_gemma4.pt"),
-                       "eagle3": eagle3_inputs(vocab, base / "in_eagle3.pt")}}
+    return {
+        "base": base,
+        "targets": targets,
+        "drafts": drafts,
+        "dflash_vllm": vllm_dflash,
+        "speculators": spec,
+        "inputs": {
+            "qwen3": forward_inputs(vocab, base / "in_qwen3.pt"),
+            "gemma4": forward_inputs(256, base / "in_gemma4.pt"),
+            "eagle3": eagle3_inputs(vocab, base / "in_eagle3.pt"),
+        },
+    }
 
 
 @pytest.fixture(scope="module")
@@ -147,37 +214,76 @@ def probe(vllm_python, built):
     t, d = built["targets"], built["drafts"]
     cases = [
         # Served as saved: DSpark with the vanilla Markov head and a confidence head.
-        dict(name="dspark_qwen3", target=t["qwen3"], draft=d["dspark_qwen3"], method="dspark",
-             inputs=built["inputs"]["qwen3"]),
+        dict(
+            name="dspark_qwen3",
+            target=t["qwen3"],
+            draft=d["dspark_qwen3"],
+            method="dspark",
+            inputs=built["inputs"]["qwen3"],
+        ),
         # DFlash after to_vllm_folder (all-zero rank-1 Markov head), served with method dspark.
-        dict(name="dflash_qwen3", target=t["qwen3"], draft=built["dflash_vllm"], method="dspark",
-             inputs=built["inputs"]["qwen3"]),
+        dict(
+            name="dflash_qwen3",
+            target=t["qwen3"],
+            draft=built["dflash_vllm"],
+            method="dspark",
+            inputs=built["inputs"]["qwen3"],
+        ),
         # DFlash as saved with vLLM's dflash method: refused (architecture DFlashQwen3DSparkModel).
         # (As saved with method dspark it is not run here: the rank-0 Markov head kills the process with
         # SIGFPE in vLLM's CPU GEMM set-up, create_onednn_mm.)
         dict(name="dflash_qwen3_as_dflash", target=t["qwen3"], draft=d["dflash_qwen3"], method="dflash"),
         dict(name="dspark_qwen3_gated", target=t["qwen3"], draft=d["dspark_qwen3_gated"], method="dspark"),
-        dict(name="dspark_gemma4", target=t["gemma4_k_eq_v"], draft=d["dspark_gemma4"], method="dspark",
-             inputs=built["inputs"]["gemma4"]),
-        dict(name="dspark_gemma4_no_k_eq_v", target=t["gemma4"], draft=d["dspark_gemma4_no_k_eq_v"],
-             method="dspark"),
+        dict(
+            name="dspark_gemma4",
+            target=t["gemma4_k_eq_v"],
+            draft=d["dspark_gemma4"],
+            method="dspark",
+            inputs=built["inputs"]["gemma4"],
+        ),
+        dict(name="dspark_gemma4_no_k_eq_v", target=t["gemma4"], draft=d["dspark_gemma4_no_k_eq_v"], method="dspark"),
         # --format speculators exports, read through vLLM's speculators config path (algos.py).
-        dict(name="dspark_qwen3_speculators", target=t["qwen3"], draft=built["speculators"]["dspark_qwen3"],
-             method="dspark", inputs=built["inputs"]["qwen3"]),
-        dict(name="dflash_qwen3_speculators", target=t["qwen3"], draft=built["speculators"]["dflash_qwen3"],
-             method="dflash"),
-        dict(name="eagle3_qwen3_speculators", target=t["qwen3"], draft=built["speculators"]["eagle3_qwen3"],
-             method="eagle3", inputs=built["inputs"]["eagle3"]),
+        dict(
+            name="dspark_qwen3_speculators",
+            target=t["qwen3"],
+            draft=built["speculators"]["dspark_qwen3"],
+            method="dspark",
+            inputs=built["inputs"]["qwen3"],
+        ),
+        dict(
+            name="dflash_qwen3_speculators",
+            target=t["qwen3"],
+            draft=built["speculators"]["dflash_qwen3"],
+            method="dflash",
+        ),
+        dict(
+            name="eagle3_qwen3_speculators",
+            target=t["qwen3"],
+            draft=built["speculators"]["eagle3_qwen3"],
+            method="eagle3",
+            inputs=built["inputs"]["eagle3"],
+        ),
         # `vllm serve <speculators folder>`: the target and speculative config vLLM derives from it.
-        dict(name="serve_eagle3_speculators", target=t["qwen3"], draft=built["speculators"]["eagle3_qwen3"],
-             method="eagle3", serve_resolution="1"),
+        dict(
+            name="serve_eagle3_speculators",
+            target=t["qwen3"],
+            draft=built["speculators"]["eagle3_qwen3"],
+            method="eagle3",
+            serve_resolution="1",
+        ),
     ]
     cases_file, out_file = built["base"] / "cases.json", built["base"] / "probe.pt"
     cases_file.write_text(json.dumps([{k: str(v) for k, v in c.items()} for c in cases]))
     env = dict(os.environ, PYTHONPATH=str(ROOT), VLLM_CPU_KVCACHE_SPACE="1")
     try:
-        proc = subprocess.run([vllm_python, str(PROBE), str(cases_file), str(out_file)], capture_output=True,
-                              text=True, timeout=600, env=env, cwd=built["base"])
+        proc = subprocess.run(
+            [vllm_python, str(PROBE), str(cases_file), str(out_file)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+            cwd=built["base"],
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("tests/vllm_probe.py ran over 600 s")
     if proc.returncode != 0 and "No module named 'vllm'" in proc.stderr:
@@ -194,10 +300,16 @@ def loaded(probe, name):
 
 # ----------------------------------------------------------------------------- what vLLM builds and loads
 
+
 @pytest.mark.vllm
-@pytest.mark.parametrize("name, cls", [("dspark_qwen3", "Qwen3DSparkForCausalLM"),
-                                       ("dflash_qwen3", "Qwen3DSparkForCausalLM"),
-                                       ("dspark_gemma4", "Gemma4DSparkForCausalLM")])
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("dspark_qwen3", "Qwen3DSparkForCausalLM"),
+        ("dflash_qwen3", "Qwen3DSparkForCausalLM"),
+        ("dspark_gemma4", "Gemma4DSparkForCausalLM"),
+    ],
+)
 def test_vllm_builds_its_class_and_loads_every_tensor(probe, built, name, cls):
     result = loaded(probe, name)
     load = result["load"]
@@ -221,10 +333,13 @@ def test_vllm_builds_its_class_and_loads_every_tensor(probe, built, name, cls):
 
 
 @pytest.mark.vllm
-@pytest.mark.parametrize("name, reason", [
-    ("dflash_qwen3_as_dflash", "DFlashQwen3DSparkModel"),  # vLLM's dflash method renames the architecture
-    ("dspark_gemma4_no_k_eq_v", "uniform attention_k_eq_v"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("dflash_qwen3_as_dflash", "DFlashQwen3DSparkModel"),  # vLLM's dflash method renames the architecture
+        ("dspark_gemma4_no_k_eq_v", "uniform attention_k_eq_v"),
+    ],
+)
 def test_vllm_refuses_what_to_vllm_folder_refuses(probe, name, reason):
     assert reason in probe[name]["error"]
 
@@ -239,6 +354,7 @@ def test_vllm_refuses_a_gated_markov_head(probe):
 
 # ----------------------------------------------------------------------------- same outputs as our draft
 
+
 def our_outputs(folder: Path, inputs_file: Path) -> dict:
     draft = load_draft(folder, dtype=torch.float32).eval()
     x = torch.load(inputs_file)
@@ -246,25 +362,39 @@ def our_outputs(folder: Path, inputs_file: Path) -> dict:
         fc_out = draft.fc(x["aux"][None])
         context = draft.context_features(x["aux"][None])
         rope = rotary_cos_sin(draft.rotary_emb, context, x["ctx_positions"][None], DRAFT_LAYER_TYPE)
-        kv = [tuple(t[0].transpose(0, 1) for t in project_kv(layer.self_attn, context, rope))  # [T, hkv, d]
-              for layer in draft.layers]
+        kv = [
+            tuple(t[0].transpose(0, 1) for t in project_kv(layer.self_attn, context, rope))  # [T, hkv, d]
+            for layer in draft.layers
+        ]
         k_with_layer0_norm = []  # what vLLM's fused CPU path computes (layer 0's k_norm weight everywhere)
         for layer in draft.layers:
             attn = copy.deepcopy(layer.self_attn)
             attn.k_norm.load_state_dict(draft.layers[0].self_attn.k_norm.state_dict())
             k_with_layer0_norm.append(project_kv(attn, context, rope)[0][0].transpose(0, 1))
         mask = torch.ones(1, G, T + G, dtype=torch.bool)  # a block sees all earlier context and itself
-        hidden = draft.block_hidden(block_ids=x["block_ids"][None], block_positions=x["block_positions"][None],
-                                    context=context, context_positions=x["ctx_positions"][None], mask=mask,
-                                    backend="eager")[0]
+        hidden = draft.block_hidden(
+            block_ids=x["block_ids"][None],
+            block_positions=x["block_positions"][None],
+            context=context,
+            context_positions=x["ctx_positions"][None],
+            mask=mask,
+            backend="eager",
+        )[0]
         base = draft.base_logits(hidden)
         bias = None
         if draft.markov_head is not None:
             bias = draft.markov_head.step(hidden, x["prev_tokens"], None)[0]
         conf = draft.confidence(hidden, x["prev_tokens"])
-    return {"fc_out": fc_out[0], "context_kv": kv, "k_with_layer0_norm": k_with_layer0_norm, "hidden": hidden,
-            "base_logits": base, "markov_bias": bias, "confidence": None if conf is None else torch.sigmoid(conf),
-            "cap": getattr(draft.config, "final_logit_softcapping", None)}
+    return {
+        "fc_out": fc_out[0],
+        "context_kv": kv,
+        "k_with_layer0_norm": k_with_layer0_norm,
+        "hidden": hidden,
+        "base_logits": base,
+        "markov_bias": bias,
+        "confidence": None if conf is None else torch.sigmoid(conf),
+        "cap": getattr(draft.config, "final_logit_softcapping", None),
+    }
 
 
 def close(a, b, what):
@@ -311,6 +441,7 @@ def test_vllm_modules_compute_what_our_draft_computes(probe, built, name):
 
 # ----------------------------------------------------------------------------- the speculators format in vLLM
 
+
 def tensor_names(folder: Path) -> list[str]:
     from safetensors import safe_open
 
@@ -319,19 +450,23 @@ def tensor_names(folder: Path) -> list[str]:
 
 
 @pytest.mark.vllm
-@pytest.mark.parametrize("name, method, cls", [
-    ("dspark_qwen3_speculators", "dspark", "Qwen3DSparkForCausalLM"),
-    ("dflash_qwen3_speculators", "dflash", "DFlashQwen3ForCausalLM"),
-    ("eagle3_qwen3_speculators", "eagle3", "Eagle3Qwen3ForCausalLM"),
-])
+@pytest.mark.parametrize(
+    "name, method, cls",
+    [
+        ("dspark_qwen3_speculators", "dspark", "Qwen3DSparkForCausalLM"),
+        ("dflash_qwen3_speculators", "dflash", "DFlashQwen3ForCausalLM"),
+        ("eagle3_qwen3_speculators", "eagle3", "Eagle3Qwen3ForCausalLM"),
+    ],
+)
 def test_vllm_loads_our_speculators_exports(probe, built, name, method, cls):
     result = loaded(probe, name)
     load = result["load"]
     assert result["method"] == method and result["hf_config_class"] == "SpeculatorsConfig"
     assert load["class"] == cls, load["class"]
     assert result["aux_layer_ids"] == [i + 1 for i in LAYER_IDS]
-    assert load["not_written"] == (["model.mask_embedding"] if "dflash" not in name and cls.startswith("Qwen3")
-                                   else load["not_written"])
+    assert load["not_written"] == (
+        ["model.mask_embedding"] if "dflash" not in name and cls.startswith("Qwen3") else load["not_written"]
+    )
     assert all(n == "model.mask_embedding" for n in load["not_written"]), load["not_written"]
     ours = tensor_names(built["speculators"][name.removesuffix("_speculators")])
     assert sorted(load["consumed"]) == ours
@@ -341,7 +476,9 @@ def test_vllm_loads_our_speculators_exports(probe, built, name, method, cls):
         assert hf["sample_from_anchor"] is True and hf["dspark_bonus_anchor"] is False
         assert hf["target_layer_ids"] == LAYER_IDS and hf["markov_rank"] == 8 and hf["block_size"] == G
     elif method == "dflash":  # loads, but vLLM's DFlash speculator refuses this layout when it starts
-        assert hf["dflash_config"]["sample_from_anchor"] is True and hf["dflash_config"]["target_layer_ids"] == LAYER_IDS
+        assert (
+            hf["dflash_config"]["sample_from_anchor"] is True and hf["dflash_config"]["target_layer_ids"] == LAYER_IDS
+        )
         assert probe["_facts"]["dflash_refuses_sample_from_anchor"]
     else:
         assert hf["norm_before_residual"] is False and result["num_speculative_tokens"] == 7  # ttt_length
@@ -369,9 +506,14 @@ def our_eagle3_outputs(folder: Path, inputs_file: Path) -> dict:
     x = torch.load(inputs_file)
     with torch.no_grad():
         fused = draft.fuse(x["aux"][None])
-        out = draft.step(hidden=fused, token_embeds=draft.embed(x["tokens"][None]), positions=x["positions"][None],
-                         caches=[([], []) for _ in draft.layers], backend="eager",
-                         mask=ttt_mask(step=0, length=T, device="cpu")[None])
+        out = draft.step(
+            hidden=fused,
+            token_embeds=draft.embed(x["tokens"][None]),
+            positions=x["positions"][None],
+            caches=[([], []) for _ in draft.layers],
+            backend="eager",
+            mask=ttt_mask(step=0, length=T, device="cpu")[None],
+        )
         logits = draft.base_logits(draft.norm(out))
     return {"fc_out": fused[0], "hidden": draft.norm(out)[0], "logits": logits[0]}
 
@@ -391,9 +533,14 @@ def speculators_probe(vllm_python, built):
     folders = {name: str(folder) for name, folder in built["speculators"].items()}
     folders_file, out_file = built["base"] / "speculators.json", built["base"] / "speculators_out.json"
     folders_file.write_text(json.dumps(folders))
-    proc = subprocess.run([vllm_python, str(ROOT / "tests" / "speculators_probe.py"), str(folders_file),
-                           str(out_file)], capture_output=True, text=True, timeout=600, cwd=built["base"],
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    proc = subprocess.run(
+        [vllm_python, str(ROOT / "tests" / "speculators_probe.py"), str(folders_file), str(out_file)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=built["base"],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     if proc.returncode != 0 and "No module named 'speculators'" in proc.stderr:
         skip_or_fail(f"`import speculators` fails with {vllm_python}")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -401,11 +548,14 @@ def speculators_probe(vllm_python, built):
 
 
 @pytest.mark.vllm
-@pytest.mark.parametrize("name, config_class, model_class", [
-    ("dspark_qwen3", "DSparkSpeculatorConfig", "DSparkDraftModel"),
-    ("dflash_qwen3", "DFlashSpeculatorConfig", "DFlashDraftModel"),
-    ("eagle3_qwen3", "Eagle3SpeculatorConfig", "Eagle3DraftModel"),
-])
+@pytest.mark.parametrize(
+    "name, config_class, model_class",
+    [
+        ("dspark_qwen3", "DSparkSpeculatorConfig", "DSparkDraftModel"),
+        ("dflash_qwen3", "DFlashSpeculatorConfig", "DFlashDraftModel"),
+        ("eagle3_qwen3", "Eagle3SpeculatorConfig", "Eagle3DraftModel"),
+    ],
+)
 def test_speculators_package_loads_our_exports(speculators_probe, name, config_class, model_class):
     result = speculators_probe[name]
     assert "error" not in result, result.get("traceback")
@@ -431,6 +581,7 @@ def test_speculators_package_cannot_hold_gemma4_layers(speculators_probe):
 
 # ----------------------------------------------------------------------------- to_vllm_folder (no vLLM needed)
 
+
 def test_to_vllm_folder_gives_dflash_a_zero_markov_head(built):
     out = built["dflash_vllm"]
     config = json.loads((out / "config.json").read_text())
@@ -438,15 +589,19 @@ def test_to_vllm_folder_gives_dflash_a_zero_markov_head(built):
     assert config["sample_from_anchor"] is True
     from safetensors.torch import load_file
 
-    theirs, ours = load_file(str(out / "model.safetensors")), load_file(str(built["drafts"]["dflash_qwen3"] /
-                                                                            "model.safetensors"))
+    theirs, ours = (
+        load_file(str(out / "model.safetensors")),
+        load_file(str(built["drafts"]["dflash_qwen3"] / "model.safetensors")),
+    )
     assert set(theirs) - set(ours) == {"markov_head.markov_w1.weight", "markov_head.markov_w2.weight"}
     assert all(torch.equal(theirs[k], v) for k, v in ours.items())
     assert not theirs["markov_head.markov_w1.weight"].any() and not theirs["markov_head.markov_w2.weight"].any()
 
 
-@pytest.mark.parametrize("name, match", [("dspark_qwen3_gated", "only the vanilla Markov head"),
-                                         ("dspark_gemma4_no_k_eq_v", "attention_k_eq_v")])
+@pytest.mark.parametrize(
+    "name, match",
+    [("dspark_qwen3_gated", "only the vanilla Markov head"), ("dspark_gemma4_no_k_eq_v", "attention_k_eq_v")],
+)
 def test_to_vllm_folder_refuses_what_vllm_cannot_serve(built, tmp_path, name, match):
     with pytest.raises(VllmExportError, match=match):
         to_vllm_folder(draft_dir=built["drafts"][name], output_dir=tmp_path / "out")

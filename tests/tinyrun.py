@@ -9,16 +9,25 @@ from deepspec.tiny_target import build_random_tiny_target
 
 ROOT = Path(__file__).resolve().parents[1]
 # Peaked (initializer_range 0.3) so a draft can learn it in a few steps.
-TINY_SIZES = dict(num_hidden_layers=3, hidden_size=64, intermediate_size=128, num_attention_heads=2,
-                  num_key_value_heads=1, head_dim=32, initializer_range=0.3)
+TINY_SIZES = dict(
+    num_hidden_layers=3,
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=32,
+    initializer_range=0.3,
+)
 
 
 def learnable_conversations(path: Path, n: int) -> Path:
     """``n`` conversations whose answers repeat a short phrase (a pattern a draft learns quickly)."""
     rows = []
     for i in range(n):
-        turns = [{"role": "user", "content": f"def f{i}(x):"},
-                 {"role": "assistant", "content": "    return x" + " + x" * (i % 5 + 4) + f"  # {i}"}]
+        turns = [
+            {"role": "user", "content": f"def f{i}(x):"},
+            {"role": "assistant", "content": "    return x" + " + x" * (i % 5 + 4) + f"  # {i}"},
+        ]
         rows.append(json.dumps({"id": f"c{i}", "conversations": turns}))
     path.write_text("\n".join(rows) + "\n")
     return path
@@ -28,8 +37,17 @@ def tiny_run(base: Path, *, layers: list[int], n: int, batch_size: int, family: 
     """A random tiny target of ``family``, ``n`` learnable conversations and their target cache under ``base``."""
     target = build_random_tiny_target(output_dir=base / "target", seed=0, family=family, **TINY_SIZES)
     data = learnable_conversations(base / "train.jsonl", n)
-    cfg = load_config(ROOT / "config/dspark/dspark_tiny.py", opts=[f"model.target_model_name_or_path={target}",
-                                                                    f"model.target_layer_ids={layers}"])
-    build_target_cache(cfg=cfg, train_data_paths=[str(data)], output_dir=base / "cache", min_loss_tokens=2,
-                       max_shard_bytes=1 << 24, batch_size=batch_size, log=lambda _: None)
+    cfg = load_config(
+        ROOT / "config/dspark/dspark_tiny.py",
+        opts=[f"model.target_model_name_or_path={target}", f"model.target_layer_ids={layers}"],
+    )
+    build_target_cache(
+        cfg=cfg,
+        train_data_paths=[str(data)],
+        output_dir=base / "cache",
+        min_loss_tokens=2,
+        max_shard_bytes=1 << 24,
+        batch_size=batch_size,
+        log=lambda _: None,
+    )
     return {"base": base, "target": str(target), "cache": str(base / "cache")}

@@ -5,7 +5,8 @@ DeepSpec draft folder on CPU, load our safetensors through its ``load_weights`` 
 
 ``CASES.json``: a list of ``{"name", "target", "draft", "method", "inputs"}`` (``inputs``: a ``.pt`` file
 with ``aux`` [T, n*H], ``ctx_positions`` [T], ``block_ids`` [G], ``block_positions`` [G],
-``prev_tokens`` [G]; for Eagle3 ``aux``, ``tokens`` [T], ``positions`` [T]: its first draft step, causal). ``OUT.pt`` gets one dict per case: what was built and loaded (class, every
+``prev_tokens`` [G]; for Eagle3 ``aux``, ``tokens`` [T], ``positions`` [T]: its first draft step, causal).
+``OUT.pt`` gets one dict per case: what was built and loaded (class, every
 parameter written or not, every tensor of ours consumed or not, each tensor found in place) and the
 outputs of vLLM's modules for ``inputs``; or ``error`` (the exception, one line) where vLLM refused.
 
@@ -58,10 +59,16 @@ def build_config(target: str, draft: str, method: str, block_size: int):
 
     model_config = ModelConfig(model=target, dtype="float32", max_model_len=256, enforce_eager=True, seed=0)
     parallel = ParallelConfig()
-    spec = SpeculativeConfig(model=draft, method=method, num_speculative_tokens=block_size,
-                             target_model_config=model_config, target_parallel_config=parallel)
-    vllm_config = VllmConfig(model_config=model_config, parallel_config=parallel,
-                             device_config=DeviceConfig(device="cpu"))
+    spec = SpeculativeConfig(
+        model=draft,
+        method=method,
+        num_speculative_tokens=block_size,
+        target_model_config=model_config,
+        target_parallel_config=parallel,
+    )
+    vllm_config = VllmConfig(
+        model_config=model_config, parallel_config=parallel, device_config=DeviceConfig(device="cpu")
+    )
     vllm_config.speculative_config = spec  # see the module docstring (Model Runner V1 refuses dspark)
     return vllm_config
 
@@ -73,8 +80,13 @@ def ensure_distributed(vllm_config) -> None:
     if _DIST:
         return
     with set_current_vllm_config(vllm_config):
-        init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
-                                     distributed_init_method=f"tcp://127.0.0.1:{_free_port()}")
+        init_distributed_environment(
+            world_size=1,
+            rank=0,
+            local_rank=0,
+            backend="gloo",
+            distributed_init_method=f"tcp://127.0.0.1:{_free_port()}",
+        )
         initialize_model_parallel(1, 1)
     _DIST["done"] = True
 
@@ -86,8 +98,13 @@ def read_ours(folder: str) -> dict[str, torch.Tensor]:
 
 
 # Where vLLM puts each of our tensors: (vLLM parameter, rows) -- None = the whole parameter.
-_STACKS = {"q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
-           "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
+_STACKS = {
+    "q_proj": ("qkv_proj", 0),
+    "k_proj": ("qkv_proj", 1),
+    "v_proj": ("qkv_proj", 2),
+    "gate_proj": ("gate_up_proj", 0),
+    "up_proj": ("gate_up_proj", 1),
+}
 
 
 def expected_place(name: str, params: dict[str, torch.Tensor], model) -> tuple[str, slice | None]:
@@ -98,8 +115,8 @@ def expected_place(name: str, params: dict[str, torch.Tensor], model) -> tuple[s
     for i, part in enumerate(parts):
         if part in _STACKS:
             stacked, index = _STACKS[part]
-            pname = ".".join(parts[:i] + [stacked] + parts[i + 1:])
-            module = model.get_submodule(".".join(parts[:i - 1] + [parts[i - 1], stacked]))
+            pname = ".".join(parts[:i] + [stacked] + parts[i + 1 :])
+            module = model.get_submodule(".".join(parts[: i - 1] + [parts[i - 1], stacked]))
             if stacked == "qkv_proj":
                 attn = model.get_submodule(".".join(parts[:i]))
                 q, kv = attn.q_size, attn.kv_size
@@ -139,10 +156,17 @@ def check_load(model, ours: dict[str, torch.Tensor]) -> dict:
         got = holder.detach() if rows is None else holder.detach()[rows]
         ok = tuple(got.shape) == tuple(tensor.shape) and torch.equal(got.to(tensor.dtype), tensor)
         (placed if ok else misplaced).append(name)
-    return {"class": type(model).__name__, "params": sorted(params), "not_written": not_written,
-            "consumed": consumed, "returned": sorted(returned) if returned is not None else None,
-            "placed": placed, "misplaced": misplaced, "no_home": no_home,
-            "param_shapes": {n: tuple(p.shape) for n, p in params.items()}}
+    return {
+        "class": type(model).__name__,
+        "params": sorted(params),
+        "not_written": not_written,
+        "consumed": consumed,
+        "returned": sorted(returned) if returned is not None else None,
+        "placed": placed,
+        "misplaced": misplaced,
+        "no_home": no_home,
+        "param_shapes": {n: tuple(p.shape) for n, p in params.items()},
+    }
 
 
 class PlainAttention(nn.Module):
@@ -192,8 +216,10 @@ def run_forward(model, inputs: dict) -> dict:
     inner = model.model
     fused: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for i, attn in enumerate(inner._attn_layers):
+
         def capture(layer, k, v, kv_cache, slot_mapping, _i=i):
             fused[_i] = (k.clone(), v.clone())
+
         attn.impl.do_kv_cache_update = capture
         attn.kv_cache = None
     with torch.no_grad():
@@ -212,11 +238,17 @@ def run_forward(model, inputs: dict) -> dict:
         embed = model.markov_embed(inputs["prev_tokens"])
         bias = model.markov_bias(embed)
         conf = model.compute_confidence(hidden, embed) if inner.confidence_head is not None else None
-    return {"fc_out": ctx_states,
-            "fused_context_k": [fused[i][0] for i in sorted(fused)],
-            "fused_context_v": [fused[i][1] for i in sorted(fused)],
-            "context_k": [k for k, _ in layerwise], "context_v": [v for _, v in layerwise],
-            "hidden": hidden, "base_logits": logits, "markov_bias": bias, "confidence": conf}
+    return {
+        "fc_out": ctx_states,
+        "fused_context_k": [fused[i][0] for i in sorted(fused)],
+        "fused_context_v": [fused[i][1] for i in sorted(fused)],
+        "context_k": [k for k, _ in layerwise],
+        "context_v": [v for _, v in layerwise],
+        "hidden": hidden,
+        "base_logits": logits,
+        "markov_bias": bias,
+        "confidence": conf,
+    }
 
 
 def run_eagle3_forward(model, inputs: dict) -> dict:
@@ -231,8 +263,18 @@ def run_eagle3_forward(model, inputs: dict) -> dict:
 
 
 # What vLLM's config conversion made of a draft folder (speculators folders go through its algos.py).
-_HF_FIELDS = ("sample_from_anchor", "dspark_bonus_anchor", "target_layer_ids", "dflash_config", "norm_before_residual",
-              "draft_vocab_size", "markov_rank", "markov_head_type", "mask_token_id", "block_size")
+_HF_FIELDS = (
+    "sample_from_anchor",
+    "dspark_bonus_anchor",
+    "target_layer_ids",
+    "dflash_config",
+    "norm_before_residual",
+    "draft_vocab_size",
+    "markov_rank",
+    "markov_head_type",
+    "mask_token_id",
+    "block_size",
+)
 
 
 def num_speculative_tokens(folder: str) -> int:
@@ -252,10 +294,14 @@ def run_case(case: dict) -> dict:
     ensure_distributed(vllm_config)
     draft_config = spec.draft_model_config
     hf = draft_config.hf_config
-    out = {"method": spec.method, "architectures": list(draft_config.architectures),
-           "num_speculative_tokens": spec.num_speculative_tokens,
-           "aux_layer_ids": None, "hf_config_class": type(hf).__name__,
-           "hf": {k: getattr(hf, k) for k in _HF_FIELDS if hasattr(hf, k)}}
+    out = {
+        "method": spec.method,
+        "architectures": list(draft_config.architectures),
+        "num_speculative_tokens": spec.num_speculative_tokens,
+        "aux_layer_ids": None,
+        "hf_config_class": type(hf).__name__,
+        "hf": {k: getattr(hf, k) for k in _HF_FIELDS if hasattr(hf, k)},
+    }
     from vllm.v1.worker.gpu.spec_decode.eagle.eagle3_utils import get_eagle3_aux_layers_from_config
 
     aux = get_eagle3_aux_layers_from_config(spec)
@@ -280,7 +326,9 @@ def facts() -> dict:
     """Checks of vLLM's own source for what only its GPU runner would do."""
     import vllm
 
-    dflash = os.path.join(os.path.dirname(vllm.__file__), "v1", "worker", "gpu", "spec_decode", "dflash", "speculator.py")
+    dflash = os.path.join(
+        os.path.dirname(vllm.__file__), "v1", "worker", "gpu", "spec_decode", "dflash", "speculator.py"
+    )
     text = open(dflash).read() if os.path.exists(dflash) else ""
     return {"dflash_refuses_sample_from_anchor": "sample_from_anchor=True is not supported for DFlash" in text}
 
@@ -303,8 +351,10 @@ def main() -> None:
         try:
             results[case["name"]] = run_case(case)
         except Exception as exc:  # the test asserts on which cases vLLM refuses, and why
-            results[case["name"]] = {"error": f"{type(exc).__name__}: {exc}"[:3000],
-                                     "traceback": traceback.format_exc()[-4000:]}
+            results[case["name"]] = {
+                "error": f"{type(exc).__name__}: {exc}"[:3000],
+                "traceback": traceback.format_exc()[-4000:],
+            }
     torch.save(results, out_file)
 
 

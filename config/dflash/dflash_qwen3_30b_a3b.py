@@ -6,7 +6,12 @@ Paper settings come from deepspec/recipes.py; override anything with --opts.
 """
 
 from deepspec.recipes import (
-    QWEN3_MOE_MASK_TOKEN_ID, derive_output_dirs, paper_data, paper_logging, paper_train, parallel_drafter_model,
+    QWEN3_MOE_MASK_TOKEN_ID,
+    derive_output_dirs,
+    paper_data,
+    paper_logging,
+    paper_train,
+    parallel_drafter_model,
 )
 
 project_name = "deepspec"

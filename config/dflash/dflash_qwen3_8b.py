@@ -4,7 +4,14 @@ Target layer ids: Qwen3-8B, 36 layers: same depth as 4B, so the same spread ids.
 Paper settings come from deepspec/recipes.py; override anything with --opts.
 """
 
-from deepspec.recipes import QWEN3_MASK_TOKEN_ID, derive_output_dirs, paper_data, paper_logging, paper_train, parallel_drafter_model
+from deepspec.recipes import (
+    QWEN3_MASK_TOKEN_ID,
+    derive_output_dirs,
+    paper_data,
+    paper_logging,
+    paper_train,
+    parallel_drafter_model,
+)
 
 project_name = "deepspec"
 exp_name = "dflash_block7_qwen3_8b"

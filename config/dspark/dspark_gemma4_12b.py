@@ -1,10 +1,18 @@
-"""DSpark draft for google/gemma-4-12B-it: block 7, 5 draft layers, vanilla Markov head (rank 256), confidence head, 0.1 CE + 0.9 L1.
+"""DSpark draft for google/gemma-4-12B-it:
+block 7, 5 draft layers, vanilla Markov head (rank 256), confidence head, 0.1 CE + 0.9 L1.
 
 Target layer ids: Gemma-4-12B, 48 layers: ids evenly spread from 1 to L-3 = 45 (step 11).
 Paper settings come from deepspec/recipes.py; override anything with --opts.
 """
 
-from deepspec.recipes import GEMMA4_MASK_TOKEN_ID, derive_output_dirs, paper_data, paper_logging, paper_train, parallel_drafter_model
+from deepspec.recipes import (
+    GEMMA4_MASK_TOKEN_ID,
+    derive_output_dirs,
+    paper_data,
+    paper_logging,
+    paper_train,
+    parallel_drafter_model,
+)
 
 project_name = "deepspec"
 exp_name = "dspark_block7_gemma4_12b"

@@ -1,4 +1,5 @@
-"""DSpark draft for meta-llama/Llama-3.1-8B-Instruct: block 7, 5 draft layers, vanilla Markov head (rank 256), confidence head, 0.1 CE + 0.9 L1.
+"""DSpark draft for meta-llama/Llama-3.1-8B-Instruct:
+block 7, 5 draft layers, vanilla Markov head (rank 256), confidence head, 0.1 CE + 0.9 L1.
 
 Target layer ids: Llama-3.1-8B, 32 layers: the spread rule (5 ids from 1 to L-3 = 29) gives [1, 8, 15, 22, 29].
 Llama has no q/k norms; the draft layers are Qwen3-style (Qwen3DSparkModel) with Llama's sizes and rope.
@@ -6,7 +7,12 @@ Paper settings come from deepspec/recipes.py; override anything with --opts.
 """
 
 from deepspec.recipes import (
-    LLAMA3_MASK_TOKEN_ID, derive_output_dirs, paper_data, paper_logging, paper_train, parallel_drafter_model,
+    LLAMA3_MASK_TOKEN_ID,
+    derive_output_dirs,
+    paper_data,
+    paper_logging,
+    paper_train,
+    parallel_drafter_model,
 )
 
 project_name = "deepspec"

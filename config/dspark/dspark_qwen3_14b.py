@@ -1,10 +1,18 @@
-"""DSpark draft for Qwen/Qwen3-14B: block 7, 5 draft layers, vanilla Markov head (rank 256), confidence head, 0.1 CE + 0.9 L1.
+"""DSpark draft for Qwen/Qwen3-14B:
+block 7, 5 draft layers, vanilla Markov head (rank 256), confidence head, 0.1 CE + 0.9 L1.
 
 Target layer ids: Qwen3-14B, 40 layers: ids evenly spread from 1 to L-3 = 37 (step 9).
 Paper settings come from deepspec/recipes.py; override anything with --opts.
 """
 
-from deepspec.recipes import QWEN3_MASK_TOKEN_ID, derive_output_dirs, paper_data, paper_logging, paper_train, parallel_drafter_model
+from deepspec.recipes import (
+    QWEN3_MASK_TOKEN_ID,
+    derive_output_dirs,
+    paper_data,
+    paper_logging,
+    paper_train,
+    parallel_drafter_model,
+)
 
 project_name = "deepspec"
 exp_name = "dspark_block7_qwen3_14b"

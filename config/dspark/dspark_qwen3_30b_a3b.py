@@ -1,4 +1,5 @@
-"""DSpark draft for Qwen/Qwen3-30B-A3B: block 7, 5 draft layers, vanilla Markov head (rank 256), confidence head, 0.1 CE + 0.9 L1.
+"""DSpark draft for Qwen/Qwen3-30B-A3B:
+block 7, 5 draft layers, vanilla Markov head (rank 256), confidence head, 0.1 CE + 0.9 L1.
 
 Target layer ids: Qwen3-30B-A3B, 48 MoE layers: the spread rule (5 ids from 1 to L-3 = 45) gives [1, 12, 23, 34, 45].
 The draft is dense: Qwen3 layers with the target's dense intermediate_size (6144), not its experts.
@@ -6,7 +7,12 @@ Paper settings come from deepspec/recipes.py; override anything with --opts.
 """
 
 from deepspec.recipes import (
-    QWEN3_MOE_MASK_TOKEN_ID, derive_output_dirs, paper_data, paper_logging, paper_train, parallel_drafter_model,
+    QWEN3_MOE_MASK_TOKEN_ID,
+    derive_output_dirs,
+    paper_data,
+    paper_logging,
+    paper_train,
+    parallel_drafter_model,
 )
 
 project_name = "deepspec"

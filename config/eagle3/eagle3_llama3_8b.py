@@ -1,4 +1,5 @@
-"""Eagle3 draft for meta-llama/Llama-3.1-8B-Instruct: one autoregressive layer, training-time test over 7 steps, step decay 0.8.
+"""Eagle3 draft for meta-llama/Llama-3.1-8B-Instruct:
+one autoregressive layer, training-time test over 7 steps, step decay 0.8.
 
 Target layer ids: Llama-3.1-8B, 32 layers: the spread rule (5 ids from 1 to L-3 = 29) gives [1, 8, 15, 22, 29].
 Llama has no q/k norms; the draft layers are Qwen3-style (Qwen3DSparkModel) with Llama's sizes and rope.

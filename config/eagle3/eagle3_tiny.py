@@ -6,7 +6,13 @@ allow ids -1..2; we capture layers 0, 1 and 2.
 """
 
 from deepspec.recipes import (
-    default_tiny_target_dir, derive_output_dirs, eagle3_model, paper_data, paper_logging, paper_train, tiny_overrides,
+    default_tiny_target_dir,
+    derive_output_dirs,
+    eagle3_model,
+    paper_data,
+    paper_logging,
+    paper_train,
+    tiny_overrides,
 )
 
 project_name = "deepspec_tiny"

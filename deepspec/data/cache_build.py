@@ -73,12 +73,16 @@ def tokenize_training_data(
             tok = tokenize_conversation(tokenizer, conv.messages, chat_template=chat_template, max_length=max_length)
             if tok.truncated:
                 if long_samples == "skip" or strict:
-                    raise DataError(f"longer than data.max_length={max_length} tokens", reason="too_long",
-                                    where=conv.id)
+                    raise DataError(
+                        f"longer than data.max_length={max_length} tokens", reason="too_long", where=conv.id
+                    )
                 truncated += 1
             if tok.num_loss_tokens < min_loss_tokens:
-                raise DataError(f"only {tok.num_loss_tokens} supervised tokens (< --min-loss-tokens "
-                                f"{min_loss_tokens})", reason="few_loss_tokens", where=conv.id)
+                raise DataError(
+                    f"only {tok.num_loss_tokens} supervised tokens (< --min-loss-tokens {min_loss_tokens})",
+                    reason="few_loss_tokens",
+                    where=conv.id,
+                )
         except DataError as err:
             if strict:
                 raise
@@ -103,8 +107,10 @@ def check_disk_space(*, output_dir: Path, needed_bytes: int, ignore: bool) -> st
     free = shutil.disk_usage(probe).free
     message = f"estimated cache size {format_bytes(needed_bytes)}, free on {probe}: {format_bytes(free)}"
     if needed_bytes > free and not ignore:
-        raise CacheBuildError(f"not enough disk space: {message}. Free space, pick another --output-dir, reduce the "
-                              "data, or pass --ignore-disk-space to try anyway.")
+        raise CacheBuildError(
+            f"not enough disk space: {message}. Free space, pick another --output-dir, reduce the "
+            "data, or pass --ignore-disk-space to try anyway."
+        )
     return message
 
 
@@ -119,12 +125,19 @@ def _sha256(path: Path, chunk: int = 8 << 20) -> str:
 
 def describe_source_files(paths: Sequence[str | os.PathLike]) -> list[dict]:
     """Every data file the build reads (folders expanded as the reader does): path, size, sha256."""
-    return [{"path": str(p.resolve()), "size": p.stat().st_size, "sha256": _sha256(p)}
-            for p in list_input_files(list(paths))]
+    return [
+        {"path": str(p.resolve()), "size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in list_input_files(list(paths))
+    ]
 
 
-def check_build_request(*, train_data_paths: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
-                        target: str | os.PathLike | None = None, overwrite: bool = False) -> list[Path]:
+def check_build_request(
+    *,
+    train_data_paths: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    target: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
     """Refuse a build that cannot work or would harm the user's files; returns the data files to read.
 
     Cheap (no torch): the data files exist, the cache folder neither equals, holds nor sits inside the
@@ -146,8 +159,10 @@ def check_build_request(*, train_data_paths: Sequence[str | os.PathLike], output
         foreign = sorted(p.name for p in output_dir.iterdir() if not is_cache_file(p.name))
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-            raise CacheBuildError(f"--overwrite would delete {output_dir}, but it holds files that are not part of a "
-                                  f"target cache ({shown}); move them away or choose another --output-dir")
+            raise CacheBuildError(
+                f"--overwrite would delete {output_dir}, but it holds files that are not part of a "
+                f"target cache ({shown}); move them away or choose another --output-dir"
+            )
     return files
 
 
@@ -207,20 +222,33 @@ def run_worker(rank: int, world: int, args: WorkerArgs) -> int:
     mine.sort(key=lambda s: len(s.input_ids), reverse=True)  # long first: memory errors show up early
     target = load_target(args.target, dtype=dtype, device=device, with_tokenizer=False)
     written = 0
-    with TargetCacheWriter(args.output_dir, rank=rank, target_model=args.target, layer_ids=args.layer_ids,
-                           hidden_size=args.hidden_size, max_shard_bytes=args.max_shard_bytes,
-                           source_files=args.source_files, extra=args.extra,
-                           target_fingerprint=args.target_fingerprint, max_length=args.max_length) as writer:
-        batches = [mine[i:i + args.batch_size] for i in range(0, len(mine), args.batch_size)]
-        for step, batch in enumerate(tqdm(batches, desc=f"capture[rank {rank}]", unit="batch",
-                                          disable=rank != 0 and world > 1)):
+    with TargetCacheWriter(
+        args.output_dir,
+        rank=rank,
+        target_model=args.target,
+        layer_ids=args.layer_ids,
+        hidden_size=args.hidden_size,
+        max_shard_bytes=args.max_shard_bytes,
+        source_files=args.source_files,
+        extra=args.extra,
+        target_fingerprint=args.target_fingerprint,
+        max_length=args.max_length,
+    ) as writer:
+        batches = [mine[i : i + args.batch_size] for i in range(0, len(mine), args.batch_size)]
+        for step, batch in enumerate(
+            tqdm(batches, desc=f"capture[rank {rank}]", unit="batch", disable=rank != 0 and world > 1)
+        ):
             if args.fail_after_batches is not None and step >= args.fail_after_batches:
                 raise RuntimeError("simulated crash (fail_after_batches)")
             captured = capture_states(target, [s.input_ids for s in batch], layer_ids=args.layer_ids, device=device)
             for s, (hidden, last) in zip(batch, captured):
-                writer.add(source_index=s.source_index, input_ids=torch.tensor(s.input_ids, dtype=torch.int32),
-                           loss_mask=torch.tensor(s.loss_mask, dtype=torch.uint8),
-                           hidden_states=hidden, last_hidden_state=last)
+                writer.add(
+                    source_index=s.source_index,
+                    input_ids=torch.tensor(s.input_ids, dtype=torch.int32),
+                    loss_mask=torch.tensor(s.loss_mask, dtype=torch.uint8),
+                    hidden_states=hidden,
+                    last_hidden_state=last,
+                )
                 written += 1
     return written
 
@@ -250,10 +278,13 @@ def build_target_cache(
     output_dir = Path(output_dir)
     target_path = cfg.model.target_model_name_or_path
     if batch_size < 1 or max_shard_bytes < 1 or min_loss_tokens < 0 or (nproc is not None and nproc < 1):
-        raise CacheBuildError(f"batch_size ({batch_size}), max_shard_bytes ({max_shard_bytes}) and nproc ({nproc}) "
-                              f"must be >= 1 and min_loss_tokens ({min_loss_tokens}) >= 0")
-    check_build_request(train_data_paths=train_data_paths, output_dir=output_dir, target=target_path,
-                        overwrite=overwrite)
+        raise CacheBuildError(
+            f"batch_size ({batch_size}), max_shard_bytes ({max_shard_bytes}) and nproc ({nproc}) "
+            f"must be >= 1 and min_loss_tokens ({min_loss_tokens}) >= 0"
+        )
+    check_build_request(
+        train_data_paths=train_data_paths, output_dir=output_dir, target=target_path, overwrite=overwrite
+    )
 
     import torch
     from transformers import AutoTokenizer
@@ -265,49 +296,84 @@ def build_target_cache(
     hf_config = load_target_config(target_path)
     text_config = family_of(hf_config).text_config(hf_config)
     layer_ids = validate_layer_ids(cfg.model.target_layer_ids, num_layers=text_config.num_hidden_layers)
-    extra = {"max_length": cfg.data.max_length, "chat_template": cfg.data.chat_template,
-             "min_loss_tokens": min_loss_tokens, "long_samples": long_samples}
-    identity = {"target_model": str(target_path), "target_fingerprint": target_fingerprint(target_path, download=True),
-                "layer_ids": layer_ids, "hidden_size": int(text_config.hidden_size),
-                "max_length": int(cfg.data.max_length), "source_files": describe_source_files(train_data_paths),
-                "extra": extra}
+    extra = {
+        "max_length": cfg.data.max_length,
+        "chat_template": cfg.data.chat_template,
+        "min_loss_tokens": min_loss_tokens,
+        "long_samples": long_samples,
+    }
+    identity = {
+        "target_model": str(target_path),
+        "target_fingerprint": target_fingerprint(target_path, download=True),
+        "layer_ids": layer_ids,
+        "hidden_size": int(text_config.hidden_size),
+        "max_length": int(cfg.data.max_length),
+        "source_files": describe_source_files(train_data_paths),
+        "extra": extra,
+    }
     if overwrite:
         removed = remove_cache_files(output_dir)
         if removed:
             log(f"--overwrite: removed {removed} files of the previous cache in {output_dir}")
     elif check_build_folder(output_dir, identity) == "complete":
-        log(f"{output_dir} is already a complete target cache of this target, layers, data and settings; nothing "
-            "to do (pass --overwrite to rebuild it)")
+        log(
+            f"{output_dir} is already a complete target cache of this target, layers, data and settings; nothing "
+            "to do (pass --overwrite to rebuild it)"
+        )
         return TargetCache(output_dir).manifest
     tokenizer = AutoTokenizer.from_pretrained(target_path)
-    plan = tokenize_training_data(train_data_paths, tokenizer=tokenizer, chat_template=cfg.data.chat_template,
-                                  max_length=cfg.data.max_length, min_loss_tokens=min_loss_tokens,
-                                  long_samples=long_samples, strict=strict)
+    plan = tokenize_training_data(
+        train_data_paths,
+        tokenizer=tokenizer,
+        chat_template=cfg.data.chat_template,
+        max_length=cfg.data.max_length,
+        min_loss_tokens=min_loss_tokens,
+        long_samples=long_samples,
+        strict=strict,
+    )
     log(plan.report.summary())
     if plan.truncated:
         log(f"  {plan.truncated} conversations truncated to data.max_length={cfg.data.max_length} tokens")
     if not plan.samples:
-        raise CacheBuildError("no usable training samples (see the summary above); fix the data or lower "
-                              "--min-loss-tokens")
-    needed = estimate_cache_bytes(num_samples=len(plan.samples), avg_tokens=plan.num_tokens / len(plan.samples),
-                                  num_layers=len(layer_ids), hidden_size=text_config.hidden_size)
-    log(f"{len(plan.samples)} samples, {plan.num_tokens} tokens; "
-        + check_disk_space(output_dir=output_dir, needed_bytes=needed, ignore=ignore_disk_space))
+        raise CacheBuildError(
+            "no usable training samples (see the summary above); fix the data or lower --min-loss-tokens"
+        )
+    needed = estimate_cache_bytes(
+        num_samples=len(plan.samples),
+        avg_tokens=plan.num_tokens / len(plan.samples),
+        num_layers=len(layer_ids),
+        hidden_size=text_config.hidden_size,
+    )
+    log(
+        f"{len(plan.samples)} samples, {plan.num_tokens} tokens; "
+        + check_disk_space(output_dir=output_dir, needed_bytes=needed, ignore=ignore_disk_space)
+    )
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     world = nproc or (torch.cuda.device_count() if device == "cuda" else 1)
-    args = WorkerArgs(output_dir=str(output_dir), target=str(target_path), layer_ids=layer_ids,
-                      hidden_size=identity["hidden_size"], samples=plan.samples, batch_size=batch_size,
-                      max_shard_bytes=max_shard_bytes, device=device,
-                      dtype=target_precision(device), source_files=identity["source_files"],
-                      extra=extra, target_fingerprint=identity["target_fingerprint"],
-                      max_length=identity["max_length"], fail_after_batches=fail_after_batches)
+    args = WorkerArgs(
+        output_dir=str(output_dir),
+        target=str(target_path),
+        layer_ids=layer_ids,
+        hidden_size=identity["hidden_size"],
+        samples=plan.samples,
+        batch_size=batch_size,
+        max_shard_bytes=max_shard_bytes,
+        device=device,
+        dtype=target_precision(device),
+        source_files=identity["source_files"],
+        extra=extra,
+        target_fingerprint=identity["target_fingerprint"],
+        max_length=identity["max_length"],
+        fail_after_batches=fail_after_batches,
+    )
     if world == 1:
         run_worker(0, 1, args)
     else:
         torch.multiprocessing.spawn(_spawned_worker, args=(world, args), nprocs=world, join=True)
-    manifest = finalize_target_cache(output_dir, expected_num_samples=len(plan.samples),
-                                     source_files=identity["source_files"])
+    manifest = finalize_target_cache(
+        output_dir, expected_num_samples=len(plan.samples), source_files=identity["source_files"]
+    )
     log(f"target cache complete: {output_dir} ({manifest.get('num_samples', len(plan.samples))} samples)")
     return manifest
 

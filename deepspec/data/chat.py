@@ -20,7 +20,6 @@ from typing import Sequence
 from deepspec.data.conversations import DataError
 
 
-
 @dataclass
 class TokenizedConversation:
     input_ids: list[int]

@@ -274,8 +274,9 @@ def read_conversations(
                     try:
                         obj = json.loads(text)
                     except json.JSONDecodeError as e:
-                        raise DataError(f"malformed JSON: {e.msg} at column {e.colno}", reason="malformed_json",
-                                        where=where) from None
+                        raise DataError(
+                            f"malformed JSON: {e.msg} at column {e.colno}", reason="malformed_json", where=where
+                        ) from None
                     conv = normalize_conversation(obj, where=where, default_id=f"{stem}:{lineno}")
                 except DataError as e:
                     if strict:
@@ -284,8 +285,6 @@ def read_conversations(
                     continue
                 report.kept += 1
                 yield conv
-
-
 
 
 def write_jsonl(path: PathLike, rows: Iterable[dict | Conversation]) -> int:

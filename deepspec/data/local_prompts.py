@@ -27,11 +27,17 @@ def local_training_conversations(*, num: int, seed: int = 0) -> list[dict]:
     pairs = [(rel, user, answer) for rel, text in held_out for user, answer in code_chat_pairs(text=text)]
     random.Random(seed).shuffle(pairs)
     if num > len(pairs):
-        raise DataError(f"asked for {num} prompts but the held-out stdlib files give only {len(pairs)}; "
-                        f"lower --num to {len(pairs)} or less", reason="no_conversations")
+        raise DataError(
+            f"asked for {num} prompts but the held-out stdlib files give only {len(pairs)}; "
+            f"lower --num to {len(pairs)} or less",
+            reason="no_conversations",
+        )
     return [
-        {"id": f"stdlib-{i}", "source": rel,
-         "conversations": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+        {
+            "id": f"stdlib-{i}",
+            "source": rel,
+            "conversations": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+        }
         for i, (rel, user, answer) in enumerate(pairs[:num])
     ]
 
@@ -50,8 +56,11 @@ def count_overlap(conversations: list[dict], eval_dir: str | os.PathLike | None)
                 turns = json.loads(line).get("turns") or [""]
                 eval_turns.add(str(turns[0]).strip())
             except (ValueError, AttributeError, TypeError, IndexError):
-                raise DataError('not an eval row {"id", "turns": [...]}; fix the file or point --eval-data-dir '
-                                "elsewhere", reason="malformed_json", where=f"{path}:{lineno}") from None
+                raise DataError(
+                    'not an eval row {"id", "turns": [...]}; fix the file or point --eval-data-dir elsewhere',
+                    reason="malformed_json",
+                    where=f"{path}:{lineno}",
+                ) from None
     return sum(c["conversations"][0]["content"].strip() in eval_turns for c in conversations)
 
 
@@ -68,22 +77,33 @@ def main(argv=None) -> None:
     p.add_argument("--output-file-path", required=True)
     p.add_argument("--num", type=positive_int, default=256, help="number of conversations")
     p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--eval-data-dir", default=os.environ.get("DEEPSPEC_EVAL_DATA_DIR"),
-                   help="checked for overlap with the evaluation prompts (default: $DEEPSPEC_EVAL_DATA_DIR)")
+    p.add_argument(
+        "--eval-data-dir",
+        default=os.environ.get("DEEPSPEC_EVAL_DATA_DIR"),
+        help="checked for overlap with the evaluation prompts (default: $DEEPSPEC_EVAL_DATA_DIR)",
+    )
     args = p.parse_args(argv)
     out = Path(args.output_file_path)
-    check_outputs_apart(inputs=[args.eval_data_dir] if args.eval_data_dir and Path(args.eval_data_dir).exists() else [],
-                        outputs=[out], what="output")
+    check_outputs_apart(
+        inputs=[args.eval_data_dir] if args.eval_data_dir and Path(args.eval_data_dir).exists() else [],
+        outputs=[out],
+        what="output",
+    )
     if out.is_dir():
         raise DataError(f"{out} is a folder; --output-file-path must name a .jsonl file", reason="missing_file")
     rows = local_training_conversations(num=args.num, seed=args.seed)
     overlap = count_overlap(rows, args.eval_data_dir)
     if overlap:
-        raise DataError(f"{overlap} training prompts equal evaluation prompts in {args.eval_data_dir}; refusing to "
-                        "write them (try another --seed)", reason="duplicate_id")
+        raise DataError(
+            f"{overlap} training prompts equal evaluation prompts in {args.eval_data_dir}; refusing to "
+            "write them (try another --seed)",
+            reason="duplicate_id",
+        )
     write_jsonl(args.output_file_path, rows)
-    print(f"wrote {len(rows)} training conversations to {args.output_file_path} "
-          f"(overlap with evaluation prompts: {overlap})")
+    print(
+        f"wrote {len(rows)} training conversations to {args.output_file_path} "
+        f"(overlap with evaluation prompts: {overlap})"
+    )
 
 
 if __name__ == "__main__":

@@ -56,10 +56,23 @@ from deepspec.errors import DeepSpecError
 from deepspec.fsio import atomic_write, fsync_dir
 
 __all__ = [
-    "FORMAT_VERSION", "RECORD_DTYPE", "TargetCacheError", "CacheCompatibilityError", "TargetCacheWriteError",
-    "TargetCacheWriter", "TargetCache", "finalize_target_cache", "committed_source_indices",
-    "cache_is_complete", "estimate_cache_bytes", "format_bytes", "sample_nbytes", "check_identity",
-    "check_build_folder", "is_cache_file", "REBUILD_ADVICE",
+    "FORMAT_VERSION",
+    "RECORD_DTYPE",
+    "TargetCacheError",
+    "CacheCompatibilityError",
+    "TargetCacheWriteError",
+    "TargetCacheWriter",
+    "TargetCache",  # noqa: F822 (re-exported lazily by __getattr__ below)
+    "finalize_target_cache",
+    "committed_source_indices",
+    "cache_is_complete",
+    "estimate_cache_bytes",
+    "format_bytes",
+    "sample_nbytes",
+    "check_identity",
+    "check_build_folder",
+    "is_cache_file",
+    "REBUILD_ADVICE",
 ]
 
 FORMAT_NAME = "deepspec-target-cache"
@@ -71,8 +84,16 @@ INDEX_NAME = "index.bin"
 DEFAULT_MAX_SHARD_BYTES = 2 << 30
 DTYPES = {"input_ids": "int32", "loss_mask": "uint8", "hidden_states": "bfloat16", "last_hidden_state": "bfloat16"}
 
-RECORD_DTYPE = np.dtype([("source_index", "<i8"), ("offset", "<u8"), ("shard", "<u4"),
-                         ("length", "<u4"), ("loss_tokens", "<u4"), ("crc32", "<u4")])
+RECORD_DTYPE = np.dtype(
+    [
+        ("source_index", "<i8"),
+        ("offset", "<u8"),
+        ("shard", "<u4"),
+        ("length", "<u4"),
+        ("loss_tokens", "<u4"),
+        ("crc32", "<u4"),
+    ]
+)
 # crc32: of the sample's padded bytes [offset, offset + sample_nbytes) (version 1: reserved, 0).
 # .idx part header: magic, version, record size, n records, shard bytes, shard crc32 (v1; 0 since), records crc32.
 _PART_HEADER = struct.Struct("<8sIIQQII24x")
@@ -131,7 +152,6 @@ def format_bytes(n: float) -> str:
 # ---------------------------------------------------------------------------- file helpers
 
 
-
 def _writev_all(fd: int, bufs: list) -> None:
     """os.writev that handles short writes (one syscall per sample in the common case)."""
     bufs = [memoryview(b).cast("B") for b in bufs if len(b)]
@@ -158,13 +178,17 @@ def _read_part(path: Path) -> tuple[np.ndarray, int, int]:
     if len(raw) < _PART_HEADER.size:
         raise TargetCacheError(f"{what} is truncated; delete it and its .bin shard, then re-run the build")
     magic, version, rec_size, n, shard_bytes, shard_crc, rec_crc = _PART_HEADER.unpack_from(raw)
-    body = raw[_PART_HEADER.size:]
+    body = raw[_PART_HEADER.size :]
     if magic != _PART_MAGIC or version != FORMAT_VERSION or rec_size != RECORD_DTYPE.itemsize:
-        raise CacheCompatibilityError(f"{what} has format version {version}, this DeepSpec writes "
-                                      f"{FORMAT_VERSION}; a build cannot resume across versions: {REBUILD_ADVICE}")
+        raise CacheCompatibilityError(
+            f"{what} has format version {version}, this DeepSpec writes "
+            f"{FORMAT_VERSION}; a build cannot resume across versions: {REBUILD_ADVICE}"
+        )
     if len(body) != n * rec_size or zlib.crc32(body) != rec_crc:
-        raise TargetCacheError(f"{what} is corrupt (size or checksum mismatch); delete it and its .bin shard, "
-                               "then re-run the build to redo those samples")
+        raise TargetCacheError(
+            f"{what} is corrupt (size or checksum mismatch); delete it and its .bin shard, "
+            "then re-run the build to redo those samples"
+        )
     return np.frombuffer(body, dtype=RECORD_DTYPE).copy(), shard_bytes, shard_crc
 
 
@@ -232,8 +256,14 @@ def _sources(files) -> list | None:
 
 
 def _describe_sources(files) -> str:
-    return "[" + ", ".join(f"{f['path']} ({f['size']} bytes, sha256 {f['sha256'][:12]})" if isinstance(f, dict)
-                           else str(f) for f in files) + "]"
+    return (
+        "["
+        + ", ".join(
+            f"{f['path']} ({f['size']} bytes, sha256 {f['sha256'][:12]})" if isinstance(f, dict) else str(f)
+            for f in files
+        )
+        + "]"
+    )
 
 
 def _max_length(record: dict):
@@ -248,23 +278,32 @@ def check_identity(have: dict, want: dict, *, where: str, fix: str) -> None:
     Fields absent (None) in ``want`` are not checked. The target is compared by fingerprint when both sides
     have one; otherwise by name (a cache from before fingerprints, or a caller that could not compute one).
     """
+
     def differ(field: str, old, new, match: str = "") -> CacheCompatibilityError:
         hint = f"set {match} to match it, or " if match else ""
-        return CacheCompatibilityError(f"{where} differs in {field}: it was built with {old}, this run has {new}; "
-                                       f"{hint}{fix}")
+        return CacheCompatibilityError(
+            f"{where} differs in {field}: it was built with {old}, this run has {new}; {hint}{fix}"
+        )
 
     name_old, name_new = have.get("target_model"), want.get("target_model")
     fp_old, fp_new = have.get("target_fingerprint"), want.get("target_fingerprint")
     if fp_old and fp_new:
         if fp_old != fp_new:
-            raise differ("the target (config or weights)", f"target_model={name_old!r} (fingerprint {_short(fp_old)})",
-                         f"{name_new!r} (fingerprint {_short(fp_new)})")
+            raise differ(
+                "the target (config or weights)",
+                f"target_model={name_old!r} (fingerprint {_short(fp_old)})",
+                f"{name_new!r} (fingerprint {_short(fp_new)})",
+            )
     elif name_new is not None and not _same_name(name_old, name_new):
         raise differ("the target", f"target_model={name_old!r}", f"{name_new!r}")
     layers = want.get("layer_ids")
     if layers is not None and [int(x) for x in layers] != list(have["layer_ids"]):
-        raise differ("layer_ids", f"layer_ids={list(have['layer_ids'])}", f"{[int(x) for x in layers]}",
-                     f"model.target_layer_ids={list(have['layer_ids'])}")
+        raise differ(
+            "layer_ids",
+            f"layer_ids={list(have['layer_ids'])}",
+            f"{[int(x) for x in layers]}",
+            f"model.target_layer_ids={list(have['layer_ids'])}",
+        )
     if want.get("hidden_size") is not None and int(want["hidden_size"]) != int(have["hidden_size"]):
         raise differ("hidden_size", f"hidden_size={have['hidden_size']}", f"{want['hidden_size']}")
     old_len, new_len = _max_length(have), _max_length(want)
@@ -272,8 +311,9 @@ def check_identity(have: dict, want: dict, *, where: str, fix: str) -> None:
         raise differ("max_length", f"data.max_length={old_len}", f"{new_len}", f"data.max_length={old_len}")
     old_src, new_src = _sources(have.get("source_files")), _sources(want.get("source_files"))
     if old_src is not None and new_src is not None and old_src != new_src:
-        raise differ("the training data", _describe_sources(have["source_files"]),
-                     _describe_sources(want["source_files"]))
+        raise differ(
+            "the training data", _describe_sources(have["source_files"]), _describe_sources(want["source_files"])
+        )
     if "sample_checksum" in have and "sample_checksum" in want and have["sample_checksum"] != want["sample_checksum"]:
         # Records without a checksum among checked ones would read as corrupt.
         raise differ("sample_checksum", f"sample_checksum={have['sample_checksum']!r}", f"{want['sample_checksum']!r}")
@@ -300,7 +340,8 @@ def check_build_folder(output_dir: str | os.PathLike, want: dict) -> str:
             raise CacheCompatibilityError(
                 f"{output_dir} holds a complete cache of format version {manifest.get('format_version')!r} (this "
                 f"DeepSpec writes {FORMAT_VERSION}); it records no target fingerprint or data checksums, so this "
-                f"build cannot tell whether it matches. Train on it as it is, or {REBUILD_ADVICE}")
+                f"build cannot tell whether it matches. Train on it as it is, or {REBUILD_ADVICE}"
+            )
         check_identity(manifest, want, where=f"the complete cache in {output_dir}", fix=REBUILD_ADVICE)
         return "complete"
     metas = _read_metas(output_dir) if output_dir.is_dir() else []
@@ -308,19 +349,27 @@ def check_build_folder(output_dir: str | os.PathLike, want: dict) -> str:
         if meta.get("format_version") != FORMAT_VERSION:
             raise CacheCompatibilityError(
                 f"{output_dir} holds a partial build of cache format version {meta.get('format_version')!r} (this "
-                f"DeepSpec writes {FORMAT_VERSION}); it cannot be resumed: {REBUILD_ADVICE}")
-        check_identity(meta, want, where=f"the partial build in {output_dir} (rank {meta.get('rank')})",
-                       fix=REBUILD_ADVICE)
+                f"DeepSpec writes {FORMAT_VERSION}); it cannot be resumed: {REBUILD_ADVICE}"
+            )
+        check_identity(
+            meta, want, where=f"the partial build in {output_dir} (rank {meta.get('rank')})", fix=REBUILD_ADVICE
+        )
     return "partial" if metas else "empty"
 
 
 def is_cache_file(name: str) -> bool:
     """Files a cache build writes (what --overwrite may delete)."""
-    return bool(re.match(r"^\.?(manifest\.json|index\.bin|rank\d{5}\.meta\.json|rank\d{5}\.shard\d{6}\.(bin|idx))"
-                         r"(\.tmp)?$", name)) and (name.startswith(".") == name.endswith(".tmp"))
+    return bool(
+        re.match(
+            r"^\.?(manifest\.json|index\.bin|rank\d{5}\.meta\.json|rank\d{5}\.shard\d{6}\.(bin|idx))"
+            r"(\.tmp)?$",
+            name,
+        )
+    ) and (name.startswith(".") == name.endswith(".tmp"))
 
 
 # ---------------------------------------------------------------------------- writer
+
 
 def _to_numpy(x: Any, name: str, kind: str) -> np.ndarray:
     """Zero-copy where possible: int32 ids, uint8 mask, int16 bit patterns for bf16."""
@@ -328,8 +377,10 @@ def _to_numpy(x: Any, name: str, kind: str) -> np.ndarray:
 
     if isinstance(x, torch.Tensor):
         if x.device.type != "cpu":
-            raise ValueError(f"{name} is on {x.device}; call .cpu() before add() - the writer thread only "
-                             "handles CPU tensors so it never synchronises with the GPU")
+            raise ValueError(
+                f"{name} is on {x.device}; call .cpu() before add() - the writer thread only "
+                "handles CPU tensors so it never synchronises with the GPU"
+            )
         x = x.detach()
         if kind == "bf16":
             x = x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16)
@@ -372,10 +423,22 @@ class TargetCacheWriter:
     of 1 is dropped; float hidden states are converted to bf16 (a copy).
     """
 
-    def __init__(self, output_dir: str | os.PathLike, *, rank: int = 0, target_model: str,
-                 layer_ids: Sequence[int], hidden_size: int, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                 max_queue_bytes: int = 1 << 30, source_files: Sequence[str | dict] = (), extra: dict | None = None,
-                 checksum: bool = True, target_fingerprint: str | None = None, max_length: int | None = None):
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        *,
+        rank: int = 0,
+        target_model: str,
+        layer_ids: Sequence[int],
+        hidden_size: int,
+        max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+        max_queue_bytes: int = 1 << 30,
+        source_files: Sequence[str | dict] = (),
+        extra: dict | None = None,
+        checksum: bool = True,
+        target_fingerprint: str | None = None,
+        max_length: int | None = None,
+    ):
         self.output_dir = Path(output_dir)
         self.rank = int(rank)
         self.layer_ids = [int(x) for x in layer_ids]
@@ -388,13 +451,22 @@ class TargetCacheWriter:
         self.checksum = checksum
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if cache_is_complete(self.output_dir):
-            raise TargetCacheError(f"{self.output_dir} is already a finalized target cache; write to a new folder, "
-                                   f"or delete {MANIFEST_NAME} there to add samples to it")
-        self.meta = {"format_version": FORMAT_VERSION, "rank": self.rank, "target_model": str(target_model),
-                     "target_fingerprint": target_fingerprint, "layer_ids": self.layer_ids,
-                     "hidden_size": self.hidden_size, "max_length": None if max_length is None else int(max_length),
-                     "source_files": [s if isinstance(s, dict) else str(s) for s in source_files],
-                     "sample_checksum": "crc32" if checksum else None, "extra": extra or {}}
+            raise TargetCacheError(
+                f"{self.output_dir} is already a finalized target cache; write to a new folder, "
+                f"or delete {MANIFEST_NAME} there to add samples to it"
+            )
+        self.meta = {
+            "format_version": FORMAT_VERSION,
+            "rank": self.rank,
+            "target_model": str(target_model),
+            "target_fingerprint": target_fingerprint,
+            "layer_ids": self.layer_ids,
+            "hidden_size": self.hidden_size,
+            "max_length": None if max_length is None else int(max_length),
+            "source_files": [s if isinstance(s, dict) else str(s) for s in source_files],
+            "sample_checksum": "crc32" if checksum else None,
+            "extra": extra or {},
+        }
         check_build_folder(self.output_dir, self.meta)  # a resume must continue the same build, never mix two
         _remove_uncommitted(self.output_dir, rank=self.rank)  # leftovers of a killed run of this rank
         atomic_write(self.output_dir / f"rank{self.rank:05d}.meta.json", json.dumps(self.meta, indent=1).encode())
@@ -440,11 +512,16 @@ class TargetCacheWriter:
         t = ids.shape[0]
         if t == 0:
             raise ValueError(f"sample {source_index} has no tokens")
-        for name, arr, shape in (("loss_mask", mask, (t,)), ("hidden_states", hid, (t, self.hidden_width)),
-                                 ("last_hidden_state", last, (t, self.hidden_size))):
+        for name, arr, shape in (
+            ("loss_mask", mask, (t,)),
+            ("hidden_states", hid, (t, self.hidden_width)),
+            ("last_hidden_state", last, (t, self.hidden_size)),
+        ):
             if tuple(arr.shape) != shape:
-                raise ValueError(f"{name} of sample {source_index} has shape {tuple(arr.shape)}, expected {shape} "
-                                 f"(T={t}, {len(self.layer_ids)} layers x hidden_size {self.hidden_size})")
+                raise ValueError(
+                    f"{name} of sample {source_index} has shape {tuple(arr.shape)}, expected {shape} "
+                    f"(T={t}, {len(self.layer_ids)} layers x hidden_size {self.hidden_size})"
+                )
         nbytes = sample_nbytes(t, hidden_width=self.hidden_width, hidden_size=self.hidden_size)
         item = (source_index, t, int(np.count_nonzero(mask)), nbytes, (ids, mask, hid, last))
         with self._cv:
@@ -557,8 +634,15 @@ class TargetCacheWriter:
         os.close(self._fd)
         self._fd = None
         records = np.array(self._records, dtype=RECORD_DTYPE).tobytes()
-        header = _PART_HEADER.pack(_PART_MAGIC, FORMAT_VERSION, RECORD_DTYPE.itemsize, len(self._records),
-                                   self._shard_bytes, 0, zlib.crc32(records))
+        header = _PART_HEADER.pack(
+            _PART_MAGIC,
+            FORMAT_VERSION,
+            RECORD_DTYPE.itemsize,
+            len(self._records),
+            self._shard_bytes,
+            0,
+            zlib.crc32(records),
+        )
         idx_tmp = self.output_dir / f".{self._name('idx')}.tmp"
         with open(idx_tmp, "wb") as f:
             f.write(header + records)
@@ -574,8 +658,14 @@ class TargetCacheWriter:
 
 # ---------------------------------------------------------------------------- finalize
 
-def finalize_target_cache(output_dir: str | os.PathLike, *, expected_num_samples: int | None = None,
-                          source_files: Sequence[str] | None = None, extra: dict | None = None) -> dict:
+
+def finalize_target_cache(
+    output_dir: str | os.PathLike,
+    *,
+    expected_num_samples: int | None = None,
+    source_files: Sequence[str] | None = None,
+    extra: dict | None = None,
+) -> dict:
     """Merge all ranks' committed parts into ``index.bin`` and write ``manifest.json`` last.
 
     Run once (rank 0) after every writer has closed: it deletes leftover temp
@@ -589,10 +679,16 @@ def finalize_target_cache(output_dir: str | os.PathLike, *, expected_num_samples
     first = metas[0]
     for m in metas:
         if m.get("format_version") != FORMAT_VERSION:
-            raise CacheCompatibilityError(f"rank {m.get('rank')}'s part of {output_dir} has format version "
-                                          f"{m.get('format_version')!r}, not {FORMAT_VERSION}; {REBUILD_ADVICE}")
-        check_identity(m, first, where=f"rank {m['rank']}'s part of {output_dir}",
-                       fix=f"ranks disagree with rank {first['rank']}; {REBUILD_ADVICE}")
+            raise CacheCompatibilityError(
+                f"rank {m.get('rank')}'s part of {output_dir} has format version "
+                f"{m.get('format_version')!r}, not {FORMAT_VERSION}; {REBUILD_ADVICE}"
+            )
+        check_identity(
+            m,
+            first,
+            where=f"rank {m['rank']}'s part of {output_dir}",
+            fix=f"ranks disagree with rank {first['rank']}; {REBUILD_ADVICE}",
+        )
     (output_dir / MANIFEST_NAME).unlink(missing_ok=True)  # never leave an old manifest next to a new index
     fsync_dir(output_dir)
     _remove_uncommitted(output_dir, rank=None)
@@ -605,12 +701,15 @@ def finalize_target_cache(output_dir: str | os.PathLike, *, expected_num_samples
         records, nbytes, _ = _read_part(files["idx"])
         actual = files["bin"].stat().st_size
         if actual != nbytes:
-            raise TargetCacheError(f"shard {files['bin']} has {actual} bytes but its index says {nbytes}; delete "
-                                   f"it and {files['idx'].name}, then re-run the build to redo those samples")
+            raise TargetCacheError(
+                f"shard {files['bin']} has {actual} bytes but its index says {nbytes}; delete "
+                f"it and {files['idx'].name}, then re-run the build to redo those samples"
+            )
         records["shard"] = sid
         parts.append(records)
-        shards.append({"file": files["bin"].name, "bytes": nbytes, "num_samples": len(records),
-                       "index_part": files["idx"].name})
+        shards.append(
+            {"file": files["bin"].name, "bytes": nbytes, "num_samples": len(records), "index_part": files["idx"].name}
+        )
     if not parts:
         raise TargetCacheError(f"{output_dir} has no committed samples; run the build first")
     records = np.concatenate(parts)
@@ -622,8 +721,10 @@ def finalize_target_cache(output_dir: str | os.PathLike, *, expected_num_samples
     duplicates = int(len(records) - keep.sum())
     records = records[keep]
     if expected_num_samples is not None and len(records) != expected_num_samples:
-        raise TargetCacheError(f"{output_dir} has {len(records)} committed samples but {expected_num_samples} were "
-                               "expected; a rank may have failed - re-run the build to resume, then finalize again")
+        raise TargetCacheError(
+            f"{output_dir} has {len(records)} committed samples but {expected_num_samples} were "
+            "expected; a rank may have failed - re-run the build to resume, then finalize again"
+        )
     index_bytes = records.tobytes()
     atomic_write(output_dir / INDEX_NAME, index_bytes)
 
@@ -631,14 +732,29 @@ def finalize_target_cache(output_dir: str | os.PathLike, *, expected_num_samples
         unique = {json.dumps(s, sort_keys=True): s for m in metas for s in m.get("source_files", [])}
         source_files = list(unique.values())
     manifest = {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "target_model": first["target_model"],
-        "target_fingerprint": first.get("target_fingerprint"), "max_length": first.get("max_length"),
-        "layer_ids": first["layer_ids"], "num_layers": len(first["layer_ids"]),
-        "hidden_size": first["hidden_size"], "hidden_width": hidden_width, "dtypes": DTYPES, "alignment": ALIGN,
-        "index": {"file": INDEX_NAME, "num_records": len(records), "record_size": RECORD_DTYPE.itemsize,
-                  "record_fields": [n for n in RECORD_DTYPE.names], "crc32": zlib.crc32(index_bytes)},
-        "shards": shards, "sample_checksum": first.get("sample_checksum"), "num_samples": len(records),
-        "total_tokens": int(records["length"].sum()), "total_loss_tokens": int(records["loss_tokens"].sum()),
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "target_model": first["target_model"],
+        "target_fingerprint": first.get("target_fingerprint"),
+        "max_length": first.get("max_length"),
+        "layer_ids": first["layer_ids"],
+        "num_layers": len(first["layer_ids"]),
+        "hidden_size": first["hidden_size"],
+        "hidden_width": hidden_width,
+        "dtypes": DTYPES,
+        "alignment": ALIGN,
+        "index": {
+            "file": INDEX_NAME,
+            "num_records": len(records),
+            "record_size": RECORD_DTYPE.itemsize,
+            "record_fields": [n for n in RECORD_DTYPE.names],
+            "crc32": zlib.crc32(index_bytes),
+        },
+        "shards": shards,
+        "sample_checksum": first.get("sample_checksum"),
+        "num_samples": len(records),
+        "total_tokens": int(records["length"].sum()),
+        "total_loss_tokens": int(records["loss_tokens"].sum()),
         "duplicates_dropped": duplicates,
         "source_files": [s if isinstance(s, dict) else str(s) for s in source_files],
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -47,27 +47,36 @@ class TargetCache:
         self.path = Path(path)
         mpath = self.path / MANIFEST_NAME
         if not mpath.is_file():
-            if self.path.is_dir() and any(_SHARD_RE.match(p.name) or p.name.endswith(".tmp")
-                                          for p in self.path.iterdir()):
-                raise TargetCacheError(f"incomplete cache at {self.path}: no {MANIFEST_NAME} (the build was "
-                                       "interrupted or never finalized); re-run the build to resume")
+            if self.path.is_dir() and any(
+                _SHARD_RE.match(p.name) or p.name.endswith(".tmp") for p in self.path.iterdir()
+            ):
+                raise TargetCacheError(
+                    f"incomplete cache at {self.path}: no {MANIFEST_NAME} (the build was "
+                    "interrupted or never finalized); re-run the build to resume"
+                )
             raise TargetCacheError(f"no target cache at {self.path} ({MANIFEST_NAME} not found); build it first")
         try:
             self.manifest = m = json.loads(mpath.read_text())
         except (ValueError, UnicodeDecodeError) as e:
             raise TargetCacheError(f"{mpath} is not valid JSON ({e}); re-run finalize or rebuild the cache") from None
         if m.get("format") != FORMAT_NAME or m.get("format_version") not in READABLE_VERSIONS:
-            raise TargetCacheError(f"{self.path}: unsupported cache format {m.get('format')!r} version "
-                                   f"{m.get('format_version')!r} (this DeepSpec reads versions "
-                                   f"{', '.join(map(str, READABLE_VERSIONS))}); {REBUILD_ADVICE}")
+            raise TargetCacheError(
+                f"{self.path}: unsupported cache format {m.get('format')!r} version "
+                f"{m.get('format_version')!r} (this DeepSpec reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}); {REBUILD_ADVICE}"
+            )
         # Version 1 predates fingerprints and per-sample checksums: still readable (rebuilding tens of TB
         # is the user's call), but said once so nobody believes it was checked.
         self.legacy = m["format_version"] == 1
         if self.legacy:
-            warnings.warn(f"target cache {self.path} was built by an older DeepSpec (format version 1): it records no "
-                          "target fingerprint and no per-sample checksums, so only the target's folder name and the "
-                          "layers are checked and corrupted bytes go unnoticed. To have both checked, rebuild it with "
-                          "prepare_target_cache.py --overwrite", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"target cache {self.path} was built by an older DeepSpec (format version 1): it records no "
+                "target fingerprint and no per-sample checksums, so only the target's folder name and the "
+                "layers are checked and corrupted bytes go unnoticed. To have both checked, rebuild it with "
+                "prepare_target_cache.py --overwrite",
+                UserWarning,
+                stacklevel=2,
+            )
         if m.get("dtypes") != DTYPES or m.get("alignment") != ALIGN:
             raise TargetCacheError(f"{self.path}: unexpected dtypes/alignment in manifest; rebuild the cache")
         try:
@@ -84,8 +93,10 @@ class TargetCache:
             if not p.is_file():
                 raise TargetCacheError(f"shard {p} is missing; restore it or rebuild the cache")
             if p.stat().st_size != s["bytes"]:
-                raise TargetCacheError(f"shard {p} has {p.stat().st_size} bytes, manifest says {s['bytes']} "
-                                       "(truncated or modified); rebuild the cache")
+                raise TargetCacheError(
+                    f"shard {p} has {p.stat().st_size} bytes, manifest says {s['bytes']} "
+                    "(truncated or modified); rebuild the cache"
+                )
             if verify and self.legacy and s.get("crc32") is not None and _file_crc32(p) != s["crc32"]:
                 raise TargetCacheError(f"shard {p} fails its checksum (corrupt data); rebuild the cache")
             sizes.append(s["bytes"])
@@ -93,8 +104,10 @@ class TargetCache:
         n = int(m["num_samples"])
         if not ipath.is_file() or ipath.stat().st_size != n * RECORD_DTYPE.itemsize:
             size = ipath.stat().st_size if ipath.is_file() else "no"
-            raise TargetCacheError(f"index {ipath} has {size} bytes, expected {n} records x "
-                                   f"{RECORD_DTYPE.itemsize}; re-run finalize_target_cache or rebuild")
+            raise TargetCacheError(
+                f"index {ipath} has {size} bytes, expected {n} records x "
+                f"{RECORD_DTYPE.itemsize}; re-run finalize_target_cache or rebuild"
+            )
         raw = ipath.read_bytes()
         if zlib.crc32(raw) != m["index"]["crc32"]:
             raise TargetCacheError(f"index {ipath} fails its checksum; re-run finalize_target_cache")
@@ -118,16 +131,21 @@ class TargetCache:
             return
         bad = r["shard"] >= len(sizes)
         if bad.any():
-            raise TargetCacheError(f"index of {self.path} refers to shard {int(r['shard'][bad][0])} of "
-                                   f"{len(sizes)}; re-run finalize_target_cache")
+            raise TargetCacheError(
+                f"index of {self.path} refers to shard {int(r['shard'][bad][0])} of "
+                f"{len(sizes)}; re-run finalize_target_cache"
+            )
         t = r["length"].astype(np.int64)
-        end = r["offset"].astype(np.int64) + sample_nbytes(t, hidden_width=self.hidden_width,
-                                                           hidden_size=self.hidden_size)  # vectorised
+        end = r["offset"].astype(np.int64) + sample_nbytes(
+            t, hidden_width=self.hidden_width, hidden_size=self.hidden_size
+        )  # vectorised
         bad = (end > sizes[r["shard"].astype(np.int64)]) | (r["offset"] % ALIGN != 0) | (t == 0)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise TargetCacheError(f"index record {i} of {self.path} points outside its shard; the index or shard "
-                                   "is corrupt - rebuild the cache")
+            raise TargetCacheError(
+                f"index record {i} of {self.path} points outside its shard; the index or shard "
+                "is corrupt - rebuild the cache"
+            )
         if (np.diff(r["source_index"]) <= 0).any():
             raise TargetCacheError(f"index of {self.path} is not sorted by source ordinal; re-run finalize")
 
@@ -154,7 +172,8 @@ class TargetCache:
                 f"sample {i} (source ordinal {int(rec['source_index'])}, bytes {off}..{end}) of shard {p} fails its "
                 f"checksum: the file was changed or corrupted after the build, so training on it would be wrong. "
                 f"Repair the cache: delete {MANIFEST_NAME}, {p.name} and {part} in {self.path}, then re-run the same "
-                f"prepare_target_cache.py command (it redoes those samples); or {REBUILD_ADVICE}")
+                f"prepare_target_cache.py command (it redoes those samples); or {REBUILD_ADVICE}"
+            )
         self._verified[i] = True
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -168,15 +187,26 @@ class TargetCache:
         mm = self._map(int(rec["shard"]))
         p = _parts(t, self.hidden_width, self.hidden_size)
         o1, o2, o3 = off + p[0], off + p[0] + p[1], off + p[0] + p[1] + p[2]
-        ids = torch.from_numpy(mm[off:off + 4 * t].view(np.int32))
-        mask = torch.from_numpy(mm[o1:o1 + t]).view(torch.bool)
-        hid = torch.from_numpy(mm[o2:o2 + 2 * t * self.hidden_width].view(np.int16)).view(torch.bfloat16)
-        last = torch.from_numpy(mm[o3:o3 + 2 * t * self.hidden_size].view(np.int16)).view(torch.bfloat16)
-        return {"input_ids": ids.long(), "loss_mask": mask, "hidden_states": hid.view(t, self.hidden_width),
-                "last_hidden_state": last.view(t, self.hidden_size), "source_index": int(rec["source_index"])}
+        ids = torch.from_numpy(mm[off : off + 4 * t].view(np.int32))
+        mask = torch.from_numpy(mm[o1 : o1 + t]).view(torch.bool)
+        hid = torch.from_numpy(mm[o2 : o2 + 2 * t * self.hidden_width].view(np.int16)).view(torch.bfloat16)
+        last = torch.from_numpy(mm[o3 : o3 + 2 * t * self.hidden_size].view(np.int16)).view(torch.bfloat16)
+        return {
+            "input_ids": ids.long(),
+            "loss_mask": mask,
+            "hidden_states": hid.view(t, self.hidden_width),
+            "last_hidden_state": last.view(t, self.hidden_size),
+            "source_index": int(rec["source_index"]),
+        }
 
-    def check_compatible(self, *, target_model: str | None = None, layer_ids: Iterable[int] | None = None,
-                         hidden_size: int | None = None, max_length: int | None = None) -> None:
+    def check_compatible(
+        self,
+        *,
+        target_model: str | None = None,
+        layer_ids: Iterable[int] | None = None,
+        hidden_size: int | None = None,
+        max_length: int | None = None,
+    ) -> None:
         """Raise :class:`CacheCompatibilityError` naming the first field that differs (None = not checked).
 
         ``target_model`` is compared by fingerprint when the cache has one (so a copy of the same files
@@ -190,14 +220,26 @@ class TargetCache:
             try:
                 fingerprint = target_fingerprint(target_model)
             except TargetError as exc:
-                warnings.warn(f"cannot verify that target cache {self.path} was built from {target_model!r}; checking "
-                              f"its name only: {exc}", UserWarning, stacklevel=2)
-        want = {"target_model": target_model, "target_fingerprint": fingerprint,
-                "layer_ids": list(layer_ids) if layer_ids is not None else None, "hidden_size": hidden_size,
-                "max_length": max_length}
-        check_identity(self.manifest, want, where=f"target cache {self.path}",
-                       fix="point --target-cache-dir at a cache built for this config, or build one with "
-                           "prepare_target_cache.py and this config (--overwrite replaces that cache)")
+                warnings.warn(
+                    f"cannot verify that target cache {self.path} was built from {target_model!r}; checking "
+                    f"its name only: {exc}",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        want = {
+            "target_model": target_model,
+            "target_fingerprint": fingerprint,
+            "layer_ids": list(layer_ids) if layer_ids is not None else None,
+            "hidden_size": hidden_size,
+            "max_length": max_length,
+        }
+        check_identity(
+            self.manifest,
+            want,
+            where=f"target cache {self.path}",
+            fix="point --target-cache-dir at a cache built for this config, or build one with "
+            "prepare_target_cache.py and this config (--overwrite replaces that cache)",
+        )
 
     def close(self) -> None:
         self._maps = [None] * len(self._shard_paths)
@@ -208,8 +250,10 @@ class TargetCache:
         return state
 
     def __repr__(self) -> str:
-        return (f"TargetCache({str(self.path)!r}, samples={len(self)}, tokens={int(self.lengths.sum())}, "
-                f"layers={self.layer_ids}, hidden_size={self.hidden_size})")
+        return (
+            f"TargetCache({str(self.path)!r}, samples={len(self)}, tokens={int(self.lengths.sum())}, "
+            f"layers={self.layer_ids}, hidden_size={self.hidden_size})"
+        )
 
 
 def _file_crc32(path: Path, chunk: int = 16 << 20) -> int:

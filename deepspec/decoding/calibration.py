@@ -44,6 +44,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- probabilities
 
+
 def prefix_survival(conf_probs):
     """a_k = Π_{i≤k} c_i along the last axis (numpy or torch in, same kind out)."""
     if _is_torch(conf_probs):
@@ -61,7 +62,8 @@ def apply_temperatures(conf_logits, temperatures):
     if conf_logits.shape[-1] != len(temps):
         raise CalibrationError(
             f"{len(temps)} temperatures for {conf_logits.shape[-1]} confidence slots; the calibration "
-            "was fitted for another block size (gamma): re-run scripts/eval/calibrate.py for this gamma")
+            "was fitted for another block size (gamma): re-run scripts/eval/calibrate.py for this gamma"
+        )
     if _is_torch(conf_logits):
         torch = sys.modules["torch"]
         return torch.sigmoid(conf_logits.float() / torch.tensor(temps, device=conf_logits.device))
@@ -77,6 +79,7 @@ def survival_labels(accepted, gamma: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- metrics
+
 
 def _flat_pair(pred, label) -> tuple[np.ndarray, np.ndarray]:
     pred = np.asarray(pred, dtype=np.float64).reshape(-1)
@@ -126,6 +129,7 @@ def brier_score(pred, label) -> float:
 
 # ----------------------------------------------------------------------------- STS
 
+
 def default_grid() -> np.ndarray:
     """Geometric temperatures 0.05..20 (200 points) plus exactly 1.0 (no change)."""
     return np.unique(np.concatenate([np.geomspace(0.05, 20.0, 200), [1.0]]))
@@ -164,8 +168,12 @@ def fit_sts(conf_logits, accepted, *, grid=None, num_bins: int = 10, min_events:
             temps.append(1.0)
             prefix = prefix * _sigmoid(logits[:, k])
             continue
-        eces = np.array([expected_calibration_error(prefix * _sigmoid(logits[:, k] / t), labels[:, k],
-                                                    num_bins=num_bins) for t in grid])
+        eces = np.array(
+            [
+                expected_calibration_error(prefix * _sigmoid(logits[:, k] / t), labels[:, k], num_bins=num_bins)
+                for t in grid
+            ]
+        )
         near_best = np.flatnonzero(eces <= eces.min() + 1e-12)
         best = float(grid[near_best[np.argmin(np.abs(np.log(grid[near_best])))]])
         temps.append(best)
@@ -194,6 +202,7 @@ def confidence_report(conf_logits, accepted, *, temperatures=None, num_bins: int
 
 # ----------------------------------------------------------------------------- files
 
+
 def to_jsonable(obj):
     """Replace NaN/inf floats by None (strict JSON) inside dicts and lists."""
     if isinstance(obj, dict):
@@ -205,19 +214,28 @@ def to_jsonable(obj):
     return obj
 
 
-def save_calibration(draft_dir, *, temperatures, report_before: dict, report_after: dict,
-                     extra: dict | None = None) -> Path:
+def save_calibration(
+    draft_dir, *, temperatures, report_before: dict, report_after: dict, extra: dict | None = None
+) -> Path:
     """Write ``<draft_dir>/calibration.json`` atomically; returns its path."""
     draft_dir = Path(draft_dir)
     if not draft_dir.is_dir():
         raise CalibrationError(f"draft folder {draft_dir} does not exist; pass the draft checkpoint folder")
     temps = [float(t) for t in temperatures]
     if not temps or not all(t > 0 and math.isfinite(t) for t in temps):  # never write a file that cannot be used
-        raise CalibrationError(f"refusing to write {CALIBRATION_FILE}: temperatures must be positive and finite, "
-                               f"got {temps}")
-    data = {"method": "sts", "temperatures": temps, "gamma": len(temps),
-            "ece_before": report_before["ece"], "ece_after": report_after["ece"],
-            "report_before": report_before, "report_after": report_after, **(extra or {})}
+        raise CalibrationError(
+            f"refusing to write {CALIBRATION_FILE}: temperatures must be positive and finite, got {temps}"
+        )
+    data = {
+        "method": "sts",
+        "temperatures": temps,
+        "gamma": len(temps),
+        "ece_before": report_before["ece"],
+        "ece_after": report_after["ece"],
+        "report_before": report_before,
+        "report_after": report_after,
+        **(extra or {}),
+    }
     path = draft_dir / CALIBRATION_FILE
     atomic_write(path, json.dumps(to_jsonable(data), indent=2) + "\n")
     return path
@@ -244,16 +262,22 @@ def read_calibration_file(path, *, gamma: int | None = None) -> list[float]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CalibrationError(f"{path} is not valid JSON ({e}); delete it or {redo}") from None
     temps = data.get("temperatures") if isinstance(data, dict) else None
-    if (not isinstance(temps, list) or not temps or data.get("method", "sts") != "sts"
-            or data.get("gamma", len(temps)) != len(temps)):
-        raise CalibrationError(f"{path} is not an STS calibration file (it needs a non-empty \"temperatures\" list, "
-                               f"one per slot); {redo}")
+    if (
+        not isinstance(temps, list)
+        or not temps
+        or data.get("method", "sts") != "sts"
+        or data.get("gamma", len(temps)) != len(temps)
+    ):
+        raise CalibrationError(
+            f'{path} is not an STS calibration file (it needs a non-empty "temperatures" list, one per slot); {redo}'
+        )
     if not all(_is_number(t) and t > 0 for t in temps):
         raise CalibrationError(f"{path} holds temperatures that are not positive finite numbers ({temps}); {redo}")
     if gamma is not None and gamma != len(temps):
         raise CalibrationError(
             f"{path} was fitted for gamma={len(temps)} but this run uses gamma={gamma}; re-run "
-            "scripts/eval/calibrate.py on rounds recorded with this gamma, or delete the file")
+            "scripts/eval/calibrate.py on rounds recorded with this gamma, or delete the file"
+        )
     return [float(t) for t in temps]
 
 
@@ -289,7 +313,9 @@ def read_rounds(paths) -> list[dict]:
                     try:
                         r = json.loads(line)
                     except json.JSONDecodeError as e:
-                        raise CalibrationError(f"{where}: malformed JSON ({e.msg}); the file may be truncated") from None
+                        raise CalibrationError(
+                            f"{where}: malformed JSON ({e.msg}); the file may be truncated"
+                        ) from None
                     rounds.append(check_round(r, where=where))
                     count += 1
         except UnicodeDecodeError:
@@ -317,9 +343,11 @@ def check_round(r, *, where: str) -> dict:
     c = r["conf_logits"]
     if c is not None and (not isinstance(c, list) or len(c) != g or not all(_is_number(v) for v in c)):
         bad = [v for v in c if not _is_number(v)] if isinstance(c, list) else c
-        raise CalibrationError(f"{where}: conf_logits must be null or a list of gamma={g} finite numbers, got "
-                               f"{bad if bad else c}; was the draft's confidence head diverged (NaN/inf)? "
-                               "Fix or re-record the rounds with eval.py")
+        raise CalibrationError(
+            f"{where}: conf_logits must be null or a list of gamma={g} finite numbers, got "
+            f"{bad if bad else c}; was the draft's confidence head diverged (NaN/inf)? "
+            "Fix or re-record the rounds with eval.py"
+        )
     return r
 
 
@@ -331,7 +359,7 @@ def split_rounds(rounds, *, held_out_fraction: float = 0.5, seed: int = 0) -> tu
     for r in rounds:
         # sha256, not hash(): stable across processes and Python versions
         digest = hashlib.sha256(f"{seed}\0{r['task']}\0{r['prompt_index']}".encode()).digest()
-        u = int.from_bytes(digest[:8], "big") / 2.0 ** 64
+        u = int.from_bytes(digest[:8], "big") / 2.0**64
         (held if u < held_out_fraction else fit).append(r)
     return fit, held
 
@@ -346,19 +374,24 @@ def calibration_arrays(rounds, *, full_blocks_only: bool = True) -> tuple[np.nda
     with_conf = [r for r in rounds if r["conf_logits"] is not None]
     usable = [r for r in with_conf if r["proposal_len"] == r["gamma"]] if full_blocks_only else with_conf
     if not usable:
-        why = ("no round has confidence logits: the draft has no confidence head (enable_confidence_head)"
-               if not with_conf else
-               "no round verified a full block: record rounds with threshold 0 (eval.py --confidence-threshold 0)")
+        why = (
+            "no round has confidence logits: the draft has no confidence head (enable_confidence_head)"
+            if not with_conf
+            else "no round verified a full block: record rounds with threshold 0 (eval.py --confidence-threshold 0)"
+        )
         raise CalibrationError(f"no usable rounds among {len(rounds)}: {why}")
     gammas = sorted({r["gamma"] for r in usable})
     if len(gammas) > 1:
         raise CalibrationError(f"rounds mix gamma values {gammas}; pass rounds recorded with one gamma")
-    return (np.array([r["conf_logits"] for r in usable], dtype=np.float64),
-            np.array([r["accepted"] for r in usable], dtype=np.int64),
-            np.array([r["proposal_len"] for r in usable], dtype=np.int64))
+    return (
+        np.array([r["conf_logits"] for r in usable], dtype=np.float64),
+        np.array([r["accepted"] for r in usable], dtype=np.int64),
+        np.array([r["proposal_len"] for r in usable], dtype=np.int64),
+    )
 
 
 # ----------------------------------------------------------------------------- plots
+
 
 def _draw_reliability(ax, pred, label, *, num_bins: int, title: str) -> None:
     pred = np.asarray(pred, dtype=np.float64)
@@ -373,16 +406,17 @@ def _draw_reliability(ax, pred, label, *, num_bins: int, title: str) -> None:
         mean_y = np.bincount(bins, weights=label[:, k], minlength=num_bins)[keep] / n[keep]
         ece = expected_calibration_error(pred[:, k], label[:, k], num_bins=num_bins)
         ax.plot(mean_p, mean_y, "o-", ms=3, label=f"k={k + 1} ECE {ece:.1%}")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted prefix survival a_k",
-           ylabel="empirical survival", title=title)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted prefix survival a_k", ylabel="empirical survival", title=title)
     ax.legend(fontsize=7, loc="upper left")
 
 
 def plot_reliability(pred, label, *, path, title: str, num_bins: int = 10) -> None:
     """Reliability diagram PNG: one line per position k (pred, label: [N, γ]) plus the diagonal."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(5, 5))
     _draw_reliability(ax, pred, label, num_bins=num_bins, title=title)
     fig.tight_layout()
@@ -390,12 +424,13 @@ def plot_reliability(pred, label, *, path, title: str, num_bins: int = 10) -> No
     plt.close(fig)
 
 
-def plot_reliability_before_after(pred_before, pred_after, label, *, path, title: str,
-                                  num_bins: int = 10) -> None:
+def plot_reliability_before_after(pred_before, pred_after, label, *, path, title: str, num_bins: int = 10) -> None:
     """Two reliability diagrams side by side: uncalibrated and calibrated, same labels."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 5))
     _draw_reliability(axes[0], pred_before, label, num_bins=num_bins, title=f"{title}: before")
     _draw_reliability(axes[1], pred_after, label, num_bins=num_bins, title=f"{title}: after STS")

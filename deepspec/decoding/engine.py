@@ -27,9 +27,9 @@ from deepspec.decoding.verify import probs_from_logits, sample, verify_block
 
 @dataclass
 class Generation:
-    tokens: list[int] = field(default_factory=list)   # generated token ids (stop token included)
+    tokens: list[int] = field(default_factory=list)  # generated token ids (stop token included)
     rounds: list[dict] = field(default_factory=list)  # {"round", "gamma", "proposal_len", "accepted", "conf_logits"}
-    stopped: bool = False                             # hit a stop token (else max_new_tokens)
+    stopped: bool = False  # hit a stop token (else max_new_tokens)
 
 
 def _left_pad(prompts: Sequence[Sequence[int]], device):
@@ -37,8 +37,8 @@ def _left_pad(prompts: Sequence[Sequence[int]], device):
     tokens = torch.zeros(len(prompts), P, dtype=torch.long, device=device)
     valid = torch.zeros(len(prompts), P, dtype=torch.bool, device=device)
     for r, p in enumerate(prompts):
-        tokens[r, P - len(p):] = torch.tensor(list(p), dtype=torch.long)
-        valid[r, P - len(p):] = True
+        tokens[r, P - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        valid[r, P - len(p) :] = True
     return tokens, valid, (valid.long().cumsum(1) - 1).clamp_min(0)
 
 
@@ -55,10 +55,18 @@ def _finish(gen: Generation, new_tokens: list[int], *, max_new_tokens: int, stop
 
 
 @torch.no_grad()
-def speculative_generate(*, runner: TargetRunner, proposer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                         temperature: float, stop_token_ids: Sequence[int] = (), policy=None,
-                         confidence_temperatures: Sequence[float] | None = None,
-                         generator: torch.Generator | None = None) -> list[Generation]:
+def speculative_generate(
+    *,
+    runner: TargetRunner,
+    proposer,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float,
+    stop_token_ids: Sequence[int] = (),
+    policy=None,
+    confidence_temperatures: Sequence[float] | None = None,
+    generator: torch.Generator | None = None,
+) -> list[Generation]:
     """Decode a batch of tokenized prompts together; returns one :class:`Generation` per prompt.
 
     ``policy.plan(confidences [R, γ] | None, gamma=γ, num_requests=R) -> ℓ [R]`` chooses proposal lengths
@@ -83,8 +91,13 @@ def speculative_generate(*, runner: TargetRunner, proposer, prompts: Sequence[Se
     tokens, valid, pos = _left_pad(prompts, device)
     step = runner.forward(slots=slots, tokens=tokens, positions=pos, new_valid=valid)
     pending = sample(probs_from_logits(step.logits[:, -1], temperature), generator)
-    proposer.extend(slots=slots, hidden_states=step.hidden_states, positions=pos, valid=valid,
-                    next_tokens=torch.cat([tokens[:, 1:], pending[:, None]], 1))
+    proposer.extend(
+        slots=slots,
+        hidden_states=step.hidden_states,
+        positions=pos,
+        valid=valid,
+        next_tokens=torch.cat([tokens[:, 1:], pending[:, None]], 1),
+    )
     slots.append(valid=valid, pos=pos)
     rows = list(range(B))  # row -> request index
     sequences = [list(p) + [int(t)] for p, t in zip(prompts, pending.tolist())]
@@ -101,27 +114,40 @@ def speculative_generate(*, runner: TargetRunner, proposer, prompts: Sequence[Se
             pending, rows = pending[idx], [rows[i] for i in keep]
         n_rows = len(rows)
 
-        prop = proposer.propose(slots=slots, pending=pending, temperature=temperature, generator=generator,
-                                sequences=[sequences[r] for r in rows])
+        prop = proposer.propose(
+            slots=slots,
+            pending=pending,
+            temperature=temperature,
+            generator=generator,
+            sequences=[sequences[r] for r in rows],
+        )
         conf = None if prop.conf_logits is None else apply_temperatures(prop.conf_logits, temps)
-        lengths = (policy.plan(conf, gamma=G, num_requests=n_rows) if policy is not None
-                   else torch.full((n_rows,), G, dtype=torch.long)).to(device)
+        lengths = (
+            policy.plan(conf, gamma=G, num_requests=n_rows)
+            if policy is not None
+            else torch.full((n_rows,), G, dtype=torch.long)
+        ).to(device)
         n = int(lengths.max()) + 1  # pending + the longest proposal
 
-        feed = torch.cat([pending[:, None], prop.tokens[:, :n - 1]], 1)
+        feed = torch.cat([pending[:, None], prop.tokens[:, : n - 1]], 1)
         feed_pos = slots.next_position()[:, None] + torch.arange(n, device=device)
         step = runner.forward(slots=slots, tokens=feed, positions=feed_pos)
-        verdict = verify_block(draft_tokens=prop.tokens[:, :n - 1], draft_probs=prop.probs[:, :n - 1],
-                               target_probs=probs_from_logits(step.logits, temperature), proposal_len=lengths,
-                               generator=generator)
+        verdict = verify_block(
+            draft_tokens=prop.tokens[:, : n - 1],
+            draft_probs=prop.probs[:, : n - 1],
+            target_probs=probs_from_logits(step.logits, temperature),
+            proposal_len=lengths,
+            generator=generator,
+        )
         accepted, pending = verdict.num_accepted, verdict.next_token
 
         # Fed slot i holds token i of the feed; its successor is draft i+1, or the new pending token.
         new_valid = torch.arange(n, device=device)[None] <= accepted[:, None]
-        successors = torch.cat([prop.tokens[:, :n - 1], pending[:, None]], 1)
+        successors = torch.cat([prop.tokens[:, : n - 1], pending[:, None]], 1)
         successors[torch.arange(n_rows, device=device), accepted] = pending
-        proposer.extend(slots=slots, hidden_states=step.hidden_states, positions=feed_pos, valid=new_valid,
-                        next_tokens=successors)
+        proposer.extend(
+            slots=slots, hidden_states=step.hidden_states, positions=feed_pos, valid=new_valid, next_tokens=successors
+        )
         slots.append(valid=new_valid, pos=feed_pos)
         cut = slots.trailing_invalid()
         for part in (slots, runner, proposer):
@@ -129,10 +155,17 @@ def speculative_generate(*, runner: TargetRunner, proposer, prompts: Sequence[Se
 
         for i, r in enumerate(rows):
             a = int(accepted[i])
-            gens[r].rounds.append({
-                "round": len(gens[r].rounds), "gamma": G, "proposal_len": int(lengths[i]), "accepted": a,
-                "conf_logits": None if prop.conf_logits is None else [round(float(c), 5) for c in prop.conf_logits[i]],
-            })
+            gens[r].rounds.append(
+                {
+                    "round": len(gens[r].rounds),
+                    "gamma": G,
+                    "proposal_len": int(lengths[i]),
+                    "accepted": a,
+                    "conf_logits": None
+                    if prop.conf_logits is None
+                    else [round(float(c), 5) for c in prop.conf_logits[i]],
+                }
+            )
             new = prop.tokens[i, :a].tolist() + [int(pending[i])]
             sequences[r].extend(new)
             done[r] = _finish(gens[r], new, max_new_tokens=max_new_tokens, stop_ids=stop_ids)
@@ -140,12 +173,25 @@ def speculative_generate(*, runner: TargetRunner, proposer, prompts: Sequence[Se
 
 
 @torch.no_grad()
-def target_generate(*, runner: TargetRunner, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                    temperature: float, stop_token_ids: Sequence[int] = (),
-                    generator: torch.Generator | None = None) -> list[Generation]:
+def target_generate(
+    *,
+    runner: TargetRunner,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float,
+    stop_token_ids: Sequence[int] = (),
+    generator: torch.Generator | None = None,
+) -> list[Generation]:
     """Plain autoregressive decoding with the same cache code (the reference and the speed baseline)."""
-    return speculative_generate(runner=runner, proposer=_NoDraft(), prompts=prompts, max_new_tokens=max_new_tokens,
-                                temperature=temperature, stop_token_ids=stop_token_ids, generator=generator)
+    return speculative_generate(
+        runner=runner,
+        proposer=_NoDraft(),
+        prompts=prompts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        stop_token_ids=stop_token_ids,
+        generator=generator,
+    )
 
 
 class _NoDraft:
@@ -163,8 +209,9 @@ class _NoDraft:
         from deepspec.decoding.proposers import Proposal
 
         B = pending.shape[0]
-        return Proposal(tokens=pending.new_zeros(B, 0), probs=torch.zeros(B, 0, 1, device=pending.device),
-                        conf_logits=None)
+        return Proposal(
+            tokens=pending.new_zeros(B, 0), probs=torch.zeros(B, 0, 1, device=pending.device), conf_logits=None
+        )
 
     def crop(self, n):
         pass

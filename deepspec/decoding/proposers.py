@@ -31,9 +31,9 @@ from deepspec.models.config import DRAFT_LAYER_TYPE, EAGLE3
 
 @dataclass
 class Proposal:
-    tokens: torch.Tensor                # [B, γ] drafted tokens
-    probs: torch.Tensor                 # [B, γ, V] the distribution each token was drawn from (float32)
-    conf_logits: torch.Tensor | None    # [B, γ] raw confidence logits (DSpark), else None
+    tokens: torch.Tensor  # [B, γ] drafted tokens
+    probs: torch.Tensor  # [B, γ, V] the distribution each token was drawn from (float32)
+    conf_logits: torch.Tensor | None  # [B, γ] raw confidence logits (DSpark), else None
 
 
 class _LayerCache:
@@ -93,8 +93,10 @@ class ParallelProposer:
             attn = layer.self_attn
             normed = layer.attention_input(x)
             k, v = self.cache.with_new(i, *project_kv(attn, normed, rope))
-            x = layer.add_attention(x, attn.o_proj(attend(project_q(attn, normed, rope), k, v, scale=attn.scaling,
-                                                          mask=mask, backend="sdpa")))
+            x = layer.add_attention(
+                x,
+                attn.o_proj(attend(project_q(attn, normed, rope), k, v, scale=attn.scaling, mask=mask, backend="sdpa")),
+            )
             x = layer.mlp_block(x)
         return self._sample_block(d.norm(x), pending, temperature, generator)
 
@@ -114,8 +116,11 @@ class ParallelProposer:
                 confs.append(d.confidence(h[:, k], prev))
             prev = sample(p, generator)
             tokens.append(prev), probs.append(p)
-        return Proposal(tokens=torch.stack(tokens, 1), probs=torch.stack(probs, 1),
-                        conf_logits=torch.stack(confs, 1) if confs else None)
+        return Proposal(
+            tokens=torch.stack(tokens, 1),
+            probs=torch.stack(probs, 1),
+            conf_logits=torch.stack(confs, 1) if confs else None,
+        )
 
     def crop(self, n: int) -> None:
         self.cache.crop(n)

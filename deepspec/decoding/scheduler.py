@@ -48,6 +48,7 @@ class SchedulerError(DeepSpecError, ValueError):
 
 # ----------------------------------------------------------------------------- cost table
 
+
 @dataclass
 class CostTable:
     """Measured verification speed SPS(B) (target forward steps per second at B batch tokens)."""
@@ -65,8 +66,9 @@ class CostTable:
         if not b:
             raise SchedulerError(f"cost table has no measured points; {PROFILE_HINT}")
         if len(b) != len(s):
-            raise SchedulerError(f"cost table has {len(b)} batch_tokens but {len(s)} steps_per_second; "
-                                 "they must pair up one to one")
+            raise SchedulerError(
+                f"cost table has {len(b)} batch_tokens but {len(s)} steps_per_second; they must pair up one to one"
+            )
         if any(int(x) != x or x < 1 for x in b):
             raise SchedulerError(f"cost table batch_tokens must be positive integers, got {b}")
         if any(y <= x for x, y in zip(b, b[1:])):
@@ -95,9 +97,15 @@ class CostTable:
         return 1.0 / t
 
     def to_dict(self) -> dict:
-        return {**self.extra, "device": self.device, "context_len": self.context_len,
-                "batch_tokens": self.batch_tokens, "steps_per_second": self.steps_per_second,
-                "dtype": self.dtype, "target": self.target}
+        return {
+            **self.extra,
+            "device": self.device,
+            "context_len": self.context_len,
+            "batch_tokens": self.batch_tokens,
+            "steps_per_second": self.steps_per_second,
+            "dtype": self.dtype,
+            "target": self.target,
+        }
 
     @classmethod
     def from_dict(cls, data: dict, *, source: str = "cost table") -> "CostTable":
@@ -106,10 +114,15 @@ class CostTable:
             raise SchedulerError(f"{source} lacks {missing}; {PROFILE_HINT}")
         known = {"batch_tokens", "steps_per_second", "device", "context_len", "dtype", "target"}
         try:
-            return cls(batch_tokens=list(data["batch_tokens"]), steps_per_second=list(data["steps_per_second"]),
-                       device=str(data.get("device", "unknown")), context_len=int(data.get("context_len", 0)),
-                       dtype=str(data.get("dtype", "unknown")), target=str(data.get("target", "unknown")),
-                       extra={k: v for k, v in data.items() if k not in known})
+            return cls(
+                batch_tokens=list(data["batch_tokens"]),
+                steps_per_second=list(data["steps_per_second"]),
+                device=str(data.get("device", "unknown")),
+                context_len=int(data.get("context_len", 0)),
+                dtype=str(data.get("dtype", "unknown")),
+                target=str(data.get("target", "unknown")),
+                extra={k: v for k, v in data.items() if k not in known},
+            )
         except SchedulerError as exc:
             raise SchedulerError(f"{source}: {exc}") from None
 
@@ -134,15 +147,18 @@ class CostTable:
 
 # ----------------------------------------------------------------------------- policies
 
+
 def _check_confidences(confidences: torch.Tensor, *, gamma: int) -> np.ndarray:
     """[R, γ] confidences as float64 numpy, after checking shape and range."""
     assert confidences.dim() == 2 and confidences.shape[1] == gamma, (
         f"confidences must be [num_requests, gamma={gamma}], got {tuple(confidences.shape)}; "
-        "pass one calibrated confidence per drafted slot")
+        "pass one calibrated confidence per drafted slot"
+    )
     c = confidences.detach().to("cpu", torch.float64).numpy()
     assert np.isfinite(c).all() and (c >= 0).all() and (c <= 1).all(), (
         "confidences must be probabilities in [0, 1] (apply the sigmoid and calibration first); "
-        f"got range [{np.nanmin(c) if c.size else 0}, {np.nanmax(c) if c.size else 0}] or NaN")
+        f"got range [{np.nanmin(c) if c.size else 0}, {np.nanmax(c) if c.size else 0}] or NaN"
+    )
     return c
 
 
@@ -315,8 +331,11 @@ class PrefixScheduler(Policy):
     def plan(self, confidences, *, gamma, num_requests=None):
         if confidences is None:
             if not self._warned:
-                warnings.warn(f"{self.name}: the draft has no confidence head; falling back to a fixed "
-                              f"proposal length of gamma={gamma}", stacklevel=2)
+                warnings.warn(
+                    f"{self.name}: the draft has no confidence head; falling back to a fixed "
+                    f"proposal length of gamma={gamma}",
+                    stacklevel=2,
+                )
                 self._warned = True
             return FixedLength(gamma).plan(None, gamma=gamma, num_requests=num_requests)
         conf = _check_confidences(confidences, gamma=gamma)
@@ -348,8 +367,14 @@ THRESHOLD_POLICIES = {"threshold": PerSlotThreshold, "cumulative-threshold": Cum
 POLICY_NAMES = ("fixed", *THRESHOLD_POLICIES, "prefix")
 
 
-def build_policy(name: str, *, gamma: int, threshold: float | None = None,
-                 cost_table: CostTable | str | os.PathLike | None = None, asynchronous: bool = False) -> Policy:
+def build_policy(
+    name: str,
+    *,
+    gamma: int,
+    threshold: float | None = None,
+    cost_table: CostTable | str | os.PathLike | None = None,
+    asynchronous: bool = False,
+) -> Policy:
     """A policy by name: "fixed" (ℓ = γ), "threshold" (per-slot c_k ≥ t, DeepSpec's rule) or
     "cumulative-threshold" (prefix survival a_k ≥ t), both needing ``threshold``; "prefix" (needs a
     cost table: a :class:`CostTable` or the path of a profiler JSON)."""
@@ -363,8 +388,10 @@ def build_policy(name: str, *, gamma: int, threshold: float | None = None,
         return THRESHOLD_POLICIES[name](threshold)
     if name == "prefix":
         if cost_table is None:
-            raise SchedulerError(f"the prefix scheduler needs a cost table (steps/second vs batch tokens); "
-                                 f"{PROFILE_HINT} and pass its JSON")
+            raise SchedulerError(
+                f"the prefix scheduler needs a cost table (steps/second vs batch tokens); "
+                f"{PROFILE_HINT} and pass its JSON"
+            )
         if not isinstance(cost_table, CostTable):
             cost_table = CostTable.from_json(cost_table)
         return PrefixScheduler(cost_table, asynchronous=asynchronous)

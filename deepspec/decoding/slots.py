@@ -50,8 +50,14 @@ class SlotTable:
     def select_rows(self, rows: torch.Tensor) -> None:
         self.valid, self.pos = self.valid[rows], self.pos[rows]
 
-    def query_mask(self, *, query_pos: torch.Tensor, causal_new: bool = True, new_valid: torch.Tensor | None = None,
-                   window: int | None = None) -> torch.Tensor:
+    def query_mask(
+        self,
+        *,
+        query_pos: torch.Tensor,
+        causal_new: bool = True,
+        new_valid: torch.Tensor | None = None,
+        window: int | None = None,
+    ) -> torch.Tensor:
         """Bool mask [B, n, L + n] for n new query slots at ``query_pos`` [B, n] appended after the table.
 
         Cached slot j is visible iff valid; new slot i' is visible to new slot i iff i' <= i

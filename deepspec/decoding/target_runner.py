@@ -19,7 +19,7 @@ from deepspec.targets import Target
 
 @dataclass
 class TargetStep:
-    logits: torch.Tensor         # [B, n, V] target logits at the new slots
+    logits: torch.Tensor  # [B, n, V] target logits at the new slots
     hidden_states: torch.Tensor  # [B, n, n_layers*H] captured layers (the draft's context features)
 
 
@@ -40,20 +40,24 @@ class TargetRunner:
         self.cache = DynamicCache()  # full-length layers: slots are never dropped behind our back
 
     @torch.no_grad()
-    def forward(self, *, slots: SlotTable, tokens: torch.Tensor, positions: torch.Tensor,
-                new_valid: torch.Tensor | None = None) -> TargetStep:
+    def forward(
+        self, *, slots: SlotTable, tokens: torch.Tensor, positions: torch.Tensor, new_valid: torch.Tensor | None = None
+    ) -> TargetStep:
         """Run the target over new slots ``tokens`` [B, n] at ``positions`` [B, n] (causal among them;
         ``new_valid`` hides left padding).
 
         The slots are not appended to ``slots`` here: the caller does that once it knows which are valid.
         """
         dtype = self.target.model.dtype
-        masks = {t: additive(slots.query_mask(query_pos=positions, new_valid=new_valid, window=w), dtype)
-                 for t, w in self.windows.items()}
+        masks = {
+            t: additive(slots.query_mask(query_pos=positions, new_valid=new_valid, window=w), dtype)
+            for t, w in self.windows.items()
+        }
         if not self.per_layer_type_masks:  # e.g. Llama: one causal mask, no mapping per layer type
             masks = masks["full_attention"]
-        out = self.target.forward_with_capture(tokens, layer_ids=self.layer_ids, attention_mask=masks,
-                                               position_ids=positions, past_key_values=self.cache)
+        out = self.target.forward_with_capture(
+            tokens, layer_ids=self.layer_ids, attention_mask=masks, position_ids=positions, past_key_values=self.cache
+        )
         return TargetStep(logits=self.target.logits(out.last_hidden_state).float(), hidden_states=out.hidden_states)
 
     def crop(self, n: int) -> None:

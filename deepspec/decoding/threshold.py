@@ -50,8 +50,9 @@ def proposal_lengths(confidences, *, threshold: float, rule: str) -> np.ndarray:
     raise CalibrationError(f"unknown threshold rule {rule!r}; choose one of {', '.join(RULES)}")
 
 
-def replay_threshold(conf_logits, accepted, *, threshold: float, rule: str = "per-slot", temperatures=None,
-                     proposal_len=None) -> dict:
+def replay_threshold(
+    conf_logits, accepted, *, threshold: float, rule: str = "per-slot", temperatures=None, proposal_len=None
+) -> dict:
     """Per-step averages at ``threshold`` under ``rule`` (see :data:`RULES`) from threshold-0 rounds.
 
     ``proposal_len`` (optional, [N]) caps ℓ for rounds whose block was cut short (end of the
@@ -63,8 +64,9 @@ def replay_threshold(conf_logits, accepted, *, threshold: float, rule: str = "pe
     logits = np.asarray(conf_logits, dtype=np.float64)
     accepted = np.asarray(accepted, dtype=np.int64).reshape(-1)
     if logits.ndim != 2 or logits.shape[0] != accepted.size or accepted.size == 0:
-        raise CalibrationError(f"need conf_logits [N, gamma] and accepted [N] with N > 0, "
-                               f"got {logits.shape} and {accepted.shape}")
+        raise CalibrationError(
+            f"need conf_logits [N, gamma] and accepted [N] with N > 0, got {logits.shape} and {accepted.shape}"
+        )
     temps = [1.0] * logits.shape[1] if temperatures is None else temperatures
     ell = proposal_lengths(apply_temperatures(logits, temps), threshold=threshold, rule=rule)
     if proposal_len is not None:
@@ -85,18 +87,31 @@ def replay_threshold(conf_logits, accepted, *, threshold: float, rule: str = "pe
     }
 
 
-def sweep_thresholds(conf_logits, accepted, *, thresholds=DEFAULT_THRESHOLDS, rule: str = "per-slot",
-                     temperatures=None, proposal_len=None) -> list[dict]:
+def sweep_thresholds(
+    conf_logits,
+    accepted,
+    *,
+    thresholds=DEFAULT_THRESHOLDS,
+    rule: str = "per-slot",
+    temperatures=None,
+    proposal_len=None,
+) -> list[dict]:
     """:func:`replay_threshold` for each threshold, in the given order."""
-    return [replay_threshold(conf_logits, accepted, threshold=t, rule=rule, temperatures=temperatures,
-                             proposal_len=proposal_len) for t in thresholds]
+    return [
+        replay_threshold(
+            conf_logits, accepted, threshold=t, rule=rule, temperatures=temperatures, proposal_len=proposal_len
+        )
+        for t in thresholds
+    ]
 
 
 def plot_threshold_sweep(results: list[dict], *, path, title: str) -> None:
     """Grouped bars per threshold: accepted vs rejected draft tokens per step."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     x = np.arange(len(results))
     width = 0.4
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(results) + 2), 4))

@@ -37,11 +37,17 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
 @dataclass
 class Verdict:
     num_accepted: torch.Tensor  # [B] accepted draft tokens n_r <= proposal_len_r
-    next_token: torch.Tensor    # [B] the resampled token (rejection) or the bonus token (all accepted)
+    next_token: torch.Tensor  # [B] the resampled token (rejection) or the bonus token (all accepted)
 
 
-def verify_block(*, draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_probs: torch.Tensor,
-                 proposal_len: torch.Tensor, generator: torch.Generator | None = None) -> Verdict:
+def verify_block(
+    *,
+    draft_tokens: torch.Tensor,
+    draft_probs: torch.Tensor,
+    target_probs: torch.Tensor,
+    proposal_len: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> Verdict:
     """Rejection-sample a block per row.
 
     draft_tokens [B, γ]; draft_probs [B, γ, V] (q_k, the distribution x_k was drawn from);
@@ -49,12 +55,13 @@ def verify_block(*, draft_tokens: torch.Tensor, draft_probs: torch.Tensor, targe
     """
     B, G = draft_tokens.shape
     assert target_probs.shape[:2] == (B, G + 1), (
-        f"target_probs must be [B, γ+1, V] = [{B}, {G + 1}, V], got {tuple(target_probs.shape)}")
+        f"target_probs must be [B, γ+1, V] = [{B}, {G + 1}, V], got {tuple(target_probs.shape)}"
+    )
     if G == 0:  # nothing proposed: the target's own next token
         return Verdict(num_accepted=proposal_len.new_zeros(B), next_token=sample(target_probs[:, 0], generator))
     rows = torch.arange(B, device=draft_tokens.device)
     p = target_probs[:, :G].gather(-1, draft_tokens[..., None]).squeeze(-1)  # p_k(x_k)
-    q = draft_probs.gather(-1, draft_tokens[..., None]).squeeze(-1)          # q_k(x_k) > 0: x_k was drawn from q_k
+    q = draft_probs.gather(-1, draft_tokens[..., None]).squeeze(-1)  # q_k(x_k) > 0: x_k was drawn from q_k
     u = torch.rand(B, G, generator=generator, device=p.device)
     accept = (u * q < p) & (torch.arange(G, device=p.device) < proposal_len[:, None])  # u < min(1, p/q)
     n = accept.long().cumprod(dim=-1).sum(dim=-1)  # accepted prefix length

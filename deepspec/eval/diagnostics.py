@@ -20,8 +20,15 @@ from deepspec.fsio import atomic_write
 def confidence_diagnostics(rounds: list[dict], *, temperatures, plot_path: Path | None, title: str) -> dict | None:
     """Before/after-calibration reports for one task, or None when no round qualifies."""
     from deepspec.decoding.calibration import (
-        CalibrationError, apply_temperatures, calibration_arrays, check_round, confidence_report, plot_reliability,
-        plot_reliability_before_after, prefix_survival, survival_labels,
+        CalibrationError,
+        apply_temperatures,
+        calibration_arrays,
+        check_round,
+        confidence_report,
+        plot_reliability,
+        plot_reliability_before_after,
+        prefix_survival,
+        survival_labels,
     )
 
     try:  # the same record check calibrate.py applies: NaN/inf logits would give meaningless numbers
@@ -40,8 +47,9 @@ def confidence_diagnostics(rounds: list[dict], *, temperatures, plot_path: Path 
         labels = survival_labels(accepted, logits.shape[1])
         raw = prefix_survival(apply_temperatures(logits, [1.0] * logits.shape[1]))
         if temperatures:
-            plot_reliability_before_after(raw, prefix_survival(apply_temperatures(logits, temperatures)), labels,
-                                          path=plot_path, title=title)
+            plot_reliability_before_after(
+                raw, prefix_survival(apply_temperatures(logits, temperatures)), labels, path=plot_path, title=title
+            )
         else:
             plot_reliability(raw, labels, path=plot_path, title=f"{title} (uncalibrated)")
     return {"uncalibrated": before, "calibrated": after}
@@ -61,17 +69,27 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str]) -> dict:
             for r in rec["rounds"]:
                 rounds.append({"task": name, "prompt_index": rec["prompt_index"], **r})
             if opts.save_outputs:
-                output_lines.append(json.dumps({"task": name, "prompt_index": rec["prompt_index"],
-                                                "token_ids": rec["tokens"], "text": rec["text"],
-                                                "stopped": rec["stopped"]}))
+                output_lines.append(
+                    json.dumps(
+                        {
+                            "task": name,
+                            "prompt_index": rec["prompt_index"],
+                            "token_ids": rec["tokens"],
+                            "text": rec["text"],
+                            "stopped": rec["stopped"],
+                        }
+                    )
+                )
         round_lines += [json.dumps(r) for r in rounds]
         all_rounds += rounds
         generated = sum(len(rec["tokens"]) for rec in records)
-        metrics = task_metrics(rounds, gamma=gamma, num_samples=len(records), generated_tokens=generated,
-                               wall_seconds=part["seconds"])
+        metrics = task_metrics(
+            rounds, gamma=gamma, num_samples=len(records), generated_tokens=generated, wall_seconds=part["seconds"]
+        )
         metrics["truncated_prompts"] = part["truncated_prompts"]
-        conf = confidence_diagnostics(rounds, temperatures=temps, plot_path=out_dir / f"reliability_{name}.png",
-                                      title=name)
+        conf = confidence_diagnostics(
+            rounds, temperatures=temps, plot_path=out_dir / f"reliability_{name}.png", title=name
+        )
         if conf is not None:
             metrics["confidence"] = to_jsonable(conf)
         results[name] = metrics
@@ -81,23 +99,39 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str]) -> dict:
         atomic_write(out_dir / "outputs.jsonl", "".join(line + "\n" for line in output_lines))
     target_name = short_name(opts.target)
     draft_name = f"self (gamma {gamma})" if opts.self_draft_gamma else short_name(opts.draft)
-    meta = {"target": str(opts.target), "draft": draft_name if opts.self_draft_gamma else str(opts.draft),
-            "gamma": gamma, "temperature": opts.temperature, "confidence_threshold": opts.confidence_threshold,
-            "survival_threshold": opts.survival_threshold,
-            "scheduler": policy_choice(opts.scheduler, confidence_threshold=opts.confidence_threshold,
-                                       survival_threshold=opts.survival_threshold)[0],
-            "max_new_tokens": opts.max_new_tokens, "batch_size": opts.batch_size, "seed": opts.seed,
-            "device": opts.device, "calibration_temperatures": temps}
-    pooled = confidence_diagnostics(all_rounds, temperatures=temps, plot_path=out_dir / "reliability_all.png",
-                                    title="all tasks")
+    meta = {
+        "target": str(opts.target),
+        "draft": draft_name if opts.self_draft_gamma else str(opts.draft),
+        "gamma": gamma,
+        "temperature": opts.temperature,
+        "confidence_threshold": opts.confidence_threshold,
+        "survival_threshold": opts.survival_threshold,
+        "scheduler": policy_choice(
+            opts.scheduler, confidence_threshold=opts.confidence_threshold, survival_threshold=opts.survival_threshold
+        )[0],
+        "max_new_tokens": opts.max_new_tokens,
+        "batch_size": opts.batch_size,
+        "seed": opts.seed,
+        "device": opts.device,
+        "calibration_temperatures": temps,
+    }
+    pooled = confidence_diagnostics(
+        all_rounds, temperatures=temps, plot_path=out_dir / "reliability_all.png", title="all tasks"
+    )
     if pooled is not None:
         meta["confidence_all_tasks"] = to_jsonable(pooled)
     write_results(out_dir / "results.json", results=results, meta=meta, domains=domains)
     table = format_table(results, target=target_name, draft=draft_name, gamma=gamma, domains=domains)
-    atomic_write(out_dir / "table.md", markdown_table(results, target=target_name, draft=draft_name, gamma=gamma,
-                                                      domains=domains) + "\n")
-    plot_conditional_acceptance(results, domains=domains, path=out_dir / "conditional_acceptance.png",
-                                title=f"{draft_name}: conditional acceptance by position")
+    atomic_write(
+        out_dir / "table.md",
+        markdown_table(results, target=target_name, draft=draft_name, gamma=gamma, domains=domains) + "\n",
+    )
+    plot_conditional_acceptance(
+        results,
+        domains=domains,
+        path=out_dir / "conditional_acceptance.png",
+        title=f"{draft_name}: conditional acceptance by position",
+    )
     print(table)
     if pooled is not None:
         print(confidence_table(results, pooled))
@@ -111,15 +145,19 @@ def confidence_table(results: dict, pooled: dict) -> str:
     fmt = lambda v: "  n/a" if v is None or v != v else f"{v:5.3f}"  # noqa: E731  (None or NaN: one class only)
     lines = ["confidence head, all tasks (prefix survival a_k vs. slots 1..k accepted; full-block rounds):"]
     for k in range(len(before["ece"])):
-        lines.append(f"  a_{k + 1}  ECE {100 * before['ece'][k]:5.1f}%"
-                     + (f" -> {100 * after['ece'][k]:4.1f}%" if after else "")
-                     + f"  AUROC {fmt(before['auroc'][k])}  Brier {fmt(before['brier'][k])}"
-                     + (f" -> {fmt(after['brier'][k])}" if after else ""))
+        lines.append(
+            f"  a_{k + 1}  ECE {100 * before['ece'][k]:5.1f}%"
+            + (f" -> {100 * after['ece'][k]:4.1f}%" if after else "")
+            + f"  AUROC {fmt(before['auroc'][k])}  Brier {fmt(before['brier'][k])}"
+            + (f" -> {fmt(after['brier'][k])}" if after else "")
+        )
     for name, m in results.items():
         conf = m.get("confidence")
         if conf:
             b = conf["uncalibrated"]["ece"]
             a = (conf.get("calibrated") or {}).get("ece")
-            lines.append(f"  {name:14s} mean ECE {100 * sum(b) / len(b):4.1f}%"
-                         + (f" -> {100 * sum(a) / len(a):4.1f}%" if a else ""))
+            lines.append(
+                f"  {name:14s} mean ECE {100 * sum(b) / len(b):4.1f}%"
+                + (f" -> {100 * sum(a) / len(a):4.1f}%" if a else "")
+            )
     return "\n".join(lines)

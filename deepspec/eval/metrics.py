@@ -29,12 +29,16 @@ def _check_round(r: Mapping, *, gamma: int, index: int) -> tuple[int, int, int]:
         ell = int(r["proposal_len"])
         acc = int(r["accepted"])
     except (AttributeError, KeyError, TypeError, ValueError):
-        raise MetricsError(f"round record #{index} ({r!r}) is not a dict with integer proposal_len and "
-                           "accepted (and gamma); pass the engine's round records unchanged") from None
+        raise MetricsError(
+            f"round record #{index} ({r!r}) is not a dict with integer proposal_len and "
+            "accepted (and gamma); pass the engine's round records unchanged"
+        ) from None
     # A record outside these bounds means the engine's bookkeeping is wrong: stop, don't average it.
     if not 1 <= g <= gamma:
-        raise MetricsError(f"round record #{index}: gamma={g} is outside 1..{gamma} (the run's gamma); "
-                           "pass the gamma the engine drafted with")
+        raise MetricsError(
+            f"round record #{index}: gamma={g} is outside 1..{gamma} (the run's gamma); "
+            "pass the gamma the engine drafted with"
+        )
     if not 0 <= ell <= g:
         raise MetricsError(f"round record #{index}: proposal_len={ell} is outside 0..gamma={g}")
     if not 0 <= acc <= ell:
@@ -42,8 +46,14 @@ def _check_round(r: Mapping, *, gamma: int, index: int) -> tuple[int, int, int]:
     return g, ell, acc
 
 
-def task_metrics(rounds: Iterable[Mapping], *, gamma: int, num_samples: int,
-                 generated_tokens: int | None = None, wall_seconds: float | None = None) -> dict:
+def task_metrics(
+    rounds: Iterable[Mapping],
+    *,
+    gamma: int,
+    num_samples: int,
+    generated_tokens: int | None = None,
+    wall_seconds: float | None = None,
+) -> dict:
     """Metrics of one task from its round records.
 
     Returned keys (rates are fractions in [0, 1]; ``None`` where a quantity has no rounds to

@@ -68,30 +68,48 @@ def _proposal(gamma: int, mean_len: float | None) -> str:
 
 def _row(label: str, *, target: str, draft: str, gamma: int, tau, mean_len, verify, rates) -> list[str]:
     rates = list(rates) + [None] * max(0, gamma - len(rates))
-    return ([label, target, draft, _proposal(gamma, mean_len), _num(tau), _pct(verify)]
-            + [_pct(r) for r in rates[:gamma]])
+    return [label, target, draft, _proposal(gamma, mean_len), _num(tau), _pct(verify)] + [
+        _pct(r) for r in rates[:gamma]
+    ]
 
 
-def _table_rows(results: Results, *, target: str, draft: str, gamma: int,
-                domains: Mapping[str, str] | None) -> tuple[list[str], list[list[str]], int]:
+def _table_rows(
+    results: Results, *, target: str, draft: str, gamma: int, domains: Mapping[str, str] | None
+) -> tuple[list[str], list[list[str]], int]:
     """Header, rows (tasks, then per-domain averages, then the overall macro average), #task rows."""
     assert gamma >= 1, f"gamma must be >= 1, got {gamma}"
     t, d = short_name(target), short_name(draft)
     header = ["dataset", "target", "draft", "proposal_len", "accept_len", "verify"] + [
-        f"acc@{k}" for k in range(1, gamma + 1)]
-    rows = [_row(name, target=t, draft=d, gamma=gamma, tau=m.get("acceptance_length"),
-                 mean_len=m.get("mean_proposal_len"), verify=m.get("verify_rate"),
-                 rates=m.get("accept_rate_by_position") or [])
-            for name, m in results.items()]
+        f"acc@{k}" for k in range(1, gamma + 1)
+    ]
+    rows = [
+        _row(
+            name,
+            target=t,
+            draft=d,
+            gamma=gamma,
+            tau=m.get("acceptance_length"),
+            mean_len=m.get("mean_proposal_len"),
+            verify=m.get("verify_rate"),
+            rates=m.get("accept_rate_by_position") or [],
+        )
+        for name, m in results.items()
+    ]
     n_tasks = len(rows)
     macro = macro_average(results, domains={n: _domain_of(n, domains) for n in results})
 
     def avg_row(label: str, names: list[str], tau) -> list[str]:
         ms = [results[n] for n in names]
-        return _row(label, target=t, draft=d, gamma=gamma, tau=tau,
-                    mean_len=_mean(m.get("mean_proposal_len") for m in ms),
-                    verify=_mean(m.get("verify_rate") for m in ms),
-                    rates=mean_by_position(ms, key="accept_rate_by_position"))
+        return _row(
+            label,
+            target=t,
+            draft=d,
+            gamma=gamma,
+            tau=tau,
+            mean_len=_mean(m.get("mean_proposal_len") for m in ms),
+            verify=_mean(m.get("verify_rate") for m in ms),
+            rates=mean_by_position(ms, key="accept_rate_by_position"),
+        )
 
     if n_tasks:
         for dom in _ordered_domains(results, domains):
@@ -101,8 +119,9 @@ def _table_rows(results: Results, *, target: str, draft: str, gamma: int,
     return header, rows, n_tasks
 
 
-def format_table(results: Results, *, target: str, draft: str, gamma: int,
-                 domains: Mapping[str, str] | None = None) -> str:
+def format_table(
+    results: Results, *, target: str, draft: str, gamma: int, domains: Mapping[str, str] | None = None
+) -> str:
     """Fixed-width text table: one row per task, per-domain average rows, a final macro-average row.
 
     Columns: dataset, target and draft (basenames), proposal length (γ, or ``γ (mean ℓ)`` when a
@@ -123,8 +142,9 @@ def format_table(results: Results, *, target: str, draft: str, gamma: int,
     return "\n".join(out)
 
 
-def markdown_table(results: Results, *, target: str, draft: str, gamma: int,
-                   domains: Mapping[str, str] | None = None) -> str:
+def markdown_table(
+    results: Results, *, target: str, draft: str, gamma: int, domains: Mapping[str, str] | None = None
+) -> str:
     """The ``format_table`` content as a Markdown table (average rows in bold)."""
     header, rows, n_tasks = _table_rows(results, target=target, draft=draft, gamma=gamma, domains=domains)
 
@@ -137,8 +157,9 @@ def markdown_table(results: Results, *, target: str, draft: str, gamma: int,
     return "\n".join(out)
 
 
-def write_results(path: str | os.PathLike, *, results: Results, meta: Mapping,
-                  domains: Mapping[str, str] | None = None) -> None:
+def write_results(
+    path: str | os.PathLike, *, results: Results, meta: Mapping, domains: Mapping[str, str] | None = None
+) -> None:
     """Write ``{"tasks": {name: metrics}, "macro": {...}, "meta": {...}}`` as JSON, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,16 +171,20 @@ def write_results(path: str | os.PathLike, *, results: Results, meta: Mapping,
     try:
         text = json.dumps(payload, indent=2, allow_nan=False)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"results for {path} are not plain JSON ({e}); pass numbers, strings, lists "
-                         "and dicts only (no NaN, tensors or paths) in results and meta") from None
+        raise ValueError(
+            f"results for {path} are not plain JSON ({e}); pass numbers, strings, lists "
+            "and dicts only (no NaN, tensors or paths) in results and meta"
+        ) from None
     atomic_write(path, text + "\n")
 
 
 # ----------------------------------------------------------------------------------------------- plots
 
+
 def _new_axes(*, figsize: tuple[float, float]):
     # A bare Figure renders with Agg and leaves pyplot's global backend and state alone.
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize, dpi=120)
     return fig, fig.add_subplot(1, 1, 1)
 
@@ -180,8 +205,10 @@ def _nan(values) -> list[float]:
 def _plot_position_lines(series: dict[str, list[float | None]], *, path, title: str, ylabel: str) -> None:
     series = {k: v for k, v in series.items() if any(x is not None for x in v)}
     if not series:
-        raise ValueError(f"nothing to plot for {path}: no task has per-position acceptance data "
-                         "(every task had zero rounds); check that the evaluation generated tokens")
+        raise ValueError(
+            f"nothing to plot for {path}: no task has per-position acceptance data "
+            "(every task had zero rounds); check that the evaluation generated tokens"
+        )
     fig, ax = _new_axes(figsize=(6.0, 4.0))
     for label, values in series.items():
         ax.plot(range(1, len(values) + 1), _nan(values), marker="o", label=label)
@@ -199,24 +226,26 @@ def _plot_position_lines(series: dict[str, list[float | None]], *, path, title: 
 _COND_LABEL = "P(accept k | 1..k-1 accepted)"
 
 
-def plot_conditional_acceptance(results: Results, *, domains: Mapping[str, str], path: str | os.PathLike,
-                                title: str | None = None) -> None:
+def plot_conditional_acceptance(
+    results: Results, *, domains: Mapping[str, str], path: str | os.PathLike, title: str | None = None
+) -> None:
     """PNG of conditional acceptance by position, one line per domain (mean over its tasks)."""
     series = {}
     for dom in _ordered_domains(results, domains):
         ms = [m for n, m in results.items() if _domain_of(n, domains) == dom]
         series[dom] = mean_by_position(ms, key="conditional_accept_rate_by_position")
-    _plot_position_lines(series, path=path, title=title or "Conditional acceptance by position",
-                         ylabel=_COND_LABEL)
+    _plot_position_lines(series, path=path, title=title or "Conditional acceptance by position", ylabel=_COND_LABEL)
 
 
-def plot_conditional_by_algorithm(results_by_algorithm: Mapping[str, Results], *,
-                                  path: str | os.PathLike, title: str | None = None) -> None:
+def plot_conditional_by_algorithm(
+    results_by_algorithm: Mapping[str, Results], *, path: str | os.PathLike, title: str | None = None
+) -> None:
     """PNG of conditional acceptance by position, one line per algorithm (macro over its tasks)."""
-    series = {algo: mean_by_position(list(res.values()), key="conditional_accept_rate_by_position")
-              for algo, res in results_by_algorithm.items()}
-    _plot_position_lines(series, path=path, title=title or "Conditional acceptance by algorithm",
-                         ylabel=_COND_LABEL)
+    series = {
+        algo: mean_by_position(list(res.values()), key="conditional_accept_rate_by_position")
+        for algo, res in results_by_algorithm.items()
+    }
+    _plot_position_lines(series, path=path, title=title or "Conditional acceptance by algorithm", ylabel=_COND_LABEL)
 
 
 def _task_order(results_by_algorithm: Mapping[str, Results]) -> list[str]:
@@ -226,8 +255,9 @@ def _task_order(results_by_algorithm: Mapping[str, Results]) -> list[str]:
     return order
 
 
-def plot_tau_by_task(results_by_algorithm: Mapping[str, Results], *, path: str | os.PathLike,
-                     title: str | None = None) -> None:
+def plot_tau_by_task(
+    results_by_algorithm: Mapping[str, Results], *, path: str | os.PathLike, title: str | None = None
+) -> None:
     """PNG of grouped bars: τ per task (plus the macro average), one bar per algorithm."""
     tasks = _task_order(results_by_algorithm)
     assert results_by_algorithm and tasks, "plot_tau_by_task needs at least one algorithm with one task"
@@ -253,8 +283,7 @@ def plot_tau_by_task(results_by_algorithm: Mapping[str, Results], *, path: str |
     _save(fig, path)
 
 
-def comparison_table(results_by_algorithm: Mapping[str, Results], *,
-                     domains: Mapping[str, str] | None = None) -> str:
+def comparison_table(results_by_algorithm: Mapping[str, Results], *, domains: Mapping[str, str] | None = None) -> str:
     """Markdown table: one row per algorithm; macro τ over all / math / code / chat, then τ per task."""
     tasks = _task_order(results_by_algorithm)
     doms = _ordered_domains(tasks, domains)

@@ -27,22 +27,22 @@ class EvalSetupError(DeepSpecError, ValueError):
 @dataclass
 class EvalOptions:
     target: str
-    draft: str | None                 # None with self_draft
+    draft: str | None  # None with self_draft
     tasks: list[TaskSpec]
     output_dir: Path
     max_new_tokens: int = 2048
     temperature: float = 1.0
-    confidence_threshold: float = 0.0      # DeepSpec's rule: cut at the first slot with c_k < t (0 = off)
+    confidence_threshold: float = 0.0  # DeepSpec's rule: cut at the first slot with c_k < t (0 = off)
     survival_threshold: float | None = None  # cumulative rule: keep slots while Π c_i >= t
     seed: int = 0
     batch_size: int = 1
     device: str = "cpu"
     dtype: str = "auto"
-    scheduler: str | None = None      # fixed | threshold | cumulative-threshold | prefix (None: see policy_choice)
+    scheduler: str | None = None  # fixed | threshold | cumulative-threshold | prefix (None: see policy_choice)
     engine_profile: str | None = None
     async_scheduler: bool = False
     use_calibration: bool = True
-    self_draft_gamma: int = 0         # > 0: the target drafts for itself (ceiling check, τ = γ+1)
+    self_draft_gamma: int = 0  # > 0: the target drafts for itself (ceiling check, τ = γ+1)
     save_outputs: bool = False
     progress: bool = True
 
@@ -61,8 +61,10 @@ def resolve_draft_dir(path: str) -> str:
     if p.is_dir():
         latest = latest_checkpoint(p)
         if latest is None:
-            raise EvalSetupError(f"{p} holds no draft (no config.json) and no complete step_N checkpoint; "
-                                 "pass a step folder such as checkpoints/<project>/<exp>/step_100")
+            raise EvalSetupError(
+                f"{p} holds no draft (no config.json) and no complete step_N checkpoint; "
+                "pass a step folder such as checkpoints/<project>/<exp>/step_100"
+            )
         return str(latest)
     return path  # a hub id: transformers downloads it (the only network use, on request)
 
@@ -70,8 +72,10 @@ def resolve_draft_dir(path: str) -> str:
 def check_draft_fits_target(draft_config, target) -> None:
     """Fail early when a draft was trained for another target."""
     problems = []
-    for key, mine, theirs in (("hidden_size", draft_config.hidden_size, target.hidden_size),
-                              ("vocab_size", draft_config.vocab_size, target.vocab_size)):
+    for key, mine, theirs in (
+        ("hidden_size", draft_config.hidden_size, target.hidden_size),
+        ("vocab_size", draft_config.vocab_size, target.vocab_size),
+    ):
         if int(mine) != int(theirs):
             problems.append(f"{key} {mine} (draft) != {theirs} (target)")
     n = draft_config.num_target_layers
@@ -84,12 +88,17 @@ def check_draft_fits_target(draft_config, target) -> None:
     drafting = target.family.drafting_family()
     want = target.config.model_type if drafting is target.family else drafting.model_types[0]
     if getattr(draft_config, "model_type", None) != want:
-        problems.append(f"model_type {draft_config.model_type!r} (draft) != {want!r} (what drafts for this "
-                        f"{target.config.model_type!r} target use)")
+        problems.append(
+            f"model_type {draft_config.model_type!r} (draft) != {want!r} (what drafts for this "
+            f"{target.config.model_type!r} target use)"
+        )
     if problems:
-        raise EvalSetupError("draft does not fit the target: " + "; ".join(problems)
-                             + ". Evaluate a draft trained for this target (its config.json names the target "
-                             "geometry), or pass the matching --target_name_or_path")
+        raise EvalSetupError(
+            "draft does not fit the target: "
+            + "; ".join(problems)
+            + ". Evaluate a draft trained for this target (its config.json names the target "
+            "geometry), or pass the matching --target_name_or_path"
+        )
 
 
 def stop_token_ids(tokenizer, model) -> list[int]:
@@ -131,8 +140,13 @@ def load_models(opts: EvalOptions, device: str):
     dtype = _dtype(opts.dtype, device)
     target = load_target(opts.target, dtype=dtype, device=device)
     if opts.self_draft_gamma > 0:
-        return target, None, lambda: TargetSelfProposer(target, gamma=opts.self_draft_gamma), \
-            opts.self_draft_gamma, None
+        return (
+            target,
+            None,
+            lambda: TargetSelfProposer(target, gamma=opts.self_draft_gamma),
+            opts.self_draft_gamma,
+            None,
+        )
     draft_dir = resolve_draft_dir(opts.draft)
     draft = load_draft(draft_dir, frozen_target=opts.target)  # fills what a speculators folder may omit
     check_draft_fits_target(draft.config, target)
@@ -145,8 +159,9 @@ def load_models(opts: EvalOptions, device: str):
     return target, draft, lambda: build_proposer(draft), proposer.gamma, temps
 
 
-def policy_choice(scheduler: str | None, *, confidence_threshold: float = 0.0,
-                  survival_threshold: float | None = None) -> tuple[str, float | None]:
+def policy_choice(
+    scheduler: str | None, *, confidence_threshold: float = 0.0, survival_threshold: float | None = None
+) -> tuple[str, float | None]:
     """(policy name, its threshold) from eval.py's --scheduler / --confidence-threshold / --survival-threshold.
 
     Without --scheduler: "threshold" (DeepSpec's per-slot rule) when --confidence-threshold > 0,
@@ -157,14 +172,23 @@ def policy_choice(scheduler: str | None, *, confidence_threshold: float = 0.0,
         if t is not None and not 0.0 <= t <= 1.0:
             raise EvalSetupError(f"{flag} must lie in [0, 1], got {t}")
     if confidence_threshold > 0 and survival_threshold is not None:
-        raise EvalSetupError("--confidence-threshold (per-slot rule, DeepSpec's) and --survival-threshold "
-                             "(cumulative prefix-survival rule) exclude each other; pass one of them")
-    name = scheduler or ("threshold" if confidence_threshold > 0
-                         else "cumulative-threshold" if survival_threshold is not None else "fixed")
+        raise EvalSetupError(
+            "--confidence-threshold (per-slot rule, DeepSpec's) and --survival-threshold "
+            "(cumulative prefix-survival rule) exclude each other; pass one of them"
+        )
+    name = scheduler or (
+        "threshold"
+        if confidence_threshold > 0
+        else "cumulative-threshold"
+        if survival_threshold is not None
+        else "fixed"
+    )
     if name == "cumulative-threshold":
         if survival_threshold is None:
-            raise EvalSetupError("--scheduler cumulative-threshold needs --survival-threshold T in [0, 1] "
-                                 "(keeps the leading slots whose prefix survival Π c_i >= T)")
+            raise EvalSetupError(
+                "--scheduler cumulative-threshold needs --survival-threshold T in [0, 1] "
+                "(keeps the leading slots whose prefix survival Π c_i >= T)"
+            )
         return name, survival_threshold
     if survival_threshold is not None:
         raise EvalSetupError(f"--survival-threshold applies to --scheduler cumulative-threshold, not {name}")
@@ -178,12 +202,14 @@ def policy_choice(scheduler: str | None, *, confidence_threshold: float = 0.0,
 def _policy(opts: EvalOptions, gamma: int):
     from deepspec.decoding.scheduler import build_policy
 
-    name, threshold = policy_choice(opts.scheduler, confidence_threshold=opts.confidence_threshold,
-                                    survival_threshold=opts.survival_threshold)
+    name, threshold = policy_choice(
+        opts.scheduler, confidence_threshold=opts.confidence_threshold, survival_threshold=opts.survival_threshold
+    )
     if name == "fixed":
         return None
-    return build_policy(name, gamma=gamma, threshold=threshold, cost_table=opts.engine_profile,
-                        asynchronous=opts.async_scheduler)
+    return build_policy(
+        name, gamma=gamma, threshold=threshold, cost_table=opts.engine_profile, asynchronous=opts.async_scheduler
+    )
 
 
 def decode_shard(opts: EvalOptions, *, rank: int, world: int, device: str) -> dict:
@@ -207,29 +233,49 @@ def decode_shard(opts: EvalOptions, *, rank: int, world: int, device: str) -> di
         records, truncated, t0 = [], 0, time.perf_counter()
         bar = tqdm(total=len(mine), desc=f"{task.name}", disable=not opts.progress or rank != 0, unit="prompt")
         for start in range(0, len(mine), opts.batch_size):
-            batch = mine[start:start + opts.batch_size]
+            batch = mine[start : start + opts.batch_size]
             encoded = []
             for i in batch:
                 ids = encode_prompt(target.tokenizer, prompts[i])
                 room = max_pos - opts.max_new_tokens - gamma - 1 if max_pos else len(ids)
                 if len(ids) > room:  # keep the end of an over-long prompt (the question and the chat header)
                     if room < 8:
-                        raise EvalSetupError(f"--max-new-tokens {opts.max_new_tokens} leaves no room for a prompt "
-                                             f"in the target's {max_pos} positions; lower it")
+                        raise EvalSetupError(
+                            f"--max-new-tokens {opts.max_new_tokens} leaves no room for a prompt "
+                            f"in the target's {max_pos} positions; lower it"
+                        )
                     ids, truncated = ids[-room:], truncated + 1
                 encoded.append(ids)
-            gens = speculative_generate(runner=runner, proposer=make_proposer(), prompts=encoded,
-                                        max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
-                                        stop_token_ids=stops, policy=policy, confidence_temperatures=temps,
-                                        generator=gen)
+            gens = speculative_generate(
+                runner=runner,
+                proposer=make_proposer(),
+                prompts=encoded,
+                max_new_tokens=opts.max_new_tokens,
+                temperature=opts.temperature,
+                stop_token_ids=stops,
+                policy=policy,
+                confidence_temperatures=temps,
+                generator=gen,
+            )
             for i, g in zip(batch, gens):
-                records.append({"prompt_index": i, "tokens": g.tokens, "rounds": g.rounds, "stopped": g.stopped,
-                                "text": target.tokenizer.decode(g.tokens, skip_special_tokens=True)
-                                if opts.save_outputs else None})
+                records.append(
+                    {
+                        "prompt_index": i,
+                        "tokens": g.tokens,
+                        "rounds": g.rounds,
+                        "stopped": g.stopped,
+                        "text": target.tokenizer.decode(g.tokens, skip_special_tokens=True)
+                        if opts.save_outputs
+                        else None,
+                    }
+                )
             bar.update(len(batch))
         bar.close()
-        out["tasks"][task.name] = {"records": records, "seconds": time.perf_counter() - t0,
-                                   "truncated_prompts": truncated}
+        out["tasks"][task.name] = {
+            "records": records,
+            "seconds": time.perf_counter() - t0,
+            "truncated_prompts": truncated,
+        }
     return out
 
 
@@ -258,7 +304,8 @@ def decode_all(opts: EvalOptions) -> dict:
         merged["tasks"][name] = {
             "records": sorted((r for p in parts for r in p["records"]), key=lambda r: r["prompt_index"]),
             "seconds": max(p["seconds"] for p in parts),  # workers run side by side
-            "truncated_prompts": sum(p["truncated_prompts"] for p in parts)}
+            "truncated_prompts": sum(p["truncated_prompts"] for p in parts),
+        }
     return merged
 
 
@@ -266,8 +313,9 @@ def check_output_dir(opts: EvalOptions) -> None:
     """The report folder must be a folder, apart from the prompt files and the models it reads."""
     out = opts.output_dir
     if out.exists() and not out.is_dir():
-        raise EvalSetupError(f"--output-dir {out} is a file; pass a folder (it receives results.json, "
-                             "table.md, rounds.jsonl and plots)")
+        raise EvalSetupError(
+            f"--output-dir {out} is a file; pass a folder (it receives results.json, table.md, rounds.jsonl and plots)"
+        )
     inputs = {str(task.path.parent) for task in opts.tasks}
     inputs |= {p for p in (opts.target, opts.draft) if p and os.path.exists(os.path.expanduser(p))}
     check_outputs_apart(inputs=sorted(inputs), outputs=[out], what="--output-dir")

@@ -80,16 +80,20 @@ def _parse_count(item: str, raw: str) -> int:
     try:
         count = int(raw)
     except ValueError:
-        raise EvalDataError(f"task entry {item!r}: the count {raw!r} is not an integer; "
-                            "write <task>:<positive integer>, e.g. gsm8k:20") from None
+        raise EvalDataError(
+            f"task entry {item!r}: the count {raw!r} is not an integer; write <task>:<positive integer>, e.g. gsm8k:20"
+        ) from None
     if count < 1:
-        raise EvalDataError(f"task entry {item!r}: the count must be at least 1; "
-                            "write <task>:<positive integer> or leave the count out for the paper's number")
+        raise EvalDataError(
+            f"task entry {item!r}: the count must be at least 1; "
+            "write <task>:<positive integer> or leave the count out for the paper's number"
+        )
     return count
 
 
-def parse_tasks(spec: str | None, *, eval_data_dir: str | os.PathLike | None = None
-                ) -> tuple[list[TaskSpec], list[str]]:
+def parse_tasks(
+    spec: str | None, *, eval_data_dir: str | os.PathLike | None = None
+) -> tuple[list[TaskSpec], list[str]]:
     """Resolve a task list such as ``"gsm8k:20,mt-bench,humaneval:5"`` into ``(tasks, skipped)``.
 
     ``None`` or ``""`` means all nine known tasks with the paper's counts. A known task without a
@@ -100,8 +104,10 @@ def parse_tasks(spec: str | None, *, eval_data_dir: str | os.PathLike | None = N
     """
     data_dir = Path(eval_data_dir) if eval_data_dir is not None else default_eval_data_dir()
     if not data_dir.is_dir():
-        raise EvalDataError(f"eval data folder {str(data_dir)!r} does not exist; point --eval-data-dir or "
-                            f"${ENV_VAR} at a folder of <task>.jsonl files, or build it with {BUILD_HINT}")
+        raise EvalDataError(
+            f"eval data folder {str(data_dir)!r} does not exist; point --eval-data-dir or "
+            f"${ENV_VAR} at a folder of <task>.jsonl files, or build it with {BUILD_HINT}"
+        )
 
     if spec is None or not spec.strip():
         requested = [(name, None) for name in KNOWN_TASKS]
@@ -110,8 +116,10 @@ def parse_tasks(spec: str | None, *, eval_data_dir: str | os.PathLike | None = N
         for item in spec.split(","):
             item = item.strip()
             if not item:
-                raise EvalDataError(f"task list {spec!r} has an empty entry; separate task names with single "
-                                    "commas, e.g. gsm8k:20,mt-bench")
+                raise EvalDataError(
+                    f"task list {spec!r} has an empty entry; separate task names with single "
+                    "commas, e.g. gsm8k:20,mt-bench"
+                )
             name, sep, raw = item.partition(":")
             name = name.strip()
             if name.endswith(".jsonl"):  # accept file names as well as task names
@@ -127,8 +135,10 @@ def parse_tasks(spec: str | None, *, eval_data_dir: str | os.PathLike | None = N
     skipped: list[str] = []
     for name, count in requested:
         if not _NAME_RE.match(name):
-            raise EvalDataError(f"task name {name!r} is not a plain name; use a known task "
-                                f"({', '.join(KNOWN_TASKS)}) or the stem of a .jsonl file in {data_dir}")
+            raise EvalDataError(
+                f"task name {name!r} is not a plain name; use a known task "
+                f"({', '.join(KNOWN_TASKS)}) or the stem of a .jsonl file in {data_dir}"
+            )
         path = data_dir / f"{name}.jsonl"
         if name in KNOWN_TASKS:
             if not path.is_file():
@@ -137,17 +147,22 @@ def parse_tasks(spec: str | None, *, eval_data_dir: str | os.PathLike | None = N
             paper_count, domain = KNOWN_TASKS[name]
             tasks.append(TaskSpec(name=name, count=count or paper_count, domain=domain, path=path))
         elif path.is_file():
-            tasks.append(TaskSpec(name=name, count=count or _count_nonblank_lines(path),
-                                  domain=CUSTOM_DOMAIN, path=path))
+            tasks.append(
+                TaskSpec(name=name, count=count or _count_nonblank_lines(path), domain=CUSTOM_DOMAIN, path=path)
+            )
         else:
             present = _jsonl_files(data_dir)
-            raise EvalDataError(f"unknown task {name!r}: known tasks are {', '.join(KNOWN_TASKS)}; "
-                                f".jsonl files in {data_dir}: {', '.join(present) if present else '(none)'}")
+            raise EvalDataError(
+                f"unknown task {name!r}: known tasks are {', '.join(KNOWN_TASKS)}; "
+                f".jsonl files in {data_dir}: {', '.join(present) if present else '(none)'}"
+            )
 
     if not tasks:
-        raise EvalDataError(f"none of the requested tasks has a prompt file in {data_dir} "
-                            f"({'; '.join(skipped)}); point --eval-data-dir or ${ENV_VAR} at the right "
-                            f"folder or build it with {BUILD_HINT}")
+        raise EvalDataError(
+            f"none of the requested tasks has a prompt file in {data_dir} "
+            f"({'; '.join(skipped)}); point --eval-data-dir or ${ENV_VAR} at the right "
+            f"folder or build it with {BUILD_HINT}"
+        )
     if any(t.count == 0 for t in tasks):
         empty = [t.name for t in tasks if t.count == 0]
         raise EvalDataError(f"task file(s) {empty} in {data_dir} hold no prompts; fill or remove them")
@@ -167,12 +182,14 @@ def load_prompts(task: TaskSpec) -> list[str]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise EvalDataError(f"{where}: not valid JSON ({e.msg}); each line must be one "
-                                    '{"turns": ["<user turn>", ...]} object') from None
+                raise EvalDataError(
+                    f'{where}: not valid JSON ({e.msg}); each line must be one {{"turns": ["<user turn>", ...]}} object'
+                ) from None
             turns = row.get("turns") if isinstance(row, dict) else None
             if not isinstance(turns, list) or not turns:
-                raise EvalDataError(f'{where}: needs a non-empty "turns" list of user turns, e.g. '
-                                    '{"turns": ["What is 2+2?"]}')
+                raise EvalDataError(
+                    f'{where}: needs a non-empty "turns" list of user turns, e.g. {{"turns": ["What is 2+2?"]}}'
+                )
             first = turns[0]
             if not isinstance(first, str) or not first.strip():
                 raise EvalDataError(f'{where}: "turns"[0] must be a non-empty string (the first user turn)')

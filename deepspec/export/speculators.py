@@ -49,8 +49,14 @@ from deepspec.errors import DeepSpecError
 SPECULATORS_VERSION = "0.9.0"
 ARCHITECTURES = {"dspark": "DSparkSpeculator", "dflash": "DFlashSpeculator", "eagle3": "Eagle3Speculator"}
 # Our config keys that are not the draft layers' transformers config.
-_PARALLEL_KEYS = ("block_size", "mask_token_id", "markov_rank", "markov_head_type", "enable_confidence_head",
-                  "confidence_head_with_markov")
+_PARALLEL_KEYS = (
+    "block_size",
+    "mask_token_id",
+    "markov_rank",
+    "markov_head_type",
+    "enable_confidence_head",
+    "confidence_head_with_markov",
+)
 _DEEPSPEC_ONLY = ("num_anchors", "num_target_layers", "ttt_length", "step_loss_decay")
 _DRAFT_KEYS = ("architectures", "target_layer_ids", "draft_num_hidden_layers", *_PARALLEL_KEYS, *_DEEPSPEC_ONLY)
 _EAGLE3_NORM_FLAGS = ("norm_before_residual", "norm_before_fc", "fc_norm", "norm_output")
@@ -83,8 +89,10 @@ def _algorithm(config: dict) -> str:
 
 # ----------------------------------------------------------------------------- ours -> speculators
 
-def to_speculators_config(config: dict, *, verifier_name_or_path: str | None = None,
-                          verifier_architectures: list[str] | None = None) -> dict:
+
+def to_speculators_config(
+    config: dict, *, verifier_name_or_path: str | None = None, verifier_architectures: list[str] | None = None
+) -> dict:
     """Our draft ``config.json`` dict as a speculators config dict (see the module docstring)."""
     algorithm = _algorithm(config)
     layer = {k: v for k, v in config.items() if k not in _DRAFT_KEYS}
@@ -103,7 +111,8 @@ def to_speculators_config(config: dict, *, verifier_name_or_path: str | None = N
             raise SpeculatorsFormatError(
                 f"an Eagle3 draft with {config['num_hidden_layers']} layers: ours fuses [embeds ; features] in every "
                 "layer, the speculators format (and vLLM) only in layer 0, so there is no equivalent. Export a "
-                "one-layer Eagle3 draft (model.num_draft_layers=1, the default)")
+                "one-layer Eagle3 draft (model.num_draft_layers=1, the default)"
+            )
         out.update(eagle_aux_hidden_state_layer_ids=aux, **{flag: False for flag in _EAGLE3_NORM_FLAGS})
         tokens = int(config.get("ttt_length") or 3)
     else:
@@ -129,11 +138,15 @@ def vllm_caveat(config: dict) -> str | None:
             return f"vLLM's speculators Eagle3 path builds only qwen3 / llama layers, not {model_type}"
         return None
     if algorithm == "dflash":
-        return ("vLLM's dflash method refuses sample_from_anchor (DeepSpec's DFlash layout); serve it with "
-                "--format deepspec and method dspark")
+        return (
+            "vLLM's dflash method refuses sample_from_anchor (DeepSpec's DFlash layout); serve it with "
+            "--format deepspec and method dspark"
+        )
     if model_type != "qwen3":
-        return (f"vLLM maps every speculators dspark folder to Qwen3DSparkModel, which cannot hold {model_type} "
-                "layers; serve it with --format deepspec (Gemma4DSparkModel)")
+        return (
+            f"vLLM maps every speculators dspark folder to Qwen3DSparkModel, which cannot hold {model_type} "
+            "layers; serve it with --format deepspec (Gemma4DSparkModel)"
+        )
     try:
         check_vllm_servable(config=config)
     except VllmExportError as exc:
@@ -152,6 +165,7 @@ def _verifier_architectures(name_or_path: str | None) -> list[str]:
 
 # ----------------------------------------------------------------------------- speculators -> ours
 
+
 def from_speculators_config(spec: dict, *, source: str = "config.json") -> dict:
     """A speculators config dict as our draft ``config.json`` dict; refuses what has no equivalent."""
     from deepspec.models.config import DRAFT_LAYER_TYPE, architecture_name
@@ -159,8 +173,9 @@ def from_speculators_config(spec: dict, *, source: str = "config.json") -> dict:
 
     kind = spec.get("speculators_model_type")
     if kind not in ARCHITECTURES:
-        raise SpeculatorsFormatError(f"{source}: speculators_model_type {kind!r}; DeepSpec reads "
-                                     f"{sorted(ARCHITECTURES)}")
+        raise SpeculatorsFormatError(
+            f"{source}: speculators_model_type {kind!r}; DeepSpec reads {sorted(ARCHITECTURES)}"
+        )
     layer = dict(spec.get("transformer_layer_config") or {})
     if not layer:
         raise SpeculatorsFormatError(f"{source}: no transformer_layer_config (the draft layers' config)")
@@ -174,52 +189,74 @@ def from_speculators_config(spec: dict, *, source: str = "config.json") -> dict:
         raise SpeculatorsFormatError(
             f"{source}: draft_vocab_size {spec['draft_vocab_size']} < the target's {vocab} (a reduced draft "
             "vocabulary with d2t / t2d tables); DeepSpec drafts predict over the full vocabulary, so it cannot "
-            "be loaded here")
+            "be loaded here"
+        )
     if spec.get("target_hidden_size") not in (None, layer.get("hidden_size")):
-        raise SpeculatorsFormatError(f"{source}: target_hidden_size {spec['target_hidden_size']} differs from the "
-                                     f"draft's hidden_size {layer.get('hidden_size')}; DeepSpec drafts share the "
-                                     "target's width")
+        raise SpeculatorsFormatError(
+            f"{source}: target_hidden_size {spec['target_hidden_size']} differs from the "
+            f"draft's hidden_size {layer.get('hidden_size')}; DeepSpec drafts share the "
+            "target's width"
+        )
     types = layer.get("layer_types") or []
     if any(t != DRAFT_LAYER_TYPE for t in types):
-        raise SpeculatorsFormatError(f"{source}: layer_types {types}; DeepSpec draft layers all use "
-                                     f"{DRAFT_LAYER_TYPE} (no sliding window)")
+        raise SpeculatorsFormatError(
+            f"{source}: layer_types {types}; DeepSpec draft layers all use {DRAFT_LAYER_TYPE} (no sliding window)"
+        )
     ours = {k: v for k, v in layer.items() if k != "architectures"}
     extra = dict(spec.get("deepspec") or {})
     n_layers = int(layer.get("num_hidden_layers", 1))
-    ours.update(num_hidden_layers=n_layers, layer_types=[DRAFT_LAYER_TYPE] * n_layers, tie_word_embeddings=False,
-                architectures=[architecture_name(family.name, kind)])
+    ours.update(
+        num_hidden_layers=n_layers,
+        layer_types=[DRAFT_LAYER_TYPE] * n_layers,
+        tie_word_embeddings=False,
+        architectures=[architecture_name(family.name, kind)],
+    )
     if kind == "eagle3":
         aux = spec.get("eagle_aux_hidden_state_layer_ids")
-        bad = [flag for flag in _EAGLE3_NORM_FLAGS
-               if spec.get(flag, flag == "norm_before_residual")]  # vLLM's default: norm_before_residual true
+        bad = [
+            flag for flag in _EAGLE3_NORM_FLAGS if spec.get(flag, flag == "norm_before_residual")
+        ]  # vLLM's default: norm_before_residual true
         if bad:
             raise SpeculatorsFormatError(
                 f"{source}: Eagle3 with {', '.join(f'{b}=true' for b in bad)}; DeepSpec's Eagle3 layer normalises "
                 "embeds and features separately and keeps the un-normalised features as residual (all four "
-                f"flags false), so it has no equivalent")
+                f"flags false), so it has no equivalent"
+            )
         if n_layers != 1:
-            raise SpeculatorsFormatError(f"{source}: an Eagle3 draft with {n_layers} layers (the 2H input only in "
-                                         "layer 0); DeepSpec's layout fuses in every layer, so only one-layer "
-                                         "drafts map exactly")
-        ours.update(draft_num_hidden_layers=n_layers, ttt_length=int(extra.get("ttt_length", 7)),
-                    step_loss_decay=float(extra.get("step_loss_decay", 0.8)))
+            raise SpeculatorsFormatError(
+                f"{source}: an Eagle3 draft with {n_layers} layers (the 2H input only in "
+                "layer 0); DeepSpec's layout fuses in every layer, so only one-layer "
+                "drafts map exactly"
+            )
+        ours.update(
+            draft_num_hidden_layers=n_layers,
+            ttt_length=int(extra.get("ttt_length", 7)),
+            step_loss_decay=float(extra.get("step_loss_decay", 0.8)),
+        )
     else:
         aux = spec.get("aux_hidden_state_layer_ids")
         if not spec.get("sample_from_anchor", kind == "dspark"):
             raise SpeculatorsFormatError(
                 f"{source}: sample_from_anchor=false (the anchor is the bonus token and each mask predicts its own "
                 "position); DeepSpec's parallel drafter uses the sample_from_anchor=true layout (slot k predicts "
-                "token p+k+1), so this draft cannot be measured here")
+                "token p+k+1), so this draft cannot be measured here"
+            )
         rank = int(spec.get("markov_rank", 256 if kind == "dspark" else 0)) if kind == "dspark" else 0
         conf = bool(spec.get("enable_confidence_head", True)) if kind == "dspark" else False
-        ours.update(block_size=int(spec.get("block_size", 8)), mask_token_id=spec.get("mask_token_id"),
-                    markov_rank=rank, markov_head_type=str(spec.get("markov_head_type", "vanilla")),
-                    enable_confidence_head=conf,
-                    confidence_head_with_markov=bool(conf and spec.get("confidence_head_with_markov", True)),
-                    num_anchors=int(extra.get("num_anchors", 512)))
+        ours.update(
+            block_size=int(spec.get("block_size", 8)),
+            mask_token_id=spec.get("mask_token_id"),
+            markov_rank=rank,
+            markov_head_type=str(spec.get("markov_head_type", "vanilla")),
+            enable_confidence_head=conf,
+            confidence_head_with_markov=bool(conf and spec.get("confidence_head_with_markov", True)),
+            num_anchors=int(extra.get("num_anchors", 512)),
+        )
     if not aux:
-        raise SpeculatorsFormatError(f"{source}: no {'eagle_' if kind == 'eagle3' else ''}aux_hidden_state_layer_ids;"
-                                     " DeepSpec needs the captured target layers")
+        raise SpeculatorsFormatError(
+            f"{source}: no {'eagle_' if kind == 'eagle3' else ''}aux_hidden_state_layer_ids;"
+            " DeepSpec needs the captured target layers"
+        )
     ours["target_layer_ids"] = [int(i) - 1 for i in aux]
     ours["num_target_layers"] = extra.get("num_target_layers")
     return ours
@@ -230,13 +267,16 @@ def from_speculators_state(state: dict[str, torch.Tensor], *, source: str) -> di
     state = {k: v for k, v in state.items() if k not in _DROPPED_ON_IMPORT}
     d2t, t2d = state.pop("d2t", None), state.pop("t2d", None)
     if (d2t is not None and d2t.any()) or (t2d is not None and not t2d.all()):
-        raise SpeculatorsFormatError(f"{source}: d2t / t2d map a reduced draft vocabulary; DeepSpec drafts predict "
-                                     "over the full vocabulary, so it cannot be loaded here")
+        raise SpeculatorsFormatError(
+            f"{source}: d2t / t2d map a reduced draft vocabulary; DeepSpec drafts predict "
+            "over the full vocabulary, so it cannot be loaded here"
+        )
     return state
 
 
-def read_speculators_folder(folder: str | os.PathLike, *, frozen_target: str | None = None
-                            ) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_speculators_folder(
+    folder: str | os.PathLike, *, frozen_target: str | None = None
+) -> tuple[dict, dict[str, torch.Tensor]]:
     """(our config dict, our tensors) of a speculators-format draft folder (ours or another tool's).
 
     Engines share the target's embedding / LM head, so some folders omit them: ``frozen_target`` (a
@@ -252,7 +292,8 @@ def read_speculators_folder(folder: str | os.PathLike, *, frozen_target: str | N
         if frozen_target is None:
             raise SpeculatorsFormatError(
                 f"{source} has no {' / '.join(missing)} (engines share the target's); pass the target "
-                "(export_draft.py --target, eval.py uses its --target_model_name_or_path) to fill them")
+                "(export_draft.py --target, eval.py uses its --target_model_name_or_path) to fill them"
+            )
         from deepspec.targets import load_frozen_target_pieces
 
         embed, head = load_frozen_target_pieces(frozen_target)
@@ -263,14 +304,16 @@ def read_speculators_folder(folder: str | os.PathLike, *, frozen_target: str | N
 
 # ----------------------------------------------------------------------------- folders
 
+
 def read_any_config(folder: str | os.PathLike) -> dict:
     """Our config dict of a draft folder in either layout (a speculators config is converted)."""
     config = read_config_json(folder)
     return from_speculators_config(config, source=f"{folder}/config.json") if is_speculators_config(config) else config
 
 
-def read_any_draft(folder: str | os.PathLike, *, frozen_target: str | None = None
-                   ) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_any_draft(
+    folder: str | os.PathLike, *, frozen_target: str | None = None
+) -> tuple[dict, dict[str, torch.Tensor]]:
     """(our config dict, tensors) of a draft folder in either layout."""
     from deepspec.models.loading import read_safetensors
 
@@ -310,9 +353,15 @@ def cast(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str,
     return state if dtype is None else {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
 
-def to_speculators_folder(*, draft_dir: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool = False,
-                          dtype: torch.dtype | None = None, verifier_name_or_path: str | None = None,
-                          frozen_target: str | None = None) -> Path:
+def to_speculators_folder(
+    *,
+    draft_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    overwrite: bool = False,
+    dtype: torch.dtype | None = None,
+    verifier_name_or_path: str | None = None,
+    frozen_target: str | None = None,
+) -> Path:
     """Write a speculators-format copy of a draft folder (either layout) into ``output_dir``.
 
     ``verifier_name_or_path`` (default: the target recorded in a checkpoint's train_config.json) is what
@@ -326,8 +375,9 @@ def to_speculators_folder(*, draft_dir: str | os.PathLike, output_dir: str | os.
     _algorithm(config)  # a clear error for a folder that is no draft of ours
     _, state = read_any_draft(src, frozen_target=frozen_target)
     verifier = verifier_name_or_path or recorded_target(src)
-    spec = to_speculators_config(config, verifier_name_or_path=verifier,
-                                 verifier_architectures=_verifier_architectures(verifier))
+    spec = to_speculators_config(
+        config, verifier_name_or_path=verifier, verifier_architectures=_verifier_architectures(verifier)
+    )
     if dtype is not None:
         spec["transformer_layer_config"]["torch_dtype"] = str(dtype).removeprefix("torch.")
     return write_folder(out, config=spec, state=cast(state, dtype), overwrite=overwrite, src=src)

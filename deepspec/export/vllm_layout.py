@@ -53,28 +53,39 @@ def check_vllm_servable(*, config: dict) -> None:
     if arch is not None and "Eagle3" in arch:
         raise VllmExportError(
             f"{arch}: vLLM has no DeepSpec-layout Eagle3 class; it loads Eagle3 drafts in the speculators format "
-            "(Eagle3Qwen3ForCausalLM / Eagle3LlamaForCausalLM): export it with --format speculators")
+            "(Eagle3Qwen3ForCausalLM / Eagle3LlamaForCausalLM): export it with --format speculators"
+        )
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise VllmExportError(f"architectures {config.get('architectures')!r}: expected one of "
-                              f"{list(SUPPORTED_ARCHITECTURES)} (a DeepSpec DSpark/DFlash draft)")
+        raise VllmExportError(
+            f"architectures {config.get('architectures')!r}: expected one of "
+            f"{list(SUPPORTED_ARCHITECTURES)} (a DeepSpec DSpark/DFlash draft)"
+        )
     rank = int(config.get("markov_rank") or 0)
     kind = config.get("markov_head_type", "vanilla")
     if rank > 0 and kind != "vanilla":
         raise VllmExportError(
             f"markov_head_type={kind!r}: vLLM implements only the vanilla Markov head (bias = W2 W1[x_(k-1)], "
             "qwen3_dspark.py DSparkMarkovHead) and ignores markov_head_type; a gated or rnn head cannot be served. "
-            "Train with markov_head_type='vanilla'")
+            "Train with markov_head_type='vanilla'"
+        )
     if arch == "Gemma4DSparkModel" and not config.get("attention_k_eq_v", False):
         raise VllmExportError(
             "Gemma 4 draft without attention_k_eq_v: vLLM's Gemma4DSparkModel precomputes context K/V assuming "
             "k=v attention on every layer (it asserts this when loading); only k=v Gemma 4 targets' drafts can "
-            "be served")
+            "be served"
+        )
     if config.get("draft_vocab_size") not in (None, config.get("vocab_size")):
         raise VllmExportError("a reduced draft vocabulary needs d2t tables, which DeepSpec drafts do not have")
 
 
-def to_vllm_folder(*, draft_dir: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool = False,
-                   dtype: torch.dtype | None = None, frozen_target: str | None = None) -> Path:
+def to_vllm_folder(
+    *,
+    draft_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    overwrite: bool = False,
+    dtype: torch.dtype | None = None,
+    frozen_target: str | None = None,
+) -> Path:
     """Write ``output_dir`` (config.json + model.safetensors) that vLLM's DSpark classes load.
 
     ``draft_dir`` is a DeepSpec draft folder or a speculators-format one (``frozen_target`` fills an
@@ -84,7 +95,12 @@ def to_vllm_folder(*, draft_dir: str | os.PathLike, output_dir: str | os.PathLik
     dtypes) and is recorded as ``torch_dtype``.
     """
     from deepspec.export.speculators import (
-        SpeculatorsFormatError, cast, check_output, read_any_config, read_any_draft, write_folder,
+        SpeculatorsFormatError,
+        cast,
+        check_output,
+        read_any_config,
+        read_any_draft,
+        write_folder,
     )
     from deepspec.models.loading import DraftLoadError
 

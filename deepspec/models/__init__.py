@@ -10,7 +10,11 @@ Trainer-facing API::
 """
 
 from deepspec.models.config import (
-    DraftConfig, DraftConfigError, draft_config_class, draft_config_from_dict, draft_config_from_target,
+    DraftConfig,
+    DraftConfigError,
+    draft_config_class,
+    draft_config_from_dict,
+    draft_config_from_target,
     load_draft_config,
 )
 from deepspec.models.dspark import DSparkDraftModel, DSparkTrainOutput, block_targets, sample_anchors
@@ -19,10 +23,24 @@ from deepspec.models.loading import DraftLoadError, load_state_strict
 from deepspec.models.losses import eagle3_loss, parallel_draft_loss, summarize
 
 __all__ = [
-    "DraftConfig", "DraftConfigError", "draft_config_class", "draft_config_from_dict", "draft_config_from_target",
-    "load_draft_config", "DSparkDraftModel", "DSparkTrainOutput", "Eagle3DraftModel", "Eagle3TrainOutput",
-    "block_targets", "sample_anchors",
-    "parallel_draft_loss", "eagle3_loss", "summarize", "build_draft", "load_draft", "DraftLoadError",
+    "DraftConfig",
+    "DraftConfigError",
+    "draft_config_class",
+    "draft_config_from_dict",
+    "draft_config_from_target",
+    "load_draft_config",
+    "DSparkDraftModel",
+    "DSparkTrainOutput",
+    "Eagle3DraftModel",
+    "Eagle3TrainOutput",
+    "block_targets",
+    "sample_anchors",
+    "parallel_draft_loss",
+    "eagle3_loss",
+    "summarize",
+    "build_draft",
+    "load_draft",
+    "DraftLoadError",
     "load_state_strict",
 ]
 

@@ -81,8 +81,10 @@ def build_attention(family: TargetFamily, config, layer_idx: int, *, in_features
     """
     attn = family_classes(family)["attention"](config, layer_idx)
     if getattr(attn, "k_proj", None) is None:
-        raise ValueError(f"{type(attn).__name__} layer {layer_idx} has no own k projection (a KV-shared layer); "
-                         "draft configs must set num_kv_shared_layers=0")
+        raise ValueError(
+            f"{type(attn).__name__} layer {layer_idx} has no own k projection (a KV-shared layer); "
+            "draft configs must set num_kv_shared_layers=0"
+        )
     if in_features is not None and in_features != attn.q_proj.in_features:
         bias = config.attention_bias
         for name in ("q_proj", "k_proj", "v_proj"):
@@ -161,8 +163,7 @@ def attend(q, k, v, *, scale: float, mask, backend: str) -> torch.Tensor:
 
         out = _compiled_flex(flex_attention)(q, k, v, block_mask=mask, scale=scale, enable_gqa=k.shape[1] != h)
     elif backend == "sdpa":
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scale,
-                                             enable_gqa=k.shape[1] != h)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scale, enable_gqa=k.shape[1] != h)
     elif backend == "eager":
         rep = h // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -292,9 +293,11 @@ class DraftPreTrainedModel(PreTrainedModel):
         """Copy the frozen target embedding and LM head weights (e.g. ``load_frozen_target_pieces``)."""
         for mine, theirs, name in ((self.embed_tokens, embed, "embedding"), (self.lm_head, lm_head, "LM head")):
             if mine.weight.shape != theirs.shape:
-                raise TargetError(f"target {name} shape {tuple(theirs.shape)} != draft "
-                                  f"{tuple(mine.weight.shape)}; "
-                                  "build the draft config from this target (draft_config_from_target)")
+                raise TargetError(
+                    f"target {name} shape {tuple(theirs.shape)} != draft "
+                    f"{tuple(mine.weight.shape)}; "
+                    "build the draft config from this target (draft_config_from_target)"
+                )
             mine.weight.copy_(theirs)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -315,8 +318,16 @@ class DraftPreTrainedModel(PreTrainedModel):
         return [p for p in self.parameters() if p.requires_grad]
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *, config=None, dtype=None, torch_dtype=None,
-                        device=None, frozen_target=None):
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *,
+        config=None,
+        dtype=None,
+        torch_dtype=None,
+        device=None,
+        frozen_target=None,
+    ):
         """Load a draft folder (or hub id) strictly: every tensor must fit (see :mod:`deepspec.models.loading`).
 
         The config is rebuilt as a draft config of the right family and kind; ``cls`` may be the
@@ -341,8 +352,10 @@ class DraftPreTrainedModel(PreTrainedModel):
 
             model_cls = _model_class(config)
         if not issubclass(model_cls, cls):
-            raise DraftLoadError(f"{pretrained_model_name_or_path} holds a {arch}, not a {cls.__name__}; "
-                                 "use deepspec.models.load_draft to load any draft")
+            raise DraftLoadError(
+                f"{pretrained_model_name_or_path} holds a {arch}, not a {cls.__name__}; "
+                "use deepspec.models.load_draft to load any draft"
+            )
         model = model_cls(config)
         load_state_strict(model, state, source=str(pretrained_model_name_or_path))
         dtype = dtype or torch_dtype

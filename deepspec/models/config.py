@@ -84,8 +84,9 @@ class DraftConfig:
         first = layers.get("0", layers.get(0))
         if out.get("model_type", "").startswith("gemma4") and first:
             out.setdefault("global_head_dim", int(first.get("head_dim", out.get("head_dim"))))
-            out.setdefault("num_global_key_value_heads",
-                           int(first.get("num_key_value_heads", out.get("num_key_value_heads"))))
+            out.setdefault(
+                "num_global_key_value_heads", int(first.get("num_key_value_heads", out.get("num_key_value_heads")))
+            )
         return out
 
     @property
@@ -102,8 +103,9 @@ class DraftConfig:
     def validate_draft(self) -> None:
         ids = self.target_layer_ids
         if not ids:
-            raise DraftConfigError("draft config needs target_layer_ids (the captured target layers), "
-                                   "e.g. [1, 9, 17, 25, 33]")
+            raise DraftConfigError(
+                "draft config needs target_layer_ids (the captured target layers), e.g. [1, 9, 17, 25, 33]"
+            )
         if self.num_target_layers is not None:
             validate_layer_ids(ids, num_layers=int(self.num_target_layers))
         if self.draft_algorithm == EAGLE3:
@@ -115,7 +117,8 @@ class DraftConfig:
         if self.mask_token_id is None or not 0 <= int(self.mask_token_id) < int(self.vocab_size):
             raise DraftConfigError(
                 f"mask_token_id {self.mask_token_id!r} must be a token id in [0, {self.vocab_size}); "
-                "use the family's mask token (deepspec.recipes.*_MASK_TOKEN_ID)")
+                "use the family's mask token (deepspec.recipes.*_MASK_TOKEN_ID)"
+            )
         if self.markov_rank < 0:
             raise DraftConfigError(f"markov_rank must be >= 0 (0 = DFlash), got {self.markov_rank}")
         if self.markov_head_type not in MARKOV_HEAD_TYPES:
@@ -123,7 +126,8 @@ class DraftConfig:
         if self.confidence_head_with_markov and not (self.enable_confidence_head and self.markov_rank > 0):
             raise DraftConfigError(
                 "confidence_head_with_markov needs enable_confidence_head=True and markov_rank > 0; "
-                "set confidence_head_with_markov=False for a confidence head on h_k alone")
+                "set confidence_head_with_markov=False for a confidence head on h_k alone"
+            )
 
 
 def architecture_name(family_name: str, algorithm: str) -> str:
@@ -166,7 +170,8 @@ def draft_config_kind(config_dict: Mapping[str, Any]) -> str:
         return "parallel"
     raise DraftConfigError(
         f"not a DeepSpec draft config (architectures={config_dict.get('architectures')}); "
-        "expected e.g. Qwen3DSparkModel or Qwen3Eagle3Model")
+        "expected e.g. Qwen3DSparkModel or Qwen3Eagle3Model"
+    )
 
 
 def draft_config_from_dict(config_dict: Mapping[str, Any]):
@@ -219,8 +224,19 @@ def draft_config_from_target(target_hf_config, model_cfg: Mapping[str, Any]):
         base = {k: v for k, v in base.items() if k in known}
     heterogeneous = "per_layer_config" in base
     per_layer = {str(k): v for k, v in (base.pop("per_layer_config", None) or {}).items()}
-    for key in ("architectures", "layer_types", "_name_or_path", "transformers_version", "auto_map", "model_type",
-                "num_hidden_layers", "tie_word_embeddings", "dtype", "torch_dtype", "sliding_window"):
+    for key in (
+        "architectures",
+        "layer_types",
+        "_name_or_path",
+        "transformers_version",
+        "auto_map",
+        "model_type",
+        "num_hidden_layers",
+        "tie_word_embeddings",
+        "dtype",
+        "torch_dtype",
+        "sliding_window",
+    ):
         base.pop(key, None)
     fields: dict[str, Any] = dict(
         architectures=[architecture_name(family.name, algorithm)],
@@ -241,14 +257,21 @@ def draft_config_from_target(target_hf_config, model_cfg: Mapping[str, Any]):
     # Every draft layer has its own k (and v) projection: no shared KV layers, no sliding window,
     # no per-layer input gates. Gemma 4's k=v attention (``attention_k_eq_v``) is kept from the target,
     # as DeepSpec does: values are then the key projection and the layer has no v_proj.
-    for key, value in (("num_kv_shared_layers", 0), ("use_sliding_window", False), ("hidden_size_per_layer_input", 0),
-                       ("use_bidirectional_attention", None), ("enable_moe_block", False)):
+    for key, value in (
+        ("num_kv_shared_layers", 0),
+        ("use_sliding_window", False),
+        ("hidden_size_per_layer_input", 0),
+        ("use_bidirectional_attention", None),
+        ("enable_moe_block", False),
+    ):
         if key in base:
             base[key] = value
     if algorithm == EAGLE3:
-        fields.update(ttt_length=int(model_cfg.get("ttt_length", 7)),
-                      step_loss_decay=float(model_cfg.get("step_loss_decay", 0.8)),
-                      draft_num_hidden_layers=num_layers)
+        fields.update(
+            ttt_length=int(model_cfg.get("ttt_length", 7)),
+            step_loss_decay=float(model_cfg.get("step_loss_decay", 0.8)),
+            draft_num_hidden_layers=num_layers,
+        )
     else:
         markov_rank = int(model_cfg.get("markov_rank", 0))
         if algorithm == DFLASH and markov_rank:
@@ -261,8 +284,9 @@ def draft_config_from_target(target_hf_config, model_cfg: Mapping[str, Any]):
             markov_rank=markov_rank,
             markov_head_type=str(model_cfg.get("markov_head_type", "vanilla")),
             enable_confidence_head=conf,
-            confidence_head_with_markov=bool(conf and model_cfg.get("confidence_head_with_markov", False)
-                                             and markov_rank > 0),
+            confidence_head_with_markov=bool(
+                conf and model_cfg.get("confidence_head_with_markov", False) and markov_rank > 0
+            ),
         )
     model_type = text.model_type if family is target_family else family.model_types[0]
     cls = draft_config_class(model_type, _kind(algorithm))

@@ -41,8 +41,15 @@ import torch
 from torch import nn
 
 from deepspec.models.blocks import (
-    DraftLayer, DraftPreTrainedModel, attend, build_norm, build_rotary, make_flex_mask, project_qkv,
-    resolve_backend, rotary_cos_sin,
+    DraftLayer,
+    DraftPreTrainedModel,
+    attend,
+    build_norm,
+    build_rotary,
+    make_flex_mask,
+    project_qkv,
+    resolve_backend,
+    rotary_cos_sin,
 )
 from deepspec.models.config import DRAFT_LAYER_TYPE, architecture_name
 from deepspec.targets import FAMILIES
@@ -111,23 +118,24 @@ class ConfidenceHead(nn.Module):
 class BlockTargets:
     """Per-slot bookkeeping for A anchors [B, A, G] (all long/bool)."""
 
-    block_ids: torch.Tensor      # draft input tokens: anchor token then mask tokens
-    positions: torch.Tensor      # rotary position of each slot = anchor + k
-    labels: torch.Tensor         # token anchor + k + 1
-    prev_tokens: torch.Tensor    # x_{k-1} = token anchor + k (Markov input; slot 0: the anchor token)
+    block_ids: torch.Tensor  # draft input tokens: anchor token then mask tokens
+    positions: torch.Tensor  # rotary position of each slot = anchor + k
+    labels: torch.Tensor  # token anchor + k + 1
+    prev_tokens: torch.Tensor  # x_{k-1} = token anchor + k (Markov input; slot 0: the anchor token)
     target_positions: torch.Tensor  # where the target's logits predict the slot's token = anchor + k
-    slot_mask: torch.Tensor      # supervised: anchor valid and anchor+1..anchor+k+1 all in the loss mask
+    slot_mask: torch.Tensor  # supervised: anchor valid and anchor+1..anchor+k+1 all in the loss mask
 
 
 @dataclass
 class DSparkTrainOutput:
-    logits: torch.Tensor                   # [B, A, G, V] draft logits (Markov bias included)
+    logits: torch.Tensor  # [B, A, G, V] draft logits (Markov bias included)
     confidence_logits: torch.Tensor | None  # [B, A, G] or None without a confidence head
     targets: BlockTargets
 
 
-def sample_anchors(loss_mask: torch.Tensor, *, num_anchors: int, block_size: int,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_anchors(
+    loss_mask: torch.Tensor, *, num_anchors: int, block_size: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw up to ``num_anchors`` distinct anchors per sequence, uniformly without replacement.
 
     Candidates are positions a < T-1 with ``loss_mask[a] = loss_mask[a+1] = 1`` (DeepSpec's rule):
@@ -139,7 +147,8 @@ def sample_anchors(loss_mask: torch.Tensor, *, num_anchors: int, block_size: int
     """
     assert loss_mask.dim() == 2, f"loss_mask must be [B, T], got shape {tuple(loss_mask.shape)}"
     assert num_anchors >= 1 and block_size >= 1, (
-        f"need num_anchors >= 1 and block_size >= 1, got {num_anchors}, {block_size}")
+        f"need num_anchors >= 1 and block_size >= 1, got {num_anchors}, {block_size}"
+    )
     B, T = loss_mask.shape
     candidate = torch.zeros(B, T, dtype=torch.bool, device=loss_mask.device)
     candidate[:, :-1] = loss_mask[:, :-1].bool() & loss_mask[:, 1:].bool()
@@ -159,8 +168,15 @@ def sample_anchors(loss_mask: torch.Tensor, *, num_anchors: int, block_size: int
     return anchors, valid
 
 
-def block_targets(*, input_ids: torch.Tensor, loss_mask: torch.Tensor, anchors: torch.Tensor,
-                  anchor_valid: torch.Tensor | None, block_size: int, mask_token_id: int) -> BlockTargets:
+def block_targets(
+    *,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    anchors: torch.Tensor,
+    anchor_valid: torch.Tensor | None,
+    block_size: int,
+    mask_token_id: int,
+) -> BlockTargets:
     B, T = input_ids.shape
     G = block_size
     k = torch.arange(G, device=input_ids.device)
@@ -173,9 +189,14 @@ def block_targets(*, input_ids: torch.Tensor, loss_mask: torch.Tensor, anchors: 
     slot_mask = in_mask.long().cumprod(dim=-1).bool() & valid[:, :, None]  # stop at the first unsupervised token
     block_ids = torch.full_like(positions, mask_token_id)
     block_ids[:, :, 0] = gather(input_ids, anchors[:, :, None])[:, :, 0]
-    return BlockTargets(block_ids=block_ids, positions=positions, labels=gather(input_ids, nxt),
-                        prev_tokens=gather(input_ids, positions), target_positions=positions.clamp(max=T - 1),
-                        slot_mask=slot_mask)
+    return BlockTargets(
+        block_ids=block_ids,
+        positions=positions,
+        labels=gather(input_ids, nxt),
+        prev_tokens=gather(input_ids, positions),
+        target_positions=positions.clamp(max=T - 1),
+        slot_mask=slot_mask,
+    )
 
 
 class DSparkDraftModel(DraftPreTrainedModel):
@@ -191,8 +212,11 @@ class DSparkDraftModel(DraftPreTrainedModel):
         self.norm = build_norm(family, config, H)
         self.rotary_emb = build_rotary(family, config)
         rank = int(config.markov_rank)
-        self.markov_head = (MarkovHead(vocab_size=config.vocab_size, hidden_size=H, rank=rank,
-                                       kind=config.markov_head_type) if rank > 0 else None)
+        self.markov_head = (
+            MarkovHead(vocab_size=config.vocab_size, hidden_size=H, rank=rank, kind=config.markov_head_type)
+            if rank > 0
+            else None
+        )
         self.confidence_head = None
         if config.enable_confidence_head:
             self.confidence_head = ConfidenceHead(H + (rank if config.confidence_head_with_markov else 0))
@@ -205,11 +229,13 @@ class DSparkDraftModel(DraftPreTrainedModel):
         n_h = self.fc.in_features
         assert hidden_states.shape[-1] == n_h, (
             f"captured hidden states have width {hidden_states.shape[-1]}, the draft expects "
-            f"{n_h} = len(target_layer_ids) * hidden_size; capture the layers in config.target_layer_ids")
+            f"{n_h} = len(target_layer_ids) * hidden_size; capture the layers in config.target_layer_ids"
+        )
         return self.hidden_norm(self.fc(hidden_states.to(self.fc.weight.dtype)))
 
-    def block_hidden(self, *, block_ids, block_positions, context, context_positions, mask,
-                     backend: str) -> torch.Tensor:
+    def block_hidden(
+        self, *, block_ids, block_positions, context, context_positions, mask, backend: str
+    ) -> torch.Tensor:
         """Post-norm draft states [B, Q, H] of Q block slots over ``context`` [B, T, H] (already H_ctx)."""
         x = self.embed(block_ids).to(context.dtype)
         rope_q = rotary_cos_sin(self.rotary_emb, x, block_positions, DRAFT_LAYER_TYPE)
@@ -246,6 +272,7 @@ class DSparkDraftModel(DraftPreTrainedModel):
         Q = A * G
         slot_anchor = anchors.repeat_interleave(G, dim=1)  # [B, Q]
         if backend == "flex":
+
             def mask_mod(b, h, q_idx, kv_idx):
                 in_ctx = kv_idx < context_len
                 ctx_ok = kv_idx < slot_anchor[b, q_idx]
@@ -259,9 +286,16 @@ class DSparkDraftModel(DraftPreTrainedModel):
         return torch.cat([ctx_ok, same_block], dim=-1)
 
     # -- training -------------------------------------------------------------------------------
-    def forward_train(self, *, input_ids: torch.Tensor, hidden_states: torch.Tensor, loss_mask: torch.Tensor,
-                      anchors: torch.Tensor, anchor_valid: torch.Tensor | None = None,
-                      attention_backend: str = "auto") -> DSparkTrainOutput:
+    def forward_train(
+        self,
+        *,
+        input_ids: torch.Tensor,
+        hidden_states: torch.Tensor,
+        loss_mask: torch.Tensor,
+        anchors: torch.Tensor,
+        anchor_valid: torch.Tensor | None = None,
+        attention_backend: str = "auto",
+    ) -> DSparkTrainOutput:
         """All A blocks of every sequence in one pass.
 
         input_ids [B, T], hidden_states [B, T, n·H] (captured target layers), loss_mask [B, T],
@@ -273,19 +307,30 @@ class DSparkDraftModel(DraftPreTrainedModel):
         B, T = input_ids.shape
         assert hidden_states.shape[:2] == (B, T) and loss_mask.shape == (B, T), (
             f"input_ids {tuple(input_ids.shape)}, hidden_states {tuple(hidden_states.shape)} and loss_mask "
-            f"{tuple(loss_mask.shape)} must share [B, T]")
+            f"{tuple(loss_mask.shape)} must share [B, T]"
+        )
         assert anchors.dim() == 2 and anchors.shape[0] == B, f"anchors must be [B, A], got {tuple(anchors.shape)}"
         G = int(self.config.block_size)
         A = anchors.shape[1]
         backend = resolve_backend(attention_backend, input_ids.device)
-        tg = block_targets(input_ids=input_ids, loss_mask=loss_mask, anchors=anchors, anchor_valid=anchor_valid,
-                           block_size=G, mask_token_id=int(self.config.mask_token_id))
+        tg = block_targets(
+            input_ids=input_ids,
+            loss_mask=loss_mask,
+            anchors=anchors,
+            anchor_valid=anchor_valid,
+            block_size=G,
+            mask_token_id=int(self.config.mask_token_id),
+        )
         context = self.context_features(hidden_states)
         ctx_pos = torch.arange(T, device=input_ids.device).expand(B, T)
-        hidden = self.block_hidden(block_ids=tg.block_ids.reshape(B, A * G),
-                                   block_positions=tg.positions.reshape(B, A * G),
-                                   context=context, context_positions=ctx_pos,
-                                   mask=self.training_mask(anchors, context_len=T, backend=backend), backend=backend)
+        hidden = self.block_hidden(
+            block_ids=tg.block_ids.reshape(B, A * G),
+            block_positions=tg.positions.reshape(B, A * G),
+            context=context,
+            context_positions=ctx_pos,
+            mask=self.training_mask(anchors, context_len=T, backend=backend),
+            backend=backend,
+        )
         logits, conf = self.heads(hidden.view(B, A, G, -1), tg.prev_tokens)
         return DSparkTrainOutput(logits=logits, confidence_logits=conf, targets=tg)
 

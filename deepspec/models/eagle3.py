@@ -35,8 +35,15 @@ import torch
 from torch import nn
 
 from deepspec.models.blocks import (
-    DraftLayer, DraftPreTrainedModel, attend, build_norm, build_rotary, make_flex_mask, project_qkv,
-    resolve_backend, rotary_cos_sin,
+    DraftLayer,
+    DraftPreTrainedModel,
+    attend,
+    build_norm,
+    build_rotary,
+    make_flex_mask,
+    project_qkv,
+    resolve_backend,
+    rotary_cos_sin,
 )
 from deepspec.models.config import DRAFT_LAYER_TYPE, architecture_name
 from deepspec.targets import FAMILIES
@@ -44,9 +51,9 @@ from deepspec.targets import FAMILIES
 
 @dataclass
 class Eagle3TrainOutput:
-    logits: torch.Tensor            # [S, B, T, V]
-    step_mask: torch.Tensor         # [S, B, T] supervised: loss_mask[t+s] with each row's last valid token off
-    labels: torch.Tensor            # [S, B, T] x_{t+2+s}
+    logits: torch.Tensor  # [S, B, T, V]
+    step_mask: torch.Tensor  # [S, B, T] supervised: loss_mask[t+s] with each row's last valid token off
+    labels: torch.Tensor  # [S, B, T] x_{t+2+s}
     target_positions: torch.Tensor  # [S, B, T] t+1+s: where the target's logits predict the label
 
 
@@ -62,8 +69,7 @@ def next_token_mask(loss_mask: torch.Tensor, attention_mask: torch.Tensor | None
     """``loss_mask`` [B, T] as bool with each row's last valid token removed (it has no next token)."""
     mask = loss_mask.bool().clone()
     B, T = mask.shape
-    lengths = (torch.full((B,), T, device=mask.device) if attention_mask is None
-               else attention_mask.long().sum(dim=1))
+    lengths = torch.full((B,), T, device=mask.device) if attention_mask is None else attention_mask.long().sum(dim=1)
     rows = torch.arange(B, device=mask.device)
     mask[rows, (lengths - 1).clamp(min=0)] = False
     return mask
@@ -76,8 +82,9 @@ class Eagle3DraftModel(DraftPreTrainedModel):
         super().__init__(config)
         family = self._setup_family(config)
         H = config.hidden_size
-        self.layers = nn.ModuleList(DraftLayer(family, config, i, fused_input=True)
-                                    for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            DraftLayer(family, config, i, fused_input=True) for i in range(config.num_hidden_layers)
+        )
         self.fc = nn.Linear(config.num_context_features * H, H, bias=False)
         self.norm = build_norm(family, config, H)
         self.rotary_emb = build_rotary(family, config)
@@ -88,7 +95,8 @@ class Eagle3DraftModel(DraftPreTrainedModel):
         """g = fc(captured target states) [B, T, H]."""
         assert hidden_states.shape[-1] == self.fc.in_features, (
             f"captured hidden states have width {hidden_states.shape[-1]}, the draft expects {self.fc.in_features} "
-            "= len(target_layer_ids) * hidden_size; capture the layers in config.target_layer_ids")
+            "= len(target_layer_ids) * hidden_size; capture the layers in config.target_layer_ids"
+        )
         return self.fc(hidden_states.to(self.fc.weight.dtype))
 
     def step(self, *, hidden, token_embeds, positions, caches, mask, backend):
@@ -102,13 +110,15 @@ class Eagle3DraftModel(DraftPreTrainedModel):
             caches[i][0].append(k)
             caches[i][1].append(v)
             keys, values = torch.cat(caches[i][0], dim=2), torch.cat(caches[i][1], dim=2)
-            x = layer.add_attention(x, attn.o_proj(attend(q, keys, values, scale=attn.scaling, mask=mask,
-                                                          backend=backend)))
+            x = layer.add_attention(
+                x, attn.o_proj(attend(q, keys, values, scale=attn.scaling, mask=mask, backend=backend))
+            )
             x = layer.mlp_block(x)
         return x
 
     def _mask(self, *, step: int, batch: int, length: int, backend: str, device):
         if backend == "flex":
+
             def mask_mod(b, h, q_idx, kv_idx):
                 j = kv_idx % length
                 return torch.where(kv_idx < length, j <= q_idx, j == q_idx)
@@ -116,9 +126,16 @@ class Eagle3DraftModel(DraftPreTrainedModel):
             return make_flex_mask(mask_mod, batch=batch, q_len=length, kv_len=(step + 1) * length, device=device)
         return ttt_mask(step=step, length=length, device=device).expand(batch, -1, -1)
 
-    def forward_train(self, *, input_ids: torch.Tensor, hidden_states: torch.Tensor, loss_mask: torch.Tensor,
-                      attention_mask: torch.Tensor | None = None, attention_backend: str = "auto",
-                      ttt_length: int | None = None) -> Eagle3TrainOutput:
+    def forward_train(
+        self,
+        *,
+        input_ids: torch.Tensor,
+        hidden_states: torch.Tensor,
+        loss_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        attention_backend: str = "auto",
+        ttt_length: int | None = None,
+    ) -> Eagle3TrainOutput:
         """Unrolled TTT over ``ttt_length`` (default: config) steps; logits [S, B, T, V].
 
         ``attention_mask`` [B, T] marks each row's valid (non-padding) tokens; right padding only
@@ -128,7 +145,8 @@ class Eagle3DraftModel(DraftPreTrainedModel):
         B, T = input_ids.shape
         assert hidden_states.shape[:2] == (B, T) and loss_mask.shape == (B, T), (
             f"input_ids {tuple(input_ids.shape)}, hidden_states {tuple(hidden_states.shape)} and loss_mask "
-            f"{tuple(loss_mask.shape)} must share [B, T]")
+            f"{tuple(loss_mask.shape)} must share [B, T]"
+        )
         S = int(ttt_length or self.config.ttt_length)
         backend = resolve_backend(attention_backend, input_ids.device)
         t = torch.arange(T, device=input_ids.device).expand(B, T)
@@ -138,15 +156,24 @@ class Eagle3DraftModel(DraftPreTrainedModel):
         logits, masks, labels, tpos = [], [], [], []
         for s in range(S):
             tokens = input_ids.gather(1, (t + 1 + s).clamp(max=T - 1))
-            hidden = self.step(hidden=hidden, token_embeds=self.embed(tokens).to(hidden.dtype), positions=t + s,
-                               caches=caches, mask=self._mask(step=s, batch=B, length=T, backend=backend,
-                                                              device=input_ids.device), backend=backend)
+            hidden = self.step(
+                hidden=hidden,
+                token_embeds=self.embed(tokens).to(hidden.dtype),
+                positions=t + s,
+                caches=caches,
+                mask=self._mask(step=s, batch=B, length=T, backend=backend, device=input_ids.device),
+                backend=backend,
+            )
             logits.append(self.base_logits(self.norm(hidden)))
             masks.append(((t + s) < T) & supervised.gather(1, (t + s).clamp(max=T - 1)))
             labels.append(input_ids.gather(1, (t + 2 + s).clamp(max=T - 1)))
             tpos.append((t + 1 + s).clamp(max=T - 1))
-        return Eagle3TrainOutput(logits=torch.stack(logits), step_mask=torch.stack(masks), labels=torch.stack(labels),
-                                 target_positions=torch.stack(tpos))
+        return Eagle3TrainOutput(
+            logits=torch.stack(logits),
+            step_mask=torch.stack(masks),
+            labels=torch.stack(labels),
+            target_positions=torch.stack(tpos),
+        )
 
     def forward(self, **kwargs) -> Eagle3TrainOutput:  # DDP/FSDP call forward(); same as forward_train
         return self.forward_train(**kwargs)

@@ -41,16 +41,19 @@ def resolve_draft_folder(name_or_path) -> str:
         raise DraftLoadError(str(exc)) from None
     if local:
         if not os.path.isdir(path):
-            raise DraftLoadError(f"{path} is a file, not a draft folder; pass the folder holding config.json "
-                                 f"and {SAFETENSORS_NAME}")
+            raise DraftLoadError(
+                f"{path} is a file, not a draft folder; pass the folder holding config.json and {SAFETENSORS_NAME}"
+            )
         return path
     from huggingface_hub import snapshot_download
 
     try:
         return snapshot_download(path, allow_patterns=["config.json", "*.safetensors", SAFETENSORS_INDEX_NAME])
     except Exception as exc:  # offline, unknown repo, gated: one line naming the id
-        raise DraftLoadError(f"no local draft folder {path}, and the hub has no draft {path!r} reachable from "
-                             f"here ({type(exc).__name__}: {exc})") from None
+        raise DraftLoadError(
+            f"no local draft folder {path}, and the hub has no draft {path!r} reachable from "
+            f"here ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def read_safetensors(folder) -> dict[str, torch.Tensor]:
@@ -65,18 +68,24 @@ def read_safetensors(folder) -> dict[str, torch.Tensor]:
         try:
             files = [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
         except (ValueError, KeyError, AttributeError, TypeError) as exc:
-            raise DraftReadError(f"cannot read {index}: {type(exc).__name__}: {exc}. It must be a JSON object with "
-                                 "a weight_map; re-copy it") from None
+            raise DraftReadError(
+                f"cannot read {index}: {type(exc).__name__}: {exc}. It must be a JSON object with "
+                "a weight_map; re-copy it"
+            ) from None
     else:
-        raise DraftReadError(f"{folder} has no {SAFETENSORS_NAME} (nor {SAFETENSORS_INDEX_NAME}); "
-                             "a draft folder holds config.json and its weights")
+        raise DraftReadError(
+            f"{folder} has no {SAFETENSORS_NAME} (nor {SAFETENSORS_INDEX_NAME}); "
+            "a draft folder holds config.json and its weights"
+        )
     state: dict[str, torch.Tensor] = {}
     for file in files:
         try:
             state.update(load_file(str(file)))
         except Exception as exc:  # truncated / corrupted file: say which file, not a raw safetensors error
-            raise DraftReadError(f"cannot read {file}: {exc}. The file is truncated or corrupted; "
-                                 "re-copy it, or use an earlier complete checkpoint") from None
+            raise DraftReadError(
+                f"cannot read {file}: {exc}. The file is truncated or corrupted; "
+                "re-copy it, or use an earlier complete checkpoint"
+            ) from None
     return state
 
 
@@ -87,28 +96,39 @@ def upgrade_legacy_layout(config, state: dict[str, torch.Tensor], *, source: str
       the fused features of layer 0 only (later layers had H-wide q/k/v). With one layer it is
       exactly ``layers.0.hidden_norm.weight``; with more layers there is no equivalent.
     """
-    if config.draft_algorithm == "eagle3" and "hidden_norm.weight" in state and \
-            "layers.0.hidden_norm.weight" not in state:
+    if (
+        config.draft_algorithm == "eagle3"
+        and "hidden_norm.weight" in state
+        and "layers.0.hidden_norm.weight" not in state
+    ):
         if int(config.num_hidden_layers) != 1:
             raise DraftLoadError(
                 f"{source} is an Eagle3 draft in an older layout of ours (one top-level hidden_norm, only layer 0 "
                 f"fuses [embeds ; features]) with {config.num_hidden_layers} layers; DeepSpec's layout fuses in every "
-                "layer, so layers 1.. have no equivalent. Retrain it with this version")
+                "layer, so layers 1.. have no equivalent. Retrain it with this version"
+            )
         state = dict(state)
         state["layers.0.hidden_norm.weight"] = state.pop("hidden_norm.weight")
-        warnings.warn(f"{source}: older Eagle3 layout mapped exactly: hidden_norm.weight -> "
-                      "layers.0.hidden_norm.weight (save it again to store the current layout)", stacklevel=3)
+        warnings.warn(
+            f"{source}: older Eagle3 layout mapped exactly: hidden_norm.weight -> "
+            "layers.0.hidden_norm.weight (save it again to store the current layout)",
+            stacklevel=3,
+        )
     return state
 
 
 def _legacy_hint(config, missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
     if any(k.endswith("markov_head.joint_proj.weight") for k in mismatched):
-        return (" The markov_head.joint_proj shape is that of the pre-paper RNN head of older versions of ours "
-                "(s_k = tanh(W[e; s]), no h_k); it has no equivalent in the paper's eq. 6 head: retrain it.")
+        return (
+            " The markov_head.joint_proj shape is that of the pre-paper RNN head of older versions of ours "
+            "(s_k = tanh(W[e; s]), no h_k); it has no equivalent in the paper's eq. 6 head: retrain it."
+        )
     if any(k.endswith(("pre_feedforward_layernorm.weight", "layer_scalar")) for k in missing):
-        return (" The missing feed-forward norms / layer_scalar mean a Gemma 4 draft saved by an older version of "
-                "ours (no sandwich norms); its post_attention_layernorm played another role, so it cannot be "
-                "mapped exactly: retrain it.")
+        return (
+            " The missing feed-forward norms / layer_scalar mean a Gemma 4 draft saved by an older version of "
+            "ours (no sandwich norms); its post_attention_layernorm played another role, so it cannot be "
+            "mapped exactly: retrain it."
+        )
     return ""
 
 
@@ -120,6 +140,7 @@ def load_state_strict(model, state: dict[str, torch.Tensor], *, source: str) -> 
     unexpected = sorted(set(state) - set(expected))
     mismatched = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
     if missing or unexpected or mismatched:
+
         def names(keys, fmt=str):
             shown = ", ".join(fmt(k) for k in keys[:_SHOW])
             return shown + (f" (and {len(keys) - _SHOW} more)" if len(keys) > _SHOW else "")
@@ -130,12 +151,17 @@ def load_state_strict(model, state: dict[str, torch.Tensor], *, source: str) -> 
         if unexpected:
             parts.append(f"unexpected {len(unexpected)}: {names(unexpected)}")
         if mismatched:
-            parts.append(f"shape mismatch {len(mismatched)}: " + names(
-                mismatched, lambda k: f"{k} {tuple(state[k].shape)} in the file vs {tuple(expected[k].shape)} "
-                                      "expected"))
+            parts.append(
+                f"shape mismatch {len(mismatched)}: "
+                + names(
+                    mismatched,
+                    lambda k: f"{k} {tuple(state[k].shape)} in the file vs {tuple(expected[k].shape)} expected",
+                )
+            )
         raise DraftLoadError(
             f"{source} does not fit {type(model).__name__} built from its config.json ({'; '.join(parts)})."
             + _legacy_hint(model.config, missing, unexpected, mismatched)
-            + " Nothing was re-initialised; fix the checkpoint or its config.json.")
+            + " Nothing was re-initialised; fix the checkpoint or its config.json."
+        )
     with torch.no_grad():
         model.load_state_dict(state, strict=True)

@@ -34,28 +34,41 @@ import math
 import torch
 import torch.nn.functional as F
 
+
 def slot_weights(block_size: int, *, loss_decay_gamma: float, device=None) -> torch.Tensor:
     assert loss_decay_gamma > 0, f"loss_decay_gamma must be > 0, got {loss_decay_gamma}"
     return torch.exp(-torch.arange(block_size, dtype=torch.float32, device=device) / loss_decay_gamma)
 
 
-def parallel_draft_loss(*, logits: torch.Tensor, target_logits: torch.Tensor, labels: torch.Tensor,
-                        slot_mask: torch.Tensor, confidence_logits: torch.Tensor | None = None,
-                        loss_decay_gamma: float = 4.0, ce_loss_alpha: float = 1.0, l1_loss_alpha: float = 0.0,
-                        confidence_head_alpha: float = 0.0) -> dict[str, torch.Tensor]:
+def parallel_draft_loss(
+    *,
+    logits: torch.Tensor,
+    target_logits: torch.Tensor,
+    labels: torch.Tensor,
+    slot_mask: torch.Tensor,
+    confidence_logits: torch.Tensor | None = None,
+    loss_decay_gamma: float = 4.0,
+    ce_loss_alpha: float = 1.0,
+    l1_loss_alpha: float = 0.0,
+    confidence_head_alpha: float = 0.0,
+) -> dict[str, torch.Tensor]:
     """Weighted loss sums and metric counts for [..., G, V] slot logits (see module docstring).
 
     Returns float32 tensors: ``loss_sum`` (differentiable), ``weight_sum``, ``ce_sum``, ``l1_sum``,
     ``conf_sum``, ``tau_sum``, ``block_count`` (scalars) and ``accept_hits``, ``accept_base`` [G].
     """
     assert logits.shape == target_logits.shape, (
-        f"draft logits {tuple(logits.shape)} and target logits {tuple(target_logits.shape)} must match")
+        f"draft logits {tuple(logits.shape)} and target logits {tuple(target_logits.shape)} must match"
+    )
     assert labels.shape == slot_mask.shape == logits.shape[:-1], (
         f"labels {tuple(labels.shape)} / slot_mask {tuple(slot_mask.shape)} must be logits.shape[:-1] = "
-        f"{tuple(logits.shape[:-1])}")
+        f"{tuple(logits.shape[:-1])}"
+    )
     if confidence_head_alpha and confidence_logits is None:
-        raise ValueError("confidence_head_alpha > 0 but the draft has no confidence head; "
-                         "set model.confidence_head_alpha=0 or build the draft with enable_confidence_head")
+        raise ValueError(
+            "confidence_head_alpha > 0 but the draft has no confidence head; "
+            "set model.confidence_head_alpha=0 or build the draft with enable_confidence_head"
+        )
     G, V = logits.shape[-2], logits.shape[-1]
     mask = slot_mask.bool()
     w = slot_weights(G, loss_decay_gamma=loss_decay_gamma, device=logits.device) * mask.float()
@@ -90,19 +103,21 @@ def parallel_draft_loss(*, logits: torch.Tensor, target_logits: torch.Tensor, la
     return out
 
 
-def eagle3_loss(*, logits: torch.Tensor, target_logits: torch.Tensor, step_mask: torch.Tensor,
-                step_loss_decay: float = 0.8) -> dict[str, torch.Tensor]:
+def eagle3_loss(
+    *, logits: torch.Tensor, target_logits: torch.Tensor, step_mask: torch.Tensor, step_loss_decay: float = 0.8
+) -> dict[str, torch.Tensor]:
     """TTT loss sums for step logits [S, ..., V] (step first) and step_mask [S, ...].
 
     Returns ``loss_sum`` (differentiable, Σ_s decay^s · Σ soft-CE / (B·T)), ``weight_sum`` (1: one
     micro-batch), ``step_ce_sum`` [S], ``step_correct`` [S], ``step_count`` [S].
     """
     assert logits.shape == target_logits.shape, (
-        f"draft logits {tuple(logits.shape)} and target logits {tuple(target_logits.shape)} must match")
+        f"draft logits {tuple(logits.shape)} and target logits {tuple(target_logits.shape)} must match"
+    )
     assert step_mask.shape == logits.shape[:-1], f"step_mask {tuple(step_mask.shape)} != {tuple(logits.shape[:-1])}"
     S = logits.shape[0]
     mask = step_mask.float()
-    decay = torch.tensor([step_loss_decay ** s for s in range(S)], device=logits.device)
+    decay = torch.tensor([step_loss_decay**s for s in range(S)], device=logits.device)
     logp = torch.log_softmax(logits.float(), dim=-1)
     with torch.no_grad():
         p_t = torch.softmax(target_logits.float(), dim=-1)
@@ -112,12 +127,18 @@ def eagle3_loss(*, logits: torch.Tensor, target_logits: torch.Tensor, step_mask:
     with torch.no_grad():
         correct = ((logits.argmax(-1) == target_logits.argmax(-1)).float() * mask).reshape(S, -1).sum(1)
     positions = mask[0].numel()  # B·T of this micro-batch (padding included, as DeepSpec)
-    return {"loss_sum": (decay * step_ce).sum() / positions, "weight_sum": torch.ones((), device=logits.device),
-            "step_ce_sum": step_ce.detach(), "step_correct": correct, "step_count": step_count}
+    return {
+        "loss_sum": (decay * step_ce).sum() / positions,
+        "weight_sum": torch.ones((), device=logits.device),
+        "step_ce_sum": step_ce.detach(),
+        "step_correct": correct,
+        "step_count": step_count,
+    }
 
 
 def summarize(sums: dict[str, torch.Tensor]) -> dict[str, float]:
     """Human-readable metrics from (reduced) sums of either loss."""
+
     def ratio(a, b):
         a, b = float(torch.as_tensor(a).detach()), float(torch.as_tensor(b).detach())
         return a / b if b > 0 else math.nan
@@ -125,9 +146,13 @@ def summarize(sums: dict[str, torch.Tensor]) -> dict[str, float]:
     out: dict[str, float] = {}
     if "accept_hits" in sums:
         w = sums["weight_sum"]
-        out.update(loss=ratio(sums["loss_sum"], w), ce=ratio(sums["ce_sum"], w), l1=ratio(sums["l1_sum"], w),
-                   conf_bce=ratio(sums["conf_sum"], w),
-                   tau_probabilistic=ratio(sums["tau_sum"], sums["block_count"]))
+        out.update(
+            loss=ratio(sums["loss_sum"], w),
+            ce=ratio(sums["ce_sum"], w),
+            l1=ratio(sums["l1_sum"], w),
+            conf_bce=ratio(sums["conf_sum"], w),
+            tau_probabilistic=ratio(sums["tau_sum"], sums["block_count"]),
+        )
         for k, (hit, base) in enumerate(zip(sums["accept_hits"].tolist(), sums["accept_base"].tolist())):
             out[f"accept_rate@{k}"] = ratio(hit, base)
             out[f"accept_cum@{k}"] = ratio(hit, sums["block_count"])

@@ -51,10 +51,18 @@ def step_dir(root: str | os.PathLike, step: int) -> Path:
 def capture_rng() -> dict:
     """This process's RNG states as tensors and plain Python values only (loadable with weights_only=True)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             # numpy's state holds an ndarray, which weights_only refuses: keep its parts as a tensor + numbers
-             "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                       "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        # numpy's state holds an ndarray, which weights_only refuses: keep its parts as a tensor + numbers
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -65,8 +73,15 @@ def restore_rng(state: dict) -> None:
     random.setstate(_as_tuples(state["python"]))
     npst = state["numpy"]
     if isinstance(npst, dict):
-        np.random.set_state((npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
-                             npst["cached_gaussian"]))
+        np.random.set_state(
+            (
+                npst["kind"],
+                npst["keys"].numpy().astype(np.uint32),
+                npst["pos"],
+                npst["has_gauss"],
+                npst["cached_gaussian"],
+            )
+        )
     else:  # checkpoints of earlier versions pickled numpy's own tuple
         np.random.set_state(npst)
     if "cuda" in state and torch.cuda.is_available():
@@ -126,8 +141,16 @@ def point_latest(root: str | os.PathLike, folder_name: str) -> None:
     fsync_dir(root)
 
 
-def save_checkpoint(*, root: str | os.PathLike, step: int, model, model_state: dict, training_state: dict,
-                    config: dict, keep_last: int | None = None) -> Path:
+def save_checkpoint(
+    *,
+    root: str | os.PathLike,
+    step: int,
+    model,
+    model_state: dict,
+    training_state: dict,
+    config: dict,
+    keep_last: int | None = None,
+) -> Path:
     """Write ``step_N`` atomically and point the ``step_latest`` symlink at it (call on rank 0 only)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -168,15 +191,19 @@ def load_training_state(folder: str | os.PathLike) -> dict:
     except ResumeError:
         raise
     except pickle.UnpicklingError as exc:  # refused even with numpy arrays allowed: never unpickle it
-        raise ResumeError(f"{path} cannot be loaded safely ({(str(exc).splitlines() or [''])[0]}); resume from a "
-                          "checkpoint this tool wrote, or start a fresh run with a new exp_name") from None
+        raise ResumeError(
+            f"{path} cannot be loaded safely ({(str(exc).splitlines() or [''])[0]}); resume from a "
+            "checkpoint this tool wrote, or start a fresh run with a new exp_name"
+        ) from None
     except Exception as exc:  # truncated zip, bad bytes, missing file
         first = (str(exc).splitlines() or [""])[0]
-        raise CheckpointReadError(f"cannot read {path}: {type(exc).__name__}: {first}. The file is truncated "
-                                  "or corrupted") from None
+        raise CheckpointReadError(
+            f"cannot read {path}: {type(exc).__name__}: {first}. The file is truncated or corrupted"
+        ) from None
     if not isinstance(state, dict) or not {"step", "config"} <= set(state):
-        raise CheckpointReadError(f"{path} is not a DeepSpec training state (no step / config); the file is "
-                                  "corrupted or from another tool")
+        raise CheckpointReadError(
+            f"{path} is not a DeepSpec training state (no step / config); the file is corrupted or from another tool"
+        )
     return state
 
 
@@ -184,8 +211,13 @@ def _legacy_numpy_globals() -> list:
     """What earlier versions' numpy RNG tuple needs: plain numeric arrays, which hold no code."""
     core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
     reconstruct = core.multiarray._reconstruct
-    return [reconstruct, (reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
-            type(np.dtype(np.uint32))]
+    return [
+        reconstruct,
+        (reconstruct, "numpy.core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.uint32)),
+    ]
 
 
 def _load_legacy_state(path: Path) -> dict:
@@ -197,7 +229,8 @@ def _load_legacy_state(path: Path) -> dict:
         raise ResumeError(
             f"{path} holds Python objects beyond tensors and plain values ({', '.join(sorted(unsafe - names))}), "
             "so it is not loaded: unpickling them could run code. DeepSpec's checkpoints never hold them; "
-            "resume from a checkpoint this tool wrote, or start a fresh run with a new exp_name")
+            "resume from a checkpoint this tool wrote, or start a fresh run with a new exp_name"
+        )
     with torch.serialization.safe_globals(allowed):
         return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -247,7 +280,8 @@ def resume_point(root: str | os.PathLike, *, warn=None) -> tuple[Path, dict, dic
     if problems:
         raise CheckpointReadError(
             f"no readable checkpoint in {root}: " + "; ".join(problems) + ". Move the broken step_N folders away "
-            "to start from scratch there, or start a fresh run with a new exp_name")
+            "to start from scratch there, or start a fresh run with a new exp_name"
+        )
     return None
 
 
@@ -270,6 +304,7 @@ def check_resume_config(*, saved: dict, current: dict, folder: Path) -> None:
     old = json.loads(json.dumps(saved.get("model", {}), default=str))
     key = _diff(old, cur, "model")
     if key:
+
         def value(cfg, dotted):
             node = cfg
             for part in dotted.split(".")[1:]:
@@ -279,4 +314,5 @@ def check_resume_config(*, saved: dict, current: dict, folder: Path) -> None:
         raise ResumeError(
             f"cannot resume from {folder}: {key} was {value(old, key)!r} there but is {value(cur, key)!r} now. "
             f"Restore {key} to its saved value, or start a fresh run with a different logging.checkpoint_dir "
-            "(e.g. --opts exp_name=<new name>)")
+            "(e.g. --opts exp_name=<new name>)"
+        )

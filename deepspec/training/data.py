@@ -22,7 +22,9 @@ class DataError(DeepSpecError, ValueError):
     """The cache cannot feed this config; the message says which numbers to change."""
 
 
-def layer_columns(*, cache_layer_ids: Sequence[int], wanted_layer_ids: Sequence[int], hidden_size: int) -> torch.Tensor | None:
+def layer_columns(
+    *, cache_layer_ids: Sequence[int], wanted_layer_ids: Sequence[int], hidden_size: int
+) -> torch.Tensor | None:
     """Column indices of ``wanted`` layers inside the cache's [T, n*H] hidden states (None = all, in order).
 
     One cache serves every algorithm, so a config may capture a subset of the cache's layers.
@@ -30,9 +32,11 @@ def layer_columns(*, cache_layer_ids: Sequence[int], wanted_layer_ids: Sequence[
     cache_ids, wanted = [int(i) for i in cache_layer_ids], [int(i) for i in wanted_layer_ids]
     missing = [i for i in wanted if i not in cache_ids]
     if missing:
-        raise DataError(f"model.target_layer_ids={wanted} needs layers {missing}, but the target cache holds only "
-                        f"layers {cache_ids}; set model.target_layer_ids to a subset of {cache_ids} or rebuild the "
-                        "cache with those layers")
+        raise DataError(
+            f"model.target_layer_ids={wanted} needs layers {missing}, but the target cache holds only "
+            f"layers {cache_ids}; set model.target_layer_ids to a subset of {cache_ids} or rebuild the "
+            "cache with those layers"
+        )
     if wanted == cache_ids:
         return None
     cols = [torch.arange(cache_ids.index(i) * hidden_size, (cache_ids.index(i) + 1) * hidden_size) for i in wanted]
@@ -52,8 +56,12 @@ class CacheDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         s = self.cache[i]
         hid = s["hidden_states"] if self.columns is None else s["hidden_states"].index_select(1, self.columns)
-        return {"input_ids": s["input_ids"], "loss_mask": s["loss_mask"], "hidden_states": hid,
-                "last_hidden_state": s["last_hidden_state"]}
+        return {
+            "input_ids": s["input_ids"],
+            "loss_mask": s["loss_mask"],
+            "hidden_states": hid,
+            "last_hidden_state": s["last_hidden_state"],
+        }
 
 
 def collate(samples: list[dict]) -> dict:
@@ -75,7 +83,9 @@ def collate(samples: list[dict]) -> dict:
         n = int(s["input_ids"].shape[0])
         for key in out:
             out[key][b, :n] = s[key]
-    out["attention_mask"] = torch.arange(T)[None, :] < torch.tensor([int(s["input_ids"].shape[0]) for s in samples])[:, None]
+    out["attention_mask"] = (
+        torch.arange(T)[None, :] < torch.tensor([int(s["input_ids"].shape[0]) for s in samples])[:, None]
+    )
     out["num_tokens"] = sum(int(s["input_ids"].shape[0]) for s in samples)
     return out
 
@@ -83,8 +93,9 @@ def collate(samples: list[dict]) -> dict:
 class StepSampler(Sampler[list[int]]):
     """Yields this rank's micro-batches (lists of indices) from ``(epoch, start_step)`` to the epoch's end."""
 
-    def __init__(self, *, num_samples: int, seed: int, rank: int, world_size: int, local_batch_size: int,
-                 grad_accum: int):
+    def __init__(
+        self, *, num_samples: int, seed: int, rank: int, world_size: int, local_batch_size: int, grad_accum: int
+    ):
         self.num_samples, self.seed = num_samples, seed
         self.rank, self.world, self.local, self.accum = rank, world_size, local_batch_size, grad_accum
         self.global_batch = world_size * local_batch_size * grad_accum
@@ -104,7 +115,7 @@ class StepSampler(Sampler[list[int]]):
             base = step * self.global_batch
             for m in range(self.accum):
                 start = base + (m * self.world + self.rank) * self.local
-                yield perm[start:start + self.local].tolist()
+                yield perm[start : start + self.local].tolist()
 
     def __len__(self) -> int:
         return (self.steps_per_epoch - self.start_step) * self.accum
@@ -124,7 +135,7 @@ def _unwrap_worker_error(exc: DeepSpecError) -> DeepSpecError:
         at = text.rfind("\n" + prefix)
         if at >= 0:
             try:
-                return cls(text[at + 1 + len(prefix):].strip())
+                return cls(text[at + 1 + len(prefix) :].strip())
             except Exception:  # noqa: BLE001 - a class with another signature keeps torch's text
                 return exc
     return exc
@@ -148,7 +159,14 @@ class _Loader(DataLoader):
             yield batch
 
 
-def build_loader(dataset: Dataset, sampler: StepSampler, *, num_workers: int, pin_memory: bool,
-                 collate_fn=collate) -> DataLoader:
-    return _Loader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
-                   pin_memory=pin_memory, persistent_workers=False)
+def build_loader(
+    dataset: Dataset, sampler: StepSampler, *, num_workers: int, pin_memory: bool, collate_fn=collate
+) -> DataLoader:
+    return _Loader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )

@@ -85,26 +85,38 @@ def plan_launch(*, device_type: str, nproc: int | None) -> LaunchPlan:
         gpus = torch.cuda.device_count()
         nproc = nproc or gpus
         if nproc > gpus:
-            raise LaunchError(f"--nproc {nproc} exceeds the {gpus} visible GPUs; lower --nproc or set "
-                              "CUDA_VISIBLE_DEVICES")
+            raise LaunchError(
+                f"--nproc {nproc} exceeds the {gpus} visible GPUs; lower --nproc or set CUDA_VISIBLE_DEVICES"
+            )
     nproc = 1 if nproc is None else nproc
     if nproc < 1:
         raise LaunchError(f"--nproc must be >= 1, got {nproc}")
     num_nodes = _env_int("WORLD_SIZE", default=1, low=1)
     node_rank = _env_int("RANK", default=0, low=0)
     if not node_rank < num_nodes:
-        raise LaunchError(f"RANK={node_rank} must be a node rank in [0, WORLD_SIZE={num_nodes}); set RANK to this "
-                          "node's rank, or unset RANK and WORLD_SIZE for a single-node run")
+        raise LaunchError(
+            f"RANK={node_rank} must be a node rank in [0, WORLD_SIZE={num_nodes}); set RANK to this "
+            "node's rank, or unset RANK and WORLD_SIZE for a single-node run"
+        )
     if num_nodes == 1:
-        return LaunchPlan(nproc=nproc, node_rank=0, num_nodes=1, master_addr=None, master_port=None,
-                          device_type=device_type)
+        return LaunchPlan(
+            nproc=nproc, node_rank=0, num_nodes=1, master_addr=None, master_port=None, device_type=device_type
+        )
     addr = os.environ.get("MASTER_ADDR", "").strip()
     if not addr or not os.environ.get("MASTER_PORT", "").strip():
-        raise LaunchError("multi-node training (WORLD_SIZE > 1) needs MASTER_ADDR and MASTER_PORT in the "
-                          "environment: the address of node 0 and a free port there")
+        raise LaunchError(
+            "multi-node training (WORLD_SIZE > 1) needs MASTER_ADDR and MASTER_PORT in the "
+            "environment: the address of node 0 and a free port there"
+        )
     port = _env_int("MASTER_PORT", default=0, low=1, high=65535)
-    return LaunchPlan(nproc=nproc, node_rank=node_rank, num_nodes=num_nodes, master_addr=addr, master_port=port,
-                      device_type=device_type)
+    return LaunchPlan(
+        nproc=nproc,
+        node_rank=node_rank,
+        num_nodes=num_nodes,
+        master_addr=addr,
+        master_port=port,
+        device_type=device_type,
+    )
 
 
 def _env_int(name: str, *, default: int, low: int, high: int | None = None) -> int:
@@ -167,8 +179,9 @@ def launch(fn: Callable[[DistInfo], object], plan: LaunchPlan):
     return None
 
 
-def _worker(local_rank: int, plan: LaunchPlan, rdv: Rendezvous, fn: Callable[[DistInfo], object],
-            error_dir: str) -> None:
+def _worker(
+    local_rank: int, plan: LaunchPlan, rdv: Rendezvous, fn: Callable[[DistInfo], object], error_dir: str
+) -> None:
     world = plan.num_nodes * plan.nproc
     rank = plan.node_rank * plan.nproc + local_rank
     # Libraries that read the env (and our own children) must see *global* values from here on.
@@ -183,8 +196,13 @@ def _worker(local_rank: int, plan: LaunchPlan, rdv: Rendezvous, fn: Callable[[Di
         device = torch.device("cpu")
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // plan.nproc))  # workers share the cores
         backend = "gloo"
-    dist.init_process_group(backend=backend, init_method=rdv.init_method, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(minutes=30))
+    dist.init_process_group(
+        backend=backend,
+        init_method=rdv.init_method,
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(minutes=30),
+    )
     try:
         fn(DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=device))
     except DeepSpecError as exc:
@@ -206,7 +224,7 @@ def all_reduce_sums(sums: dict[str, torch.Tensor], info: DistInfo) -> dict[str, 
     out, i = {}, 0
     for k in keys:
         n = sums[k].numel()
-        out[k] = flat[i:i + n].view(sums[k].shape).cpu()
+        out[k] = flat[i : i + n].view(sums[k].shape).cpu()
         i += n
     return out
 
@@ -237,8 +255,10 @@ def resolve_sharding(strategy: str, device: torch.device, *, warn: bool) -> str:
     """FSDP needs GPUs; on CPU we fall back to DDP (same maths, every rank holds the full model)."""
     if strategy != "no_shard" and device.type != "cuda":
         if warn:
-            warnings.warn(f"train.sharding_strategy={strategy} (FSDP) needs CUDA; falling back to DDP (no_shard) "
-                          "on CPU", stacklevel=2)
+            warnings.warn(
+                f"train.sharding_strategy={strategy} (FSDP) needs CUDA; falling back to DDP (no_shard) on CPU",
+                stacklevel=2,
+            )
         return "no_shard"
     return strategy
 

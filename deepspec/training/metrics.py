@@ -29,8 +29,16 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 class MetricsLogger:
     """Writes one JSON line per logging step; a no-op object on ranks other than 0."""
 
-    def __init__(self, *, checkpoint_dir: str, tensorboard_dir: str | None, total_steps: int, start_step: int,
-                 enabled: bool, progress: bool = True):
+    def __init__(
+        self,
+        *,
+        checkpoint_dir: str,
+        tensorboard_dir: str | None,
+        total_steps: int,
+        start_step: int,
+        enabled: bool,
+        progress: bool = True,
+    ):
         self.enabled = enabled
         self.bar = None
         self.writer = None
@@ -58,9 +66,11 @@ class MetricsLogger:
         if not self.enabled:
             return
         # The last window's shares of wall time, shown on the bar: waiting for data, and (online) the target.
-        self.shares = {name: f"{record[key]:.0%}" for name, key in (("wait", "data_wait_fraction"),
-                                                                     ("target", "target_forward_fraction"))
-                       if isinstance(record.get(key), (int, float))}
+        self.shares = {
+            name: f"{record[key]:.0%}"
+            for name, key in (("wait", "data_wait_fraction"), ("target", "target_forward_fraction"))
+            if isinstance(record.get(key), (int, float))
+        }
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
         self.file.write(json.dumps(clean) + "\n")
         self.file.flush()

@@ -41,8 +41,10 @@ class TokenDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         s = self.samples[i]
-        return {"input_ids": torch.tensor(s.input_ids, dtype=torch.int32).long(),
-                "loss_mask": torch.tensor(s.loss_mask, dtype=torch.uint8).bool()}
+        return {
+            "input_ids": torch.tensor(s.input_ids, dtype=torch.int32).long(),
+            "loss_mask": torch.tensor(s.loss_mask, dtype=torch.uint8).bool(),
+        }
 
 
 class OnlineCollate:
@@ -55,12 +57,19 @@ class OnlineCollate:
     def __call__(self, samples: list[dict]) -> dict:
         t0 = time.perf_counter()
         on_gpu = self.device.type == "cuda"  # there the states stay on the GPU: no host round trip
-        captured = capture_states(self.target, [s["input_ids"].tolist() for s in samples], layer_ids=self.layer_ids,
-                                  device=self.device, to_cpu=not on_gpu)
+        captured = capture_states(
+            self.target,
+            [s["input_ids"].tolist() for s in samples],
+            layer_ids=self.layer_ids,
+            device=self.device,
+            to_cpu=not on_gpu,
+        )
         if on_gpu:
             torch.cuda.synchronize(self.device)  # so forward_s is the target's time, not its launch time
         self.forward_s += time.perf_counter() - t0
-        return collate([{**s, "hidden_states": h, "last_hidden_state": last} for s, (h, last) in zip(samples, captured)])
+        return collate(
+            [{**s, "hidden_states": h, "last_hidden_state": last} for s, (h, last) in zip(samples, captured)]
+        )
 
 
 # -- memory: fail before step 1 when the target does not fit ------------------------------------------
@@ -76,9 +85,18 @@ def draft_state_bytes(draft: torch.nn.Module) -> int:
     return total
 
 
-def online_memory_plan(*, target_params: dict[str, int], target_dtype_bytes: int, world_size: int, sharded: bool,
-                       local_batch_size: int, max_length: int, hidden_size: int,
-                       num_captured: int, draft_bytes: int) -> dict[str, int]:
+def online_memory_plan(
+    *,
+    target_params: dict[str, int],
+    target_dtype_bytes: int,
+    world_size: int,
+    sharded: bool,
+    local_batch_size: int,
+    max_length: int,
+    hidden_size: int,
+    num_captured: int,
+    draft_bytes: int,
+) -> dict[str, int]:
     """Bytes one rank needs for online training, by part (activations are the capture's, not the draft's)."""
     weights = target_params["total"] * target_dtype_bytes
     # Sharded, a rank holds its 1/world slice plus what one forward gathers at a time: the root unit (embedding,
@@ -99,8 +117,10 @@ def check_memory_fits(plan: dict[str, int], *, free_bytes: int, where: str, worl
     if not sharded and world_size > 1:
         fixes.insert(0, f"set train.target_sharding=True (the target's weights split over {world_size} ranks)")
     fixes.append("or train offline from a target cache (scripts/data/prepare_target_cache.py)")
-    raise OnlineError(f"online training needs about {format_gib(need)} per rank on {where} ({parts}) but only "
-                      f"{format_gib(free_bytes)} is free; " + "; ".join(fixes))
+    raise OnlineError(
+        f"online training needs about {format_gib(need)} per rank on {where} ({parts}) but only "
+        f"{format_gib(free_bytes)} is free; " + "; ".join(fixes)
+    )
 
 
 def free_memory_bytes(device: torch.device, *, ranks_on_node: int) -> tuple[int, str]:
@@ -148,17 +168,29 @@ def build_online_source(*, cfg, train_data_paths: Sequence[str], info, draft_byt
     sharded = bool(cfg.train.get("target_sharding", False)) and info.world_size > 1
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[target_precision(device)]
 
-    plan = online_memory_plan(target_params=count_target_parameters(path), target_dtype_bytes=dtype.itemsize,
-                              world_size=info.world_size, sharded=sharded,
-                              local_batch_size=int(cfg.train.local_batch_size), max_length=int(cfg.data.max_length),
-                              hidden_size=int(text.hidden_size), num_captured=len(layer_ids), draft_bytes=draft_bytes)
+    plan = online_memory_plan(
+        target_params=count_target_parameters(path),
+        target_dtype_bytes=dtype.itemsize,
+        world_size=info.world_size,
+        sharded=sharded,
+        local_batch_size=int(cfg.train.local_batch_size),
+        max_length=int(cfg.data.max_length),
+        hidden_size=int(text.hidden_size),
+        num_captured=len(layer_ids),
+        draft_bytes=draft_bytes,
+    )
     ranks_on_node = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
     free, where = free_memory_bytes(device, ranks_on_node=ranks_on_node)
     check_memory_fits(plan, free_bytes=free, where=where, world_size=info.world_size, sharded=sharded)
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    tokens = tokenize_training_data(list(train_data_paths), tokenizer=tokenizer, chat_template=cfg.data.chat_template,
-                                    max_length=int(cfg.data.max_length), min_loss_tokens=int(cfg.data.min_loss_tokens))
+    tokens = tokenize_training_data(
+        list(train_data_paths),
+        tokenizer=tokenizer,
+        chat_template=cfg.data.chat_template,
+        max_length=int(cfg.data.max_length),
+        min_loss_tokens=int(cfg.data.min_loss_tokens),
+    )
     # deepspec.targets.Target holds its model in eval mode with requires_grad off; capture runs under no_grad.
     target = load_target(path, dtype=dtype, device="cpu" if sharded else device, with_tokenizer=False)
     if sharded:

@@ -21,4 +21,5 @@ def build_scheduler(optimizer: torch.optim.Optimizer, *, total_steps: int, warmu
     # The lambda itself is not saved (LambdaLR keeps last_epoch and base_lrs); on resume it is rebuilt from
     # the config, and the multiplier depends only on the restored step counter.
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, total_steps=total_steps, warmup_steps=warmup))
+        optimizer, lambda s: warmup_cosine(s, total_steps=total_steps, warmup_steps=warmup)
+    )

@@ -23,14 +23,27 @@ import torch
 from deepspec.data.target_cache import TargetCache
 from deepspec.errors import DeepSpecError
 from deepspec.models import (
-    DraftLoadError, build_draft, load_state_strict, draft_config_from_target, eagle3_loss, parallel_draft_loss, sample_anchors, summarize,
+    DraftLoadError,
+    build_draft,
+    load_state_strict,
+    draft_config_from_target,
+    eagle3_loss,
+    parallel_draft_loss,
+    sample_anchors,
+    summarize,
 )
 from deepspec.precision import describe_choice
 from deepspec.targets import family_of, load_frozen_target_pieces, load_target_config
 from deepspec.training import checkpoint as ckpt
 from deepspec.training.data import CacheDataset, DataError, StepSampler, build_loader, collate, layer_columns
 from deepspec.training.distributed import (
-    DistInfo, all_gather_object, all_reduce_sums, barrier, broadcast_object, resolve_sharding, wrap_model,
+    DistInfo,
+    all_gather_object,
+    all_reduce_sums,
+    barrier,
+    broadcast_object,
+    resolve_sharding,
+    wrap_model,
 )
 from deepspec.training.metrics import MetricsLogger
 from deepspec.training.schedule import build_scheduler
@@ -46,7 +59,8 @@ def grad_accumulation(*, global_batch_size: int, world_size: int, local_batch_si
         raise TrainingError(
             f"train.global_batch_size={global_batch_size} is not a multiple of world size ({world_size}) x "
             f"train.local_batch_size ({local_batch_size}) = {per_pass}; set train.global_batch_size to a multiple of "
-            f"{per_pass}, or change train.local_batch_size / the number of workers (--nproc, CUDA_VISIBLE_DEVICES)")
+            f"{per_pass}, or change train.local_batch_size / the number of workers (--nproc, CUDA_VISIBLE_DEVICES)"
+        )
     return global_batch_size // per_pass
 
 
@@ -61,19 +75,30 @@ def anchor_generator(*, seed: int, step: int, chunk: int) -> torch.Generator:
 class Trainer:
     algorithms: tuple[str, ...] = ()
 
-    def __init__(self, *, cfg, cache_dir: str | None = None, info: DistInfo,
-                 train_data_paths: list[str] | None = None, on_step_end: Callable[[int], None] | None = None,
-                 stop_after_step: int | None = None, progress: bool = True):
+    def __init__(
+        self,
+        *,
+        cfg,
+        cache_dir: str | None = None,
+        info: DistInfo,
+        train_data_paths: list[str] | None = None,
+        on_step_end: Callable[[int], None] | None = None,
+        stop_after_step: int | None = None,
+        progress: bool = True,
+    ):
         self.cfg, self.info, self.device = cfg, info, info.device
         self.on_step_end, self.stop_after_step = on_step_end, stop_after_step
         t, m = cfg.train, cfg.model
         if m.algorithm not in self.algorithms:
-            raise TrainingError(f"train.trainer_cls={type(self).__name__} trains {'/'.join(self.algorithms)}, not "
-                                f"model.algorithm={m.algorithm}; use the trainer_cls of the {m.algorithm} configs")
+            raise TrainingError(
+                f"train.trainer_cls={type(self).__name__} trains {'/'.join(self.algorithms)}, not "
+                f"model.algorithm={m.algorithm}; use the trainer_cls of the {m.algorithm} configs"
+            )
 
         # -- pre-flight: everything that can be wrong is checked before any work --------------------
-        self.grad_accum = grad_accumulation(global_batch_size=t.global_batch_size, world_size=info.world_size,
-                                            local_batch_size=t.local_batch_size)
+        self.grad_accum = grad_accumulation(
+            global_batch_size=t.global_batch_size, world_size=info.world_size, local_batch_size=t.local_batch_size
+        )
         # One data contract, two producers: a cache on disk, or the target run live (deepspec.training.online).
         target_config = load_target_config(m.target_model_name_or_path)
         if cache_dir is None:
@@ -83,8 +108,9 @@ class Trainer:
                 draft_bytes = draft_state_bytes(build_draft(draft_config_from_target(target_config, m)))
             if resolve_sharding(t.sharding_strategy, self.device, warn=False) != "no_shard":
                 draft_bytes //= info.world_size  # FSDP splits the draft's weights and optimizer state too
-            dataset, collate_fn = build_online_source(cfg=cfg, train_data_paths=list(train_data_paths or []),
-                                                      info=info, draft_bytes=draft_bytes)
+            dataset, collate_fn = build_online_source(
+                cfg=cfg, train_data_paths=list(train_data_paths or []), info=info, draft_bytes=draft_bytes
+            )
             source = f"the online data {list(train_data_paths or [])}"
         else:
             dataset, collate_fn = self._cache_dataset(cache_dir, target_config), collate
@@ -94,18 +120,28 @@ class Trainer:
             raise TrainingError(
                 f"{source} has {len(dataset)} samples, fewer than one global batch "
                 f"(train.global_batch_size={t.global_batch_size}); lower train.global_batch_size to at most "
-                f"{len(dataset)} (a multiple of world size x train.local_batch_size) or use more data")
+                f"{len(dataset)} (a multiple of world size x train.local_batch_size) or use more data"
+            )
 
         # -- data ---------------------------------------------------------------------------------
-        self.sampler = StepSampler(num_samples=len(dataset), seed=int(cfg.seed), rank=info.rank,
-                                   world_size=info.world_size, local_batch_size=t.local_batch_size,
-                                   grad_accum=self.grad_accum)
+        self.sampler = StepSampler(
+            num_samples=len(dataset),
+            seed=int(cfg.seed),
+            rank=info.rank,
+            world_size=info.world_size,
+            local_batch_size=t.local_batch_size,
+            grad_accum=self.grad_accum,
+        )
         # Online, the target runs in this process inside collate (loader workers would each hold a copy), and its
         # states may already be on the GPU: data.num_workers and pinning apply to the cache only.
         offline = cache_dir is not None
-        self.loader = build_loader(dataset, self.sampler, collate_fn=collate_fn,
-                                   num_workers=int(cfg.data.num_workers) if offline else 0,
-                                   pin_memory=offline and self.device.type == "cuda")
+        self.loader = build_loader(
+            dataset,
+            self.sampler,
+            collate_fn=collate_fn,
+            num_workers=int(cfg.data.num_workers) if offline else 0,
+            pin_memory=offline and self.device.type == "cuda",
+        )
         spe = self.sampler.steps_per_epoch
         self.total_steps = int(t.max_train_steps) if t.max_train_steps else int(t.num_train_epochs) * spe
 
@@ -139,10 +175,12 @@ class Trainer:
             elif info.is_main:
                 warnings.warn("train.torch_compile is GPU-only; training eagerly on CPU", stacklevel=2)
         self.params = self.draft.trainable_parameters()
-        self.optimizer = torch.optim.AdamW(self.params, lr=float(t.lr), betas=tuple(t.adam_betas),
-                                           weight_decay=float(t.weight_decay))
-        self.scheduler = build_scheduler(self.optimizer, total_steps=self.total_steps,
-                                         warmup_ratio=float(t.warmup_ratio))
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=float(t.lr), betas=tuple(t.adam_betas), weight_decay=float(t.weight_decay)
+        )
+        self.scheduler = build_scheduler(
+            self.optimizer, total_steps=self.total_steps, warmup_ratio=float(t.warmup_ratio)
+        )
         self.step = 0
         self._saved_step = -1
         if state is not None:
@@ -152,9 +190,14 @@ class Trainer:
         self.precision = choice["compute_dtype"]
         if info.is_main:
             print(f"[train] compute dtype {self.precision}: {choice['reason']}", file=sys.stderr)
-        self.metrics = MetricsLogger(checkpoint_dir=self.ckpt_dir, tensorboard_dir=cfg.logging.tensorboard_dir,
-                                     total_steps=self.total_steps, start_step=self.step, enabled=info.is_main,
-                                     progress=progress)
+        self.metrics = MetricsLogger(
+            checkpoint_dir=self.ckpt_dir,
+            tensorboard_dir=cfg.logging.tensorboard_dir,
+            total_steps=self.total_steps,
+            start_step=self.step,
+            enabled=info.is_main,
+            progress=progress,
+        )
 
     # -- one micro-batch -> loss sums (per algorithm) ----------------------------------------------
     def _cache_dataset(self, cache_dir: str, target_config) -> CacheDataset:
@@ -164,11 +207,13 @@ class Trainer:
         hidden_size = int(family_of(target_config).text_config(target_config).hidden_size)
         # Target by fingerprint (not folder name) and max length; layers are checked as a subset below.
         # Every sample is then checked against its crc32 the first time the loader reads it.
-        cache.check_compatible(target_model=m.target_model_name_or_path, hidden_size=hidden_size,
-                               max_length=self.cfg.data.max_length)
+        cache.check_compatible(
+            target_model=m.target_model_name_or_path, hidden_size=hidden_size, max_length=self.cfg.data.max_length
+        )
         try:
-            columns = layer_columns(cache_layer_ids=cache.layer_ids, wanted_layer_ids=m.target_layer_ids,
-                                    hidden_size=hidden_size)
+            columns = layer_columns(
+                cache_layer_ids=cache.layer_ids, wanted_layer_ids=m.target_layer_ids, hidden_size=hidden_size
+            )
         except DataError as exc:
             raise TrainingError(str(exc)) from None
         return CacheDataset(cache, columns=columns)
@@ -190,13 +235,15 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> dict:
-        t, info = self.cfg.train, self.info
+        info = self.info
         spe, log_every = self.sampler.steps_per_epoch, max(1, int(self.cfg.logging.logging_steps))
         ckpt_every = int(self.cfg.logging.checkpointing_steps or 0)
         last: dict = {}
         if self.step >= self.total_steps and info.is_main:
-            print(f"training already complete: {self.ckpt_dir}/step_{self.step} (raise train.max_train_steps or "
-                  "use a new exp_name to train more)")
+            print(
+                f"training already complete: {self.ckpt_dir}/step_{self.step} (raise train.max_train_steps or "
+                "use a new exp_name to train more)"
+            )
         window_t0, window_wait, window_tokens = time.perf_counter(), 0.0, 0
         window_fwd = self._target_forward_s()
         while self.step < self.total_steps:
@@ -211,11 +258,16 @@ class Trainer:
                 self.metrics.step(loss=record["loss"], lr=record["lr"])
                 if self.step % log_every == 0 or self.step == self.total_steps:
                     elapsed = max(time.perf_counter() - window_t0, 1e-9)
-                    last = {"step": self.step, "epoch": epoch, **record, "tokens_per_s": window_tokens / elapsed,
-                            "data_wait_fraction": min(1.0, window_wait / elapsed),
-                            "target_forward_s": self._target_forward_s() - window_fwd,
-                            "target_forward_fraction": min(1.0, (self._target_forward_s() - window_fwd) / elapsed),
-                            "precision": self.precision}
+                    last = {
+                        "step": self.step,
+                        "epoch": epoch,
+                        **record,
+                        "tokens_per_s": window_tokens / elapsed,
+                        "data_wait_fraction": min(1.0, window_wait / elapsed),
+                        "target_forward_s": self._target_forward_s() - window_fwd,
+                        "target_forward_fraction": min(1.0, (self._target_forward_s() - window_fwd) / elapsed),
+                        "precision": self.precision,
+                    }
                     self.metrics.log(last)
                     window_t0, window_wait, window_tokens = time.perf_counter(), 0.0, 0
                     window_fwd = self._target_forward_s()
@@ -251,11 +303,17 @@ class Trainer:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             last_micro = micro == self.grad_accum - 1
             # DDP: all-reduce gradients once, on the last micro-batch.
-            sync = contextlib.nullcontext() if last_micro or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            sync = (
+                contextlib.nullcontext() if last_micro or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            )
             with sync:
                 with autocast:
-                    sums = self.compute_sums(batch, generator=anchor_generator(
-                        seed=int(self.cfg.seed), step=self.step, chunk=micro * self.info.world_size + self.info.rank))
+                    sums = self.compute_sums(
+                        batch,
+                        generator=anchor_generator(
+                            seed=int(self.cfg.seed), step=self.step, chunk=micro * self.info.world_size + self.info.rank
+                        ),
+                    )
                 sums["loss_sum"].backward()
             for k, v in sums.items():
                 totals[k] = totals[k] + v.detach().float().cpu() if k in totals else v.detach().float().cpu()
@@ -273,8 +331,12 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        record = {**summarize(reduced), "lr": lr, "grad_norm": float(grad_norm),
-                  "num_tokens": float(reduced["num_tokens"])}
+        record = {
+            **summarize(reduced),
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "num_tokens": float(reduced["num_tokens"]),
+        }
         return record, wait
 
     # -- checkpoints ---------------------------------------------------------------------------------
@@ -282,47 +344,73 @@ class Trainer:
         if self.strategy == "no_shard":
             return self.draft.state_dict(), self.optimizer.state_dict()
         from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
         )
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)  # collective: every rank calls it
-        return (get_model_state_dict(self.draft, options=opts),
-                get_optimizer_state_dict(self.draft, self.optimizer, options=opts))
+        return (
+            get_model_state_dict(self.draft, options=opts),
+            get_optimizer_state_dict(self.draft, self.optimizer, options=opts),
+        )
 
     def save(self) -> None:
         model_state, optim_state = self._model_and_optim_state()
         rng = all_gather_object(ckpt.capture_rng(), self.info)
         if self.info.is_main:
             epoch, in_epoch = divmod(self.step, self.sampler.steps_per_epoch)
-            state = {"step": self.step, "epoch": epoch, "step_in_epoch": in_epoch, "optimizer": optim_state,
-                     "scheduler": self.scheduler.state_dict(), "rng": rng, "world_size": self.info.world_size,
-                     "global_batch_size": int(self.cfg.train.global_batch_size)}
-            ckpt.save_checkpoint(root=self.ckpt_dir, step=self.step, model=self.draft, model_state=model_state,
-                                 training_state=state, config=self.cfg_dict,
-                                 keep_last=self.cfg.logging.get("keep_last_checkpoints"))
+            state = {
+                "step": self.step,
+                "epoch": epoch,
+                "step_in_epoch": in_epoch,
+                "optimizer": optim_state,
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng,
+                "world_size": self.info.world_size,
+                "global_batch_size": int(self.cfg.train.global_batch_size),
+            }
+            ckpt.save_checkpoint(
+                root=self.ckpt_dir,
+                step=self.step,
+                model=self.draft,
+                model_state=model_state,
+                training_state=state,
+                config=self.cfg_dict,
+                keep_last=self.cfg.logging.get("keep_last_checkpoints"),
+            )
         self._saved_step = self.step
         barrier(self.info)
 
     def _restore(self, state: dict, folder: str) -> None:
         if state["global_batch_size"] != int(self.cfg.train.global_batch_size):
-            raise TrainingError(f"cannot resume from {folder}: train.global_batch_size was {state['global_batch_size']} "
-                                f"there, {self.cfg.train.global_batch_size} now (the data position counts global "
-                                "batches); restore it or start a fresh run with a new exp_name")
+            raise TrainingError(
+                f"cannot resume from {folder}: train.global_batch_size was {state['global_batch_size']} "
+                f"there, {self.cfg.train.global_batch_size} now (the data position counts global "
+                "batches); restore it or start a fresh run with a new exp_name"
+            )
         if self.strategy == "no_shard":
             self.optimizer.load_state_dict(state["optimizer"])
         else:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-            set_optimizer_state_dict(self.draft, self.optimizer, optim_state_dict=state["optimizer"],
-                                     options=StateDictOptions(full_state_dict=True))
+            set_optimizer_state_dict(
+                self.draft,
+                self.optimizer,
+                optim_state_dict=state["optimizer"],
+                options=StateDictOptions(full_state_dict=True),
+            )
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         rngs = state["rng"]
         if len(rngs) == self.info.world_size:
             ckpt.restore_rng(rngs[self.info.rank])
         elif self.info.is_main:
-            warnings.warn(f"resuming on {self.info.world_size} workers from a {len(rngs)}-worker checkpoint: global RNG "
-                          "states are not restored (data order and anchors are unaffected)", stacklevel=2)
+            warnings.warn(
+                f"resuming on {self.info.world_size} workers from a {len(rngs)}-worker checkpoint: global RNG "
+                "states are not restored (data order and anchors are unaffected)",
+                stacklevel=2,
+            )
 
 
 class DSparkTrainer(Trainer):
@@ -332,18 +420,31 @@ class DSparkTrainer(Trainer):
 
     def compute_sums(self, batch, *, generator):
         m = self.cfg.model
-        anchors, valid = sample_anchors(batch["loss_mask"], num_anchors=int(m.num_anchors),
-                                        block_size=int(m.block_size), generator=generator)
-        out = self.model(input_ids=batch["input_ids"], hidden_states=batch["hidden_states"],
-                         loss_mask=batch["loss_mask"], anchors=anchors, anchor_valid=valid,
-                         attention_backend=m.attention_backend)
-        target_logits = self._target_logits(lambda: self.draft.gather_target_logits(batch["last_hidden_state"],
-                                                                                    out.targets))
-        return parallel_draft_loss(logits=out.logits, target_logits=target_logits, labels=out.targets.labels,
-                                   slot_mask=out.targets.slot_mask, confidence_logits=out.confidence_logits,
-                                   loss_decay_gamma=float(m.loss_decay_gamma), ce_loss_alpha=float(m.ce_loss_alpha),
-                                   l1_loss_alpha=float(m.l1_loss_alpha),
-                                   confidence_head_alpha=float(m.confidence_head_alpha))
+        anchors, valid = sample_anchors(
+            batch["loss_mask"], num_anchors=int(m.num_anchors), block_size=int(m.block_size), generator=generator
+        )
+        out = self.model(
+            input_ids=batch["input_ids"],
+            hidden_states=batch["hidden_states"],
+            loss_mask=batch["loss_mask"],
+            anchors=anchors,
+            anchor_valid=valid,
+            attention_backend=m.attention_backend,
+        )
+        target_logits = self._target_logits(
+            lambda: self.draft.gather_target_logits(batch["last_hidden_state"], out.targets)
+        )
+        return parallel_draft_loss(
+            logits=out.logits,
+            target_logits=target_logits,
+            labels=out.targets.labels,
+            slot_mask=out.targets.slot_mask,
+            confidence_logits=out.confidence_logits,
+            loss_decay_gamma=float(m.loss_decay_gamma),
+            ce_loss_alpha=float(m.ce_loss_alpha),
+            l1_loss_alpha=float(m.l1_loss_alpha),
+            confidence_head_alpha=float(m.confidence_head_alpha),
+        )
 
 
 class Eagle3Trainer(Trainer):
@@ -351,13 +452,22 @@ class Eagle3Trainer(Trainer):
 
     def compute_sums(self, batch, *, generator):
         m = self.cfg.model
-        out = self.model(input_ids=batch["input_ids"], hidden_states=batch["hidden_states"],
-                         loss_mask=batch["loss_mask"], attention_mask=batch["attention_mask"],
-                         attention_backend=m.attention_backend)
-        target_logits = self._target_logits(lambda: self.draft.gather_target_logits(batch["last_hidden_state"],
-                                                                                    out.target_positions))
-        return eagle3_loss(logits=out.logits, target_logits=target_logits, step_mask=out.step_mask,
-                           step_loss_decay=float(m.step_loss_decay))
+        out = self.model(
+            input_ids=batch["input_ids"],
+            hidden_states=batch["hidden_states"],
+            loss_mask=batch["loss_mask"],
+            attention_mask=batch["attention_mask"],
+            attention_backend=m.attention_backend,
+        )
+        target_logits = self._target_logits(
+            lambda: self.draft.gather_target_logits(batch["last_hidden_state"], out.target_positions)
+        )
+        return eagle3_loss(
+            logits=out.logits,
+            target_logits=target_logits,
+            step_mask=out.step_mask,
+            step_loss_decay=float(m.step_loss_decay),
+        )
 
 
 TRAINERS: dict[str, type[Trainer]] = {"DSparkTrainer": DSparkTrainer, "Eagle3Trainer": Eagle3Trainer}

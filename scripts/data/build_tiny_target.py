@@ -24,19 +24,25 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 def parse_args(argv=None) -> argparse.Namespace:
     from deepspec.tiny_target import STEPS_PER_MINUTE, default_tiny_target_dir
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", type=pathlib.Path, default=None,
-                        help=f"where to write the model folder (default: $DEEPSPEC_TINY_TARGET or "
-                             f"{default_tiny_target_dir()})")
-    parser.add_argument("--minutes", type=float, default=5.0,
-                        help=f"nominal CPU budget; mapped to a fixed step count "
-                             f"(round(minutes * {STEPS_PER_MINUTE:g})) so builds are reproducible (default: 5)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="exact number of optimizer steps; overrides --minutes")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--output-dir",
+        type=pathlib.Path,
+        default=None,
+        help=f"where to write the model folder (default: $DEEPSPEC_TINY_TARGET or {default_tiny_target_dir()})",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=5.0,
+        help=f"nominal CPU budget; mapped to a fixed step count "
+        f"(round(minutes * {STEPS_PER_MINUTE:g})) so builds are reproducible (default: 5)",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="exact number of optimizer steps; overrides --minutes")
     parser.add_argument("--seed", type=int, default=0, help="seed for init and data order (default: 0)")
-    parser.add_argument("--force", action="store_true",
-                        help="rebuild even if a complete build with the same seed/steps exists")
+    parser.add_argument(
+        "--force", action="store_true", help="rebuild even if a complete build with the same seed/steps exists"
+    )
     return parser.parse_args(argv)
 
 
@@ -48,8 +54,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from deepspec.tiny_target import MARKER_NAME, build_tiny_target
 
-    out = build_tiny_target(output_dir=args.output_dir, minutes=args.minutes, steps=args.steps,
-                            seed=args.seed, force=args.force)
+    out = build_tiny_target(
+        output_dir=args.output_dir, minutes=args.minutes, steps=args.steps, seed=args.seed, force=args.force
+    )
     info = json.loads((out / MARKER_NAME).read_text())
     print(f"tiny target: {out}")
     print(f"  steps {info['steps']}, params {info['num_parameters']:,}, build {info['build_seconds']:.0f}s")

@@ -53,6 +53,7 @@ def dataset_slug(name: str) -> str:
 
 # ----------------------------------------------------------------------------- loading
 
+
 class _Rows:
     """Rows of the source, addressable by index: a list (local JSON) or a datasets.Dataset."""
 
@@ -74,7 +75,7 @@ class _Rows:
         import bisect
 
         for start in range(0, len(order), chunk):
-            block = order[start:start + chunk]
+            block = order[start : start + chunk]
             fetched: dict[int, tuple[str, object]] = {}
             by_part: dict[int, list[int]] = {}
             for idx in block:
@@ -105,8 +106,11 @@ def _read_json_file(path: Path) -> list:
         try:
             items = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); fix it or convert it to "
-                            "JSON lines so bad rows can be skipped one by one", reason="malformed_json") from None
+            raise DataError(
+                f"{path} is not valid JSON ({e.msg} at line {e.lineno}); fix it or convert it to "
+                "JSON lines so bad rows can be skipped one by one",
+                reason="malformed_json",
+            ) from None
         return [(f"{path.name}[{i}]", item) for i, item in enumerate(items)]
     rows = []
     for lineno, line in enumerate(raw.split(b"\n"), start=1):
@@ -131,8 +135,10 @@ def load_rows(*, dataset_name: str, split: str) -> _Rows:
         elif path.suffix in LOCAL_SUFFIXES:
             files = [path]
         else:
-            raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json or .parquet",
-                            reason="no_conversations")
+            raise DataError(
+                f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json or .parquet",
+                reason="no_conversations",
+            )
         parts, labels = [], []
         for f in files:
             try:
@@ -146,22 +152,31 @@ def load_rows(*, dataset_name: str, split: str) -> _Rows:
                 raise
             except Exception as e:  # noqa: BLE001 - unreadable or not parquet: arrow and OS errors come in many types
                 first = (str(e).strip().splitlines() or [""])[0]
-                raise DataError(f"cannot read {f}: {type(e).__name__}: {first}. Check the file (a .parquet must be "
-                                "Parquet, a .json/.jsonl JSON)", reason="no_conversations") from None
+                raise DataError(
+                    f"cannot read {f}: {type(e).__name__}: {first}. Check the file (a .parquet must be "
+                    "Parquet, a .json/.jsonl JSON)",
+                    reason="no_conversations",
+                ) from None
             labels.append(f.name)
         return _Rows(parts, labels)
     # Hub ids are NAME or OWNER/NAME: any other spelling is a local path that does not exist.
-    if (dataset_name.startswith((".", "/", "~")) or Path(dataset_name).suffix in LOCAL_SUFFIXES
-            or dataset_name.count("/") > 1 or not dataset_name.strip()):
+    if (
+        dataset_name.startswith((".", "/", "~"))
+        or Path(dataset_name).suffix in LOCAL_SUFFIXES
+        or dataset_name.count("/") > 1
+        or not dataset_name.strip()
+    ):
         raise DataError(f"local data set {dataset_name} not found (check the path)", reason="no_conversations")
     from datasets import load_dataset
 
     try:
         ds = load_dataset(dataset_name, split=split)
     except Exception as e:  # noqa: BLE001 - hub/network errors come in many types
-        raise DataError(f"could not load {dataset_name!r} split {split!r} from the Hugging Face hub: "
-                        f"{type(e).__name__}: {e}. Check the name and network, or pass a local file",
-                        reason="no_conversations") from None
+        raise DataError(
+            f"could not load {dataset_name!r} split {split!r} from the Hugging Face hub: "
+            f"{type(e).__name__}: {e}. Check the name and network, or pass a local file",
+            reason="no_conversations",
+        ) from None
     return _Rows([ds], [dataset_slug(dataset_name)])
 
 
@@ -172,13 +187,15 @@ def _drop_nulls(obj):
         out = dict(obj)
         for key in ("conversations", "messages"):
             if isinstance(out.get(key), list):
-                out[key] = [{k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m
-                            for m in out[key]]
+                out[key] = [
+                    {k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m for m in out[key]
+                ]
         return out
     return obj
 
 
 # ----------------------------------------------------------------------------- split
+
 
 class SplitError(DeepSpecError, ValueError):
     """A split setting or output path that cannot work; the message says what to change."""
@@ -192,8 +209,17 @@ def split_size(n: int, test_size: float) -> int:
     return min(k, n)
 
 
-def select_and_split(rows: _Rows, *, sample_size: int | None, test_size: float, seed: int, strict: bool,
-                     report: SkipReport, id_prefix: str, progress: bool = True):
+def select_and_split(
+    rows: _Rows,
+    *,
+    sample_size: int | None,
+    test_size: float,
+    seed: int,
+    strict: bool,
+    report: SkipReport,
+    id_prefix: str,
+    progress: bool = True,
+):
     """Shuffle with ``seed``, keep the first ``sample_size`` valid rows, hold out ``test_size`` of them."""
     from tqdm.auto import tqdm
 
@@ -210,8 +236,11 @@ def select_and_split(rows: _Rows, *, sample_size: int | None, test_size: float, 
                 raise row
             conv = normalize_conversation(_drop_nulls(row), where=where, default_id=f"{id_prefix}-{index}")
             if conv.id in seen:
-                raise DataError(f"duplicate id {conv.id!r}; ids must be unique (regeneration resumes by id)",
-                                reason="duplicate_id", where=where)
+                raise DataError(
+                    f"duplicate id {conv.id!r}; ids must be unique (regeneration resumes by id)",
+                    reason="duplicate_id",
+                    where=where,
+                )
         except DataError as e:
             if strict:
                 raise
@@ -231,6 +260,7 @@ def eval_row(conv) -> dict:
 
 
 # ----------------------------------------------------------------------------- command line
+
 
 def _test_size(text: str) -> float:
     try:
@@ -257,8 +287,10 @@ def _check_outputs(*, source: str, train_path: Path, test_path: Path | None) -> 
     src = Path(source).expanduser()
     check_outputs_apart(inputs=[src] if src.exists() else [], outputs=outputs, what="output")
     if test_path is not None and train_path.resolve() == test_path.resolve():
-        raise SplitError(f"the train and held-out outputs are both {train_path}; the second would overwrite the "
-                         "first. Change --train-output-path or --test-output-dir/--test-output-name")
+        raise SplitError(
+            f"the train and held-out outputs are both {train_path}; the second would overwrite the "
+            "first. Change --train-output-path or --test-output-dir/--test-output-name"
+        )
     for path in outputs:
         if path.is_dir():
             raise SplitError(f"{path} is a folder; outputs must be .jsonl file paths")
@@ -268,21 +300,40 @@ def _check_outputs(*, source: str, train_path: Path, test_path: Path | None) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="download_and_split.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset-name", default=DEFAULT_DATASET,
-                   help=f"hub data set, or a local .json/.jsonl/.parquet file or folder (default: {DEFAULT_DATASET})")
+    p = argparse.ArgumentParser(
+        prog="download_and_split.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--dataset-name",
+        default=DEFAULT_DATASET,
+        help=f"hub data set, or a local .json/.jsonl/.parquet file or folder (default: {DEFAULT_DATASET})",
+    )
     p.add_argument("--split", default="train", help="hub split to load (default: train; ignored for local files)")
-    p.add_argument("--sample-size", type=positive_int, default=None, help="keep this many valid conversations (default: all)")
-    p.add_argument("--test-size", type=_test_size, default=0.05,
-                   help="held-out share (< 1) or count (>= 1) of the kept conversations (default: 0.05)")
-    p.add_argument("--seed", type=_seed, default=42, help="shuffle seed; the same seed gives the same split (default: 42)")
-    p.add_argument("--train-output-path", default=None,
-                   help="train JSONL (default: outputs/data/<dataset>_train.jsonl)")
-    p.add_argument("--test-output-dir", default="outputs/data/eval_datasets",
-                   help="folder of the held-out eval file (default: outputs/data/eval_datasets)")
-    p.add_argument("--test-output-name", default=None,
-                   help="held-out eval file name, .jsonl added if missing (default: <dataset>.jsonl)")
+    p.add_argument(
+        "--sample-size", type=positive_int, default=None, help="keep this many valid conversations (default: all)"
+    )
+    p.add_argument(
+        "--test-size",
+        type=_test_size,
+        default=0.05,
+        help="held-out share (< 1) or count (>= 1) of the kept conversations (default: 0.05)",
+    )
+    p.add_argument(
+        "--seed", type=_seed, default=42, help="shuffle seed; the same seed gives the same split (default: 42)"
+    )
+    p.add_argument(
+        "--train-output-path", default=None, help="train JSONL (default: outputs/data/<dataset>_train.jsonl)"
+    )
+    p.add_argument(
+        "--test-output-dir",
+        default="outputs/data/eval_datasets",
+        help="folder of the held-out eval file (default: outputs/data/eval_datasets)",
+    )
+    p.add_argument(
+        "--test-output-name",
+        default=None,
+        help="held-out eval file name, .jsonl added if missing (default: <dataset>.jsonl)",
+    )
     p.add_argument("--skip-existing", action="store_true", help="do nothing if the outputs already exist")
     p.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -299,8 +350,10 @@ def main(argv=None) -> int:
     wants_test = args.test_size > 0
 
     if args.skip_existing and train_path.is_file() and (test_path.is_file() or not wants_test):
-        print(f"[split] {train_path}{' and ' + str(test_path) if wants_test else ''} exist; skipping "
-              "(leave out --skip-existing to rebuild)")
+        print(
+            f"[split] {train_path}{' and ' + str(test_path) if wants_test else ''} exist; skipping "
+            "(leave out --skip-existing to rebuild)"
+        )
         return 0
     _check_outputs(source=args.dataset_name, train_path=train_path, test_path=test_path if wants_test else None)
 
@@ -308,21 +361,31 @@ def main(argv=None) -> int:
     rows = load_rows(dataset_name=args.dataset_name, split=args.split)
     print(f"[split] {args.dataset_name}: {len(rows)} rows")
     try:
-        train, test = select_and_split(rows, sample_size=args.sample_size, test_size=args.test_size,
-                                       seed=args.seed, strict=args.strict, report=report, id_prefix=slug,
-                                       progress=not args.no_progress)
+        train, test = select_and_split(
+            rows,
+            sample_size=args.sample_size,
+            test_size=args.test_size,
+            seed=args.seed,
+            strict=args.strict,
+            report=report,
+            id_prefix=slug,
+            progress=not args.no_progress,
+        )
     except DataError as e:
         if not args.strict:
             raise
-        raise DataError(f"{e} (--strict stops at the first bad row; leave it out to skip bad rows and count them)",
-                        reason=e.reason) from None
+        raise DataError(
+            f"{e} (--strict stops at the first bad row; leave it out to skip bad rows and count them)", reason=e.reason
+        ) from None
 
     print("[split] " + report.summary().replace("\n", "\n[split] "))
     if args.sample_size is not None and report.kept < args.sample_size:
         print(f"[split] WARNING: asked for {args.sample_size} conversations, only {report.kept} valid ones exist")
     if not train:
-        raise SplitError(f"no conversations left for training ({report.kept} valid, {len(test)} held out); "
-                         "lower --test-size or check the data")
+        raise SplitError(
+            f"no conversations left for training ({report.kept} valid, {len(test)} held out); "
+            "lower --test-size or check the data"
+        )
     write_jsonl(train_path, train)
     print(f"[split] train: {len(train)} conversations -> {train_path}")
     if wants_test:

@@ -43,14 +43,19 @@ class EstimateError(DeepSpecError, ValueError):
 
 def _number(kind: type, *, minimum: float, inclusive: bool = True):
     """argparse type: a number of ``kind`` >= (or >) ``minimum``, refused at parse time."""
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
-                                             f"got {text!r}") from None
-        if value != value or value in (float("inf"), float("-inf")) or (
-                value < minimum if inclusive else value <= minimum):
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if (
+            value != value
+            or value in (float("inf"), float("-inf"))
+            or (value < minimum if inclusive else value <= minimum)
+        ):
             raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {minimum:g}, got {text}")
         return value
 
@@ -73,8 +78,7 @@ def _text_config(model: str, *, instead: str) -> dict:
     option that avoids reading it, for the error messages."""
     cfg_path = Path(model) / "config.json"
     if not cfg_path.is_file():
-        raise EstimateError(f"{cfg_path} not found; --target-model must be a local model folder (or pass "
-                            f"{instead})")
+        raise EstimateError(f"{cfg_path} not found; --target-model must be a local model folder (or pass {instead})")
     try:
         cfg = json.loads(cfg_path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
@@ -106,8 +110,10 @@ def target_params_from_config(model: str) -> tuple[int, str]:
     def get(key: str, default=None) -> int:
         value = c.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise EstimateError(f"{cfg_path} has no positive integer {key} (got {value!r}); pass --target-params "
-                                "(non-embedding parameter count) instead")
+            raise EstimateError(
+                f"{cfg_path} has no positive integer {key} (got {value!r}); pass --target-params "
+                "(non-embedding parameter count) instead"
+            )
         return value
 
     layers, hidden, inter = get("num_hidden_layers"), get("hidden_size"), get("intermediate_size")
@@ -117,8 +123,10 @@ def target_params_from_config(model: str) -> tuple[int, str]:
     head_dim = get("head_dim", head_dim)
     attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
     mlp = 3 * hidden * inter
-    how = (f"{layers} layers x (attention {attention:,} + MLP {mlp:,}) from {cfg_path}: hidden {hidden}, "
-           f"intermediate {inter}, heads {heads}/{kv_heads} kv, head_dim {head_dim}")
+    how = (
+        f"{layers} layers x (attention {attention:,} + MLP {mlp:,}) from {cfg_path}: hidden {hidden}, "
+        f"intermediate {inter}, heads {heads}/{kv_heads} kv, head_dim {head_dim}"
+    )
     return layers * (attention + mlp), how
 
 
@@ -136,8 +144,10 @@ def _load_tokenizer(path: str):
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        raise EstimateError(f"cannot load --tokenizer {path!r}: {exc}. Pass a tokenizer folder (usually the target "
-                            "model folder), or leave --tokenizer out for a chars/4 estimate") from None
+        raise EstimateError(
+            f"cannot load --tokenizer {path!r}: {exc}. Pass a tokenizer folder (usually the target "
+            "model folder), or leave --tokenizer out for a chars/4 estimate"
+        ) from None
 
 
 def measure(paths: list[str], tokenizer_path: str | None, max_length: int | None) -> tuple[int, float, str]:
@@ -162,8 +172,10 @@ def measure(paths: list[str], tokenizer_path: str | None, max_length: int | None
     if report.skipped:
         print(report.summary(), file=sys.stderr)
     if n == 0:
-        raise EstimateError("no valid conversations found in --train-data-path (see the summary above); pass a "
-                            "conversation JSONL file, or --num-samples and --avg-tokens")
+        raise EstimateError(
+            "no valid conversations found in --train-data-path (see the summary above); pass a "
+            "conversation JSONL file, or --num-samples and --avg-tokens"
+        )
     how = f"tokenized with {tokenizer_path}" if tok else "chars/4 approximation; pass --tokenizer for exact counts"
     return n, tokens / n, how
 
@@ -176,31 +188,44 @@ def main(argv=None) -> int:
     data.add_argument("--avg-tokens", type=_number(float, minimum=0, inclusive=False), help="mean tokens per sample")
     data.add_argument("--train-data-path", nargs="+", help="JSONL file(s)/folder(s) to count and measure")
     data.add_argument("--tokenizer", help="tokenizer folder/name for exact token counts (else chars/4)")
-    data.add_argument("--max-length", type=_number(int, minimum=1),
-                      help="training max sequence length (longer samples truncated)")
+    data.add_argument(
+        "--max-length", type=_number(int, minimum=1), help="training max sequence length (longer samples truncated)"
+    )
     model = ap.add_argument_group("target (either sizes or a local model folder)")
     model.add_argument("--num-layers", type=_number(int, minimum=1), help="number of captured target layers")
     model.add_argument("--hidden-size", type=_number(int, minimum=1))
     model.add_argument("--target-model", help="local model folder with config.json")
-    model.add_argument("--target-layer-ids", type=_layer_ids,
-                       help="comma-separated captured layer ids, e.g. 1,9,17,25,33")
+    model.add_argument(
+        "--target-layer-ids", type=_layer_ids, help="comma-separated captured layer ids, e.g. 1,9,17,25,33"
+    )
     online = ap.add_argument_group("online alternative (train.py --online: target forward every step, no cache)")
-    online.add_argument("--target-params", type=_number(float, minimum=1),
-                        help="target non-embedding parameter count, e.g. 3.6e9 (default: counted from "
-                             "--target-model's config.json)")
-    online.add_argument("--global-batch-size", type=_number(int, minimum=1), default=512,
-                        help="training samples per optimizer step (train.global_batch_size; default 512, the "
-                             "paper recipes)")
-    online.add_argument("--epochs", type=_number(int, minimum=1), default=1,
-                        help="training epochs, for the total over the run (default 1; the paper recipes use 10)")
+    online.add_argument(
+        "--target-params",
+        type=_number(float, minimum=1),
+        help="target non-embedding parameter count, e.g. 3.6e9 (default: counted from --target-model's config.json)",
+    )
+    online.add_argument(
+        "--global-batch-size",
+        type=_number(int, minimum=1),
+        default=512,
+        help="training samples per optimizer step (train.global_batch_size; default 512, the paper recipes)",
+    )
+    online.add_argument(
+        "--epochs",
+        type=_number(int, minimum=1),
+        default=1,
+        help="training epochs, for the total over the run (default 1; the paper recipes use 10)",
+    )
     ap.add_argument("--output-dir", help="where the cache will go: compare with its free space")
     args = ap.parse_args(argv)
 
     # Options that need no data first, so a wrong one is said before a long measurement.
     if args.target_layer_ids:
         if args.num_layers and args.num_layers != len(args.target_layer_ids):
-            raise EstimateError(f"--num-layers {args.num_layers} disagrees with {len(args.target_layer_ids)} "
-                                "--target-layer-ids; give one of them")
+            raise EstimateError(
+                f"--num-layers {args.num_layers} disagrees with {len(args.target_layer_ids)} "
+                "--target-layer-ids; give one of them"
+            )
         num_layers = len(args.target_layer_ids)
     elif args.num_layers:
         num_layers = args.num_layers
@@ -233,8 +258,9 @@ def main(argv=None) -> int:
 
     from deepspec.data.target_cache import estimate_cache_bytes, format_bytes
 
-    total = estimate_cache_bytes(num_samples=num_samples, avg_tokens=avg_tokens, num_layers=num_layers,
-                                 hidden_size=hidden)
+    total = estimate_cache_bytes(
+        num_samples=num_samples, avg_tokens=avg_tokens, num_layers=num_layers, hidden_size=hidden
+    )
     per_token = (num_layers + 1) * hidden * 2 + 5
     rows = [
         ("samples", f"{num_samples:,}"),
@@ -253,24 +279,34 @@ def main(argv=None) -> int:
         rows.append(("free on output disk", f"{format_bytes(free)} -> {verdict}"))
     rows.append(("online: disk", "0 bytes (train.py --online runs the target live; no cache)"))
     tokens_per_step = args.global_batch_size * avg_tokens
-    rows.append(("online: tokens / step", f"{tokens_per_step:,.0f} (global batch {args.global_batch_size:,} x "
-                                          f"{avg_tokens:,.1f} tokens)"))
+    rows.append(
+        (
+            "online: tokens / step",
+            f"{tokens_per_step:,.0f} (global batch {args.global_batch_size:,} x {avg_tokens:,.1f} tokens)",
+        )
+    )
     steps = num_samples // args.global_batch_size * args.epochs
     steps_note = f"{num_samples:,} samples // global batch {args.global_batch_size:,} x {args.epochs} epoch(s)"
     if steps == 0:
         steps_note += ": fewer samples than --global-batch-size, training would have no step"
     rows.append(("online: optimizer steps", f"{steps:,} ({steps_note})"))
     if target_params is None:
-        rows.append(("online: target forward", "pass --target-model (local folder with config.json) or "
-                                               "--target-params for the FLOPs per step"))
+        rows.append(
+            (
+                "online: target forward",
+                "pass --target-model (local folder with config.json) or --target-params for the FLOPs per step",
+            )
+        )
     else:
         per_step = round(2 * target_params * tokens_per_step)
         run_total = per_step * steps
         once = round(2 * target_params * num_samples * avg_tokens)
         rows += [
             ("target params", f"{target_params:,} non-embedding ({params_how})"),
-            ("online: target fwd / step", f"{per_step:,} FLOPs ({format_flops(per_step)}; 2 x params x tokens/step, "
-                                          "forward only)"),
+            (
+                "online: target fwd / step",
+                f"{per_step:,} FLOPs ({format_flops(per_step)}; 2 x params x tokens/step, forward only)",
+            ),
             ("online: target fwd / run", f"{run_total:,} FLOPs ({format_flops(run_total)}; {steps:,} steps)"),
             ("cache build forward", f"{once:,} FLOPs ({format_flops(once)}; paid once, every epoch reuses it)"),
         ]

@@ -32,8 +32,18 @@ sys.path.insert(0, str(REPO_ROOT))  # deepspec may not be pip-installed
 
 from deepspec.cli import nonnegative_int, positive_int, probability  # noqa: E402
 from deepspec.decoding.calibration import (  # noqa: E402
-    CALIBRATION_FILE, CalibrationError, apply_temperatures, calibration_arrays, confidence_report, fit_sts,
-    plot_reliability_before_after, prefix_survival, read_rounds, save_calibration, split_rounds, survival_labels,
+    CALIBRATION_FILE,
+    CalibrationError,
+    apply_temperatures,
+    calibration_arrays,
+    confidence_report,
+    fit_sts,
+    plot_reliability_before_after,
+    prefix_survival,
+    read_rounds,
+    save_calibration,
+    split_rounds,
+    survival_labels,
     to_jsonable,
 )
 from deepspec.errors import check_outputs_apart, cli_main  # noqa: E402
@@ -57,19 +67,37 @@ def num_bins(text: str) -> int:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", nargs="+", required=True, metavar="PATH",
-                   help="rounds.jsonl file(s) from eval.py runs with --confidence-threshold 0 (same draft, same gamma)")
-    p.add_argument("--draft_name_or_path", "--draft-name-or-path", "--draft", dest="draft", metavar="DIR",
-                   help="draft checkpoint folder; calibration.json is written there (required unless --dry-run)")
+    p.add_argument(
+        "--rounds",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="rounds.jsonl file(s) from eval.py runs with --confidence-threshold 0 (same draft, same gamma)",
+    )
+    p.add_argument(
+        "--draft_name_or_path",
+        "--draft-name-or-path",
+        "--draft",
+        dest="draft",
+        metavar="DIR",
+        help="draft checkpoint folder; calibration.json is written there (required unless --dry-run)",
+    )
     p.add_argument("--dry-run", action="store_true", help="fit and report, but do not write calibration.json")
-    p.add_argument("--held-out-fraction", type=held_out_fraction, default=0.5,
-                   help="share of prompts kept out of the fit to judge it, in [0, 1) (0 = judge on the fit rounds; "
-                        "default 0.5)")
-    p.add_argument("--seed", type=nonnegative_int, default=0,
-                   help="seed of the prompt-level fit/held-out split (default 0)")
+    p.add_argument(
+        "--held-out-fraction",
+        type=held_out_fraction,
+        default=0.5,
+        help="share of prompts kept out of the fit to judge it, in [0, 1) (0 = judge on the fit rounds; default 0.5)",
+    )
+    p.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="seed of the prompt-level fit/held-out split (default 0)"
+    )
     p.add_argument("--num-bins", type=num_bins, default=10, help="equal-width ECE bins on [0, 1], >= 2 (default 10)")
-    p.add_argument("--output-dir", metavar="DIR",
-                   help="where the report JSON and PNGs go (default: folder of the first rounds file)")
+    p.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="where the report JSON and PNGs go (default: folder of the first rounds file)",
+    )
     args = p.parse_args(argv)
     if not args.dry_run and not args.draft:
         p.error("--draft_name_or_path is required (or pass --dry-run to only report)")
@@ -89,11 +117,13 @@ def fmt(x: float | None, pct: bool) -> str:
 def print_table(before: dict, after: dict) -> None:
     print(f"{'k':>2} {'surv':>6} {'mean a_k':>15} {'ECE':>15} {'AUROC':>13} {'Brier':>13}")
     for k in range(len(before["ece"])):
-        print(f"{k + 1:>2} {before['empirical_survival'][k]:6.1%} "
-              f"{before['mean_predicted'][k]:6.1%} → {after['mean_predicted'][k]:6.1%} "
-              f"{fmt(before['ece'][k], True):>6} → {fmt(after['ece'][k], True):>6} "
-              f"{fmt(before['auroc'][k], False):>5} → {fmt(after['auroc'][k], False):>5} "
-              f"{fmt(before['brier'][k], False):>5} → {fmt(after['brier'][k], False):>5}")
+        print(
+            f"{k + 1:>2} {before['empirical_survival'][k]:6.1%} "
+            f"{before['mean_predicted'][k]:6.1%} → {after['mean_predicted'][k]:6.1%} "
+            f"{fmt(before['ece'][k], True):>6} → {fmt(after['ece'][k], True):>6} "
+            f"{fmt(before['auroc'][k], False):>5} → {fmt(after['auroc'][k], False):>5} "
+            f"{fmt(before['brier'][k], False):>5} → {fmt(after['brier'][k], False):>5}"
+        )
 
 
 def mean(xs) -> float:
@@ -106,9 +136,14 @@ def judge(rounds: list[dict], temps: list[float], *, num_bins: int, png: Path, t
     before = confidence_report(logits, accepted, num_bins=num_bins)
     after = confidence_report(logits, accepted, temperatures=temps, num_bins=num_bins)
     labels = survival_labels(accepted, logits.shape[1])
-    plot_reliability_before_after(prefix_survival(apply_temperatures(logits, [1.0] * len(temps))),
-                                  prefix_survival(apply_temperatures(logits, temps)), labels,
-                                  path=png, title=title, num_bins=num_bins)
+    plot_reliability_before_after(
+        prefix_survival(apply_temperatures(logits, [1.0] * len(temps))),
+        prefix_survival(apply_temperatures(logits, temps)),
+        labels,
+        path=png,
+        title=title,
+        num_bins=num_bins,
+    )
     return {"before": before, "after": after, "plot": str(png)}
 
 
@@ -116,8 +151,10 @@ def judge(rounds: list[dict], temps: list[float], *, num_bins: int, png: Path, t
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.draft and not Path(args.draft).is_dir():
-        raise CalibrationError(f"no such folder: {args.draft} (--draft_name_or_path must be the draft checkpoint "
-                               f"folder that {CALIBRATION_FILE} is written into)")
+        raise CalibrationError(
+            f"no such folder: {args.draft} (--draft_name_or_path must be the draft checkpoint "
+            f"folder that {CALIBRATION_FILE} is written into)"
+        )
     # Everything is read and checked before anything is written: a bad record leaves every file as it was.
     rounds = read_rounds(args.rounds)
     calibration_arrays(rounds)  # fail early, on all rounds, if none is usable
@@ -129,8 +166,9 @@ def main(argv=None) -> None:
         try:
             calibration_arrays(part)
         except CalibrationError:
-            raise CalibrationError(f"the {name} split has no usable rounds; record more prompts or change "
-                                   "--held-out-fraction") from None
+            raise CalibrationError(
+                f"the {name} split has no usable rounds; record more prompts or change --held-out-fraction"
+            ) from None
     tasks = sorted({r["task"] for r in held})
     out_dir = Path(args.output_dir) if args.output_dir else Path(args.rounds[0]).resolve().parent
     outputs = [out_dir / "calibration_report.json", out_dir / "reliability_overall.png"]
@@ -143,28 +181,43 @@ def main(argv=None) -> None:
     logits, accepted, _ = calibration_arrays(fit)
     temps = fit_sts(logits, accepted, num_bins=args.num_bins)
     out_dir.mkdir(parents=True, exist_ok=True)
-    overall = judge(held, temps, num_bins=args.num_bins, png=out_dir / "reliability_overall.png",
-                    title="all tasks (held-out)")
+    overall = judge(
+        held, temps, num_bins=args.num_bins, png=out_dir / "reliability_overall.png", title="all tasks (held-out)"
+    )
     per_task = {}
     for task in tasks:
         task_rounds = [r for r in held if r["task"] == task]
         if not any(r["conf_logits"] is not None and r["proposal_len"] == r["gamma"] for r in task_rounds):
             continue
-        per_task[task] = judge(task_rounds, temps, num_bins=args.num_bins,
-                               png=out_dir / f"reliability_{_safe(task)}.png", title=f"{task} (held-out)")
+        per_task[task] = judge(
+            task_rounds,
+            temps,
+            num_bins=args.num_bins,
+            png=out_dir / f"reliability_{_safe(task)}.png",
+            title=f"{task} (held-out)",
+        )
 
     before, after = overall["before"], overall["after"]
     n_fit = len(calibration_arrays(fit)[1])
-    print(f"rounds: {len(rounds)} read, {n_fit} fit, {before['num_rounds']} held-out (full blocks with "
-          f"confidence logits), gamma {len(temps)}")
+    print(
+        f"rounds: {len(rounds)} read, {n_fit} fit, {before['num_rounds']} held-out (full blocks with "
+        f"confidence logits), gamma {len(temps)}"
+    )
     print("temperatures: " + ", ".join(f"{t:.3g}" for t in temps))
     print_table(before, after)
     for task, rep in per_task.items():
-        print(f"  {task}: mean ECE {mean(rep['before']['ece']):.1%} -> {mean(rep['after']['ece']):.1%} "
-              f"({rep['before']['num_rounds']} rounds)")
-    summary = {"held_out_fraction": args.held_out_fraction, "seed": args.seed, "num_bins": args.num_bins,
-               "rounds_files": [str(p) for p in args.rounds], "num_fit_rounds": n_fit,
-               "num_held_out_rounds": before["num_rounds"]}
+        print(
+            f"  {task}: mean ECE {mean(rep['before']['ece']):.1%} -> {mean(rep['after']['ece']):.1%} "
+            f"({rep['before']['num_rounds']} rounds)"
+        )
+    summary = {
+        "held_out_fraction": args.held_out_fraction,
+        "seed": args.seed,
+        "num_bins": args.num_bins,
+        "rounds_files": [str(p) for p in args.rounds],
+        "num_fit_rounds": n_fit,
+        "num_held_out_rounds": before["num_rounds"],
+    }
     report = {"method": "sts", "temperatures": temps, **summary, "overall": overall, "per_task": per_task}
     report_path = out_dir / "calibration_report.json"
     atomic_write(report_path, json.dumps(to_jsonable(report), indent=2) + "\n")
@@ -172,8 +225,13 @@ def main(argv=None) -> None:
     if args.dry_run:
         print("dry run: calibration.json not written")
     else:
-        path = save_calibration(args.draft, temperatures=temps, report_before=before, report_after=after,
-                                extra={**summary, "evaluated_on": "held-out" if args.held_out_fraction else "fit"})
+        path = save_calibration(
+            args.draft,
+            temperatures=temps,
+            report_before=before,
+            report_after=after,
+            extra={**summary, "evaluated_on": "held-out" if args.held_out_fraction else "fit"},
+        )
         print(f"wrote {path}")
     print(f"mean ECE {mean(before['ece']):.2%} -> {mean(after['ece']):.2%}")
 

@@ -59,8 +59,11 @@ def main(argv=None) -> int:
     names = list(by_algo)
     first = names[0]
     for other in names[1:]:
-        gains = [f"{d} {100 * (macro[first][d] / macro[other][d] - 1):+.1f}%"
-                 for d in macro[first] if d in macro[other] and macro[other][d]]
+        gains = [
+            f"{d} {100 * (macro[first][d] / macro[other][d] - 1):+.1f}%"
+            for d in macro[first]
+            if d in macro[other] and macro[other][d]
+        ]
         lines.append(f"{first} vs {other}: " + ", ".join(gains))
     ceiling = None
     if args.ceiling:
@@ -68,13 +71,17 @@ def main(argv=None) -> int:
         gamma = c["meta"]["gamma"]
         tau = macro_average(c["tasks"]).get("all")
         ceiling = {"gamma": gamma, "acceptance_length": tau, "ok": tau is not None and abs(tau - (gamma + 1)) < 1e-6}
-        lines.append(f"ceiling check: the target drafting for itself gives τ = {tau:.3f} with γ = {gamma} "
-                     f"({'= γ+1, as it must' if ceiling['ok'] else 'NOT γ+1: investigate'})")
+        lines.append(
+            f"ceiling check: the target drafting for itself gives τ = {tau:.3f} with γ = {gamma} "
+            f"({'= γ+1, as it must' if ceiling['ok'] else 'NOT γ+1: investigate'})"
+        )
     meta = {name: r.get("meta", {}) for name, r in runs.items()}
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"algorithms": {n: {"tasks": by_algo[n], "macro": macro[n], "meta": meta[n]} for n in names},
-               "ceiling": ceiling}
+    payload = {
+        "algorithms": {n: {"tasks": by_algo[n], "macro": macro[n], "meta": meta[n]} for n in names},
+        "ceiling": ceiling,
+    }
     atomic_write(out / "results.json", json.dumps(payload, indent=2) + "\n")
     atomic_write(out / "table.md", "\n".join(lines) + "\n")
     plot_tau_by_task(by_algo, path=out / "tau_by_task.png", title=args.title)

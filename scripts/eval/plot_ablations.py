@@ -74,8 +74,9 @@ def main(argv=None) -> int:
     blocks: dict[str, list[tuple[int, float]]] = {}
     for label, pattern in HEADS.items():
         runs = {b: (MAIN_AT_7.get(label) if b == 7 else pattern.format(b)) for b in BLOCKS}
-        blocks[label] = [(b, t) for b, run in runs.items()
-                         if run is not None and (t := macro_tau(out, run, missing)) is not None]
+        blocks[label] = [
+            (b, t) for b, run in runs.items() if run is not None and (t := macro_tau(out, run, missing)) is not None
+        ]
 
     lines = ["| draft layers | τ |", "|---:|---:|"] + [f"| {n} | {t:.3f} |" for n, t in depth]
     lines += ["", "| block size | " + " | ".join(HEADS) + " |", "|---:|" + "---:|" * len(HEADS)]

@@ -33,8 +33,14 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 DEFAULT_BATCH_TOKENS = [*range(1, 17), 20, 24, 28, 32, 40, 48, 56, 64]
-DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-          "fp16": "float16", "float16": "float16"}
+DTYPES = {
+    "fp32": "float32",
+    "float32": "float32",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+}
 
 
 def _int_list(text: str) -> list[int]:
@@ -51,26 +57,47 @@ def parse_args(argv=None) -> argparse.Namespace:
     from deepspec.tiny_target import default_tiny_target_dir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target_name_or_path", "--target-name-or-path", dest="target", default=None,
-                        help="target model (hub id or local folder); default: $DEEPSPEC_TINY_TARGET or "
-                             f"{default_tiny_target_dir()}")
-    parser.add_argument("--batch-tokens", type=_int_list, default=DEFAULT_BATCH_TOKENS,
-                        help="comma-separated batch token counts B to measure (default: 1..16 then steps "
-                             "to 64); cover the largest Σ(ℓ_r+1) you will serve — the scheduler extrapolates "
-                             "linearly beyond the last point")
-    parser.add_argument("--context-len", type=int, default=512,
-                        help="tokens of cached context per row, a representative prompt+answer length (default: 512)")
-    parser.add_argument("--row-tokens", type=int, default=8,
-                        help="query tokens per row = γ+1 (default: 8); see the layout note above")
+    parser.add_argument(
+        "--target_name_or_path",
+        "--target-name-or-path",
+        dest="target",
+        default=None,
+        help=f"target model (hub id or local folder); default: $DEEPSPEC_TINY_TARGET or {default_tiny_target_dir()}",
+    )
+    parser.add_argument(
+        "--batch-tokens",
+        type=_int_list,
+        default=DEFAULT_BATCH_TOKENS,
+        help="comma-separated batch token counts B to measure (default: 1..16 then steps "
+        "to 64); cover the largest Σ(ℓ_r+1) you will serve — the scheduler extrapolates "
+        "linearly beyond the last point",
+    )
+    parser.add_argument(
+        "--context-len",
+        type=int,
+        default=512,
+        help="tokens of cached context per row, a representative prompt+answer length (default: 512)",
+    )
+    parser.add_argument(
+        "--row-tokens", type=int, default=8, help="query tokens per row = γ+1 (default: 8); see the layout note above"
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES),
-                        help="weights/activations dtype (default: bf16 on cuda, fp32 on cpu)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=sorted(DTYPES),
+        help="weights/activations dtype (default: bf16 on cuda, fp32 on cpu)",
+    )
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per B; the median is kept (default: 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per B before timing (default: 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random context/query token ids (default: 0)")
-    parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path("cost_table.json"),
-                        help="where to write the cost table JSON (default: ./cost_table.json)")
+    parser.add_argument(
+        "--output",
+        type=pathlib.Path,
+        default=pathlib.Path("cost_table.json"),
+        help="where to write the cost table JSON (default: ./cost_table.json)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     if args.context_len < 1 or args.row_tokens < 1 or args.repeats < 1 or args.warmup < 0:
@@ -102,8 +129,17 @@ def _context_cache(model, *, rows: int, context_len: int, vocab: int, generator,
     return cache
 
 
-def measure(model, *, batch_tokens: list[int], context_len: int, row_tokens: int, repeats: int, warmup: int,
-            seed: int, progress: bool) -> list[dict]:
+def measure(
+    model,
+    *,
+    batch_tokens: list[int],
+    context_len: int,
+    row_tokens: int,
+    repeats: int,
+    warmup: int,
+    seed: int,
+    progress: bool,
+) -> list[dict]:
     """Median seconds per verification forward for each B (see the module docstring for the layout)."""
     import torch
     from tqdm import tqdm
@@ -117,8 +153,9 @@ def measure(model, *, batch_tokens: list[int], context_len: int, row_tokens: int
             rows, length = _layout(B, row_tokens)
             if rows not in caches:  # one prefilled context set per row count, reused for every B
                 caches.clear()
-                caches[rows] = _context_cache(model, rows=rows, context_len=context_len, vocab=vocab,
-                                              generator=generator, device=device)
+                caches[rows] = _context_cache(
+                    model, rows=rows, context_len=context_len, vocab=vocab, generator=generator, device=device
+                )
             cache = caches[rows]
             query = torch.randint(vocab, (rows, length), generator=generator).to(device)
             times = []
@@ -133,8 +170,15 @@ def measure(model, *, batch_tokens: list[int], context_len: int, row_tokens: int
                     times.append(elapsed)
             assert cache.get_seq_length() == context_len, "cache crop failed; timings would grow with each call"
             step = statistics.median(times)
-            results.append({"batch_tokens": B, "rows": rows, "computed_tokens": rows * length,
-                            "step_seconds": step, "steps_per_second": 1.0 / step})
+            results.append(
+                {
+                    "batch_tokens": B,
+                    "rows": rows,
+                    "computed_tokens": rows * length,
+                    "step_seconds": step,
+                    "steps_per_second": 1.0 / step,
+                }
+            )
     return results
 
 
@@ -162,27 +206,50 @@ def main(argv=None) -> int:
     longest = args.context_len + max(_layout(B, args.row_tokens)[1] for B in args.batch_tokens)
     assert max_pos is None or longest <= max_pos, (
         f"--context-len {args.context_len} plus the query tokens ({longest}) exceeds the target's "
-        f"max_position_embeddings={max_pos}; lower --context-len")
+        f"max_position_embeddings={max_pos}; lower --context-len"
+    )
 
-    points = measure(target.model, batch_tokens=args.batch_tokens, context_len=args.context_len,
-                     row_tokens=args.row_tokens, repeats=args.repeats, warmup=args.warmup, seed=args.seed,
-                     progress=not args.no_progress)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    table = CostTable(batch_tokens=[p["batch_tokens"] for p in points],
-                      steps_per_second=[p["steps_per_second"] for p in points],
-                      device=device_name, context_len=args.context_len, dtype=dtype_name, target=target_path,
-                      extra={"row_tokens": args.row_tokens, "repeats": args.repeats, "warmup": args.warmup,
-                             "computed_tokens": [p["computed_tokens"] for p in points],
-                             "step_seconds": [p["step_seconds"] for p in points]})
+    points = measure(
+        target.model,
+        batch_tokens=args.batch_tokens,
+        context_len=args.context_len,
+        row_tokens=args.row_tokens,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    )
+    table = CostTable(
+        batch_tokens=[p["batch_tokens"] for p in points],
+        steps_per_second=[p["steps_per_second"] for p in points],
+        device=device_name,
+        context_len=args.context_len,
+        dtype=dtype_name,
+        target=target_path,
+        extra={
+            "row_tokens": args.row_tokens,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "computed_tokens": [p["computed_tokens"] for p in points],
+            "step_seconds": [p["step_seconds"] for p in points],
+        },
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     table.to_json(args.output)
 
-    print(f"target {target_path} on {device_name}, {dtype_name}, context {args.context_len}, "
-          f"{args.row_tokens} tokens/row, median of {args.repeats}")
+    print(
+        f"target {target_path} on {device_name}, {dtype_name}, context {args.context_len}, "
+        f"{args.row_tokens} tokens/row, median of {args.repeats}"
+    )
     print(f"{'B':>5} {'rows':>5} {'computed':>9} {'ms/step':>10} {'steps/s':>10} {'tokens/s':>11}")
     for p in points:
-        print(f"{p['batch_tokens']:>5} {p['rows']:>5} {p['computed_tokens']:>9} {1e3 * p['step_seconds']:>10.3f} "
-              f"{p['steps_per_second']:>10.2f} {p['batch_tokens'] * p['steps_per_second']:>11.1f}")
+        print(
+            f"{p['batch_tokens']:>5} {p['rows']:>5} {p['computed_tokens']:>9} {1e3 * p['step_seconds']:>10.3f} "
+            f"{p['steps_per_second']:>10.2f} {p['batch_tokens'] * p['steps_per_second']:>11.1f}"
+        )
     sps = table.steps_per_second
     if any(b > a * 1.05 for a, b in zip(sps, sps[1:])):
         print("note: steps/s rises with B somewhere by > 5% (timing noise?); more --repeats steadies it")

@@ -56,6 +56,7 @@ DEFAULT_CONCURRENCY = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 def _list(kind, what: str):
     """Comma-separated values, each checked by ``kind`` (one of deepspec.cli's type functions)."""
+
     def parse(text: str):
         try:
             values = [kind(v.strip()) for v in text.split(",") if v.strip()]
@@ -64,35 +65,74 @@ def _list(kind, what: str):
         if not values:
             raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
         return values
+
     return parse
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("rounds", nargs="+", type=pathlib.Path,
-                        help="rounds.jsonl files (or folders searched recursively for rounds.jsonl)")
-    parser.add_argument("--cost-table", type=pathlib.Path, required=True,
-                        help="profiler JSON from scripts/eval/profile_engine.py")
-    parser.add_argument("--calibration", type=pathlib.Path, default=None,
-                        help='calibration JSON {"temperatures": [T_1..T_γ]}; default: T = 1 (raw sigmoid)')
-    parser.add_argument("--concurrency", type=_list(positive_int, "integers >= 1"), default=DEFAULT_CONCURRENCY,
-                        help="comma-separated concurrency levels R (default: 1,2,4,...,256)")
-    parser.add_argument("--steps", type=positive_int, default=200,
-                        help="simulated steps per (policy, R) at least (default: 200)")
-    parser.add_argument("--min-request-rounds", type=nonnegative_int, default=4000,
-                        help="more steps at low R until steps*R reaches this many request-rounds (default: 4000)")
-    parser.add_argument("--draft-time-ms", type=nonnegative_float, default=0.0,
-                        help="draft cost added to every step, in ms (default: 0, verification only)")
-    parser.add_argument("--fixed-lengths", type=_list(positive_int, "integers >= 1"), default=None,
-                        help="fixed proposal lengths to compare (default: γ,3,1)")
-    parser.add_argument("--thresholds", type=_list(probability, "numbers in [0, 1]"), default=[0.3, 0.5, 0.7],
-                        help="static confidence thresholds to compare (default: 0.3,0.5,0.7)")
-    parser.add_argument("--rule", choices=("per-slot", "cumulative"), default="per-slot",
-                        help="threshold rule: per-slot c_k >= t (eval.py --confidence-threshold, DeepSpec's) or "
-                             "cumulative prefix survival a_k >= t (eval.py --survival-threshold); default per-slot")
+    parser.add_argument(
+        "rounds",
+        nargs="+",
+        type=pathlib.Path,
+        help="rounds.jsonl files (or folders searched recursively for rounds.jsonl)",
+    )
+    parser.add_argument(
+        "--cost-table", type=pathlib.Path, required=True, help="profiler JSON from scripts/eval/profile_engine.py"
+    )
+    parser.add_argument(
+        "--calibration",
+        type=pathlib.Path,
+        default=None,
+        help='calibration JSON {"temperatures": [T_1..T_γ]}; default: T = 1 (raw sigmoid)',
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_list(positive_int, "integers >= 1"),
+        default=DEFAULT_CONCURRENCY,
+        help="comma-separated concurrency levels R (default: 1,2,4,...,256)",
+    )
+    parser.add_argument(
+        "--steps", type=positive_int, default=200, help="simulated steps per (policy, R) at least (default: 200)"
+    )
+    parser.add_argument(
+        "--min-request-rounds",
+        type=nonnegative_int,
+        default=4000,
+        help="more steps at low R until steps*R reaches this many request-rounds (default: 4000)",
+    )
+    parser.add_argument(
+        "--draft-time-ms",
+        type=nonnegative_float,
+        default=0.0,
+        help="draft cost added to every step, in ms (default: 0, verification only)",
+    )
+    parser.add_argument(
+        "--fixed-lengths",
+        type=_list(positive_int, "integers >= 1"),
+        default=None,
+        help="fixed proposal lengths to compare (default: γ,3,1)",
+    )
+    parser.add_argument(
+        "--thresholds",
+        type=_list(probability, "numbers in [0, 1]"),
+        default=[0.3, 0.5, 0.7],
+        help="static confidence thresholds to compare (default: 0.3,0.5,0.7)",
+    )
+    parser.add_argument(
+        "--rule",
+        choices=("per-slot", "cumulative"),
+        default="per-slot",
+        help="threshold rule: per-slot c_k >= t (eval.py --confidence-threshold, DeepSpec's) or "
+        "cumulative prefix survival a_k >= t (eval.py --survival-threshold); default per-slot",
+    )
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="trace sampling seed (default: 0)")
-    parser.add_argument("--output-dir", type=pathlib.Path, default=pathlib.Path("serving_sim"),
-                        help="where simulation.json and the plots go (default: ./serving_sim)")
+    parser.add_argument(
+        "--output-dir",
+        type=pathlib.Path,
+        default=pathlib.Path("serving_sim"),
+        help="where simulation.json and the plots go (default: ./serving_sim)",
+    )
     args = parser.parse_args(argv)
     args.concurrency = sorted(set(args.concurrency))
     return args
@@ -100,14 +140,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------- traces
 
+
 @dataclass
 class Traces:
     gamma: int
-    accepted: np.ndarray       # [N] accepted drafts of each full-length round
-    conf: np.ndarray | None    # [N, γ] calibrated confidences; None when no round carries conf_logits
-    starts: np.ndarray         # [P] first round of each prompt's trace
-    lengths: np.ndarray        # [P] rounds in each trace
-    skipped: int               # rounds dropped because proposal_len < gamma
+    accepted: np.ndarray  # [N] accepted drafts of each full-length round
+    conf: np.ndarray | None  # [N, γ] calibrated confidences; None when no round carries conf_logits
+    starts: np.ndarray  # [P] first round of each prompt's trace
+    lengths: np.ndarray  # [P] rounds in each trace
+    skipped: int  # rounds dropped because proposal_len < gamma
 
 
 def _rounds_files(paths: list[pathlib.Path]) -> list[pathlib.Path]:
@@ -116,8 +157,10 @@ def _rounds_files(paths: list[pathlib.Path]) -> list[pathlib.Path]:
         if p.is_dir():
             found = sorted(p.rglob("rounds.jsonl"))
             if not found:
-                raise CalibrationError(f"no rounds.jsonl under the folder {p}; run eval.py (--confidence-threshold 0) "
-                                       "to record traces there, or pass the rounds file itself")
+                raise CalibrationError(
+                    f"no rounds.jsonl under the folder {p}; run eval.py (--confidence-threshold 0) "
+                    "to record traces there, or pass the rounds file itself"
+                )
             files += found
         else:
             files.append(p)  # read_rounds says "no such file" for a missing one
@@ -137,8 +180,10 @@ def load_traces(paths: list[pathlib.Path], *, temperatures: list[float] | None) 
             gammas.add(r["gamma"])
             groups[(fi, str(r["task"]), int(r["prompt_index"]))].append((r["round"], r["accepted"], r["conf_logits"]))
     if not groups:
-        raise CalibrationError(f"no usable rounds: all {skipped} rounds were truncated (proposal_len < gamma); record "
-                               "traces with a threshold-0 / fixed-gamma run (eval.py --confidence-threshold 0)")
+        raise CalibrationError(
+            f"no usable rounds: all {skipped} rounds were truncated (proposal_len < gamma); record "
+            "traces with a threshold-0 / fixed-gamma run (eval.py --confidence-threshold 0)"
+        )
     if len(gammas) != 1:
         raise CalibrationError(f"traces mix gammas {sorted(gammas)}; simulate one gamma at a time")
     gamma = gammas.pop()
@@ -149,20 +194,25 @@ def load_traces(paths: list[pathlib.Path], *, temperatures: list[float] | None) 
     conf = None
     if all(x[2] is not None for x in flat):
         try:
-            conf = apply_temperatures(np.array([x[2] for x in flat], dtype=np.float64),
-                                      [1.0] * gamma if temperatures is None else temperatures)
+            conf = apply_temperatures(
+                np.array([x[2] for x in flat], dtype=np.float64),
+                [1.0] * gamma if temperatures is None else temperatures,
+            )
         except CalibrationError as exc:
             raise CalibrationError(f"--calibration: {exc}") from None
     elif any(x[2] is not None for x in flat):
         print("warning: some rounds lack conf_logits; confidence-based policies are skipped")
-    return Traces(gamma=gamma, accepted=accepted, conf=conf, starts=np.cumsum(lengths) - lengths,
-                  lengths=lengths, skipped=skipped)
+    return Traces(
+        gamma=gamma, accepted=accepted, conf=conf, starts=np.cumsum(lengths) - lengths, lengths=lengths, skipped=skipped
+    )
 
 
 # ----------------------------------------------------------------------------- simulation
 
-def simulate(traces: Traces, policy, *, concurrency: int, steps: int, cost_table, draft_seconds: float,
-             seed: int) -> dict:
+
+def simulate(
+    traces: Traces, policy, *, concurrency: int, steps: int, cost_table, draft_seconds: float, seed: int
+) -> dict:
     """Run ``steps`` batched steps of ``concurrency`` requests; totals → metrics."""
     import torch
 
@@ -188,15 +238,22 @@ def simulate(traces: Traces, policy, *, concurrency: int, steps: int, cost_table
             trace[done] = rng.integers(len(traces.lengths), size=int(done.sum()))
             pos[done] = 0
     throughput = tokens / seconds
-    return {"policy": policy.name, "concurrency": R, "steps": steps, "throughput": throughput,
-            "per_user_speed": throughput / R, "mean_proposal_len": ell_sum / (steps * R),
-            "mean_verify_tokens": 1.0 + ell_sum / (steps * R), "mean_tau": tokens / (steps * R),
-            "mean_batch_tokens": batch_sum / steps, "mean_step_ms": 1e3 * seconds / steps}
+    return {
+        "policy": policy.name,
+        "concurrency": R,
+        "steps": steps,
+        "throughput": throughput,
+        "per_user_speed": throughput / R,
+        "mean_proposal_len": ell_sum / (steps * R),
+        "mean_verify_tokens": 1.0 + ell_sum / (steps * R),
+        "mean_tau": tokens / (steps * R),
+        "mean_batch_tokens": batch_sum / steps,
+        "mean_step_ms": 1e3 * seconds / steps,
+    }
 
 
 def make_policies(args, *, gamma: int, cost_table, has_confidences: bool) -> list:
-    from deepspec.decoding.scheduler import (CumulativeThreshold, FixedLength, PerSlotThreshold,
-                                             PrefixScheduler)
+    from deepspec.decoding.scheduler import CumulativeThreshold, FixedLength, PerSlotThreshold, PrefixScheduler
 
     lengths = args.fixed_lengths or [gamma, 3, 1]
     lengths = list(dict.fromkeys(min(L, gamma) for L in lengths))
@@ -213,6 +270,7 @@ def make_policies(args, *, gamma: int, cost_table, has_confidences: bool) -> lis
 
 
 # ----------------------------------------------------------------------------- gains and output
+
 
 def _curve(results: list[dict], name: str) -> dict[int, dict]:
     return {r["concurrency"]: r for r in results if r["policy"] == name}
@@ -236,9 +294,11 @@ def gains(results: list[dict], *, baselines: list[str]) -> dict:
             s = p["per_user_speed"]
             inside = speeds[0] <= s <= speeds[-1]
             matched[R] = p["throughput"] / float(np.interp(s, speeds, tputs)) if inside else None
-        out[name] = {f"R={lo}": prefix[lo]["throughput"] / base[lo]["throughput"],
-                     f"R={hi}": prefix[hi]["throughput"] / base[hi]["throughput"],
-                     "matched_interactivity": matched}
+        out[name] = {
+            f"R={lo}": prefix[lo]["throughput"] / base[lo]["throughput"],
+            f"R={hi}": prefix[hi]["throughput"] / base[hi]["throughput"],
+            "matched_interactivity": matched,
+        }
     return out
 
 
@@ -259,10 +319,20 @@ def plot(results: list[dict], *, out_dir: pathlib.Path) -> list[pathlib.Path]:
         ax.plot(xs, ys, _STYLES.get(name, ".--"), label=name, lw=2 if name == "prefix" else 1)
         if name == "prefix":
             for R, c in curve:
-                ax.annotate(f"R={R}", (c["per_user_speed"], c["throughput"]), fontsize=7,
-                            textcoords="offset points", xytext=(4, 4))
-    ax.set(xscale="log", yscale="log", xlabel="per-user speed (tokens/s/user)", ylabel="throughput (tokens/s)",
-           title="Throughput vs interactivity (points: concurrency R)")
+                ax.annotate(
+                    f"R={R}",
+                    (c["per_user_speed"], c["throughput"]),
+                    fontsize=7,
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="per-user speed (tokens/s/user)",
+        ylabel="throughput (tokens/s)",
+        title="Throughput vs interactivity (points: concurrency R)",
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     paths = [out_dir / "throughput_vs_speed.png"]
@@ -273,11 +343,19 @@ def plot(results: list[dict], *, out_dir: pathlib.Path) -> list[pathlib.Path]:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in names:
         curve = sorted(_curve(results, name).items())
-        ax.plot([R for R, _ in curve], [c["mean_verify_tokens"] for _, c in curve],
-                _STYLES.get(name, ".--"), label=name, lw=2 if name == "prefix" else 1)
+        ax.plot(
+            [R for R, _ in curve],
+            [c["mean_verify_tokens"] for _, c in curve],
+            _STYLES.get(name, ".--"),
+            label=name,
+            lw=2 if name == "prefix" else 1,
+        )
     ax.set_xscale("log", base=2)
-    ax.set(xlabel="concurrency R", ylabel="mean verification tokens per request (ℓ+1)",
-           title="Verification budget vs concurrency")
+    ax.set(
+        xlabel="concurrency R",
+        ylabel="mean verification tokens per request (ℓ+1)",
+        title="Verification budget vs concurrency",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     paths.append(out_dir / "budget_vs_concurrency.png")
@@ -305,30 +383,48 @@ def main(argv=None) -> int:
     inputs = [*args.rounds, args.cost_table] + ([args.calibration] if args.calibration else [])
     check_outputs_apart(inputs=inputs, outputs=outputs)
     if args.output_dir.exists() and not args.output_dir.is_dir():
-        raise CalibrationError(f"--output-dir {args.output_dir} is a file; pass a folder for simulation.json and "
-                               "the plots")
+        raise CalibrationError(
+            f"--output-dir {args.output_dir} is a file; pass a folder for simulation.json and the plots"
+        )
     G = traces.gamma
-    print(f"{len(traces.lengths)} traces, {len(traces.accepted)} full rounds (gamma={G}), "
-          f"{traces.skipped} truncated rounds skipped; cost table: {cost_table.device}, "
-          f"B {cost_table.batch_tokens[0]}..{cost_table.batch_tokens[-1]}")
+    print(
+        f"{len(traces.lengths)} traces, {len(traces.accepted)} full rounds (gamma={G}), "
+        f"{traces.skipped} truncated rounds skipped; cost table: {cost_table.device}, "
+        f"B {cost_table.batch_tokens[0]}..{cost_table.batch_tokens[-1]}"
+    )
     if max(args.concurrency) * (G + 1) > cost_table.batch_tokens[-1]:
-        print(f"note: batches up to {max(args.concurrency) * (G + 1)} tokens exceed the profiled "
-              f"{cost_table.batch_tokens[-1]}; step time is extrapolated linearly there")
+        print(
+            f"note: batches up to {max(args.concurrency) * (G + 1)} tokens exceed the profiled "
+            f"{cost_table.batch_tokens[-1]}; step time is extrapolated linearly there"
+        )
 
     policies = make_policies(args, gamma=G, cost_table=cost_table, has_confidences=traces.conf is not None)
     results, started = [], time.perf_counter()
     for policy in policies:
         for R in args.concurrency:
             steps = max(args.steps, math.ceil(args.min_request_rounds / R))
-            results.append(simulate(traces, policy, concurrency=R, steps=steps, cost_table=cost_table,
-                                    draft_seconds=args.draft_time_ms / 1e3, seed=args.seed + R))
+            results.append(
+                simulate(
+                    traces,
+                    policy,
+                    concurrency=R,
+                    steps=steps,
+                    cost_table=cost_table,
+                    draft_seconds=args.draft_time_ms / 1e3,
+                    seed=args.seed + R,
+                )
+            )
 
-    print(f"\n{'policy':<15} {'R':>4} {'tokens/s':>11} {'tok/s/user':>11} {'mean ℓ':>7} {'ℓ+1':>6} "
-          f"{'τ':>6} {'batch B':>8}")
+    print(
+        f"\n{'policy':<15} {'R':>4} {'tokens/s':>11} {'tok/s/user':>11} {'mean ℓ':>7} {'ℓ+1':>6} "
+        f"{'τ':>6} {'batch B':>8}"
+    )
     for r in results:
-        print(f"{r['policy']:<15} {r['concurrency']:>4} {r['throughput']:>11.1f} {r['per_user_speed']:>11.2f} "
-              f"{r['mean_proposal_len']:>7.2f} {r['mean_verify_tokens']:>6.2f} {r['mean_tau']:>6.2f} "
-              f"{r['mean_batch_tokens']:>8.1f}")
+        print(
+            f"{r['policy']:<15} {r['concurrency']:>4} {r['throughput']:>11.1f} {r['per_user_speed']:>11.2f} "
+            f"{r['mean_proposal_len']:>7.2f} {r['mean_verify_tokens']:>6.2f} {r['mean_tau']:>6.2f} "
+            f"{r['mean_batch_tokens']:>8.1f}"
+        )
 
     gain = gains(results, baselines=[f"fixed-{G}", "fixed-1"])
     for name, g in gain.items():
@@ -338,18 +434,32 @@ def main(argv=None) -> int:
         print(f"  at matched per-user speed: {matched}")
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"gamma": G, "num_traces": int(len(traces.lengths)), "num_rounds": int(len(traces.accepted)),
-               "skipped_rounds": traces.skipped, "rounds_files": [str(p) for p in args.rounds],
-               "calibration": str(args.calibration) if args.calibration else None,
-               "draft_time_ms": args.draft_time_ms, "seed": args.seed, "cost_table": cost_table.to_dict(),
-               "threshold_rule": args.rule, "results": results,
-               "gains": {n: {**{k: v for k, v in g.items() if k != "matched_interactivity"},
-                             "matched_interactivity": {str(R): v for R, v in g["matched_interactivity"].items()}}
-                         for n, g in gain.items()}}
+    summary = {
+        "gamma": G,
+        "num_traces": int(len(traces.lengths)),
+        "num_rounds": int(len(traces.accepted)),
+        "skipped_rounds": traces.skipped,
+        "rounds_files": [str(p) for p in args.rounds],
+        "calibration": str(args.calibration) if args.calibration else None,
+        "draft_time_ms": args.draft_time_ms,
+        "seed": args.seed,
+        "cost_table": cost_table.to_dict(),
+        "threshold_rule": args.rule,
+        "results": results,
+        "gains": {
+            n: {
+                **{k: v for k, v in g.items() if k != "matched_interactivity"},
+                "matched_interactivity": {str(R): v for R, v in g["matched_interactivity"].items()},
+            }
+            for n, g in gain.items()
+        },
+    }
     atomic_write(args.output_dir / "simulation.json", json.dumps(to_jsonable(summary), indent=2) + "\n")
     paths = plot(results, out_dir=args.output_dir)
-    print(f"\nsimulated in {time.perf_counter() - started:.1f}s; wrote {args.output_dir / 'simulation.json'}, "
-          + ", ".join(str(p) for p in paths))
+    print(
+        f"\nsimulated in {time.perf_counter() - started:.1f}s; wrote {args.output_dir / 'simulation.json'}, "
+        + ", ".join(str(p) for p in paths)
+    )
     return 0
 
 

@@ -36,10 +36,18 @@ sys.path.insert(0, str(REPO_ROOT))  # deepspec may not be pip-installed
 
 from deepspec.cli import probability  # noqa: E402
 from deepspec.decoding.calibration import (  # noqa: E402
-    CALIBRATION_FILE, CalibrationError, calibration_arrays, load_calibration, read_rounds, to_jsonable,
+    CALIBRATION_FILE,
+    CalibrationError,
+    calibration_arrays,
+    load_calibration,
+    read_rounds,
+    to_jsonable,
 )
 from deepspec.decoding.threshold import (  # noqa: E402
-    DEFAULT_THRESHOLDS, RULES, plot_threshold_sweep, sweep_thresholds,
+    DEFAULT_THRESHOLDS,
+    RULES,
+    plot_threshold_sweep,
+    sweep_thresholds,
 )
 from deepspec.errors import check_outputs_apart, cli_main  # noqa: E402
 from deepspec.fsio import atomic_write  # noqa: E402
@@ -47,19 +55,46 @@ from deepspec.fsio import atomic_write  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", nargs="+", required=True, metavar="PATH",
-                   help="rounds.jsonl file(s) from eval.py runs with --confidence-threshold 0 (same draft, same gamma)")
-    p.add_argument("--draft_name_or_path", "--draft-name-or-path", "--draft", dest="draft", metavar="DIR",
-                   help="draft checkpoint folder; its calibration.json (if any) sets the STS temperatures")
-    p.add_argument("--no-calibration", action="store_true",
-                   help="use the raw confidence head (temperature 1) even if calibration.json exists")
-    p.add_argument("--rule", choices=RULES, default="per-slot",
-                   help="per-slot: cut at the first c_k < t (eval.py --confidence-threshold, DeepSpec's; default); "
-                        "cumulative: keep slots while a_k = Π c_i >= t (eval.py --survival-threshold)")
-    p.add_argument("--thresholds", nargs="+", type=probability, default=list(DEFAULT_THRESHOLDS), metavar="T",
-                   help="thresholds to replay, each in [0, 1] (default 0.0 0.1 ... 0.9)")
-    p.add_argument("--output-dir", metavar="DIR",
-                   help="where threshold_sweep.json / .png go (default: folder of the first rounds file)")
+    p.add_argument(
+        "--rounds",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="rounds.jsonl file(s) from eval.py runs with --confidence-threshold 0 (same draft, same gamma)",
+    )
+    p.add_argument(
+        "--draft_name_or_path",
+        "--draft-name-or-path",
+        "--draft",
+        dest="draft",
+        metavar="DIR",
+        help="draft checkpoint folder; its calibration.json (if any) sets the STS temperatures",
+    )
+    p.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="use the raw confidence head (temperature 1) even if calibration.json exists",
+    )
+    p.add_argument(
+        "--rule",
+        choices=RULES,
+        default="per-slot",
+        help="per-slot: cut at the first c_k < t (eval.py --confidence-threshold, DeepSpec's; default); "
+        "cumulative: keep slots while a_k = Π c_i >= t (eval.py --survival-threshold)",
+    )
+    p.add_argument(
+        "--thresholds",
+        nargs="+",
+        type=probability,
+        default=list(DEFAULT_THRESHOLDS),
+        metavar="T",
+        help="thresholds to replay, each in [0, 1] (default 0.0 0.1 ... 0.9)",
+    )
+    p.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="where threshold_sweep.json / .png go (default: folder of the first rounds file)",
+    )
     return p.parse_args(argv)
 
 
@@ -67,8 +102,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.draft and not args.no_calibration and not Path(args.draft).is_dir():
-        raise CalibrationError(f"no such folder: {args.draft} (--draft_name_or_path must be the draft checkpoint "
-                               f"folder holding {CALIBRATION_FILE}; or pass --no-calibration)")
+        raise CalibrationError(
+            f"no such folder: {args.draft} (--draft_name_or_path must be the draft checkpoint "
+            f"folder holding {CALIBRATION_FILE}; or pass --no-calibration)"
+        )
     # Read and check everything before writing anything.
     rounds = read_rounds(args.rounds)
     logits, accepted, proposal_len = calibration_arrays(rounds, full_blocks_only=False)
@@ -77,8 +114,10 @@ def main(argv=None) -> None:
     if args.draft and not args.no_calibration:
         temps = load_calibration(args.draft, gamma=gamma)
         if temps is None:
-            print(f"note: no {CALIBRATION_FILE} in {args.draft}; using the raw confidence head "
-                  "(run scripts/eval/calibrate.py first to calibrate)")
+            print(
+                f"note: no {CALIBRATION_FILE} in {args.draft}; using the raw confidence head "
+                "(run scripts/eval/calibrate.py first to calibrate)"
+            )
         else:
             source = str(Path(args.draft) / CALIBRATION_FILE)
     out_dir = Path(args.output_dir) if args.output_dir else Path(args.rounds[0]).resolve().parent
@@ -88,31 +127,49 @@ def main(argv=None) -> None:
         raise CalibrationError(f"--output-dir {out_dir} is a file; pass a folder for threshold_sweep.json / .png")
     short = int((proposal_len < gamma).sum())
     if short > 0.2 * len(accepted):
-        print(f"warning: {short} of {len(accepted)} rounds proposed fewer than gamma={gamma} slots; "
-              "were they recorded with a threshold > 0? The replay assumes threshold-0 rounds.")
-    results = sweep_thresholds(logits, accepted, thresholds=args.thresholds, rule=args.rule, temperatures=temps,
-                               proposal_len=proposal_len)
+        print(
+            f"warning: {short} of {len(accepted)} rounds proposed fewer than gamma={gamma} slots; "
+            "were they recorded with a threshold > 0? The replay assumes threshold-0 rounds."
+        )
+    results = sweep_thresholds(
+        logits, accepted, thresholds=args.thresholds, rule=args.rule, temperatures=temps, proposal_len=proposal_len
+    )
     per_task = {}
     for task in sorted({r["task"] for r in rounds}):
         task_rounds = [r for r in rounds if r["task"] == task and r["conf_logits"] is not None]
         if task_rounds:
             tl, ta, tp = calibration_arrays(task_rounds, full_blocks_only=False)
-            per_task[task] = sweep_thresholds(tl, ta, thresholds=args.thresholds, rule=args.rule,
-                                              temperatures=temps, proposal_len=tp)
+            per_task[task] = sweep_thresholds(
+                tl, ta, thresholds=args.thresholds, rule=args.rule, temperatures=temps, proposal_len=tp
+            )
 
     print(f"rounds: {len(accepted)} with confidence logits, gamma {gamma}, calibration: {source}, rule: {args.rule}")
-    print(f"{'thresh':>6} {'accepted/step':>13} {'rejected/step':>13} {'accept rate':>11} "
-          f"{'committed/step':>14} {'mean ℓ':>7}")
+    print(
+        f"{'thresh':>6} {'accepted/step':>13} {'rejected/step':>13} {'accept rate':>11} "
+        f"{'committed/step':>14} {'mean ℓ':>7}"
+    )
     for r in results:
         rate = "n/a" if r["acceptance_rate"] != r["acceptance_rate"] else f"{r['acceptance_rate']:.1%}"
-        print(f"{r['threshold']:6.2f} {r['avg_accepted']:13.3f} {r['avg_rejected']:13.3f} {rate:>11} "
-              f"{r['avg_committed']:14.3f} {r['avg_proposal_len']:7.2f}")
-    report = {"rounds_files": [str(p) for p in args.rounds], "gamma": gamma, "rule": args.rule, "calibration": source,
-              "temperatures": temps, "results": results, "per_task": per_task}
+        print(
+            f"{r['threshold']:6.2f} {r['avg_accepted']:13.3f} {r['avg_rejected']:13.3f} {rate:>11} "
+            f"{r['avg_committed']:14.3f} {r['avg_proposal_len']:7.2f}"
+        )
+    report = {
+        "rounds_files": [str(p) for p in args.rounds],
+        "gamma": gamma,
+        "rule": args.rule,
+        "calibration": source,
+        "temperatures": temps,
+        "results": results,
+        "per_task": per_task,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(json_path, json.dumps(to_jsonable(report), indent=2) + "\n")
-    plot_threshold_sweep(results, path=png_path,
-                         title=f"{args.rule} threshold sweep (gamma {gamma}, {'STS' if temps else 'uncalibrated'})")
+    plot_threshold_sweep(
+        results,
+        path=png_path,
+        title=f"{args.rule} threshold sweep (gamma {gamma}, {'STS' if temps else 'uncalibrated'})",
+    )
     print(f"wrote {json_path} and {png_path}")
 
 

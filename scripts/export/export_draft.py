@@ -34,20 +34,37 @@ DTYPES = {"keep": None, "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--draft", required=True,
-                   help="draft folder: a DeepSpec checkpoint step_N / step_latest, or a speculators-format folder")
-    p.add_argument("--format", choices=("deepspec", "speculators"), default="deepspec",
-                   help="deepspec: the folder vLLM's method 'dspark' loads; speculators: the vllm-project/"
-                        "speculators layout (vLLM method 'eagle3' for Eagle3, 'dspark' for Qwen 3 DSpark)")
+    p.add_argument(
+        "--draft",
+        required=True,
+        help="draft folder: a DeepSpec checkpoint step_N / step_latest, or a speculators-format folder",
+    )
+    p.add_argument(
+        "--format",
+        choices=("deepspec", "speculators"),
+        default="deepspec",
+        help="deepspec: the folder vLLM's method 'dspark' loads; speculators: the vllm-project/"
+        "speculators layout (vLLM method 'eagle3' for Eagle3, 'dspark' for Qwen 3 DSpark)",
+    )
     p.add_argument("--output", required=True, help="folder to write (must not exist or be empty, unless --overwrite)")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="keep",
-                   help="cast floating tensors (default keep: the saved dtypes; serving usually wants bf16)")
-    p.add_argument("--verifier", default=None,
-                   help="--format speculators: the target's hub id or path recorded as verifier.name_or_path "
-                        "(what `vllm serve OUTPUT` loads as the target; default: the target in the checkpoint's "
-                        "train_config.json)")
-    p.add_argument("--target", default=None,
-                   help="target to read embed_tokens / lm_head from when a speculators-format --draft omits them")
+    p.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default="keep",
+        help="cast floating tensors (default keep: the saved dtypes; serving usually wants bf16)",
+    )
+    p.add_argument(
+        "--verifier",
+        default=None,
+        help="--format speculators: the target's hub id or path recorded as verifier.name_or_path "
+        "(what `vllm serve OUTPUT` loads as the target; default: the target in the checkpoint's "
+        "train_config.json)",
+    )
+    p.add_argument(
+        "--target",
+        default=None,
+        help="target to read embed_tokens / lm_head from when a speculators-format --draft omits them",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
     return p
 
@@ -61,16 +78,27 @@ def main(argv=None) -> int:
     if args.format == "deepspec":
         from deepspec.export import to_vllm_folder
 
-        out = to_vllm_folder(draft_dir=args.draft, output_dir=args.output, overwrite=args.overwrite, dtype=dtype,
-                             frozen_target=args.target)
-        print(f"wrote {out} (serve with --speculative-config '{{\"method\": \"dspark\", \"model\": \"{out}\"}}')")
+        out = to_vllm_folder(
+            draft_dir=args.draft,
+            output_dir=args.output,
+            overwrite=args.overwrite,
+            dtype=dtype,
+            frozen_target=args.target,
+        )
+        print(f'wrote {out} (serve with --speculative-config \'{{"method": "dspark", "model": "{out}"}}\')')
         return 0
     import json
 
     from deepspec.export.speculators import from_speculators_config, to_speculators_folder, vllm_caveat
 
-    out = to_speculators_folder(draft_dir=args.draft, output_dir=args.output, overwrite=args.overwrite, dtype=dtype,
-                                verifier_name_or_path=args.verifier, frozen_target=args.target)
+    out = to_speculators_folder(
+        draft_dir=args.draft,
+        output_dir=args.output,
+        overwrite=args.overwrite,
+        dtype=dtype,
+        verifier_name_or_path=args.verifier,
+        frozen_target=args.target,
+    )
     spec = json.loads((out / "config.json").read_text())
     caveat = vllm_caveat(from_speculators_config(spec))
     method = spec["speculators_model_type"]
@@ -78,10 +106,12 @@ def main(argv=None) -> int:
     if caveat:
         print(f"note: vLLM cannot serve this folder: {caveat}")
     else:
-        print(f"serve with --speculative-config '{{\"method\": \"{method}\", \"model\": \"{out}\"}}'")
+        print(f'serve with --speculative-config \'{{"method": "{method}", "model": "{out}"}}\'')
     if spec["speculators_config"]["verifier"]["name_or_path"] is None:
-        print("note: no verifier recorded (pass --verifier TARGET); `vllm serve OUTPUT` needs it, "
-              "--speculative-config with an explicit target does not")
+        print(
+            "note: no verifier recorded (pass --verifier TARGET); `vllm serve OUTPUT` needs it, "
+            "--speculative-config with an explicit target does not"
+        )
     return 0
 
 

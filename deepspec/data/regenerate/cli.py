@@ -60,6 +60,7 @@ def _ranged(kind, what, ok):
         if not ok(value):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
+
     parse.__name__ = what  # argparse names the type in its message
     return parse
 
@@ -77,74 +78,141 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="generate_train_data.py",
         description="Regenerate every assistant turn of a conversation JSONL file with the target model, so the "
-                    "draft learns from the target's own answers. User turns are kept; turn k is conditioned on the "
-                    "regenerated turns before it.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "draft learns from the target's own answers. User turns are kept; turn k is conditioned on the "
+        "regenerated turns before it.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     io = p.add_argument_group("input and output")
-    io.add_argument("--input-file-path", required=True, help="conversation JSONL ({\"id\", \"conversations\"} lines, "
-                    "ShareGPT roles accepted), or a folder of them")
+    io.add_argument(
+        "--input-file-path",
+        required=True,
+        help='conversation JSONL ({"id", "conversations"} lines, ShareGPT roles accepted), or a folder of them',
+    )
     io.add_argument("--output-file-path", required=True, help="JSONL to write; failures go to <stem>_error.jsonl")
-    io.add_argument("--num-samples", type=positive_int, default=None,
-                    help="only the first N valid conversations (default: all)")
+    io.add_argument(
+        "--num-samples", type=positive_int, default=None, help="only the first N valid conversations (default: all)"
+    )
     again = io.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true", help="keep the rows already in the output and do only the "
-                    "missing ids (failed ones are retried); refuses when another model wrote them")
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows already in the output and do only the "
+        "missing ids (failed ones are retried); refuses when another model wrote them",
+    )
     again.add_argument("--overwrite", action="store_true", help="start the output over if it already has rows")
 
     m = p.add_argument_group("model and backend")
-    m.add_argument("--backend", choices=["vllm", "openai", "hf"], default=None,
-                   help="vllm: in-process engine; openai: HTTP servers; hf: transformers generate "
-                        "(default: vllm when importable, else hf)")
-    m.add_argument("--model", default=None, help="target model folder or hub name (openai backend: the served "
-                   "model name; default there: the first model the server lists)")
-    m.add_argument("--batch-size", type=positive_int, default=None,
-                   help="conversations generated together per call (hf: %d, vllm: %d)"
-                        % (HFBackend.default_batch_size, VLLMBackend.default_batch_size))
-    m.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="hf backend weights dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    m.add_argument(
+        "--backend",
+        choices=["vllm", "openai", "hf"],
+        default=None,
+        help="vllm: in-process engine; openai: HTTP servers; hf: transformers generate "
+        "(default: vllm when importable, else hf)",
+    )
+    m.add_argument(
+        "--model",
+        default=None,
+        help="target model folder or hub name (openai backend: the served "
+        "model name; default there: the first model the server lists)",
+    )
+    m.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="conversations generated together per call (hf: %d, vllm: %d)"
+        % (HFBackend.default_batch_size, VLLMBackend.default_batch_size),
+    )
+    m.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="hf backend weights dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16",
+    )
 
     s = p.add_argument_group("sampling (unset = the target's own generation_config.json)")
     s.add_argument("--temperature", type=nonnegative_float, default=None, help="0 = greedy")
     s.add_argument("--top-p", type=unit_open_closed, default=None)
     s.add_argument("--top-k", type=top_k_int, default=None, help="0 or -1 = off")
     s.add_argument("--min-p", type=unit_closed, default=None)
-    s.add_argument("--max-tokens", type=positive_int, default=2048,
-                   help="new tokens per assistant turn (default: 2048)")
-    s.add_argument("--seed", type=nonnegative_int, default=None,
-                   help="sampling seed (hf and vllm default to 0; openai sends it per request only when given)")
+    s.add_argument(
+        "--max-tokens", type=positive_int, default=2048, help="new tokens per assistant turn (default: 2048)"
+    )
+    s.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        default=None,
+        help="sampling seed (hf and vllm default to 0; openai sends it per request only when given)",
+    )
     think = s.add_mutually_exclusive_group()
-    think.add_argument("--enable-thinking", dest="enable_thinking", action="store_true",
-                       help="chat template kwarg enable_thinking=True (Qwen3 think blocks)")
-    think.add_argument("--disable-thinking", dest="enable_thinking", action="store_false",
-                       help="enable_thinking=False (the default)")
+    think.add_argument(
+        "--enable-thinking",
+        dest="enable_thinking",
+        action="store_true",
+        help="chat template kwarg enable_thinking=True (Qwen3 think blocks)",
+    )
+    think.add_argument(
+        "--disable-thinking", dest="enable_thinking", action="store_false", help="enable_thinking=False (the default)"
+    )
     p.set_defaults(enable_thinking=False)
 
     v = p.add_argument_group("vllm backend")
     v.add_argument("--tensor-parallel-size", type=positive_int, default=1, help="GPUs per engine")
-    v.add_argument("--data-parallel-size", type=positive_int, default=None,
-                   help="engines, one process each on its own GPU group (default: visible GPUs / tensor parallel "
-                        "size; 1 on CPU)")
-    v.add_argument("--max-model-len", type=positive_int, default=None,
-                   help="engine context length (default: the model's)")
-    v.add_argument("--gpu-memory-utilization", type=unit_open_closed, default=0.9,
-                   help="share of each GPU's memory vLLM may take (default: 0.9)")
-    v.add_argument("--enforce-eager", dest="enforce_eager", action="store_true", default=None,
-                   help="no CUDA graphs (always on for CPU)")
+    v.add_argument(
+        "--data-parallel-size",
+        type=positive_int,
+        default=None,
+        help="engines, one process each on its own GPU group (default: visible GPUs / tensor parallel size; 1 on CPU)",
+    )
+    v.add_argument(
+        "--max-model-len", type=positive_int, default=None, help="engine context length (default: the model's)"
+    )
+    v.add_argument(
+        "--gpu-memory-utilization",
+        type=unit_open_closed,
+        default=0.9,
+        help="share of each GPU's memory vLLM may take (default: 0.9)",
+    )
+    v.add_argument(
+        "--enforce-eager",
+        dest="enforce_eager",
+        action="store_true",
+        default=None,
+        help="no CUDA graphs (always on for CPU)",
+    )
 
     o = p.add_argument_group("openai backend")
-    o.add_argument("--server-address", action="append", default=[], metavar="HOST:PORT",
-                   help="an OpenAI-compatible server; repeat for several (requests go round-robin)")
-    o.add_argument("--concurrency", type=positive_int, default=None,
-                   help="requests in flight across all servers (default: %d)" % OpenAIBackend.default_batch_size)
+    o.add_argument(
+        "--server-address",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="an OpenAI-compatible server; repeat for several (requests go round-robin)",
+    )
+    o.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=None,
+        help="requests in flight across all servers (default: %d)" % OpenAIBackend.default_batch_size,
+    )
     o.add_argument("--request-timeout", type=positive_float, default=600.0, help="seconds per request (default: 600)")
-    o.add_argument("--max-retries", type=nonnegative_int, default=5,
-                   help="retries per request with exponential backoff")
+    o.add_argument(
+        "--max-retries", type=nonnegative_int, default=5, help="retries per request with exponential backoff"
+    )
     key = o.add_mutually_exclusive_group()
-    key.add_argument("--api-key", default=None, metavar="KEY",
-                     help="bearer token sent to every --server-address (visible in `ps`; prefer --api-key-env). "
-                          "Without it no key is sent, except $OPENAI_API_KEY to https://api.openai.com")
-    key.add_argument("--api-key-env", default=None, metavar="VAR",
-                     help="read the bearer token for every --server-address from environment variable VAR")
+    key.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help="bearer token sent to every --server-address (visible in `ps`; prefer --api-key-env). "
+        "Without it no key is sent, except $OPENAI_API_KEY to https://api.openai.com",
+    )
+    key.add_argument(
+        "--api-key-env",
+        default=None,
+        metavar="VAR",
+        help="read the bearer token for every --server-address from environment variable VAR",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -159,8 +227,10 @@ def _api_key(args) -> str | None:
         return args.api_key
     value = os.environ.get(args.api_key_env)
     if not value:
-        raise RegenerationError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty; "
-                                "export it, or leave --api-key-env out for servers that want no key")
+        raise RegenerationError(
+            f"--api-key-env {args.api_key_env}: that environment variable is not set or empty; "
+            "export it, or leave --api-key-env out for servers that want no key"
+        )
     return value
 
 
@@ -168,36 +238,64 @@ def _api_key(args) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.backend != "openai" and (args.api_key or args.api_key_env or args.server_address):
-        raise RegenerationError("--server-address, --api-key and --api-key-env belong to --backend openai; "
-                                f"add --backend openai or leave them out (backend now: {args.backend or 'default'})")
+        raise RegenerationError(
+            "--server-address, --api-key and --api-key-env belong to --backend openai; "
+            f"add --backend openai or leave them out (backend now: {args.backend or 'default'})"
+        )
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     backend = args.backend or default_backend()
-    sampling = SamplingSettings(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                                min_p=args.min_p, max_tokens=args.max_tokens, seed=args.seed,
-                                enable_thinking=args.enable_thinking)
+    sampling = SamplingSettings(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        min_p=args.min_p,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        enable_thinking=args.enable_thinking,
+    )
     try:
         summary = regenerate(
-            input_path=args.input_file_path, output_path=args.output_file_path, backend=backend, model=args.model,
-            sampling=sampling, num_samples=args.num_samples, resume=args.resume, overwrite=args.overwrite,
-            batch_size=args.batch_size, server_addresses=args.server_address, concurrency=args.concurrency,
-            request_timeout=args.request_timeout, max_retries=args.max_retries, api_key=_api_key(args),
-            tensor_parallel_size=args.tensor_parallel_size, data_parallel_size=args.data_parallel_size,
-            max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
-            enforce_eager=args.enforce_eager, dtype=args.dtype, progress=not args.no_progress)
+            input_path=args.input_file_path,
+            output_path=args.output_file_path,
+            backend=backend,
+            model=args.model,
+            sampling=sampling,
+            num_samples=args.num_samples,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            batch_size=args.batch_size,
+            server_addresses=args.server_address,
+            concurrency=args.concurrency,
+            request_timeout=args.request_timeout,
+            max_retries=args.max_retries,
+            api_key=_api_key(args),
+            tensor_parallel_size=args.tensor_parallel_size,
+            data_parallel_size=args.data_parallel_size,
+            max_model_len=args.max_model_len,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            enforce_eager=args.enforce_eager,
+            dtype=args.dtype,
+            progress=not args.no_progress,
+        )
     except KeyboardInterrupt:
         print("\ninterrupted: finished conversations are in the output; continue with --resume", file=sys.stderr)
         return 130
     print(summary.text())
     if summary.failed:
-        print(f"failures are listed in {error_path_for(args.output_file_path)} (a --resume run tries the failed "
-              "conversations again)")
+        print(
+            f"failures are listed in {error_path_for(args.output_file_path)} (a --resume run tries the failed "
+            "conversations again)"
+        )
     if summary.nothing_to_do:
         print(f"nothing to do: all {summary.skipped} rows already in {args.output_file_path}")
         return 0
     if summary.ok == 0 and summary.skipped == 0:
-        print(f"no conversation was regenerated into {args.output_file_path}: {args.input_file_path} holds no valid "
-              "conversation (see the failures above)", file=sys.stderr)
+        print(
+            f"no conversation was regenerated into {args.output_file_path}: {args.input_file_path} holds no valid "
+            "conversation (see the failures above)",
+            file=sys.stderr,
+        )
         return 1
     print(f"output: {args.output_file_path}")
     if summary.broken_workers or (summary.failed and summary.ok == 0):

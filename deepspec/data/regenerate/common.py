@@ -32,6 +32,7 @@ class BackendUnavailable(DeepSpecError, RuntimeError):
 
 # ----------------------------------------------------------------------------- settings and results
 
+
 @dataclass
 class SamplingSettings:
     """How the target samples. ``None`` means: the target's own default (generation_config.json)."""
@@ -98,11 +99,15 @@ class RegenerationSummary:
         return self.attempted == 0 and self.skipped > 0
 
     def text(self) -> str:
-        lines = [f"regenerated {self.ok} conversations, failed {self.failed}, "
-                 f"skipped {self.skipped} (already in the output) in {self.seconds:.1f}s"]
+        lines = [
+            f"regenerated {self.ok} conversations, failed {self.failed}, "
+            f"skipped {self.skipped} (already in the output) in {self.seconds:.1f}s"
+        ]
         if self.finish_reasons:
-            lines.append("  assistant turns by finish reason: "
-                         + ", ".join(f"{k} {v}" for k, v in self.finish_reasons.most_common()))
+            lines.append(
+                "  assistant turns by finish reason: "
+                + ", ".join(f"{k} {v}" for k, v in self.finish_reasons.most_common())
+            )
         if self.failure_reasons:
             lines.append("  failures: " + ", ".join(f"{k} {v}" for k, v in self.failure_reasons.most_common()))
         for line in self.broken_workers:
@@ -117,6 +122,7 @@ def error_path_for(output_path: str | os.PathLike) -> Path:
 
 
 # ----------------------------------------------------------------------------- one conversation in flight
+
 
 class _Job:
     """A conversation being regenerated turn by turn."""
@@ -152,8 +158,9 @@ class _Job:
 def _check_answer(result: TurnResult) -> TurnResult:
     # An empty answer would be dropped by the training reader anyway ("empty_answer"); say so here.
     if result.error is None and (result.text is None or not result.text.strip()):
-        return TurnResult(error=f"the target produced an empty answer (finish reason {result.finish_reason!r})",
-                          reason="empty_answer")
+        return TurnResult(
+            error=f"the target produced an empty answer (finish reason {result.finish_reason!r})", reason="empty_answer"
+        )
     return result
 
 
@@ -165,6 +172,7 @@ def _failure(message: str, default: str = "generation_failed") -> TurnResult:
 
 
 # ----------------------------------------------------------------------------- input and output files
+
 
 class _RecordingReport(SkipReport):
     """A SkipReport that also hands every bad line to a callback (for the error file)."""
@@ -179,9 +187,15 @@ class _RecordingReport(SkipReport):
             self.on_error(error)
 
 
-def _iter_jobs(input_files, *, num_samples: int | None, done_ids: set, shard: tuple[int, int] = (0, 1),
-               on_bad: Callable[[str | None, str, str, str], None] | None = None,
-               on_skip: Callable[[str], None] | None = None) -> Iterator[_Job]:
+def _iter_jobs(
+    input_files,
+    *,
+    num_samples: int | None,
+    done_ids: set,
+    shard: tuple[int, int] = (0, 1),
+    on_bad: Callable[[str | None, str, str, str], None] | None = None,
+    on_skip: Callable[[str], None] | None = None,
+) -> Iterator[_Job]:
     """Valid input conversations still to do, in file order.
 
     ``input_files`` is the list made before any output was opened, so nothing written is read back.
@@ -190,8 +204,7 @@ def _iter_jobs(input_files, *, num_samples: int | None, done_ids: set, shard: tu
     ``index % world == rank`` is yielded (the callbacks hear about every line).
     """
     rank, world = shard
-    report = _RecordingReport(
-        (lambda e: on_bad(None, e.where, e.reason, e.detail)) if on_bad is not None else None)
+    report = _RecordingReport((lambda e: on_bad(None, e.where, e.reason, e.detail)) if on_bad is not None else None)
     seen: set[str] = set()
     index = 0
     for conv in read_conversations(list(input_files), report=report):
@@ -200,8 +213,13 @@ def _iter_jobs(input_files, *, num_samples: int | None, done_ids: set, shard: tu
         if conv.id in seen:
             # Resume matches rows by id, so two inputs with one id cannot both be tracked.
             if on_bad is not None:
-                on_bad(conv.id, "", "duplicate_id", f"id {conv.id!r} appears more than once in the input; "
-                                                    "only the first is regenerated (give every line a unique id)")
+                on_bad(
+                    conv.id,
+                    "",
+                    "duplicate_id",
+                    f"id {conv.id!r} appears more than once in the input; "
+                    "only the first is regenerated (give every line a unique id)",
+                )
             continue
         seen.add(conv.id)
         i, index = index, index + 1
@@ -274,8 +292,10 @@ def _scan_output(path: Path) -> OutputScan:
 def _repair_tail(path: Path, scan: OutputScan, log: Log) -> None:
     """Cut off a half-written last line left by a crash, or end a whole last row with its newline."""
     if scan.torn_tail:
-        log(f"[regenerate] {path}: dropping a half-written last line ({scan.torn_tail} bytes) left by an "
-            "interrupted run")
+        log(
+            f"[regenerate] {path}: dropping a half-written last line ({scan.torn_tail} bytes) left by an "
+            "interrupted run"
+        )
         with open(path, "rb+") as f:
             f.truncate(path.stat().st_size - scan.torn_tail)
     elif scan.tail_row:
@@ -305,7 +325,8 @@ def _check_error_file(path: Path) -> None:
     if path.exists() and (path.is_dir() or not _looks_like_error_file(path)):
         raise InputProtectionError(
             f"{path} is where failures of this output go, but it already exists and is not a failure list "
-            "written by generate_train_data.py; move it away or choose another --output-file-path")
+            "written by generate_train_data.py; move it away or choose another --output-file-path"
+        )
 
 
 def _clear_stale_errors(path: Path) -> None:

@@ -10,6 +10,7 @@ from deepspec.data.regenerate.common import Messages, TurnResult, _check_answer,
 if TYPE_CHECKING:
     from deepspec.data.regenerate.openai_backend import OpenAIBackend
 
+
 def _generate_isolating(backend, batch: list[Messages]) -> list[TurnResult]:
     """One backend call; if it raises, retry item by item so one bad prompt fails only itself."""
     try:

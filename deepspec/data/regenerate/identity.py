@@ -55,8 +55,7 @@ def looks_like_path(model: str) -> bool:
     return model.startswith(("/", "./", "../", "~", ".\\")) or model.count("/") > 1 or model in (".", "..")
 
 
-def check_resume_model(*, existing: Counter, legacy_rows: int, identity: ModelIdentity, output_path,
-                       log) -> None:
+def check_resume_model(*, existing: Counter, legacy_rows: int, identity: ModelIdentity, output_path, log) -> None:
     """Refuse to resume an output whose rows another model wrote.
 
     ``existing`` counts the rows by ``(model, fingerprint)`` of their record; ``legacy_rows`` are rows
@@ -69,8 +68,11 @@ def check_resume_model(*, existing: Counter, legacy_rows: int, identity: ModelId
         raise ModelMismatchError(
             f"{output_path} holds {n} row(s) written by {name} ({fp}){more}, but --model asks for "
             f"{identity.describe()}; resuming would mix two targets' answers. Pass --overwrite to start the "
-            "output over with this model, or choose a new --output-file-path")
+            "output over with this model, or choose a new --output-file-path"
+        )
     if legacy_rows:
-        log(f"[regenerate] WARNING: {legacy_rows} rows of {output_path} carry no '{RECORD_KEY}' record (written by "
+        log(
+            f"[regenerate] WARNING: {legacy_rows} rows of {output_path} carry no '{RECORD_KEY}' record (written by "
             f"an older version), so which model wrote them is unknown; they are kept as if {identity.name} had. "
-            "Use --overwrite if that is not so")
+            "Use --overwrite if that is not so"
+        )

@@ -83,12 +83,23 @@ class OpenAIBackend:
     name = "openai"
     default_batch_size = 64  # here: the number of concurrent requests
 
-    def __init__(self, *, servers: Sequence[str], model: str | None, sampling: SamplingSettings,
-                 timeout: float = 600.0, max_retries: int = 5, backoff: float = 1.0,
-                 api_key: str | None = None, log: Log = print):
+    def __init__(
+        self,
+        *,
+        servers: Sequence[str],
+        model: str | None,
+        sampling: SamplingSettings,
+        timeout: float = 600.0,
+        max_retries: int = 5,
+        backoff: float = 1.0,
+        api_key: str | None = None,
+        log: Log = print,
+    ):
         if not servers:
-            raise RegenerationError("the openai backend needs at least one --server-address host:port; start servers "
-                             "with `bash scripts/data/launch_vllm_server.sh --model MODEL`")
+            raise RegenerationError(
+                "the openai backend needs at least one --server-address host:port; start servers "
+                "with `bash scripts/data/launch_vllm_server.sh --model MODEL`"
+            )
         self.sampling = sampling
         self.timeout = timeout
         self.max_retries = max(0, int(max_retries))
@@ -103,12 +114,16 @@ class OpenAIBackend:
         if api_key:
             for base in bases:
                 if base.startswith("http://") and not _is_loopback(base):
-                    log(f"[regenerate] WARNING: the API key goes to {base} over plain http, readable on the way; "
-                        "use https:// for servers on other machines")
+                    log(
+                        f"[regenerate] WARNING: the API key goes to {base} over plain http, readable on the way; "
+                        "use https:// for servers on other machines"
+                    )
         self.bases = self._reachable(bases, log)
         self.model = self._resolve_model(model, log)
-        log(f"[regenerate] openai backend: {len(self.bases)} server(s) {', '.join(self.bases)}, model {self.model!r}, "
-            f"sampling overrides {sampling.overrides() or 'none (server defaults)'}, max_tokens {sampling.max_tokens}")
+        log(
+            f"[regenerate] openai backend: {len(self.bases)} server(s) {', '.join(self.bases)}, model {self.model!r}, "
+            f"sampling overrides {sampling.overrides() or 'none (server defaults)'}, max_tokens {sampling.max_tokens}"
+        )
 
     # -- http
     def _request(self, url: str, payload: dict | None = None, *, timeout: float) -> dict:
@@ -125,7 +140,9 @@ class OpenAIBackend:
         except urllib.error.HTTPError as e:
             detail = e.read().decode("utf-8", "replace")
             try:
-                detail = json.loads(detail).get("error", {}).get("message", detail) if detail.startswith("{") else detail
+                detail = (
+                    json.loads(detail).get("error", {}).get("message", detail) if detail.startswith("{") else detail
+                )
             except (ValueError, AttributeError):
                 pass
             raise _HTTPStatusError(e.code, str(detail)[:500]) from None
@@ -140,14 +157,18 @@ class OpenAIBackend:
             except Exception as e:  # noqa: BLE001 - any failure means "not usable"
                 hint = ""
                 if isinstance(e, _HTTPStatusError) and e.code in (401, 403):
-                    hint = (f" - it wants an API key: pass --api-key-env VAR (or --api-key KEY); ${ENV_KEY} is "
-                            f"sent to {OFFICIAL_HOST} only")
+                    hint = (
+                        f" - it wants an API key: pass --api-key-env VAR (or --api-key KEY); ${ENV_KEY} is "
+                        f"sent to {OFFICIAL_HOST} only"
+                    )
                 log(f"[regenerate] WARNING: server {base} does not answer ({e}){hint}; leaving it out")
         if not ok:
-            raise BackendUnavailable(f"no server answered at {', '.join(bases)}. Start them with "
-                                     "`bash scripts/data/launch_vllm_server.sh --model MODEL` and pass the "
-                                     "--server-address values it prints (a server that wants a key needs "
-                                     "--api-key-env VAR or --api-key KEY)")
+            raise BackendUnavailable(
+                f"no server answered at {', '.join(bases)}. Start them with "
+                "`bash scripts/data/launch_vllm_server.sh --model MODEL` and pass the "
+                "--server-address values it prints (a server that wants a key needs "
+                "--api-key-env VAR or --api-key KEY)"
+            )
         return ok
 
     def _resolve_model(self, model: str | None, log: Log) -> str:
@@ -155,8 +176,9 @@ class OpenAIBackend:
             listing = self._request(self.bases[0] + "/models", timeout=30)
             served = [m.get("id") for m in listing.get("data", [])]
         except (OSError, ValueError, AttributeError, TypeError, _HTTPStatusError) as e:
-            raise BackendUnavailable(f"{self.bases[0]}/models did not list the served models ({e}); is it an "
-                                     "OpenAI-compatible server?") from None
+            raise BackendUnavailable(
+                f"{self.bases[0]}/models did not list the served models ({e}); is it an OpenAI-compatible server?"
+            ) from None
         if model is None:
             if not served:
                 raise BackendUnavailable(f"{self.bases[0]} serves no model; pass --model")
@@ -168,16 +190,22 @@ class OpenAIBackend:
             if os.path.exists(model) and os.path.exists(name) and os.path.samefile(model, name):
                 log(f"[regenerate] --model {model} is served as {name!r}")
                 return name
-        raise BackendUnavailable(f"--model {model!r} is not served by {self.bases[0]} (it serves {served}); pass one of "
-                           "those or leave --model out to use the first")
+        raise BackendUnavailable(
+            f"--model {model!r} is not served by {self.bases[0]} (it serves {served}); pass one of "
+            "those or leave --model out to use the first"
+        )
 
     def _next_base(self) -> str:
         with self._rr_lock:
             return self.bases[next(self._rr) % len(self.bases)]
 
     def payload(self, messages: Messages) -> dict:
-        body = {"model": self.model, "messages": messages, "max_tokens": self.sampling.max_tokens,
-                "chat_template_kwargs": self.sampling.chat_template_kwargs}
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": self.sampling.max_tokens,
+            "chat_template_kwargs": self.sampling.chat_template_kwargs,
+        }
         body.update(self.sampling.overrides())  # top_k / min_p travel as extra body fields vLLM understands
         if self.sampling.seed is not None:
             body["seed"] = self.sampling.seed
@@ -209,10 +237,11 @@ class OpenAIBackend:
                 # OSError covers refused connections, resets and timeouts; ValueError covers broken JSON.
                 last = f"{base}: {type(e).__name__}: {e}"
             if attempt < self.max_retries:
-                delay = min(60.0, self.backoff * (2 ** attempt)) * (0.5 + random.random())
+                delay = min(60.0, self.backoff * (2**attempt)) * (0.5 + random.random())
                 self.stop.wait(delay)
-        return TurnResult(error=f"gave up after {self.max_retries + 1} attempts; last error {last}",
-                          reason="server_unavailable")
+        return TurnResult(
+            error=f"gave up after {self.max_retries + 1} attempts; last error {last}", reason="server_unavailable"
+        )
 
     def generate(self, batch: Sequence[Messages]) -> list[TurnResult]:
         return [self.generate_one(m) for m in batch]

@@ -34,20 +34,37 @@ from deepspec.data.regenerate.openai_backend import OpenAIBackend
 from deepspec.data.regenerate.vllm_backend import VLLMBackend, _cuda_device_ids, _run_data_parallel
 from deepspec.errors import check_outputs_apart
 
+
 def default_backend() -> str:
     """``vllm`` when it can be imported here, else ``hf``."""
     return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
 
 
-def regenerate(*, input_path, output_path, backend: str, model: str | None,
-               sampling: SamplingSettings | None = None, num_samples: int | None = None,
-               resume: bool = False, overwrite: bool = False, batch_size: int | None = None,
-               server_addresses: Sequence[str] = (), concurrency: int | None = None,
-               request_timeout: float = 600.0, max_retries: int = 5, api_key: str | None = None,
-               tensor_parallel_size: int = 1, data_parallel_size: int | None = None,
-               max_model_len: int | None = None, gpu_memory_utilization: float = 0.9,
-               enforce_eager: bool | None = None, dtype: str = "auto", log: Log = print,
-               progress: bool = True) -> RegenerationSummary:
+def regenerate(
+    *,
+    input_path,
+    output_path,
+    backend: str,
+    model: str | None,
+    sampling: SamplingSettings | None = None,
+    num_samples: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    batch_size: int | None = None,
+    server_addresses: Sequence[str] = (),
+    concurrency: int | None = None,
+    request_timeout: float = 600.0,
+    max_retries: int = 5,
+    api_key: str | None = None,
+    tensor_parallel_size: int = 1,
+    data_parallel_size: int | None = None,
+    max_model_len: int | None = None,
+    gpu_memory_utilization: float = 0.9,
+    enforce_eager: bool | None = None,
+    dtype: str = "auto",
+    log: Log = print,
+    progress: bool = True,
+) -> RegenerationSummary:
     """Regenerate every assistant turn of ``input_path`` into ``output_path``. See the package docstring."""
     from tqdm.auto import tqdm
 
@@ -58,11 +75,14 @@ def regenerate(*, input_path, output_path, backend: str, model: str | None,
     if backend not in ("hf", "openai", "vllm"):
         raise RegenerationError(f"unknown backend {backend!r}; choose vllm, openai or hf")
     if resume and overwrite:
-        raise RegenerationError("--resume keeps the rows already in the output and --overwrite drops them; "
-                                "pass only one of them")
+        raise RegenerationError(
+            "--resume keeps the rows already in the output and --overwrite drops them; pass only one of them"
+        )
     if not input_path.exists():
-        raise DataError(f"input file not found: {input_path} (make one with scripts/data/download_and_split.py)",
-                        reason="missing_file")
+        raise DataError(
+            f"input file not found: {input_path} (make one with scripts/data/download_and_split.py)",
+            reason="missing_file",
+        )
     if backend != "openai" and not model:
         raise RegenerationError(f"--model is required for the {backend} backend (a Hugging Face folder or hub name)")
     model_dir = Path(model).expanduser() if model else None
@@ -74,8 +94,10 @@ def regenerate(*, input_path, output_path, backend: str, model: str | None,
     check_outputs_apart(inputs=inputs, outputs=[output_path], what="output")
     check_outputs_apart(inputs=inputs, outputs=[err_path], what="error file")
     if backend != "openai" and model_dir.is_dir() and not (model_dir / "config.json").is_file():
-        raise RegenerationError(f"{model} has no config.json, so it is not a Hugging Face model folder; pass the "
-                                "folder that holds config.json, the weights and the tokenizer")
+        raise RegenerationError(
+            f"{model} has no config.json, so it is not a Hugging Face model folder; pass the "
+            "folder that holds config.json, the weights and the tokenizer"
+        )
     for path in (output_path, err_path):
         if path.is_dir():
             raise RegenerationError(f"{path} is a folder; --output-file-path must name a .jsonl file")
@@ -85,45 +107,66 @@ def regenerate(*, input_path, output_path, backend: str, model: str | None,
     # Listed once, now: a folder input never sees the files this run writes.
     input_files = list_input_files(input_path)
     if output_path.exists() and output_path.stat().st_size > 0 and not resume and not overwrite:
-        raise OutputExistsError(f"{output_path} already has rows; pass --resume to continue it or --overwrite to "
-                                "start over")
+        raise OutputExistsError(
+            f"{output_path} already has rows; pass --resume to continue it or --overwrite to start over"
+        )
     _check_error_file(err_path)
     scan = _scan_output(output_path) if resume else OutputScan()
     identity = model_identity(model) if backend != "openai" else None
     if identity is not None and resume:
         # Before the engine loads: refusing takes a moment, not a model load.
-        check_resume_model(existing=scan.models, legacy_rows=scan.legacy_rows, identity=identity,
-                           output_path=output_path, log=log)
+        check_resume_model(
+            existing=scan.models, legacy_rows=scan.legacy_rows, identity=identity, output_path=output_path, log=log
+        )
     summary = RegenerationSummary()
     # The engine comes next: it can fail (bad model path, no server) before any file is touched.
     engine = None
     dp_plan = None
     if backend == "hf":
-        engine = HFBackend(model=model, sampling=sampling, batch_size=batch_size or HFBackend.default_batch_size,
-                           dtype=dtype, log=log)
+        engine = HFBackend(
+            model=model, sampling=sampling, batch_size=batch_size or HFBackend.default_batch_size, dtype=dtype, log=log
+        )
     elif backend == "openai":
-        engine = OpenAIBackend(servers=server_addresses, model=model, sampling=sampling, timeout=request_timeout,
-                               max_retries=max_retries, api_key=api_key, log=log)
+        engine = OpenAIBackend(
+            servers=server_addresses,
+            model=model,
+            sampling=sampling,
+            timeout=request_timeout,
+            max_retries=max_retries,
+            api_key=api_key,
+            log=log,
+        )
     else:
         devices = _cuda_device_ids()
         tp = max(1, tensor_parallel_size)
         dp = data_parallel_size or max(1, len(devices) // tp)
-        engine_kwargs = dict(tensor_parallel_size=tp, max_model_len=max_model_len,
-                             gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager)
+        engine_kwargs = dict(
+            tensor_parallel_size=tp,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+        )
         if dp <= 1:
             engine = VLLMBackend(model=model, sampling=sampling, log=log, **engine_kwargs)
         else:
             if devices and dp * tp > len(devices):
-                raise RegenerationError(f"--data-parallel-size {dp} x --tensor-parallel-size {tp} needs {dp * tp} "
-                                        f"GPUs but {len(devices)} are visible; lower one of them")
+                raise RegenerationError(
+                    f"--data-parallel-size {dp} x --tensor-parallel-size {tp} needs {dp * tp} "
+                    f"GPUs but {len(devices)} are visible; lower one of them"
+                )
             dp_plan = dict(dp=dp, tp=tp, devices=devices, engine=engine_kwargs)
 
     try:
         if identity is None:  # openai: the model is the one the server names
             identity = model_identity(engine.model)
             if resume:
-                check_resume_model(existing=scan.models, legacy_rows=scan.legacy_rows, identity=identity,
-                                   output_path=output_path, log=log)
+                check_resume_model(
+                    existing=scan.models,
+                    legacy_rows=scan.legacy_rows,
+                    identity=identity,
+                    output_path=output_path,
+                    log=log,
+                )
         done_ids = scan.ids
         if resume:
             _repair_tail(output_path, scan, log)
@@ -175,21 +218,36 @@ def regenerate(*, input_path, output_path, backend: str, model: str | None,
             summary.attempted += 1
             yield job
 
-    jobs = counted(_iter_jobs(input_files, num_samples=num_samples, done_ids=done_ids, on_bad=on_bad,
-                              on_skip=on_skip))
+    jobs = counted(_iter_jobs(input_files, num_samples=num_samples, done_ids=done_ids, on_bad=on_bad, on_skip=on_skip))
     try:
         if dp_plan is not None:
-            settings = dict(model=model, sampling=dataclasses.asdict(sampling), engine=dp_plan["engine"],
-                            input_files=[str(f) for f in input_files], num_samples=num_samples,
-                            batch_size=batch_size or VLLMBackend.default_batch_size, done_ids=sorted(done_ids))
+            settings = dict(
+                model=model,
+                sampling=dataclasses.asdict(sampling),
+                engine=dp_plan["engine"],
+                input_files=[str(f) for f in input_files],
+                num_samples=num_samples,
+                batch_size=batch_size or VLLMBackend.default_batch_size,
+                done_ids=sorted(done_ids),
+            )
             summary.broken_workers = _run_data_parallel(
-                jobs=jobs, dp=dp_plan["dp"], tp=dp_plan["tp"], devices=dp_plan["devices"], settings=settings,
+                jobs=jobs,
+                dp=dp_plan["dp"],
+                tp=dp_plan["tp"],
+                devices=dp_plan["devices"],
+                settings=settings,
                 on_row=on_row,
                 on_fail=lambda cid, turn, reason, msg: on_bad(cid, "", reason, f"assistant turn {turn}: {msg}"),
-                log=log)
+                log=log,
+            )
         elif isinstance(engine, OpenAIBackend):
-            _run_concurrent(jobs, engine, concurrency=concurrency or OpenAIBackend.default_batch_size,
-                            on_done=on_done, on_fail=on_fail)
+            _run_concurrent(
+                jobs,
+                engine,
+                concurrency=concurrency or OpenAIBackend.default_batch_size,
+                on_done=on_done,
+                on_fail=on_fail,
+            )
         else:
             size = batch_size or engine.default_batch_size
             _run_batched(jobs, engine, batch_size=size, on_done=on_done, on_fail=on_fail)

@@ -18,6 +18,7 @@ from deepspec.data.regenerate.common import (
 )
 from deepspec.data.regenerate.drivers import _run_batched
 
+
 def _cuda_device_ids() -> list[str]:
     """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (empty on CPU)."""
     try:
@@ -46,9 +47,17 @@ class VLLMBackend:
     name = "vllm"
     default_batch_size = 512
 
-    def __init__(self, *, model: str, sampling: SamplingSettings, tensor_parallel_size: int = 1,
-                 max_model_len: int | None = None, gpu_memory_utilization: float = 0.9,
-                 enforce_eager: bool | None = None, log: Log = print):
+    def __init__(
+        self,
+        *,
+        model: str,
+        sampling: SamplingSettings,
+        tensor_parallel_size: int = 1,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        enforce_eager: bool | None = None,
+        log: Log = print,
+    ):
         on_gpu = bool(_cuda_device_ids())
         _prepare_vllm_env(on_gpu)
         try:
@@ -60,10 +69,13 @@ class VLLMBackend:
             ) from e
 
         self.sampling = sampling
-        kwargs = dict(model=model, tensor_parallel_size=tensor_parallel_size,
-                      seed=sampling.seed if sampling.seed is not None else 0,
-                      # CUDA graphs pay off on GPU; on CPU there are none and eager is what works.
-                      enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager)
+        kwargs = dict(
+            model=model,
+            tensor_parallel_size=tensor_parallel_size,
+            seed=sampling.seed if sampling.seed is not None else 0,
+            # CUDA graphs pay off on GPU; on CPU there are none and eager is what works.
+            enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager,
+        )
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
         if on_gpu:
@@ -78,13 +90,17 @@ class VLLMBackend:
         params = {k: getattr(defaults, k) for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")}
         params.update(sampling.overrides())
         self.params = SamplingParams(**params, max_tokens=sampling.max_tokens)
-        log(f"[regenerate] vllm backend: {model} ({'GPU' if on_gpu else 'CPU'}, tp {tensor_parallel_size}, "
+        log(
+            f"[regenerate] vllm backend: {model} ({'GPU' if on_gpu else 'CPU'}, tp {tensor_parallel_size}, "
             f"enforce_eager {kwargs['enforce_eager']}), sampling "
-            + ", ".join(f"{k} {v}" for k, v in params.items()) + f", max_tokens {sampling.max_tokens}")
+            + ", ".join(f"{k} {v}" for k, v in params.items())
+            + f", max_tokens {sampling.max_tokens}"
+        )
 
     def generate(self, batch: Sequence[Messages]) -> list[TurnResult]:
-        outputs = self.llm.chat(list(batch), self.params, use_tqdm=False,
-                                chat_template_kwargs=self.sampling.chat_template_kwargs)
+        outputs = self.llm.chat(
+            list(batch), self.params, use_tqdm=False, chat_template_kwargs=self.sampling.chat_template_kwargs
+        )
         results = []
         for out in outputs:
             if not out.outputs:
@@ -114,6 +130,7 @@ class VLLMBackend:
 
 # ----------------------------------------------------------------------------- data parallel
 
+
 def _vllm_worker(rank: int, world: int, devices: str, settings: dict, queue) -> None:
     """One data-parallel engine (a spawned process): generates its shard, reports rows on ``queue``."""
     try:
@@ -122,13 +139,22 @@ def _vllm_worker(rank: int, world: int, devices: str, settings: dict, queue) -> 
         if devices:
             os.environ["CUDA_VISIBLE_DEVICES"] = devices
         sampling = SamplingSettings(**settings["sampling"])
-        backend = VLLMBackend(model=settings["model"], sampling=sampling, log=lambda m: print(f"[dp{rank}] {m}"),
-                              **settings["engine"])
-        jobs = _iter_jobs(settings["input_files"], num_samples=settings["num_samples"],
-                          done_ids=set(settings["done_ids"]), shard=(rank, world))
-        _run_batched(jobs, backend, batch_size=settings["batch_size"],
-                     on_done=lambda j: queue.put(("done", j.row())),
-                     on_fail=lambda j, r: queue.put(("fail", j.id, j.turn, r.reason, r.error)))
+        backend = VLLMBackend(
+            model=settings["model"], sampling=sampling, log=lambda m: print(f"[dp{rank}] {m}"), **settings["engine"]
+        )
+        jobs = _iter_jobs(
+            settings["input_files"],
+            num_samples=settings["num_samples"],
+            done_ids=set(settings["done_ids"]),
+            shard=(rank, world),
+        )
+        _run_batched(
+            jobs,
+            backend,
+            batch_size=settings["batch_size"],
+            on_done=lambda j: queue.put(("done", j.row())),
+            on_fail=lambda j, r: queue.put(("fail", j.id, j.turn, r.reason, r.error)),
+        )
         # A spawned child runs no atexit hooks, so vLLM's engine processes must be stopped
         # explicitly, or this process waits for them forever when it exits.
         backend.close()
@@ -148,8 +174,9 @@ def _signal_group(proc, sig) -> None:
         pass
 
 
-def _run_data_parallel(*, jobs: Iterator[_Job], dp: int, tp: int, devices: list[str], settings: dict,
-                       on_row, on_fail, log: Log) -> list[str]:
+def _run_data_parallel(
+    *, jobs: Iterator[_Job], dp: int, tp: int, devices: list[str], settings: dict, on_row, on_fail, log: Log
+) -> list[str]:
     """Spawn ``dp`` engine processes on disjoint GPU groups; this process writes every row.
 
     Returns a description of each worker that did not finish (its unfinished
@@ -162,7 +189,7 @@ def _run_data_parallel(*, jobs: Iterator[_Job], dp: int, tp: int, devices: list[
     q = ctx.Queue()
     procs = []
     for rank in range(dp):
-        group = ",".join(devices[rank * tp:(rank + 1) * tp]) if devices else ""
+        group = ",".join(devices[rank * tp : (rank + 1) * tp]) if devices else ""
         p = ctx.Process(target=_vllm_worker, args=(rank, dp, group, settings, q), name=f"regen-dp{rank}", daemon=False)
         p.start()
         procs.append(p)
