@@ -9,45 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import Gemma4TextConfig
 
 from deepspec.export.speculators import SpeculatorsFormatError, from_speculators_config, to_speculators_folder
 from deepspec.models import DraftLoadError, build_draft, draft_config_from_target, load_draft
-from deepspec.tiny_target import make_model_config
 from deepspec.training.checkpoint import LATEST_NAME, save_checkpoint
 from badinput import fingerprint, refused, run_entry
+from test_vllm_loader import target_config
 
 SCRIPT = "scripts/export/export_draft.py"
 LAYER_IDS = [0, 1, 2]
-TARGETS = {
-    "qwen3": make_model_config(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-    ),
-    "gemma4": Gemma4TextConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        global_head_dim=32,
-        hidden_size_per_layer_input=8,
-        vocab_size_per_layer_input=256,
-        sliding_window=8,
-        final_logit_softcapping=30.0,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-        attention_k_eq_v=True,
-        num_global_key_value_heads=2,
-    ),
-}
+# The same tiny targets the vLLM loader test exports (Gemma 4 with k=v attention).
+TARGETS = {"qwen3": target_config("qwen3"), "gemma4": target_config("gemma4_k_eq_v")}
 MASK = {"qwen3": 3, "gemma4": 4}
 ALGORITHMS = {
     "dspark": dict(
