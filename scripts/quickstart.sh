@@ -90,7 +90,7 @@ if [ "$ONLINE" = 1 ]; then
 else
   SUFFIX=""; SOURCE=(--target-cache-dir "$OUT/cache")
   stage "target cache" python scripts/data/prepare_target_cache.py --config config/dspark/dspark_tiny.py \
-    --train-data-path "$OUT/data/train_regen.jsonl" --output-dir "$OUT/cache" --min-loss-tokens 4
+    --train-data-path "$OUT/data/train_regen.jsonl" --output-dir "$OUT/cache"
 fi
 
 train() {  # train NAME CONFIG STEPS [OPTS...]: one draft into $OUT/checkpoints/NAME (resumes / reuses)

@@ -32,11 +32,6 @@ class SlotTable:
         self.valid = torch.cat([self.valid, valid], dim=1)
         self.pos = torch.cat([self.pos, pos], dim=1)
 
-    def commit(self, *, first_slot: int, num_committed: torch.Tensor) -> None:
-        """Of the slots from ``first_slot`` on, keep the first ``num_committed[r]`` per row."""
-        offset = torch.arange(self.length - first_slot, device=self.valid.device)
-        self.valid[:, first_slot:] &= offset[None, :] < num_committed[:, None]
-
     def trailing_invalid(self) -> int:
         """How many final slots are invalid in every row (safe to crop)."""
         any_valid = self.valid.any(dim=0)

@@ -52,7 +52,12 @@ def parse_args(argv=None):
         help="conversation JSONL file or folder (repeatable); default: data.train_data_paths",
     )
     p.add_argument("--output-dir", default=None, help="cache folder; default: data.target_cache_path")
-    p.add_argument("--min-loss-tokens", type=_count(0), default=14, help="drop samples with fewer supervised tokens")
+    p.add_argument(
+        "--min-loss-tokens",
+        type=_count(0),
+        default=None,
+        help="drop samples with fewer supervised tokens; default: data.min_loss_tokens (14 in the paper recipes)",
+    )
     p.add_argument("--max-shard-bytes", type=_count(1), default=2 << 30, help="start a new shard file beyond this size")
     p.add_argument("--local-batch-size", type=_count(1), default=8, help="conversations per target forward")
     p.add_argument("--nproc", type=_count(1), default=None, help="workers (default: one per visible GPU; CPU: 1)")
@@ -91,7 +96,7 @@ def main(argv=None):
         cfg=cfg,
         train_data_paths=paths,
         output_dir=output_dir,
-        min_loss_tokens=args.min_loss_tokens,
+        min_loss_tokens=int(cfg.data.min_loss_tokens) if args.min_loss_tokens is None else args.min_loss_tokens,
         max_shard_bytes=args.max_shard_bytes,
         batch_size=args.local_batch_size,
         nproc=args.nproc or args.num_workers,
