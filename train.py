@@ -116,10 +116,10 @@ def _worker(
     progress: bool,
     on_step_end: Callable[[int], None] | None = None,
 ) -> dict:
-    from deepspec.training.trainer import trainer_class
+    from deepspec.training.trainer import Trainer
 
     cfg = ConfigNode(cfg_dict)
-    trainer = trainer_class(cfg.train.trainer_cls)(
+    trainer = Trainer(
         cfg=cfg,
         cache_dir=cache_dir,
         info=info,
@@ -144,9 +144,9 @@ def run_training(
     train_data_paths: Sequence[str] | None = None,
 ) -> dict | None:
     """Train (or resume) ``cfg``; returns the last logged metrics record of rank 0 for in-process runs."""
-    from deepspec.training.trainer import trainer_class
+    from deepspec.training.trainer import check_trainer_name
 
-    trainer_class(cfg.train.trainer_cls)  # unknown trainer: fail before spawning anything
+    check_trainer_name(cfg)  # a train.trainer_cls that disagrees: fail before spawning anything
     source = resolve_data_source(cfg, cache_dir=cache_dir, online=online, train_data_paths=train_data_paths)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     plan = plan_launch(device_type=device, nproc=nproc)

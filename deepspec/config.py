@@ -32,11 +32,12 @@ import re
 
 import yaml
 
+from deepspec.algorithms import UnknownAlgorithmError, get_algorithm
 from deepspec.errors import DeepSpecError
+from deepspec.layer_ids import check_layer_ids
 
 REQUIRED_SECTIONS = ("model", "train", "logging", "data")
 REQUIRED_TOP_LEVEL = ("project_name", "exp_name", "seed")
-ALGORITHMS = ("dspark", "dflash", "eagle3")
 
 
 class _OverrideLoader(yaml.SafeLoader):
@@ -321,25 +322,12 @@ def validate_config(cfg: ConfigNode) -> None:
     """Checks that need no target model; the target-dependent ones live in targets.py."""
     _check_numbers(cfg)
     model, train = cfg.model, cfg.train
-    algo = model.get("algorithm")
-    if algo not in ALGORITHMS:
-        raise ConfigError(f"model.algorithm must be one of {ALGORITHMS}, got {algo!r}")
-    ids = list(model.target_layer_ids)
-    if not ids or any(not isinstance(i, int) for i in ids):
-        raise ConfigError(f"model.target_layer_ids must be a non-empty list of ints, got {ids!r}")
-    if any(b <= a for a, b in zip(ids, ids[1:])):
-        raise ConfigError(f"model.target_layer_ids must be strictly increasing, got {ids}")
-    if ids[0] < -1:
-        raise ConfigError(f"model.target_layer_ids: -1 (embeddings) is the smallest valid id, got {ids}")
-    if algo in ("dspark", "dflash"):
-        if model.block_size < 2:
-            raise ConfigError(f"model.block_size must be >= 2 (anchor + at least one mask), got {model.block_size}")
-        if model.markov_rank < 0:
-            raise ConfigError(f"model.markov_rank must be >= 0 (0 = no Markov head), got {model.markov_rank}")
-        if model.markov_head_type not in ("vanilla", "gated", "rnn"):
-            raise ConfigError(f"model.markov_head_type must be vanilla, gated or rnn, got {model.markov_head_type!r}")
-    if algo == "eagle3" and model.ttt_length < 1:
-        raise ConfigError(f"model.ttt_length must be >= 1, got {model.ttt_length}")
+    try:
+        algorithm = get_algorithm(model.get("algorithm"))
+    except UnknownAlgorithmError as exc:
+        raise ConfigError(str(exc)) from None
+    check_layer_ids(model.get("target_layer_ids"), error=ConfigError, key="model.target_layer_ids")
+    algorithm.check(model, prefix="model.", error=ConfigError)
     if model.num_draft_layers < 1:
         raise ConfigError(f"model.num_draft_layers must be >= 1, got {model.num_draft_layers}")
     if train.global_batch_size % train.local_batch_size:

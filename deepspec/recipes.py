@@ -7,7 +7,7 @@ target and what differs per algorithm; anything can still be overridden with
 ``--opts``.
 
 Target layer ids: we spread five ids evenly from layer 1 to layer L-3
-(``spread_layer_ids``): early enough to see token identity, late enough to see
+(``deepspec.layer_ids.spread_layer_ids``): early enough to see token identity, late enough to see
 the target's next-token plan, and never the last layer (whose output is the
 post-norm state we store separately). For Qwen3-4B (36 layers) this gives the
 paper's [1, 9, 17, 25, 33].
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+from deepspec.algorithms import get_algorithm
 from deepspec.targets import family_by_name
 
 # The families' mask tokens, for the config files (the values live in deepspec.targets.FAMILIES).
@@ -34,56 +35,35 @@ TARGET_NUM_LAYERS = {  # decoder depth of the shipped configs' targets (their co
 }
 
 
-def spread_layer_ids(num_layers: int, *, count: int = 5, first: int = 1) -> list[int]:
-    """``count`` evenly spaced ids from ``first`` to ``num_layers - 3`` (inclusive)."""
-    last = num_layers - 3
-    if last - first < count - 1:
-        raise ValueError(f"{num_layers} layers are too few for {count} distinct ids in [{first}, {last}]")
-    step = (last - first) / (count - 1)
-    return [round(first + i * step) for i in range(count)]
-
-
 def default_tiny_target_dir() -> str:
     """Where the locally built tiny target lives (env ``DEEPSPEC_TINY_TARGET`` wins)."""
     return os.environ.get("DEEPSPEC_TINY_TARGET") or os.path.expanduser("~/.cache/deepspec/tiny_target")
 
 
-def parallel_drafter_model(*, algorithm: str, target: str, target_layer_ids: list[int], mask_token_id: int) -> dict:
-    """DSpark (Markov + confidence heads, CE+L1+BCE) or DFlash (no heads, CE only)."""
-    dspark = algorithm == "dspark"
-    return dict(
-        algorithm=algorithm,
-        target_model_name_or_path=target,
-        block_size=7,
-        num_draft_layers=5,
-        target_layer_ids=list(target_layer_ids),
-        mask_token_id=mask_token_id,
-        num_anchors=512,
-        markov_rank=256 if dspark else 0,  # 0 = DFlash
-        markov_head_type="vanilla",
-        confidence_head_alpha=1.0 if dspark else 0.0,
-        confidence_head_with_markov=dspark,
-        loss_decay_gamma=4.0,
-        ce_loss_alpha=0.1 if dspark else 1.0,
-        l1_loss_alpha=0.9 if dspark else 0.0,
-        attention_backend="auto",  # flex on CUDA, sdpa with an explicit mask on CPU
+def model_recipe(algorithm: str, *, target: str, target_layer_ids: list[int], mask_token_id: int | None = None) -> dict:
+    """The paper's ``model`` section for ``algorithm`` (its registry entry's recipe, :mod:`deepspec.algorithms`).
+
+    ``mask_token_id`` (block drafters) defaults to the target family's mask token when the draft is built.
+    """
+    return get_algorithm(algorithm).recipe(
+        target=target, target_layer_ids=target_layer_ids, mask_token_id=mask_token_id
     )
+
+
+def parallel_drafter_model(
+    *, algorithm: str, target: str, target_layer_ids: list[int], mask_token_id: int | None = None
+) -> dict:
+    """DSpark (Markov + confidence heads, CE+L1+BCE) or DFlash (no heads, CE only); see :func:`model_recipe`."""
+    return model_recipe(algorithm, target=target, target_layer_ids=target_layer_ids, mask_token_id=mask_token_id)
 
 
 def eagle3_model(*, target: str, target_layer_ids: list[int]) -> dict:
-    """One-layer autoregressive draft trained with a 7-step training-time test."""
-    return dict(
-        algorithm="eagle3",
-        target_model_name_or_path=target,
-        num_draft_layers=1,
-        target_layer_ids=list(target_layer_ids),
-        ttt_length=7,
-        step_loss_decay=0.8,
-        attention_backend="auto",
-    )
+    """One-layer autoregressive draft trained with a 7-step training-time test; see :func:`model_recipe`."""
+    return model_recipe("eagle3", target=target, target_layer_ids=target_layer_ids)
 
 
-def paper_train(*, trainer_cls: str) -> dict:
+def paper_train(*, trainer_cls: str | None = None) -> dict:
+    """``trainer_cls`` is optional: the trainer follows from ``model.algorithm`` (a value given must agree)."""
     return dict(
         trainer_cls=trainer_cls,
         lr=6.0e-4,

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from deepspec.errors import DeepSpecError
+from deepspec.layer_ids import check_layer_ids
 
 
 class TargetError(DeepSpecError, ValueError):
@@ -174,20 +175,8 @@ def family_of(config) -> TargetFamily:
 
 
 def validate_layer_ids(layer_ids: Sequence[int], *, num_layers: int) -> list[int]:
-    """Strictly increasing ids in [-1, num_layers - 2]; the last layer is never captured."""
-    ids = [int(i) for i in layer_ids]
-    if not ids:
-        raise TargetError("target_layer_ids is empty; give at least one layer id (e.g. [1, 9, 17, 25, 33])")
-    if any(b <= a for a, b in zip(ids, ids[1:])):
-        raise TargetError(f"target_layer_ids must be strictly increasing, got {ids}")
-    if ids[0] < -1:
-        raise TargetError(f"target_layer_ids: -1 (embedding output) is the smallest id, got {ids}")
-    if ids[-1] >= num_layers - 1:
-        raise TargetError(
-            f"target_layer_ids {ids}: the target has {num_layers} layers (ids -1..{num_layers - 1}); "
-            f"the last layer ({num_layers - 1}) and beyond cannot be captured, use ids <= {num_layers - 2}"
-        )
-    return ids
+    """Strictly increasing ids in [-1, num_layers - 2]; the last layer is never captured (:mod:`deepspec.layer_ids`)."""
+    return check_layer_ids(layer_ids, num_layers=num_layers, error=TargetError)
 
 
 @dataclass

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from deepspec.config import ConfigError, ConfigNode, load_config, parse_override
-from deepspec.recipes import TARGET_NUM_LAYERS, spread_layer_ids
+from deepspec.layer_ids import spread_layer_ids
+from deepspec.recipes import TARGET_NUM_LAYERS
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = [

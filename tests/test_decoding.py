@@ -390,7 +390,7 @@ class Recorder:
 def reference_probs(target, draft, seq, prop):
     committed, pending = seq[:-1], seq[-1]
     p, G = len(committed), prop.tokens.shape[1]
-    if draft.config.draft_algorithm == "eagle3":
+    if draft.config.algorithm == "eagle3":
         ids = torch.tensor([committed + [pending] + prop.tokens[0, : G - 1].tolist()])
         states = target.capture(ids, layer_ids=draft.config.target_layer_ids).hidden_states
         out = draft.forward_train(

@@ -16,7 +16,7 @@ from deepspec.models import (
     load_draft,
     parallel_draft_loss,
     sample_anchors,
-    summarize,
+    parallel_draft_metrics,
 )
 from deepspec.models.dspark import DSparkDraftModel
 from deepspec.targets import Target
@@ -334,7 +334,7 @@ def test_batched_loss_equals_naive_per_block_loop(name, backend):
     tol = 1e-6 if name.startswith("gemma4") else 1e-8  # Gemma4RMSNorm computes in float32 even for float64
     for (b, a, k), logits in ref_logits.items():
         torch.testing.assert_close(out.logits[b, a, k], logits, rtol=tol, atol=tol)
-    metrics = summarize(sums)
+    metrics = parallel_draft_metrics(sums)
     assert 1.0 <= metrics["tau_probabilistic"] <= G + 1
 
 

@@ -5,7 +5,14 @@ import json
 import pytest
 import torch
 
-from deepspec.models import Eagle3DraftModel, build_draft, draft_config_from_target, eagle3_loss, load_draft, summarize
+from deepspec.models import (
+    Eagle3DraftModel,
+    build_draft,
+    draft_config_from_target,
+    eagle3_loss,
+    eagle3_metrics,
+    load_draft,
+)
 from deepspec.recipes import eagle3_model
 from test_models_dspark import capped, gemma4_k_eq_v_target_config, gemma4_target_config, qwen3_target_config, rope
 
@@ -149,7 +156,7 @@ def test_ttt_unroll_equals_naive_loop(family, layers, backend):
     )
     torch.testing.assert_close(sums["weight_sum"].double(), torch.tensor(ref["weight_sum"], dtype=torch.float64))
     assert sums["step_count"].tolist() == ref["count"] and sums["step_correct"].tolist() == ref["correct"]
-    assert all(0 <= v <= 1 for k, v in summarize(sums).items() if k.startswith("accuracy@"))
+    assert all(0 <= v <= 1 for k, v in eagle3_metrics(sums).items() if k.startswith("accuracy@"))
 
 
 @pytest.mark.parametrize("family,layers", [("qwen3", 2), ("gemma4", 1)])

@@ -129,7 +129,7 @@ def test_online_run_refuses_before_loading_the_target(tmp_path, monkeypatch):
     from deepspec.tiny_target import build_random_tiny_target
     from deepspec.training import online
     from deepspec.training.distributed import DistInfo
-    from deepspec.training.trainer import trainer_class
+    from deepspec.training.trainer import Trainer
 
     target = build_random_tiny_target(
         output_dir=tmp_path / "target",
@@ -158,7 +158,7 @@ def test_online_run_refuses_before_loading_the_target(tmp_path, monkeypatch):
     )
     info = DistInfo(rank=0, local_rank=0, world_size=1, device=__import__("torch").device("cpu"))
     with pytest.raises(online.OnlineError, match=r"but only 0\.0 GiB is free; lower train.local_batch_size"):
-        trainer_class(cfg.train.trainer_cls)(cfg=cfg, info=info, train_data_paths=[str(data)], progress=False)
+        Trainer(cfg=cfg, info=info, train_data_paths=[str(data)], progress=False)
     assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").iterdir())
 
 

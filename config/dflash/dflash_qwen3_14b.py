@@ -23,7 +23,7 @@ model = parallel_drafter_model(
     target_layer_ids=[1, 10, 19, 28, 37],
     mask_token_id=QWEN3_MASK_TOKEN_ID,
 )
-train = paper_train(trainer_cls="DSparkTrainer")
+train = paper_train()
 logging = paper_logging()
 data = paper_data(chat_template="qwen3")
 

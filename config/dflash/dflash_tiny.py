@@ -25,7 +25,7 @@ model = parallel_drafter_model(
     target_layer_ids=[0, 1, 2],
     mask_token_id=3,  # <|mask|> in the tiny tokenizer
 )
-train = paper_train(trainer_cls="DSparkTrainer")
+train = paper_train()
 logging = paper_logging()
 data = paper_data(chat_template="qwen3")  # the tiny tokenizer is Qwen-style
 tiny_overrides(model, train, logging, data)

@@ -16,7 +16,7 @@ model = eagle3_model(
     # one target cache serves all three algorithms.
     target_layer_ids=[1, 23, 45],
 )
-train = paper_train(trainer_cls="Eagle3Trainer")
+train = paper_train()
 logging = paper_logging()
 data = paper_data(chat_template="gemma4")
 

@@ -18,7 +18,7 @@ model = eagle3_model(
     # one target cache serves all three algorithms.
     target_layer_ids=[1, 15, 29],
 )
-train = paper_train(trainer_cls="Eagle3Trainer")
+train = paper_train()
 logging = paper_logging()
 data = paper_data(chat_template="llama3")
 

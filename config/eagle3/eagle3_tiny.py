@@ -20,7 +20,7 @@ exp_name = "eagle3_ttt7_tiny"
 seed = 42
 
 model = eagle3_model(target=default_tiny_target_dir(), target_layer_ids=[0, 1, 2])
-train = paper_train(trainer_cls="Eagle3Trainer")
+train = paper_train()
 logging = paper_logging()
 data = paper_data(chat_template="qwen3")  # the tiny tokenizer is Qwen-style
 tiny_overrides(model, train, logging, data)

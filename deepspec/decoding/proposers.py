@@ -26,7 +26,7 @@ import torch
 from deepspec.decoding.slots import SlotTable
 from deepspec.decoding.verify import probs_from_logits, sample
 from deepspec.models.blocks import attend, project_kv, project_q, project_qkv, rotary_cos_sin
-from deepspec.models.config import DRAFT_LAYER_TYPE, EAGLE3
+from deepspec.models.config import DRAFT_LAYER_TYPE
 
 
 @dataclass
@@ -232,7 +232,7 @@ class TargetSelfProposer:
 
 
 def build_proposer(draft):
-    """The proposer for a loaded draft model (algorithm from its config)."""
-    if draft.config.draft_algorithm == EAGLE3:
-        return Eagle3Proposer(draft)
-    return ParallelProposer(draft)
+    """The proposer for a loaded draft model (its algorithm's, :mod:`deepspec.algorithms`)."""
+    from deepspec.algorithms import algorithm_of
+
+    return algorithm_of(draft.config).build_proposer(draft)

@@ -20,7 +20,7 @@ from deepspec.models.config import (
 from deepspec.models.dspark import DSparkDraftModel, DSparkTrainOutput, block_targets, sample_anchors
 from deepspec.models.eagle3 import Eagle3DraftModel, Eagle3TrainOutput
 from deepspec.models.loading import DraftLoadError, load_state_strict
-from deepspec.models.losses import eagle3_loss, parallel_draft_loss, summarize
+from deepspec.models.losses import eagle3_loss, eagle3_metrics, parallel_draft_loss, parallel_draft_metrics
 
 __all__ = [
     "DraftConfig",
@@ -37,7 +37,8 @@ __all__ = [
     "sample_anchors",
     "parallel_draft_loss",
     "eagle3_loss",
-    "summarize",
+    "parallel_draft_metrics",
+    "eagle3_metrics",
     "build_draft",
     "load_draft",
     "DraftLoadError",
@@ -45,17 +46,11 @@ __all__ = [
 ]
 
 
-def _model_class(config):
-    from deepspec.models.config import EAGLE3
-
-    if config.draft_algorithm == EAGLE3:
-        return Eagle3DraftModel
-    return DSparkDraftModel
-
-
 def build_draft(config):
     """A freshly initialised draft for a draft config (its per-family class, e.g. ``Qwen3DSparkModel``)."""
-    return _model_class(config)(config)
+    from deepspec.algorithms import algorithm_of
+
+    return algorithm_of(config).model_class()(config)
 
 
 def load_draft(path, **kwargs):

@@ -348,9 +348,9 @@ class DraftPreTrainedModel(PreTrainedModel):
         arch = (config.architectures or [None])[0]
         model_cls = DraftPreTrainedModel._family_classes.get(arch)
         if model_cls is None:  # no (known) architecture name: the algorithm's generic class
-            from deepspec.models import _model_class
+            from deepspec.algorithms import algorithm_of
 
-            model_cls = _model_class(config)
+            model_cls = algorithm_of(config).model_class()
         if not issubclass(model_cls, cls):
             raise DraftLoadError(
                 f"{pretrained_model_name_or_path} holds a {arch}, not a {cls.__name__}; "

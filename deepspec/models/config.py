@@ -18,37 +18,25 @@ from __future__ import annotations
 import functools
 from typing import Any, Mapping
 
+from deepspec.algorithms import (
+    UnknownAlgorithmError,
+    algorithm_of,
+    architecture_fields,
+    get_algorithm,
+    saved_architecture,
+)
 from deepspec.errors import DeepSpecError
 from deepspec.targets import family_of, validate_layer_ids
 
-DSPARK = "dspark"
-DFLASH = "dflash"
-EAGLE3 = "eagle3"
-ALGORITHMS = (DSPARK, DFLASH, EAGLE3)
-MARKOV_HEAD_TYPES = ("vanilla", "gated", "rnn")
 # Every draft layer uses this attention type of the family: the draft attends to the whole
 # context (no sliding window), so the family's "full" layer settings apply (Gemma 4: global
 # head dim and proportional rope).
 DRAFT_LAYER_TYPE = "full_attention"
 
-# name -> (annotation, default); all algorithms share the target-layer fields.
+# name -> (annotation, default); every algorithm has these, plus its own (deepspec.algorithms).
 _COMMON_FIELDS = {
     "target_layer_ids": (list, None),
     "num_target_layers": (int, None),
-}
-_PARALLEL_FIELDS = {  # DSpark / DFlash
-    "block_size": (int, 7),
-    "mask_token_id": (int, None),
-    "num_anchors": (int, 512),
-    "markov_rank": (int, 0),
-    "markov_head_type": (str, "vanilla"),
-    "enable_confidence_head": (bool, False),
-    "confidence_head_with_markov": (bool, False),
-}
-_EAGLE3_FIELDS = {
-    "ttt_length": (int, 7),
-    "step_loss_decay": (float, 0.8),
-    "draft_num_hidden_layers": (int, 1),
 }
 
 
@@ -64,10 +52,11 @@ class DraftConfig:
     """Marker + checks mixed into every draft config class (see :func:`draft_config_class`).
 
     ``isinstance(cfg, DraftConfig)`` tells a draft config from a plain target config.
-    ``draft_algorithm`` is a class attribute: ``"parallel"`` (DSpark/DFlash) or ``"eagle3"``.
+    ``draft_architecture`` is a class attribute: ``"DSpark"`` (DSpark/DFlash) or ``"Eagle3"``
+    (:data:`deepspec.algorithms.ARCHITECTURES`).
     """
 
-    draft_algorithm: str = ""
+    draft_architecture: str = ""
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -96,9 +85,8 @@ class DraftConfig:
 
     @property
     def algorithm(self) -> str:
-        if self.draft_algorithm == EAGLE3:
-            return EAGLE3
-        return DSPARK if (self.markov_rank > 0 or self.enable_confidence_head) else DFLASH
+        """The registered algorithm's name (``dspark`` / ``dflash`` / ``eagle3``)."""
+        return algorithm_of(self).name
 
     def validate_draft(self) -> None:
         ids = self.target_layer_ids
@@ -108,48 +96,31 @@ class DraftConfig:
             )
         if self.num_target_layers is not None:
             validate_layer_ids(ids, num_layers=int(self.num_target_layers))
-        if self.draft_algorithm == EAGLE3:
-            if self.ttt_length < 1:
-                raise DraftConfigError(f"ttt_length must be >= 1, got {self.ttt_length}")
-            return
-        if self.block_size < 1:
-            raise DraftConfigError(f"block_size must be >= 1, got {self.block_size}")
-        if self.mask_token_id is None or not 0 <= int(self.mask_token_id) < int(self.vocab_size):
-            raise DraftConfigError(
-                f"mask_token_id {self.mask_token_id!r} must be a token id in [0, {self.vocab_size}); "
-                "use the family's mask token (deepspec.recipes.*_MASK_TOKEN_ID)"
-            )
-        if self.markov_rank < 0:
-            raise DraftConfigError(f"markov_rank must be >= 0 (0 = DFlash), got {self.markov_rank}")
-        if self.markov_head_type not in MARKOV_HEAD_TYPES:
-            raise DraftConfigError(f"markov_head_type {self.markov_head_type!r}: choose one of {MARKOV_HEAD_TYPES}")
-        if self.confidence_head_with_markov and not (self.enable_confidence_head and self.markov_rank > 0):
-            raise DraftConfigError(
-                "confidence_head_with_markov needs enable_confidence_head=True and markov_rank > 0; "
-                "set confidence_head_with_markov=False for a confidence head on h_k alone"
-            )
+        algorithm_of(self).check(self, prefix="", error=DraftConfigError, vocab_size=int(self.vocab_size))
 
 
 def architecture_name(family_name: str, algorithm: str) -> str:
+    """The saved ``architectures`` entry: family + the algorithm's architecture (``Qwen3DSparkModel``)."""
     prefix = family_name[:1].upper() + family_name[1:]  # qwen3 -> Qwen3, gemma4 -> Gemma4
-    return f"{prefix}{'Eagle3' if algorithm == EAGLE3 else 'DSpark'}Model"
+    return f"{prefix}{get_algorithm(algorithm).architecture}Model"
 
 
 @functools.lru_cache(maxsize=None)
-def draft_config_class(model_type: str, algorithm: str) -> type:
-    """The draft config class for a family text ``model_type`` and ``"parallel"`` or ``"eagle3"``."""
+def draft_config_class(model_type: str, architecture: str) -> type:
+    """The draft config class for a family text ``model_type`` and a draft architecture (``DSpark`` / ``Eagle3``)."""
     from transformers import CONFIG_MAPPING
 
-    if algorithm not in ("parallel", EAGLE3):
-        raise DraftConfigError(f"algorithm kind must be 'parallel' or 'eagle3', got {algorithm!r}")
+    try:
+        fields = {**_COMMON_FIELDS, **architecture_fields(architecture)}
+    except UnknownAlgorithmError as exc:
+        raise DraftConfigError(str(exc)) from None
     base = CONFIG_MAPPING[model_type]
-    fields = {**_COMMON_FIELDS, **(_EAGLE3_FIELDS if algorithm == EAGLE3 else _PARALLEL_FIELDS)}
-    name = f"{base.__name__.removesuffix('Config')}{'Eagle3' if algorithm == EAGLE3 else 'Parallel'}DraftConfig"
+    name = f"{base.__name__.removesuffix('Config')}{architecture}DraftConfig"
     namespace = {
         "__module__": __name__,
         "__qualname__": name,
         "__annotations__": {key: ann | None for key, (ann, _) in fields.items()},
-        "draft_algorithm": algorithm,
+        "draft_architecture": architecture,
         **{key: default for key, (_, default) in fields.items()},
     }
     cls = type(name, (DraftConfig, base), namespace)
@@ -157,27 +128,21 @@ def draft_config_class(model_type: str, algorithm: str) -> type:
     return cls
 
 
-def _kind(algorithm: str) -> str:
-    return EAGLE3 if algorithm == EAGLE3 else "parallel"
-
-
-def draft_config_kind(config_dict: Mapping[str, Any]) -> str:
-    """``"eagle3"`` or ``"parallel"`` from a saved config dict (architectures first, then fields)."""
-    arch = " ".join(config_dict.get("architectures") or ())
-    if "Eagle3" in arch or "ttt_length" in config_dict:
-        return EAGLE3
-    if "DSpark" in arch or "block_size" in config_dict:
-        return "parallel"
-    raise DraftConfigError(
-        f"not a DeepSpec draft config (architectures={config_dict.get('architectures')}); "
-        "expected e.g. Qwen3DSparkModel or Qwen3Eagle3Model"
-    )
+def draft_config_architecture(config_dict: Mapping[str, Any]) -> str:
+    """``"DSpark"`` or ``"Eagle3"`` from a saved config dict (architectures first, then fields)."""
+    architecture = saved_architecture(config_dict)
+    if architecture is None:
+        raise DraftConfigError(
+            f"not a DeepSpec draft config (architectures={config_dict.get('architectures')}); "
+            "expected e.g. Qwen3DSparkModel or Qwen3Eagle3Model"
+        )
+    return architecture
 
 
 def draft_config_from_dict(config_dict: Mapping[str, Any]):
     """Rebuild a draft config from a ``config.json`` dict (the public layout)."""
     data = dict(config_dict)
-    cls = draft_config_class(data.pop("model_type"), draft_config_kind(data))
+    cls = draft_config_class(data.pop("model_type"), draft_config_architecture(data))
     data.pop("transformers_version", None)
     config = cls(**data)
     for key in _GEMMA4_FLAT_KEYS:  # transformers folds them into per_layer_config; keep them for re-export
@@ -207,9 +172,10 @@ def draft_config_from_target(target_hf_config, model_cfg: Mapping[str, Any]):
     target_family = family_of(target_hf_config)
     text = target_family.text_config(target_hf_config)
     family = target_family.drafting_family()  # whose layers and config class the draft uses
-    algorithm = str(model_cfg.get("algorithm", "")).lower()
-    if algorithm not in ALGORITHMS:
-        raise DraftConfigError(f"model.algorithm must be one of {ALGORITHMS}, got {model_cfg.get('algorithm')!r}")
+    try:
+        algorithm = get_algorithm(model_cfg.get("algorithm", ""))
+    except UnknownAlgorithmError as exc:
+        raise DraftConfigError(str(exc)) from None
     num_target_layers = int(text.num_hidden_layers)
     layer_ids = validate_layer_ids(model_cfg["target_layer_ids"], num_layers=num_target_layers)
     num_layers = int(model_cfg.get("num_draft_layers", 1))
@@ -239,7 +205,7 @@ def draft_config_from_target(target_hf_config, model_cfg: Mapping[str, Any]):
     ):
         base.pop(key, None)
     fields: dict[str, Any] = dict(
-        architectures=[architecture_name(family.name, algorithm)],
+        architectures=[architecture_name(family.name, algorithm.name)],
         num_hidden_layers=num_layers,
         layer_types=[DRAFT_LAYER_TYPE] * num_layers,
         target_layer_ids=layer_ids,
@@ -266,30 +232,10 @@ def draft_config_from_target(target_hf_config, model_cfg: Mapping[str, Any]):
     ):
         if key in base:
             base[key] = value
-    if algorithm == EAGLE3:
-        fields.update(
-            ttt_length=int(model_cfg.get("ttt_length", 7)),
-            step_loss_decay=float(model_cfg.get("step_loss_decay", 0.8)),
-            draft_num_hidden_layers=num_layers,
-        )
-    else:
-        markov_rank = int(model_cfg.get("markov_rank", 0))
-        if algorithm == DFLASH and markov_rank:
-            raise DraftConfigError(f"DFlash has no Markov head: set model.markov_rank=0 (got {markov_rank})")
-        conf = algorithm == DSPARK and float(model_cfg.get("confidence_head_alpha", 0.0)) > 0
-        fields.update(
-            block_size=int(model_cfg.get("block_size", 7)),
-            mask_token_id=model_cfg.get("mask_token_id", target_family.mask_token_id),
-            num_anchors=int(model_cfg.get("num_anchors", 512)),
-            markov_rank=markov_rank,
-            markov_head_type=str(model_cfg.get("markov_head_type", "vanilla")),
-            enable_confidence_head=conf,
-            confidence_head_with_markov=bool(
-                conf and model_cfg.get("confidence_head_with_markov", False) and markov_rank > 0
-            ),
-        )
+    algorithm.check(model_cfg, prefix="model.", error=DraftConfigError)
+    fields.update(algorithm.draft_field_values(model_cfg, mask_token_id=target_family.mask_token_id))
     model_type = text.model_type if family is target_family else family.model_types[0]
-    cls = draft_config_class(model_type, _kind(algorithm))
+    cls = draft_config_class(model_type, algorithm.architecture)
     config = cls(**{**base, **fields})
     config.validate_draft()
     return config

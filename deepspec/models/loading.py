@@ -97,7 +97,7 @@ def upgrade_legacy_layout(config, state: dict[str, torch.Tensor], *, source: str
       exactly ``layers.0.hidden_norm.weight``; with more layers there is no equivalent.
     """
     if (
-        config.draft_algorithm == "eagle3"
+        config.draft_architecture == "Eagle3"
         and "hidden_norm.weight" in state
         and "layers.0.hidden_norm.weight" not in state
     ):

@@ -136,28 +136,30 @@ def eagle3_loss(
     }
 
 
-def summarize(sums: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Human-readable metrics from (reduced) sums of either loss."""
+def _ratio(a, b) -> float:
+    a, b = float(torch.as_tensor(a).detach()), float(torch.as_tensor(b).detach())
+    return a / b if b > 0 else math.nan
 
-    def ratio(a, b):
-        a, b = float(torch.as_tensor(a).detach()), float(torch.as_tensor(b).detach())
-        return a / b if b > 0 else math.nan
 
-    out: dict[str, float] = {}
-    if "accept_hits" in sums:
-        w = sums["weight_sum"]
-        out.update(
-            loss=ratio(sums["loss_sum"], w),
-            ce=ratio(sums["ce_sum"], w),
-            l1=ratio(sums["l1_sum"], w),
-            conf_bce=ratio(sums["conf_sum"], w),
-            tau_probabilistic=ratio(sums["tau_sum"], sums["block_count"]),
-        )
-        for k, (hit, base) in enumerate(zip(sums["accept_hits"].tolist(), sums["accept_base"].tolist())):
-            out[f"accept_rate@{k}"] = ratio(hit, base)
-            out[f"accept_cum@{k}"] = ratio(hit, sums["block_count"])
-    if "step_correct" in sums:
-        out["loss"] = ratio(sums["loss_sum"], sums["weight_sum"])
-        for s, (c, n) in enumerate(zip(sums["step_correct"].tolist(), sums["step_count"].tolist())):
-            out[f"accuracy@{s}"] = ratio(c, n)
+def parallel_draft_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Readable metrics from (reduced) :func:`parallel_draft_loss` sums."""
+    w = sums["weight_sum"]
+    out = dict(
+        loss=_ratio(sums["loss_sum"], w),
+        ce=_ratio(sums["ce_sum"], w),
+        l1=_ratio(sums["l1_sum"], w),
+        conf_bce=_ratio(sums["conf_sum"], w),
+        tau_probabilistic=_ratio(sums["tau_sum"], sums["block_count"]),
+    )
+    for k, (hit, base) in enumerate(zip(sums["accept_hits"].tolist(), sums["accept_base"].tolist())):
+        out[f"accept_rate@{k}"] = _ratio(hit, base)
+        out[f"accept_cum@{k}"] = _ratio(hit, sums["block_count"])
+    return out
+
+
+def eagle3_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Readable metrics from (reduced) :func:`eagle3_loss` sums."""
+    out = {"loss": _ratio(sums["loss_sum"], sums["weight_sum"])}
+    for s, (c, n) in enumerate(zip(sums["step_correct"].tolist(), sums["step_count"].tolist())):
+        out[f"accuracy@{s}"] = _ratio(c, n)
     return out

@@ -6,8 +6,8 @@ samples. Losses are *sums* (``deepspec.models.losses``): each micro-batch back-p
 gradients are scaled so the update is ``d(Σ loss_sum) / Σ weight_sum`` over the whole global
 batch, independent of how tokens fall across ranks and micro-batches.
 
-Subclasses (``DSparkTrainer``, ``Eagle3Trainer``) only say how a micro-batch becomes loss sums;
-``cfg.train.trainer_cls`` picks one through :data:`TRAINERS`.
+How a micro-batch becomes loss sums, and how sums become metrics, is the algorithm's
+(:mod:`deepspec.algorithms`, picked by ``model.algorithm``); the loop here is the same for all.
 """
 
 from __future__ import annotations
@@ -20,18 +20,10 @@ from typing import Callable
 
 import torch
 
+from deepspec.algorithms import ALGORITHMS, get_algorithm
 from deepspec.data.target_cache import TargetCache
 from deepspec.errors import DeepSpecError
-from deepspec.models import (
-    DraftLoadError,
-    build_draft,
-    load_state_strict,
-    draft_config_from_target,
-    eagle3_loss,
-    parallel_draft_loss,
-    sample_anchors,
-    summarize,
-)
+from deepspec.models import DraftLoadError, build_draft, draft_config_from_target, load_state_strict
 from deepspec.precision import describe_choice
 from deepspec.targets import family_of, load_frozen_target_pieces, load_target_config
 from deepspec.training import checkpoint as ckpt
@@ -73,8 +65,6 @@ def anchor_generator(*, seed: int, step: int, chunk: int) -> torch.Generator:
 
 
 class Trainer:
-    algorithms: tuple[str, ...] = ()
-
     def __init__(
         self,
         *,
@@ -89,11 +79,8 @@ class Trainer:
         self.cfg, self.info, self.device = cfg, info, info.device
         self.on_step_end, self.stop_after_step = on_step_end, stop_after_step
         t, m = cfg.train, cfg.model
-        if m.algorithm not in self.algorithms:
-            raise TrainingError(
-                f"train.trainer_cls={type(self).__name__} trains {'/'.join(self.algorithms)}, not "
-                f"model.algorithm={m.algorithm}; use the trainer_cls of the {m.algorithm} configs"
-            )
+        check_trainer_name(cfg)
+        self.algorithm = get_algorithm(m.algorithm)
 
         # -- pre-flight: everything that can be wrong is checked before any work --------------------
         self.grad_accum = grad_accumulation(
@@ -219,7 +206,14 @@ class Trainer:
         return CacheDataset(cache, columns=columns)
 
     def compute_sums(self, batch: dict, *, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        return self.algorithm.compute_sums(
+            model=self.model,
+            draft=self.draft,
+            batch=batch,
+            model_cfg=self.cfg.model,
+            generator=generator,
+            target_logits=self._target_logits,
+        )
 
     def _target_logits(self, fn):
         """Target logits use the draft's frozen LM head; under FSDP it must be gathered first."""
@@ -332,7 +326,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         record = {
-            **summarize(reduced),
+            **self.algorithm.summarize(reduced),
             "lr": lr,
             "grad_norm": float(grad_norm),
             "num_tokens": float(reduced["num_tokens"]),
@@ -413,67 +407,21 @@ class Trainer:
             )
 
 
-class DSparkTrainer(Trainer):
-    """DSpark and DFlash (DFlash = no Markov / confidence head; the loss weights come from the config)."""
-
-    algorithms = ("dspark", "dflash")
-
-    def compute_sums(self, batch, *, generator):
-        m = self.cfg.model
-        anchors, valid = sample_anchors(
-            batch["loss_mask"], num_anchors=int(m.num_anchors), block_size=int(m.block_size), generator=generator
+def check_trainer_name(cfg) -> None:
+    """``train.trainer_cls`` is optional (the trainer follows from ``model.algorithm``); if set it must agree."""
+    name = cfg.train.get("trainer_cls")
+    if name is None:
+        return
+    known = sorted({a.trainer_name for a in ALGORITHMS.values()})
+    if name not in known:
+        raise TrainingError(
+            f"train.trainer_cls={name!r} is unknown; choose one of {known}, or drop it: the trainer follows "
+            "from model.algorithm"
         )
-        out = self.model(
-            input_ids=batch["input_ids"],
-            hidden_states=batch["hidden_states"],
-            loss_mask=batch["loss_mask"],
-            anchors=anchors,
-            anchor_valid=valid,
-            attention_backend=m.attention_backend,
+    algorithm = get_algorithm(cfg.model.algorithm)
+    if algorithm.trainer_name != name:
+        trains = "/".join(a.name for a in ALGORITHMS.values() if a.trainer_name == name)
+        raise TrainingError(
+            f"train.trainer_cls={name} trains {trains}, not model.algorithm={algorithm.name}; drop train.trainer_cls "
+            f"(the trainer follows from model.algorithm) or set it to {algorithm.trainer_name}"
         )
-        target_logits = self._target_logits(
-            lambda: self.draft.gather_target_logits(batch["last_hidden_state"], out.targets)
-        )
-        return parallel_draft_loss(
-            logits=out.logits,
-            target_logits=target_logits,
-            labels=out.targets.labels,
-            slot_mask=out.targets.slot_mask,
-            confidence_logits=out.confidence_logits,
-            loss_decay_gamma=float(m.loss_decay_gamma),
-            ce_loss_alpha=float(m.ce_loss_alpha),
-            l1_loss_alpha=float(m.l1_loss_alpha),
-            confidence_head_alpha=float(m.confidence_head_alpha),
-        )
-
-
-class Eagle3Trainer(Trainer):
-    algorithms = ("eagle3",)
-
-    def compute_sums(self, batch, *, generator):
-        m = self.cfg.model
-        out = self.model(
-            input_ids=batch["input_ids"],
-            hidden_states=batch["hidden_states"],
-            loss_mask=batch["loss_mask"],
-            attention_mask=batch["attention_mask"],
-            attention_backend=m.attention_backend,
-        )
-        target_logits = self._target_logits(
-            lambda: self.draft.gather_target_logits(batch["last_hidden_state"], out.target_positions)
-        )
-        return eagle3_loss(
-            logits=out.logits,
-            target_logits=target_logits,
-            step_mask=out.step_mask,
-            step_loss_decay=float(m.step_loss_decay),
-        )
-
-
-TRAINERS: dict[str, type[Trainer]] = {"DSparkTrainer": DSparkTrainer, "Eagle3Trainer": Eagle3Trainer}
-
-
-def trainer_class(name: str) -> type[Trainer]:
-    if name not in TRAINERS:
-        raise TrainingError(f"train.trainer_cls={name!r} is unknown; choose one of {sorted(TRAINERS)}")
-    return TRAINERS[name]

@@ -1,0 +1,95 @@
+"""Eagle3: a one-layer autoregressive draft over fused low/middle/high target features, trained with a
+training-time test (TTT): ``ttt_length`` chained steps, each fed its own previous output, with a soft
+cross-entropy to the target decaying by ``step_loss_decay`` per step."""
+
+from __future__ import annotations
+
+from deepspec.algorithms import Algorithm
+
+DRAFT_FIELDS = {
+    "ttt_length": (int, 7),
+    "step_loss_decay": (float, 0.8),
+    "draft_num_hidden_layers": (int, 1),
+}
+
+
+def draft_field_values(model_cfg, *, mask_token_id=None) -> dict:
+    return dict(
+        ttt_length=int(model_cfg.get("ttt_length", 7)),
+        step_loss_decay=float(model_cfg.get("step_loss_decay", 0.8)),
+        draft_num_hidden_layers=int(model_cfg.get("num_draft_layers", 1)),
+    )
+
+
+def check(values, *, prefix: str, error: type[Exception], vocab_size: int | None = None) -> None:
+    get = values.get if hasattr(values, "get") else lambda k, d=None: getattr(values, k, d)
+    ttt = get("ttt_length")
+    if ttt is not None and ttt < 1:
+        raise error(f"{prefix}ttt_length must be >= 1, got {ttt}")
+
+
+def model_class():
+    from deepspec.models.eagle3 import Eagle3DraftModel
+
+    return Eagle3DraftModel
+
+
+def compute_sums(*, model, draft, batch, model_cfg, generator, target_logits) -> dict:
+    """The TTT chain over every position, then the decayed per-step soft-CE sums."""
+    from deepspec.models.losses import eagle3_loss
+
+    out = model(
+        input_ids=batch["input_ids"],
+        hidden_states=batch["hidden_states"],
+        loss_mask=batch["loss_mask"],
+        attention_mask=batch["attention_mask"],
+        attention_backend=model_cfg.attention_backend,
+    )
+    reference = target_logits(lambda: draft.gather_target_logits(batch["last_hidden_state"], out.target_positions))
+    return eagle3_loss(
+        logits=out.logits,
+        target_logits=reference,
+        step_mask=out.step_mask,
+        step_loss_decay=float(model_cfg.step_loss_decay),
+    )
+
+
+def summarize(sums: dict) -> dict:
+    from deepspec.models.losses import eagle3_metrics
+
+    return eagle3_metrics(sums)
+
+
+def build_proposer(draft):
+    from deepspec.decoding.proposers import Eagle3Proposer
+
+    return Eagle3Proposer(draft)
+
+
+def recipe(*, target: str, target_layer_ids: list[int], mask_token_id=None) -> dict:
+    """One-layer autoregressive draft trained with a 7-step training-time test."""
+    return dict(
+        algorithm="eagle3",
+        target_model_name_or_path=target,
+        num_draft_layers=1,
+        target_layer_ids=list(target_layer_ids),
+        ttt_length=7,
+        step_loss_decay=0.8,
+        attention_backend="auto",
+    )
+
+
+ALGORITHM = Algorithm(
+    name="eagle3",
+    architecture="Eagle3",
+    draft_fields=DRAFT_FIELDS,
+    draft_field_values=draft_field_values,
+    check=check,
+    is_saved_as=lambda config: True,
+    model_class=model_class,
+    compute_sums=compute_sums,
+    summarize=summarize,
+    build_proposer=build_proposer,
+    recipe=recipe,
+    trainer_name="Eagle3Trainer",
+)
