@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from deepspec.data.target_cache import TargetCache
+from deepspec.cache.reader import TargetCache
 from deepspec.errors import DeepSpecError
 from deepspec.models import (
     DraftLoadError,
