@@ -36,13 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from deepspec.data.target_cache import (  # noqa: E402
-    TargetCache,
-    TargetCacheWriter,
-    finalize_target_cache,
-    format_bytes,
-    sample_nbytes,
-)
+from deepspec.cache.format import format_bytes, sample_nbytes  # noqa: E402
+from deepspec.cache.reader import TargetCache  # noqa: E402
+from deepspec.cache.writer import TargetCacheWriter, finalize_target_cache  # noqa: E402
 
 
 def make_pool(n, *, tokens, layers, hidden, seed=0):

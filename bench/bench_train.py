@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from deepspec.config import load_config  # noqa: E402
-from deepspec.data.target_cache import TargetCacheWriter, finalize_target_cache  # noqa: E402
+from deepspec.cache.writer import TargetCacheWriter, finalize_target_cache  # noqa: E402
 from deepspec.tiny_target import build_random_tiny_target, default_tiny_target_dir, read_marker  # noqa: E402
 from deepspec.training.metrics import read_metrics  # noqa: E402
 
@@ -115,7 +115,7 @@ def timed_run(entry, cfg, *, device: str, **source) -> tuple[list[dict], list[fl
 
 
 def online_bench(args, entry, tmp: Path, target: Path, kind: str) -> None:
-    from deepspec.data.cache_build import build_target_cache
+    from deepspec.cache.build import build_target_cache
 
     data = tmp / "regen.jsonl"
     synthetic_conversations(data, samples=args.samples)

@@ -68,7 +68,7 @@ def world(tmp_path_factory):
     from safetensors.torch import load_file, save_file
 
     from deepspec.config import load_config
-    from deepspec.data.cache_build import build_target_cache
+    from deepspec.cache.build import build_target_cache
     from deepspec.tiny_target import build_random_tiny_target
 
     base = tmp_path_factory.mktemp("bad_cache")
@@ -433,7 +433,7 @@ def test_train_incomplete_cache(world, tmp_path):
 
 
 def test_train_corrupted_shard_stops_naming_the_shard(world, tmp_path):
-    from deepspec.data.target_cache import RECORD_DTYPE
+    from deepspec.cache.format import RECORD_DTYPE
 
     bad = tmp_path / "bad"
     shutil.copytree(world["cache"], bad)

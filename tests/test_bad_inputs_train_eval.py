@@ -319,7 +319,7 @@ def trained(tmp_path_factory):
 
     from tests.badinput import ROOT
     from deepspec.config import load_config
-    from deepspec.data.cache_build import build_target_cache
+    from deepspec.cache.build import build_target_cache
     from deepspec.tiny_target import build_random_tiny_target
 
     base = tmp_path_factory.mktemp("resume")

@@ -23,10 +23,10 @@ import pytest
 from deepspec.data.regenerate import (
     OpenAIBackend,
     SamplingSettings,
-    _base_url,
     error_path_for,
     regenerate,
 )
+from deepspec.data.regenerate.openai_backend import base_url as _base_url
 from vllm_env import INSTALL_HINT, skip_or_fail, vllm_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]

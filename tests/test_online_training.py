@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from deepspec.config import load_config
-from deepspec.data.cache_build import build_target_cache
+from deepspec.cache.build import build_target_cache
 from deepspec.tiny_target import build_random_tiny_target
 from deepspec.training.metrics import read_metrics
 

@@ -8,9 +8,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from deepspec.config import load_config
-from deepspec.data.cache_build import CacheBuildError, build_target_cache
+from deepspec.cache.build import CacheBuildError, build_target_cache
 from deepspec.data.chat import tokenize_conversation
-from deepspec.data.target_cache import CacheCompatibilityError, TargetCache, TargetCacheError
+from deepspec.cache.format import CacheCompatibilityError, TargetCacheError
+from deepspec.cache.reader import TargetCache
 from deepspec.tiny_target import build_random_tiny_target
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +124,7 @@ def test_refuses_when_disk_is_too_small(tmp_path, target_dir, monkeypatch):
 
 
 def test_long_samples_truncate_skip_or_fail(tmp_path, target_dir):
-    from deepspec.data.cache_build import tokenize_training_data
+    from deepspec.cache.build import tokenize_training_data
     from deepspec.data.conversations import DataError
 
     data = write_data(tmp_path / "train.jsonl")

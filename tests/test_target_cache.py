@@ -11,18 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from deepspec.data import target_cache as tc
-from deepspec.data.target_cache import (
+from deepspec.cache import writer as tc
+from deepspec.cache.format import (
     CacheCompatibilityError,
-    TargetCache,
     TargetCacheError,
-    TargetCacheWriteError,
-    TargetCacheWriter,
     committed_source_indices,
     estimate_cache_bytes,
-    finalize_target_cache,
     format_bytes,
 )
+from deepspec.cache.reader import TargetCache
+from deepspec.cache.writer import TargetCacheWriteError, TargetCacheWriter, finalize_target_cache
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS, H = [1, 3, 5], 16
@@ -143,7 +141,7 @@ CRASH_SCRIPT = """
 import os, sys
 sys.path.insert(0, {tests!r})
 from test_target_cache import META, make_sample
-from deepspec.data.target_cache import TargetCacheWriter
+from deepspec.cache.writer import TargetCacheWriter
 w = TargetCacheWriter({path!r}, **META, max_shard_bytes=4096)
 for i in range(25):
     w.add(source_index=i, **make_sample(i))
@@ -228,7 +226,7 @@ def test_flipped_byte_caught_on_first_read(tmp_path):
 
 
 def test_each_sample_checked_once_across_workers(tmp_path, monkeypatch):
-    from deepspec.data import target_cache_reader as reader
+    from deepspec.cache import reader
     from deepspec.training.data import CacheDataset, StepSampler, build_loader
 
     build(tmp_path, range(12))

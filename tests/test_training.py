@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from deepspec.config import load_config
-from deepspec.data.target_cache import CacheCompatibilityError
+from deepspec.cache.format import CacheCompatibilityError
 from deepspec.models import load_draft
 from deepspec.tiny_target import build_random_tiny_target
 from deepspec.training import checkpoint as ckpt

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from deepspec.config import load_config
-from deepspec.data.cache_build import build_target_cache
+from deepspec.cache.build import build_target_cache
 from deepspec.tiny_target import build_random_tiny_target
 
 ROOT = Path(__file__).resolve().parents[1]

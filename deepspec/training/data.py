@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from deepspec.data.target_cache import TargetCache
+from deepspec.cache.reader import TargetCache
 from deepspec.errors import DeepSpecError
 
 

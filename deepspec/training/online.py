@@ -155,7 +155,7 @@ def build_online_source(*, cfg, train_data_paths: Sequence[str], info, draft_byt
     """(TokenDataset, OnlineCollate): tokenized like the cache builder, target loaded frozen and checked to fit."""
     from transformers import AutoTokenizer
 
-    from deepspec.data.cache_build import check_build_request, tokenize_training_data
+    from deepspec.cache.build import check_build_request, tokenize_training_data
     from deepspec.precision import target_precision
     from deepspec.targets import count_target_parameters, family_of, load_target, load_target_config, validate_layer_ids
 

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from deepspec.algorithms import ALGORITHMS, get_algorithm
-from deepspec.data.target_cache import TargetCache
+from deepspec.cache.reader import TargetCache
 from deepspec.errors import DeepSpecError
 from deepspec.models import DraftLoadError, build_draft, draft_config_from_target, load_state_strict
 from deepspec.precision import describe_choice

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO_ROOT))  # deepspec may not be pip-installed
 from deepspec.data.conversations import SkipReport, list_input_files, read_conversations  # noqa: E402
 from deepspec.errors import DeepSpecError, cli_main  # noqa: E402
 
-# deepspec.data.target_cache (numpy + torch) is imported once the inputs are known good: a bad
+# deepspec.cache.format (numpy) is imported once the inputs are known good: a bad
 # command answers at once.
 
 
@@ -256,7 +256,7 @@ def main(argv=None) -> int:
     else:
         raise EstimateError("pass --num-samples and --avg-tokens, or --train-data-path to measure them")
 
-    from deepspec.data.target_cache import estimate_cache_bytes, format_bytes
+    from deepspec.cache.format import estimate_cache_bytes, format_bytes
 
     total = estimate_cache_bytes(
         num_samples=num_samples, avg_tokens=avg_tokens, num_layers=num_layers, hidden_size=hidden

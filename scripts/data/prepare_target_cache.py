@@ -90,7 +90,7 @@ def main(argv=None):
         raise DeepSpecError("no training data: pass --train-data-path FILE or set data.train_data_paths")
     if not output_dir:
         raise DeepSpecError("no output folder: pass --output-dir DIR or set data.target_cache_path")
-    from deepspec.data.cache_build import build_target_cache  # torch: only once the command line is sound
+    from deepspec.cache.build import build_target_cache  # torch: only once the command line is sound
 
     build_target_cache(
         cfg=cfg,

@@ -40,7 +40,7 @@ from deepspec.data.regenerate.cli import build_parser, main
 from deepspec.data.regenerate.common import RegenerationSummary, SamplingSettings, TurnResult, error_path_for
 from deepspec.data.regenerate.hf_backend import HFBackend
 from deepspec.data.regenerate.identity import ModelIdentity, ModelMismatchError, model_identity
-from deepspec.data.regenerate.openai_backend import OpenAIBackend, _base_url  # noqa: F401 - used by tests
+from deepspec.data.regenerate.openai_backend import OpenAIBackend
 from deepspec.data.regenerate.runner import default_backend, regenerate
 from deepspec.data.regenerate.vllm_backend import VLLMBackend
 

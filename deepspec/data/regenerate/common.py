@@ -124,7 +124,7 @@ def error_path_for(output_path: str | os.PathLike) -> Path:
 # ----------------------------------------------------------------------------- one conversation in flight
 
 
-class _Job:
+class ConversationJob:
     """A conversation being regenerated turn by turn."""
 
     def __init__(self, conv: Conversation, index: int):
@@ -155,7 +155,8 @@ class _Job:
         return {"id": self.id, "conversations": self.context, "finish_reasons": self.finish_reasons}
 
 
-def _check_answer(result: TurnResult) -> TurnResult:
+def check_answer(result: TurnResult) -> TurnResult:
+    """``result``, or a failure (reason ``empty_answer``) when the answer is empty: every driver calls it."""
     # An empty answer would be dropped by the training reader anyway ("empty_answer"); say so here.
     if result.error is None and (result.text is None or not result.text.strip()):
         return TurnResult(
@@ -164,7 +165,8 @@ def _check_answer(result: TurnResult) -> TurnResult:
     return result
 
 
-def _failure(message: str, default: str = "generation_failed") -> TurnResult:
+def failed_turn(message: str, default: str = "generation_failed") -> TurnResult:
+    """A failed turn saying ``message``, with reason ``prompt_too_long`` when that is what it says, else ``default``."""
     # vLLM (in-process or server) words an over-long prompt like this; give it the hf backend's reason.
     lowered = message.lower()
     too_long = "maximum context length" in lowered or "maximum model length" in lowered
@@ -187,7 +189,7 @@ class _RecordingReport(SkipReport):
             self.on_error(error)
 
 
-def _iter_jobs(
+def iter_jobs(
     input_files,
     *,
     num_samples: int | None,
@@ -195,7 +197,7 @@ def _iter_jobs(
     shard: tuple[int, int] = (0, 1),
     on_bad: Callable[[str | None, str, str, str], None] | None = None,
     on_skip: Callable[[str], None] | None = None,
-) -> Iterator[_Job]:
+) -> Iterator[ConversationJob]:
     """Valid input conversations still to do, in file order.
 
     ``input_files`` is the list made before any output was opened, so nothing written is read back.
@@ -228,10 +230,11 @@ def _iter_jobs(
                 on_skip(conv.id)
             continue
         if i % world == rank:
-            yield _Job(conv, i)
+            yield ConversationJob(conv, i)
 
 
-def _count_lines(files) -> int:
+def count_lines(files) -> int:
+    """Lines in ``files``, counted as bytes without parsing: the progress bar's total, known at once."""
     n = 0
     for f in files:
         with open(f, "rb") as fh:
@@ -260,7 +263,8 @@ def _parse_row(line: bytes):
         return None
 
 
-def _scan_output(path: Path) -> OutputScan:
+def scan_output(path: Path) -> OutputScan:
+    """What an existing output at ``path`` holds (for --resume), without changing it: checks come first."""
     scan = OutputScan()
     if not path.exists():
         return scan
@@ -289,7 +293,7 @@ def _scan_output(path: Path) -> OutputScan:
     return scan
 
 
-def _repair_tail(path: Path, scan: OutputScan, log: Log) -> None:
+def repair_tail(path: Path, scan: OutputScan, log: Log) -> None:
     """Cut off a half-written last line left by a crash, or end a whole last row with its newline."""
     if scan.torn_tail:
         log(
@@ -320,7 +324,7 @@ def _looks_like_error_file(path: Path) -> bool:
     return True
 
 
-def _check_error_file(path: Path) -> None:
+def check_error_file(path: Path) -> None:
     """Refuse when the error file's place holds a file we did not write (we replace only our own)."""
     if path.exists() and (path.is_dir() or not _looks_like_error_file(path)):
         raise InputProtectionError(
@@ -329,14 +333,14 @@ def _check_error_file(path: Path) -> None:
         )
 
 
-def _clear_stale_errors(path: Path) -> None:
+def clear_stale_errors(path: Path) -> None:
     """The error file lists this run's failures only: an earlier run's list (checked to be ours) goes."""
-    _check_error_file(path)
+    check_error_file(path)
     if path.exists() and path.stat().st_size:
         path.unlink()
 
 
-class _Appender:
+class JsonlAppender:
     """Appends JSON lines and flushes each, so a crash loses at most rows not yet written.
 
     The file is opened at the first row: a run that writes nothing creates nothing.

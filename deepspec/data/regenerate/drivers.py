@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Iterator
 
-from deepspec.data.regenerate.common import Messages, TurnResult, _check_answer, _failure, _Job
+from deepspec.data.regenerate.common import ConversationJob, Messages, TurnResult, check_answer, failed_turn
 
 if TYPE_CHECKING:
     from deepspec.data.regenerate.openai_backend import OpenAIBackend
@@ -20,19 +20,19 @@ def _generate_isolating(backend, batch: list[Messages]) -> list[TurnResult]:
         return results
     except Exception as e:  # noqa: BLE001 - reported per conversation
         if len(batch) == 1:
-            return [_failure(f"{type(e).__name__}: {e}")]
+            return [failed_turn(f"{type(e).__name__}: {e}")]
     out = []
     for messages in batch:
         try:
             out.extend(backend.generate([messages]))
         except Exception as e:  # noqa: BLE001
-            out.append(_failure(f"{type(e).__name__}: {e}"))
+            out.append(failed_turn(f"{type(e).__name__}: {e}"))
     return out
 
 
-def _run_batched(jobs: Iterator[_Job], backend, *, batch_size: int, on_done, on_fail) -> None:
+def run_batched(jobs: Iterator[ConversationJob], backend, *, batch_size: int, on_done, on_fail) -> None:
     """Waves of one turn per active conversation; finished ones are replaced from the input at once."""
-    active: list[_Job] = []
+    active: list[ConversationJob] = []
     exhausted = False
     while True:
         while not exhausted and len(active) < batch_size:
@@ -48,7 +48,7 @@ def _run_batched(jobs: Iterator[_Job], backend, *, batch_size: int, on_done, on_
         results = _generate_isolating(backend, [j.next_messages() for j in active])
         still = []
         for job, result in zip(active, results):
-            result = _check_answer(result)
+            result = check_answer(result)
             if result.error is not None:
                 on_fail(job, result)
                 continue
@@ -60,12 +60,14 @@ def _run_batched(jobs: Iterator[_Job], backend, *, batch_size: int, on_done, on_
         active = still
 
 
-def _run_concurrent(jobs: Iterator[_Job], backend: OpenAIBackend, *, concurrency: int, on_done, on_fail) -> None:
+def run_concurrent(
+    jobs: Iterator[ConversationJob], backend: OpenAIBackend, *, concurrency: int, on_done, on_fail
+) -> None:
     """Each conversation runs on a worker thread, turn after turn; writing stays on this thread."""
 
-    def work(job: _Job):
+    def work(job: ConversationJob):
         while not job.finished:
-            result = _check_answer(backend.generate_one(job.next_messages()))
+            result = check_answer(backend.generate_one(job.next_messages()))
             if result.error is not None:
                 return job, result
             job.accept(result)

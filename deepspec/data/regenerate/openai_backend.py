@@ -19,7 +19,7 @@ from deepspec.data.regenerate.common import (
     RegenerationError,
     SamplingSettings,
     TurnResult,
-    _failure,
+    failed_turn,
 )
 
 # $OPENAI_API_KEY goes to this host only: sending it to any other server hands the key to whoever runs it.
@@ -27,7 +27,7 @@ OFFICIAL_HOST = "api.openai.com"
 ENV_KEY = "OPENAI_API_KEY"
 
 
-def _base_url(address: str) -> str:
+def base_url(address: str) -> str:
     """``host:port`` / ``http://host:port`` / ``http://host:port/v1`` -> ``http://host:port/v1``."""
     addr = address.strip().rstrip("/")
     if not addr:
@@ -110,7 +110,7 @@ class OpenAIBackend:
         self._default = urllib.request.build_opener()
         self._rr = itertools.count()
         self._rr_lock = threading.Lock()
-        bases = [_base_url(s) for s in servers]
+        bases = [base_url(s) for s in servers]
         if api_key:
             for base in bases:
                 if base.startswith("http://") and not _is_loopback(base):
@@ -232,7 +232,7 @@ class OpenAIBackend:
             except _HTTPStatusError as e:
                 last = f"{base}: {e}"
                 if e.code not in (408, 429) and e.code < 500:
-                    return _failure(last, "rejected_by_server")
+                    return failed_turn(last, "rejected_by_server")
             except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
                 # OSError covers refused connections, resets and timeouts; ValueError covers broken JSON.
                 last = f"{base}: {type(e).__name__}: {e}"

@@ -10,6 +10,8 @@ from typing import Sequence
 
 from deepspec.data.conversations import DataError, list_input_files
 from deepspec.data.regenerate.common import (
+    ConversationJob,
+    JsonlAppender,
     Log,
     OutputExistsError,
     OutputScan,
@@ -17,21 +19,19 @@ from deepspec.data.regenerate.common import (
     RegenerationSummary,
     SamplingSettings,
     TurnResult,
-    _Appender,
-    _check_error_file,
-    _clear_stale_errors,
-    _count_lines,
-    _iter_jobs,
-    _Job,
-    _repair_tail,
-    _scan_output,
+    check_error_file,
+    clear_stale_errors,
+    count_lines,
     error_path_for,
+    iter_jobs,
+    repair_tail,
+    scan_output,
 )
 from deepspec.data.regenerate.identity import RECORD_KEY, check_resume_model, looks_like_path, model_identity
-from deepspec.data.regenerate.drivers import _run_batched, _run_concurrent
+from deepspec.data.regenerate.drivers import run_batched, run_concurrent
 from deepspec.data.regenerate.hf_backend import HFBackend
 from deepspec.data.regenerate.openai_backend import OpenAIBackend
-from deepspec.data.regenerate.vllm_backend import VLLMBackend, _cuda_device_ids, _run_data_parallel
+from deepspec.data.regenerate.vllm_backend import VLLMBackend, cuda_device_ids, run_data_parallel
 from deepspec.errors import check_outputs_apart
 
 
@@ -110,8 +110,8 @@ def regenerate(
         raise OutputExistsError(
             f"{output_path} already has rows; pass --resume to continue it or --overwrite to start over"
         )
-    _check_error_file(err_path)
-    scan = _scan_output(output_path) if resume else OutputScan()
+    check_error_file(err_path)
+    scan = scan_output(output_path) if resume else OutputScan()
     identity = model_identity(model) if backend != "openai" else None
     if identity is not None and resume:
         # Before the engine loads: refusing takes a moment, not a model load.
@@ -137,7 +137,7 @@ def regenerate(
             log=log,
         )
     else:
-        devices = _cuda_device_ids()
+        devices = cuda_device_ids()
         tp = max(1, tensor_parallel_size)
         dp = data_parallel_size or max(1, len(devices) // tp)
         engine_kwargs = dict(
@@ -169,20 +169,20 @@ def regenerate(
                 )
         done_ids = scan.ids
         if resume:
-            _repair_tail(output_path, scan, log)
+            repair_tail(output_path, scan, log)
             if done_ids:
                 log(f"[regenerate] resuming: {len(done_ids)} conversations already in {output_path}")
         if overwrite and output_path.exists():
             output_path.write_bytes(b"")  # asked for: start over
-        _clear_stale_errors(err_path)
-        out = _Appender(output_path)
-        err = _Appender(err_path, truncate=True)  # failures of this run only: earlier failures are retried
+        clear_stale_errors(err_path)
+        out = JsonlAppender(output_path)
+        err = JsonlAppender(err_path, truncate=True)  # failures of this run only: earlier failures are retried
     except BaseException:
         if engine is not None:
             engine.close()
         raise
     record = identity.record()
-    total = _count_lines(input_files)
+    total = count_lines(input_files)
     if num_samples is not None:
         total = min(total, num_samples)
     bar = tqdm(total=total, desc=f"regenerate ({backend})", unit="conv", disable=not progress, dynamic_ncols=True)
@@ -207,10 +207,10 @@ def regenerate(
         summary.finish_reasons.update(r or "unknown" for r in row.get("finish_reasons", []))
         bar.update(1)
 
-    def on_done(job: _Job):
+    def on_done(job: ConversationJob):
         on_row(job.row())
 
-    def on_fail(job: _Job, result: TurnResult):
+    def on_fail(job: ConversationJob, result: TurnResult):
         on_bad(job.id, "", result.reason, f"assistant turn {job.turn}: {result.error}")
 
     def counted(gen):
@@ -218,7 +218,7 @@ def regenerate(
             summary.attempted += 1
             yield job
 
-    jobs = counted(_iter_jobs(input_files, num_samples=num_samples, done_ids=done_ids, on_bad=on_bad, on_skip=on_skip))
+    jobs = counted(iter_jobs(input_files, num_samples=num_samples, done_ids=done_ids, on_bad=on_bad, on_skip=on_skip))
     try:
         if dp_plan is not None:
             settings = dict(
@@ -230,7 +230,7 @@ def regenerate(
                 batch_size=batch_size or VLLMBackend.default_batch_size,
                 done_ids=sorted(done_ids),
             )
-            summary.broken_workers = _run_data_parallel(
+            summary.broken_workers = run_data_parallel(
                 jobs=jobs,
                 dp=dp_plan["dp"],
                 tp=dp_plan["tp"],
@@ -241,7 +241,7 @@ def regenerate(
                 log=log,
             )
         elif isinstance(engine, OpenAIBackend):
-            _run_concurrent(
+            run_concurrent(
                 jobs,
                 engine,
                 concurrency=concurrency or OpenAIBackend.default_batch_size,
@@ -250,7 +250,7 @@ def regenerate(
             )
         else:
             size = batch_size or engine.default_batch_size
-            _run_batched(jobs, engine, batch_size=size, on_done=on_done, on_fail=on_fail)
+            run_batched(jobs, engine, batch_size=size, on_done=on_done, on_fail=on_fail)
     finally:
         if engine is not None:
             engine.close()

@@ -9,17 +9,17 @@ from typing import Iterator, Sequence
 
 from deepspec.data.regenerate.common import (
     BackendUnavailable,
+    ConversationJob,
     Log,
     Messages,
     SamplingSettings,
     TurnResult,
-    _iter_jobs,
-    _Job,
+    iter_jobs,
 )
-from deepspec.data.regenerate.drivers import _run_batched
+from deepspec.data.regenerate.drivers import run_batched
 
 
-def _cuda_device_ids() -> list[str]:
+def cuda_device_ids() -> list[str]:
     """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (empty on CPU)."""
     try:
         import torch
@@ -58,7 +58,7 @@ class VLLMBackend:
         enforce_eager: bool | None = None,
         log: Log = print,
     ):
-        on_gpu = bool(_cuda_device_ids())
+        on_gpu = bool(cuda_device_ids())
         _prepare_vllm_env(on_gpu)
         try:
             from vllm import LLM, SamplingParams
@@ -142,13 +142,13 @@ def _vllm_worker(rank: int, world: int, devices: str, settings: dict, queue) -> 
         backend = VLLMBackend(
             model=settings["model"], sampling=sampling, log=lambda m: print(f"[dp{rank}] {m}"), **settings["engine"]
         )
-        jobs = _iter_jobs(
+        jobs = iter_jobs(
             settings["input_files"],
             num_samples=settings["num_samples"],
             done_ids=set(settings["done_ids"]),
             shard=(rank, world),
         )
-        _run_batched(
+        run_batched(
             jobs,
             backend,
             batch_size=settings["batch_size"],
@@ -174,8 +174,8 @@ def _signal_group(proc, sig) -> None:
         pass
 
 
-def _run_data_parallel(
-    *, jobs: Iterator[_Job], dp: int, tp: int, devices: list[str], settings: dict, on_row, on_fail, log: Log
+def run_data_parallel(
+    *, jobs: Iterator[ConversationJob], dp: int, tp: int, devices: list[str], settings: dict, on_row, on_fail, log: Log
 ) -> list[str]:
     """Spawn ``dp`` engine processes on disjoint GPU groups; this process writes every row.
 

@@ -1,9 +1,10 @@
 """Reading the target cache: validated, memory-mapped, random access, every sample checked once.
 
-See :mod:`deepspec.data.target_cache` for the format and the writer. A sample's crc32 (in its index
-record) is verified the first time it is read; the marks live in shared memory, so DataLoader workers
-(and the next epoch's workers) do not verify a sample again. The cost is one crc32 over bytes the
-reader touches anyway.
+The format is in :mod:`deepspec.cache.format`, which is all this module shares with the writer
+(:mod:`deepspec.cache.writer`, never imported here: training reads caches and writes none). A sample's
+crc32 (in its index record) is verified the first time it is read; the marks live in shared memory, so
+DataLoader workers (and the next epoch's workers) do not verify a sample again. The cost is one crc32
+over bytes the reader touches anyway.
 """
 
 from __future__ import annotations
@@ -18,20 +19,21 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from deepspec.data.target_cache import (
+from deepspec.cache.format import (
     ALIGN,
-    DTYPES,
     FORMAT_NAME,
     MANIFEST_NAME,
-    READABLE_VERSIONS,
-    REBUILD_ADVICE,
     RECORD_DTYPE,
+    REBUILD_ADVICE,
+    SHARD_RE,
     TargetCacheError,
-    _SHARD_RE,
-    _parts,
+    array_nbytes,
     check_identity,
     sample_nbytes,
+    validate_manifest,
 )
+
+__all__ = ["TargetCache"]
 
 
 class TargetCache:
@@ -48,7 +50,7 @@ class TargetCache:
         mpath = self.path / MANIFEST_NAME
         if not mpath.is_file():
             if self.path.is_dir() and any(
-                _SHARD_RE.match(p.name) or p.name.endswith(".tmp") for p in self.path.iterdir()
+                SHARD_RE.match(p.name) or p.name.endswith(".tmp") for p in self.path.iterdir()
             ):
                 raise TargetCacheError(
                     f"incomplete cache at {self.path}: no {MANIFEST_NAME} (the build was "
@@ -59,15 +61,10 @@ class TargetCache:
             self.manifest = m = json.loads(mpath.read_text())
         except (ValueError, UnicodeDecodeError) as e:
             raise TargetCacheError(f"{mpath} is not valid JSON ({e}); re-run finalize or rebuild the cache") from None
-        if m.get("format") != FORMAT_NAME or m.get("format_version") not in READABLE_VERSIONS:
-            raise TargetCacheError(
-                f"{self.path}: unsupported cache format {m.get('format')!r} version "
-                f"{m.get('format_version')!r} (this DeepSpec reads versions "
-                f"{', '.join(map(str, READABLE_VERSIONS))}); {REBUILD_ADVICE}"
-            )
         # Version 1 predates fingerprints and per-sample checksums: still readable (rebuilding tens of TB
-        # is the user's call), but said once so nobody believes it was checked.
-        self.legacy = m["format_version"] == 1
+        # is the user's call), but said once so nobody believes it was checked. Said before the layout
+        # checks, so a version-1 cache that fails them still says what it is.
+        self.legacy = m.get("format") == FORMAT_NAME and m.get("format_version") == 1
         if self.legacy:
             warnings.warn(
                 f"target cache {self.path} was built by an older DeepSpec (format version 1): it records no "
@@ -77,17 +74,10 @@ class TargetCache:
                 UserWarning,
                 stacklevel=2,
             )
-        if m.get("dtypes") != DTYPES or m.get("alignment") != ALIGN:
-            raise TargetCacheError(f"{self.path}: unexpected dtypes/alignment in manifest; rebuild the cache")
-        try:
-            self.hidden_size, self.hidden_width = int(m["hidden_size"]), int(m["hidden_width"])
-            self.layer_ids = list(m["layer_ids"])
-            self._shard_paths = [self.path / s["file"] for s in m["shards"]]
-            m["index"]["file"], m["index"]["crc32"], m["num_samples"]  # noqa: B018 - presence check
-        except (KeyError, TypeError) as e:
-            raise TargetCacheError(f"{mpath} lacks field {e}; re-run finalize_target_cache") from None
-        if self.hidden_width != len(self.layer_ids) * self.hidden_size:
-            raise TargetCacheError(f"{mpath}: hidden_width does not match layer_ids x hidden_size; rebuild")
+        validate_manifest(m, cache_dir=self.path)
+        self.hidden_size, self.hidden_width = int(m["hidden_size"]), int(m["hidden_width"])
+        self.layer_ids = list(m["layer_ids"])
+        self._shard_paths = [self.path / s["file"] for s in m["shards"]]
         sizes = []
         for s, p in zip(m["shards"], self._shard_paths):
             if not p.is_file():
@@ -185,7 +175,7 @@ class TargetCache:
         rec = self.records[i]
         t, off = int(rec["length"]), int(rec["offset"])
         mm = self._map(int(rec["shard"]))
-        p = _parts(t, self.hidden_width, self.hidden_size)
+        p = array_nbytes(t, hidden_width=self.hidden_width, hidden_size=self.hidden_size)
         o1, o2, o3 = off + p[0], off + p[0] + p[1], off + p[0] + p[1] + p[2]
         ids = torch.from_numpy(mm[off : off + 4 * t].view(np.int32))
         mask = torch.from_numpy(mm[o1 : o1 + t]).view(torch.bool)

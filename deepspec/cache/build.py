@@ -28,8 +28,8 @@ from deepspec.data.chat import tokenize_conversation
 from deepspec.data.conversations import DataError, SkipReport, list_input_files, read_conversations
 from deepspec.errors import DeepSpecError, check_outputs_apart
 
-# torch, tqdm and the cache module (numpy + torch) are imported where used: a refused command then
-# answers in a fraction of a second.
+# torch, tqdm and the cache modules (numpy, and torch for the writer and reader) are imported where used:
+# a refused command then answers in a fraction of a second.
 
 
 @dataclass
@@ -99,7 +99,7 @@ class CacheBuildError(DeepSpecError, ValueError):
 
 
 def check_disk_space(*, output_dir: Path, needed_bytes: int, ignore: bool) -> str:
-    from deepspec.data.target_cache import format_bytes
+    from deepspec.cache.format import format_bytes
 
     probe = output_dir if output_dir.exists() else output_dir.parent
     while not probe.exists():
@@ -143,7 +143,7 @@ def check_build_request(
     Cheap (no torch): the data files exist, the cache folder neither equals, holds nor sits inside the
     data or the target folder, and ``overwrite`` only ever replaces a folder of cache files.
     """
-    from deepspec.data.target_cache import is_cache_file
+    from deepspec.cache.format import is_cache_file
 
     if not train_data_paths:
         raise CacheBuildError("no training data: pass --train-data-path FILE (or set data.train_data_paths)")
@@ -168,7 +168,7 @@ def check_build_request(
 
 def remove_cache_files(output_dir: Path) -> int:
     """--overwrite: delete the files of an old cache or partial build (nothing else is there: checked above)."""
-    from deepspec.data.target_cache import MANIFEST_NAME, is_cache_file
+    from deepspec.cache.format import MANIFEST_NAME, is_cache_file
     from deepspec.fsio import fsync_dir
 
     if not output_dir.is_dir():
@@ -208,8 +208,9 @@ def run_worker(rank: int, world: int, args: WorkerArgs) -> int:
     import torch
     from tqdm import tqdm
 
+    from deepspec.cache.format import committed_source_indices
+    from deepspec.cache.writer import TargetCacheWriter
     from deepspec.data.capture import capture_states
-    from deepspec.data.target_cache import TargetCacheWriter, committed_source_indices
     from deepspec.targets import load_target
 
     device = args.device
@@ -289,7 +290,9 @@ def build_target_cache(
     import torch
     from transformers import AutoTokenizer
 
-    from deepspec.data.target_cache import TargetCache, check_build_folder, estimate_cache_bytes, finalize_target_cache
+    from deepspec.cache.format import check_build_folder, estimate_cache_bytes
+    from deepspec.cache.reader import TargetCache
+    from deepspec.cache.writer import finalize_target_cache
     from deepspec.precision import target_precision
     from deepspec.targets import family_of, load_target_config, target_fingerprint, validate_layer_ids
 

@@ -1,39 +1,12 @@
-"""The sharded on-disk target cache (hidden states captured from the target).
+"""Writing the target cache: one background-thread writer per rank, then one finalize.
 
-Folder layout::
-
-    manifest.json                 written LAST by finalize_target_cache(); its presence = complete cache
-    index.bin                     merged index: RECORD_DTYPE records sorted by source ordinal, no header
-    rank00000.meta.json           what rank 0 is building (checked on resume)
-    rank00000.shard000000.bin     sample data
-    rank00000.shard000000.idx     64-byte header + that shard's records; renamed in last = commit marker
-    .rank00000.shard000001.bin.tmp  shard being written (removed when a build resumes)
-
-Per sample, contiguous in a shard, each array starting on a 64-byte boundary
-(so numpy/torch views of the mmap are aligned and need no copy)::
-
-    input_ids int32 [T] | loss_mask uint8 [T] | hidden_states bf16 [T, n_layers*H] | last_hidden_state bf16 [T, H]
-
-bf16 is stored as its raw 16-bit pattern (numpy has no bfloat16).
-
-Identity and integrity (format version 2). The manifest (and every rank's meta) records what the
-cache was built from: ``target_fingerprint`` (:func:`deepspec.targets.target_fingerprint`: config
-plus sampled weight bytes, not the folder name), ``layer_ids``, ``hidden_size``, ``max_length``,
-``source_files`` (path, size, sha256) and the build settings in ``extra``. :func:`check_identity`
-is the one comparison: a resumed build, a build into a folder holding a complete cache, and the
-trainer all go through it. Each index record carries the crc32 of its sample's bytes (padding
-included), so a reader verifies a sample the first time it reads it, over bytes it reads anyway.
-Version 1 caches (no fingerprint, no per-sample checksums) are still read, with a warning.
-
-Protocol: each rank runs a :class:`TargetCacheWriter`; shards are written
-under temp names, fsynced and renamed, the ``.idx`` part last.  After every
-rank has closed, rank 0 runs :func:`finalize_target_cache`, which merges the
-committed parts into ``index.bin`` and writes ``manifest.json`` atomically.
-A killed build has no manifest; re-running it skips
-:func:`committed_source_indices` and carries on.
-
-This module writes and finalizes; :mod:`deepspec.data.target_cache_reader` reads
-(``TargetCache`` is importable from here too).
+The layout, the index records and the identity checks are in :mod:`deepspec.cache.format`; this module
+only produces files in that format. Each rank runs a :class:`TargetCacheWriter`: shards are written under
+temp names, fsynced and renamed, the ``.idx`` part last (the commit point). After every rank has closed,
+rank 0 runs :func:`finalize_target_cache`, which merges the committed parts into ``index.bin`` and
+writes ``manifest.json`` atomically. A killed build has no manifest; re-running it skips
+:func:`deepspec.cache.format.committed_source_indices` and carries on. The reader
+(:mod:`deepspec.cache.reader`) does not import this module.
 """
 
 from __future__ import annotations
@@ -43,7 +16,6 @@ import datetime
 import json
 import os
 import re
-import struct
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -52,101 +24,41 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from deepspec.errors import DeepSpecError
+from deepspec.cache.format import (
+    ALIGN,
+    DEFAULT_MAX_SHARD_BYTES,
+    DTYPES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    INDEX_NAME,
+    MANIFEST_NAME,
+    PART_HEADER,
+    PART_MAGIC,
+    RECORD_DTYPE,
+    REBUILD_ADVICE,
+    CacheCompatibilityError,
+    TargetCacheError,
+    array_nbytes,
+    cache_is_complete,
+    check_build_folder,
+    check_identity,
+    committed_source_indices,
+    read_index_part,
+    read_rank_metas,
+    sample_nbytes,
+    scan_shards,
+)
 from deepspec.fsio import atomic_write, fsync_dir
 
-__all__ = [
-    "FORMAT_VERSION",
-    "RECORD_DTYPE",
-    "TargetCacheError",
-    "CacheCompatibilityError",
-    "TargetCacheWriteError",
-    "TargetCacheWriter",
-    "TargetCache",  # noqa: F822 (re-exported lazily by __getattr__ below)
-    "finalize_target_cache",
-    "committed_source_indices",
-    "cache_is_complete",
-    "estimate_cache_bytes",
-    "format_bytes",
-    "sample_nbytes",
-    "check_identity",
-    "check_build_folder",
-    "is_cache_file",
-    "REBUILD_ADVICE",
-]
+__all__ = ["TargetCacheWriteError", "TargetCacheWriter", "finalize_target_cache"]
 
-FORMAT_NAME = "deepspec-target-cache"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1: no fingerprint, no per-sample checksums
-ALIGN = 64
-MANIFEST_NAME = "manifest.json"
-INDEX_NAME = "index.bin"
-DEFAULT_MAX_SHARD_BYTES = 2 << 30
-DTYPES = {"input_ids": "int32", "loss_mask": "uint8", "hidden_states": "bfloat16", "last_hidden_state": "bfloat16"}
-
-RECORD_DTYPE = np.dtype(
-    [
-        ("source_index", "<i8"),
-        ("offset", "<u8"),
-        ("shard", "<u4"),
-        ("length", "<u4"),
-        ("loss_tokens", "<u4"),
-        ("crc32", "<u4"),
-    ]
-)
-# crc32: of the sample's padded bytes [offset, offset + sample_nbytes) (version 1: reserved, 0).
-# .idx part header: magic, version, record size, n records, shard bytes, shard crc32 (v1; 0 since), records crc32.
-_PART_HEADER = struct.Struct("<8sIIQQII24x")
-_PART_MAGIC = b"DSTCIDX1"
-_SHARD_RE = re.compile(r"^rank(\d{5})\.shard(\d{6})\.(bin|idx)$")
 _ZEROS = bytes(ALIGN)
 _WRITEBACK_BYTES = 32 << 20
 _FADVISE = getattr(os, "posix_fadvise", None)  # Linux; elsewhere fsync alone does the work
-# What every mismatch tells the user to do (the CLI names; library callers read them the same way).
-REBUILD_ADVICE = "pass --overwrite to prepare_target_cache.py to rebuild it, or choose a new --output-dir"
-
-
-class TargetCacheError(DeepSpecError, RuntimeError):
-    """The cache is missing, incomplete, corrupt, or cannot be built as asked."""
-
-
-class CacheCompatibilityError(TargetCacheError):
-    """The cache was built for a different target / layers than requested."""
 
 
 class TargetCacheWriteError(TargetCacheError):
     """The background writer thread failed; raised in the caller."""
-
-
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
-
-
-def _parts(length: int, hidden_width: int, hidden_size: int) -> list[int]:
-    """Padded byte sizes of the four arrays of one sample."""
-    return [_align(4 * length), _align(length), _align(2 * length * hidden_width), _align(2 * length * hidden_size)]
-
-
-def sample_nbytes(length: int, *, hidden_width: int, hidden_size: int) -> int:
-    """Bytes one sample of ``length`` tokens occupies in a shard (padding included)."""
-    return sum(_parts(length, hidden_width, hidden_size))
-
-
-def estimate_cache_bytes(*, num_samples: int, avg_tokens: float, num_layers: int, hidden_size: int) -> int:
-    """Approximate cache size: samples x tokens x ((layers+1)*H*2 + 5) plus padding and index."""
-    per_token = (num_layers + 1) * hidden_size * 2 + 4 + 1
-    per_sample_overhead = RECORD_DTYPE.itemsize + 2 * ALIGN  # index record + average padding of 4 arrays
-    return int(num_samples * (avg_tokens * per_token + per_sample_overhead)) + 64 * 1024
-
-
-def format_bytes(n: float) -> str:
-    """1536 -> '1.50 KiB' (binary units)."""
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(n) < 1024 or unit == "PiB":
-            return f"{int(n)} B" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    raise AssertionError
 
 
 # ---------------------------------------------------------------------------- file helpers
@@ -171,37 +83,6 @@ def _crc_chain(bufs: list, crc: int) -> int:
     return crc
 
 
-def _read_part(path: Path) -> tuple[np.ndarray, int, int]:
-    """Read a committed ``.idx`` part -> (records, shard bytes, shard crc32); raises on corruption."""
-    raw = path.read_bytes()
-    what = f"index part {path}"
-    if len(raw) < _PART_HEADER.size:
-        raise TargetCacheError(f"{what} is truncated; delete it and its .bin shard, then re-run the build")
-    magic, version, rec_size, n, shard_bytes, shard_crc, rec_crc = _PART_HEADER.unpack_from(raw)
-    body = raw[_PART_HEADER.size :]
-    if magic != _PART_MAGIC or version != FORMAT_VERSION or rec_size != RECORD_DTYPE.itemsize:
-        raise CacheCompatibilityError(
-            f"{what} has format version {version}, this DeepSpec writes "
-            f"{FORMAT_VERSION}; a build cannot resume across versions: {REBUILD_ADVICE}"
-        )
-    if len(body) != n * rec_size or zlib.crc32(body) != rec_crc:
-        raise TargetCacheError(
-            f"{what} is corrupt (size or checksum mismatch); delete it and its .bin shard, "
-            "then re-run the build to redo those samples"
-        )
-    return np.frombuffer(body, dtype=RECORD_DTYPE).copy(), shard_bytes, shard_crc
-
-
-def _scan(output_dir: Path) -> dict[tuple[int, int], dict[str, Path]]:
-    """(rank, shard number) -> {"bin": path, "idx": path} of final-named files."""
-    found: dict[tuple[int, int], dict[str, Path]] = {}
-    for p in output_dir.iterdir():
-        m = _SHARD_RE.match(p.name)
-        if m:
-            found.setdefault((int(m[1]), int(m[2])), {})[m[3]] = p
-    return found
-
-
 def _remove_uncommitted(output_dir: Path, *, rank: int | None) -> int:
     """Delete temp files and shards without a committed .idx (of one rank, or all when rank is None)."""
     removed = 0
@@ -210,162 +91,12 @@ def _remove_uncommitted(output_dir: Path, *, rank: int | None) -> int:
         if m and (rank is None or int(m[1]) == rank):
             p.unlink(missing_ok=True)
             removed += 1
-    for (r, _), files in _scan(output_dir).items():
+    for (r, _), files in scan_shards(output_dir).items():
         # .bin alone: crashed between the two renames; .idx alone: someone deleted a shard to redo it.
         if len(files) == 1 and (rank is None or r == rank):
             next(iter(files.values())).unlink(missing_ok=True)
             removed += 1
     return removed
-
-
-def committed_source_indices(output_dir: str | os.PathLike) -> set[int]:
-    """Source ordinals already committed (all ranks); a resumed build skips these."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return set()
-    out: set[int] = set()
-    for files in _scan(output_dir).values():
-        if "idx" in files and "bin" in files:
-            out.update(_read_part(files["idx"])[0]["source_index"].tolist())
-    return out
-
-
-def cache_is_complete(path: str | os.PathLike) -> bool:
-    return (Path(path) / MANIFEST_NAME).is_file()
-
-
-def _read_metas(output_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(output_dir.glob("rank*.meta.json"))]
-
-
-def _same_name(a: str, b: str) -> bool:
-    # Names only (caches without a fingerprint): a hub id and a local copy of it count as the same target.
-    a, b = str(a).rstrip("/"), str(b).rstrip("/")
-    return a == b or a.rsplit("/", 1)[-1].lower() == b.rsplit("/", 1)[-1].lower()
-
-
-def _short(fp: str | None) -> str:
-    return fp.split(":", 1)[-1][:12] if fp else "none"
-
-
-def _sources(files) -> list | None:
-    """(size, sha256) per source file, or None when they were recorded as bare names (then not compared)."""
-    if not files or not all(isinstance(f, dict) and "sha256" in f for f in files):
-        return None
-    return [(int(f["size"]), f["sha256"]) for f in files]
-
-
-def _describe_sources(files) -> str:
-    return (
-        "["
-        + ", ".join(
-            f"{f['path']} ({f['size']} bytes, sha256 {f['sha256'][:12]})" if isinstance(f, dict) else str(f)
-            for f in files
-        )
-        + "]"
-    )
-
-
-def _max_length(record: dict):
-    value = record.get("max_length")
-    return value if value is not None else (record.get("extra") or {}).get("max_length")
-
-
-def check_identity(have: dict, want: dict, *, where: str, fix: str) -> None:
-    """Raise :class:`CacheCompatibilityError` naming the first field where ``have`` (a cache's manifest or a
-    partial build's meta) differs from ``want`` (this run), with both values and ``fix``.
-
-    Fields absent (None) in ``want`` are not checked. The target is compared by fingerprint when both sides
-    have one; otherwise by name (a cache from before fingerprints, or a caller that could not compute one).
-    """
-
-    def differ(field: str, old, new, match: str = "") -> CacheCompatibilityError:
-        hint = f"set {match} to match it, or " if match else ""
-        return CacheCompatibilityError(
-            f"{where} differs in {field}: it was built with {old}, this run has {new}; {hint}{fix}"
-        )
-
-    name_old, name_new = have.get("target_model"), want.get("target_model")
-    fp_old, fp_new = have.get("target_fingerprint"), want.get("target_fingerprint")
-    if fp_old and fp_new:
-        if fp_old != fp_new:
-            raise differ(
-                "the target (config or weights)",
-                f"target_model={name_old!r} (fingerprint {_short(fp_old)})",
-                f"{name_new!r} (fingerprint {_short(fp_new)})",
-            )
-    elif name_new is not None and not _same_name(name_old, name_new):
-        raise differ("the target", f"target_model={name_old!r}", f"{name_new!r}")
-    layers = want.get("layer_ids")
-    if layers is not None and [int(x) for x in layers] != list(have["layer_ids"]):
-        raise differ(
-            "layer_ids",
-            f"layer_ids={list(have['layer_ids'])}",
-            f"{[int(x) for x in layers]}",
-            f"model.target_layer_ids={list(have['layer_ids'])}",
-        )
-    if want.get("hidden_size") is not None and int(want["hidden_size"]) != int(have["hidden_size"]):
-        raise differ("hidden_size", f"hidden_size={have['hidden_size']}", f"{want['hidden_size']}")
-    old_len, new_len = _max_length(have), _max_length(want)
-    if old_len is not None and new_len is not None and int(old_len) != int(new_len):
-        raise differ("max_length", f"data.max_length={old_len}", f"{new_len}", f"data.max_length={old_len}")
-    old_src, new_src = _sources(have.get("source_files")), _sources(want.get("source_files"))
-    if old_src is not None and new_src is not None and old_src != new_src:
-        raise differ(
-            "the training data", _describe_sources(have["source_files"]), _describe_sources(want["source_files"])
-        )
-    if "sample_checksum" in have and "sample_checksum" in want and have["sample_checksum"] != want["sample_checksum"]:
-        # Records without a checksum among checked ones would read as corrupt.
-        raise differ("sample_checksum", f"sample_checksum={have['sample_checksum']!r}", f"{want['sample_checksum']!r}")
-    old_extra, new_extra = have.get("extra") or {}, want.get("extra") or {}
-    for key in sorted(set(old_extra) & set(new_extra)):
-        if old_extra[key] != new_extra[key]:
-            raise differ(key, f"{key}={old_extra[key]!r}", f"{new_extra[key]!r}")
-
-
-def check_build_folder(output_dir: str | os.PathLike, want: dict) -> str:
-    """State of a cache folder a build is about to write: "empty", "partial" (resumable) or "complete".
-
-    Raises when what is there was built differently (older format, other target, layers, data, settings):
-    resuming would mix two datasets into one cache, and "nothing to do" would hand over the wrong cache.
-    """
-    output_dir = Path(output_dir)
-    if cache_is_complete(output_dir):
-        mpath = output_dir / MANIFEST_NAME
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise TargetCacheError(f"{mpath} is not valid JSON ({exc}); {REBUILD_ADVICE}") from None
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise CacheCompatibilityError(
-                f"{output_dir} holds a complete cache of format version {manifest.get('format_version')!r} (this "
-                f"DeepSpec writes {FORMAT_VERSION}); it records no target fingerprint or data checksums, so this "
-                f"build cannot tell whether it matches. Train on it as it is, or {REBUILD_ADVICE}"
-            )
-        check_identity(manifest, want, where=f"the complete cache in {output_dir}", fix=REBUILD_ADVICE)
-        return "complete"
-    metas = _read_metas(output_dir) if output_dir.is_dir() else []
-    for meta in metas:
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise CacheCompatibilityError(
-                f"{output_dir} holds a partial build of cache format version {meta.get('format_version')!r} (this "
-                f"DeepSpec writes {FORMAT_VERSION}); it cannot be resumed: {REBUILD_ADVICE}"
-            )
-        check_identity(
-            meta, want, where=f"the partial build in {output_dir} (rank {meta.get('rank')})", fix=REBUILD_ADVICE
-        )
-    return "partial" if metas else "empty"
-
-
-def is_cache_file(name: str) -> bool:
-    """Files a cache build writes (what --overwrite may delete)."""
-    return bool(
-        re.match(
-            r"^\.?(manifest\.json|index\.bin|rank\d{5}\.meta\.json|rank\d{5}\.shard\d{6}\.(bin|idx))"
-            r"(\.tmp)?$",
-            name,
-        )
-    ) and (name.startswith(".") == name.endswith(".tmp"))
 
 
 # ---------------------------------------------------------------------------- writer
@@ -471,7 +202,7 @@ class TargetCacheWriter:
         _remove_uncommitted(self.output_dir, rank=self.rank)  # leftovers of a killed run of this rank
         atomic_write(self.output_dir / f"rank{self.rank:05d}.meta.json", json.dumps(self.meta, indent=1).encode())
         self.committed = committed_source_indices(self.output_dir)
-        own = [k for (r, k) in _scan(self.output_dir) if r == self.rank]
+        own = [k for (r, k) in scan_shards(self.output_dir) if r == self.rank]
         self._next_shard = max(own) + 1 if own else 0
         self._added: set[int] = set()
         self.num_added = self.num_committed = self.bytes_committed = 0
@@ -612,7 +343,7 @@ class TargetCacheWriter:
             self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             self._records, self._shard_bytes, self._flushed = [], 0, 0
         bufs = []
-        for arr, padded in zip(arrays, _parts(t, self.hidden_width, self.hidden_size)):
+        for arr, padded in zip(arrays, array_nbytes(t, hidden_width=self.hidden_width, hidden_size=self.hidden_size)):
             bufs.append(memoryview(arr.reshape(-1).view(np.uint8)))
             if padded > arr.nbytes:
                 bufs.append(_ZEROS[: padded - arr.nbytes])
@@ -634,8 +365,8 @@ class TargetCacheWriter:
         os.close(self._fd)
         self._fd = None
         records = np.array(self._records, dtype=RECORD_DTYPE).tobytes()
-        header = _PART_HEADER.pack(
-            _PART_MAGIC,
+        header = PART_HEADER.pack(
+            PART_MAGIC,
             FORMAT_VERSION,
             RECORD_DTYPE.itemsize,
             len(self._records),
@@ -673,7 +404,7 @@ def finalize_target_cache(
     rank died.  Returns the manifest.
     """
     output_dir = Path(output_dir)
-    metas = _read_metas(output_dir) if output_dir.is_dir() else []
+    metas = read_rank_metas(output_dir) if output_dir.is_dir() else []
     if not metas:
         raise TargetCacheError(f"{output_dir} has no writer metadata; run the cache build before finalizing")
     first = metas[0]
@@ -694,11 +425,11 @@ def finalize_target_cache(
     _remove_uncommitted(output_dir, rank=None)
 
     shards, parts = [], []
-    scan = _scan(output_dir)
+    scan = scan_shards(output_dir)
     hidden_width = len(first["layer_ids"]) * first["hidden_size"]
     for sid, key in enumerate(sorted(scan)):
         files = scan[key]
-        records, nbytes, _ = _read_part(files["idx"])
+        records, nbytes, _ = read_index_part(files["idx"])
         actual = files["bin"].stat().st_size
         if actual != nbytes:
             raise TargetCacheError(
@@ -762,12 +493,3 @@ def finalize_target_cache(
     }
     atomic_write(output_dir / MANIFEST_NAME, (json.dumps(manifest, indent=1) + "\n").encode())
     return manifest
-
-
-def __getattr__(name: str):
-    # The reader lives in its own module; keep `from deepspec.data.target_cache import TargetCache` working.
-    if name == "TargetCache":
-        from deepspec.data.target_cache_reader import TargetCache
-
-        return TargetCache
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
