@@ -8,30 +8,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepspec.decoding.calibration import (
+from deepspec.decoding.confidence import (
     CalibrationError,
     apply_temperatures,
+    cumulative_lengths,
+    load_calibration,
+    per_slot_lengths,
+    prefix_survival,
+    proposal_lengths,
+)
+from deepspec.decoding.rounds import read_rounds
+from deepspec.eval.calibration import (
     auroc,
     brier_score,
     calibration_arrays,
     confidence_report,
     expected_calibration_error,
     fit_sts,
-    load_calibration,
-    plot_reliability,
-    prefix_survival,
-    read_rounds,
     save_calibration,
     split_rounds,
     survival_labels,
 )
-from deepspec.decoding.threshold import (
-    cumulative_lengths,
-    per_slot_lengths,
-    proposal_lengths,
-    replay_threshold,
-    sweep_thresholds,
-)
+from deepspec.eval.plots import plot_reliability
+from deepspec.eval.threshold import replay_threshold, sweep_thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIBRATE = ROOT / "scripts" / "eval" / "calibrate.py"
