@@ -17,7 +17,9 @@ import pytest
 
 from tests.badinput import fingerprint, refused, run_entry
 from deepspec.cli import nonnegative_float, nonnegative_int, positive_float, positive_int, probability
-from deepspec.decoding.calibration import CalibrationError, read_calibration_file, read_rounds, save_calibration
+from deepspec.decoding.confidence import CalibrationError, read_calibration_file
+from deepspec.decoding.rounds import read_rounds
+from deepspec.eval.calibration import save_calibration
 
 CALIBRATE = "scripts/eval/calibrate.py"
 SWEEP = "scripts/eval/threshold_sweep.py"

@@ -8,30 +8,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepspec.decoding.calibration import (
+from deepspec.decoding.confidence import (
     CalibrationError,
     apply_temperatures,
+    cumulative_lengths,
+    load_calibration,
+    per_slot_lengths,
+    prefix_survival,
+    proposal_lengths,
+)
+from deepspec.decoding.rounds import read_rounds
+from deepspec.eval.calibration import (
     auroc,
     brier_score,
     calibration_arrays,
     confidence_report,
     expected_calibration_error,
     fit_sts,
-    load_calibration,
-    plot_reliability,
-    prefix_survival,
-    read_rounds,
     save_calibration,
     split_rounds,
     survival_labels,
 )
-from deepspec.decoding.threshold import (
-    cumulative_lengths,
-    per_slot_lengths,
-    proposal_lengths,
-    replay_threshold,
-    sweep_thresholds,
-)
+from deepspec.eval.plots import plot_reliability
+from deepspec.eval.threshold import replay_threshold, sweep_thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIBRATE = ROOT / "scripts" / "eval" / "calibrate.py"
@@ -177,6 +176,36 @@ def test_read_rounds_errors_name_the_line(tmp_path):
     p.write_text(json.dumps(_round("t", 0, 0, 4, None)) + "\n")
     with pytest.raises(CalibrationError, match="accepted <= proposal_len"):
         read_rounds(p)
+
+
+def test_engine_records_pass_the_one_validator_and_metrics_use_it(tmp_path):
+    from deepspec.decoding.rounds import ROUND_KEYS, engine_round, file_round, write_rounds
+    from deepspec.eval.metrics import MetricsError, task_metrics
+
+    rec = engine_round(index=0, gamma=3, proposal_len=3, accepted=2, conf_logits=[0.1234567, -1.0, 2.0])
+    line = file_round(rec, task="t", prompt_index=4)
+    assert tuple(line) == ROUND_KEYS and line["conf_logits"] == [0.12346, -1.0, 2.0]
+    write_rounds(tmp_path / "rounds.jsonl", [line, line])
+    assert read_rounds(tmp_path / "rounds.jsonl") == [line, line]
+    # the file check and the metrics check are one: the same bound fails with the same words
+    bad = {**line, "accepted": 4}
+    write_rounds(tmp_path / "bad.jsonl", [bad])
+    with pytest.raises(CalibrationError, match="accepted <= proposal_len") as from_file:
+        read_rounds(tmp_path / "bad.jsonl")
+    with pytest.raises(MetricsError, match="accepted <= proposal_len") as from_metrics:
+        task_metrics([bad], gamma=3, num_samples=1)
+    assert str(from_file.value).split(": ", 1)[1] == str(from_metrics.value).split(": ", 1)[1]
+
+
+def test_decoding_imports_no_analysis():
+    # decoding/ runs inside a decode: it must not pull in deepspec.eval or matplotlib
+    code = (
+        "import sys; import deepspec.decoding.engine, deepspec.decoding.scheduler, deepspec.decoding.rounds; "
+        "bad = [m for m in sys.modules if m.startswith(('deepspec.eval', 'matplotlib'))]; "
+        "assert not bad, bad"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_no_usable_rounds_errors():

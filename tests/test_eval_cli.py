@@ -270,7 +270,7 @@ def test_clear_errors(setup, tmp_path, capsys):
 
 
 def test_threshold_flags_pick_their_rule(setup, capsys):
-    from deepspec.decoding.threshold import per_slot_lengths
+    from deepspec.decoding.confidence import per_slot_lengths
     from deepspec.eval.runner import EvalSetupError, policy_choice
 
     assert policy_choice(None) == ("fixed", None)

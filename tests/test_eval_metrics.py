@@ -5,16 +5,8 @@ import json
 import pytest
 
 from deepspec.eval.metrics import MetricsError, macro_average, task_metrics
-from deepspec.eval.report import (
-    comparison_table,
-    format_table,
-    markdown_table,
-    plot_conditional_acceptance,
-    plot_conditional_by_algorithm,
-    plot_tau_by_task,
-    short_name,
-    write_results,
-)
+from deepspec.eval.plots import plot_conditional_acceptance, plot_conditional_by_algorithm, plot_tau_by_task
+from deepspec.eval.report import comparison_table, format_table, markdown_table, short_name, write_results
 from deepspec.eval.tasks import KNOWN_TASKS, EvalDataError, TaskSpec, default_eval_data_dir, load_prompts, parse_tasks
 
 GAMMA = 3

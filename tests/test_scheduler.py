@@ -22,7 +22,7 @@ from deepspec.decoding.scheduler import (
     SchedulerError,
     build_policy,
 )
-from deepspec.decoding.threshold import proposal_lengths
+from deepspec.decoding.confidence import proposal_lengths
 from deepspec.decoding.verify import verify_block
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

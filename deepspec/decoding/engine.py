@@ -19,7 +19,8 @@ from typing import Sequence
 
 import torch
 
-from deepspec.decoding.calibration import apply_temperatures
+from deepspec.decoding.confidence import apply_temperatures
+from deepspec.decoding.rounds import engine_round
 from deepspec.decoding.slots import SlotTable
 from deepspec.decoding.target_runner import TargetRunner
 from deepspec.decoding.verify import probs_from_logits, sample, verify_block
@@ -28,7 +29,7 @@ from deepspec.decoding.verify import probs_from_logits, sample, verify_block
 @dataclass
 class Generation:
     tokens: list[int] = field(default_factory=list)  # generated token ids (stop token included)
-    rounds: list[dict] = field(default_factory=list)  # {"round", "gamma", "proposal_len", "accepted", "conf_logits"}
+    rounds: list[dict] = field(default_factory=list)  # deepspec.decoding.rounds.engine_round records
     stopped: bool = False  # hit a stop token (else max_new_tokens)
 
 
@@ -156,15 +157,13 @@ def speculative_generate(
         for i, r in enumerate(rows):
             a = int(accepted[i])
             gens[r].rounds.append(
-                {
-                    "round": len(gens[r].rounds),
-                    "gamma": G,
-                    "proposal_len": int(lengths[i]),
-                    "accepted": a,
-                    "conf_logits": None
-                    if prop.conf_logits is None
-                    else [round(float(c), 5) for c in prop.conf_logits[i]],
-                }
+                engine_round(
+                    index=len(gens[r].rounds),
+                    gamma=G,
+                    proposal_len=int(lengths[i]),
+                    accepted=a,
+                    conf_logits=None if prop.conf_logits is None else prop.conf_logits[i].tolist(),
+                )
             )
             new = prop.tokens[i, :a].tolist() + [int(pending[i])]
             sequences[r].extend(new)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from deepspec.decoding.threshold import cumulative_lengths, per_slot_lengths
+from deepspec.decoding.confidence import cumulative_lengths, per_slot_lengths
 from deepspec.errors import DeepSpecError
 
 PROFILE_HINT = "run scripts/eval/profile_engine.py to measure one for your target and device"

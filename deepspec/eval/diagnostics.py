@@ -12,24 +12,18 @@ import json
 import sys
 from pathlib import Path
 
+from deepspec.decoding.rounds import ROUNDS_FILE, file_round, write_rounds
 from deepspec.eval.metrics import task_metrics
-from deepspec.eval.report import format_table, markdown_table, plot_conditional_acceptance, short_name, write_results
+from deepspec.eval.report import format_table, markdown_table, short_name, to_jsonable, write_results
 from deepspec.fsio import atomic_write
 
 
 def confidence_diagnostics(rounds: list[dict], *, temperatures, plot_path: Path | None, title: str) -> dict | None:
     """Before/after-calibration reports for one task, or None when no round qualifies."""
-    from deepspec.decoding.calibration import (
-        CalibrationError,
-        apply_temperatures,
-        calibration_arrays,
-        check_round,
-        confidence_report,
-        plot_reliability,
-        plot_reliability_before_after,
-        prefix_survival,
-        survival_labels,
-    )
+    from deepspec.decoding.confidence import CalibrationError, apply_temperatures, prefix_survival
+    from deepspec.decoding.rounds import check_round
+    from deepspec.eval.calibration import calibration_arrays, confidence_report, survival_labels
+    from deepspec.eval.plots import plot_reliability, plot_reliability_before_after
 
     try:  # the same record check calibrate.py applies: NaN/inf logits would give meaningless numbers
         for i, r in enumerate(rounds):
@@ -56,18 +50,17 @@ def confidence_diagnostics(rounds: list[dict], *, temperatures, plot_path: Path 
 
 
 def write_reports(opts, decoded: dict, *, domains: dict[str, str]) -> dict:
-    from deepspec.decoding.calibration import to_jsonable
+    from deepspec.eval.plots import plot_conditional_acceptance
     from deepspec.eval.runner import policy_choice
 
     out_dir = Path(opts.output_dir)
     gamma, temps = decoded["gamma"], decoded["calibration"]
-    results, round_lines, output_lines, all_rounds = {}, [], [], []
+    results, output_lines, all_rounds = {}, [], []
     for name, part in decoded["tasks"].items():
         records = part["records"]
         rounds = []
         for rec in records:
-            for r in rec["rounds"]:
-                rounds.append({"task": name, "prompt_index": rec["prompt_index"], **r})
+            rounds += [file_round(r, task=name, prompt_index=rec["prompt_index"]) for r in rec["rounds"]]
             if opts.save_outputs:
                 output_lines.append(
                     json.dumps(
@@ -80,7 +73,6 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str]) -> dict:
                         }
                     )
                 )
-        round_lines += [json.dumps(r) for r in rounds]
         all_rounds += rounds
         generated = sum(len(rec["tokens"]) for rec in records)
         metrics = task_metrics(
@@ -94,7 +86,7 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str]) -> dict:
             metrics["confidence"] = to_jsonable(conf)
         results[name] = metrics
 
-    atomic_write(out_dir / "rounds.jsonl", "".join(line + "\n" for line in round_lines))
+    write_rounds(out_dir / ROUNDS_FILE, all_rounds)
     if opts.save_outputs:
         atomic_write(out_dir / "outputs.jsonl", "".join(line + "\n" for line in output_lines))
     target_name = short_name(opts.target)

@@ -1,49 +1,22 @@
 """Acceptance metrics from the decoding engine's per-round records.
 
-One record per verification round of one request (also the lines of ``rounds.jsonl``)::
-
-    {"task": str, "prompt_index": int, "round": int, "gamma": int,
-     "proposal_len": int, "accepted": int, "conf_logits": [float, ...] | None}
-
-``gamma`` (γ) = draft slots produced, ``proposal_len`` (ℓ ≤ γ) = slots sent to the target (less
-than γ only when a confidence threshold or the prefix scheduler truncated the block),
-``accepted`` (0..ℓ) = draft tokens the target accepted. A round commits ``accepted + 1`` tokens:
-the accepted prefix plus the target's resampled (on rejection) or bonus (all accepted) token.
+One record per verification round of one request, the lines of ``rounds.jsonl``; its fields and
+their one validator are in :mod:`deepspec.decoding.rounds`. Metrics need only ``gamma`` (γ, draft
+slots produced), ``proposal_len`` (ℓ ≤ γ, slots sent to the target) and ``accepted`` (0..ℓ, draft
+tokens the target accepted); a round commits ``accepted + 1`` tokens.
 """
 
 from __future__ import annotations
 
 from typing import Iterable, Mapping
 
+from deepspec.decoding.rounds import RoundsError, check_counts
 from deepspec.errors import DeepSpecError
 from deepspec.eval.tasks import DOMAINS, task_domain
 
 
 class MetricsError(DeepSpecError, ValueError):
     """Round records that cannot come from a correct engine; the message names the bad record."""
-
-
-def _check_round(r: Mapping, *, gamma: int, index: int) -> tuple[int, int, int]:
-    try:
-        g = int(r.get("gamma", gamma))
-        ell = int(r["proposal_len"])
-        acc = int(r["accepted"])
-    except (AttributeError, KeyError, TypeError, ValueError):
-        raise MetricsError(
-            f"round record #{index} ({r!r}) is not a dict with integer proposal_len and "
-            "accepted (and gamma); pass the engine's round records unchanged"
-        ) from None
-    # A record outside these bounds means the engine's bookkeeping is wrong: stop, don't average it.
-    if not 1 <= g <= gamma:
-        raise MetricsError(
-            f"round record #{index}: gamma={g} is outside 1..{gamma} (the run's gamma); "
-            "pass the gamma the engine drafted with"
-        )
-    if not 0 <= ell <= g:
-        raise MetricsError(f"round record #{index}: proposal_len={ell} is outside 0..gamma={g}")
-    if not 0 <= acc <= ell:
-        raise MetricsError(f"round record #{index}: accepted={acc} is outside 0..proposal_len={ell}")
-    return g, ell, acc
 
 
 def task_metrics(
@@ -81,7 +54,10 @@ def task_metrics(
     """
     assert gamma >= 1, f"gamma must be >= 1, got {gamma}; pass the number of draft slots per round"
     assert num_samples >= 0, f"num_samples must be >= 0, got {num_samples}"
-    checked = [_check_round(r, gamma=gamma, index=i) for i, r in enumerate(rounds)]
+    try:
+        checked = [check_counts(r, where=f"round record #{i}", gamma=gamma) for i, r in enumerate(rounds)]
+    except RoundsError as exc:  # the records' own check; MetricsError says it came from here
+        raise MetricsError(str(exc)) from None
     n = len(checked)
     committed = sum(acc + 1 for _, _, acc in checked)
     total_verified = sum(ell for _, ell, _ in checked)

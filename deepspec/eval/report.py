@@ -1,4 +1,4 @@
-"""Reports of evaluation results: text and Markdown tables, the results JSON, comparison plots.
+"""Reports of evaluation results: text and Markdown tables, the results JSON (plots: ``deepspec.eval.plots``).
 
 ``results`` everywhere is ``{task name: task_metrics(...) dict}`` (see ``deepspec.eval.metrics``);
 ``results_by_algorithm`` is ``{algorithm label: results}``. Domains come from the caller's
@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-import io
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -34,12 +34,14 @@ def short_name(path: str | os.PathLike) -> str:
     return parts[-1]
 
 
-def _domain_of(name: str, domains: Mapping[str, str] | None) -> str:
+def domain_of(name: str, domains: Mapping[str, str] | None) -> str:
+    """The caller's domain for ``name``, else the known-task table's."""
     return (domains or {}).get(name) or task_domain(name)
 
 
-def _ordered_domains(names, domains: Mapping[str, str] | None) -> list[str]:
-    present = {_domain_of(n, domains) for n in names}
+def ordered_domains(names, domains: Mapping[str, str] | None) -> list[str]:
+    """Domains present among ``names``: the known ones in table order, then the rest sorted."""
+    present = {domain_of(n, domains) for n in names}
     return [d for d in DOMAINS if d in present] + sorted(present - set(DOMAINS))
 
 
@@ -96,7 +98,7 @@ def _table_rows(
         for name, m in results.items()
     ]
     n_tasks = len(rows)
-    macro = macro_average(results, domains={n: _domain_of(n, domains) for n in results})
+    macro = macro_average(results, domains={n: domain_of(n, domains) for n in results})
 
     def avg_row(label: str, names: list[str], tau) -> list[str]:
         ms = [results[n] for n in names]
@@ -112,8 +114,8 @@ def _table_rows(
         )
 
     if n_tasks:
-        for dom in _ordered_domains(results, domains):
-            names = [n for n in results if _domain_of(n, domains) == dom]
+        for dom in ordered_domains(results, domains):
+            names = [n for n in results if domain_of(n, domains) == dom]
             rows.append(avg_row(f"avg {dom} ({len(names)})", names, macro.get(dom)))
         rows.append(avg_row(f"macro-avg ({n_tasks})", list(results), macro.get("all")))
     return header, rows, n_tasks
@@ -157,6 +159,21 @@ def markdown_table(
     return "\n".join(out)
 
 
+def to_jsonable(obj):
+    """Replace NaN/inf floats by None (strict JSON) inside dicts and lists.
+
+    AUROC is NaN with one class present and a rate is NaN with nothing to divide by; reports store
+    those as null so every JSON reader (not only Python's) can load them.
+    """
+    if isinstance(obj, dict):
+        return {k: to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_results(
     path: str | os.PathLike, *, results: Results, meta: Mapping, domains: Mapping[str, str] | None = None
 ) -> None:
@@ -165,7 +182,7 @@ def write_results(
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "tasks": {n: dict(m) for n, m in results.items()},
-        "macro": macro_average(results, domains={n: _domain_of(n, domains) for n in results}),
+        "macro": macro_average(results, domains={n: domain_of(n, domains) for n in results}),
         "meta": dict(meta),
     }
     try:
@@ -178,119 +195,22 @@ def write_results(
     atomic_write(path, text + "\n")
 
 
-# ----------------------------------------------------------------------------------------------- plots
-
-
-def _new_axes(*, figsize: tuple[float, float]):
-    # A bare Figure renders with Agg and leaves pyplot's global backend and state alone.
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=120)
-    return fig, fig.add_subplot(1, 1, 1)
-
-
-def _save(fig, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    atomic_write(path, buf.getvalue())
-
-
-def _nan(values) -> list[float]:
-    # NaN breaks the line where a position has no data instead of drawing it at 0.
-    return [float("nan") if v is None else float(v) for v in values]
-
-
-def _plot_position_lines(series: dict[str, list[float | None]], *, path, title: str, ylabel: str) -> None:
-    series = {k: v for k, v in series.items() if any(x is not None for x in v)}
-    if not series:
-        raise ValueError(
-            f"nothing to plot for {path}: no task has per-position acceptance data "
-            "(every task had zero rounds); check that the evaluation generated tokens"
-        )
-    fig, ax = _new_axes(figsize=(6.0, 4.0))
-    for label, values in series.items():
-        ax.plot(range(1, len(values) + 1), _nan(values), marker="o", label=label)
-    longest = max(len(v) for v in series.values())
-    ax.set_xticks(range(1, longest + 1))
-    ax.set_xlabel("draft position k")
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0.0, 1.02)
-    ax.grid(True, alpha=0.3)
-    ax.set_title(title)
-    ax.legend()
-    _save(fig, path)
-
-
-_COND_LABEL = "P(accept k | 1..k-1 accepted)"
-
-
-def plot_conditional_acceptance(
-    results: Results, *, domains: Mapping[str, str], path: str | os.PathLike, title: str | None = None
-) -> None:
-    """PNG of conditional acceptance by position, one line per domain (mean over its tasks)."""
-    series = {}
-    for dom in _ordered_domains(results, domains):
-        ms = [m for n, m in results.items() if _domain_of(n, domains) == dom]
-        series[dom] = mean_by_position(ms, key="conditional_accept_rate_by_position")
-    _plot_position_lines(series, path=path, title=title or "Conditional acceptance by position", ylabel=_COND_LABEL)
-
-
-def plot_conditional_by_algorithm(
-    results_by_algorithm: Mapping[str, Results], *, path: str | os.PathLike, title: str | None = None
-) -> None:
-    """PNG of conditional acceptance by position, one line per algorithm (macro over its tasks)."""
-    series = {
-        algo: mean_by_position(list(res.values()), key="conditional_accept_rate_by_position")
-        for algo, res in results_by_algorithm.items()
-    }
-    _plot_position_lines(series, path=path, title=title or "Conditional acceptance by algorithm", ylabel=_COND_LABEL)
-
-
-def _task_order(results_by_algorithm: Mapping[str, Results]) -> list[str]:
+def task_order(results_by_algorithm: Mapping[str, Results]) -> list[str]:
+    """Task names in first-seen order over all algorithms (the column order of comparisons)."""
     order: list[str] = []
     for res in results_by_algorithm.values():
         order += [n for n in res if n not in order]
     return order
 
 
-def plot_tau_by_task(
-    results_by_algorithm: Mapping[str, Results], *, path: str | os.PathLike, title: str | None = None
-) -> None:
-    """PNG of grouped bars: τ per task (plus the macro average), one bar per algorithm."""
-    tasks = _task_order(results_by_algorithm)
-    assert results_by_algorithm and tasks, "plot_tau_by_task needs at least one algorithm with one task"
-    groups = tasks + ["macro-avg"]
-    n_algo = len(results_by_algorithm)
-    width = 0.8 / n_algo
-    fig, ax = _new_axes(figsize=(max(6.0, 0.9 * len(groups) * max(1, n_algo) / 2 + 2), 4.0))
-    for i, (algo, res) in enumerate(results_by_algorithm.items()):
-        values = [res[t].get("acceptance_length") if t in res else None for t in tasks]
-        values.append(macro_average(res).get("all"))
-        # Missing tasks get no bar (not a zero bar that would read as "nothing accepted").
-        xs = [g + (i - (n_algo - 1) / 2) * width for g, v in enumerate(values) if v is not None]
-        hs = [float(v) for v in values if v is not None]
-        bars = ax.bar(xs, hs, width=width, label=algo)
-        ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
-    ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels(groups, rotation=30, ha="right")
-    ax.set_ylabel("accepted length τ")
-    ax.set_title(title or "Accepted length τ by task")
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.margins(y=0.08)  # headroom for the value labels
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: bars fill the axes
-    _save(fig, path)
-
-
 def comparison_table(results_by_algorithm: Mapping[str, Results], *, domains: Mapping[str, str] | None = None) -> str:
     """Markdown table: one row per algorithm; macro τ over all / math / code / chat, then τ per task."""
-    tasks = _task_order(results_by_algorithm)
-    doms = _ordered_domains(tasks, domains)
+    tasks = task_order(results_by_algorithm)
+    doms = ordered_domains(tasks, domains)
     header = ["algorithm", "τ all"] + [f"τ {d}" for d in doms] + tasks
     out = ["| " + " | ".join(header) + " |", "|:---|" + "---:|" * (len(header) - 1)]
     for algo, res in results_by_algorithm.items():
-        macro = macro_average(res, domains={n: _domain_of(n, domains) for n in res})
+        macro = macro_average(res, domains={n: domain_of(n, domains) for n in res})
         cells = [algo, _num(macro.get("all"))] + [_num(macro.get(d)) for d in doms]
         cells += [_num(res[t].get("acceptance_length")) if t in res else "-" for t in tasks]
         out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")

@@ -132,7 +132,7 @@ def _dtype(name: str, device: str) -> torch.dtype:
 
 def load_models(opts: EvalOptions, device: str):
     """(target, draft or None, proposer factory, γ, calibration temperatures or None)."""
-    from deepspec.decoding.calibration import load_calibration
+    from deepspec.decoding.confidence import load_calibration
     from deepspec.decoding.proposers import TargetSelfProposer, build_proposer
     from deepspec.models import load_draft
     from deepspec.targets import load_target

@@ -31,21 +31,23 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))  # deepspec may not be pip-installed
 
 from deepspec.cli import nonnegative_int, positive_int, probability  # noqa: E402
-from deepspec.decoding.calibration import (  # noqa: E402
+from deepspec.decoding.confidence import (  # noqa: E402
     CALIBRATION_FILE,
     CalibrationError,
     apply_temperatures,
+    prefix_survival,
+)
+from deepspec.decoding.rounds import read_rounds  # noqa: E402
+from deepspec.eval.calibration import (  # noqa: E402
     calibration_arrays,
     confidence_report,
     fit_sts,
-    plot_reliability_before_after,
-    prefix_survival,
-    read_rounds,
     save_calibration,
     split_rounds,
     survival_labels,
-    to_jsonable,
 )
+from deepspec.eval.plots import plot_reliability_before_after  # noqa: E402
+from deepspec.eval.report import to_jsonable  # noqa: E402
 from deepspec.errors import check_outputs_apart, cli_main  # noqa: E402
 from deepspec.fsio import atomic_write  # noqa: E402
 

@@ -34,7 +34,8 @@ from deepspec.errors import cli_main  # noqa: E402
 @cli_main
 def main(argv=None) -> int:
     from deepspec.eval.metrics import macro_average
-    from deepspec.eval.report import comparison_table, plot_conditional_by_algorithm, plot_tau_by_task
+    from deepspec.eval.plots import plot_conditional_by_algorithm, plot_tau_by_task
+    from deepspec.eval.report import comparison_table
     from deepspec.eval.tasks import task_domain
     from deepspec.fsio import atomic_write
 

@@ -47,7 +47,8 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from deepspec.cli import nonnegative_float, nonnegative_int, positive_int, probability  # noqa: E402
-from deepspec.decoding.calibration import CalibrationError, to_jsonable  # noqa: E402
+from deepspec.decoding.confidence import CalibrationError  # noqa: E402
+from deepspec.eval.report import to_jsonable  # noqa: E402
 from deepspec.errors import check_outputs_apart, cli_main  # noqa: E402
 from deepspec.fsio import atomic_write  # noqa: E402
 
@@ -168,7 +169,8 @@ def _rounds_files(paths: list[pathlib.Path]) -> list[pathlib.Path]:
 
 
 def load_traces(paths: list[pathlib.Path], *, temperatures: list[float] | None) -> Traces:
-    from deepspec.decoding.calibration import apply_temperatures, read_rounds
+    from deepspec.decoding.confidence import apply_temperatures
+    from deepspec.decoding.rounds import read_rounds
 
     groups: dict[tuple, list[tuple[int, int, list | None]]] = defaultdict(list)
     gammas, skipped = set(), 0
@@ -372,7 +374,7 @@ def _fmt_ratio(x: float | None) -> str:
 @cli_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from deepspec.decoding.calibration import read_calibration_file
+    from deepspec.decoding.confidence import read_calibration_file
     from deepspec.decoding.scheduler import CostTable
 
     # Read and check every input before anything is written.

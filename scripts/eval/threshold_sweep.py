@@ -35,20 +35,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))  # deepspec may not be pip-installed
 
 from deepspec.cli import probability  # noqa: E402
-from deepspec.decoding.calibration import (  # noqa: E402
-    CALIBRATION_FILE,
-    CalibrationError,
-    calibration_arrays,
-    load_calibration,
-    read_rounds,
-    to_jsonable,
-)
-from deepspec.decoding.threshold import (  # noqa: E402
-    DEFAULT_THRESHOLDS,
-    RULES,
-    plot_threshold_sweep,
-    sweep_thresholds,
-)
+from deepspec.decoding.confidence import CALIBRATION_FILE, RULES, CalibrationError, load_calibration  # noqa: E402
+from deepspec.decoding.rounds import read_rounds  # noqa: E402
+from deepspec.eval.calibration import calibration_arrays  # noqa: E402
+from deepspec.eval.plots import plot_threshold_sweep  # noqa: E402
+from deepspec.eval.report import to_jsonable  # noqa: E402
+from deepspec.eval.threshold import DEFAULT_THRESHOLDS, sweep_thresholds  # noqa: E402
 from deepspec.errors import check_outputs_apart, cli_main  # noqa: E402
 from deepspec.fsio import atomic_write  # noqa: E402
 
