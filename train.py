@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import torch
 
 from deepspec.cli import positive_int
-from deepspec.config import ConfigError, ConfigNode, add_opts_argument, load_config
+from deepspec.run_config import ConfigError, ConfigNode, add_opts_argument, load_config
 from deepspec.errors import cli_main
 from deepspec.training.distributed import DistInfo, launch, plan_launch
 

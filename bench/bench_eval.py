@@ -48,7 +48,7 @@ def main() -> int:
     if args.draft:
         draft = load_draft(resolve_draft_dir(args.draft))
     else:
-        from deepspec.config import load_config
+        from deepspec.run_config import load_config
 
         cfg = load_config(str(ROOT / "config/dspark/dspark_tiny.py"))
         torch.manual_seed(0)

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from deepspec.config import load_config  # noqa: E402
+from deepspec.run_config import load_config  # noqa: E402
 from deepspec.cache.writer import TargetCacheWriter, finalize_target_cache  # noqa: E402
 from deepspec.tiny_target import build_random_tiny_target, default_tiny_target_dir, read_marker  # noqa: E402
 from deepspec.training.metrics import read_metrics  # noqa: E402

@@ -67,7 +67,7 @@ def world(tmp_path_factory):
     """One random tiny target, a same-named fine-tune of it, data, and a complete cache."""
     from safetensors.torch import load_file, save_file
 
-    from deepspec.config import load_config
+    from deepspec.run_config import load_config
     from deepspec.cache.build import build_target_cache
     from deepspec.tiny_target import build_random_tiny_target
 

@@ -320,7 +320,7 @@ def trained(tmp_path_factory):
     import importlib.util
 
     from tests.badinput import ROOT
-    from deepspec.config import load_config
+    from deepspec.run_config import load_config
     from deepspec.cache.build import build_target_cache
     from deepspec.tiny_target import build_random_tiny_target
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deepspec.config import ConfigError, ConfigNode, load_config, parse_override
+from deepspec.run_config import ConfigError, ConfigNode, load_config, parse_override
 from deepspec.layer_ids import spread_layer_ids
 from deepspec.recipes import TARGET_NUM_LAYERS
 
@@ -152,7 +152,7 @@ def test_opts_flag_repeats_and_lists():
     """--opts a=1 --opts b=2 keeps both (README and DeepSpec's train.sh repeat the flag)."""
     import argparse
 
-    from deepspec.config import add_opts_argument
+    from deepspec.run_config import add_opts_argument
 
     p = argparse.ArgumentParser()
     add_opts_argument(p)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import eval as eval_cli
-from deepspec.config import load_config
+from deepspec.run_config import load_config
 from deepspec.models import load_draft
 from deepspec.training.checkpoint import latest_checkpoint
 from deepspec.training.metrics import read_metrics

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from deepspec.config import ConfigError, load_config
+from deepspec.run_config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("deepspec_train_entry_online", ROOT / "train.py")

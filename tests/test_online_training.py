@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepspec.config import load_config
+from deepspec.run_config import load_config
 from deepspec.cache.build import build_target_cache
 from deepspec.tiny_target import build_random_tiny_target
 from deepspec.training.metrics import read_metrics

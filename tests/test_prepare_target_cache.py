@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from deepspec.config import load_config
+from deepspec.run_config import load_config
 from deepspec.cache.build import CacheBuildError, build_target_cache
 from deepspec.data.chat import tokenize_conversation
 from deepspec.cache.format import CacheCompatibilityError, TargetCacheError

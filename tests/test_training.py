@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from deepspec.config import load_config
+from deepspec.run_config import load_config
 from deepspec.cache.format import CacheCompatibilityError
 from deepspec.models import load_draft
 from deepspec.tiny_target import build_random_tiny_target
@@ -542,7 +542,7 @@ def test_rendezvous_plan(tmp_path, monkeypatch):
 
 
 def _raise_config_error(info):
-    from deepspec.config import ConfigError
+    from deepspec.run_config import ConfigError
 
     if info.rank == 1:
         raise ConfigError("rank 1 refuses: the cache differs in the target")

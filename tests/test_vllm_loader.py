@@ -30,7 +30,7 @@ from deepspec.export import VllmExportError, to_vllm_folder
 from deepspec.export.speculators import to_speculators_folder
 from deepspec.models import build_draft, draft_config_from_target, load_draft
 from deepspec.models.blocks import project_kv, rotary_cos_sin
-from deepspec.models.config import DRAFT_LAYER_TYPE
+from deepspec.models.draft_config import DRAFT_LAYER_TYPE
 from deepspec.models.eagle3 import ttt_mask
 from deepspec.targets import load_frozen_target_pieces
 from deepspec.tiny_target import make_model_config

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from deepspec.config import load_config
+from deepspec.run_config import load_config
 from deepspec.cache.build import build_target_cache
 from deepspec.tiny_target import build_random_tiny_target
 

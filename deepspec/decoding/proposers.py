@@ -26,7 +26,7 @@ import torch
 from deepspec.decoding.slots import SlotTable
 from deepspec.decoding.verify import probs_from_logits, sample
 from deepspec.models.blocks import attend, project_kv, project_q, project_qkv, rotary_cos_sin
-from deepspec.models.config import DRAFT_LAYER_TYPE
+from deepspec.models.draft_config import DRAFT_LAYER_TYPE
 
 
 @dataclass

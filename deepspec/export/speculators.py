@@ -82,7 +82,7 @@ def read_config_json(folder: str | os.PathLike) -> dict:
 
 
 def _algorithm(config: dict) -> str:
-    from deepspec.models.config import draft_config_from_dict
+    from deepspec.models.draft_config import draft_config_from_dict
 
     return draft_config_from_dict(config).algorithm
 
@@ -168,7 +168,7 @@ def _verifier_architectures(name_or_path: str | None) -> list[str]:
 
 def from_speculators_config(spec: dict, *, source: str = "config.json") -> dict:
     """A speculators config dict as our draft ``config.json`` dict; refuses what has no equivalent."""
-    from deepspec.models.config import DRAFT_LAYER_TYPE, architecture_name
+    from deepspec.models.draft_config import DRAFT_LAYER_TYPE, architecture_name
     from deepspec.targets import TargetError, family_of
 
     kind = spec.get("speculators_model_type")

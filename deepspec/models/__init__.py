@@ -9,7 +9,7 @@ Trainer-facing API::
     draft = load_draft(folder)                                          # any saved draft (from_pretrained)
 """
 
-from deepspec.models.config import (
+from deepspec.models.draft_config import (
     DraftConfig,
     DraftConfigError,
     draft_config_class,

@@ -336,7 +336,7 @@ class DraftPreTrainedModel(PreTrainedModel):
         (a target name or path) fills an embedding / LM head such a folder omits.
         """
         from deepspec.export.speculators import SpeculatorsFormatError, read_any_draft
-        from deepspec.models.config import draft_config_from_dict
+        from deepspec.models.draft_config import draft_config_from_dict
         from deepspec.models.loading import DraftLoadError, load_state_strict, resolve_draft_folder
 
         folder = resolve_draft_folder(pretrained_model_name_or_path)

@@ -45,7 +45,7 @@ from deepspec.models.blocks import (
     resolve_backend,
     rotary_cos_sin,
 )
-from deepspec.models.config import DRAFT_LAYER_TYPE, architecture_name
+from deepspec.models.draft_config import DRAFT_LAYER_TYPE, architecture_name
 from deepspec.targets import FAMILIES
 
 

@@ -18,7 +18,7 @@ from deepspec.cache.reader import TargetCache
 from deepspec.errors import DeepSpecError
 
 
-class DataError(DeepSpecError, ValueError):
+class CacheLayerError(DeepSpecError, ValueError):
     """The cache cannot feed this config; the message says which numbers to change."""
 
 
@@ -32,7 +32,7 @@ def layer_columns(
     cache_ids, wanted = [int(i) for i in cache_layer_ids], [int(i) for i in wanted_layer_ids]
     missing = [i for i in wanted if i not in cache_ids]
     if missing:
-        raise DataError(
+        raise CacheLayerError(
             f"model.target_layer_ids={wanted} needs layers {missing}, but the target cache holds only "
             f"layers {cache_ids}; set model.target_layer_ids to a subset of {cache_ids} or rebuild the "
             "cache with those layers"

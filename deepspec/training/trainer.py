@@ -27,7 +27,7 @@ from deepspec.models import DraftLoadError, build_draft, draft_config_from_targe
 from deepspec.precision import describe_choice
 from deepspec.targets import family_of, load_frozen_target_pieces, load_target_config
 from deepspec.training import checkpoint as ckpt
-from deepspec.training.data import CacheDataset, DataError, StepSampler, build_loader, collate, layer_columns
+from deepspec.training.data import CacheDataset, CacheLayerError, StepSampler, build_loader, collate, layer_columns
 from deepspec.training.distributed import (
     DistInfo,
     all_gather_object,
@@ -201,7 +201,7 @@ class Trainer:
             columns = layer_columns(
                 cache_layer_ids=cache.layer_ids, wanted_layer_ids=m.target_layer_ids, hidden_size=hidden_size
             )
-        except DataError as exc:
+        except CacheLayerError as exc:
             raise TrainingError(str(exc)) from None
         return CacheDataset(cache, columns=columns)
 
