@@ -7,7 +7,8 @@
 Re-running the same command resumes from ``<logging.checkpoint_dir>/step_latest``: same data
 order, and on CPU the same loss curve as an uninterrupted run. One worker per visible GPU with
 ``--device cuda`` (default when a GPU is visible), else ``--nproc`` CPU workers (gloo). Several
-nodes: set ``RANK`` (node rank), ``WORLD_SIZE`` (node count), ``MASTER_ADDR``, ``MASTER_PORT``.
+nodes: set ``NNODES`` (node count), ``NODE_RANK`` (this node), ``MASTER_ADDR``, ``MASTER_PORT`` on each; or
+start it with ``torchrun`` (its ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` are honoured, one worker per process).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from deepspec.cli import positive_int
 from deepspec.run_config import ConfigError, ConfigNode, add_opts_argument, load_config
 from deepspec.errors import cli_main
-from deepspec.training.distributed import DistInfo, launch, plan_launch
+from deepspec.launch import DistInfo, launch, plan_launch
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from tests.badinput import fingerprint, refused, run_entry
+from deepspec.launch import LAUNCH_ENV_VARS
 from deepspec.cli import nonnegative_float, nonnegative_int, positive_float, positive_int, probability
 from deepspec.decoding.confidence import CalibrationError, read_calibration_file
 from deepspec.decoding.rounds import read_rounds
@@ -435,7 +436,7 @@ def test_resume_refuses(trained, tmp_path, case):
     marker = tmp_path / "pwned"
     RESUME_CASES[case][0](run, marker)
     before = fingerprint([run, trained["cache"]])
-    env = {k: "" for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = {k: "" for k in LAUNCH_ENV_VARS}
     refused(run_entry("train.py", _resume_args(trained, run), env=env), *RESUME_CASES[case][1])
     assert fingerprint([run, trained["cache"]]) == before
     assert not marker.exists(), "a pickled payload in a checkpoint ran"

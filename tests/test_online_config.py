@@ -128,7 +128,7 @@ def test_online_run_refuses_before_loading_the_target(tmp_path, monkeypatch):
     """Too little memory stops the trainer in pre-flight: no step, no checkpoint folder contents."""
     from deepspec.tiny_target import build_random_tiny_target
     from deepspec.training import online
-    from deepspec.training.distributed import DistInfo
+    from deepspec.launch import DistInfo
     from deepspec.training.trainer import Trainer
 
     target = build_random_tiny_target(

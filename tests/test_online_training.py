@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from deepspec.launch import LAUNCH_ENV_VARS
 from deepspec.run_config import load_config
 from deepspec.cache.build import build_target_cache
 from deepspec.tiny_target import build_random_tiny_target
@@ -117,7 +118,7 @@ def train_cmd(setup, algo, out, *source, extra=()):
     ]
 
 
-CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV_VARS}
 
 
 def train_cli(setup, algo, out, *source, extra=()):

@@ -18,7 +18,7 @@ from deepspec.models import load_draft
 from deepspec.tiny_target import build_random_tiny_target
 from deepspec.training import checkpoint as ckpt
 from deepspec.training.checkpoint import ResumeError, latest_checkpoint, save_checkpoint
-from deepspec.training.distributed import LaunchError, LaunchPlan, launch, plan_launch, plan_rendezvous
+from deepspec.launch import LAUNCH_ENV_VARS as LAUNCH_ENV, LaunchError, LaunchPlan, launch, plan_launch, plan_rendezvous
 from deepspec.training.metrics import read_metrics
 from deepspec.training.trainer import TrainingError, grad_accumulation
 from tinyrun import tiny_run
@@ -261,7 +261,7 @@ def test_two_gloo_workers_match_one(setup, tmp_path):
         f"logging.tensorboard_dir={two}/tb",
         *common,
     ]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=600)
     assert cfg.train.global_batch_size == 4
     layout = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if "tb" not in p.parts)  # noqa: E731
@@ -493,7 +493,7 @@ def test_single_node_workers_listen_on_loopback_only(tmp_path, monkeypatch):
     import functools
     import tempfile
 
-    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME"):
+    for var in (*LAUNCH_ENV, "GLOO_SOCKET_IFNAME"):
         monkeypatch.delenv(var, raising=False)
     private_tmp = tmp_path / "tmp"
     private_tmp.mkdir()
@@ -507,7 +507,16 @@ def test_single_node_workers_listen_on_loopback_only(tmp_path, monkeypatch):
 
 
 def test_rendezvous_plan(tmp_path, monkeypatch):
-    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+    for var in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "NODE_RANK",
+        "NNODES",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MASTER_PORT", "29500")  # ignored by a single-node run: it opens no port
     single = plan_launch(device_type="cpu", nproc=2)
@@ -519,17 +528,17 @@ def test_rendezvous_plan(tmp_path, monkeypatch):
         {"GLOO_SOCKET_IFNAME": "lo0", "NCCL_SOCKET_IFNAME": "lo0"},
         {},
     )
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("NNODES", "2")
+    monkeypatch.setenv("NODE_RANK", "1")
     monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
     multi = plan_launch(device_type="cpu", nproc=2)
     assert plan_rendezvous(multi, store_dir=None).init_method == "tcp://10.0.0.1:29500"
     assert (multi.node_rank, multi.num_nodes) == (1, 2)
     for var, value, match in (
-        ("RANK", "2", "must be a node rank"),
+        ("NODE_RANK", "2", "must be a node rank"),
         ("MASTER_PORT", "http", "MASTER_PORT='http'"),
         ("MASTER_PORT", "70000", r"\[1, 65535\]"),
-        ("WORLD_SIZE", "0", "WORLD_SIZE='0'"),
+        ("NNODES", "0", "NNODES='0'"),
         ("MASTER_ADDR", "", "needs MASTER_ADDR and MASTER_PORT"),
     ):
         with monkeypatch.context() as m:
@@ -541,6 +550,24 @@ def test_rendezvous_plan(tmp_path, monkeypatch):
     assert isinstance(LaunchPlan(1, 0, 1, None, None, "cpu"), LaunchPlan)
 
 
+def test_torchrun_environment(monkeypatch):
+    """Started by torchrun, RANK / WORLD_SIZE are global (torchrun's convention) and this process is one worker."""
+    for var in ("NODE_RANK", "NNODES", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in (("RANK", "5"), ("WORLD_SIZE", "8"), ("LOCAL_RANK", "1"), ("LOCAL_WORLD_SIZE", "4")):
+        monkeypatch.setenv(var, value)
+    plan = plan_launch(device_type="cpu", nproc=None)
+    assert plan.torchrun is not None and plan.nproc == 1
+    assert (plan.torchrun.rank, plan.torchrun.local_rank, plan.torchrun.world_size) == (5, 1, 8)
+    assert (plan.node_rank, plan.num_nodes) == (1, 2)
+    # Independent-shard stages (cache build, eval) ignore the node environment.
+    assert plan_launch(device_type="cpu", nproc=2, multi_node=False).torchrun is None
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    with pytest.raises(LaunchError, match="set NODE_RANK \\(this node\\) and NNODES"):
+        plan_launch(device_type="cpu", nproc=2)
+
+
 def _raise_config_error(info):
     from deepspec.run_config import ConfigError
 
@@ -550,7 +577,7 @@ def _raise_config_error(info):
 
 
 def test_a_worker_project_error_is_one_line_in_the_launcher():
-    from deepspec.training.distributed import WorkerError
+    from deepspec.launch import WorkerError
 
     with pytest.raises(WorkerError) as err:
         launch(_raise_config_error, plan_launch(device_type="cpu", nproc=2))

@@ -64,23 +64,25 @@ def _registry() -> dict[str, Algorithm]:
     return {a.name: a for a in (dspark.ALGORITHM, dflash.ALGORITHM, eagle3.ALGORITHM)}
 
 
-ALGORITHMS: dict[str, Algorithm] = _registry()
-ALGORITHM_NAMES: tuple[str, ...] = tuple(ALGORITHMS)
-ARCHITECTURES: tuple[str, ...] = tuple(dict.fromkeys(a.architecture for a in ALGORITHMS.values()))
+ALGORITHMS: dict[str, Algorithm] = _registry()  # read on every lookup, never copied
+
+
+def architectures() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(a.architecture for a in ALGORITHMS.values()))
 
 
 def get_algorithm(name: str, *, key: str = "model.algorithm") -> Algorithm:
     try:
         return ALGORITHMS[str(name).lower()]
     except KeyError:
-        raise UnknownAlgorithmError(f"{key} must be one of {ALGORITHM_NAMES}, got {name!r}") from None
+        raise UnknownAlgorithmError(f"{key} must be one of {tuple(ALGORITHMS)}, got {name!r}") from None
 
 
 def architecture_fields(architecture: str) -> dict[str, tuple[type, Any]]:
     """The saved fields of a draft architecture (its algorithms must declare the same ones)."""
     members = [a for a in ALGORITHMS.values() if a.architecture == architecture]
     if not members:
-        raise UnknownAlgorithmError(f"draft architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+        raise UnknownAlgorithmError(f"draft architecture must be one of {architectures()}, got {architecture!r}")
     fields = dict(members[0].draft_fields)
     for other in members[1:]:
         assert dict(other.draft_fields) == fields, f"{other.name} and {members[0].name} share {architecture}"
@@ -99,12 +101,13 @@ def algorithm_of(draft_config) -> Algorithm:
 def saved_architecture(config_dict: Mapping[str, Any]) -> str | None:
     """The draft architecture of a saved ``config.json`` dict: its ``architectures`` name, else its own fields."""
     names = " ".join(config_dict.get("architectures") or ())
-    for architecture in ARCHITECTURES:
+    known = architectures()
+    for architecture in known:
         if f"{architecture}Model" in names:
             return architecture
-    for architecture in ARCHITECTURES:
+    for architecture in known:
         own = set(architecture_fields(architecture)) - {
-            k for other in ARCHITECTURES if other != architecture for k in architecture_fields(other)
+            k for other in known if other != architecture for k in architecture_fields(other)
         }
         if own & set(config_dict):
             return architecture

@@ -18,6 +18,7 @@ of the same build is "nothing to do", anything else is refused with what differs
 from __future__ import annotations
 
 import hashlib
+import functools
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -370,10 +371,12 @@ def build_target_cache(
         max_length=identity["max_length"],
         fail_after_batches=fail_after_batches,
     )
-    if world == 1:
-        run_worker(0, 1, args)
-    else:
-        torch.multiprocessing.spawn(_spawned_worker, args=(world, args), nprocs=world, join=True)
+    from deepspec.launch import LaunchPlan, launch
+
+    # Workers write disjoint parts and share no collectives: no process group. run_worker places its
+    # own device from the rank (an explicit --nproc may exceed the GPUs: ranks then share them).
+    workers = LaunchPlan(nproc=world, node_rank=0, num_nodes=1, master_addr=None, master_port=None, device_type="cpu")
+    launch(functools.partial(_launched_worker, args=args), workers, process_group=False)
     manifest = finalize_target_cache(
         output_dir, expected_num_samples=len(plan.samples), source_files=identity["source_files"]
     )
@@ -381,8 +384,5 @@ def build_target_cache(
     return manifest
 
 
-def _spawned_worker(rank: int, world: int, args: WorkerArgs) -> None:
-    import torch
-
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    run_worker(rank, world, args)
+def _launched_worker(info, *, args: WorkerArgs) -> None:
+    run_worker(info.rank, info.world_size, args)

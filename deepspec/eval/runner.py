@@ -279,10 +279,9 @@ def decode_shard(opts: EvalOptions, *, rank: int, world: int, device: str) -> di
     return out
 
 
-def _worker(rank: int, world: int, opts: EvalOptions, shard_dir: str) -> None:
-    torch.cuda.set_device(rank)
-    result = decode_shard(opts, rank=rank, world=world, device=f"cuda:{rank}")
-    with open(Path(shard_dir) / f"shard_{rank}.json", "w") as fh:
+def _decode_shard_to_file(info, *, opts: EvalOptions, shard_dir: str) -> None:
+    result = decode_shard(opts, rank=info.rank, world=info.world_size, device=str(info.device))
+    with open(Path(shard_dir) / f"shard_{info.rank}.json", "w") as fh:
         json.dump(result, fh)
 
 
@@ -291,12 +290,14 @@ def decode_all(opts: EvalOptions) -> dict:
     world = torch.cuda.device_count() if opts.device == "cuda" else 1  # "cuda": every visible GPU
     if world <= 1:
         return decode_shard(opts, rank=0, world=1, device=opts.device)
+    import functools
     import tempfile
 
-    import torch.multiprocessing as mp
+    from deepspec.launch import launch, plan_launch
 
+    plan = plan_launch(device_type="cuda", nproc=world, multi_node=False)
     with tempfile.TemporaryDirectory(dir=opts.output_dir) as shard_dir:
-        mp.spawn(_worker, args=(world, opts, shard_dir), nprocs=world, join=True)
+        launch(functools.partial(_decode_shard_to_file, opts=opts, shard_dir=shard_dir), plan, process_group=False)
         shards = [json.loads((Path(shard_dir) / f"shard_{r}.json").read_text()) for r in range(world)]
     merged = {"gamma": shards[0]["gamma"], "calibration": shards[0]["calibration"], "tasks": {}}
     for name in shards[0]["tasks"]:

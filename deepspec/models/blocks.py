@@ -18,6 +18,7 @@ from the family's text model built on the meta device), logit soft-capping
 from __future__ import annotations
 
 import inspect
+import sys
 import os
 from typing import Callable
 
@@ -250,6 +251,7 @@ class DraftPreTrainedModel(PreTrainedModel):
         """A named subclass per family, so ``save_pretrained`` writes the public architecture name."""
         sub = type(architecture, (base,), {"__module__": base.__module__, "__qualname__": architecture})
         DraftPreTrainedModel._family_classes[architecture] = sub
+        setattr(sys.modules[base.__module__], architecture, sub)  # importable by name, so drafts pickle
         return sub
 
     def __new__(cls, config=None, *args, **kwargs):  # config=None: copy/pickle call __new__(cls) bare
@@ -257,6 +259,8 @@ class DraftPreTrainedModel(PreTrainedModel):
         # always carry the public architecture name.
         arch = (getattr(config, "architectures", None) or [None])[0]
         target = DraftPreTrainedModel._family_classes.get(arch)
+        if target is None and arch and cls is not DraftPreTrainedModel and cls.__name__ != arch:
+            target = DraftPreTrainedModel.register(arch, cls)  # a family x architecture not named up front
         if target is not None and issubclass(target, cls) and target is not cls:
             cls = target
         return super().__new__(cls)

@@ -53,7 +53,7 @@ class DraftConfig:
 
     ``isinstance(cfg, DraftConfig)`` tells a draft config from a plain target config.
     ``draft_architecture`` is a class attribute: ``"DSpark"`` (DSpark/DFlash) or ``"Eagle3"``
-    (:data:`deepspec.algorithms.ARCHITECTURES`).
+    (:func:`deepspec.algorithms.architectures`).
     """
 
     draft_architecture: str = ""

@@ -4,7 +4,7 @@
 #   target_cache_dir  target cache folder (default: data.target_cache_path of the config)
 #   train_data_path   online mode instead: regenerated JSONL file(s), space-separated (adds --online)
 #   CUDA_VISIBLE_DEVICES  GPUs to use (default: 0-7, one worker each)
-#   multi-node: RANK (node rank), WORLD_SIZE (node count), MASTER_ADDR, MASTER_PORT
+#   multi-node: NODE_RANK (this node), NNODES (node count), MASTER_ADDR, MASTER_PORT (or start train.py with torchrun)
 # Extra arguments: config overrides, bare or after --opts (repeatable), and train.py flags:
 #   bash scripts/train/train.sh train.lr=3e-4 exp_name=try2
 #   bash scripts/train/train.sh --opts train.lr=3e-4 --opts exp_name=try2 --nproc 2
