@@ -18,7 +18,6 @@ import pathlib
 import sys
 
 # The package may not be pip-installed; make the repo root importable.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -27,8 +27,6 @@ import shutil
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT))  # deepspec may not be pip-installed
 
 from deepspec.data.conversations import SkipReport, list_input_files, read_conversations  # noqa: E402
 from deepspec.errors import DeepSpecError, cli_main  # noqa: E402

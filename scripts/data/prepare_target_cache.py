@@ -16,10 +16,8 @@ Example (tiny target, CPU):
 """
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from deepspec.run_config import add_opts_argument, load_config  # noqa: E402
 from deepspec.errors import DeepSpecError, cli_main  # noqa: E402

@@ -27,8 +27,6 @@ import re
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT))  # deepspec may not be pip-installed
 
 from deepspec.cli import nonnegative_int, positive_int, probability  # noqa: E402
 from deepspec.decoding.confidence import (  # noqa: E402

@@ -17,9 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
 
 def read_results(folder: str) -> dict:
     path = Path(folder) / "results.json"

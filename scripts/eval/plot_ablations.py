@@ -15,8 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 DEPTH_RUNS = {1: "dspark_L1", 2: "dspark_L2", 5: "dspark"}
 BLOCKS = (4, 7, 8, 12, 16)

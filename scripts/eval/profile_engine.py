@@ -30,7 +30,6 @@ import sys
 import time
 
 # The package may not be pip-installed; make the repo root importable.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 DEFAULT_BATCH_TOKENS = [*range(1, 17), 20, 24, 28, 32, 40, 48, 56, 64]
 DTYPES = {

@@ -44,7 +44,6 @@ from dataclasses import dataclass
 import numpy as np
 
 # The package may not be pip-installed; make the repo root importable.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from deepspec.cli import nonnegative_float, nonnegative_int, positive_int, probability  # noqa: E402
 from deepspec.decoding.confidence import CalibrationError  # noqa: E402

@@ -31,8 +31,6 @@ import json
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT))  # deepspec may not be pip-installed
 
 from deepspec.cli import probability  # noqa: E402
 from deepspec.decoding.confidence import CALIBRATION_FILE, RULES, CalibrationError, load_calibration  # noqa: E402

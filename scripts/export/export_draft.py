@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT))  # deepspec may not be pip-installed
 
 from deepspec.errors import cli_main  # noqa: E402
 
