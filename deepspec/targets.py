@@ -73,6 +73,9 @@ class TargetFamily:
     # Decoder layers with sandwich norms (Gemma): post_attention_layernorm normalises the attention
     # output, pre/post_feedforward_layernorm wrap the MLP, and a layer_scalar buffer scales the output.
     sandwich_norms: bool = False
+    # Config keys transformers folds into ``per_layer_config`` that the public release and vLLM read flat:
+    # flat key -> the per-layer key of the first (full-attention) draft layer it is written from.
+    flat_per_layer_keys: dict = field(default_factory=dict)
 
     def text_config(self, config):
         """The decoder's config (multimodal configs keep it under ``text_config``)."""
@@ -131,6 +134,9 @@ FAMILIES = (
         embed_keys=("model.language_model.embed_tokens.weight", "model.embed_tokens.weight"),
         lm_head_keys=("lm_head.weight",),
         sandwich_norms=True,
+        # transformers >= 5.16 keeps the full-attention head dim / kv heads only in per_layer_config;
+        # DeepSpec's release (transformers 5.10) and vLLM read the flat keys.
+        flat_per_layer_keys={"global_head_dim": "head_dim", "num_global_key_value_heads": "num_key_value_heads"},
     ),
     TargetFamily(
         name="llama3",

@@ -40,9 +40,6 @@ _COMMON_FIELDS = {
 }
 
 
-# Gemma 4 keys that transformers >= 5.16 folds into per_layer_config (see DraftConfig.to_dict).
-_GEMMA4_FLAT_KEYS = ("global_head_dim", "num_global_key_value_heads")
-
 
 class DraftConfigError(DeepSpecError, ValueError):
     """A draft config that cannot work; the message says which key to change."""
@@ -66,16 +63,13 @@ class DraftConfig:
 
     def to_dict(self):
         out = super().to_dict()
-        # Gemma 4 under transformers >= 5.16 keeps the full-attention head dim / kv heads only in
-        # per_layer_config; DeepSpec's release (transformers 5.10) and vLLM read the flat keys, so write
-        # both (our loader ignores the flat keys when per_layer_config is present).
+        # Keys the family folds into per_layer_config are written flat too, for readers that expect them
+        # (TargetFamily.flat_per_layer_keys; our loader ignores them when per_layer_config is present).
         layers = out.get("per_layer_config") or {}
         first = layers.get("0", layers.get(0))
-        if out.get("model_type", "").startswith("gemma4") and first:
-            out.setdefault("global_head_dim", int(first.get("head_dim", out.get("head_dim"))))
-            out.setdefault(
-                "num_global_key_value_heads", int(first.get("num_key_value_heads", out.get("num_key_value_heads")))
-            )
+        if first:
+            for flat, per_layer in family_of(self).flat_per_layer_keys.items():
+                out.setdefault(flat, int(first.get(per_layer, out.get(per_layer))))
         return out
 
     @property
@@ -145,7 +139,7 @@ def draft_config_from_dict(config_dict: Mapping[str, Any]):
     cls = draft_config_class(data.pop("model_type"), draft_config_architecture(data))
     data.pop("transformers_version", None)
     config = cls(**data)
-    for key in _GEMMA4_FLAT_KEYS:  # transformers folds them into per_layer_config; keep them for re-export
+    for key in family_of(config).flat_per_layer_keys:  # folded into per_layer_config; kept for re-export
         if key in config_dict:
             setattr(config, key, config_dict[key])
     return config
