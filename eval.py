@@ -11,7 +11,6 @@ threshold_sweep.py and simulate_serving.py), conditional-acceptance and reliabil
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from pathlib import Path
@@ -23,7 +22,9 @@ def parse_args(argv=None):
     from deepspec.eval.tasks import KNOWN_TASKS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    tiny = os.environ.get("DEEPSPEC_TINY_TARGET") or os.path.expanduser("~/.cache/deepspec/tiny_target")
+    from deepspec.tiny_target import default_tiny_target_dir
+
+    tiny = str(default_tiny_target_dir())
     p.add_argument(
         "--target_name_or_path",
         "--target-name-or-path",

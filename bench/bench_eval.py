@@ -11,7 +11,6 @@ DSpark of the tiny config is used (τ near 1: that measures pure overhead).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,10 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
+    from deepspec.tiny_target import default_tiny_target_dir
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--target",
-        default=os.environ.get("DEEPSPEC_TINY_TARGET") or os.path.expanduser("~/.cache/deepspec/tiny_target"),
+        default=str(default_tiny_target_dir()),
     )
     p.add_argument("--draft", default=None, help="draft folder or checkpoint dir (default: random tiny DSpark)")
     p.add_argument("--prompts", type=int, default=8)

@@ -36,8 +36,10 @@ TARGET_NUM_LAYERS = {  # decoder depth of the shipped configs' targets (their co
 
 
 def default_tiny_target_dir() -> str:
-    """Where the locally built tiny target lives (env ``DEEPSPEC_TINY_TARGET`` wins)."""
-    return os.environ.get("DEEPSPEC_TINY_TARGET") or os.path.expanduser("~/.cache/deepspec/tiny_target")
+    """Where the locally built tiny target lives (env ``DEEPSPEC_TINY_TARGET`` wins; the rule is tiny_target's)."""
+    from deepspec.tiny_target import default_tiny_target_dir as rule
+
+    return str(rule())
 
 
 def model_recipe(algorithm: str, *, target: str, target_layer_ids: list[int], mask_token_id: int | None = None) -> dict:

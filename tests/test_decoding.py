@@ -15,14 +15,13 @@ import torch
 from transformers import (
     Gemma4ForCausalLM,
     Gemma4TextConfig,
-    LlamaConfig,
     LlamaForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
-    Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
 )
 
+from tinyrun import llama3_config, qwen3_moe_config
 from deepspec.decoding.engine import speculative_generate, target_generate
 from deepspec.decoding.scheduler import CostTable, CumulativeThreshold, PerSlotThreshold, PrefixScheduler
 from deepspec.decoding.proposers import TargetSelfProposer, build_proposer
@@ -87,7 +86,7 @@ def gemma4_target(vocab: int) -> Target:
 def llama3_target(vocab: int) -> Target:
     """No q/k norms; the draft is a Qwen3-style layer of the target's sizes (TargetFamily.draft_family)."""
     torch.manual_seed(0)
-    cfg = LlamaConfig(
+    cfg = llama3_config(
         vocab_size=vocab,
         hidden_size=32,
         intermediate_size=64,
@@ -96,17 +95,8 @@ def llama3_target(vocab: int) -> Target:
         num_key_value_heads=1,
         head_dim=16,
         max_position_embeddings=256,
-        tie_word_embeddings=False,
         pad_token_id=0,
         eos_token_id=1,
-        rope_parameters={
-            "rope_type": "llama3",
-            "rope_theta": 500000.0,
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 16,
-        },
     )
     cfg._attn_implementation = "eager"
     model = LlamaForCausalLM(cfg).double().eval()
@@ -118,13 +108,11 @@ def llama3_target(vocab: int) -> Target:
 def qwen3_moe_target(vocab: int) -> Target:
     """A sparse MoE target, a dense draft."""
     torch.manual_seed(0)
-    cfg = Qwen3MoeConfig(
+    cfg = qwen3_moe_config(
         vocab_size=vocab,
         hidden_size=32,
         intermediate_size=64,
         moe_intermediate_size=16,
-        num_experts=4,
-        num_experts_per_tok=2,
         num_hidden_layers=3,
         num_attention_heads=2,
         num_key_value_heads=1,

@@ -62,18 +62,6 @@ def build(tmp_path, target_dir, out_name="cache", *, opts=(), data=None, **kwarg
     return manifest, logs
 
 
-@pytest.fixture
-def fp32_target(monkeypatch):
-    """The target forward in fp32 on every CPU (``auto`` picks bf16 where the CPU has it), so the cache can be
-    compared with an fp32 forward to bf16 *storage* rounding."""
-    from deepspec import precision
-
-    monkeypatch.setenv("DEEPSPEC_CPU_BF16", "0")
-    precision.cpu_has_native_bf16.cache_clear()
-    yield
-    precision.cpu_has_native_bf16.cache_clear()
-
-
 def test_cache_equals_direct_forward(tmp_path, target_dir, fp32_target):
     manifest, logs = build(tmp_path, target_dir)
     assert "malformed_json: 1" in "\n".join(logs) and "first_turn_not_user: 1" in "\n".join(logs)

@@ -8,14 +8,13 @@ from transformers import (
     Gemma4ForCausalLM,
     Gemma4ForConditionalGeneration,
     Gemma4TextConfig,
-    LlamaConfig,
     LlamaForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
-    Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
 )
 
+from tinyrun import llama3_config, qwen3_moe_config
 from deepspec.targets import Target, TargetError, family_of, load_target, validate_layer_ids
 
 VOCAB = 128
@@ -70,7 +69,7 @@ def tiny_gemma4_multimodal() -> Gemma4ForConditionalGeneration:
 
 def tiny_llama3() -> LlamaForCausalLM:  # no q/k norms, Llama 3 rope scaling
     torch.manual_seed(0)
-    cfg = LlamaConfig(
+    cfg = llama3_config(
         vocab_size=VOCAB,
         hidden_size=64,
         intermediate_size=128,
@@ -78,28 +77,17 @@ def tiny_llama3() -> LlamaForCausalLM:  # no q/k norms, Llama 3 rope scaling
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=32,
-        tie_word_embeddings=False,
-        rope_parameters={
-            "rope_type": "llama3",
-            "rope_theta": 500000.0,
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 16,
-        },
     )
     return LlamaForCausalLM(cfg).eval()
 
 
 def tiny_qwen3_moe() -> Qwen3MoeForCausalLM:  # sparse MoE MLPs in every layer
     torch.manual_seed(0)
-    cfg = Qwen3MoeConfig(
+    cfg = qwen3_moe_config(
         vocab_size=VOCAB,
         hidden_size=64,
         intermediate_size=128,
         moe_intermediate_size=32,
-        num_experts=4,
-        num_experts_per_tok=2,
         num_hidden_layers=5,
         num_attention_heads=2,
         num_key_value_heads=1,

@@ -489,12 +489,11 @@ def _report_listeners(info, *, out: str) -> None:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads listening sockets from /proc")
-def test_single_node_workers_listen_on_loopback_only(tmp_path, monkeypatch):
+def test_single_node_workers_listen_on_loopback_only(tmp_path, single_node_env):
     import functools
     import tempfile
 
-    for var in (*LAUNCH_ENV, "GLOO_SOCKET_IFNAME"):
-        monkeypatch.delenv(var, raising=False)
+    monkeypatch = single_node_env
     private_tmp = tmp_path / "tmp"
     private_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))  # other runs' leftovers in /tmp do not count
@@ -506,18 +505,8 @@ def test_single_node_workers_listen_on_loopback_only(tmp_path, monkeypatch):
     assert not list(private_tmp.glob("deepspec-rendezvous-*/store"))  # store removed
 
 
-def test_rendezvous_plan(tmp_path, monkeypatch):
-    for var in (
-        "RANK",
-        "WORLD_SIZE",
-        "LOCAL_RANK",
-        "LOCAL_WORLD_SIZE",
-        "NODE_RANK",
-        "NNODES",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-    ):
-        monkeypatch.delenv(var, raising=False)
+def test_rendezvous_plan(tmp_path, single_node_env):
+    monkeypatch = single_node_env
     monkeypatch.setenv("MASTER_PORT", "29500")  # ignored by a single-node run: it opens no port
     single = plan_launch(device_type="cpu", nproc=2)
     assert (single.master_addr, single.master_port) == (None, None)
@@ -550,10 +539,9 @@ def test_rendezvous_plan(tmp_path, monkeypatch):
     assert isinstance(LaunchPlan(1, 0, 1, None, None, "cpu"), LaunchPlan)
 
 
-def test_torchrun_environment(monkeypatch):
+def test_torchrun_environment(single_node_env):
     """Started by torchrun, RANK / WORLD_SIZE are global (torchrun's convention) and this process is one worker."""
-    for var in ("NODE_RANK", "NNODES", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
+    monkeypatch = single_node_env
     for var, value in (("RANK", "5"), ("WORLD_SIZE", "8"), ("LOCAL_RANK", "1"), ("LOCAL_WORLD_SIZE", "4")):
         monkeypatch.setenv(var, value)
     plan = plan_launch(device_type="cpu", nproc=None)

@@ -51,3 +51,29 @@ def tiny_run(base: Path, *, layers: list[int], n: int, batch_size: int, family: 
         log=lambda _: None,
     )
     return {"base": base, "target": str(target), "cache": str(base / "cache")}
+
+
+# The family-specific parts of the hand-sized tiny targets in test_targets.py and test_decoding.py (each
+# test picks its own sizes).
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
+
+
+def llama3_config(**sizes):
+    """Llama 3: no q/k norms, Llama 3 rope scaling, untied LM head."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**{"tie_word_embeddings": False, "rope_parameters": dict(LLAMA3_ROPE), **sizes})
+
+
+def qwen3_moe_config(**sizes):
+    """Qwen3-MoE: a sparse MoE MLP (4 experts, top 2) in every layer."""
+    from transformers import Qwen3MoeConfig
+
+    return Qwen3MoeConfig(**{"num_experts": 4, "num_experts_per_tok": 2, **sizes})

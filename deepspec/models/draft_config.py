@@ -40,7 +40,6 @@ _COMMON_FIELDS = {
 }
 
 
-
 class DraftConfigError(DeepSpecError, ValueError):
     """A draft config that cannot work; the message says which key to change."""
 

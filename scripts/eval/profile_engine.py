@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import pathlib
 import statistics
 import sys
@@ -198,7 +197,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     assert device.type != "cuda" or torch.cuda.is_available(), "--device cuda asked but no CUDA device is visible"
     dtype_name = DTYPES[args.dtype] if args.dtype else ("bfloat16" if device.type == "cuda" else "float32")
-    target_path = args.target or os.environ.get("DEEPSPEC_TINY_TARGET") or str(default_tiny_target_dir())
+    target_path = args.target or str(default_tiny_target_dir())
 
     target = load_target(target_path, dtype=getattr(torch, dtype_name), device=device, with_tokenizer=False)
     max_pos = getattr(target.config, "max_position_embeddings", None)
