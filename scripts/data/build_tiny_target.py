@@ -17,8 +17,6 @@ import math
 import pathlib
 import sys
 
-# The package may not be pip-installed; make the repo root importable.
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     from deepspec.tiny_target import STEPS_PER_MINUTE, default_tiny_target_dir

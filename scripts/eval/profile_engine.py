@@ -28,7 +28,6 @@ import statistics
 import sys
 import time
 
-# The package may not be pip-installed; make the repo root importable.
 
 DEFAULT_BATCH_TOKENS = [*range(1, 17), 20, 24, 28, 32, 40, 48, 56, 64]
 DTYPES = {

@@ -43,7 +43,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The package may not be pip-installed; make the repo root importable.
 
 from deepspec.cli import nonnegative_float, nonnegative_int, positive_int, probability  # noqa: E402
 from deepspec.decoding.confidence import CalibrationError  # noqa: E402
