@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One-command device check: correctness, training throughput, decoding costs and cache I/O, as one JSON.
 
-    bash bench/gpu_check.sh                           # on a GPU node: Qwen3-4B shapes, under 5 minutes on one H200
+    bash bench/gpu_check.sh                           # GPU node: Qwen3-4B shapes, sized for < 5 min on one H200
     bash bench/gpu_check.sh --device cpu --small      # everywhere (CI): tiny shapes, CUDA-only checks skipped
 
 Writes ``gpu_check.json`` (every section, every check with a status), ``cost_table.json`` (the target's
@@ -406,8 +406,9 @@ def _forward_backward(draft, batch, *, backend: str, bf16: bool, backward: bool)
     return logits.detach(), grads
 
 
-# bf16 autocast: relative L2 error of logits / gradients against the fp32 eager path (bf16 sdpa sits near 4e-3).
-TOLERANCE = {"fp32": 1e-4, "bf16": 3e-2}
+# Relative L2 error of logits / gradients against the fp32 eager path. bf16 autocast sdpa sits at 4e-3 .. 8e-3
+# on CPU for these shapes; fp32 leaves room for other summation orders (flex / fused kernels, no TF32).
+TOLERANCE = {"fp32": 1e-3, "bf16": 3e-2}
 
 
 def check_dspark_flex(device, *, backward: bool) -> dict:
@@ -458,7 +459,7 @@ def check_eagle3_device_vs_cpu(device) -> dict:
         logits, grads = _forward_backward(draft, batch, backend="auto", bf16=precision == "bf16", backward=True)
         err = {"logits_rel_err": _rel(logits.cpu(), ref_logits), "grad_rel_err": _rel(grads.cpu(), ref_grads)}
         errors[precision] = err
-        tol = TOLERANCE[precision] * (10 if precision == "fp32" else 1)  # TF32-free fp32 kernels still reorder sums
+        tol = TOLERANCE[precision]
         if max(err.values()) > tol:
             failures.append(f"{precision}: {err} > {tol}")
     assert not failures, "; ".join(failures)
@@ -493,11 +494,12 @@ def check_train_step(algo: str, device, *, workdir: Path, fsdp_compile: bool = F
             torch._dynamo.reset()
         trainer = make_trainer(cfg, cache=cache, device=device)
         batches = endless(trainer.loader)
-        counters = torch._dynamo.utils.counters["stats"]
+        counters = torch._dynamo.utils.counters
         records, graphs = [], []
         for _ in range(steps):
             records += run_steps(trainer, batches, 1)
-            graphs.append(int(counters["unique_graphs"]))
+            # graphs compiled so far and frames dynamo converted: both stop growing once nothing recompiles
+            graphs.append((int(counters["stats"]["unique_graphs"]), int(counters["frames"]["ok"])))
         del trainer, batches
     losses = [float(r["loss"]) for r, _, _ in records]
     assert all(math.isfinite(x) for x in losses), f"{algo}: non-finite loss {losses}"
@@ -508,8 +510,9 @@ def check_train_step(algo: str, device, *, workdir: Path, fsdp_compile: bool = F
         "torch_compile": bool(cfg.train.torch_compile),
     }
     if fsdp_compile:
-        result["compiled_graphs_after_each_step"] = graphs
-        assert graphs[-1] == graphs[1], f"{algo}: recompiled after step 2 (graphs per step {graphs})"
+        result["dynamo_graphs_and_frames_after_each_step"] = graphs
+        assert max(graphs[0]) > 0, f"{algo}: torch.compile compiled nothing (dynamo counters {graphs})"
+        assert graphs[-1] == graphs[1], f"{algo}: recompiled after step 2 (dynamo graphs, frames per step {graphs})"
         torch._dynamo.reset()
     shutil.rmtree(work, ignore_errors=True)
     return result
@@ -684,7 +687,8 @@ def train_throughput(
     tokens = statistics.median(float(r["num_tokens"]) for r, _, _ in timed)
     peak = H200_BF16_DENSE_FLOPS if cuda else None
     out = {
-        "attention_backend": "flex" if cuda else "sdpa",
+        "attention_backend": "flex" if cuda else "sdpa",  # model.attention_backend=auto
+        "note": "eager = train.torch_compile=False; flex attention itself is compiled on CUDA, as in training",
         "torch_compile": compile,
         "warmup_steps": warmup,
         "timed_steps": len(timed),
