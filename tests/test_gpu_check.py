@@ -1,7 +1,6 @@
 """bench/gpu_check.py: its correctness checks on a GPU (marked ``gpu``, skipped without CUDA), and the whole
 script on CPU with ``--small`` (every section written, every check with a status, the cost table loadable)."""
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -14,25 +13,22 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _gpu_check():
-    name = "deepspec_gpu_check"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "bench/gpu_check.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+BENCH = ROOT / "bench"
+if str(BENCH) not in sys.path:  # bench/ is scripts, not a package: its modules import each other by name
+    sys.path.insert(0, str(BENCH))
 
+import gpu_check  # noqa: E402
+import gpu_check_common as common  # noqa: E402
+import gpu_check_correctness as gc  # noqa: E402
 
-gc = _gpu_check()
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-ALGOS = list(gc.CONFIGS)
+ALGOS = list(common.CONFIGS)
 
 
 def run(fn, **kwargs):
     try:
         return fn(**kwargs)
-    except gc.Skip as exc:
+    except common.Skip as exc:
         pytest.skip(str(exc))
 
 
@@ -90,7 +86,7 @@ def _numbers(obj, where="$"):
 
 
 def test_help_explains_every_flag():
-    parser = gc.build_parser()
+    parser = gpu_check.build_parser()
     for action in parser._actions:
         assert action.help, f"{action.option_strings} has no help text"
     text = parser.format_help()
@@ -113,7 +109,7 @@ def test_cpu_small_run_writes_every_section(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     assert (out / "gpu_check.log").read_text().strip()
-    assert set(report["sections"]) == set(gc.SECTIONS)
+    assert set(report["sections"]) == set(common.SECTIONS)
     for name, section in report["sections"].items():
         assert section["status"] == "ok", f"{name}: {section['status']}"
 
@@ -138,7 +134,7 @@ def test_cpu_small_run_writes_every_section(tmp_path):
         assert train[algo]["compiled"]["status"].startswith("skipped: ")
 
     decode = report["sections"]["decode"]
-    sizes = gc.SMALL
+    sizes = common.SMALL
     assert len(decode["target_verify_grid"]) == len(sizes.requests) * len(sizes.tokens_per_request)
     assert [r["batch"] for r in decode["draft"]["rounds"]] == list(sizes.draft_batches)
     table = CostTable.from_json(out / decode["cost_table_file"])
