@@ -58,6 +58,13 @@ class Algorithm:
     trainer_name: str
 
 
+def field_reader(values) -> Callable[..., Any]:
+    """``get(key, default)`` over a run config's ``model`` mapping or a draft config object, for the validators."""
+    if isinstance(values, Mapping):
+        return values.get
+    return lambda key, default=None: getattr(values, key, default)
+
+
 def _registry() -> dict[str, Algorithm]:
     from deepspec.algorithms import dflash, dspark, eagle3
 

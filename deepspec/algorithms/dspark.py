@@ -7,7 +7,7 @@ The architecture (``DSpark``, :class:`deepspec.models.dspark.DSparkDraftModel`) 
 
 from __future__ import annotations
 
-from deepspec.algorithms import Algorithm
+from deepspec.algorithms import Algorithm, field_reader
 
 MARKOV_HEAD_TYPES = ("vanilla", "gated", "rnn")
 ARCHITECTURE = "DSpark"
@@ -43,7 +43,7 @@ def block_field_values(model_cfg, *, mask_token_id, heads: bool) -> dict:
 
 def check_block_fields(values, *, prefix: str, error: type[Exception], vocab_size: int | None = None) -> None:
     """Block-drafter fields present in ``values`` (a run config's ``model`` or a draft config)."""
-    get = values.get if hasattr(values, "get") else lambda k, d=None: getattr(values, k, d)
+    get = field_reader(values)
     block_size = get("block_size")
     if block_size is not None and block_size < 2:
         raise error(f"{prefix}block_size must be >= 2 (anchor + at least one mask), got {block_size}")
@@ -143,21 +143,26 @@ def block_recipe(*, target: str, target_layer_ids: list[int], mask_token_id: int
     )
 
 
-ALGORITHM = Algorithm(
-    name="dspark",
-    architecture=ARCHITECTURE,
-    draft_fields=DRAFT_FIELDS,
-    draft_field_values=lambda model_cfg, *, mask_token_id: block_field_values(
-        model_cfg, mask_token_id=mask_token_id, heads=True
-    ),
-    check=check_block_fields,
-    is_saved_as=has_heads,
-    model_class=block_model_class,
-    compute_sums=block_compute_sums,
-    summarize=block_summary,
-    build_proposer=block_proposer,
-    recipe=lambda *, target, target_layer_ids, mask_token_id=None: block_recipe(
-        target=target, target_layer_ids=target_layer_ids, mask_token_id=mask_token_id, heads=True
-    ),
-    trainer_name="DSparkTrainer",
-)
+def block_algorithm(*, name: str, heads: bool, check, is_saved_as) -> Algorithm:
+    """A registry entry for the block drafter, with (DSpark) or without (DFlash) its two heads."""
+    return Algorithm(
+        name=name,
+        architecture=ARCHITECTURE,
+        draft_fields=DRAFT_FIELDS,
+        draft_field_values=lambda model_cfg, *, mask_token_id: block_field_values(
+            model_cfg, mask_token_id=mask_token_id, heads=heads
+        ),
+        check=check,
+        is_saved_as=is_saved_as,
+        model_class=block_model_class,
+        compute_sums=block_compute_sums,
+        summarize=block_summary,
+        build_proposer=block_proposer,
+        recipe=lambda *, target, target_layer_ids, mask_token_id=None: block_recipe(
+            target=target, target_layer_ids=target_layer_ids, mask_token_id=mask_token_id, heads=heads
+        ),
+        trainer_name="DSparkTrainer",
+    )
+
+
+ALGORITHM = block_algorithm(name="dspark", heads=True, check=check_block_fields, is_saved_as=has_heads)

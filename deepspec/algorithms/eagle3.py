@@ -4,7 +4,7 @@ cross-entropy to the target decaying by ``step_loss_decay`` per step."""
 
 from __future__ import annotations
 
-from deepspec.algorithms import Algorithm
+from deepspec.algorithms import Algorithm, field_reader
 
 DRAFT_FIELDS = {
     "ttt_length": (int, 7),
@@ -22,7 +22,7 @@ def draft_field_values(model_cfg, *, mask_token_id=None) -> dict:
 
 
 def check(values, *, prefix: str, error: type[Exception], vocab_size: int | None = None) -> None:
-    get = values.get if hasattr(values, "get") else lambda k, d=None: getattr(values, k, d)
+    get = field_reader(values)
     ttt = get("ttt_length")
     if ttt is not None and ttt < 1:
         raise error(f"{prefix}ttt_length must be >= 1, got {ttt}")
