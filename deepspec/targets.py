@@ -41,9 +41,9 @@ def _text_model_plain(model: nn.Module) -> nn.Module:
     return model.model if hasattr(model, "model") else model
 
 
-def _text_model_gemma4(model: nn.Module) -> nn.Module:
-    # google/gemma-4-*-it checkpoints are multimodal (Gemma4ForConditionalGeneration):
-    # the text decoder sits at model.model.language_model; Gemma4ForCausalLM has it at model.model.
+def _text_model_multimodal(model: nn.Module) -> nn.Module:
+    # google/gemma-4-*-it and Qwen/Qwen3.5-* checkpoints are multimodal (*ForConditionalGeneration): the
+    # text decoder sits at model.model.language_model; the *ForCausalLM classes have it at model.model.
     inner = model.model if hasattr(model, "model") else model
     return getattr(inner, "language_model", inner)
 
@@ -76,6 +76,13 @@ class TargetFamily:
     # Config keys transformers folds into ``per_layer_config`` that the public release and vLLM read flat:
     # flat key -> the per-layer key of the first (full-attention) draft layer it is written from.
     flat_per_layer_keys: dict = field(default_factory=dict)
+    # Layer types whose state is a recurrence, not a KV cache (Qwen3.5's Gated DeltaNet "linear_attention"):
+    # a rejected token cannot be masked out of it, so decoding restores the state per row
+    # (deepspec.decoding.recurrent). Capture works on any layer type.
+    recurrent_layer_types: tuple[str, ...] = ()
+    # The draft MLP width for targets without a dense ``intermediate_size`` (MoE-only stacks), from the
+    # target's text config; None = the target's ``intermediate_size``.
+    draft_intermediate_size: Callable | None = None
 
     def text_config(self, config):
         """The decoder's config (multimodal configs keep it under ``text_config``)."""
@@ -93,6 +100,11 @@ class TargetFamily:
     def drafting_family(self) -> "TargetFamily":
         """The family whose layers and config class the draft uses (itself unless ``draft_family``)."""
         return family_by_name(self.draft_family) if self.draft_family else self
+
+    def recurrent_layers(self, config) -> list[int]:
+        """Indices of the decoder layers that keep a recurrent state (empty for pure-attention targets)."""
+        types = getattr(self.text_config(config), "layer_types", None) or ()
+        return [i for i, t in enumerate(types) if t in self.recurrent_layer_types]
 
     def end_of_turn_marker(self, tokenizer) -> str | None:
         return self.end_of_turn[0] if self.end_of_turn else getattr(tokenizer, "eos_token", None)
@@ -120,7 +132,7 @@ FAMILIES = (
         model_types=("gemma4", "gemma4_text"),
         chat_template="gemma4",
         mask_token_id=4,  # Gemma's reserved <mask> token
-        text_model=_text_model_gemma4,
+        text_model=_text_model_multimodal,
         end_of_turn=("<turn|>", "<end_of_turn>"),
         block_module_name="transformers.models.gemma4.modeling_gemma4",
         block_class_names=dict(
@@ -155,6 +167,36 @@ FAMILIES = (
         text_model=_text_model_plain,
         end_of_turn=("<|im_end|>",),
         draft_family="qwen3",  # a dense draft: Qwen3 layers with the target's dense intermediate_size
+    ),
+    # Qwen3.5: Gated DeltaNet (linear attention) layers with a full-attention layer every 4th. The draft is a
+    # dense full-attention Qwen3 layer of the target's sizes (vLLM serves it as Qwen3DSparkModel).
+    TargetFamily(
+        name="qwen3_5",
+        model_types=("qwen3_5", "qwen3_5_text"),
+        chat_template="qwen3_5",  # the tokenizer's own template; turns close with <|im_end|> (248046)
+        mask_token_id=248319,  # the last embedding row (248,320 rows): a padding row no text ever uses
+        text_model=_text_model_multimodal,
+        end_of_turn=("<|im_end|>",),
+        draft_family="qwen3",
+        # Multimodal (Qwen3_5ForConditionalGeneration, the released checkpoints) first, then text-only.
+        embed_keys=("model.language_model.embed_tokens.weight", "model.embed_tokens.weight"),
+        recurrent_layer_types=("linear_attention",),
+    ),
+    TargetFamily(
+        name="qwen3_5_moe",
+        model_types=("qwen3_5_moe", "qwen3_5_moe_text"),
+        chat_template="qwen3_5",
+        mask_token_id=248319,
+        text_model=_text_model_multimodal,
+        end_of_turn=("<|im_end|>",),
+        draft_family="qwen3",
+        embed_keys=("model.language_model.embed_tokens.weight", "model.embed_tokens.weight"),
+        recurrent_layer_types=("linear_attention",),
+        # No dense MLP in the target: the draft's MLP is as wide as the target's active one per token
+        # (the routed experts a token uses plus the shared expert).
+        draft_intermediate_size=lambda text: (
+            int(text.moe_intermediate_size) * int(text.num_experts_per_tok) + int(text.shared_expert_intermediate_size)
+        ),
     ),
 )
 

@@ -265,6 +265,19 @@ TINY_ARCHITECTURES = {
         "Qwen3MoeForCausalLM",  # a sparse MoE MLP in every layer
         dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, decoder_sparse_step=1),
     ),
+    "qwen3_5": (
+        "Qwen3_5TextConfig",
+        "Qwen3_5ForCausalLM",  # Gated DeltaNet layers, full attention every 2nd layer, partial rope
+        dict(
+            full_attention_interval=2,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            linear_key_head_dim=16,
+            linear_value_head_dim=16,
+            linear_conv_kernel_dim=4,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+        ),
+    ),
 }
 
 
@@ -357,7 +370,7 @@ def build_random_tiny_target(
 ) -> pathlib.Path:
     """Save an untrained (random) tiny target with the real tokenizer, in seconds.
 
-    ``family``: qwen3 (default), llama3 or qwen3_moe (:data:`TINY_ARCHITECTURES`); ``config_overrides`` go
+    ``family``: qwen3 (default), llama3, qwen3_moe or qwen3_5 (:data:`TINY_ARCHITECTURES`); ``config_overrides`` go
     to its config class (e.g. ``num_hidden_layers=2``).
     """
     import torch

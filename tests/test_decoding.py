@@ -1,7 +1,7 @@
 """Speculative decoding is lossless, for every algorithm.
 
 (a) temperature 0: output is token-for-token the target's greedy output (transformers ``generate``),
-    batch 1 and batched, Qwen3, Gemma 4, Llama 3 and Qwen3-MoE targets;
+    batch 1 and batched, Qwen3, Gemma 4, Llama 3, Qwen3-MoE and Qwen3.5 (recurrent layers) targets;
 (b) temperature 1: the empirical distribution of the first generated tokens matches the target's
     exact distribution computed by enumeration, also with a confidence threshold;
 (c) the incremental proposers (KV caches across rounds, rejected slots masked and cropped) give the
@@ -19,9 +19,10 @@ from transformers import (
     Qwen3Config,
     Qwen3ForCausalLM,
     Qwen3MoeForCausalLM,
+    Qwen3_5ForCausalLM,
 )
 
-from tinyrun import llama3_config, qwen3_moe_config
+from tinyrun import llama3_config, qwen3_5_config, qwen3_moe_config
 from deepspec.decoding.engine import speculative_generate, target_generate
 from deepspec.decoding.scheduler import CostTable, CumulativeThreshold, PerSlotThreshold, PrefixScheduler
 from deepspec.decoding.proposers import TargetSelfProposer, build_proposer
@@ -130,11 +131,35 @@ def qwen3_moe_target(vocab: int) -> Target:
     return Target(model)
 
 
+def qwen3_5_target(vocab: int, *, sharpen: float = 30.0) -> Target:
+    """Gated DeltaNet layers (a recurrent state, rolled back per row) between full-attention layers."""
+    torch.manual_seed(0)
+    cfg = qwen3_5_config(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    cfg._attn_implementation = "eager"
+    model = Qwen3_5ForCausalLM(cfg).double().eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpen)
+    return Target(model)
+
+
 TARGETS = {
     "qwen3": lambda v: qwen3_target(v),
     "gemma4": gemma4_target,
     "llama3": llama3_target,
     "qwen3_moe": qwen3_moe_target,
+    "qwen3_5": qwen3_5_target,
 }
 
 

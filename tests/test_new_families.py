@@ -1,4 +1,6 @@
-"""Llama 3 and Qwen3-MoE targets end to end: cache build, a few training steps, eval.py lossless greedy.
+"""Llama 3, Qwen3-MoE and Qwen3.5 (hybrid Gated DeltaNet / attention) targets end to end.
+
+Cache build, a few training steps, eval.py lossless greedy.
 
 Each family is one entry of ``deepspec.targets.FAMILIES``; both draft with Qwen3-style dense layers of the
 target's sizes (``TargetFamily.draft_family``). Capture == ``output_hidden_states`` is in test_targets.py and
@@ -28,7 +30,7 @@ CONFIGS = {"dspark": "config/dspark/dspark_tiny.py", "eagle3": "config/eagle3/ea
 LAYERS = [0, 1]
 
 
-@pytest.fixture(scope="module", params=["llama3", "qwen3_moe"])
+@pytest.fixture(scope="module", params=["llama3", "qwen3_moe", "qwen3_5"])
 def family_setup(request, tmp_path_factory):
     family = request.param
     run = tiny_run(tmp_path_factory.mktemp(family), layers=LAYERS, n=24, batch_size=8, family=family)
@@ -77,6 +79,8 @@ def test_train_then_eval_is_lossless(family_setup, algo, tmp_path):
     ):
         assert saved[key] == target_cfg[key], key
     assert load_draft(step).config.model_type == "qwen3"
+    # Qwen3 layers rotate the whole head: a target's partial rotary factor must not reach the draft.
+    assert "partial_rotary_factor" not in (saved.get("rope_parameters") or {})
 
     # eval.py: the draft fits this target, and greedy speculative output is the target's greedy output.
     res = tmp_path / "eval"
@@ -133,4 +137,13 @@ def test_family_facts_live_in_one_entry():
         "qwen3",
         "qwen3",
     )
-    assert sorted(f.name for f in FAMILIES) == ["gemma4", "llama3", "qwen3", "qwen3_moe"]
+    qwen3_5 = family_by_name("qwen3_5")
+    assert (qwen3_5.model_types, qwen3_5.mask_token_id, qwen3_5.end_of_turn, qwen3_5.chat_template) == (
+        ("qwen3_5", "qwen3_5_text"),
+        248319,
+        ("<|im_end|>",),
+        "qwen3_5",
+    )
+    assert qwen3_5.recurrent_layer_types == ("linear_attention",) and qwen3_5.draft_family == "qwen3"
+    assert family_by_name("qwen3_5_moe").model_types == ("qwen3_5_moe", "qwen3_5_moe_text")
+    assert sorted(f.name for f in FAMILIES) == ["gemma4", "llama3", "qwen3", "qwen3_5", "qwen3_5_moe", "qwen3_moe"]

@@ -77,3 +77,19 @@ def qwen3_moe_config(**sizes):
     from transformers import Qwen3MoeConfig
 
     return Qwen3MoeConfig(**{"num_experts": 4, "num_experts_per_tok": 2, **sizes})
+
+
+def qwen3_5_config(**sizes):
+    """Qwen3.5: Gated DeltaNet (linear attention) layers, full attention every 2nd layer, partial rope."""
+    from transformers import Qwen3_5TextConfig
+
+    return Qwen3_5TextConfig(
+        **{
+            "full_attention_interval": 2,
+            "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4,
+            "linear_key_head_dim": 8,
+            "linear_value_head_dim": 8,
+            **sizes,
+        }
+    )

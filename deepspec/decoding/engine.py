@@ -7,7 +7,8 @@ Each row of the batch is one request. A round:
 3. the target runs once over [pending, x_1..x_ℓ] per row (rows padded to the longest ℓ + 1);
 4. :func:`~deepspec.decoding.verify.verify_block` accepts a prefix and draws the next token;
 5. accepted slots stay valid in both KV caches, the rest are masked and, where no row still
-   needs them, cropped; the proposer extends its context from the verify pass.
+   needs them, cropped (recurrent target layers keep the state after each row's accepted slots:
+   :mod:`deepspec.decoding.recurrent`); the proposer extends its context from the verify pass.
 
 Output is token-for-token the target's own sampling process (exact greedy at temperature 0).
 """
@@ -141,6 +142,7 @@ def speculative_generate(
             generator=generator,
         )
         accepted, pending = verdict.num_accepted, verdict.next_token
+        runner.commit(accepted + 1)  # pending + the accepted drafts are this row's committed slots
 
         # Fed slot i holds token i of the feed; its successor is draft i+1, or the new pending token.
         new_valid = torch.arange(n, device=device)[None] <= accepted[:, None]

@@ -33,6 +33,12 @@ from deepspec.targets import family_of, validate_layer_ids
 # head dim and proportional rope).
 DRAFT_LAYER_TYPE = "full_attention"
 
+# Rope keys of targets whose attention rotates part of the head or by several position grids (Qwen3.5:
+# partial_rotary_factor 0.25, mrope). A draft built from another family's layers rotates the whole head
+# with one position, so these keys are dropped: a saved config that kept them would tell vLLM to rotate
+# a quarter of the head of weights trained with all of it (DeepSpec issue #71).
+_FOREIGN_ROPE_KEYS = ("partial_rotary_factor", "mrope_section", "mrope_interleaved")
+
 # name -> (annotation, default); every algorithm has these, plus its own (deepspec.algorithms).
 _COMMON_FIELDS = {
     "target_layer_ids": (list, None),
@@ -181,6 +187,10 @@ def draft_config_from_target(target_hf_config, model_cfg: Mapping[str, Any]):
 
         known = set(CONFIG_MAPPING[family.model_types[0]]().to_dict())
         base = {k: v for k, v in base.items() if k in known}
+        if isinstance(base.get("rope_parameters"), dict):
+            base["rope_parameters"] = {k: v for k, v in base["rope_parameters"].items() if k not in _FOREIGN_ROPE_KEYS}
+        if target_family.draft_intermediate_size is not None:
+            base["intermediate_size"] = target_family.draft_intermediate_size(text)
     heterogeneous = "per_layer_config" in base
     per_layer = {str(k): v for k, v in (base.pop("per_layer_config", None) or {}).items()}
     for key in (
