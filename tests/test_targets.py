@@ -1,5 +1,5 @@
 """Family adapters: captured states equal a plain transformers forward, for every family (Qwen3, Gemma 4,
-Llama 3, Qwen3-MoE)."""
+Llama 3, Qwen3-MoE, Qwen3.5)."""
 
 import pytest
 import torch
@@ -12,9 +12,12 @@ from transformers import (
     Qwen3Config,
     Qwen3ForCausalLM,
     Qwen3MoeForCausalLM,
+    Qwen3_5Config,
+    Qwen3_5ForCausalLM,
+    Qwen3_5ForConditionalGeneration,
 )
 
-from tinyrun import llama3_config, qwen3_moe_config
+from tinyrun import llama3_config, qwen3_5_config, qwen3_moe_config
 from deepspec.targets import Target, TargetError, family_of, load_target, validate_layer_ids
 
 VOCAB = 128
@@ -97,12 +100,39 @@ def tiny_qwen3_moe() -> Qwen3MoeForCausalLM:  # sparse MoE MLPs in every layer
     return Qwen3MoeForCausalLM(cfg).eval()
 
 
+def tiny_qwen3_5_text_config():  # Gated DeltaNet layers 0, 2, 4; full attention 1, 3
+    return qwen3_5_config(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=5,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        tie_word_embeddings=True,
+    )
+
+
+def tiny_qwen3_5() -> Qwen3_5ForCausalLM:
+    torch.manual_seed(0)
+    return Qwen3_5ForCausalLM(tiny_qwen3_5_text_config()).eval()
+
+
+def tiny_qwen3_5_multimodal() -> Qwen3_5ForConditionalGeneration:  # the released checkpoints' class
+    torch.manual_seed(0)
+    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4)
+    cfg = Qwen3_5Config(text_config=tiny_qwen3_5_text_config().to_dict(), vision_config=vision)
+    return Qwen3_5ForConditionalGeneration(cfg).eval()
+
+
 MODELS = {
     "qwen3": tiny_qwen3,
     "gemma4_text": tiny_gemma4,
     "gemma4_multimodal": tiny_gemma4_multimodal,
     "llama3": tiny_llama3,
     "qwen3_moe": tiny_qwen3_moe,
+    "qwen3_5": tiny_qwen3_5,
+    "qwen3_5_multimodal": tiny_qwen3_5_multimodal,
 }
 
 
@@ -143,8 +173,9 @@ def test_families_and_frozen_pieces():
             assert hasattr(module, cls_name), cls_name
 
 
-def test_capture_with_padding_mask_matches_unpadded():
-    target = Target(tiny_qwen3())
+@pytest.mark.parametrize("name", ["qwen3", "qwen3_5"])
+def test_capture_with_padding_mask_matches_unpadded(name):
+    target = Target(MODELS[name]())
     torch.manual_seed(2)
     seq = torch.randint(3, VOCAB, (1, 10))
     padded = torch.cat([seq, torch.zeros(1, 4, dtype=torch.long)], dim=1)
