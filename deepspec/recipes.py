@@ -25,6 +25,7 @@ QWEN3_MASK_TOKEN_ID = family_by_name("qwen3").mask_token_id
 GEMMA4_MASK_TOKEN_ID = family_by_name("gemma4").mask_token_id
 LLAMA3_MASK_TOKEN_ID = family_by_name("llama3").mask_token_id
 QWEN3_MOE_MASK_TOKEN_ID = family_by_name("qwen3_moe").mask_token_id
+QWEN3_5_MASK_TOKEN_ID = family_by_name("qwen3_5").mask_token_id
 TARGET_NUM_LAYERS = {  # decoder depth of the shipped configs' targets (their config.json num_hidden_layers)
     "Qwen/Qwen3-4B": 36,
     "Qwen/Qwen3-8B": 36,
@@ -32,6 +33,7 @@ TARGET_NUM_LAYERS = {  # decoder depth of the shipped configs' targets (their co
     "google/gemma-4-12B-it": 48,
     "meta-llama/Llama-3.1-8B-Instruct": 32,
     "Qwen/Qwen3-30B-A3B": 48,
+    "Qwen/Qwen3.5-9B": 32,  # Gated DeltaNet layers with full attention at every 4th (3, 7, ..., 31)
 }
 
 

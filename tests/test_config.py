@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL = [
     f"config/{algo}/{algo}_{target}.py"
     for algo in ("dspark", "dflash", "eagle3")
-    for target in ("qwen3_4b", "qwen3_8b", "qwen3_14b", "gemma4_12b", "llama3_8b", "qwen3_30b_a3b")
+    for target in ("qwen3_4b", "qwen3_8b", "qwen3_14b", "gemma4_12b", "llama3_8b", "qwen3_30b_a3b", "qwen3_5_9b")
 ]
 TINY = [f"config/{algo}/{algo}_tiny.py" for algo in ("dspark", "dflash", "eagle3")]
 
@@ -41,7 +41,7 @@ def test_real_configs_have_paper_settings(rel):
         return
     assert m.target_layer_ids == spread_layer_ids(num_layers)
     assert (m.block_size, m.num_draft_layers, m.num_anchors, m.loss_decay_gamma) == (7, 5, 512, 4.0)
-    expected_mask = 4 if "gemma" in rel else 128002 if "llama" in rel else 151669
+    expected_mask = 4 if "gemma" in rel else 128002 if "llama" in rel else 248319 if "qwen3_5" in rel else 151669
     assert m.mask_token_id == expected_mask
     if m.algorithm == "dspark":
         assert (m.markov_rank, m.markov_head_type, m.confidence_head_alpha) == (256, "vanilla", 1.0)

@@ -147,3 +147,37 @@ def test_family_facts_live_in_one_entry():
     assert qwen3_5.recurrent_layer_types == ("linear_attention",) and qwen3_5.draft_family == "qwen3"
     assert family_by_name("qwen3_5_moe").model_types == ("qwen3_5_moe", "qwen3_5_moe_text")
     assert sorted(f.name for f in FAMILIES) == ["gemma4", "llama3", "qwen3", "qwen3_5", "qwen3_5_moe", "qwen3_moe"]
+
+
+@pytest.mark.parametrize("algo", ["dspark", "dflash", "eagle3"])
+def test_qwen3_5_9b_configs_build_a_qwen3_draft_of_the_targets_sizes(algo):
+    """The shipped Qwen3.5-9B configs against that model's config.json values (written out: no hub here)."""
+    from transformers import Qwen3_5Config
+
+    from deepspec.models.draft_config import draft_config_from_target
+
+    rope = {"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25, "mrope_section": [11, 11, 10]}
+    text = dict(
+        vocab_size=248320,
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=32,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        head_dim=256,
+        full_attention_interval=4,
+        tie_word_embeddings=False,
+        rope_parameters=rope,
+    )
+    target = Qwen3_5Config(text_config=text)
+    full = [i for i, t in enumerate(target.text_config.layer_types) if t == "full_attention"]
+    assert full == [3, 7, 11, 15, 19, 23, 27, 31]
+    cfg = load_config(ROOT / f"config/{algo}/{algo}_qwen3_5_9b.py")
+    draft = draft_config_from_target(target, cfg.model)
+    assert (draft.model_type, draft.hidden_size, draft.intermediate_size, draft.head_dim) == ("qwen3", 4096, 12288, 256)
+    assert (draft.num_attention_heads, draft.num_key_value_heads, draft.vocab_size) == (16, 4, 248320)
+    assert draft.rope_parameters == {"rope_type": "default", "rope_theta": 1e7}  # whole-head rope, no mrope
+    # Any layer type is captured (README): layers 1, 8, 22 and 29 are Gated DeltaNet layers.
+    assert draft.target_layer_ids == ([1, 15, 29] if algo == "eagle3" else [1, 8, 15, 22, 29])
+    if algo != "eagle3":
+        assert draft.mask_token_id == 248319 and cfg.data.chat_template == "qwen3_5"
