@@ -20,9 +20,10 @@ from transformers import (
     Qwen3ForCausalLM,
     Qwen3MoeForCausalLM,
     Qwen3_5ForCausalLM,
+    Qwen3_5MoeForCausalLM,
 )
 
-from tinyrun import llama3_config, qwen3_5_config, qwen3_moe_config
+from tinyrun import llama3_config, qwen3_5_config, qwen3_5_moe_config, qwen3_moe_config
 from deepspec.decoding.engine import speculative_generate, target_generate
 from deepspec.decoding.scheduler import CostTable, CumulativeThreshold, PerSlotThreshold, PrefixScheduler
 from deepspec.decoding.proposers import TargetSelfProposer, build_proposer
@@ -154,12 +155,36 @@ def qwen3_5_target(vocab: int, *, sharpen: float = 30.0) -> Target:
     return Target(model)
 
 
+def qwen3_5_moe_target(vocab: int) -> Target:
+    """The hybrid stack with sparse MoE MLPs; the draft is dense (MLP width = the active experts')."""
+    torch.manual_seed(0)
+    cfg = qwen3_5_moe_config(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    cfg._attn_implementation = "eager"
+    cfg._experts_implementation = "eager"  # the grouped GEMM kernel has no float64
+    model = Qwen3_5MoeForCausalLM(cfg).double().eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    return Target(model)
+
+
 TARGETS = {
     "qwen3": lambda v: qwen3_target(v),
     "gemma4": gemma4_target,
     "llama3": llama3_target,
     "qwen3_moe": qwen3_moe_target,
     "qwen3_5": qwen3_5_target,
+    "qwen3_5_moe": qwen3_5_moe_target,
 }
 
 

@@ -15,9 +15,10 @@ from transformers import (
     Qwen3_5Config,
     Qwen3_5ForCausalLM,
     Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeForCausalLM,
 )
 
-from tinyrun import llama3_config, qwen3_5_config, qwen3_moe_config
+from tinyrun import llama3_config, qwen3_5_config, qwen3_5_moe_config, qwen3_moe_config
 from deepspec.targets import Target, TargetError, family_of, load_target, validate_layer_ids
 
 VOCAB = 128
@@ -125,6 +126,21 @@ def tiny_qwen3_5_multimodal() -> Qwen3_5ForConditionalGeneration:  # the release
     return Qwen3_5ForConditionalGeneration(cfg).eval()
 
 
+def tiny_qwen3_5_moe() -> Qwen3_5MoeForCausalLM:  # the hybrid stack with sparse MoE MLPs
+    torch.manual_seed(0)
+    cfg = qwen3_5_moe_config(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=5,
+        layer_types=["linear_attention", "full_attention"] * 2 + ["linear_attention"],
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        tie_word_embeddings=True,
+    )
+    return Qwen3_5MoeForCausalLM(cfg).eval()
+
+
 MODELS = {
     "qwen3": tiny_qwen3,
     "gemma4_text": tiny_gemma4,
@@ -133,6 +149,7 @@ MODELS = {
     "qwen3_moe": tiny_qwen3_moe,
     "qwen3_5": tiny_qwen3_5,
     "qwen3_5_multimodal": tiny_qwen3_5_multimodal,
+    "qwen3_5_moe": tiny_qwen3_5_moe,
 }
 
 

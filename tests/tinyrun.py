@@ -93,3 +93,23 @@ def qwen3_5_config(**sizes):
             **sizes,
         }
     )
+
+
+def qwen3_5_moe_config(**sizes):
+    """Qwen3.5-MoE: the Qwen3.5 hybrid stack with a sparse MoE (4 experts, top 2) and a shared expert."""
+    from transformers import Qwen3_5MoeTextConfig
+
+    return Qwen3_5MoeTextConfig(
+        **{
+            "layer_types": ["linear_attention", "full_attention"] * 2,
+            "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4,
+            "linear_key_head_dim": 8,
+            "linear_value_head_dim": 8,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 16,
+            "shared_expert_intermediate_size": 16,
+            **sizes,
+        }
+    )
