@@ -389,10 +389,9 @@ def build_random_tiny_target(
         {
             "format": FORMAT_VERSION,
             "kind": "random",
-            "family": family,
             "seed": seed,
             "num_parameters": sum(p.numel() for p in model.parameters()),
-            "config_overrides": {k: repr(v) for k, v in config_overrides.items()},
+            **_architecture(family, config_overrides),
             **_versions(),
         },
     )
@@ -461,10 +460,17 @@ def _evaluate(model, blocks, batch_size: int) -> float:
     return total / count
 
 
-def _train(*, folder: pathlib.Path, steps: int, seed: int, log: Log | None) -> dict:
+def _architecture(family: str, overrides: dict) -> dict:
+    """What a build's marker records of its architecture (a reused build must match it)."""
+    return {"family": family, "config_overrides": {k: repr(v) for k, v in overrides.items()}}
+
+
+def _train(
+    *, folder: pathlib.Path, steps: int, seed: int, log: Log | None, family: str, config_overrides: dict
+) -> dict:
     import torch
+    import transformers
     from tqdm.auto import tqdm
-    from transformers import Qwen3ForCausalLM
 
     cfg = TRAIN_CONFIG
     say = log or (lambda _msg: None)
@@ -486,7 +492,8 @@ def _train(*, folder: pathlib.Path, steps: int, seed: int, log: Log | None) -> d
     )
 
     with _seeded_threads(seed, TRAIN_THREADS):
-        model = Qwen3ForCausalLM(make_model_config()).to(torch.float32)
+        config = make_model_config(family=family, **config_overrides)
+        model = getattr(transformers, config.architectures[0])(config).to(torch.float32)
         n_params = sum(p.numel() for p in model.parameters())
         decay = [p for p in model.parameters() if p.ndim >= 2]
         no_decay = [p for p in model.parameters() if p.ndim < 2]  # norms
@@ -604,12 +611,18 @@ def build_tiny_target(
     seed: int = 0,
     force: bool = False,
     log: Log | None = print,
+    family: str = "qwen3",
+    config_overrides: dict | None = None,
 ) -> pathlib.Path:
     """Train the tiny target into ``output_dir`` unless a matching complete build is there.
 
     ``steps`` overrides ``minutes`` (which maps to ``round(minutes * STEPS_PER_MINUTE)``).
-    Same (seed, steps) on the same machine gives bit-identical weights.
+    Same (seed, steps) on the same machine gives bit-identical weights. ``family`` and
+    ``config_overrides`` pick another architecture (:func:`make_model_config`; e.g. a deeper Qwen3.5 hybrid
+    for bench/bench_hybrid_layer_ids.py); the quickstart's target is the default.
     """
+    overrides = dict(config_overrides or {})
+    make_model_config(family=family, **overrides)  # an unknown family or bad override fails before any work
     out = pathlib.Path(output_dir) if output_dir is not None else default_tiny_target_dir()
     out = out.expanduser().absolute()
     steps = int(steps) if steps is not None else steps_for_minutes(minutes=minutes)
@@ -620,7 +633,13 @@ def build_tiny_target(
         raise TinyTargetError(f"output path exists and is not a folder: {out}; pass a new folder with --output-dir")
     out.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(out):
-        if not force and is_complete_tiny_target(folder=out, seed=seed, steps=steps):
+        info = read_marker(folder=out) or {}
+        same = {k: info.get(k, d) for k, d in (("family", "qwen3"), ("config_overrides", {}))}
+        if (
+            not force
+            and is_complete_tiny_target(folder=out, seed=seed, steps=steps)
+            and (same == _architecture(family, overrides))
+        ):
             info = read_marker(folder=out)
             say(f"[tiny-target] reused {out} (seed {seed}, {steps} steps, val ppl {info['val_perplexity']:.2f})")
             return out
@@ -629,7 +648,8 @@ def build_tiny_target(
         tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            info = _train(folder=tmp, steps=steps, seed=seed, log=log)
+            info = _train(folder=tmp, steps=steps, seed=seed, log=log, family=family, config_overrides=overrides)
+            info.update(_architecture(family, overrides))
             info.update(
                 {
                     "format": FORMAT_VERSION,

@@ -190,3 +190,33 @@ def test_unmarked_folder_is_rebuilt_identically(built, tmp_path):
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     a, b = (json.loads((d / tt.MARKER_NAME).read_text()) for d in (built, partial))
     assert a["val_loss"] == b["val_loss"]
+
+
+@pytest.mark.slow
+def test_other_architecture_is_trained_not_reused(built, tmp_path):
+    """family / config_overrides are part of a build: a Qwen3 build never stands in for a Qwen3.5 one."""
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "target"
+    shutil.copytree(built, folder)
+    hybrid = dict(family="qwen3_5", config_overrides={"num_hidden_layers": 2})
+    logs = []
+    assert tt.build_tiny_target(output_dir=folder, steps=STEPS, seed=0, log=logs.append, **hybrid) == folder
+    assert not any("reused" in line for line in logs)
+    info = tt.read_marker(folder=folder)
+    assert (info["kind"], info["family"], info["config_overrides"]) == (
+        "trained",
+        "qwen3_5",
+        {"num_hidden_layers": "2"},
+    )
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert type(model).__name__ == "Qwen3_5ForCausalLM" and model.config.layer_types == [
+        "linear_attention",
+        "full_attention",
+    ]
+    logs.clear()
+    tt.build_tiny_target(output_dir=folder, steps=STEPS, seed=0, log=logs.append, **hybrid)
+    assert any("reused" in line for line in logs)
+    logs.clear()
+    tt.build_tiny_target(output_dir=folder, steps=STEPS, seed=0, log=logs.append)  # the default again: retrained
+    assert not any("reused" in line for line in logs) and tt.read_marker(folder=folder)["family"] == "qwen3"
