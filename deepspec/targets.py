@@ -110,6 +110,18 @@ class TargetFamily:
         return self.end_of_turn[0] if self.end_of_turn else getattr(tokenizer, "eos_token", None)
 
 
+# What Qwen3.5 and Qwen3.5-MoE share (one tokenizer, one layout, the same hybrid stack).
+_QWEN3_5 = dict(
+    chat_template="qwen3_5",  # the tokenizer's own template; turns close with <|im_end|> (248046)
+    mask_token_id=248319,  # the last embedding row (248,320 rows): a padding row no text ever uses
+    text_model=_text_model_multimodal,
+    end_of_turn=("<|im_end|>",),
+    draft_family="qwen3",
+    # Multimodal (*ForConditionalGeneration, the released checkpoints) first, then text-only.
+    embed_keys=("model.language_model.embed_tokens.weight", "model.embed_tokens.weight"),
+    recurrent_layer_types=("linear_attention",),
+)
+
 FAMILIES = (
     TargetFamily(
         name="qwen3",
@@ -170,33 +182,16 @@ FAMILIES = (
     ),
     # Qwen3.5: Gated DeltaNet (linear attention) layers with a full-attention layer every 4th. The draft is a
     # dense full-attention Qwen3 layer of the target's sizes (vLLM serves it as Qwen3DSparkModel).
-    TargetFamily(
-        name="qwen3_5",
-        model_types=("qwen3_5", "qwen3_5_text"),
-        chat_template="qwen3_5",  # the tokenizer's own template; turns close with <|im_end|> (248046)
-        mask_token_id=248319,  # the last embedding row (248,320 rows): a padding row no text ever uses
-        text_model=_text_model_multimodal,
-        end_of_turn=("<|im_end|>",),
-        draft_family="qwen3",
-        # Multimodal (Qwen3_5ForConditionalGeneration, the released checkpoints) first, then text-only.
-        embed_keys=("model.language_model.embed_tokens.weight", "model.embed_tokens.weight"),
-        recurrent_layer_types=("linear_attention",),
-    ),
+    TargetFamily(name="qwen3_5", model_types=("qwen3_5", "qwen3_5_text"), **_QWEN3_5),
     TargetFamily(
         name="qwen3_5_moe",
         model_types=("qwen3_5_moe", "qwen3_5_moe_text"),
-        chat_template="qwen3_5",
-        mask_token_id=248319,
-        text_model=_text_model_multimodal,
-        end_of_turn=("<|im_end|>",),
-        draft_family="qwen3",
-        embed_keys=("model.language_model.embed_tokens.weight", "model.embed_tokens.weight"),
-        recurrent_layer_types=("linear_attention",),
         # No dense MLP in the target: the draft's MLP is as wide as the target's active one per token
         # (the routed experts a token uses plus the shared expert).
         draft_intermediate_size=lambda text: (
             int(text.moe_intermediate_size) * int(text.num_experts_per_tok) + int(text.shared_expert_intermediate_size)
         ),
+        **_QWEN3_5,
     ),
 )
 

@@ -340,15 +340,25 @@ def read_marker(*, folder: str | os.PathLike) -> dict | None:
     return info
 
 
-def is_complete_tiny_target(*, folder: str | os.PathLike, seed: int | None = None, steps: int | None = None) -> bool:
-    """True if ``folder`` holds a finished trained build (matching seed/steps when given)."""
+def is_complete_tiny_target(
+    *,
+    folder: str | os.PathLike,
+    seed: int | None = None,
+    steps: int | None = None,
+    family: str | None = None,
+    config_overrides: dict | None = None,
+) -> bool:
+    """True if ``folder`` holds a finished trained build (matching seed/steps, and the architecture when
+    ``family`` is given: ``family`` with ``config_overrides``; builds older than the field were Qwen3)."""
     info = read_marker(folder=folder)
+    built = info and {"family": info.get("family", "qwen3"), "config_overrides": info.get("config_overrides", {})}
     return bool(
         info
         and info.get("kind") == "trained"
         and info.get("format") == FORMAT_VERSION
         and (seed is None or info.get("seed") == seed)
         and (steps is None or info.get("steps") == steps)
+        and (family is None or built == _architecture(family, config_overrides or {}))
     )
 
 
@@ -633,12 +643,8 @@ def build_tiny_target(
         raise TinyTargetError(f"output path exists and is not a folder: {out}; pass a new folder with --output-dir")
     out.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(out):
-        info = read_marker(folder=out) or {}
-        same = {k: info.get(k, d) for k, d in (("family", "qwen3"), ("config_overrides", {}))}
-        if (
-            not force
-            and is_complete_tiny_target(folder=out, seed=seed, steps=steps)
-            and (same == _architecture(family, overrides))
+        if not force and is_complete_tiny_target(
+            folder=out, seed=seed, steps=steps, family=family, config_overrides=overrides
         ):
             info = read_marker(folder=out)
             say(f"[tiny-target] reused {out} (seed {seed}, {steps} steps, val ppl {info['val_perplexity']:.2f})")

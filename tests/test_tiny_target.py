@@ -214,6 +214,9 @@ def test_other_architecture_is_trained_not_reused(built, tmp_path):
         "linear_attention",
         "full_attention",
     ]
+    assert tt.is_complete_tiny_target(folder=folder, **hybrid) and tt.is_complete_tiny_target(folder=folder)
+    assert not tt.is_complete_tiny_target(folder=folder, family="qwen3")
+    assert not tt.is_complete_tiny_target(folder=folder, family="qwen3_5")  # other overrides
     logs.clear()
     tt.build_tiny_target(output_dir=folder, steps=STEPS, seed=0, log=logs.append, **hybrid)
     assert any("reused" in line for line in logs)

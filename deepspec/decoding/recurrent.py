@@ -36,6 +36,10 @@ class RecurrentStates:
         self.cache = cache
         self.layer_ids = target.family.recurrent_layers(target.model.config)
         self.mixers = {i: target.layers[i].linear_attn for i in self.layer_ids}
+        # transformers' single-token decode functions, from the mixers' own modeling module
+        self.kernels = (
+            importlib.import_module(type(self.mixers[self.layer_ids[0]]).__module__) if self.layer_ids else None
+        )
         self.snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __bool__(self) -> bool:
@@ -77,7 +81,7 @@ def _stepwise_forward(states: RecurrentStates, layer_id: int):
     """
 
     def forward(mixer: nn.Module, hidden_states: torch.Tensor, cache_params=None, attention_mask=None, **_):
-        kernels = importlib.import_module(type(mixer).__module__)
+        kernels = states.kernels
         layer = states.cache.layers[layer_id]
         B, n, _ = hidden_states.shape
         mixed = mixer.in_proj_qkv(hidden_states).transpose(1, 2)  # [B, conv_dim, n]
