@@ -161,17 +161,19 @@ def main(argv=None) -> int:
     import torch
 
     from deepspec.eval.runner import EvalOptions, run_eval
-    from deepspec.eval.tasks import parse_tasks
+    from deepspec.eval.tasks import absent_tasks_line, default_eval_data_dir, parse_tasks
 
-    tasks, skipped = parse_tasks(args.tasks, eval_data_dir=args.eval_data_dir)
-    for line in skipped:
-        print(f"[eval] {line}", file=sys.stderr)
+    tasks, absent = parse_tasks(args.tasks, eval_data_dir=args.eval_data_dir)
+    if absent:
+        data_dir = args.eval_data_dir or default_eval_data_dir()
+        print(f"[eval] {absent_tasks_line(absent, data_dir=data_dir)}", file=sys.stderr)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     name = f"self{args.self_draft}" if args.self_draft else Path(args.draft.rstrip("/")).name
     opts = EvalOptions(
         target=args.target,
         draft=args.draft,
         tasks=tasks,
+        absent_tasks=absent,
         output_dir=Path(args.output_dir or Path("runs/eval") / name),
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,

@@ -19,10 +19,7 @@ if [ "$(cat "$_stamp" 2>/dev/null)" != "$_want" ]; then
   echo "$_want" > "$_stamp"
 fi
 export PATH="$DEEPSPEC_VENV/bin:$PATH"
-# Benchmark prompts live beside the checkout (../shared/eval_datasets) unless told otherwise.
-if [ -z "${DEEPSPEC_EVAL_DATA_DIR:-}" ] && [ -d "$DEEPSPEC_ROOT/../shared/eval_datasets" ]; then
-  export DEEPSPEC_EVAL_DATA_DIR="$(cd "$DEEPSPEC_ROOT/../shared/eval_datasets" && pwd)"
-fi
+# Benchmark prompts: eval_datasets/ in the checkout (DEEPSPEC_EVAL_DATA_DIR, when a user sets it).
 # No hub traffic unless a user asks for a hub model explicitly.
 export HF_HUB_DISABLE_TELEMETRY=1
 cd "$DEEPSPEC_ROOT"

@@ -10,7 +10,7 @@
 #   4. target cache                                scripts/data/prepare_target_cache.py
 #   5. train DSpark, DFlash and Eagle3 (equal budgets, 2 gloo workers)   train.py
 #   6. evaluate each by speculative decoding on the benchmark prompts    eval.py
-#      (from $DEEPSPEC_EVAL_DATA_DIR, default ../shared/eval_datasets; subsampled), plus the target
+#      (eval_datasets/, the five shipped tasks; the four others when fetched), plus the target
 #      drafting for itself (the ceiling check: τ must be γ+1)
 #   7. one table + plots in $OUT (results.json, table.md, tau_by_task.png, ...)  scripts/eval/compare.py
 #   --ablations: also DSpark with 1/2 draft layers (paper Fig. 3) and block size 4/8/12/16 with the

@@ -78,10 +78,15 @@ def test_eval_writes_results_and_matches_target_greedy(setup, capsys):
     )
     assert rc == 0
     printed = capsys.readouterr()
-    assert "alpaca" in printed.err and "skipped" in printed.err  # a known task without a file is reported
+    # A known task without a file is named once, with the command that fetches it.
+    absent = [line for line in printed.err.splitlines() if "alpaca" in line]
+    assert len(absent) == 1 and absent[0].startswith("[eval] not evaluated, no prompt file in ")
+    assert absent[0].endswith(f"build_eval_datasets.py --tasks alpaca --output-dir {data}")
     assert "accept_len" in printed.out and "gsm8k" in printed.out
     results = json.loads((out / "results.json").read_text())
-    assert set(results["tasks"]) == {"gsm8k", "mt-bench"}
+    assert set(results["tasks"]) == {"gsm8k", "mt-bench"} and results["meta"]["absent_tasks"] == ["alpaca"]
+    coverage = "tasks covered (2): gsm8k, mt-bench; not covered, no prompt file: alpaca"
+    assert coverage in (out / "table.md").read_text() and coverage in printed.out
     g = results["tasks"]["gsm8k"]
     assert g["num_samples"] == 3 and len(g["accept_rate_by_position"]) == 4
     assert len(g["conditional_accept_rate_by_position"]) == 4 and "confidence" in g

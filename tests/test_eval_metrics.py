@@ -7,7 +7,15 @@ import pytest
 from deepspec.eval.metrics import MetricsError, macro_average, task_metrics
 from deepspec.eval.plots import plot_conditional_acceptance, plot_conditional_by_algorithm, plot_tau_by_task
 from deepspec.eval.report import comparison_table, format_table, markdown_table, short_name, write_results
-from deepspec.eval.tasks import KNOWN_TASKS, EvalDataError, TaskSpec, default_eval_data_dir, load_prompts, parse_tasks
+from deepspec.eval.tasks import (
+    KNOWN_TASKS,
+    EvalDataError,
+    TaskSpec,
+    absent_tasks_line,
+    default_eval_data_dir,
+    load_prompts,
+    parse_tasks,
+)
 
 GAMMA = 3
 # Four rounds with γ=3; round 2 was truncated to ℓ=2 by a threshold.
@@ -106,16 +114,16 @@ def data_dir(tmp_path):
 
 
 def test_parse_tasks_default_is_all_known_with_paper_counts(data_dir):
-    tasks, skipped = parse_tasks(None, eval_data_dir=data_dir)
+    tasks, absent = parse_tasks(None, eval_data_dir=data_dir)
     assert [t.name for t in tasks] == [n for n in KNOWN_TASKS if n != "alpaca"]
     assert {t.name: t.count for t in tasks}["gsm8k"] == 500
     assert {t.name: t.domain for t in tasks}["mt-bench"] == "chat"
-    assert len(skipped) == 1 and "alpaca" in skipped[0]
+    assert absent == ["alpaca"]
     assert parse_tasks("", eval_data_dir=data_dir)[0] == tasks
 
 
 def test_parse_tasks_counts_custom_and_missing(data_dir):
-    tasks, skipped = parse_tasks("gsm8k:20, mt-bench,humaneval:5,mydata,alpaca", eval_data_dir=data_dir)
+    tasks, absent = parse_tasks("gsm8k:20, mt-bench,humaneval:5,mydata,alpaca", eval_data_dir=data_dir)
     assert [(t.name, t.count, t.domain) for t in tasks] == [
         ("gsm8k", 20, "math"),
         ("mt-bench", 80, "chat"),
@@ -123,7 +131,7 @@ def test_parse_tasks_counts_custom_and_missing(data_dir):
         ("mydata", 2, "other"),
     ]
     assert tasks[3].path == data_dir / "mydata.jsonl"
-    assert len(skipped) == 1 and "alpaca" in skipped[0]
+    assert absent == ["alpaca"]
 
 
 def test_parse_tasks_errors(data_dir, tmp_path):
@@ -141,8 +149,20 @@ def test_parse_tasks_errors(data_dir, tmp_path):
     with pytest.raises(EvalDataError, match="DEEPSPEC_EVAL_DATA_DIR") as e:
         parse_tasks(None, eval_data_dir=tmp_path / "absent")
     assert "build_eval_datasets.py" in str(e.value) and "--eval-data-dir" in str(e.value)
-    with pytest.raises(EvalDataError, match="none of the requested"):
+    with pytest.raises(EvalDataError, match="none of the requested") as e:
         parse_tasks("alpaca", eval_data_dir=data_dir)
+    assert f"build_eval_datasets.py --tasks alpaca --output-dir {data_dir}" in str(e.value)
+
+
+def test_absent_tasks_line_names_the_fetch_command(data_dir, monkeypatch):
+    monkeypatch.delenv("DEEPSPEC_EVAL_DATA_DIR", raising=False)
+    shipped = default_eval_data_dir().resolve()
+    assert absent_tasks_line(["aime25", "alpaca"], data_dir=shipped) == (
+        f"not evaluated, no prompt file in {shipped}: aime25, alpaca (not shipped: see eval_datasets/README.md); "
+        "fetch them with: python eval_datasets/build_eval_datasets.py --tasks aime25,alpaca"
+    )
+    # Another folder: the command writes there.
+    assert absent_tasks_line(["alpaca"], data_dir=data_dir).endswith(f"--tasks alpaca --output-dir {data_dir}")
 
 
 def test_default_eval_data_dir(monkeypatch, tmp_path):

@@ -14,7 +14,14 @@ from pathlib import Path
 
 from deepspec.decoding.rounds import ROUNDS_FILE, file_round, write_rounds
 from deepspec.eval.metrics import task_metrics
-from deepspec.eval.report import format_table, markdown_table, short_name, to_jsonable, write_results
+from deepspec.eval.report import (
+    coverage_line,
+    format_table,
+    markdown_table,
+    short_name,
+    to_jsonable,
+    write_results,
+)
 from deepspec.fsio import atomic_write
 
 
@@ -106,6 +113,7 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str]) -> dict:
         "seed": opts.seed,
         "device": opts.device,
         "calibration_temperatures": temps,
+        "absent_tasks": list(opts.absent_tasks),
     }
     pooled = confidence_diagnostics(
         all_rounds, temperatures=temps, plot_path=out_dir / "reliability_all.png", title="all tasks"
@@ -113,10 +121,12 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str]) -> dict:
     if pooled is not None:
         meta["confidence_all_tasks"] = to_jsonable(pooled)
     write_results(out_dir / "results.json", results=results, meta=meta, domains=domains)
+    covers = coverage_line(results, opts.absent_tasks)
     table = format_table(results, target=target_name, draft=draft_name, gamma=gamma, domains=domains)
+    table += "\n" + covers
     atomic_write(
         out_dir / "table.md",
-        markdown_table(results, target=target_name, draft=draft_name, gamma=gamma, domains=domains) + "\n",
+        markdown_table(results, target=target_name, draft=draft_name, gamma=gamma, domains=domains) + f"\n\n{covers}\n",
     )
     plot_conditional_acceptance(
         results,

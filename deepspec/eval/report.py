@@ -159,6 +159,15 @@ def markdown_table(
     return "\n".join(out)
 
 
+def coverage_line(covered, absent=()) -> str:
+    """Which tasks a τ table covers (its averages are over these), and which requested ones it lacks."""
+    covered = list(covered)
+    line = f"tasks covered ({len(covered)}): {', '.join(covered)}"
+    if absent:
+        line += f"; not covered, no prompt file: {', '.join(absent)} (eval_datasets/README.md says how to fetch them)"
+    return line
+
+
 def to_jsonable(obj):
     """Replace NaN/inf floats by None (strict JSON) inside dicts and lists.
 

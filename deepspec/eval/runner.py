@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ class EvalOptions:
     draft: str | None  # None with self_draft
     tasks: list[TaskSpec]
     output_dir: Path
+    absent_tasks: list[str] = field(default_factory=list)  # requested known tasks without a prompt file
     max_new_tokens: int = 2048
     temperature: float = 1.0
     confidence_threshold: float = 0.0  # DeepSpec's rule: cut at the first slot with c_k < t (0 = off)

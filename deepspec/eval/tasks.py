@@ -32,6 +32,9 @@ DOMAINS = ("math", "code", "chat")
 CUSTOM_DOMAIN = "other"
 ENV_VAR = "DEEPSPEC_EVAL_DATA_DIR"
 BUILD_HINT = "python eval_datasets/build_eval_datasets.py"
+# The known tasks whose prompt files ship in eval_datasets/ (their sources' licenses allow it; NOTICE).
+# The others are fetched by the user with BUILD_HINT.
+SHIPPED_TASKS = ("gsm8k", "math500", "humaneval", "mbpp", "mt-bench")
 
 # Task names become file names: keep them to one plain path component.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -50,7 +53,7 @@ class TaskSpec:
 
 
 def default_eval_data_dir() -> Path:
-    """``$DEEPSPEC_EVAL_DATA_DIR`` if set, else ``<repo root>/eval_datasets``."""
+    """``$DEEPSPEC_EVAL_DATA_DIR`` if set, else ``<repo root>/eval_datasets`` (the shipped prompt files)."""
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env)
@@ -94,13 +97,13 @@ def _parse_count(item: str, raw: str) -> int:
 def parse_tasks(
     spec: str | None, *, eval_data_dir: str | os.PathLike | None = None
 ) -> tuple[list[TaskSpec], list[str]]:
-    """Resolve a task list such as ``"gsm8k:20,mt-bench,humaneval:5"`` into ``(tasks, skipped)``.
+    """Resolve a task list such as ``"gsm8k:20,mt-bench,humaneval:5"`` into ``(tasks, absent)``.
 
     ``None`` or ``""`` means all nine known tasks with the paper's counts. A known task without a
     count uses its paper count; a custom task without a count uses every line of its file. Known
-    tasks whose file is absent are skipped with a message in ``skipped`` (the shared data folder
-    lacks some); unknown names, bad counts, a missing folder, or nothing left to run raise
-    ``EvalDataError``.
+    tasks whose file is absent are left out and named in ``absent`` (a checkout ships five of the
+    nine; :func:`absent_tasks_line` says how to fetch the rest); unknown names, bad counts, a
+    missing folder, or nothing left to run raise ``EvalDataError``.
     """
     data_dir = Path(eval_data_dir) if eval_data_dir is not None else default_eval_data_dir()
     if not data_dir.is_dir():
@@ -132,7 +135,7 @@ def parse_tasks(
         raise EvalDataError(f"task list names {dupes} more than once; list each task once")
 
     tasks: list[TaskSpec] = []
-    skipped: list[str] = []
+    absent: list[str] = []
     for name, count in requested:
         if not _NAME_RE.match(name):
             raise EvalDataError(
@@ -142,7 +145,7 @@ def parse_tasks(
         path = data_dir / f"{name}.jsonl"
         if name in KNOWN_TASKS:
             if not path.is_file():
-                skipped.append(f"{name}: {path} not found, skipped (rebuild the data with {BUILD_HINT})")
+                absent.append(name)
                 continue
             paper_count, domain = KNOWN_TASKS[name]
             tasks.append(TaskSpec(name=name, count=count or paper_count, domain=domain, path=path))
@@ -159,14 +162,31 @@ def parse_tasks(
 
     if not tasks:
         raise EvalDataError(
-            f"none of the requested tasks has a prompt file in {data_dir} "
-            f"({'; '.join(skipped)}); point --eval-data-dir or ${ENV_VAR} at the right "
-            f"folder or build it with {BUILD_HINT}"
+            f"none of the requested tasks has a prompt file in {data_dir} (absent: {', '.join(absent)}); "
+            f"evaluate a shipped task ({', '.join(SHIPPED_TASKS)}), point --eval-data-dir or ${ENV_VAR} "
+            f"at the folder that holds them, or fetch them with {fetch_command(absent, data_dir=data_dir)}"
         )
     if any(t.count == 0 for t in tasks):
         empty = [t.name for t in tasks if t.count == 0]
         raise EvalDataError(f"task file(s) {empty} in {data_dir} hold no prompts; fill or remove them")
-    return tasks, skipped
+    return tasks, absent
+
+
+def fetch_command(names: list[str], *, data_dir: str | os.PathLike) -> str:
+    """The command that writes the prompt files of ``names`` into ``data_dir`` (needs the hub)."""
+    cmd = f"{BUILD_HINT} --tasks {','.join(names)}"
+    default = Path(__file__).resolve().parents[2] / "eval_datasets"
+    if Path(data_dir).resolve() != default.resolve():
+        cmd += f" --output-dir {data_dir}"
+    return cmd
+
+
+def absent_tasks_line(absent: list[str], *, data_dir: str | os.PathLike) -> str:
+    """One line naming the requested tasks without a prompt file, and the command that fetches them."""
+    return (
+        f"not evaluated, no prompt file in {data_dir}: {', '.join(absent)} "
+        f"(not shipped: see eval_datasets/README.md); fetch them with: {fetch_command(absent, data_dir=data_dir)}"
+    )
 
 
 def load_prompts(task: TaskSpec) -> list[str]:

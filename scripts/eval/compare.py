@@ -5,7 +5,7 @@
 
 Reads each run's results.json and writes <output-dir>/results.json (every run's per-task metrics and
 macro τ per domain), table.md (one row per algorithm: τ over all / math / code / chat tasks, then per
-task; relative gains of the first run over the others), tau_by_task.png and
+task, a line naming the tasks covered; relative gains of the first run over the others), tau_by_task.png and
 conditional_acceptance_by_algorithm.png. --ceiling names a run of the target drafting for itself
 (eval.py --self-draft GAMMA): its τ must be GAMMA+1, and the table says whether it is.
 """
@@ -32,7 +32,7 @@ from deepspec.errors import cli_main  # noqa: E402
 def main(argv=None) -> int:
     from deepspec.eval.metrics import macro_average
     from deepspec.eval.plots import plot_conditional_by_algorithm, plot_tau_by_task
-    from deepspec.eval.report import comparison_table
+    from deepspec.eval.report import comparison_table, coverage_line, task_order
     from deepspec.eval.tasks import task_domain
     from deepspec.fsio import atomic_write
 
@@ -53,7 +53,9 @@ def main(argv=None) -> int:
     domains = {t: task_domain(t) for res in by_algo.values() for t in res}
     macro = {name: macro_average(res, domains=domains) for name, res in by_algo.items()}
 
-    lines = [comparison_table(by_algo, domains=domains), ""]
+    covered = task_order(by_algo)
+    absent = sorted({t for r in runs.values() for t in r.get("meta", {}).get("absent_tasks", [])} - set(covered))
+    lines = [comparison_table(by_algo, domains=domains), "", coverage_line(covered, absent)]
     names = list(by_algo)
     first = names[0]
     for other in names[1:]:
