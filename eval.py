@@ -162,19 +162,26 @@ def main(argv=None) -> int:
 
     from deepspec.eval.runner import EvalOptions, run_eval
     from deepspec.eval.tasks import absent_tasks_line, default_eval_data_dir, parse_tasks
+    from deepspec.preflight import check_run_inputs
+
+    name = f"self{args.self_draft}" if args.self_draft else Path(args.draft.rstrip("/")).name
 
     tasks, absent = parse_tasks(args.tasks, eval_data_dir=args.eval_data_dir)
+    output_dir = Path(args.output_dir or Path("runs/eval") / name)
+    models = {"target": (args.target, "--target_name_or_path")}
+    if args.draft:
+        models["draft"] = (args.draft, "--draft_name_or_path")
+    check_run_inputs(models=models, outputs={"--output-dir": output_dir})  # before any model loads
     if absent:
         data_dir = args.eval_data_dir or default_eval_data_dir()
         print(f"[eval] {absent_tasks_line(absent, data_dir=data_dir)}", file=sys.stderr)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    name = f"self{args.self_draft}" if args.self_draft else Path(args.draft.rstrip("/")).name
     opts = EvalOptions(
         target=args.target,
         draft=args.draft,
         tasks=tasks,
         absent_tasks=absent,
-        output_dir=Path(args.output_dir or Path("runs/eval") / name),
+        output_dir=output_dir,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         confidence_threshold=args.confidence_threshold,

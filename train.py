@@ -24,6 +24,7 @@ from deepspec.cli import positive_int
 from deepspec.run_config import ConfigError, ConfigNode, add_opts_argument, load_config
 from deepspec.errors import cli_main
 from deepspec.launch import DistInfo, launch, plan_launch
+from deepspec.preflight import check_run_inputs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +150,10 @@ def run_training(
 
     check_trainer_name(cfg)  # a train.trainer_cls that disagrees: fail before spawning anything
     source = resolve_data_source(cfg, cache_dir=cache_dir, online=online, train_data_paths=train_data_paths)
+    check_run_inputs(  # the target the workers load and the folders they write, before any of them starts
+        models={"target": (cfg.model.target_model_name_or_path, "model.target_model_name_or_path")},
+        outputs={"checkpoint folder": cfg.logging.checkpoint_dir, "tensorboard folder": cfg.logging.tensorboard_dir},
+    )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     plan = plan_launch(device_type=device, nproc=nproc)
     fn = functools.partial(

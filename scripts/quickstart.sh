@@ -3,10 +3,13 @@
 #
 #   bash scripts/quickstart.sh [--fast] [--online] [--out DIR] [--num-prompts N] [--train-steps N] [--eval-prompts N] [--ablations]
 #
-# Stages (each reused when already finished, so a re-run picks up where it stopped):
+# First a preflight (python -m deepspec.preflight) checks what every stage needs and stops at once if
+# something is missing. Stages (each reused when already finished, so a re-run picks up where it stopped):
 #   1. build (or reuse) the tiny target            scripts/data/build_tiny_target.py
 #   2. training prompts from held-out stdlib code  python -m deepspec.data.local_prompts
-#   3. regenerate the answers with the target      scripts/data/generate_train_data.py
+#   3. regenerate the answers with the target      scripts/data/generate_train_data.py, in vLLM
+#      (.venv-vllm, set up by scripts/data/setup_vllm_env.sh); transformers only where vLLM cannot be
+#      installed, or with DEEPSPEC_REGEN_BACKEND=hf
 #   4. target cache                                scripts/data/prepare_target_cache.py
 #   5. train DSpark, DFlash and Eagle3 (equal budgets, 2 gloo workers)   train.py
 #   6. evaluate each by speculative decoding on the benchmark prompts    eval.py
@@ -30,7 +33,7 @@ while [ $# -gt 0 ]; do
     --eval-prompts) SET_EVAL="$2"; shift ;;
     --ablations) ABLATIONS=1 ;;
     --online) ONLINE=1 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -57,11 +60,21 @@ else
   EVAL_TASKS=$(printf "%s:$EVAL_PROMPTS," gsm8k math500 aime25 humaneval mbpp livecodebench mt-bench alpaca arena-hard-v2)
   EVAL_TASKS="${EVAL_TASKS%,}"
 fi
-mkdir -p "$OUT"
 # Sampling at temperature 1, like eval.py's default: DSpark's L1 loss and confidence head target the
 # acceptance of *sampled* drafts; greedy (EVAL_TEMPERATURE=0) measures argmax agreement instead.
 EVAL_TEMPERATURE="${EVAL_TEMPERATURE:-1}"
 export DEEPSPEC_TINY_TARGET="$TARGET"
+
+# Preflight: every input a later stage needs (prompt files, the target, writable output folders, free
+# disk for the target cache), checked before the first stage; a missing piece stops the run here.
+PREFLIGHT=(--tasks "$EVAL_TASKS" --tasks "$SELF_TASKS" --output "$OUT" --target "$TARGET" --tiny-target)
+if [ "$ONLINE" != 1 ]; then
+  PREFLIGHT+=(--config config/dspark/dspark_tiny.py --cache-dir "$OUT/cache" --cache-samples "$NUM_PROMPTS"
+              --cache-tokens "$((MAX_TOKENS + 512))")
+fi
+echo "==> preflight"
+python -m deepspec.preflight "${PREFLIGHT[@]}"
+mkdir -p "$OUT"
 
 declare -a TIMINGS=()
 stage() {  # stage NAME COMMAND...: run, time, remember
@@ -81,7 +94,22 @@ fi
 if [ ! -s "$OUT/data/prompts.jsonl" ]; then
   stage "training prompts" python -m deepspec.data.local_prompts --output-file-path "$OUT/data/prompts.jsonl" --num "$NUM_PROMPTS"
 fi
-stage "regenerate answers" python scripts/data/generate_train_data.py --model "$TARGET" \
+# Regeneration runs in vLLM (its own environment, .venv-vllm), as data preparation does on a GPU node;
+# only where vLLM cannot be installed does it fall back to transformers, and says so.
+REGEN=(python scripts/data/generate_train_data.py --backend hf)
+setup_vllm() {
+  mkdir -p "$OUT/logs"
+  if bash scripts/data/setup_vllm_env.sh >"$OUT/logs/setup_vllm_env.log" 2>&1; then
+    REGEN=(env VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}" VLLM_LOGGING_LEVEL="${VLLM_LOGGING_LEVEL:-WARNING}"
+           "${DEEPSPEC_VLLM_VENV:-.venv-vllm}/bin/python"
+           scripts/data/generate_train_data.py --backend vllm)
+    tail -n 1 "$OUT/logs/setup_vllm_env.log"
+  else
+    echo "[quickstart] vLLM could not be installed here (log: $OUT/logs/setup_vllm_env.log); regenerating with transformers instead"
+  fi
+}
+if [ "${DEEPSPEC_REGEN_BACKEND:-vllm}" = vllm ]; then stage "vLLM environment" setup_vllm; fi
+stage "regenerate answers" "${REGEN[@]}" --model "$TARGET" \
   --input-file-path "$OUT/data/prompts.jsonl" --output-file-path "$OUT/data/train_regen.jsonl" \
   --max-tokens "$MAX_TOKENS" --temperature 0.7 --seed 0 --resume
 if [ "$ONLINE" = 1 ]; then

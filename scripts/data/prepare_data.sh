@@ -33,6 +33,17 @@ OVERWRITE="${OVERWRITE:-0}"             # 1 = start the regenerated file over in
 case "$OVERWRITE" in 0) AGAIN=--resume ;; 1) AGAIN=--overwrite ;;
   *) echo "prepare_data.sh: error: OVERWRITE must be 0 or 1, got '$OVERWRITE'" >&2; exit 2 ;; esac
 
+# Preflight: the config, the target, writable output folders and (with SAMPLE_SIZE) free disk for the
+# cache, checked before step 1 so a missing piece stops the run in its first seconds.
+echo "==> preflight"
+preflight=(--config "$CONFIG" --opts "model.target_model_name_or_path=$MODEL" --target "$MODEL"
+           --output "$DATA_DIR" --output "$(dirname "$REGEN_OUT")" --output "$CACHE_DIR")
+if [ -n "$SAMPLE_SIZE" ]; then  # tokens per sample at most: the answer budget plus a prompt allowance
+  preflight+=(--cache-dir "$CACHE_DIR" --cache-samples "$SAMPLE_SIZE" --cache-tokens "$((MAX_TOKENS + 1024))")
+fi
+"$PY" -m deepspec.preflight "${preflight[@]}"
+[ -n "$SAMPLE_SIZE" ] || echo "[preflight] cache size: checked in step 3, once the data is measured (set SAMPLE_SIZE to check it now)"
+
 mkdir -p "$DATA_DIR"
 echo "==> 1/3 download and split $DATASET"
 "$PY" scripts/data/download_and_split.py --dataset-name "$DATASET" ${SAMPLE_SIZE:+--sample-size "$SAMPLE_SIZE"} \

@@ -1,0 +1,258 @@
+"""Checks made before a pipeline's first stage: every input a later stage needs, in the first seconds.
+
+The shell entry points run this first (quickstart.sh, prepare_data.sh; train.py and eval.py make the
+same checks themselves before loading or spawning anything), so a missing prompt file, target, draft
+or config, an output folder that cannot be written, or a disk too small for the target cache stops
+the run before any work, not after an hour of it. Every problem found is listed in one message,
+each with what to do; nothing is created or changed.
+
+    python -m deepspec.preflight --tasks gsm8k:4,humaneval:4 --target ~/.cache/deepspec/tiny_target \\
+        --output runs/quickstart --cache-dir runs/quickstart/cache --config config/dspark/dspark_tiny.py \\
+        --cache-samples 256 --cache-tokens 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from deepspec.errors import DeepSpecError, cli_main
+
+
+class PreflightError(DeepSpecError, ValueError):
+    """One or more inputs of the run are missing or unusable; the message lists each with its fix."""
+
+
+def _path(text: str | os.PathLike) -> Path:
+    return Path(os.path.expanduser(str(text)))
+
+
+def _looks_like_path(name: str) -> bool:
+    """A hub id is ``org/name`` (or ``name``); anything else that is not on disk is a path that is missing."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
+def check_model(name: str, *, what: str, flag: str) -> str:
+    """A local model folder (with config.json), or a hub id: returns what it is; raises when unusable."""
+    path = _path(name)
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise PreflightError(f"{what} {name} is not a model folder (no config.json in it); fix {flag}")
+        return f"{what} {path} (local folder)"
+    if _looks_like_path(name):
+        raise PreflightError(f"{what} {name}: no such folder; fix {flag} (a local folder or a hub id org/name)")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise PreflightError(
+                f"{what} {name} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids the "
+                "download; download it once with the hub reachable, or give a local folder"
+            )
+        return f"{what} {name} (hub id, in the local cache)"
+    return f"{what} {name} (hub id: downloaded from the Hugging Face hub on first use)"
+
+
+def check_draft(name: str, *, flag: str) -> str:
+    """A draft is a step folder, a checkpoint root (its latest step) or a hub id: a missing path is refused."""
+    if not _path(name).exists() and _looks_like_path(name):
+        raise PreflightError(f"draft {name}: no such folder; fix {flag} (a step folder, checkpoint dir or hub id)")
+    return f"draft {name}"
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(folder: str | os.PathLike, *, what: str) -> str:
+    """``folder`` is a folder we may create or write into; nothing is created."""
+    path = _path(folder)
+    probe = _existing_ancestor(path)
+    if not probe.is_dir():
+        raise PreflightError(f"{what} {path}: {probe} is a file, not a folder; choose another folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PreflightError(f"{what} {path}: {probe} is not writable by this user; choose a folder you can write")
+    return f"{what} {path} (writable)"
+
+
+def check_free_disk(folder: str | os.PathLike, *, needed_bytes: int, what: str) -> str:
+    from deepspec.cache.format import format_bytes
+
+    probe = _existing_ancestor(_path(folder))
+    free = shutil.disk_usage(probe).free
+    line = f"{what}: about {format_bytes(needed_bytes)} needed, {format_bytes(free)} free on {probe}"
+    if needed_bytes > free:
+        raise PreflightError(
+            f"{line}; free space, choose a folder on a larger disk, use less data, or train online "
+            "(train.py --online stores no cache)"
+        )
+    return line
+
+
+def _several(problems: list[str]) -> str:
+    head = f"{len(problems)} inputs of this run cannot be used; nothing was started:"
+    return "\n".join([head] + [f"  - {p}" for p in problems])
+
+
+def check_run_inputs(*, models: dict[str, tuple[str, str]], outputs: dict[str, str | os.PathLike]) -> None:
+    """An entry point's own checks before it loads anything: ``models`` ({what: (name, flag)}; what
+    "draft" is a draft) can load, ``outputs`` ({what: folder}) can be written. One error lists all."""
+    problems = []
+    for what, (name, flag) in models.items():
+        try:
+            if what == "draft":
+                check_draft(str(name), flag=flag)
+            else:
+                check_model(str(name), what=what, flag=flag)
+        except PreflightError as exc:
+            problems.append(str(exc))
+    for what, folder in outputs.items():
+        try:
+            check_writable(folder, what=what)
+        except PreflightError as exc:
+            problems.append(str(exc))
+    if len(problems) == 1:
+        raise PreflightError(problems[0])
+    if problems:
+        raise PreflightError(_several(problems))
+
+
+def hidden_size_of(target: str, *, tiny: bool) -> int | None:
+    """The target's hidden size from its local config.json (text config for multimodal checkpoints)."""
+    config = _path(target) / "config.json"
+    if config.is_file():
+        data = json.loads(config.read_text(encoding="utf-8"))
+        data = data.get("text_config") or data
+        return int(data["hidden_size"]) if "hidden_size" in data else None
+    if tiny:  # built by a later stage: its size is the tiny target's
+        from deepspec.tiny_target import MODEL_CONFIG
+
+        return int(MODEL_CONFIG["hidden_size"])
+    return None
+
+
+def cache_estimate(*, config: str, opts: list[str], samples: int, tokens: int, target: str | None, tiny: bool):
+    """``(bytes or None, how)``: the target cache a config builds from ``samples`` conversations of ``tokens``."""
+    from deepspec.cache.format import estimate_cache_bytes
+    from deepspec.run_config import load_config
+
+    cfg = load_config(config, opts=opts)
+    target = target or cfg.model.target_model_name_or_path
+    hidden = hidden_size_of(target, tiny=tiny)
+    if hidden is None:
+        return None, f"cache size not estimated: {target} is not a local folder (its hidden size is unknown here)"
+    avg = min(tokens, int(cfg.data.max_length))
+    layers = len(cfg.model.target_layer_ids)
+    needed = estimate_cache_bytes(num_samples=samples, avg_tokens=avg, num_layers=layers, hidden_size=hidden)
+    return needed, f"{samples} samples x {avg} tokens, {layers} captured layers + the last, hidden {hidden}"
+
+
+def check_prompts(spec: str, data_dir: str | None) -> list[str]:
+    """The eval task list resolves to at least one prompt file; the absent ones are named in one line."""
+    from deepspec.eval.tasks import absent_tasks_line, default_eval_data_dir, parse_tasks
+
+    tasks, absent = parse_tasks(spec, eval_data_dir=data_dir)
+    lines = [f"prompt files: {', '.join(f'{t.name} ({t.count})' for t in tasks)}"]
+    if absent:
+        lines.append(absent_tasks_line(absent, data_dir=data_dir or default_eval_data_dir()))
+    return lines
+
+
+def check_inputs(paths: list[str]) -> str:
+    missing = [p for p in paths if not _path(p).exists()]
+    if missing:
+        raise PreflightError(f"input {', '.join(missing)} not found; check the path (relative to {Path.cwd()})")
+    return f"inputs: {', '.join(paths)}"
+
+
+def run_checks(args) -> list[str]:
+    """Every check the arguments ask for; returns their report lines, or raises one PreflightError for all."""
+    lines: list[str] = []
+    problems: list[str] = []
+
+    def attempt(fn, *a, report: bool = True, **kw):
+        try:
+            out = fn(*a, **kw)
+        except (DeepSpecError, OSError) as exc:
+            problems.append(str(exc))
+            return None
+        if report:
+            lines.extend(out if isinstance(out, list) else [out])
+        return out
+
+    for spec in args.tasks:
+        attempt(check_prompts, spec, args.eval_data_dir)
+    config_ok = bool(args.config) and _path(args.config).is_file()
+    if args.config and not config_ok:
+        problems.append(f"config file {args.config} not found; fix the config path (relative to {Path.cwd()})")
+    if args.target:
+        attempt(check_model, args.target, what="target", flag="the target")
+    if args.draft:
+        attempt(check_draft, args.draft, flag="the draft")
+    if args.input:
+        attempt(check_inputs, args.input)
+    for folder in args.output:
+        attempt(check_writable, folder, what="output folder")
+    if args.cache_dir and args.cache_samples and config_ok:
+        estimate = attempt(
+            cache_estimate,
+            report=False,
+            config=args.config,
+            opts=args.opts,
+            samples=args.cache_samples,
+            tokens=args.cache_tokens,
+            target=args.target,
+            tiny=args.tiny_target,
+        )
+        if estimate is not None:
+            needed, how = estimate
+            if needed is None:
+                lines.append(how)
+            else:
+                what = f"target cache ({how})"
+                attempt(check_free_disk, args.cache_dir, needed_bytes=int(needed * 1.05), what=what)
+    if len(problems) == 1:
+        raise PreflightError(f"{problems[0]} (nothing was started)")
+    if problems:
+        raise PreflightError(_several(problems))
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m deepspec.preflight", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--tasks", action="append", default=[], help="eval task list (eval.py --tasks); repeatable")
+    p.add_argument("--eval-data-dir", default=None, help="folder of <task>.jsonl (default: eval_datasets/)")
+    p.add_argument("--target", default=None, help="target folder or hub id the later stages load")
+    p.add_argument("--tiny-target", action="store_true", help="the target is the tiny one; absent, a stage builds it")
+    p.add_argument("--draft", default=None, help="draft folder, checkpoint dir or hub id to evaluate")
+    p.add_argument("--config", default=None, help="run config file (train.py --config)")
+    p.add_argument("--opts", nargs="*", default=[], help="config overrides key.path=value")
+    p.add_argument("--input", action="append", default=[], help="a file or folder a later stage reads; repeatable")
+    p.add_argument("--output", action="append", default=[], help="a folder a later stage writes; repeatable")
+    p.add_argument("--cache-dir", default=None, help="where the target cache will go (its free disk is checked)")
+    p.add_argument("--cache-samples", type=int, default=None, help="conversations the cache will hold")
+    p.add_argument("--cache-tokens", type=int, default=4096, help="tokens per conversation, at most (default 4096)")
+    return p
+
+
+@cli_main
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.tiny_target and args.target and not (_path(args.target) / "config.json").is_file():
+        args.output.append(args.target)  # a later stage builds it there
+        args.target = None
+    for line in run_checks(args):
+        print(f"[preflight] {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
