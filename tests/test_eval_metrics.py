@@ -252,3 +252,13 @@ def test_plots_and_comparison(tmp_path):
     assert lines[0] == "| algorithm | τ all | τ math | τ code | gsm8k | humaneval |"
     assert lines[2] == "| DSpark | 2.88 | 2.50 | 3.25 | 2.50 | 3.25 |"
     assert lines[3] == "| DFlash | 2.50 | 2.50 | - | 2.50 | - |"
+
+
+def test_coverage_line():
+    from deepspec.eval.report import coverage_line
+
+    assert coverage_line(["gsm8k", "mbpp"]) == "tasks covered (2): gsm8k, mbpp"
+    assert coverage_line({"gsm8k": {}}, ["aime25", "alpaca"]) == (
+        "tasks covered (1): gsm8k; not covered, no prompt file: aime25, alpaca "
+        "(eval_datasets/README.md says how to fetch them)"
+    )

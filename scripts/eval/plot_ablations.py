@@ -22,14 +22,19 @@ HEADS = {"Markov (DSpark)": "markov_b{}", "RNN head": "rnn_b{}", "DFlash (no hea
 MAIN_AT_7 = {"Markov (DSpark)": "dspark", "DFlash (no head)": "dflash"}  # the main runs are the block-7 points
 
 
-def macro_tau(out: Path, run: str, missing: list[str]) -> float | None:
+def macro_tau(out: Path, run: str, missing: list[str], covered: dict[str, list[str]]) -> float | None:
+    """The run's macro τ over its tasks; ``covered`` gathers the tasks (and the absent ones) of every run."""
     from deepspec.eval.metrics import macro_average
 
     path = out / "eval" / run / "results.json"
     if not path.is_file():
         missing.append(run)
         return None
-    return macro_average(json.loads(path.read_text())["tasks"]).get("all")
+    results = json.loads(path.read_text())
+    for key, names in (("tasks", list(results["tasks"])), ("absent", results.get("meta", {}).get("absent_tasks", []))):
+        bucket = covered.setdefault(key, [])
+        bucket += [n for n in names if n not in bucket]
+    return macro_average(results["tasks"]).get("all")
 
 
 def _plot(series: dict[str, list[tuple[int, float]]], *, path: Path, xlabel: str, title: str) -> None:
@@ -58,6 +63,7 @@ from deepspec.errors import DeepSpecError, cli_main  # noqa: E402
 
 @cli_main
 def main(argv=None) -> int:
+    from deepspec.eval.report import coverage_line
     from deepspec.fsio import atomic_write
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,13 +73,16 @@ def main(argv=None) -> int:
     if not out.is_dir():
         raise DeepSpecError(f"--out {out} is not a folder; pass the quickstart output folder (runs/quickstart)")
     missing: list[str] = []
+    covered: dict[str, list[str]] = {}
 
-    depth = [(n, t) for n, run in DEPTH_RUNS.items() if (t := macro_tau(out, run, missing)) is not None]
+    depth = [(n, t) for n, run in DEPTH_RUNS.items() if (t := macro_tau(out, run, missing, covered)) is not None]
     blocks: dict[str, list[tuple[int, float]]] = {}
     for label, pattern in HEADS.items():
         runs = {b: (MAIN_AT_7.get(label) if b == 7 else pattern.format(b)) for b in BLOCKS}
         blocks[label] = [
-            (b, t) for b, run in runs.items() if run is not None and (t := macro_tau(out, run, missing)) is not None
+            (b, t)
+            for b, run in runs.items()
+            if run is not None and (t := macro_tau(out, run, missing, covered)) is not None
         ]
 
     lines = ["| draft layers | τ |", "|---:|---:|"] + [f"| {n} | {t:.3f} |" for n, t in depth]
@@ -81,6 +90,7 @@ def main(argv=None) -> int:
     for b in BLOCKS:
         cells = [next((f"{t:.3f}" for x, t in blocks[h] if x == b), "-") for h in HEADS]
         lines.append(f"| {b} | " + " | ".join(cells) + " |")
+    lines += ["", coverage_line(covered.get("tasks", []), covered.get("absent", []))]
     if missing:
         lines += ["", f"missing runs (not evaluated): {', '.join(sorted(set(missing)))}"]
     atomic_write(out / "ablations.md", "\n".join(lines) + "\n")
