@@ -35,3 +35,14 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def free_disk(path: str | os.PathLike) -> tuple[Path, int]:
+    """``(folder, bytes)``: the nearest existing folder at or above ``path`` and the free space on its disk
+    (what a folder about to be created there will have)."""
+    import shutil
+
+    probe = Path(os.path.expanduser(str(path)))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe, shutil.disk_usage(probe).free

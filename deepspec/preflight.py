@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 from deepspec.errors import DeepSpecError, cli_main
+from deepspec.fsio import free_disk
 
 
 class PreflightError(DeepSpecError, ValueError):
@@ -84,8 +84,7 @@ def check_writable(folder: str | os.PathLike, *, what: str) -> str:
 def check_free_disk(folder: str | os.PathLike, *, needed_bytes: int, what: str) -> str:
     from deepspec.cache.format import format_bytes
 
-    probe = _existing_ancestor(_path(folder))
-    free = shutil.disk_usage(probe).free
+    probe, free = free_disk(folder)
     line = f"{what}: about {format_bytes(needed_bytes)} needed, {format_bytes(free)} free on {probe}"
     if needed_bytes > free:
         raise PreflightError(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import functools
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -28,6 +27,7 @@ from typing import Callable, Sequence
 from deepspec.data.chat import tokenize_conversation
 from deepspec.data.conversations import DataError, SkipReport, list_input_files, read_conversations
 from deepspec.errors import DeepSpecError, check_outputs_apart
+from deepspec.fsio import free_disk
 
 # torch, tqdm and the cache modules (numpy, and torch for the writer and reader) are imported where used:
 # a refused command then answers in a fraction of a second.
@@ -102,10 +102,7 @@ class CacheBuildError(DeepSpecError, ValueError):
 def check_disk_space(*, output_dir: Path, needed_bytes: int, ignore: bool) -> str:
     from deepspec.cache.format import format_bytes
 
-    probe = output_dir if output_dir.exists() else output_dir.parent
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    probe, free = free_disk(output_dir)
     message = f"estimated cache size {format_bytes(needed_bytes)}, free on {probe}: {format_bytes(free)}"
     if needed_bytes > free and not ignore:
         raise CacheBuildError(

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 
 from deepspec.data.conversations import SkipReport, list_input_files, read_conversations  # noqa: E402
 from deepspec.errors import DeepSpecError, cli_main  # noqa: E402
+from deepspec.fsio import free_disk  # noqa: E402
 
 # deepspec.cache.format (numpy) is imported once the inputs are known good: a bad
 # command answers at once.
@@ -269,10 +269,7 @@ def main(argv=None) -> int:
         ("estimated size", f"{format_bytes(total)} ({total:,} bytes)"),
     ]
     if args.output_dir:
-        probe = Path(args.output_dir)
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        free = shutil.disk_usage(probe).free
+        _, free = free_disk(args.output_dir)
         verdict = "fits" if free > total * 1.05 else "DOES NOT FIT: free up space or use the online mode"
         rows.append(("free on output disk", f"{format_bytes(free)} -> {verdict}"))
     rows.append(("online: disk", "0 bytes (train.py --online runs the target live; no cache)"))
