@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from deepspec.cli import NoSuchFolderError, local_or_hub_id
 from deepspec.errors import DeepSpecError, cli_main
 from deepspec.fsio import free_disk
 
@@ -31,20 +32,18 @@ def _path(text: str | os.PathLike) -> Path:
     return Path(os.path.expanduser(str(text)))
 
 
-def _looks_like_path(name: str) -> bool:
-    """A hub id is ``org/name`` (or ``name``); anything else that is not on disk is a path that is missing."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
-
-
 def check_model(name: str, *, what: str, flag: str) -> str:
     """A local model folder (with config.json), or a hub id: returns what it is; raises when unusable."""
-    path = _path(name)
-    if path.exists():
-        if not path.is_dir() or not (path / "config.json").is_file():
+    try:
+        resolved, local = local_or_hub_id(name, what=what)
+    except NoSuchFolderError:
+        raise PreflightError(
+            f"{what} {name}: no such folder; fix {flag} (a local folder or a hub id org/name)"
+        ) from None
+    if local:
+        if not Path(resolved).is_dir() or not (Path(resolved) / "config.json").is_file():
             raise PreflightError(f"{what} {name} is not a model folder (no config.json in it); fix {flag}")
-        return f"{what} {path} (local folder)"
-    if _looks_like_path(name):
-        raise PreflightError(f"{what} {name}: no such folder; fix {flag} (a local folder or a hub id org/name)")
+        return f"{what} {resolved} (local folder)"
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         from huggingface_hub import try_to_load_from_cache
 
@@ -59,8 +58,12 @@ def check_model(name: str, *, what: str, flag: str) -> str:
 
 def check_draft(name: str, *, flag: str) -> str:
     """A draft is a step folder, a checkpoint root (its latest step) or a hub id: a missing path is refused."""
-    if not _path(name).exists() and _looks_like_path(name):
-        raise PreflightError(f"draft {name}: no such folder; fix {flag} (a step folder, checkpoint dir or hub id)")
+    try:
+        local_or_hub_id(name, what="draft")
+    except NoSuchFolderError:
+        raise PreflightError(
+            f"draft {name}: no such folder; fix {flag} (a step folder, checkpoint dir or hub id)"
+        ) from None
     return f"draft {name}"
 
 
