@@ -171,7 +171,7 @@ CASES = [
         "eval-output-is-file",
         "eval.py",
         ["--self-draft", "2", "--tasks", "gsm8k:1", "--output-dir", "{notes}"],
-        ["is a file; pass a folder"],
+        ["is a file, not a folder; choose another folder"],
     ),
     (
         "eval-missing-target",
@@ -186,7 +186,7 @@ CASES = [
             "--output-dir",
             "{base}/out1",
         ],
-        ["no_target", "does not exist"],
+        ["no_target: no such folder; fix --target_name_or_path"],
     ),
     (
         "eval-broken-prompts",
