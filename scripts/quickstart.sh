@@ -100,7 +100,7 @@ REGEN=(python scripts/data/generate_train_data.py --backend hf)
 setup_vllm() {
   mkdir -p "$OUT/logs"
   if bash scripts/data/setup_vllm_env.sh >"$OUT/logs/setup_vllm_env.log" 2>&1; then
-    REGEN=(env VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}" VLLM_LOGGING_LEVEL="${VLLM_LOGGING_LEVEL:-WARNING}"
+    REGEN=(env VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}" VLLM_LOGGING_LEVEL="${VLLM_LOGGING_LEVEL:-ERROR}"
            "${DEEPSPEC_VLLM_VENV:-.venv-vllm}/bin/python"
            scripts/data/generate_train_data.py --backend vllm)
     tail -n 1 "$OUT/logs/setup_vllm_env.log"
@@ -108,10 +108,17 @@ setup_vllm() {
     echo "[quickstart] vLLM could not be installed here (log: $OUT/logs/setup_vllm_env.log); regenerating with transformers instead"
   fi
 }
-if [ "${DEEPSPEC_REGEN_BACKEND:-vllm}" = vllm ]; then stage "vLLM environment" setup_vllm; fi
-stage "regenerate answers" "${REGEN[@]}" --model "$TARGET" \
-  --input-file-path "$OUT/data/prompts.jsonl" --output-file-path "$OUT/data/train_regen.jsonl" \
-  --max-tokens "$MAX_TOKENS" --temperature 0.7 --seed 0 --resume
+rows() { grep -c . "$1" 2>/dev/null || true; }
+# Answered already, by this target (a target rebuilt since is newer: the run below then refuses to mix).
+if [ "$(rows "$OUT/data/train_regen.jsonl")" -ge "$(rows "$OUT/data/prompts.jsonl")" ] \
+   && [ "$OUT/data/train_regen.jsonl" -nt "$TARGET/config.json" ]; then
+  echo; echo "==> regenerate answers: reusing $OUT/data/train_regen.jsonl (every prompt answered)"
+else
+  if [ "${DEEPSPEC_REGEN_BACKEND:-vllm}" = vllm ]; then stage "vLLM environment" setup_vllm; fi
+  stage "regenerate answers" "${REGEN[@]}" --model "$TARGET" \
+    --input-file-path "$OUT/data/prompts.jsonl" --output-file-path "$OUT/data/train_regen.jsonl" \
+    --max-tokens "$MAX_TOKENS" --temperature 0.7 --seed 0 --resume
+fi
 if [ "$ONLINE" = 1 ]; then
   # Online: the same conversations, tokenised the same way; the target runs inside each training step.
   SUFFIX="_online"; SOURCE=(--online --train-data-path "$OUT/data/train_regen.jsonl")
