@@ -108,7 +108,7 @@ setup_vllm() {
     echo "[quickstart] vLLM could not be installed here (log: $OUT/logs/setup_vllm_env.log); regenerating with transformers instead"
   fi
 }
-rows() { grep -c . "$1" 2>/dev/null || true; }
+rows() { if [ -s "$1" ]; then grep -c . "$1" || true; else echo 0; fi; }  # non-blank lines of a file
 # Answered already, by this target (a target rebuilt since is newer: the run below then refuses to mix).
 if [ "$(rows "$OUT/data/train_regen.jsonl")" -ge "$(rows "$OUT/data/prompts.jsonl")" ] \
    && [ "$OUT/data/train_regen.jsonl" -nt "$TARGET/config.json" ]; then
