@@ -36,13 +36,11 @@ def check_model(name: str, *, what: str, flag: str) -> str:
     """A local model folder (with config.json), or a hub id: returns what it is; raises when unusable."""
     try:
         resolved, local = local_or_hub_id(name, what=what)
-    except NoSuchFolderError:
-        raise PreflightError(
-            f"{what} {name}: no such folder; fix {flag} (a local folder or a hub id org/name)"
-        ) from None
+    except NoSuchFolderError as exc:
+        raise PreflightError(f"{flag}: {exc}") from None
     if local:
         if not Path(resolved).is_dir() or not (Path(resolved) / "config.json").is_file():
-            raise PreflightError(f"{what} {name} is not a model folder (no config.json in it); fix {flag}")
+            raise PreflightError(f"{flag}: {name} is not a model folder (no config.json in it)")
         return f"{what} {resolved} (local folder)"
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         from huggingface_hub import try_to_load_from_cache
@@ -60,10 +58,8 @@ def check_draft(name: str, *, flag: str) -> str:
     """A draft is a step folder, a checkpoint root (its latest step) or a hub id: a missing path is refused."""
     try:
         local_or_hub_id(name, what="draft")
-    except NoSuchFolderError:
-        raise PreflightError(
-            f"draft {name}: no such folder; fix {flag} (a step folder, checkpoint dir or hub id)"
-        ) from None
+    except NoSuchFolderError as exc:
+        raise PreflightError(f"{flag}: {exc}") from None
     return f"draft {name}"
 
 
@@ -194,9 +190,9 @@ def run_checks(args) -> list[str]:
     if args.config and not config_ok:
         problems.append(f"config file {args.config} not found; fix the config path (relative to {Path.cwd()})")
     if args.target:
-        attempt(check_model, args.target, what="target", flag="the target")
+        attempt(check_model, args.target, what="target", flag="--target")
     if args.draft:
-        attempt(check_draft, args.draft, flag="the draft")
+        attempt(check_draft, args.draft, flag="--draft")
     if args.input:
         attempt(check_inputs, args.input)
     for folder in args.output:

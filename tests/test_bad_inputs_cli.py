@@ -186,7 +186,7 @@ CASES = [
             "--output-dir",
             "{base}/out1",
         ],
-        ["no_target: no such folder; fix --target_name_or_path"],
+        ["--target_name_or_path: no such folder:", "no_target"],
     ),
     (
         "eval-broken-prompts",

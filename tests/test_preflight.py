@@ -29,11 +29,10 @@ def test_model_checks(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(PreflightError) as e:
         check_model(str(tmp_path / "empty"), what="target", flag="--target_name_or_path")
-    assert (
-        str(e.value)
-        == f"target {tmp_path / 'empty'} is not a model folder (no config.json in it); fix --target_name_or_path"
-    )
-    with pytest.raises(PreflightError, match="no such folder; fix --x"):
+    assert str(e.value) == f"--target_name_or_path: {tmp_path / 'empty'} is not a model folder (no config.json in it)"
+    with pytest.raises(
+        PreflightError, match=r"^--x: no such folder: ./no/such/model \(the target must be an existing local folder"
+    ):
         check_model("./no/such/model", what="target", flag="--x")
     assert check_model("Qwen/Qwen3-4B", what="target", flag="--x").endswith(
         "downloaded from the Hugging Face hub on first use)"
@@ -72,7 +71,8 @@ def test_every_problem_in_one_message(tmp_path, capsys):
     assert lines[1].endswith(f"build_eval_datasets.py --tasks aime25 --output-dir {data}")
     assert lines[2].startswith(f"  - config file {tmp_path / 'nope.py'} not found; fix the config path")
     assert lines[3] == (
-        f"  - target {tmp_path / 'no_target'}: no such folder; fix the target (a local folder or a hub id org/name)"
+        f"  - --target: no such folder: {tmp_path / 'no_target'} (the target must be an existing local folder, "
+        "or a hub id of the form owner/name); check the path and the current directory"
     )
     assert lines[4] == (
         f"  - output folder {tmp_path / 'notes.txt' / 'out'}: {tmp_path / 'notes.txt'} is a file, not a folder; "
@@ -108,14 +108,14 @@ def test_train_and_eval_check_before_loading(tmp_path):
         + ["--opts", f"model.target_model_name_or_path={tmp_path / 'gone'}"],
     )
     assert res.rc == 2 and "Traceback" not in res.output
-    assert f"target {tmp_path / 'gone'}: no such folder; fix model.target_model_name_or_path" in res.stderr
+    assert f"model.target_model_name_or_path: no such folder: {tmp_path / 'gone'} (the target" in res.stderr
     res = run_entry(
         "eval.py",
         ["--target_name_or_path", tmp_path / "gone", "--draft_name_or_path", tmp_path / "nodraft", "--tasks", "gsm8k:1"]
         + ["--output-dir", tmp_path / "out"],
     )
     assert res.rc == 2 and "eval.py: error: 2 inputs of this run cannot be used; nothing was started:" in res.stderr
-    assert f"draft {tmp_path / 'nodraft'}: no such folder" in res.stderr
+    assert f"--draft_name_or_path: no such folder: {tmp_path / 'nodraft'} (the draft" in res.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -56,9 +56,9 @@ def confidence_diagnostics(rounds: list[dict], *, temperatures, plot_path: Path 
     return {"uncalibrated": before, "calibrated": after}
 
 
-def write_reports(opts, decoded: dict, *, domains: dict[str, str]) -> dict:
+def write_reports(opts, decoded: dict, *, domains: dict[str, str], scheduler: str) -> dict:
+    """``scheduler``: the verification policy the decode used (the runner resolves it from ``opts``)."""
     from deepspec.eval.plots import plot_conditional_acceptance
-    from deepspec.eval.runner import policy_choice
 
     out_dir = Path(opts.output_dir)
     gamma, temps = decoded["gamma"], decoded["calibration"]
@@ -105,9 +105,7 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str]) -> dict:
         "temperature": opts.temperature,
         "confidence_threshold": opts.confidence_threshold,
         "survival_threshold": opts.survival_threshold,
-        "scheduler": policy_choice(
-            opts.scheduler, confidence_threshold=opts.confidence_threshold, survival_threshold=opts.survival_threshold
-        )[0],
+        "scheduler": scheduler,
         "max_new_tokens": opts.max_new_tokens,
         "batch_size": opts.batch_size,
         "seed": opts.seed,

@@ -332,4 +332,7 @@ def run_eval(opts: EvalOptions) -> dict:
         resolve_draft_dir(opts.draft)  # a wrong draft path fails before the target loads
     opts.output_dir.mkdir(parents=True, exist_ok=True)
     decoded = decode_all(opts)
-    return write_reports(opts, decoded, domains=domains_of(opts.tasks))
+    scheduler, _ = policy_choice(
+        opts.scheduler, confidence_threshold=opts.confidence_threshold, survival_threshold=opts.survival_threshold
+    )
+    return write_reports(opts, decoded, domains=domains_of(opts.tasks), scheduler=scheduler)

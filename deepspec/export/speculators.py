@@ -31,8 +31,8 @@ How our layout maps, and why each rule:
 
 What engines do with it (README "Serve your draft"): vLLM maps a ``dspark`` folder to its
 ``Qwen3DSparkModel`` (Qwen 3 only) and an ``eagle3`` folder to ``Eagle3Qwen3ForCausalLM`` /
-``Eagle3LlamaForCausalLM``; its ``dflash`` method refuses ``sample_from_anchor``. :func:`vllm_caveat`
-says which exports vLLM cannot serve from this format.
+``Eagle3LlamaForCausalLM``; its ``dflash`` method refuses ``sample_from_anchor``.
+:func:`deepspec.export.vllm_layout.vllm_caveat` says which exports vLLM cannot serve from this format.
 """
 
 from __future__ import annotations
@@ -126,32 +126,6 @@ def to_speculators_config(
         "verifier": {"name_or_path": verifier_name_or_path, "architectures": list(verifier_architectures or [])},
     }
     return out
-
-
-def vllm_caveat(config: dict) -> str | None:
-    """Why vLLM (0.32) cannot serve the speculators export of our ``config``, or None when it can."""
-    from deepspec.export.vllm_layout import VllmExportError, check_vllm_servable
-
-    algorithm, model_type = _algorithm(config), config.get("model_type")
-    if algorithm == "eagle3":
-        if model_type not in ("qwen3", "llama"):
-            return f"vLLM's speculators Eagle3 path builds only qwen3 / llama layers, not {model_type}"
-        return None
-    if algorithm == "dflash":
-        return (
-            "vLLM's dflash method refuses sample_from_anchor (DeepSpec's DFlash layout); serve it with "
-            "--format deepspec and method dspark"
-        )
-    if model_type != "qwen3":
-        return (
-            f"vLLM maps every speculators dspark folder to Qwen3DSparkModel, which cannot hold {model_type} "
-            "layers; serve it with --format deepspec (Gemma4DSparkModel)"
-        )
-    try:
-        check_vllm_servable(config=config)
-    except VllmExportError as exc:
-        return str(exc)
-    return None
 
 
 def _verifier_architectures(name_or_path: str | None) -> list[str]:

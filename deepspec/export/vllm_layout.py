@@ -39,6 +39,14 @@ from pathlib import Path
 import torch
 
 from deepspec.errors import DeepSpecError
+from deepspec.export.speculators import (
+    SpeculatorsFormatError,
+    cast,
+    check_output,
+    read_any_config,
+    read_any_draft,
+    write_folder,
+)
 
 SUPPORTED_ARCHITECTURES = ("Qwen3DSparkModel", "Gemma4DSparkModel")
 
@@ -78,6 +86,32 @@ def check_vllm_servable(*, config: dict) -> None:
         raise VllmExportError("a reduced draft vocabulary needs d2t tables, which DeepSpec drafts do not have")
 
 
+def vllm_caveat(config: dict) -> str | None:
+    """Why vLLM (0.32) cannot serve the speculators export of our ``config``, or None when it can."""
+    from deepspec.models.draft_config import draft_config_from_dict
+
+    algorithm, model_type = draft_config_from_dict(config).algorithm, config.get("model_type")
+    if algorithm == "eagle3":
+        if model_type not in ("qwen3", "llama"):
+            return f"vLLM's speculators Eagle3 path builds only qwen3 / llama layers, not {model_type}"
+        return None
+    if algorithm == "dflash":
+        return (
+            "vLLM's dflash method refuses sample_from_anchor (DeepSpec's DFlash layout); serve it with "
+            "--format deepspec and method dspark"
+        )
+    if model_type != "qwen3":
+        return (
+            f"vLLM maps every speculators dspark folder to Qwen3DSparkModel, which cannot hold {model_type} "
+            "layers; serve it with --format deepspec (Gemma4DSparkModel)"
+        )
+    try:
+        check_vllm_servable(config=config)
+    except VllmExportError as exc:
+        return str(exc)
+    return None
+
+
 def to_vllm_folder(
     *,
     draft_dir: str | os.PathLike,
@@ -94,14 +128,6 @@ def to_vllm_folder(
     rank-1 Markov head; nothing else). ``dtype`` casts every floating tensor (None keeps the saved
     dtypes) and is recorded as ``torch_dtype``.
     """
-    from deepspec.export.speculators import (
-        SpeculatorsFormatError,
-        cast,
-        check_output,
-        read_any_config,
-        read_any_draft,
-        write_folder,
-    )
     from deepspec.models.loading import DraftLoadError
 
     src, out = Path(draft_dir), Path(output_dir)

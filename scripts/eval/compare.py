@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     macro = {name: macro_average(res, domains=domains) for name, res in by_algo.items()}
 
     covered = task_order(by_algo)
-    absent = sorted({t for r in runs.values() for t in r.get("meta", {}).get("absent_tasks", [])} - set(covered))
+    absent = list(dict.fromkeys(t for r in runs.values() for t in r.get("meta", {}).get("absent_tasks", [])))
+    absent = [t for t in absent if t not in covered]
     lines = [comparison_table(by_algo, domains=domains), "", coverage_line(covered, absent)]
     names = list(by_algo)
     first = names[0]

@@ -86,7 +86,8 @@ def main(argv=None) -> int:
         return 0
     import json
 
-    from deepspec.export.speculators import from_speculators_config, to_speculators_folder, vllm_caveat
+    from deepspec.export.speculators import from_speculators_config, to_speculators_folder
+    from deepspec.export.vllm_layout import vllm_caveat
 
     out = to_speculators_folder(
         draft_dir=args.draft,
