@@ -301,3 +301,27 @@ def test_cli_main_one_line_for_project_and_os_errors_traceback_for_bugs(capsys, 
     monkeypatch.setenv("DEEPSPEC_TRACEBACK", "1")
     with pytest.raises(DeepSpecError):
         main("project")
+
+
+def test_small_tools_never_write_over_their_inputs(world, tmp_path):
+    """compare.py and profile_engine.py refuse an output that is, or lies in, what they read."""
+    run = tmp_path / "run_a"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"tasks": {"gsm8k": {"acceptance_length": 2.0}}, "meta": {}}))
+    (run / "table.md").write_text("the run's own table\n")
+    before = fingerprint([run, world["target"]])
+    compare = "scripts/eval/compare.py"
+    refused(run_entry(compare, ["--runs", f"a={run}", "--output-dir", run]), "lies inside the input folder")
+    refused(
+        run_entry(compare, ["--runs", f"a={run}", f"a={tmp_path}", "--output-dir", tmp_path / "cmp"]),
+        f"--runs names 'a' twice ({run} and {tmp_path}); give each run its own name",
+    )
+    refused(
+        run_entry(
+            "scripts/eval/profile_engine.py",
+            ["--target_name_or_path", world["target"], "--output", world["target"] / "config.json"],
+        ),
+        "lies inside the input folder",
+    )
+    assert fingerprint([run, world["target"]]) == before
+    assert not (tmp_path / "cmp").exists()

@@ -68,3 +68,39 @@ def test_non_empty_output_needs_overwrite(tmp_path):
     (tmp_path / "out" / "keep.txt").write_text("mine")
     refused(run_entry(SCRIPT, ["--draft", src, "--output", tmp_path / "out"]), "exists and is not empty", code=2)
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_overwrite_never_deletes_the_draft_or_files_it_did_not_write(tmp_path):
+    src = saved_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="vanilla")
+    before = fingerprint([tmp_path / "run"])
+    # The checkpoint root holds the draft being read (step_latest -> step_1): --overwrite must not replace it.
+    refused(
+        run_entry(SCRIPT, ["--draft", src, "--output", tmp_path / "run", "--overwrite"]),
+        f"--output folder {tmp_path / 'run'} contains the input {src}",
+        code=2,
+    )
+    # Nor write inside the draft folder.
+    refused(
+        run_entry(SCRIPT, ["--draft", src, "--output", src / "export", "--overwrite"]),
+        "lies inside the input folder",
+        code=2,
+    )
+    assert fingerprint([tmp_path / "run"]) == before
+    # A folder holding anything an export does not write stays as it is, --overwrite or not.
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "config.json").write_text("{}")
+    (tmp_path / "mixed" / "notes.txt").write_text("mine")
+    refused(
+        run_entry(SCRIPT, ["--draft", src, "--output", tmp_path / "mixed", "--overwrite"]),
+        "holds notes.txt, which no export writes; --overwrite replaces only an earlier export",
+        code=2,
+    )
+    assert (tmp_path / "mixed" / "notes.txt").read_text() == "mine"
+    # An earlier export is replaced.
+    out = tmp_path / "export"
+    assert run_entry(SCRIPT, ["--draft", src, "--output", out]).rc == 0
+    first = (out / "model.safetensors").read_bytes()
+    assert run_entry(SCRIPT, ["--draft", src, "--output", out, "--overwrite", "--dtype", "bf16"]).rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert (out / "model.safetensors").read_bytes() != first
+    assert fingerprint([tmp_path / "run"]) == before

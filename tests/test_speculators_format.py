@@ -234,6 +234,6 @@ def test_verifier_flag_and_output_rules(tmp_path):
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
     refused(
         run_entry(SCRIPT, ["--draft", src, "--format", "speculators", "--output", src]),
-        "is the draft folder itself",
+        "writing it would destroy the input",
         code=2,
     )

@@ -615,7 +615,7 @@ def test_to_vllm_folder_refuses_eagle3_and_its_own_folder(built, tmp_path):
     with pytest.raises(VllmExportError, match="speculators format"):
         to_vllm_folder(draft_dir=eagle, output_dir=tmp_path / "out")
     src = built["drafts"]["dspark_qwen3"]
-    with pytest.raises(VllmExportError, match="draft folder itself"):
+    with pytest.raises(VllmExportError, match="writing it would destroy the input"):
         to_vllm_folder(draft_dir=src, output_dir=src)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from deepspec.errors import DeepSpecError
+from deepspec.errors import DeepSpecError, InputProtectionError, check_outputs_apart
 
 SPECULATORS_VERSION = "0.9.0"
 ARCHITECTURES = {"dspark": "DSparkSpeculator", "dflash": "DFlashSpeculator", "eagle3": "Eagle3Speculator"}
@@ -297,21 +297,42 @@ def read_any_draft(
     return config, read_safetensors(folder)
 
 
-def check_output(out: Path, *, src: Path, overwrite: bool) -> None:
-    """Refuse an output folder that is the source, a file, or non-empty without ``overwrite``."""
-    if out.resolve() == src.resolve():
-        raise SpeculatorsFormatError(f"output folder {out} is the draft folder itself; choose another folder")
+# What an export writes into its folder: --overwrite replaces a folder that holds nothing else.
+EXPORT_FILES = ("config.json", "model.safetensors")
+
+
+def check_output(out: Path, *, src: Path, overwrite: bool, inputs: tuple = ()) -> None:
+    """Refuse an output folder that is, lies in or holds the draft (or another input: a local
+    ``inputs`` path such as the target), is a file, or is non-empty without ``overwrite``;
+    ``overwrite`` replaces only an earlier export, never a folder holding files of another kind."""
+    local = [Path(p) for p in inputs if p and os.path.exists(os.path.expanduser(str(p)))]
+    try:
+        check_outputs_apart(inputs=[src, *local], output_dirs=[out], what="--output")
+    except InputProtectionError as exc:
+        raise SpeculatorsFormatError(str(exc)) from None
     if out.exists() and not out.is_dir():
         raise SpeculatorsFormatError(f"{out} is a file; give a folder to write the export to")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise SpeculatorsFormatError(f"{out} exists and is not empty; pass --overwrite (overwrite=True) to replace it")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise SpeculatorsFormatError(
+                f"{out} exists and is not empty; pass --overwrite (overwrite=True) to replace it"
+            )
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise SpeculatorsFormatError(
+                f"{out} holds {shown}, which no export writes; --overwrite replaces only an earlier export "
+                f"({' + '.join(EXPORT_FILES)}). Choose another --output folder, or empty that one yourself"
+            )
 
 
-def write_folder(out: Path, *, config: dict, state: dict[str, torch.Tensor], overwrite: bool, src: Path) -> Path:
+def write_folder(
+    out: Path, *, config: dict, state: dict[str, torch.Tensor], overwrite: bool, src: Path, inputs: tuple = ()
+) -> Path:
     """Write ``config.json`` + ``model.safetensors`` into ``out`` atomically (a sibling temp folder, then rename)."""
     from safetensors.torch import save_file
 
-    check_output(out, src=src, overwrite=overwrite)
+    check_output(out, src=src, overwrite=overwrite, inputs=inputs)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -344,7 +365,8 @@ def to_speculators_folder(
     src, out = Path(draft_dir), Path(output_dir)
     if not src.is_dir():
         raise SpeculatorsFormatError(f"no draft folder {src}")
-    check_output(out, src=src, overwrite=overwrite)
+    inputs = (frozen_target, verifier_name_or_path)
+    check_output(out, src=src, overwrite=overwrite, inputs=inputs)
     config = read_any_config(src)
     _algorithm(config)  # a clear error for a folder that is no draft of ours
     _, state = read_any_draft(src, frozen_target=frozen_target)
@@ -354,7 +376,7 @@ def to_speculators_folder(
     )
     if dtype is not None:
         spec["transformer_layer_config"]["torch_dtype"] = str(dtype).removeprefix("torch.")
-    return write_folder(out, config=spec, state=cast(state, dtype), overwrite=overwrite, src=src)
+    return write_folder(out, config=spec, state=cast(state, dtype), overwrite=overwrite, src=src, inputs=inputs)
 
 
 def recorded_target(folder: Path) -> str | None:

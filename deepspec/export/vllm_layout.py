@@ -135,7 +135,7 @@ def to_vllm_folder(
         raise VllmExportError(f"no draft folder {src}")
     try:
         check_vllm_servable(config=read_any_config(src))
-        check_output(out, src=src, overwrite=overwrite)
+        check_output(out, src=src, overwrite=overwrite, inputs=(frozen_target,))
         config, state = read_any_draft(src, frozen_target=frozen_target)
     except (DraftLoadError, SpeculatorsFormatError) as exc:
         raise VllmExportError(str(exc)) from None
@@ -153,6 +153,8 @@ def to_vllm_folder(
     if dtype is not None:
         config["torch_dtype"] = str(dtype).removeprefix("torch.")
     try:
-        return write_folder(out, config=config, state=cast(state, dtype), overwrite=overwrite, src=src)
+        return write_folder(
+            out, config=config, state=cast(state, dtype), overwrite=overwrite, src=src, inputs=(frozen_target,)
+        )
     except SpeculatorsFormatError as exc:
         raise VllmExportError(str(exc)) from None

@@ -25,7 +25,7 @@ def read_results(folder: str) -> dict:
     return json.loads(path.read_text())
 
 
-from deepspec.errors import cli_main  # noqa: E402
+from deepspec.errors import check_outputs_apart, cli_main  # noqa: E402
 
 
 @cli_main
@@ -43,12 +43,21 @@ def main(argv=None) -> int:
     p.add_argument("--title", default="Accepted length τ")
     args = p.parse_args(argv)
 
-    runs = {}
+    runs, folders = {}, {}
     for item in args.runs:
         name, sep, folder = item.partition("=")
         if not sep or not name or not folder:
             p.error(f"--runs entry {item!r}: write NAME=DIR, e.g. dspark=runs/quickstart/eval/dspark")
-        runs[name] = read_results(folder)
+        if name in folders:
+            p.error(f"--runs names {name!r} twice ({folders[name]} and {folder}); give each run its own name")
+        folders[name] = folder
+    out = Path(args.output_dir)
+    written = [
+        out / f for f in ("results.json", "table.md", "tau_by_task.png", "conditional_acceptance_by_algorithm.png")
+    ]
+    # Each run's own results.json / table.md are inputs: the comparison never lands on them.
+    check_outputs_apart(inputs=list(folders.values()) + ([args.ceiling] if args.ceiling else []), outputs=written)
+    runs = {name: read_results(folder) for name, folder in folders.items()}
     by_algo = {name: r["tasks"] for name, r in runs.items()}
     domains = {t: task_domain(t) for res in by_algo.values() for t in res}
     macro = {name: macro_average(res, domains=domains) for name, res in by_algo.items()}
@@ -77,7 +86,6 @@ def main(argv=None) -> int:
             f"({'= γ+1, as it must' if ceiling['ok'] else 'NOT γ+1: investigate'})"
         )
     meta = {name: r.get("meta", {}) for name, r in runs.items()}
-    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = {
         "algorithms": {n: {"tasks": by_algo[n], "macro": macro[n], "meta": meta[n]} for n in names},

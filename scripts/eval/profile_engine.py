@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import pathlib
 import statistics
 import sys
@@ -179,7 +180,7 @@ def measure(
     return results
 
 
-from deepspec.errors import cli_main  # noqa: E402
+from deepspec.errors import DeepSpecError, check_outputs_apart, cli_main  # noqa: E402
 
 
 @cli_main
@@ -197,6 +198,12 @@ def main(argv=None) -> int:
     assert device.type != "cuda" or torch.cuda.is_available(), "--device cuda asked but no CUDA device is visible"
     dtype_name = DTYPES[args.dtype] if args.dtype else ("bfloat16" if device.type == "cuda" else "float32")
     target_path = args.target or str(default_tiny_target_dir())
+    if os.path.exists(os.path.expanduser(target_path)):  # the table must not land in (or on) the target
+        check_outputs_apart(inputs=[os.path.expanduser(target_path)], outputs=[args.output], what="--output")
+    if args.output.is_dir():
+        raise DeepSpecError(
+            f"--output {args.output} is a folder; name the cost table file, e.g. {args.output}/cost_table.json"
+        )
 
     target = load_target(target_path, dtype=getattr(torch, dtype_name), device=device, with_tokenizer=False)
     max_pos = getattr(target.config, "max_position_embeddings", None)
