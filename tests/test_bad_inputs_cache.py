@@ -450,3 +450,25 @@ def test_train_corrupted_shard_stops_naming_the_shard(world, tmp_path):
     result = run_main("train.py", train_args(world, tmp_path / "run", cache=bad))
     refused(result, "fails its checksum", ".shard000000.bin", "sample ", code=2)
     assert fingerprint([bad]) == before and not list((tmp_path / "run").glob("step_*"))
+
+
+def test_estimate_checks_layer_ids_against_the_target_and_a_missing_tokenizer(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"hidden_size": 64, "num_hidden_layers": 4}')
+    sizes = ["--num-samples", "5", "--avg-tokens", "10", "--target-model", tmp_path / "model"]
+    refused(
+        run_entry(ESTIMATE, sizes + ["--target-layer-ids", "1,2,3"]),
+        "--target-layer-ids [1, 2, 3]: the target has 4 layers (ids -1..3)",
+        code=2,
+    )
+    assert run_entry(ESTIMATE, sizes + ["--target-layer-ids", "0,1,2", "--target-params", "1e6"]).rc == 0
+    (tmp_path / "d.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    refused(
+        run_entry(
+            ESTIMATE,
+            ["--train-data-path", tmp_path / "d.jsonl", "--num-layers", "2", "--hidden-size", "8"]
+            + ["--tokenizer", tmp_path / "no_tokenizer"],
+        ),
+        f"--tokenizer: no such folder: {tmp_path / 'no_tokenizer'}",
+        code=2,
+    )

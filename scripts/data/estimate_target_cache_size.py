@@ -28,7 +28,9 @@ from pathlib import Path
 
 
 from deepspec.data.conversations import SkipReport, list_input_files, read_conversations  # noqa: E402
+from deepspec.cli import NoSuchFolderError, local_or_hub_id  # noqa: E402
 from deepspec.errors import DeepSpecError, cli_main  # noqa: E402
+from deepspec.layer_ids import check_layer_ids  # noqa: E402
 from deepspec.fsio import free_disk  # noqa: E402
 
 # deepspec.cache.format (numpy) is imported once the inputs are known good: a bad
@@ -140,6 +142,10 @@ def _load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
     try:
+        local_or_hub_id(path, what="--tokenizer")  # a missing folder is said as such, not as a hub id error
+    except NoSuchFolderError as exc:
+        raise EstimateError(f"--tokenizer: {exc}") from None
+    try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise EstimateError(
@@ -230,6 +236,10 @@ def main(argv=None) -> int:
     else:
         raise EstimateError("pass --num-layers or --target-layer-ids")
     hidden = args.hidden_size or (hidden_size_from_config(args.target_model) if args.target_model else None)
+    if args.target_layer_ids and args.target_model:
+        depth = _text_config(args.target_model, instead="--num-layers").get("num_hidden_layers")
+        if isinstance(depth, int) and depth > 0:
+            check_layer_ids(args.target_layer_ids, num_layers=depth, error=EstimateError, key="--target-layer-ids")
     if not hidden:
         raise EstimateError("pass --hidden-size or --target-model (a local folder with config.json)")
     if args.target_params:
