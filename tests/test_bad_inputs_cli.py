@@ -325,3 +325,29 @@ def test_small_tools_never_write_over_their_inputs(world, tmp_path):
     )
     assert fingerprint([run, world["target"]]) == before
     assert not (tmp_path / "cmp").exists()
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", 'has no "tasks" mapping'),
+        (
+            '{"tasks": {"gsm8k": {"acceptance_length": "2.1"}}}',
+            "tasks.gsm8k.acceptance_length must be a number, got '2.1'",
+        ),
+        ('{"tasks": {"gsm8k": 3}}', "tasks.gsm8k must be a mapping of metrics, got 3"),
+    ],
+    ids=["not-json", "no-tasks", "string-tau", "task-not-mapping"],
+)
+def test_compare_names_the_file_and_field_of_a_malformed_results_json(tmp_path, content, needle):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(content)
+    before = fingerprint([run])
+    refused(run_entry("scripts/eval/compare.py", ["--runs", f"a={run}", "--output-dir", tmp_path / "cmp"]), needle)
+    assert (
+        str(run / "results.json")
+        in run_entry("scripts/eval/compare.py", ["--runs", f"a={run}", "--output-dir", tmp_path / "cmp"]).stderr
+    )
+    assert fingerprint([run]) == before and not (tmp_path / "cmp").exists()

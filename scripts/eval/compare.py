@@ -18,14 +18,32 @@ import sys
 from pathlib import Path
 
 
+from deepspec.errors import DeepSpecError, check_outputs_apart, cli_main  # noqa: E402
+
+
 def read_results(folder: str) -> dict:
+    """An eval.py results.json: ``{"tasks": {name: {"acceptance_length": number, ...}}, "meta": {...}}``."""
     path = Path(folder) / "results.json"
     if not path.is_file():
-        raise SystemExit(f"compare.py: {path} not found; run eval.py with --output-dir {folder} first")
-    return json.loads(path.read_text())
-
-
-from deepspec.errors import check_outputs_apart, cli_main  # noqa: E402
+        raise DeepSpecError(f"{path} not found; run eval.py with --output-dir {folder} first")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DeepSpecError(f"{path} is not valid JSON ({exc}); rerun eval.py into {folder}") from None
+    tasks = data.get("tasks") if isinstance(data, dict) else None
+    if not isinstance(tasks, dict) or not tasks:
+        raise DeepSpecError(
+            f'{path} has no "tasks" mapping; is it an eval.py results.json? Rerun eval.py into {folder}'
+        )
+    for name, metrics in tasks.items():
+        if not isinstance(metrics, dict):
+            raise DeepSpecError(f"{path}: tasks.{name} must be a mapping of metrics, got {metrics!r}")
+        tau = metrics.get("acceptance_length")
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)):
+            raise DeepSpecError(f"{path}: tasks.{name}.acceptance_length must be a number, got {tau!r}")
+    if not isinstance(data.get("meta", {}), dict):
+        raise DeepSpecError(f'{path}: "meta" must be a mapping')
+    return data
 
 
 @cli_main
@@ -78,7 +96,11 @@ def main(argv=None) -> int:
     ceiling = None
     if args.ceiling:
         c = read_results(args.ceiling)
-        gamma = c["meta"]["gamma"]
+        gamma = c.get("meta", {}).get("gamma")
+        if isinstance(gamma, bool) or not isinstance(gamma, int):
+            raise DeepSpecError(
+                f"{args.ceiling}/results.json: meta.gamma must be an integer (an eval.py --self-draft run)"
+            )
         tau = macro_average(c["tasks"]).get("all")
         ceiling = {"gamma": gamma, "acceptance_length": tau, "ok": tau is not None and abs(tau - (gamma + 1)) < 1e-6}
         lines.append(
