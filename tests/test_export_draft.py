@@ -104,3 +104,14 @@ def test_overwrite_never_deletes_the_draft_or_files_it_did_not_write(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     assert (out / "model.safetensors").read_bytes() != first
     assert fingerprint([tmp_path / "run"]) == before
+
+
+def test_verifier_and_target_paths_that_are_not_there_are_refused(tmp_path):
+    src = saved_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="vanilla")
+    for flag in ("--verifier", "--target"):
+        refused(
+            run_entry(SCRIPT, ["--draft", src, "--format", "speculators", "--output", tmp_path / "o", flag, "./gone"]),
+            f"no such folder: ./gone (the {flag} model must be an existing local folder, or a hub id",
+            code=2,
+        )
+    assert not (tmp_path / "o").exists()

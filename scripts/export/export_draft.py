@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from deepspec.cli import local_or_hub_id
+
+    for flag, value in (("--verifier", args.verifier), ("--target", args.target)):
+        if value:  # a path that is not there is said now, not recorded (--verifier) or blamed on the hub (--target)
+            local_or_hub_id(value, what=f"{flag} model")
     import torch
 
     dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
