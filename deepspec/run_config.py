@@ -345,6 +345,14 @@ def validate_config(cfg: ConfigNode) -> None:
             f"train.sharding_strategy must be no_shard (DDP), full_shard or shard_grad_op (FSDP), "
             f"got {train.sharding_strategy!r}"
         )
+    betas = train.get("adam_betas")
+    if betas is not None and (
+        isinstance(betas, (str, bytes))
+        or not hasattr(betas, "__len__")
+        or len(betas) != 2
+        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
+    ):
+        raise ConfigError(f"train.adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.95], got {betas!r}")
     if train.max_train_steps is None and not train.num_train_epochs:
         raise ConfigError("set train.num_train_epochs or train.max_train_steps")
 

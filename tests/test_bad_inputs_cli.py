@@ -255,6 +255,19 @@ CASES = [
         ["expected comma-separated integers"],
     ),
     ("profile-repeats-zero", "scripts/eval/profile_engine.py", ["--repeats", "0"], ["must be >= 1"]),
+    (
+        "train-adam-betas-one",
+        "train.py",
+        ["--config", TINY, "--opts", "train.adam_betas=[0.9]"],
+        ["train.adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.95], got [0.9]"],
+    ),
+    (
+        "train-online-all-lines-bad",
+        "train.py",
+        ["--config", TINY, "--online", "--train-data-path", "{prompts}/broken.jsonl", "--nproc", "1"]
+        + ["--opts", "logging.checkpoint_dir={base}/ck_online", "logging.tensorboard_dir={base}/tb_online"],
+        ["has no usable training sample (empty, or every line skipped"],
+    ),
 ]
 
 

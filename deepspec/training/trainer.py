@@ -103,6 +103,11 @@ class Trainer:
             dataset, collate_fn = self._cache_dataset(cache_dir, target_config), collate
             source = f"the target cache {cache_dir}"
         self.collate_fn = collate_fn
+        if len(dataset) == 0:
+            raise TrainingError(
+                f"{source} has no usable training sample (empty, or every line skipped: see the summary above); "
+                "check the file(s), e.g. that they hold conversation JSON lines, or regenerate them"
+            )
         if len(dataset) < t.global_batch_size:
             raise TrainingError(
                 f"{source} has {len(dataset)} samples, fewer than one global batch "
