@@ -99,6 +99,16 @@ def local_or_hub_id(name_or_path, *, what: str = "folder") -> tuple[str, bool]:
     path = os.path.expanduser(text)
     if text and os.path.exists(path):
         return path, True
+    if text and os.path.islink(path):  # e.g. a step_latest whose step_N was deleted or not copied along
+        hint = (
+            f"; pass the checkpoint folder {os.path.dirname(path) or '.'} (its newest complete step is used) "
+            "or an existing step_N folder"
+            if os.path.basename(path.rstrip("/")) == "step_latest"
+            else ""
+        )
+        raise NoSuchFolderError(
+            f"{text} is a dangling symlink: it points at {os.readlink(path)}, which does not exist{hint}"
+        )
     first = text.split("/", 1)[0]
     local = (
         not text

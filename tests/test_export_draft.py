@@ -1,6 +1,8 @@
 """scripts/export/export_draft.py: --format deepspec (vLLM's method dspark folder), --dtype, refusals."""
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -115,3 +117,24 @@ def test_verifier_and_target_paths_that_are_not_there_are_refused(tmp_path):
             code=2,
         )
     assert not (tmp_path / "o").exists()
+
+
+def test_step_latest_that_is_a_real_folder_is_moved_aside_and_a_dangling_one_is_named(tmp_path, capsys):
+    from deepspec.training.checkpoint import latest_checkpoint, point_latest
+
+    src = saved_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="vanilla")
+    root = tmp_path / "run"
+    # As `scp -r` leaves it: step_latest is a folder holding a copy of the draft.
+    os.unlink(src)
+    shutil.copytree(root / "step_1", root / LATEST_NAME)
+    (root / LATEST_NAME / "note.txt").write_text("mine")
+    point_latest(root, "step_1")
+    moved = [p for p in root.iterdir() if p.name.startswith(f"{LATEST_NAME}.moved-")]
+    assert len(moved) == 1 and (moved[0] / "note.txt").read_text() == "mine"  # moved aside, not deleted
+    assert os.readlink(root / LATEST_NAME) == "step_1" and latest_checkpoint(root) == root / "step_1"
+    assert f"{root / LATEST_NAME} was a folder" in capsys.readouterr().err
+    # A dangling link is named as such, with what to pass instead.
+    shutil.rmtree(root / "step_1")
+    res = run_entry(SCRIPT, ["--draft", root / LATEST_NAME, "--output", tmp_path / "o"])
+    refused(res, f"{root / LATEST_NAME} is a dangling symlink: it points at step_1, which does not exist", code=2)
+    assert f"pass the checkpoint folder {root}" in res.stderr

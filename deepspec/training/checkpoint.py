@@ -26,6 +26,7 @@ import re
 import pickle
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -133,11 +134,21 @@ def point_latest(root: str | os.PathLike, folder_name: str) -> None:
     a ``step_latest``. Relative, so the checkpoint folder can be moved or mounted elsewhere.
     """
     root = Path(root)
+    latest = root / LATEST_NAME
+    if latest.is_dir() and not latest.is_symlink():
+        # A real folder (``scp -r`` copies the link as one): moved aside, never deleted, and said once.
+        aside = root / f"{LATEST_NAME}.moved-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.rename(latest, aside)
+        print(
+            f"warning: {latest} was a folder, not the symlink training keeps; moved it to {aside} "
+            f"and pointed {LATEST_NAME} at {folder_name}",
+            file=sys.stderr,
+        )
     tmp = root / f".{LATEST_NAME}.tmp"
     if tmp.is_symlink() or tmp.exists():  # left over by a crash between symlink and rename
         tmp.unlink()
     os.symlink(folder_name, tmp)
-    os.replace(tmp, root / LATEST_NAME)
+    os.replace(tmp, latest)
     fsync_dir(root)
 
 

@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from deepspec.cli import local_or_hub_id
 
+    local_or_hub_id(args.draft, what="--draft folder")  # a dangling step_latest is named as such
     for flag, value in (("--verifier", args.verifier), ("--target", args.target)):
         if value:  # a path that is not there is said now, not recorded (--verifier) or blamed on the hub (--target)
             local_or_hub_id(value, what=f"{flag} model")
