@@ -46,3 +46,15 @@ def free_disk(path: str | os.PathLike) -> tuple[Path, int]:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     return probe, shutil.disk_usage(probe).free
+
+
+def write_failed(path: str | os.PathLike, exc: BaseException) -> BaseException:
+    """The error to raise when writing ``path`` failed: an OSError (full disk, file-size limit) or a
+    safetensors write error (which is no OSError) becomes one OSError naming the path and the likely
+    causes; anything else (a bug) is returned unchanged."""
+    if isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError":
+        return OSError(
+            f"writing {path} failed ({exc}); check the free disk space and the file-size limit (ulimit -f), "
+            "then run the same command again"
+        )
+    return exc

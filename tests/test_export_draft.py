@@ -138,3 +138,31 @@ def test_step_latest_that_is_a_real_folder_is_moved_aside_and_a_dangling_one_is_
     res = run_entry(SCRIPT, ["--draft", root / LATEST_NAME, "--output", tmp_path / "o"])
     refused(res, f"{root / LATEST_NAME} is a dangling symlink: it points at step_1, which does not exist", code=2)
     assert f"pass the checkpoint folder {root}" in res.stderr
+
+
+def test_a_write_past_the_file_size_limit_is_one_line_and_leaves_nothing(tmp_path):
+    """ulimit -f: safetensors' error (no OSError) and the checkpoint writer both end in one line."""
+    import subprocess
+    import sys
+
+    from badinput import ROOT
+
+    src = saved_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="vanilla")
+    before = fingerprint([tmp_path / "run"])
+    cmd = f"ulimit -f 64; exec {sys.executable} {ROOT / SCRIPT} --draft {src} --output {tmp_path / 'out'}"
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"writing {tmp_path / 'out'} failed (" in proc.stderr and "ulimit -f" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no export, no temp folder
+    assert fingerprint([tmp_path / "run"]) == before
+    # The checkpoint writer: the step is not left behind as a folder a resume would take.
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); from pathlib import Path; import test_export_draft as t; "
+        f"t.saved_draft(Path({str(tmp_path / 'run2')!r}), algorithm='dspark', markov_rank=8, "
+        "markov_head_type='vanilla')"
+    )
+    proc = subprocess.run(
+        ["bash", "-c", f'ulimit -f 64; exec {sys.executable} -c "{code}"'], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode != 0 and f"writing {tmp_path / 'run2' / '.step_1.tmp'} failed (" in proc.stderr
+    assert not any(p.name.startswith(("step_1", ".step_1")) for p in (tmp_path / "run2").iterdir())

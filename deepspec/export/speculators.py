@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 
 from deepspec.errors import DeepSpecError, InputProtectionError, check_outputs_apart
+from deepspec.fsio import write_failed
 
 SPECULATORS_VERSION = "0.9.0"
 ARCHITECTURES = {"dspark": "DSparkSpeculator", "dflash": "DFlashSpeculator", "eagle3": "Eagle3Speculator"}
@@ -336,8 +337,14 @@ def write_folder(
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    try:
+        save_file(
+            {k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"}
+        )
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left to be taken for an export
+        raise write_failed(out, exc) from None
     if out.exists():
         shutil.rmtree(out)
     os.rename(tmp, out)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from deepspec.errors import DeepSpecError
-from deepspec.fsio import fsync_dir
+from deepspec.fsio import fsync_dir, write_failed
 
 LATEST_NAME = "step_latest"
 STATE_NAME = "training_state.pt"
@@ -168,13 +168,17 @@ def save_checkpoint(
     final = step_dir(root, step)
     tmp = root / f".step_{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, state_dict=model_state)
-    # The config as JSON values (what check_resume_config compares), so the file holds no pickled objects.
-    torch.save({**training_state, "config": json.loads(json.dumps(config, default=str))}, tmp / STATE_NAME)
-    (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
-    for f in tmp.iterdir():  # data on disk before the rename makes the folder visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    try:
+        model.save_pretrained(tmp, state_dict=model_state)
+        # The config as JSON values (what check_resume_config compares), so the file holds no pickled objects.
+        torch.save({**training_state, "config": json.loads(json.dumps(config, default=str))}, tmp / STATE_NAME)
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+        for f in tmp.iterdir():  # data on disk before the rename makes the folder visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # never taken as a step: a re-run resumes from the last complete one
+        raise write_failed(tmp, exc) from None
     if final.exists():  # re-saving a step (e.g. after a crash between rename and pointer update)
         shutil.rmtree(final)
     os.rename(tmp, final)
