@@ -1,6 +1,7 @@
 """Confidence-head metrics, STS calibration, threshold replay and the two eval scripts."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -340,6 +341,7 @@ def test_scripts_end_to_end(tmp_path):
     _write_rounds(rounds)
     draft = tmp_path / "draft"
     draft.mkdir()
+    (draft / "config.json").write_text(json.dumps({"architectures": ["Qwen3DSparkModel"]}))
     proc = _run(CALIBRATE, "--rounds", rounds, "--draft_name_or_path", draft)
     assert proc.returncode == 0, proc.stderr
     assert "mean ECE" in proc.stdout
@@ -385,3 +387,27 @@ def test_scripts_report_unusable_rounds(tmp_path):
     assert proc.returncode == 2 and "no confidence head" in proc.stderr
     proc = _run(CALIBRATE, "--rounds", rounds)
     assert proc.returncode == 2 and "--draft_name_or_path is required" in proc.stderr
+
+
+def test_calibration_goes_where_eval_reads_it_and_never_into_a_target(tmp_path):
+    from deepspec.training.checkpoint import LATEST_NAME, STATE_NAME
+
+    rounds = tmp_path / "run" / "rounds.jsonl"
+    rounds.parent.mkdir()
+    _write_rounds(rounds, prompts=10)
+    root = tmp_path / "ckpt"
+    (root / "step_3").mkdir(parents=True)
+    (root / "step_3" / "config.json").write_text(json.dumps({"architectures": ["Qwen3DSparkModel"]}))
+    (root / "step_3" / STATE_NAME).write_bytes(b"")
+    os.symlink("step_3", root / LATEST_NAME)
+    proc = _run(CALIBRATE, "--rounds", rounds, "--draft_name_or_path", root)  # the checkpoint root
+    assert proc.returncode == 0, proc.stderr
+    assert f"draft: {root} -> {root / 'step_3'}" in proc.stdout
+    assert (root / "step_3" / "calibration.json").is_file() and not (root / "calibration.json").exists()
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "config.json").write_text(json.dumps({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3"}))
+    proc = _run(CALIBRATE, "--rounds", rounds, "--draft_name_or_path", target)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{target} is not a draft folder (its config.json names no draft architecture; a target?)" in proc.stderr
+    assert sorted(p.name for p in target.iterdir()) == ["config.json"]

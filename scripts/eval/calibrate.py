@@ -147,14 +147,37 @@ def judge(rounds: list[dict], temps: list[float], *, num_bins: int, png: Path, t
     return {"before": before, "after": after, "plot": str(png)}
 
 
+def draft_folder(given: str) -> str:
+    """The step folder calibration.json goes into: the one eval.py reads for the same path (a checkpoint
+    root means its newest complete step); a folder that holds no draft (a target, say) is refused."""
+    from deepspec.algorithms import saved_architecture
+    from deepspec.eval.runner import resolve_draft_dir
+
+    if not Path(given).is_dir():
+        raise CalibrationError(
+            f"no such folder: {given} (--draft_name_or_path must be the draft checkpoint "
+            f"folder that {CALIBRATION_FILE} is written into)"
+        )
+    folder = Path(resolve_draft_dir(given))
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"{folder}/config.json cannot be read ({exc}); pass a draft step folder") from None
+    if not isinstance(config, dict) or saved_architecture(config) is None:
+        raise CalibrationError(
+            f"{folder} is not a draft folder (its config.json names no draft architecture; a target?); "
+            f"pass the draft's step folder or checkpoint folder, where eval.py looks for {CALIBRATION_FILE}"
+        )
+    if folder != Path(given):
+        print(f"draft: {given} -> {folder} (the step eval.py reads for that path)")
+    return str(folder)
+
+
 @cli_main
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.draft and not Path(args.draft).is_dir():
-        raise CalibrationError(
-            f"no such folder: {args.draft} (--draft_name_or_path must be the draft checkpoint "
-            f"folder that {CALIBRATION_FILE} is written into)"
-        )
+    if args.draft:
+        args.draft = draft_folder(args.draft)
     # Everything is read and checked before anything is written: a bad record leaves every file as it was.
     rounds = read_rounds(args.rounds)
     calibration_arrays(rounds)  # fail early, on all rounds, if none is usable
