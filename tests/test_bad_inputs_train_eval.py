@@ -90,7 +90,7 @@ def user(tmp_path):
     rounds = write_rounds(tmp_path / "eval" / "rounds.jsonl")
     draft = tmp_path / "draft"
     draft.mkdir()
-    (draft / "config.json").write_text("{}\n")
+    (draft / "config.json").write_text(json.dumps({"architectures": ["Qwen3DSparkModel"]}) + "\n")
     (draft / "calibration.json").write_text(json.dumps(OLD_CALIBRATION) + "\n")
     cost = tmp_path / "cost_table.json"
     cost.write_text(
