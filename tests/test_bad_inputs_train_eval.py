@@ -440,3 +440,38 @@ def test_resume_refuses(trained, tmp_path, case):
     refused(run_entry("train.py", _resume_args(trained, run), env=env), *RESUME_CASES[case][1])
     assert fingerprint([run, trained["cache"]]) == before
     assert not marker.exists(), "a pickled payload in a checkpoint ran"
+
+
+@pytest.mark.parametrize(
+    "table,needle",
+    [
+        (
+            {"batch_tokens": ["1", "2"], "steps_per_second": [10.0, 9.0]},
+            "cost table batch_tokens must hold numbers only, got '1'",
+        ),
+        ({"batch_tokens": [1, 2], "steps_per_second": "fast"}, "steps_per_second must hold numbers only, got 'f'"),
+        (
+            {"batch_tokens": [1, 2], "steps_per_second": [10.0, 9.0], "context_len": "long"},
+            "a field has the wrong type",
+        ),
+        ({"batch_tokens": 5, "steps_per_second": [10.0]}, "a field has the wrong type"),
+    ],
+    ids=["string-tokens", "string-speeds", "string-context", "number-not-list"],
+)
+def test_cost_tables_of_the_wrong_types_are_one_line(user, table, needle):
+    """simulate_serving.py and eval.py --engine-profile read cost tables through CostTable.from_json."""
+    cost = user["base"] / "typed_cost.json"
+    cost.write_text(json.dumps(table))
+    args = [
+        user["rounds"],
+        "--cost-table",
+        cost,
+        "--steps",
+        "2",
+        "--min-request-rounds",
+        "0",
+        "--output-dir",
+        user["out"],
+    ]
+    check_refused(user, SIMULATE, args, str(cost), needle)
+    assert not user["out"].exists()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import warnings
 from collections import deque
@@ -62,6 +63,12 @@ class CostTable:
     extra: dict = field(default_factory=dict)  # whatever else the profiler recorded, kept on save
 
     def __post_init__(self):
+        for key, values in (("batch_tokens", self.batch_tokens), ("steps_per_second", self.steps_per_second)):
+            if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+                raise SchedulerError(f"cost table {key} must be a list of numbers, got {values!r}; {PROFILE_HINT}")
+            bad = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Real)]
+            if bad:
+                raise SchedulerError(f"cost table {key} must hold numbers only, got {bad[0]!r}; {PROFILE_HINT}")
         b, s = list(self.batch_tokens), list(self.steps_per_second)
         if not b:
             raise SchedulerError(f"cost table has no measured points; {PROFILE_HINT}")
@@ -125,6 +132,8 @@ class CostTable:
             )
         except SchedulerError as exc:
             raise SchedulerError(f"{source}: {exc}") from None
+        except (TypeError, ValueError) as exc:  # e.g. "context_len": "long", or a number where a list belongs
+            raise SchedulerError(f"{source}: a field has the wrong type ({exc}); {PROFILE_HINT}") from None
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "CostTable":
