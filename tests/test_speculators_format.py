@@ -168,6 +168,15 @@ def test_foreign_folder_loads_with_the_target_filling_the_frozen_pieces(tmp_path
     rc = run_entry(SCRIPT, ["--draft", folder, "--output", tmp_path / "vllm", "--target", target])
     assert rc.rc == 0, rc.output
     assert set(load_file(tmp_path / "vllm" / "model.safetensors")) >= {"embed_tokens.weight", "lm_head.weight"}
+    # A target of another width would fill pieces that load and draft garbage: refused, naming both shapes.
+    wide = tmp_path / "wide_target"
+    Qwen3ForCausalLM(type(TARGETS["qwen3"])(**{**TARGETS["qwen3"].to_dict(), "hidden_size": 128})).save_pretrained(wide)
+    refused(
+        run_entry(SCRIPT, ["--draft", folder, "--output", tmp_path / "wide", "--target", wide]),
+        f"target {wide} has an embedding of ({TARGETS['qwen3'].vocab_size}, 128) (vocab x hidden), but the draft",
+        code=2,
+    )
+    assert not (tmp_path / "wide").exists()
 
 
 @pytest.mark.parametrize(

@@ -272,6 +272,12 @@ def read_speculators_folder(
         from deepspec.targets import load_frozen_target_pieces
 
         embed, head = load_frozen_target_pieces(frozen_target)
+        want = (int(config["vocab_size"]), int(config["hidden_size"]))
+        if tuple(embed.shape) != want:  # another target: its pieces would load, and draft garbage
+            raise SpeculatorsFormatError(
+                f"target {frozen_target} has an embedding of {tuple(embed.shape)} (vocab x hidden), but the "
+                f"draft {source} was made for {want}; pass the target this draft was trained for"
+            )
         state.setdefault("embed_tokens.weight", embed)
         state.setdefault("lm_head.weight", head.clone() if head.data_ptr() == embed.data_ptr() else head)  # tied
     return config, state
