@@ -414,3 +414,17 @@ def test_eval_measures_a_speculators_folder_like_the_draft_it_came_from(setup, t
     (a, out_a), (b, out_b) = results["ours"], results["speculators"]
     assert a["accept_rate_by_position"] == b["accept_rate_by_position"] and a["num_rounds"] == b["num_rounds"]
     assert out_a == out_b
+
+
+def test_a_threshold_that_cuts_every_block_still_reports(setup, capsys):
+    """--confidence-threshold 1: every proposal is cut to 0 slots; τ = 1 (the target's own token) and the
+    results and table are written, with a note instead of an empty acceptance plot."""
+    base, target, drafts, data = setup
+    out = base / "cut_all"
+    args = ["--target_name_or_path", target, "--draft_name_or_path", drafts["dspark"], "--eval-data-dir", data]
+    args += ["--tasks", "gsm8k:2", "--max-new-tokens", 8, "--confidence-threshold", 1.0, "--output-dir", out]
+    assert run(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["tasks"]["gsm8k"]["acceptance_length"] == pytest.approx(1.0)
+    assert (out / "table.md").is_file() and not (out / "conditional_acceptance.png").exists()
+    assert "no draft position was ever verified" in capsys.readouterr().out

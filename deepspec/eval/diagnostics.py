@@ -126,13 +126,18 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str], scheduler: st
         out_dir / "table.md",
         markdown_table(results, target=target_name, draft=draft_name, gamma=gamma, domains=domains) + f"\n\n{covers}\n",
     )
-    plot_conditional_acceptance(
+    plotted = plot_conditional_acceptance(
         results,
         domains=domains,
         path=out_dir / "conditional_acceptance.png",
         title=f"{draft_name}: conditional acceptance by position",
     )
     print(table)
+    if not plotted:
+        print(
+            "note: no draft position was ever verified (every proposal cut to 0 slots: is the confidence "
+            "threshold above every confidence?), so conditional_acceptance.png is not written"
+        )
     if pooled is not None:
         print(confidence_table(results, pooled))
     return {"results": results, "meta": meta, "table": table}

@@ -48,13 +48,12 @@ def _nan(values) -> list[float]:
     return [float("nan") if v is None else float(v) for v in values]
 
 
-def _plot_position_lines(series: dict[str, list[float | None]], *, path, title: str, ylabel: str) -> None:
+def _plot_position_lines(series: dict[str, list[float | None]], *, path, title: str, ylabel: str) -> bool:
+    """Draw the lines that have data; False (nothing written) when none has: every proposal was cut to
+    0 slots (a confidence threshold above every confidence) or no round was decoded."""
     series = {k: v for k, v in series.items() if any(x is not None for x in v)}
     if not series:
-        raise ValueError(
-            f"nothing to plot for {path}: no task has per-position acceptance data "
-            "(every task had zero rounds); check that the evaluation generated tokens"
-        )
+        return False
     fig, ax = _new_axes(figsize=(6.0, 4.0))
     for label, values in series.items():
         ax.plot(range(1, len(values) + 1), _nan(values), marker="o", label=label)
@@ -67,6 +66,7 @@ def _plot_position_lines(series: dict[str, list[float | None]], *, path, title: 
     ax.set_title(title)
     ax.legend()
     _save(fig, path)
+    return True
 
 
 _COND_LABEL = "P(accept k | 1..k-1 accepted)"
@@ -74,24 +74,30 @@ _COND_LABEL = "P(accept k | 1..k-1 accepted)"
 
 def plot_conditional_acceptance(
     results: Results, *, domains: Mapping[str, str], path: str | os.PathLike, title: str | None = None
-) -> None:
-    """PNG of conditional acceptance by position, one line per domain (mean over its tasks)."""
+) -> bool:
+    """PNG of conditional acceptance by position, one line per domain (mean over its tasks); False when no
+    position has data (nothing written)."""
     series = {}
     for dom in ordered_domains(results, domains):
         ms = [m for n, m in results.items() if domain_of(n, domains) == dom]
         series[dom] = mean_by_position(ms, key="conditional_accept_rate_by_position")
-    _plot_position_lines(series, path=path, title=title or "Conditional acceptance by position", ylabel=_COND_LABEL)
+    return _plot_position_lines(
+        series, path=path, title=title or "Conditional acceptance by position", ylabel=_COND_LABEL
+    )
 
 
 def plot_conditional_by_algorithm(
     results_by_algorithm: Mapping[str, Results], *, path: str | os.PathLike, title: str | None = None
-) -> None:
-    """PNG of conditional acceptance by position, one line per algorithm (macro over its tasks)."""
+) -> bool:
+    """PNG of conditional acceptance by position, one line per algorithm (macro over its tasks); False when
+    no position has data (nothing written)."""
     series = {
         algo: mean_by_position(list(res.values()), key="conditional_accept_rate_by_position")
         for algo, res in results_by_algorithm.items()
     }
-    _plot_position_lines(series, path=path, title=title or "Conditional acceptance by algorithm", ylabel=_COND_LABEL)
+    return _plot_position_lines(
+        series, path=path, title=title or "Conditional acceptance by algorithm", ylabel=_COND_LABEL
+    )
 
 
 def plot_tau_by_task(

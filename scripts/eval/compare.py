@@ -116,9 +116,12 @@ def main(argv=None) -> int:
     atomic_write(out / "results.json", json.dumps(payload, indent=2) + "\n")
     atomic_write(out / "table.md", "\n".join(lines) + "\n")
     plot_tau_by_task(by_algo, path=out / "tau_by_task.png", title=args.title)
-    plot_conditional_by_algorithm(by_algo, path=out / "conditional_acceptance_by_algorithm.png")
+    cond = plot_conditional_by_algorithm(by_algo, path=out / "conditional_acceptance_by_algorithm.png")
     print("\n".join(lines))
-    print(f"[compare] wrote {out}/results.json, table.md, tau_by_task.png, conditional_acceptance_by_algorithm.png")
+    print(
+        f"[compare] wrote {out}/results.json, table.md, tau_by_task.png"
+        + (", conditional_acceptance_by_algorithm.png" if cond else " (no position was verified: no acceptance plot)")
+    )
     return 0
 
 
