@@ -35,7 +35,7 @@ def main() -> int:
     import torch
 
     from deepspec.decoding.engine import speculative_generate, target_generate
-    from deepspec.decoding.proposers import build_proposer
+    from deepspec.algorithms import build_proposer
     from deepspec.decoding.target_runner import TargetRunner
     from deepspec.eval.runner import encode_prompt, resolve_draft_dir, stop_token_ids
     from deepspec.eval.tasks import load_prompts, parse_tasks

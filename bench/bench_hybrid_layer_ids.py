@@ -71,7 +71,7 @@ def main() -> int:
     from deepspec.cache.build import build_target_cache
     from deepspec.data.regenerate import SamplingSettings, regenerate
     from deepspec.decoding.engine import speculative_generate
-    from deepspec.decoding.proposers import build_proposer
+    from deepspec.algorithms import build_proposer
     from deepspec.decoding.target_runner import TargetRunner
     from deepspec.eval.runner import encode_prompt, stop_token_ids
     from deepspec.models import load_draft

@@ -219,7 +219,7 @@ def check_greedy_decoding(device) -> dict:
     import torch
 
     from deepspec.decoding.engine import speculative_generate
-    from deepspec.decoding.proposers import build_proposer
+    from deepspec.algorithms import build_proposer
     from deepspec.decoding.target_runner import TargetRunner
     from deepspec.models import build_draft, draft_config_from_target
 

@@ -32,7 +32,7 @@ import re
 
 import yaml
 
-from deepspec.algorithms import UnknownAlgorithmError, get_algorithm
+from deepspec.draft_specs import UnknownAlgorithmError, get_spec
 from deepspec.errors import DeepSpecError
 from deepspec.layer_ids import check_layer_ids
 
@@ -323,7 +323,7 @@ def validate_config(cfg: ConfigNode) -> None:
     _check_numbers(cfg)
     model, train = cfg.model, cfg.train
     try:
-        algorithm = get_algorithm(model.get("algorithm"))
+        algorithm = get_spec(model.get("algorithm"))
     except UnknownAlgorithmError as exc:
         raise ConfigError(str(exc)) from None
     check_layer_ids(model.get("target_layer_ids"), error=ConfigError, key="model.target_layer_ids")

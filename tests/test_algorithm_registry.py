@@ -1,7 +1,8 @@
 """The algorithm registry: every stage reads the algorithm from ``deepspec.algorithms`` and nowhere else.
 
-The proof is a fourth algorithm registered from here, with no other change to the package: a block
-drafter under its own architecture name, trained with CE + L1 and no heads. It validates, trains,
+The proof is a fourth algorithm registered from here, with no other change to the package: its draft
+spec (deepspec.draft_specs), its draft class and its registry entry; a block drafter under its own
+architecture name, trained with CE + L1 and no heads. It validates, trains,
 saves, loads back as itself and decodes losslessly through eval.py.
 """
 
@@ -13,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import eval as eval_cli
-from deepspec import algorithms
+from deepspec import algorithms, draft_specs
 from deepspec.algorithms import dflash, dspark
-from deepspec.models import load_draft
+from deepspec.models import DSparkDraftModel, load_draft
 from deepspec.run_config import ConfigError, load_config
 from deepspec.training.checkpoint import latest_checkpoint
 from deepspec.training.metrics import read_metrics
@@ -28,12 +29,19 @@ train_entry = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(train_entry)
 LAYERS = [0, 1]
 
-# What a fourth algorithm module holds (here: the block drafter's pieces reused, CE + L1 recipe).
+
+class ToyDraftModel(DSparkDraftModel):
+    """A fourth algorithm's draft class: the block drafter's layers under an architecture of its own."""
+
+    draft_architecture = "Toy"
+
+
+# A fourth algorithm's spec (what its draft saves and checks: the block drafter's fields, no heads) ...
+TOY_SPEC = dataclasses.replace(draft_specs.DFLASH, name="toy", architecture="Toy", is_saved_as=lambda config: True)
+# ... and its registry entry (the block drafter's loss, metrics and proposer; a CE + L1 recipe).
 TOY = dataclasses.replace(
     dflash.ALGORITHM,
-    name="toy",
-    architecture="Toy",
-    is_saved_as=lambda config: True,
+    spec=TOY_SPEC,
     recipe=lambda *, target, target_layer_ids, mask_token_id=None: {
         **dspark.block_recipe(
             target=target, target_layer_ids=target_layer_ids, mask_token_id=mask_token_id, heads=False
@@ -48,15 +56,18 @@ TOY = dataclasses.replace(
 
 @pytest.fixture
 def toy_registered(monkeypatch):
+    monkeypatch.setitem(draft_specs.SPECS, "toy", TOY_SPEC)
     monkeypatch.setitem(algorithms.ALGORITHMS, "toy", TOY)
     yield TOY
 
 
 def test_registry_entries_are_complete():
+    assert set(algorithms.ALGORITHMS) == set(draft_specs.SPECS)  # every spec has its entry, and back
     for name, algorithm in algorithms.ALGORITHMS.items():
-        assert algorithm.name == name
-        for field in dataclasses.fields(algorithm):
-            assert getattr(algorithm, field.name) is not None, (name, field.name)
+        assert algorithm.name == name and algorithm.spec is draft_specs.SPECS[name]
+        for part in (algorithm, algorithm.spec):
+            for field in dataclasses.fields(part):
+                assert getattr(part, field.name) is not None, (name, field.name)
         model = algorithm.recipe(target="t", target_layer_ids=[0, 1], mask_token_id=3)
         assert model["algorithm"] == name
         algorithm.check(model, prefix="model.", error=ConfigError)  # the recipe passes its own validator

@@ -26,7 +26,8 @@ from transformers import (
 from tinyrun import llama3_config, qwen3_5_config, qwen3_5_moe_config, qwen3_moe_config
 from deepspec.decoding.engine import speculative_generate, target_generate
 from deepspec.decoding.scheduler import CostTable, CumulativeThreshold, PerSlotThreshold, PrefixScheduler
-from deepspec.decoding.proposers import TargetSelfProposer, build_proposer
+from deepspec.algorithms import build_proposer
+from deepspec.decoding.proposers import TargetSelfProposer
 from deepspec.decoding.target_runner import TargetRunner
 from deepspec.decoding.verify import Verdict, verify_block
 from deepspec.models import build_draft, draft_config_from_target

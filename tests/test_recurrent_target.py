@@ -12,7 +12,8 @@ import torch
 
 from test_decoding import exact_token_marginals, hf_greedy, make_draft, qwen3_5_target, tv_bound
 from deepspec.decoding.engine import speculative_generate
-from deepspec.decoding.proposers import Proposal, TargetSelfProposer, build_proposer
+from deepspec.algorithms import build_proposer
+from deepspec.decoding.proposers import Proposal, TargetSelfProposer
 from deepspec.decoding.recurrent import RecurrentStates
 from deepspec.decoding.target_runner import TargetRunner
 

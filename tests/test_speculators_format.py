@@ -10,7 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from deepspec.export.speculators import SpeculatorsFormatError, from_speculators_config, to_speculators_folder
+from deepspec.export.speculators import (
+    SpeculatorsFormatError,
+    from_speculators_config,
+    load_any_draft,
+    to_speculators_folder,
+)
 from deepspec.models import DraftLoadError, build_draft, draft_config_from_target, load_draft
 from deepspec.training.checkpoint import LATEST_NAME, save_checkpoint
 from badinput import fingerprint, refused, run_entry
@@ -91,7 +96,7 @@ def test_round_trip_is_exact(tmp_path, family, algorithm):
     a, b = load_file(src / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
     # Back to ours: the same config.json and the same tensors.
-    back = load_draft(out)
+    back = load_any_draft(out)
     back.save_pretrained(tmp_path / "back")
     again = json.loads((tmp_path / "back" / "config.json").read_text())
     assert again == ours
@@ -152,11 +157,13 @@ def test_foreign_folder_loads_with_the_target_filling_the_frozen_pieces(tmp_path
     from transformers import Qwen3ForCausalLM
 
     folder = foreign_folder(tmp_path)
+    with pytest.raises(DraftLoadError, match="is a speculators-format folder; load it with deepspec.export.load_any"):
+        load_draft(folder)  # the models read our layout only; the loader above them reads both
     with pytest.raises(DraftLoadError, match="has no embed_tokens.weight / lm_head.weight .* pass the target"):
-        load_draft(folder)
+        load_any_draft(folder)
     target = tmp_path / "target"
     Qwen3ForCausalLM(TARGETS["qwen3"]).save_pretrained(target)
-    draft = load_draft(folder, frozen_target=str(target))
+    draft = load_any_draft(folder, frozen_target=str(target))
     from deepspec.targets import load_frozen_target_pieces
 
     embed, head = load_frozen_target_pieces(str(target))
@@ -203,7 +210,7 @@ def test_reduced_vocabulary_tables_are_refused(tmp_path):
     state["d2t"][5] = 7
     save_file(state, str(folder / "model.safetensors"))
     with pytest.raises(DraftLoadError, match="d2t / t2d map a reduced draft vocabulary"):
-        load_draft(folder, frozen_target="unused")
+        load_any_draft(folder, frozen_target="unused")
 
 
 def test_eagle3_without_an_equivalent_is_refused(tmp_path):

@@ -27,8 +27,8 @@ import torch
 from transformers import Gemma4ForCausalLM, Gemma4TextConfig, Qwen3ForCausalLM
 
 from deepspec.export import VllmExportError, to_vllm_folder
-from deepspec.export.speculators import to_speculators_folder
-from deepspec.models import build_draft, draft_config_from_target, load_draft
+from deepspec.export.speculators import load_any_draft, to_speculators_folder
+from deepspec.models import build_draft, draft_config_from_target
 from deepspec.models.blocks import project_kv, rotary_cos_sin
 from deepspec.models.draft_config import DRAFT_LAYER_TYPE
 from deepspec.models.eagle3 import ttt_mask
@@ -356,7 +356,7 @@ def test_vllm_refuses_a_gated_markov_head(probe):
 
 
 def our_outputs(folder: Path, inputs_file: Path) -> dict:
-    draft = load_draft(folder, dtype=torch.float32).eval()
+    draft = load_any_draft(folder, dtype=torch.float32).eval()
     x = torch.load(inputs_file)
     with torch.no_grad():
         fc_out = draft.fc(x["aux"][None])
@@ -502,7 +502,7 @@ def test_vllm_computes_the_same_dspark_draft_from_both_formats(probe):
 
 
 def our_eagle3_outputs(folder: Path, inputs_file: Path) -> dict:
-    draft = load_draft(folder, dtype=torch.float32).eval()
+    draft = load_any_draft(folder, dtype=torch.float32).eval()
     x = torch.load(inputs_file)
     with torch.no_grad():
         fused = draft.fuse(x["aux"][None])

@@ -2,80 +2,14 @@
 and a confidence head; trained with CE + L1 to the target + BCE on the confidence.
 
 The architecture (``DSpark``, :class:`deepspec.models.dspark.DSparkDraftModel`) is shared with DFlash
-(:mod:`deepspec.algorithms.dflash`), which is this model without the two heads.
+(:mod:`deepspec.algorithms.dflash`), which is this model without the two heads. What the draft saves and
+how it is checked is its spec, :data:`deepspec.draft_specs.DSPARK`.
 """
 
 from __future__ import annotations
 
-from deepspec.algorithms import Algorithm, field_reader
-
-MARKOV_HEAD_TYPES = ("vanilla", "gated", "rnn")
-ARCHITECTURE = "DSpark"
-# Saved in the draft's config.json (the public DeepSpec layout), with their defaults.
-DRAFT_FIELDS = {
-    "block_size": (int, 7),
-    "mask_token_id": (int, None),
-    "num_anchors": (int, 512),
-    "markov_rank": (int, 0),
-    "markov_head_type": (str, "vanilla"),
-    "enable_confidence_head": (bool, False),
-    "confidence_head_with_markov": (bool, False),
-}
-
-
-def block_field_values(model_cfg, *, mask_token_id, heads: bool) -> dict:
-    """The block drafter's saved fields from ``cfg.model``; ``heads=False`` (DFlash): no confidence head."""
-    markov_rank = int(model_cfg.get("markov_rank", 0))
-    mask = model_cfg.get("mask_token_id")  # unset or None: the target family's mask token
-    conf = heads and float(model_cfg.get("confidence_head_alpha", 0.0)) > 0
-    return dict(
-        block_size=int(model_cfg.get("block_size", 7)),
-        mask_token_id=mask_token_id if mask is None else int(mask),
-        num_anchors=int(model_cfg.get("num_anchors", 512)),
-        markov_rank=markov_rank,
-        markov_head_type=str(model_cfg.get("markov_head_type", "vanilla")),
-        enable_confidence_head=conf,
-        confidence_head_with_markov=bool(
-            conf and model_cfg.get("confidence_head_with_markov", False) and markov_rank > 0
-        ),
-    )
-
-
-def check_block_fields(values, *, prefix: str, error: type[Exception], vocab_size: int | None = None) -> None:
-    """Block-drafter fields present in ``values`` (a run config's ``model`` or a draft config)."""
-    get = field_reader(values)
-    block_size = get("block_size")
-    if block_size is not None and block_size < 2:
-        raise error(f"{prefix}block_size must be >= 2 (anchor + at least one mask), got {block_size}")
-    rank = get("markov_rank")
-    if rank is not None and rank < 0:
-        raise error(f"{prefix}markov_rank must be >= 0 (0 = no Markov head), got {rank}")
-    head = get("markov_head_type")
-    if head is not None and head not in MARKOV_HEAD_TYPES:
-        raise error(f"{prefix}markov_head_type must be one of {MARKOV_HEAD_TYPES}, got {head!r}")
-    if vocab_size is not None:
-        mask = get("mask_token_id")
-        if mask is None or not 0 <= int(mask) < int(vocab_size):
-            raise error(
-                f"{prefix}mask_token_id {mask!r} must be a token id in [0, {vocab_size}); "
-                "use the family's mask token (deepspec.targets.FAMILIES, e.g. deepspec.recipes.QWEN3_MASK_TOKEN_ID)"
-            )
-    if get("confidence_head_with_markov") and get("enable_confidence_head") is not None:
-        if not (get("enable_confidence_head") and (rank or 0) > 0):
-            raise error(
-                f"{prefix}confidence_head_with_markov needs enable_confidence_head=True and markov_rank > 0; "
-                "set confidence_head_with_markov=False for a confidence head on h_k alone"
-            )
-
-
-def has_heads(config) -> bool:
-    return config.markov_rank > 0 or config.enable_confidence_head
-
-
-def block_model_class():
-    from deepspec.models.dspark import DSparkDraftModel
-
-    return DSparkDraftModel
+from deepspec.algorithms.contract import Algorithm
+from deepspec.draft_specs import DSPARK, DraftSpec
 
 
 def block_compute_sums(*, model, draft, batch, model_cfg, generator, target_logits) -> dict:
@@ -143,18 +77,10 @@ def block_recipe(*, target: str, target_layer_ids: list[int], mask_token_id: int
     )
 
 
-def block_algorithm(*, name: str, heads: bool, check, is_saved_as) -> Algorithm:
+def block_algorithm(spec: DraftSpec, *, heads: bool) -> Algorithm:
     """A registry entry for the block drafter, with (DSpark) or without (DFlash) its two heads."""
     return Algorithm(
-        name=name,
-        architecture=ARCHITECTURE,
-        draft_fields=DRAFT_FIELDS,
-        draft_field_values=lambda model_cfg, *, mask_token_id: block_field_values(
-            model_cfg, mask_token_id=mask_token_id, heads=heads
-        ),
-        check=check,
-        is_saved_as=is_saved_as,
-        model_class=block_model_class,
+        spec=spec,
         compute_sums=block_compute_sums,
         summarize=block_summary,
         build_proposer=block_proposer,
@@ -165,4 +91,4 @@ def block_algorithm(*, name: str, heads: bool, check, is_saved_as) -> Algorithm:
     )
 
 
-ALGORITHM = block_algorithm(name="dspark", heads=True, check=check_block_fields, is_saved_as=has_heads)
+ALGORITHM = block_algorithm(DSPARK, heads=True)

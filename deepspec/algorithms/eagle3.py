@@ -4,34 +4,8 @@ cross-entropy to the target decaying by ``step_loss_decay`` per step."""
 
 from __future__ import annotations
 
-from deepspec.algorithms import Algorithm, field_reader
-
-DRAFT_FIELDS = {
-    "ttt_length": (int, 7),
-    "step_loss_decay": (float, 0.8),
-    "draft_num_hidden_layers": (int, 1),
-}
-
-
-def draft_field_values(model_cfg, *, mask_token_id=None) -> dict:
-    return dict(
-        ttt_length=int(model_cfg.get("ttt_length", 7)),
-        step_loss_decay=float(model_cfg.get("step_loss_decay", 0.8)),
-        draft_num_hidden_layers=int(model_cfg.get("num_draft_layers", 1)),
-    )
-
-
-def check(values, *, prefix: str, error: type[Exception], vocab_size: int | None = None) -> None:
-    get = field_reader(values)
-    ttt = get("ttt_length")
-    if ttt is not None and ttt < 1:
-        raise error(f"{prefix}ttt_length must be >= 1, got {ttt}")
-
-
-def model_class():
-    from deepspec.models.eagle3 import Eagle3DraftModel
-
-    return Eagle3DraftModel
+from deepspec.algorithms.contract import Algorithm
+from deepspec.draft_specs import EAGLE3
 
 
 def compute_sums(*, model, draft, batch, model_cfg, generator, target_logits) -> dict:
@@ -80,13 +54,7 @@ def recipe(*, target: str, target_layer_ids: list[int], mask_token_id=None) -> d
 
 
 ALGORITHM = Algorithm(
-    name="eagle3",
-    architecture="Eagle3",
-    draft_fields=DRAFT_FIELDS,
-    draft_field_values=draft_field_values,
-    check=check,
-    is_saved_as=lambda config: True,
-    model_class=model_class,
+    spec=EAGLE3,
     compute_sums=compute_sums,
     summarize=summarize,
     build_proposer=build_proposer,

@@ -229,10 +229,3 @@ class TargetSelfProposer:
 
     def select_rows(self, rows: torch.Tensor) -> None:
         pass
-
-
-def build_proposer(draft):
-    """The proposer for a loaded draft model (its algorithm's, :mod:`deepspec.algorithms`)."""
-    from deepspec.algorithms import algorithm_of
-
-    return algorithm_of(draft.config).build_proposer(draft)

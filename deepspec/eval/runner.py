@@ -134,8 +134,9 @@ def _dtype(name: str, device: str) -> torch.dtype:
 def load_models(opts: EvalOptions, device: str):
     """(target, draft or None, proposer factory, γ, calibration temperatures or None)."""
     from deepspec.decoding.confidence import load_calibration
-    from deepspec.decoding.proposers import TargetSelfProposer, build_proposer
-    from deepspec.models import load_draft
+    from deepspec.algorithms import build_proposer
+    from deepspec.decoding.proposers import TargetSelfProposer
+    from deepspec.export import load_any_draft
     from deepspec.targets import load_target
 
     dtype = _dtype(opts.dtype, device)
@@ -149,7 +150,7 @@ def load_models(opts: EvalOptions, device: str):
             None,
         )
     draft_dir = resolve_draft_dir(opts.draft)
-    draft = load_draft(draft_dir, frozen_target=opts.target)  # fills what a speculators folder may omit
+    draft = load_any_draft(draft_dir, frozen_target=opts.target)  # fills what a speculators folder may omit
     check_draft_fits_target(draft.config, target)
     draft.load_target_weights(target)  # the frozen embedding / LM head are the target's by definition
     draft = draft.to(device=device, dtype=dtype).eval()

@@ -286,6 +286,21 @@ def read_speculators_folder(
 # ----------------------------------------------------------------------------- folders
 
 
+def load_any_draft(path, *, frozen_target: str | None = None, **kwargs):
+    """A draft folder in either layout (ours or a speculators one) as a draft model (``load_draft``'s
+    ``kwargs``); ``frozen_target`` fills an embedding / LM head a speculators folder omits."""
+    from deepspec.models import load_draft
+    from deepspec.models.loading import DraftLoadError
+
+    def reader(folder):
+        try:
+            return read_any_draft(folder, frozen_target=frozen_target)
+        except SpeculatorsFormatError as exc:
+            raise DraftLoadError(str(exc)) from None
+
+    return load_draft(path, reader=reader, **kwargs)
+
+
 def read_any_config(folder: str | os.PathLike) -> dict:
     """Our config dict of a draft folder in either layout (a speculators config is converted)."""
     config = read_config_json(folder)

@@ -48,18 +48,18 @@ __all__ = [
 
 def build_draft(config):
     """A freshly initialised draft for a draft config (its per-family class, e.g. ``Qwen3DSparkModel``)."""
-    from deepspec.algorithms import algorithm_of
+    from deepspec.models.blocks import DraftPreTrainedModel
 
-    return algorithm_of(config).model_class()(config)
+    return DraftPreTrainedModel.architecture_class(config.draft_architecture)(config)
 
 
 def load_draft(path, **kwargs):
-    """Load any saved draft strictly: a folder (``config.json`` + ``model.safetensors``) or a hub id.
+    """Load a saved draft strictly: a folder (``config.json`` + ``model.safetensors``) or a hub id.
 
-    ``kwargs``: ``config``, ``dtype``, ``device``, ``frozen_target``. Speculators-format folders load too
-    (:mod:`deepspec.export.speculators`). The class comes from the config's architecture
-    (see ``DraftPreTrainedModel.from_pretrained``); a tensor that does not fit is a
-    :class:`~deepspec.models.loading.DraftLoadError` naming it.
+    ``kwargs``: ``config``, ``dtype``, ``device``, ``reader``. The class comes from the config's
+    architecture (see ``DraftPreTrainedModel.from_pretrained``); a tensor that does not fit is a
+    :class:`~deepspec.models.loading.DraftLoadError` naming it. Speculators-format folders load through
+    ``deepspec.export.load_any_draft``.
     """
     from deepspec.models.blocks import DraftPreTrainedModel
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
+from deepspec.models.loading import DraftLoadError
 from deepspec.targets import TargetError, TargetFamily, family_of
 
 ATTENTION_BACKENDS = ("auto", "sdpa", "eager", "flex")
@@ -245,6 +246,22 @@ class DraftPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _no_split_modules = ["DraftLayer"]
     _family_classes: dict[str, type] = {}  # architecture name -> class, filled by register()
+    _architecture_classes: dict[str, type] = {}  # draft architecture ("DSpark") -> its generic class
+    draft_architecture: str = ""  # set by each generic draft class; registers it (__init_subclass__)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "draft_architecture" in cls.__dict__:  # a generic class (not a per-family copy of one)
+            DraftPreTrainedModel._architecture_classes[cls.draft_architecture] = cls
+
+    @classmethod
+    def architecture_class(cls, architecture: str) -> type:
+        """The generic draft class of a draft architecture (``DSpark`` -> ``DSparkDraftModel``)."""
+        try:
+            return DraftPreTrainedModel._architecture_classes[architecture]
+        except KeyError:
+            known = tuple(DraftPreTrainedModel._architecture_classes)
+            raise DraftLoadError(f"no draft class for architecture {architecture!r}; known: {known}") from None
 
     @classmethod
     def register(cls, architecture: str, base: type) -> type:
@@ -330,31 +347,25 @@ class DraftPreTrainedModel(PreTrainedModel):
         dtype=None,
         torch_dtype=None,
         device=None,
-        frozen_target=None,
+        reader=None,
     ):
         """Load a draft folder (or hub id) strictly: every tensor must fit (see :mod:`deepspec.models.loading`).
 
         The config is rebuilt as a draft config of the right family and kind; ``cls`` may be the
-        generic class (``DSparkDraftModel``) or a per-family name (``Qwen3DSparkModel``). A
-        speculators-format folder is read through :mod:`deepspec.export.speculators`; ``frozen_target``
-        (a target name or path) fills an embedding / LM head such a folder omits.
+        generic class (``DSparkDraftModel``) or a per-family name (``Qwen3DSparkModel``). ``reader``
+        (folder -> (config dict, tensors)) reads the folder; the default reads our layout, and a
+        loader above the models passes one for other layouts (``deepspec.export.load_any_draft``).
         """
-        from deepspec.export.speculators import SpeculatorsFormatError, read_any_draft
         from deepspec.models.draft_config import draft_config_from_dict
-        from deepspec.models.loading import DraftLoadError, load_state_strict, resolve_draft_folder
+        from deepspec.models.loading import load_state_strict, read_draft_folder, resolve_draft_folder
 
         folder = resolve_draft_folder(pretrained_model_name_or_path)
-        try:
-            config_dict, state = read_any_draft(folder, frozen_target=frozen_target)
-        except SpeculatorsFormatError as exc:
-            raise DraftLoadError(str(exc)) from None
+        config_dict, state = (reader or read_draft_folder)(folder)
         config = config if config is not None else draft_config_from_dict(config_dict)
         arch = (config.architectures or [None])[0]
         model_cls = DraftPreTrainedModel._family_classes.get(arch)
-        if model_cls is None:  # no (known) architecture name: the algorithm's generic class
-            from deepspec.algorithms import algorithm_of
-
-            model_cls = algorithm_of(config).model_class()
+        if model_cls is None:  # no (known) architecture name: the architecture's generic class
+            model_cls = DraftPreTrainedModel.architecture_class(config.draft_architecture)
         if not issubclass(model_cls, cls):
             raise DraftLoadError(
                 f"{pretrained_model_name_or_path} holds a {arch}, not a {cls.__name__}; "

@@ -18,12 +18,12 @@ from __future__ import annotations
 import functools
 from typing import Any, Mapping
 
-from deepspec.algorithms import (
+from deepspec.draft_specs import (
     UnknownAlgorithmError,
-    algorithm_of,
     architecture_fields,
-    get_algorithm,
+    get_spec,
     saved_architecture,
+    spec_of,
 )
 from deepspec.errors import DeepSpecError
 from deepspec.targets import family_of, validate_layer_ids
@@ -39,7 +39,7 @@ DRAFT_LAYER_TYPE = "full_attention"
 # a quarter of the head of weights trained with all of it (DeepSpec issue #71).
 _FOREIGN_ROPE_KEYS = ("partial_rotary_factor", "mrope_section", "mrope_interleaved")
 
-# name -> (annotation, default); every algorithm has these, plus its own (deepspec.algorithms).
+# name -> (annotation, default); every algorithm has these, plus its own (deepspec.draft_specs).
 _COMMON_FIELDS = {
     "target_layer_ids": (list, None),
     "num_target_layers": (int, None),
@@ -55,7 +55,7 @@ class DraftConfig:
 
     ``isinstance(cfg, DraftConfig)`` tells a draft config from a plain target config.
     ``draft_architecture`` is a class attribute: ``"DSpark"`` (DSpark/DFlash) or ``"Eagle3"``
-    (:func:`deepspec.algorithms.architectures`).
+    (:func:`deepspec.draft_specs.architectures`).
     """
 
     draft_architecture: str = ""
@@ -85,7 +85,7 @@ class DraftConfig:
     @property
     def algorithm(self) -> str:
         """The registered algorithm's name (``dspark`` / ``dflash`` / ``eagle3``)."""
-        return algorithm_of(self).name
+        return spec_of(self).name
 
     def validate_draft(self) -> None:
         ids = self.target_layer_ids
@@ -95,13 +95,13 @@ class DraftConfig:
             )
         if self.num_target_layers is not None:
             validate_layer_ids(ids, num_layers=int(self.num_target_layers))
-        algorithm_of(self).check(self, prefix="", error=DraftConfigError, vocab_size=int(self.vocab_size))
+        spec_of(self).check(self, prefix="", error=DraftConfigError, vocab_size=int(self.vocab_size))
 
 
 def architecture_name(family_name: str, algorithm: str) -> str:
     """The saved ``architectures`` entry: family + the algorithm's architecture (``Qwen3DSparkModel``)."""
     prefix = family_name[:1].upper() + family_name[1:]  # qwen3 -> Qwen3, gemma4 -> Gemma4
-    return f"{prefix}{get_algorithm(algorithm).architecture}Model"
+    return f"{prefix}{get_spec(algorithm).architecture}Model"
 
 
 @functools.lru_cache(maxsize=None)
@@ -172,7 +172,7 @@ def draft_config_from_target(target_hf_config, model_cfg: Mapping[str, Any]):
     text = target_family.text_config(target_hf_config)
     family = target_family.drafting_family()  # whose layers and config class the draft uses
     try:
-        algorithm = get_algorithm(model_cfg.get("algorithm", ""))
+        algorithm = get_spec(model_cfg.get("algorithm", ""))
     except UnknownAlgorithmError as exc:
         raise DraftConfigError(str(exc)) from None
     num_target_layers = int(text.num_hidden_layers)

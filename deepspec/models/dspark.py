@@ -202,6 +202,8 @@ def block_targets(
 class DSparkDraftModel(DraftPreTrainedModel):
     """Parallel block drafter; ``Qwen3DSparkModel`` / ``Gemma4DSparkModel`` are its per-family names."""
 
+    draft_architecture = "DSpark"
+
     def __init__(self, config):
         super().__init__(config)
         family = self._setup_family(config)

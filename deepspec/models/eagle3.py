@@ -78,6 +78,8 @@ def next_token_mask(loss_mask: torch.Tensor, attention_mask: torch.Tensor | None
 class Eagle3DraftModel(DraftPreTrainedModel):
     """EAGLE-3 draft (one layer by default); ``Qwen3Eagle3Model`` / ``Gemma4Eagle3Model`` are its per-family names."""
 
+    draft_architecture = "Eagle3"
+
     def __init__(self, config):
         super().__init__(config)
         family = self._setup_family(config)

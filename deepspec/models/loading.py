@@ -56,6 +56,32 @@ def resolve_draft_folder(name_or_path) -> str:
         ) from None
 
 
+def read_config_dict(folder) -> dict:
+    """``<folder>/config.json`` as a dict, or a :class:`DraftLoadError` naming the file."""
+    file = Path(folder) / "config.json"
+    if not file.is_file():
+        raise DraftLoadError(f"{folder} has no config.json; pass a draft folder")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DraftLoadError(f"cannot read {file}: {exc}") from None
+    if not isinstance(data, dict):
+        raise DraftLoadError(f"{file} is not a JSON object; pass a draft folder")
+    return data
+
+
+def read_draft_folder(folder) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config dict, tensors) of a draft folder in our layout. A speculators-format folder is read by the
+    loader above the models (``deepspec.export.load_any_draft``, which eval.py and export_draft.py use)."""
+    config = read_config_dict(folder)
+    if "speculators_model_type" in config:
+        raise DraftLoadError(
+            f"{folder} is a speculators-format folder; load it with deepspec.export.load_any_draft "
+            "(eval.py and export_draft.py read both layouts)"
+        )
+    return config, read_safetensors(folder)
+
+
 def read_safetensors(folder) -> dict[str, torch.Tensor]:
     """All tensors of a draft folder (one file or the shards of an index)."""
     from safetensors.torch import load_file
