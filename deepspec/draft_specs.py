@@ -38,6 +38,10 @@ def field_reader(values) -> Callable[..., Any]:
     return lambda key, default=None: getattr(values, key, default)
 
 
+# The attention kernels every draft can run with (model.attention_backend): auto = flex on CUDA, sdpa on CPU.
+# Here, torch-free, so the run config checks the option when it loads (deepspec.models.blocks resolves it).
+ATTENTION_BACKENDS = ("auto", "sdpa", "eager", "flex")
+
 # ----------------------------------------------------------------------------- the block drafter (DSpark, DFlash)
 
 MARKOV_HEAD_TYPES = ("vanilla", "gated", "rnn")

@@ -32,7 +32,7 @@ import re
 
 import yaml
 
-from deepspec.draft_specs import UnknownAlgorithmError, get_spec
+from deepspec.draft_specs import ATTENTION_BACKENDS, UnknownAlgorithmError, get_spec
 from deepspec.errors import DeepSpecError
 from deepspec.layer_ids import check_layer_ids
 
@@ -328,6 +328,12 @@ def validate_config(cfg: ConfigNode) -> None:
         raise ConfigError(str(exc)) from None
     check_layer_ids(model.get("target_layer_ids"), error=ConfigError, key="model.target_layer_ids")
     algorithm.check(model, prefix="model.", error=ConfigError)
+    backend = model.get("attention_backend", "auto")
+    if backend not in ATTENTION_BACKENDS:
+        raise ConfigError(
+            f"model.attention_backend must be one of {ATTENTION_BACKENDS}, got {backend!r} "
+            "(auto: flex attention on CUDA, sdpa on CPU)"
+        )
     if model.num_draft_layers < 1:
         raise ConfigError(f"model.num_draft_layers must be >= 1, got {model.num_draft_layers}")
     if train.global_batch_size % train.local_batch_size:

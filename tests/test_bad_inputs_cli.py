@@ -256,6 +256,12 @@ CASES = [
     ),
     ("profile-repeats-zero", "scripts/eval/profile_engine.py", ["--repeats", "0"], ["must be >= 1"]),
     (
+        "train-bogus-attention-backend",
+        "train.py",
+        ["--config", TINY, "--opts", "model.attention_backend=flash"],
+        ["model.attention_backend must be one of ('auto', 'sdpa', 'eager', 'flex'), got 'flash'"],
+    ),
+    (
         "train-adam-betas-one",
         "train.py",
         ["--config", TINY, "--opts", "train.adam_betas=[0.9]"],

@@ -27,10 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
+from deepspec.draft_specs import ATTENTION_BACKENDS
 from deepspec.models.loading import DraftLoadError
 from deepspec.targets import TargetError, TargetFamily, family_of
-
-ATTENTION_BACKENDS = ("auto", "sdpa", "eager", "flex")
 
 
 def _accepts(fn: Callable, name: str) -> bool:
