@@ -168,10 +168,11 @@ def main(argv=None) -> int:
 
     tasks, absent = parse_tasks(args.tasks, eval_data_dir=args.eval_data_dir)
     output_dir = Path(args.output_dir or Path("runs/eval") / name)
-    models = {"target": (args.target, "--target_name_or_path")}
-    if args.draft:
-        models["draft"] = (args.draft, "--draft_name_or_path")
-    check_run_inputs(models=models, outputs={"--output-dir": output_dir})  # before any model loads
+    check_run_inputs(  # before any model loads
+        target=(args.target, "--target_name_or_path"),
+        draft=(args.draft, "--draft_name_or_path") if args.draft else None,
+        outputs={"--output-dir": output_dir},
+    )
     if absent:
         data_dir = args.eval_data_dir or default_eval_data_dir()
         print(f"[eval] {absent_tasks_line(absent, data_dir=data_dir)}", file=sys.stderr)

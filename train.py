@@ -151,7 +151,7 @@ def run_training(
     check_trainer_name(cfg)  # a train.trainer_cls that disagrees: fail before spawning anything
     source = resolve_data_source(cfg, cache_dir=cache_dir, online=online, train_data_paths=train_data_paths)
     check_run_inputs(  # the target the workers load and the folders they write, before any of them starts
-        models={"target": (cfg.model.target_model_name_or_path, "model.target_model_name_or_path")},
+        target=(cfg.model.target_model_name_or_path, "model.target_model_name_or_path"),
         outputs={"checkpoint folder": cfg.logging.checkpoint_dir, "tensorboard folder": cfg.logging.tensorboard_dir},
     )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

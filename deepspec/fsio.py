@@ -37,14 +37,20 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     fsync_dir(path.parent)
 
 
+def existing_ancestor(path: str | os.PathLike) -> Path:
+    """``path`` itself when it exists, else the nearest existing folder above it (where it would be made)."""
+    probe = Path(os.path.expanduser(str(path)))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
 def free_disk(path: str | os.PathLike) -> tuple[Path, int]:
     """``(folder, bytes)``: the nearest existing folder at or above ``path`` and the free space on its disk
     (what a folder about to be created there will have)."""
     import shutil
 
-    probe = Path(os.path.expanduser(str(path)))
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = existing_ancestor(path)
     return probe, shutil.disk_usage(probe).free
 
 

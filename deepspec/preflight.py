@@ -14,14 +14,13 @@ each with what to do; nothing is created or changed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 from deepspec.cli import NoSuchFolderError, local_or_hub_id
 from deepspec.errors import DeepSpecError, cli_main
-from deepspec.fsio import free_disk
+from deepspec.fsio import existing_ancestor, free_disk
 
 
 class PreflightError(DeepSpecError, ValueError):
@@ -63,16 +62,10 @@ def check_draft(name: str, *, flag: str) -> str:
     return f"draft {name}"
 
 
-def _existing_ancestor(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def check_writable(folder: str | os.PathLike, *, what: str) -> str:
     """``folder`` is a folder we may create or write into; nothing is created."""
     path = _path(folder)
-    probe = _existing_ancestor(path)
+    probe = existing_ancestor(path)
     if not probe.is_dir():
         raise PreflightError(f"{what} {path}: {probe} is a file, not a folder; choose another folder")
     if not os.access(probe, os.W_OK | os.X_OK):
@@ -93,42 +86,55 @@ def check_free_disk(folder: str | os.PathLike, *, needed_bytes: int, what: str) 
     return line
 
 
-def _several(problems: list[str]) -> str:
-    head = f"{len(problems)} inputs of this run cannot be used; nothing was started:"
-    return "\n".join([head] + [f"  - {p}" for p in problems])
+class Checks:
+    """Runs checks, keeps their report lines and every problem; :meth:`finish` raises them as one error."""
 
+    def __init__(self):
+        self.lines: list[str] = []
+        self.problems: list[str] = []
 
-def check_run_inputs(*, models: dict[str, tuple[str, str]], outputs: dict[str, str | os.PathLike]) -> None:
-    """An entry point's own checks before it loads anything: ``models`` ({what: (name, flag)}; what
-    "draft" is a draft) can load, ``outputs`` ({what: folder}) can be written. One error lists all."""
-    problems = []
-    for what, (name, flag) in models.items():
+    def run(self, fn, *args, report: bool = True, **kwargs):
         try:
-            if what == "draft":
-                check_draft(str(name), flag=flag)
-            else:
-                check_model(str(name), what=what, flag=flag)
-        except PreflightError as exc:
-            problems.append(str(exc))
+            out = fn(*args, **kwargs)
+        except (DeepSpecError, OSError) as exc:
+            self.problems.append(str(exc))
+            return None
+        if report:
+            self.lines.extend(out if isinstance(out, list) else [out])
+        return out
+
+    def finish(self) -> list[str]:
+        if len(self.problems) == 1:
+            raise PreflightError(self.problems[0])
+        if self.problems:
+            head = f"{len(self.problems)} inputs of this run cannot be used; nothing was started:"
+            raise PreflightError("\n".join([head] + [f"  - {p}" for p in self.problems]))
+        return self.lines
+
+
+def check_run_inputs(
+    *, target: tuple[str, str], draft: tuple[str, str] | None = None, outputs: dict[str, str | os.PathLike]
+) -> None:
+    """An entry point's own checks before it loads anything: the ``target`` and ``draft`` ((name, flag))
+    can load, the ``outputs`` ({what: folder}) can be written. One error lists every problem."""
+    checks = Checks()
+    checks.run(check_model, str(target[0]), what="target", flag=target[1])
+    if draft is not None:
+        checks.run(check_draft, str(draft[0]), flag=draft[1])
     for what, folder in outputs.items():
-        try:
-            check_writable(folder, what=what)
-        except PreflightError as exc:
-            problems.append(str(exc))
-    if len(problems) == 1:
-        raise PreflightError(problems[0])
-    if problems:
-        raise PreflightError(_several(problems))
+        checks.run(check_writable, folder, what=what)
+    checks.finish()
 
 
 def hidden_size_of(target: str, *, tiny: bool) -> int | None:
-    """The target's hidden size from its local config.json (text config for multimodal checkpoints)."""
-    config = _path(target) / "config.json"
-    if config.is_file():
-        data = json.loads(config.read_text(encoding="utf-8"))
-        data = data.get("text_config") or data
-        return int(data["hidden_size"]) if "hidden_size" in data else None
-    if tiny:  # built by a later stage: its size is the tiny target's
+    """The target's hidden size from its local config (the family's text config), or the tiny target's
+    when a later stage builds it; None for a hub id (its config is not read here)."""
+    if (_path(target) / "config.json").is_file():
+        from deepspec.targets import family_of, load_target_config
+
+        config = load_target_config(str(_path(target)))
+        return int(family_of(config).text_config(config).hidden_size)
+    if tiny:
         from deepspec.tiny_target import MODEL_CONFIG
 
         return int(MODEL_CONFIG["hidden_size"])
@@ -171,34 +177,22 @@ def check_inputs(paths: list[str]) -> str:
 
 def run_checks(args) -> list[str]:
     """Every check the arguments ask for; returns their report lines, or raises one PreflightError for all."""
-    lines: list[str] = []
-    problems: list[str] = []
-
-    def attempt(fn, *a, report: bool = True, **kw):
-        try:
-            out = fn(*a, **kw)
-        except (DeepSpecError, OSError) as exc:
-            problems.append(str(exc))
-            return None
-        if report:
-            lines.extend(out if isinstance(out, list) else [out])
-        return out
-
+    checks = Checks()
     for spec in args.tasks:
-        attempt(check_prompts, spec, args.eval_data_dir)
+        checks.run(check_prompts, spec, args.eval_data_dir)
     config_ok = bool(args.config) and _path(args.config).is_file()
     if args.config and not config_ok:
-        problems.append(f"config file {args.config} not found; fix the config path (relative to {Path.cwd()})")
+        checks.problems.append(f"config file {args.config} not found; fix the config path (relative to {Path.cwd()})")
     if args.target:
-        attempt(check_model, args.target, what="target", flag="--target")
+        checks.run(check_model, args.target, what="target", flag="--target")
     if args.draft:
-        attempt(check_draft, args.draft, flag="--draft")
+        checks.run(check_draft, args.draft, flag="--draft")
     if args.input:
-        attempt(check_inputs, args.input)
+        checks.run(check_inputs, args.input)
     for folder in args.output:
-        attempt(check_writable, folder, what="output folder")
+        checks.run(check_writable, folder, what="output folder")
     if args.cache_dir and args.cache_samples and config_ok:
-        estimate = attempt(
+        estimate = checks.run(
             cache_estimate,
             report=False,
             config=args.config,
@@ -211,15 +205,11 @@ def run_checks(args) -> list[str]:
         if estimate is not None:
             needed, how = estimate
             if needed is None:
-                lines.append(how)
+                checks.lines.append(how)
             else:
                 what = f"target cache ({how})"
-                attempt(check_free_disk, args.cache_dir, needed_bytes=int(needed * 1.05), what=what)
-    if len(problems) == 1:
-        raise PreflightError(f"{problems[0]} (nothing was started)")
-    if problems:
-        raise PreflightError(_several(problems))
-    return lines
+                checks.run(check_free_disk, args.cache_dir, needed_bytes=int(needed * 1.05), what=what)
+    return checks.finish()
 
 
 def build_parser() -> argparse.ArgumentParser:

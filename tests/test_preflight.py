@@ -146,8 +146,10 @@ def test_prepare_data_stops_before_downloading(tmp_path):
 
 def test_check_run_inputs_one_problem_is_one_line(tmp_path):
     (tmp_path / "f").write_text("")
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "config.json").write_text("{}")
     with pytest.raises(PreflightError) as e:
-        check_run_inputs(models={}, outputs={"--output-dir": tmp_path / "f" / "x"})
+        check_run_inputs(target=(tmp_path / "target", "--t"), outputs={"--output-dir": tmp_path / "f" / "x"})
     assert (
         str(e.value)
         == f"--output-dir {tmp_path / 'f' / 'x'}: {tmp_path / 'f'} is a file, not a folder; choose another folder"
