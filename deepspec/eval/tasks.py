@@ -35,6 +35,7 @@ BUILD_HINT = "python eval_datasets/build_eval_datasets.py"
 # The known tasks whose prompt files ship in eval_datasets/ (their sources' licenses allow it; NOTICE).
 # The others are fetched by the user with BUILD_HINT.
 SHIPPED_TASKS = ("gsm8k", "math500", "humaneval", "mbpp", "mt-bench")
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "eval_datasets"  # the checkout's folder of them
 
 # Task names become file names: keep them to one plain path component.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -55,9 +56,7 @@ class TaskSpec:
 def default_eval_data_dir() -> Path:
     """``$DEEPSPEC_EVAL_DATA_DIR`` if set, else ``<repo root>/eval_datasets`` (the shipped prompt files)."""
     env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "eval_datasets"
+    return Path(env) if env else SHIPPED_DIR
 
 
 def task_domain(name: str) -> str:
@@ -175,8 +174,7 @@ def parse_tasks(
 def fetch_command(names: list[str], *, data_dir: str | os.PathLike) -> str:
     """The command that writes the prompt files of ``names`` into ``data_dir`` (needs the hub)."""
     cmd = f"{BUILD_HINT} --tasks {','.join(names)}"
-    default = Path(__file__).resolve().parents[2] / "eval_datasets"
-    if Path(data_dir).resolve() != default.resolve():
+    if Path(data_dir).resolve() != SHIPPED_DIR:
         cmd += f" --output-dir {data_dir}"
     return cmd
 

@@ -46,6 +46,7 @@ import torch
 
 from deepspec.errors import DeepSpecError, InputProtectionError, check_outputs_apart
 from deepspec.fsio import write_failed
+from deepspec.models.loading import is_speculators_config
 
 SPECULATORS_VERSION = "0.9.0"
 ARCHITECTURES = {"dspark": "DSparkSpeculator", "dflash": "DFlashSpeculator", "eagle3": "Eagle3Speculator"}
@@ -68,18 +69,14 @@ class SpeculatorsFormatError(DeepSpecError, ValueError):
     """A draft that has no equivalent across the two formats; the message says why and what to do."""
 
 
-def is_speculators_config(config: dict) -> bool:
-    return "speculators_model_type" in config
-
-
 def read_config_json(folder: str | os.PathLike) -> dict:
-    file = Path(folder) / "config.json"
-    if not file.is_file():
-        raise SpeculatorsFormatError(f"{folder} has no config.json; pass a draft folder")
+    """``<folder>/config.json`` (models/loading's reader), its errors as this format's."""
+    from deepspec.models.loading import DraftLoadError, read_config_dict
+
     try:
-        return json.loads(file.read_text())
-    except ValueError as exc:
-        raise SpeculatorsFormatError(f"cannot read {file}: {exc}") from None
+        return read_config_dict(folder)
+    except DraftLoadError as exc:
+        raise SpeculatorsFormatError(str(exc)) from None
 
 
 def _algorithm(config: dict) -> str:
@@ -311,12 +308,11 @@ def read_any_draft(
     folder: str | os.PathLike, *, frozen_target: str | None = None
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """(our config dict, tensors) of a draft folder in either layout."""
-    from deepspec.models.loading import read_safetensors
+    from deepspec.models.loading import read_draft_folder
 
-    config = read_config_json(folder)
-    if is_speculators_config(config):
+    if is_speculators_config(read_config_json(folder)):
         return read_speculators_folder(folder, frozen_target=frozen_target)
-    return config, read_safetensors(folder)
+    return read_draft_folder(folder)
 
 
 # What an export writes into its folder: --overwrite replaces a folder that holds nothing else.

@@ -70,11 +70,16 @@ def read_config_dict(folder) -> dict:
     return data
 
 
+def is_speculators_config(config: dict) -> bool:
+    """A vllm-project/speculators ``config.json`` (read by ``deepspec.export.speculators``), not ours."""
+    return "speculators_model_type" in config
+
+
 def read_draft_folder(folder) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config dict, tensors) of a draft folder in our layout. A speculators-format folder is read by the
     loader above the models (``deepspec.export.load_any_draft``, which eval.py and export_draft.py use)."""
     config = read_config_dict(folder)
-    if "speculators_model_type" in config:
+    if is_speculators_config(config):
         raise DraftLoadError(
             f"{folder} is a speculators-format folder; load it with deepspec.export.load_any_draft "
             "(eval.py and export_draft.py read both layouts)"

@@ -150,7 +150,7 @@ def judge(rounds: list[dict], temps: list[float], *, num_bins: int, png: Path, t
 def draft_folder(given: str) -> str:
     """The step folder calibration.json goes into: the one eval.py reads for the same path (a checkpoint
     root means its newest complete step); a folder that holds no draft (a target, say) is refused."""
-    from deepspec.algorithms import saved_architecture
+    from deepspec.draft_specs import saved_architecture
     from deepspec.eval.runner import resolve_draft_dir
 
     if not Path(given).is_dir():
