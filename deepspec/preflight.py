@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from deepspec.cli import NoSuchFolderError, local_or_hub_id
+from deepspec.hub import NoSuchFolderError, local_or_hub_id
 from deepspec.errors import DeepSpecError, cli_main
 from deepspec.fsio import existing_ancestor, free_disk
 

@@ -260,7 +260,7 @@ def load_config(path: str | os.PathLike, *, opts: Iterable[str] = ()) -> ConfigN
     return cfg
 
 
-# (dotted key, kind, lower bound, bound inclusive?, may be null) for every numeric field; checked once here.
+# (dotted key, kind, lower bound, bound inclusive?, may be null) for the numeric run settings; checked once here.
 _NUMERIC_FIELDS = (
     ("train.lr", float, 0, False, False),
     ("train.warmup_ratio", float, 0, True, False),
@@ -275,12 +275,7 @@ _NUMERIC_FIELDS = (
     ("data.num_workers", int, 0, True, False),
     ("logging.logging_steps", int, 1, True, False),
     ("logging.checkpointing_steps", int, 0, True, True),
-    ("model.num_anchors", int, 1, True, False),
-    ("model.loss_decay_gamma", float, 0, False, True),
-    ("model.ce_loss_alpha", float, 0, True, False),
-    ("model.l1_loss_alpha", float, 0, True, False),
-    ("model.confidence_head_alpha", float, 0, True, False),
-)
+)  # the model.* fields are the algorithm's (deepspec.draft_specs): its spec checks them
 
 
 def _lookup(cfg: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from deepspec.targets import TargetError, family_of, load_frozen_target_pieces, load_target_config
+from deepspec.targets import TargetError, family_of, load_target_config
+from deepspec.target_files import load_frozen_target_pieces
 from test_targets import VOCAB, tiny_gemma4, tiny_gemma4_multimodal, tiny_qwen3
 
 

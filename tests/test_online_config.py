@@ -58,7 +58,7 @@ def test_count_target_parameters_reads_headers(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from deepspec.targets import count_target_parameters
+    from deepspec.target_files import count_target_parameters
 
     save_file(
         {

@@ -154,7 +154,7 @@ def fine_tuned_copy(target_dir, dest):
 def test_manifest_records_identity(tmp_path, target_dir):
     import hashlib
 
-    from deepspec.targets import target_fingerprint
+    from deepspec.target_files import target_fingerprint
 
     manifest, _ = build(tmp_path, target_dir)
     data = tmp_path / "train.jsonl"

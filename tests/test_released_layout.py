@@ -346,7 +346,7 @@ def test_missing_local_folder_is_not_mistaken_for_a_hub_id(tmp_path, monkeypatch
 
 
 def test_local_or_hub_id_rule(tmp_path, monkeypatch):
-    from deepspec.cli import NoSuchFolderError, is_hub_id, local_or_hub_id
+    from deepspec.hub import NoSuchFolderError, is_hub_id, local_or_hub_id
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "exp").mkdir(parents=True)

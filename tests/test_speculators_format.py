@@ -164,7 +164,7 @@ def test_foreign_folder_loads_with_the_target_filling_the_frozen_pieces(tmp_path
     target = tmp_path / "target"
     Qwen3ForCausalLM(TARGETS["qwen3"]).save_pretrained(target)
     draft = load_any_draft(folder, frozen_target=str(target))
-    from deepspec.targets import load_frozen_target_pieces
+    from deepspec.target_files import load_frozen_target_pieces
 
     embed, head = load_frozen_target_pieces(str(target))
     assert torch.equal(draft.embed_tokens.weight, embed) and torch.equal(draft.lm_head.weight, head)

@@ -256,7 +256,7 @@ def _fake_target(folder, *, weights: bytes, config: dict | None = None):
 def test_fingerprint_same_name_other_folder_differs_and_copies_match(tmp_path):
     import shutil
 
-    from deepspec.targets import target_fingerprint
+    from deepspec.target_files import target_fingerprint
 
     base = _fake_target(tmp_path / "base" / "Qwen3-4B", weights=bytes(range(256)) * 4096)
     ft = _fake_target(tmp_path / "ft" / "Qwen3-4B", weights=bytes(reversed(range(256))) * 4096)  # a "fine-tune"
@@ -282,7 +282,7 @@ def test_fingerprint_same_name_other_folder_differs_and_copies_match(tmp_path):
 def test_fingerprint_saved_model_and_cheap_on_a_huge_file(tmp_path):
     import time
 
-    from deepspec.targets import target_fingerprint
+    from deepspec.target_files import target_fingerprint
 
     tiny_qwen3().save_pretrained(tmp_path / "m1")
     tiny_qwen3().save_pretrained(tmp_path / "m2")  # same seed: same weights
@@ -302,7 +302,7 @@ def test_fingerprint_saved_model_and_cheap_on_a_huge_file(tmp_path):
 def test_fingerprint_refuses_what_it_cannot_identify(tmp_path, monkeypatch):
     import json
 
-    from deepspec.targets import target_fingerprint
+    from deepspec.target_files import target_fingerprint
 
     with pytest.raises(TargetError, match="does not exist"):
         target_fingerprint(tmp_path / "no" / "such" / "folder")

@@ -32,7 +32,7 @@ from deepspec.models import build_draft, draft_config_from_target
 from deepspec.models.blocks import project_kv, rotary_cos_sin
 from deepspec.models.draft_config import DRAFT_LAYER_TYPE
 from deepspec.models.eagle3 import ttt_mask
-from deepspec.targets import load_frozen_target_pieces
+from deepspec.target_files import load_frozen_target_pieces
 from deepspec.tiny_target import make_model_config
 from deepspec.training.checkpoint import LATEST_NAME, save_checkpoint
 from vllm_env import skip_or_fail, vllm_interpreter

@@ -9,17 +9,17 @@ A fourth algorithm is:
 
 - its :class:`~deepspec.draft_specs.DraftSpec` in ``deepspec.draft_specs.SPECS``: ``name`` (the
   ``model.algorithm`` value), ``architecture`` (the saved ``architectures`` suffix, ``Qwen3DSparkModel``;
-  algorithms sharing one share the model class and fields, and ``is_saved_as`` tells them apart),
-  ``draft_fields``, ``draft_field_values`` and the one validator ``check``;
+  algorithms sharing one share the model class and saved fields, and ``is_saved_as`` tells them apart),
+  and its ``fields`` (:class:`~deepspec.draft_specs.DraftField`: key, type, default, bound, saved or not,
+  where a speculators config keeps it), from which the saved fields, their values and the one validator
+  ``check`` follow;
 - a draft class for a new architecture (a subclass of ``DraftPreTrainedModel`` with its own
   ``draft_architecture``), or an existing architecture;
 - one module ``deepspec/algorithms/<name>.py`` defining ``ALGORITHM = Algorithm(spec, ...)``
   (:mod:`deepspec.algorithms.contract`): ``compute_sums`` (one micro-batch to loss sums),
-  ``summarize``, ``build_proposer``, ``recipe`` (the paper's ``cfg.model``) and ``trainer_name``,
-  plus its line in :data:`ALGORITHMS`.
-
-Export formats keep their own per-algorithm mapping (:mod:`deepspec.export.speculators`) and refuse
-an algorithm they do not know.
+  ``summarize``, ``build_proposer``, ``recipe`` (the paper's ``cfg.model``), ``trainer_name`` and
+  ``speculators`` (its :class:`~deepspec.algorithms.contract.SpeculatorsAdapter`: the speculators class,
+  layer-id key, layout flags, what has no equivalent), plus its line in :data:`ALGORITHMS`.
 """
 
 from __future__ import annotations

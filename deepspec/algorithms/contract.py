@@ -8,7 +8,22 @@ This module imports nothing of ours; the algorithm modules import it, and the re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
+
+
+@dataclass(frozen=True)
+class SpeculatorsAdapter:
+    """How a speculators config (vllm-project/speculators) holds this algorithm's draft; which of the spec's
+    fields go where is each field's own ``speculators`` (:mod:`deepspec.export.speculators` reads both)."""
+
+    architecture: str  # the speculators class name (DSparkSpeculator)
+    aux_key: str  # where the captured target layers go, counted as speculators does (our ids + 1)
+    flags: Mapping[str, tuple[bool, bool]]  # layout flag -> (the value our layout has, speculators' default)
+    flags_refused: str  # why other flag values have no equivalent here; "{flags}" names them
+    import_defaults: Mapping[str, Any]  # speculators' values for the top-level fields a foreign config omits
+    import_fixed: Mapping[str, Any]  # our values whatever a foreign config says (DFlash: no heads)
+    proposal_tokens: Callable[[dict], int]  # the greedy proposal's speculative_tokens, from our config dict
+    refuse: Callable[[dict], "str | None"]  # why our config dict has no equivalent in the format, else None
 
 
 @dataclass(frozen=True)
@@ -19,6 +34,7 @@ class Algorithm:
     build_proposer: Callable[[Any], Any]  # the decoding proposer for a loaded draft
     recipe: Callable[..., dict]  # the paper's cfg.model section
     trainer_name: str  # the train.trainer_cls value older configs use for it (checked, not needed)
+    speculators: SpeculatorsAdapter  # its speculators-format mapping (deepspec.export.speculators)
 
     # The spec's facts, read through the entry (one object per algorithm for the trainer and the checks).
     @property

@@ -8,8 +8,8 @@ how it is checked is its spec, :data:`deepspec.draft_specs.DSPARK`.
 
 from __future__ import annotations
 
-from deepspec.algorithms.contract import Algorithm
-from deepspec.draft_specs import DSPARK, DraftSpec
+from deepspec.algorithms.contract import Algorithm, SpeculatorsAdapter
+from deepspec.draft_specs import DFLASH, DSPARK, DraftSpec
 
 
 def block_compute_sums(*, model, draft, batch, model_cfg, generator, target_logits) -> dict:
@@ -56,24 +56,42 @@ def block_proposer(draft):
 
 
 def block_recipe(*, target: str, target_layer_ids: list[int], mask_token_id: int | None, heads: bool) -> dict:
-    """The paper's block drafter: block 7, 5 layers, 512 anchors; with heads (DSpark) Markov rank 256,
-    confidence head and 0.1 CE + 0.9 L1, without (DFlash) CE only."""
+    """The paper's block drafter: the spec's defaults (block 7, 512 anchors, the loss weights: with heads
+    0.1 CE + 0.9 L1 + the confidence BCE, without CE only), 5 layers and, with heads (DSpark), Markov rank 256."""
+    spec = DSPARK if heads else DFLASH
     return dict(
-        algorithm="dspark" if heads else "dflash",
+        spec.defaults(),
+        algorithm=spec.name,
         target_model_name_or_path=target,
-        block_size=7,
         num_draft_layers=5,
         target_layer_ids=list(target_layer_ids),
         mask_token_id=mask_token_id,
-        num_anchors=512,
         markov_rank=256 if heads else 0,
-        markov_head_type="vanilla",
-        confidence_head_alpha=1.0 if heads else 0.0,
         confidence_head_with_markov=heads,
-        loss_decay_gamma=4.0,
-        ce_loss_alpha=0.1 if heads else 1.0,
-        l1_loss_alpha=0.9 if heads else 0.0,
         attention_backend="auto",  # flex on CUDA, sdpa with an explicit mask on CPU
+    )
+
+
+def block_speculators(*, heads: bool) -> SpeculatorsAdapter:
+    """The block drafter in the speculators format (``sample_from_anchor: true``: slot k predicts token p+k+1).
+    A foreign DSpark folder that omits a field gets speculators' defaults; a DFlash one never has heads."""
+    return SpeculatorsAdapter(
+        architecture="DSparkSpeculator" if heads else "DFlashSpeculator",
+        aux_key="aux_hidden_state_layer_ids",
+        flags={"sample_from_anchor": (True, heads)},
+        flags_refused=(
+            "{flags} (the anchor is the bonus token and each mask predicts its own position); DeepSpec's parallel "
+            "drafter uses the sample_from_anchor=true layout (slot k predicts token p+k+1), so this draft cannot "
+            "be measured here"
+        ),
+        import_defaults=(
+            dict(block_size=8, markov_rank=256, enable_confidence_head=True, confidence_head_with_markov=True)
+            if heads
+            else dict(block_size=8)
+        ),
+        import_fixed={} if heads else dict(markov_rank=0, enable_confidence_head=False),
+        proposal_tokens=lambda config: int(config["block_size"]),
+        refuse=lambda config: None,
     )
 
 
@@ -88,6 +106,7 @@ def block_algorithm(spec: DraftSpec, *, heads: bool) -> Algorithm:
             target=target, target_layer_ids=target_layer_ids, mask_token_id=mask_token_id, heads=heads
         ),
         trainer_name="DSparkTrainer",
+        speculators=block_speculators(heads=heads),
     )
 
 

@@ -4,7 +4,7 @@ cross-entropy to the target decaying by ``step_loss_decay`` per step."""
 
 from __future__ import annotations
 
-from deepspec.algorithms.contract import Algorithm
+from deepspec.algorithms.contract import Algorithm, SpeculatorsAdapter
 from deepspec.draft_specs import EAGLE3
 
 
@@ -41,17 +41,47 @@ def build_proposer(draft):
 
 
 def recipe(*, target: str, target_layer_ids: list[int], mask_token_id=None) -> dict:
-    """One-layer autoregressive draft trained with a 7-step training-time test."""
+    """The spec's defaults: one autoregressive layer trained with a 7-step training-time test, step decay 0.8."""
     return dict(
+        EAGLE3.defaults(),
         algorithm="eagle3",
         target_model_name_or_path=target,
-        num_draft_layers=1,
         target_layer_ids=list(target_layer_ids),
-        ttt_length=7,
-        step_loss_decay=0.8,
         attention_backend="auto",
     )
 
+
+def refuse_speculators(config: dict) -> str | None:
+    layers = int(config["num_hidden_layers"])
+    if layers != 1:
+        return (
+            f"an Eagle3 draft with {layers} layers: ours fuses [embeds ; features] in every layer, the speculators "
+            "format (and vLLM) only in layer 0, so there is no equivalent; only one-layer Eagle3 drafts map "
+            "(model.num_draft_layers=1, the default)"
+        )
+    return None
+
+
+# Our layer fuses [input_layernorm(embeds) ; hidden_norm(x)] and keeps the un-normalised x as residual:
+# all four speculators norm flags false (vLLM reads a missing norm_before_residual as true).
+SPECULATORS = SpeculatorsAdapter(
+    architecture="Eagle3Speculator",
+    aux_key="eagle_aux_hidden_state_layer_ids",
+    flags={
+        "norm_before_residual": (False, True),
+        "norm_before_fc": (False, False),
+        "fc_norm": (False, False),
+        "norm_output": (False, False),
+    },
+    flags_refused=(
+        "Eagle3 with {flags}; DeepSpec's Eagle3 layer normalises embeds and features separately and keeps the "
+        "un-normalised features as residual (all four flags false), so it has no equivalent"
+    ),
+    import_defaults={},
+    import_fixed={},
+    proposal_tokens=lambda config: int(config.get("ttt_length") or 3),
+    refuse=refuse_speculators,
+)
 
 ALGORITHM = Algorithm(
     spec=EAGLE3,
@@ -60,4 +90,5 @@ ALGORITHM = Algorithm(
     build_proposer=build_proposer,
     recipe=recipe,
     trainer_name="Eagle3Trainer",
+    speculators=SPECULATORS,
 )

@@ -292,7 +292,8 @@ def build_target_cache(
     from deepspec.cache.reader import TargetCache
     from deepspec.cache.writer import finalize_target_cache
     from deepspec.precision import target_precision
-    from deepspec.targets import family_of, load_target_config, target_fingerprint, validate_layer_ids
+    from deepspec.targets import family_of, load_target_config, validate_layer_ids
+    from deepspec.target_files import target_fingerprint
 
     hf_config = load_target_config(target_path)
     text_config = family_of(hf_config).text_config(hf_config)

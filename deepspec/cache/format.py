@@ -17,7 +17,7 @@ Per sample, contiguous in a shard, each array starting on a 64-byte boundary
 bf16 is stored as its raw 16-bit pattern (numpy has no bfloat16).
 
 Identity and integrity (format version 2). The manifest (and every rank's meta) records what the
-cache was built from: ``target_fingerprint`` (:func:`deepspec.targets.target_fingerprint`: config
+cache was built from: ``target_fingerprint`` (:func:`deepspec.target_files.target_fingerprint`: config
 plus sampled weight bytes, not the folder name), ``layer_ids``, ``hidden_size``, ``max_length``,
 ``source_files`` (path, size, sha256) and the build settings in ``extra``. :func:`check_identity`
 is the one comparison: a resumed build, a build into a folder holding a complete cache, and the

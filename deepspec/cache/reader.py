@@ -205,7 +205,8 @@ class TargetCache:
         """
         fingerprint = None
         if target_model is not None and self.manifest.get("target_fingerprint"):
-            from deepspec.targets import TargetError, target_fingerprint
+            from deepspec.targets import TargetError
+            from deepspec.target_files import target_fingerprint
 
             try:
                 fingerprint = target_fingerprint(target_model)

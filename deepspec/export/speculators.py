@@ -44,24 +44,13 @@ from pathlib import Path
 
 import torch
 
+from deepspec.algorithms import ALGORITHMS, Algorithm, UnknownAlgorithmError, algorithm_of, get_algorithm
+from deepspec.draft_specs import COMMON_FIELDS, DraftField
 from deepspec.errors import DeepSpecError, InputProtectionError, check_outputs_apart
 from deepspec.fsio import write_failed
 from deepspec.models.loading import is_speculators_config
 
 SPECULATORS_VERSION = "0.9.0"
-ARCHITECTURES = {"dspark": "DSparkSpeculator", "dflash": "DFlashSpeculator", "eagle3": "Eagle3Speculator"}
-# Our config keys that are not the draft layers' transformers config.
-_PARALLEL_KEYS = (
-    "block_size",
-    "mask_token_id",
-    "markov_rank",
-    "markov_head_type",
-    "enable_confidence_head",
-    "confidence_head_with_markov",
-)
-_DEEPSPEC_ONLY = ("num_anchors", "num_target_layers", "ttt_length", "step_loss_decay")
-_DRAFT_KEYS = ("architectures", "target_layer_ids", "draft_num_hidden_layers", *_PARALLEL_KEYS, *_DEEPSPEC_ONLY)
-_EAGLE3_NORM_FLAGS = ("norm_before_residual", "norm_before_fc", "fc_norm", "norm_output")
 _DROPPED_ON_IMPORT = ("verifier_norm.weight", "verifier_lm_head.weight")
 
 
@@ -79,10 +68,15 @@ def read_config_json(folder: str | os.PathLike) -> dict:
         raise SpeculatorsFormatError(str(exc)) from None
 
 
-def _algorithm(config: dict) -> str:
+def _algorithm(config: dict) -> Algorithm:
     from deepspec.models.draft_config import draft_config_from_dict
 
-    return draft_config_from_dict(config).algorithm
+    return algorithm_of(draft_config_from_dict(config))
+
+
+def _fields(algorithm: Algorithm, where: str) -> list[DraftField]:
+    """The saved fields (common ones too) a speculators config keeps ``where``: "top", "deepspec" or ""."""
+    return [f for f in (*COMMON_FIELDS, *algorithm.spec.fields) if f.saved and f.speculators == where]
 
 
 # ----------------------------------------------------------------------------- ours -> speculators
@@ -93,33 +87,26 @@ def to_speculators_config(
 ) -> dict:
     """Our draft ``config.json`` dict as a speculators config dict (see the module docstring)."""
     algorithm = _algorithm(config)
-    layer = {k: v for k, v in config.items() if k not in _DRAFT_KEYS}
-    aux = [int(i) + 1 for i in config["target_layer_ids"]]
+    adapter = algorithm.speculators
+    why_not = adapter.refuse(config)
+    if why_not:
+        raise SpeculatorsFormatError(f"{why_not}. Export a draft that has one")
+    ours = {"architectures", *(f.name for f in (*COMMON_FIELDS, *algorithm.spec.fields) if f.saved)}
     out = {
-        "architectures": [ARCHITECTURES[algorithm]],
-        "speculators_model_type": algorithm,
+        "architectures": [adapter.architecture],
+        "speculators_model_type": algorithm.name,
         "speculators_version": SPECULATORS_VERSION,
-        "transformer_layer_config": layer,
+        "transformer_layer_config": {k: v for k, v in config.items() if k not in ours},
         "draft_vocab_size": int(config["vocab_size"]),
         "target_hidden_size": int(config["hidden_size"]),
-        "deepspec": {k: config[k] for k in _DEEPSPEC_ONLY if config.get(k) is not None},
+        "deepspec": {f.name: config[f.name] for f in _fields(algorithm, "deepspec") if config.get(f.name) is not None},
+        **{f.name: config[f.name] for f in _fields(algorithm, "top")},
+        adapter.aux_key: [int(i) + 1 for i in config["target_layer_ids"]],
+        **{flag: ours_value for flag, (ours_value, _) in adapter.flags.items()},
     }
-    if algorithm == "eagle3":
-        if int(config["num_hidden_layers"]) != 1:
-            raise SpeculatorsFormatError(
-                f"an Eagle3 draft with {config['num_hidden_layers']} layers: ours fuses [embeds ; features] in every "
-                "layer, the speculators format (and vLLM) only in layer 0, so there is no equivalent. Export a "
-                "one-layer Eagle3 draft (model.num_draft_layers=1, the default)"
-            )
-        out.update(eagle_aux_hidden_state_layer_ids=aux, **{flag: False for flag in _EAGLE3_NORM_FLAGS})
-        tokens = int(config.get("ttt_length") or 3)
-    else:
-        out.update({k: config[k] for k in _PARALLEL_KEYS})
-        out.update(aux_hidden_state_layer_ids=aux, sample_from_anchor=True)
-        tokens = int(config["block_size"])
     out["speculators_config"] = {
-        "algorithm": algorithm,
-        "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": tokens}],
+        "algorithm": algorithm.name,
+        "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": adapter.proposal_tokens(config)}],
         "default_proposal_method": "greedy",
         "verifier": {"name_or_path": verifier_name_or_path, "architectures": list(verifier_architectures or [])},
     }
@@ -140,14 +127,44 @@ def _verifier_architectures(name_or_path: str | None) -> list[str]:
 
 def from_speculators_config(spec: dict, *, source: str = "config.json") -> dict:
     """A speculators config dict as our draft ``config.json`` dict; refuses what has no equivalent."""
+    kind = spec.get("speculators_model_type")
+    try:
+        algorithm = get_algorithm(kind)
+    except UnknownAlgorithmError:
+        raise SpeculatorsFormatError(
+            f"{source}: speculators_model_type {kind!r}; DeepSpec reads {sorted(ALGORITHMS)}"
+        ) from None
+    adapter = algorithm.speculators
+    ours = _layer_config(spec, algorithm=algorithm, source=source)
+    found = {flag: bool(spec.get(flag, default)) for flag, (_, default) in adapter.flags.items()}
+    bad = ", ".join(f"{flag}={str(value).lower()}" for flag, value in found.items() if value != adapter.flags[flag][0])
+    if bad:
+        raise SpeculatorsFormatError(f"{source}: {adapter.flags_refused.format(flags=bad)}")
+    why_not = adapter.refuse(ours)
+    if why_not:
+        raise SpeculatorsFormatError(f"{source}: {why_not}")
+    extra = dict(spec.get("deepspec") or {})
+    for f in _fields(algorithm, "top"):
+        value = spec.get(f.name, adapter.import_defaults.get(f.name, f.default))
+        ours[f.name] = value if value is None else f.kind(value)
+    for f in _fields(algorithm, "deepspec"):
+        value = extra.get(f.name, f.default)
+        ours[f.name] = value if value is None else f.kind(value)
+    ours.update(adapter.import_fixed)
+    ours = algorithm.spec.derive(ours, ours.get, mask_token_id=ours.get("mask_token_id"))
+    aux = spec.get(adapter.aux_key)
+    if not aux:
+        raise SpeculatorsFormatError(f"{source}: no {adapter.aux_key}; DeepSpec needs the captured target layers")
+    ours["target_layer_ids"] = [int(i) - 1 for i in aux]
+    return ours
+
+
+def _layer_config(spec: dict, *, algorithm: Algorithm, source: str) -> dict:
+    """The draft layers' transformers config of a speculators config, as the base of ours (refusing a
+    reduced vocabulary, another width and sliding-window layers)."""
     from deepspec.models.draft_config import DRAFT_LAYER_TYPE, architecture_name
     from deepspec.targets import TargetError, family_of
 
-    kind = spec.get("speculators_model_type")
-    if kind not in ARCHITECTURES:
-        raise SpeculatorsFormatError(
-            f"{source}: speculators_model_type {kind!r}; DeepSpec reads {sorted(ARCHITECTURES)}"
-        )
     layer = dict(spec.get("transformer_layer_config") or {})
     if not layer:
         raise SpeculatorsFormatError(f"{source}: no transformer_layer_config (the draft layers' config)")
@@ -174,63 +191,14 @@ def from_speculators_config(spec: dict, *, source: str = "config.json") -> dict:
         raise SpeculatorsFormatError(
             f"{source}: layer_types {types}; DeepSpec draft layers all use {DRAFT_LAYER_TYPE} (no sliding window)"
         )
-    ours = {k: v for k, v in layer.items() if k != "architectures"}
-    extra = dict(spec.get("deepspec") or {})
     n_layers = int(layer.get("num_hidden_layers", 1))
+    ours = {k: v for k, v in layer.items() if k != "architectures"}
     ours.update(
         num_hidden_layers=n_layers,
         layer_types=[DRAFT_LAYER_TYPE] * n_layers,
         tie_word_embeddings=False,
-        architectures=[architecture_name(family.name, kind)],
+        architectures=[architecture_name(family.name, algorithm.name)],
     )
-    if kind == "eagle3":
-        aux = spec.get("eagle_aux_hidden_state_layer_ids")
-        bad = [
-            flag for flag in _EAGLE3_NORM_FLAGS if spec.get(flag, flag == "norm_before_residual")
-        ]  # vLLM's default: norm_before_residual true
-        if bad:
-            raise SpeculatorsFormatError(
-                f"{source}: Eagle3 with {', '.join(f'{b}=true' for b in bad)}; DeepSpec's Eagle3 layer normalises "
-                "embeds and features separately and keeps the un-normalised features as residual (all four "
-                f"flags false), so it has no equivalent"
-            )
-        if n_layers != 1:
-            raise SpeculatorsFormatError(
-                f"{source}: an Eagle3 draft with {n_layers} layers (the 2H input only in "
-                "layer 0); DeepSpec's layout fuses in every layer, so only one-layer "
-                "drafts map exactly"
-            )
-        ours.update(
-            draft_num_hidden_layers=n_layers,
-            ttt_length=int(extra.get("ttt_length", 7)),
-            step_loss_decay=float(extra.get("step_loss_decay", 0.8)),
-        )
-    else:
-        aux = spec.get("aux_hidden_state_layer_ids")
-        if not spec.get("sample_from_anchor", kind == "dspark"):
-            raise SpeculatorsFormatError(
-                f"{source}: sample_from_anchor=false (the anchor is the bonus token and each mask predicts its own "
-                "position); DeepSpec's parallel drafter uses the sample_from_anchor=true layout (slot k predicts "
-                "token p+k+1), so this draft cannot be measured here"
-            )
-        rank = int(spec.get("markov_rank", 256 if kind == "dspark" else 0)) if kind == "dspark" else 0
-        conf = bool(spec.get("enable_confidence_head", True)) if kind == "dspark" else False
-        ours.update(
-            block_size=int(spec.get("block_size", 8)),
-            mask_token_id=spec.get("mask_token_id"),
-            markov_rank=rank,
-            markov_head_type=str(spec.get("markov_head_type", "vanilla")),
-            enable_confidence_head=conf,
-            confidence_head_with_markov=bool(conf and spec.get("confidence_head_with_markov", True)),
-            num_anchors=int(extra.get("num_anchors", 512)),
-        )
-    if not aux:
-        raise SpeculatorsFormatError(
-            f"{source}: no {'eagle_' if kind == 'eagle3' else ''}aux_hidden_state_layer_ids;"
-            " DeepSpec needs the captured target layers"
-        )
-    ours["target_layer_ids"] = [int(i) - 1 for i in aux]
-    ours["num_target_layers"] = extra.get("num_target_layers")
     return ours
 
 
@@ -266,7 +234,7 @@ def read_speculators_folder(
                 f"{source} has no {' / '.join(missing)} (engines share the target's); pass the target "
                 "(export_draft.py --target, eval.py uses its --target_model_name_or_path) to fill them"
             )
-        from deepspec.targets import load_frozen_target_pieces
+        from deepspec.target_files import load_frozen_target_pieces
 
         embed, head = load_frozen_target_pieces(frozen_target)
         want = (int(config["vocab_size"]), int(config["hidden_size"]))

@@ -5,7 +5,7 @@ Trainer-facing API::
     config = draft_config_from_target(target.model.config, cfg.model)
     draft = build_draft(config); draft.load_target_weights(target)   # frozen embedding + LM head
     # or, without loading the target model (what the trainer does):
-    draft.load_frozen_weights(embed=..., lm_head=...)                 # deepspec.targets.load_frozen_target_pieces
+    draft.load_frozen_weights(embed=..., lm_head=...)                 # deepspec.target_files.load_frozen_target_pieces
     draft = load_draft(folder)                                          # any saved draft (from_pretrained)
 """
 

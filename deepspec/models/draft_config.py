@@ -39,12 +39,6 @@ DRAFT_LAYER_TYPE = "full_attention"
 # a quarter of the head of weights trained with all of it (DeepSpec issue #71).
 _FOREIGN_ROPE_KEYS = ("partial_rotary_factor", "mrope_section", "mrope_interleaved")
 
-# name -> (annotation, default); every algorithm has these, plus its own (deepspec.draft_specs).
-_COMMON_FIELDS = {
-    "target_layer_ids": (list, None),
-    "num_target_layers": (int, None),
-}
-
 
 class DraftConfigError(DeepSpecError, ValueError):
     """A draft config that cannot work; the message says which key to change."""
@@ -110,7 +104,7 @@ def draft_config_class(model_type: str, architecture: str) -> type:
     from transformers import CONFIG_MAPPING
 
     try:
-        fields = {**_COMMON_FIELDS, **architecture_fields(architecture)}
+        fields = architecture_fields(architecture)  # the common fields and the algorithm's saved ones
     except UnknownAlgorithmError as exc:
         raise DraftConfigError(str(exc)) from None
     base = CONFIG_MAPPING[model_type]

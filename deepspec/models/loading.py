@@ -33,7 +33,7 @@ class DraftReadError(DraftLoadError):
 
 def resolve_draft_folder(name_or_path) -> str:
     """A local draft folder as is; a hub id (``owner/name``) is downloaded; a missing local path says so."""
-    from deepspec.cli import NoSuchFolderError, local_or_hub_id
+    from deepspec.hub import NoSuchFolderError, local_or_hub_id
 
     try:
         path, local = local_or_hub_id(name_or_path, what="draft")

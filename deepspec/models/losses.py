@@ -104,7 +104,7 @@ def parallel_draft_loss(
 
 
 def eagle3_loss(
-    *, logits: torch.Tensor, target_logits: torch.Tensor, step_mask: torch.Tensor, step_loss_decay: float = 0.8
+    *, logits: torch.Tensor, target_logits: torch.Tensor, step_mask: torch.Tensor, step_loss_decay: float
 ) -> dict[str, torch.Tensor]:
     """TTT loss sums for step logits [S, ..., V] (step first) and step_mask [S, ...].
 

@@ -157,7 +157,8 @@ def build_online_source(*, cfg, train_data_paths: Sequence[str], info, draft_byt
 
     from deepspec.cache.build import check_build_request, tokenize_training_data
     from deepspec.precision import target_precision
-    from deepspec.targets import count_target_parameters, family_of, load_target, load_target_config, validate_layer_ids
+    from deepspec.targets import family_of, load_target, load_target_config, validate_layer_ids
+    from deepspec.target_files import count_target_parameters
 
     path = cfg.model.target_model_name_or_path
     device = info.device

@@ -25,7 +25,8 @@ from deepspec.cache.reader import TargetCache
 from deepspec.errors import DeepSpecError
 from deepspec.models import DraftLoadError, build_draft, draft_config_from_target, load_state_strict
 from deepspec.precision import describe_choice
-from deepspec.targets import family_of, load_frozen_target_pieces, load_target_config
+from deepspec.targets import family_of, load_target_config
+from deepspec.target_files import load_frozen_target_pieces
 from deepspec.training import checkpoint as ckpt
 from deepspec.training.data import CacheDataset, CacheLayerError, StepSampler, build_loader, collate, layer_columns
 from deepspec.training.distributed import (

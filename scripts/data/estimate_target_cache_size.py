@@ -28,7 +28,7 @@ from pathlib import Path
 
 
 from deepspec.data.conversations import SkipReport, list_input_files, read_conversations  # noqa: E402
-from deepspec.cli import NoSuchFolderError, local_or_hub_id  # noqa: E402
+from deepspec.hub import NoSuchFolderError, local_or_hub_id  # noqa: E402
 from deepspec.errors import DeepSpecError, cli_main  # noqa: E402
 from deepspec.layer_ids import check_layer_ids  # noqa: E402
 from deepspec.fsio import free_disk  # noqa: E402

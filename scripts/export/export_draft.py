@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from deepspec.cli import local_or_hub_id
+    from deepspec.hub import local_or_hub_id
 
     local_or_hub_id(args.draft, what="--draft folder")  # a dangling step_latest is named as such
     for flag, value in (("--verifier", args.verifier), ("--target", args.target)):

@@ -3,7 +3,7 @@
 Every output row carries ``"generated_by": {"model": NAME, "fingerprint": FP}``. ``NAME`` is the model as
 it was named (a folder, a hub id, a served model name); ``FP`` is what is compared:
 
-* a local folder: :func:`deepspec.targets.target_fingerprint` (its config and the names, sizes and
+* a local folder: :func:`deepspec.target_files.target_fingerprint` (its config and the names, sizes and
   sampled bytes of its weight files; the same identity the target cache records), so a fine-tune in a
   folder with the same last name differs, and the same folder spelled two ways (or moved) does not;
 * anything else (a hub id, a name a server gives its model): ``name:<id>``, which is all we know there.
@@ -44,15 +44,10 @@ def model_identity(model: str) -> ModelIdentity:
     """The identity of ``model``: a fingerprint for a local folder, the id string otherwise."""
     path = Path(os.path.expanduser(model))
     if path.is_dir():
-        from deepspec.targets import target_fingerprint  # the cache manifest's identity too: one rule
+        from deepspec.target_files import target_fingerprint  # the cache manifest's identity too: one rule
 
         return ModelIdentity(name=model, fingerprint=target_fingerprint(path.resolve()))
     return ModelIdentity(name=model, fingerprint=f"name:{model}")
-
-
-def looks_like_path(model: str) -> bool:
-    """A spelling only a file path has (hub ids are ``name`` or ``org/name``)."""
-    return model.startswith(("/", "./", "../", "~", ".\\")) or model.count("/") > 1 or model in (".", "..")
 
 
 def check_resume_model(*, existing: Counter, legacy_rows: int, identity: ModelIdentity, output_path, log) -> None:

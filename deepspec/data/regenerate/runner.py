@@ -27,7 +27,8 @@ from deepspec.data.regenerate.common import (
     repair_tail,
     scan_output,
 )
-from deepspec.data.regenerate.identity import RECORD_KEY, check_resume_model, looks_like_path, model_identity
+from deepspec.data.regenerate.identity import RECORD_KEY, check_resume_model, model_identity
+from deepspec.hub import spelled_as_path
 from deepspec.data.regenerate.drivers import run_batched, run_concurrent
 from deepspec.data.regenerate.hf_backend import HFBackend
 from deepspec.data.regenerate.openai_backend import OpenAIBackend
@@ -86,7 +87,7 @@ def regenerate(
     if backend != "openai" and not model:
         raise RegenerationError(f"--model is required for the {backend} backend (a Hugging Face folder or hub name)")
     model_dir = Path(model).expanduser() if model else None
-    if model and looks_like_path(model) and not model_dir.exists():
+    if model and spelled_as_path(model) and not model_dir.exists():
         raise RegenerationError(f"no such model folder: {model} (check the path; a hub model is named ORG/NAME)")
     # Every path we write is checked against every path we read before anything is opened: an output
     # or error file that is an input, or sits in an input folder, would destroy it or be read back.
