@@ -22,6 +22,7 @@ import pytest
 
 from deepspec.data.regenerate import (
     OpenAIBackend,
+    RegenerateOptions,
     SamplingSettings,
     error_path_for,
     regenerate,
@@ -161,13 +162,15 @@ def _greedy(tiny_target, messages, max_new_tokens):
 def test_hf_regenerates_every_assistant_turn_greedily(tiny_target, prompts, tmp_path):
     out = tmp_path / "regen.jsonl"
     summary = regenerate(
-        input_path=prompts,
-        output_path=out,
-        backend="hf",
-        model=str(tiny_target),
-        sampling=SamplingSettings(temperature=0.0, max_tokens=MAX_TOKENS),
-        batch_size=3,
-        progress=False,
+        RegenerateOptions(
+            input_path=prompts,
+            output_path=out,
+            backend="hf",
+            model=str(tiny_target),
+            sampling=SamplingSettings(temperature=0.0, max_tokens=MAX_TOKENS),
+            batch_size=3,
+            progress=False,
+        ),
         log=lambda _m: None,
     )
     assert (summary.ok, summary.failed, summary.skipped) == (4, 2, 0)
@@ -188,13 +191,15 @@ def test_hf_resume_generates_only_missing_ids(tiny_target, prompts, tmp_path):
     out = tmp_path / "regen.jsonl"
     prewrite_partial_output(out)
     summary = regenerate(
-        input_path=prompts,
-        output_path=out,
-        backend="hf",
-        model=str(tiny_target),
-        sampling=SamplingSettings(temperature=0.0, max_tokens=4),
-        resume=True,
-        progress=False,
+        RegenerateOptions(
+            input_path=prompts,
+            output_path=out,
+            backend="hf",
+            model=str(tiny_target),
+            sampling=SamplingSettings(temperature=0.0, max_tokens=4),
+            resume=True,
+            progress=False,
+        ),
         log=lambda _m: None,
     )
     assert (summary.ok, summary.skipped) == (3, 1)
@@ -206,11 +211,13 @@ def test_existing_output_needs_resume_or_overwrite(tiny_target, prompts, tmp_pat
     prewrite_partial_output(out)
     with pytest.raises(FileExistsError, match="--resume"):
         regenerate(
-            input_path=prompts,
-            output_path=out,
-            backend="hf",
-            model=str(tiny_target),
-            progress=False,
+            RegenerateOptions(
+                input_path=prompts,
+                output_path=out,
+                backend="hf",
+                model=str(tiny_target),
+                progress=False,
+            ),
             log=lambda _m: None,
         )
 
@@ -312,14 +319,16 @@ def test_openai_client_retries_spreads_and_conditions_on_earlier_turns(tmp_path)
         src.write_text("".join(json.dumps(c) + "\n" for c in convs))
         out = tmp_path / "out.jsonl"
         summary = regenerate(
-            input_path=src,
-            output_path=out,
-            backend="openai",
-            model=None,
-            server_addresses=[a.address, f"http://{b.address}/v1"],
-            concurrency=3,
-            sampling=SamplingSettings(temperature=0.5, top_k=20, min_p=0.05, max_tokens=7),
-            progress=False,
+            RegenerateOptions(
+                input_path=src,
+                output_path=out,
+                backend="openai",
+                model=None,
+                server_addresses=[a.address, f"http://{b.address}/v1"],
+                concurrency=3,
+                sampling=SamplingSettings(temperature=0.5, top_k=20, min_p=0.05, max_tokens=7),
+                progress=False,
+            ),
             log=lambda _m: None,
         )
         assert (summary.ok, summary.failed) == (4, 1)
