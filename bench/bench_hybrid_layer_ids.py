@@ -69,7 +69,7 @@ def main() -> int:
     import torch
 
     from deepspec.cache.build import build_target_cache
-    from deepspec.data.regenerate import SamplingSettings, regenerate
+    from deepspec.data.regenerate import RegenerateOptions, SamplingSettings, regenerate
     from deepspec.decoding.engine import speculative_generate
     from deepspec.algorithms import build_proposer
     from deepspec.decoding.target_runner import TargetRunner
@@ -104,14 +104,16 @@ def main() -> int:
     )
     regenerated = out / "regen.jsonl"
     regenerate(
-        input_path=prompts,
-        output_path=regenerated,
-        backend="hf",
-        model=str(target_dir),
-        sampling=SamplingSettings(temperature=0.0, max_tokens=args.max_tokens),
-        batch_size=16,
-        overwrite=True,
-        progress=False,
+        RegenerateOptions(
+            input_path=prompts,
+            output_path=regenerated,
+            backend="hf",
+            model=str(target_dir),
+            sampling=SamplingSettings(temperature=0.0, max_tokens=args.max_tokens),
+            batch_size=16,
+            overwrite=True,
+            progress=False,
+        ),
         log=lambda _m: None,
     )
     config = ROOT / "config/dspark/dspark_tiny.py"

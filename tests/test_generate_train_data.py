@@ -22,6 +22,7 @@ import pytest
 
 from deepspec.data.regenerate import (
     OpenAIBackend,
+    RegenerateOptions,
     SamplingSettings,
     error_path_for,
     regenerate,
@@ -161,13 +162,15 @@ def _greedy(tiny_target, messages, max_new_tokens):
 def test_hf_regenerates_every_assistant_turn_greedily(tiny_target, prompts, tmp_path):
     out = tmp_path / "regen.jsonl"
     summary = regenerate(
-        input_path=prompts,
-        output_path=out,
-        backend="hf",
-        model=str(tiny_target),
-        sampling=SamplingSettings(temperature=0.0, max_tokens=MAX_TOKENS),
-        batch_size=3,
-        progress=False,
+        RegenerateOptions(
+            input_path=prompts,
+            output_path=out,
+            backend="hf",
+            model=str(tiny_target),
+            sampling=SamplingSettings(temperature=0.0, max_tokens=MAX_TOKENS),
+            batch_size=3,
+            progress=False,
+        ),
         log=lambda _m: None,
     )
     assert (summary.ok, summary.failed, summary.skipped) == (4, 2, 0)
@@ -188,13 +191,15 @@ def test_hf_resume_generates_only_missing_ids(tiny_target, prompts, tmp_path):
     out = tmp_path / "regen.jsonl"
     prewrite_partial_output(out)
     summary = regenerate(
-        input_path=prompts,
-        output_path=out,
-        backend="hf",
-        model=str(tiny_target),
-        sampling=SamplingSettings(temperature=0.0, max_tokens=4),
-        resume=True,
-        progress=False,
+        RegenerateOptions(
+            input_path=prompts,
+            output_path=out,
+            backend="hf",
+            model=str(tiny_target),
+            sampling=SamplingSettings(temperature=0.0, max_tokens=4),
+            resume=True,
+            progress=False,
+        ),
         log=lambda _m: None,
     )
     assert (summary.ok, summary.skipped) == (3, 1)
@@ -206,11 +211,13 @@ def test_existing_output_needs_resume_or_overwrite(tiny_target, prompts, tmp_pat
     prewrite_partial_output(out)
     with pytest.raises(FileExistsError, match="--resume"):
         regenerate(
-            input_path=prompts,
-            output_path=out,
-            backend="hf",
-            model=str(tiny_target),
-            progress=False,
+            RegenerateOptions(
+                input_path=prompts,
+                output_path=out,
+                backend="hf",
+                model=str(tiny_target),
+                progress=False,
+            ),
             log=lambda _m: None,
         )
 
@@ -312,14 +319,16 @@ def test_openai_client_retries_spreads_and_conditions_on_earlier_turns(tmp_path)
         src.write_text("".join(json.dumps(c) + "\n" for c in convs))
         out = tmp_path / "out.jsonl"
         summary = regenerate(
-            input_path=src,
-            output_path=out,
-            backend="openai",
-            model=None,
-            server_addresses=[a.address, f"http://{b.address}/v1"],
-            concurrency=3,
-            sampling=SamplingSettings(temperature=0.5, top_k=20, min_p=0.05, max_tokens=7),
-            progress=False,
+            RegenerateOptions(
+                input_path=src,
+                output_path=out,
+                backend="openai",
+                model=None,
+                server_addresses=[a.address, f"http://{b.address}/v1"],
+                concurrency=3,
+                sampling=SamplingSettings(temperature=0.5, top_k=20, min_p=0.05, max_tokens=7),
+                progress=False,
+            ),
             log=lambda _m: None,
         )
         assert (summary.ok, summary.failed) == (4, 1)
@@ -366,6 +375,132 @@ def test_server_address_forms(given, expected):
 def test_server_address_without_port_is_rejected():
     with pytest.raises(ValueError, match="HOST:PORT"):
         _base_url("localhost")
+
+
+# ----------------------------------------------------------------------------- options and the backend table
+
+
+def _action(parser, dest):
+    return next(a for a in parser._actions if a.dest == dest)
+
+
+def test_cli_offers_exactly_the_backends_of_the_table():
+    from deepspec.data.regenerate import BACKENDS, build_parser
+
+    assert _action(build_parser(), "backend").choices == list(BACKENDS)
+    assert set(BACKENDS) == {"vllm", "openai", "hf"}
+    for name, backend in BACKENDS.items():
+        assert backend.name == name
+        for method in ("check", "identity", "open", "drive"):
+            assert callable(getattr(backend, method)), f"{name} has no {method}"
+
+
+def test_parser_defaults_are_the_options_defaults():
+    from deepspec.data.regenerate import build_parser
+    from deepspec.data.regenerate.cli import options_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["--input-file-path", "in.jsonl", "--output-file-path", "out.jsonl"])
+    defaults = RegenerateOptions(input_path="in.jsonl", output_path="out.jsonl")
+    assert options_from_args(args) == defaults
+    assert defaults.sampling == SamplingSettings() and defaults.progress is True
+    # The numbers --help prints are the dataclasses' too.
+    help_text = " ".join(parser.format_help().split())
+    assert f"(default: {SamplingSettings().max_tokens})" in help_text
+    assert f"(default: {defaults.gpu_memory_utilization})" in help_text
+    assert f"(default: {defaults.request_timeout:g})" in help_text
+
+
+def test_flags_reach_the_options():
+    from deepspec.data.regenerate import build_parser
+    from deepspec.data.regenerate.cli import options_from_args
+
+    argv = ["--input-file-path", "i", "--output-file-path", "o", "--backend", "openai", "--no-progress"]
+    argv += ["--server-address", "h:1", "--server-address", "h:2", "--top-k", "5", "--enable-thinking"]
+    options = options_from_args(build_parser().parse_args(argv))
+    assert options.backend == "openai" and options.server_addresses == ("h:1", "h:2")
+    assert options.progress is False and options.input_path == Path("i")
+    assert options.sampling == SamplingSettings(top_k=5, enable_thinking=True)
+
+
+def test_options_are_frozen_and_keyword_only(tmp_path):
+    import dataclasses
+
+    options = RegenerateOptions(input_path=tmp_path / "i.jsonl", output_path=tmp_path / "o.jsonl")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.resume = True
+    with pytest.raises(TypeError):
+        RegenerateOptions(tmp_path / "i.jsonl", tmp_path / "o.jsonl")
+
+
+def test_unknown_backend_is_refused_before_any_work(tmp_path):
+    options = RegenerateOptions(input_path=tmp_path / "nope.jsonl", output_path=tmp_path / "o.jsonl", backend="tgi")
+    with pytest.raises(ValueError, match="unknown backend 'tgi'; choose vllm, openai or hf"):
+        regenerate(options, log=lambda _m: None)
+    assert not any(tmp_path.iterdir())
+
+
+# A stand-in for the vllm package: enough of LLM and SamplingParams for VLLMBackend, answering with
+# "vllm:<messages>:<last user turn>". On sys.path (and PYTHONPATH, for spawned workers) it is "vllm".
+_FAKE_VLLM = """
+import types
+
+
+class SamplingParams:
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+
+class LLM:
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        self.llm_engine = types.SimpleNamespace(shutdown=lambda: None)
+
+    def get_default_sampling_params(self):
+        return SamplingParams(temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0)
+
+    def chat(self, batch, params, use_tqdm=False, chat_template_kwargs=None):
+        def out(messages):
+            text = f"vllm:{len(messages)}:{messages[-1]['content']}"
+            return types.SimpleNamespace(outputs=[types.SimpleNamespace(text=text, finish_reason="stop")])
+
+        return [out(m) for m in batch]
+"""
+
+
+@pytest.mark.parametrize("data_parallel_size", [None, 2], ids=["one-engine", "data-parallel-workers"])
+def test_vllm_entry_with_a_stand_in_engine(data_parallel_size, prompts, tmp_path, monkeypatch):
+    fake = tmp_path / "fake_vllm"
+    (fake / "vllm").mkdir(parents=True)
+    (fake / "vllm" / "__init__.py").write_text(_FAKE_VLLM)
+    monkeypatch.syspath_prepend(str(fake))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(fake), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU: the workers share no GPU
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)
+    out = tmp_path / "regen.jsonl"
+    options = RegenerateOptions(
+        input_path=prompts,
+        output_path=out,
+        backend="vllm",
+        model="org/served-by-name",
+        data_parallel_size=data_parallel_size,
+        progress=False,
+    )
+    said: list[str] = []
+    try:
+        summary = regenerate(options, log=said.append)
+    finally:
+        sys.modules.pop("vllm", None)
+    assert (summary.ok, summary.failed, summary.broken_workers) == (5, 1, [])
+    workers = [m for m in said if "data-parallel worker" in m]
+    assert len(workers) == (data_parallel_size or 0), said
+    rows = {r["id"]: r for r in _rows(out)}
+    assert sorted(rows) == sorted(GOOD_IDS + ["too-long"])  # the stand-in has no context limit
+    multi = rows["multi"]["conversations"]
+    assert multi[-1]["content"] == "vllm:4:class Config:"  # system, user, regenerated answer, user
+    assert {r["generated_by"]["fingerprint"] for r in rows.values()} == {"name:org/served-by-name"}
+    check_errors(out, expect={"malformed_json"})
 
 
 # ----------------------------------------------------------------------------- real vLLM (CPU build)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from deepspec.cache.build import build_target_cache
-from deepspec.data.regenerate import SamplingSettings, regenerate
+from deepspec.data.regenerate import RegenerateOptions, SamplingSettings, regenerate
 from deepspec.run_config import load_config
 from deepspec.tiny_target import ENDOFTEXT_ID, IM_END_ID, build_random_tiny_target
 from deepspec.training.metrics import read_metrics
@@ -41,13 +41,15 @@ def stages(tmp_path_factory):
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     regenerated = base / "regen.jsonl"
     summary = regenerate(
-        input_path=prompts,
-        output_path=regenerated,
-        backend="hf",
-        model=str(target),
-        sampling=SamplingSettings(temperature=0.0, max_tokens=MAX_TOKENS),
-        batch_size=3,  # prompts of different lengths share a left-padded batch
-        progress=False,
+        RegenerateOptions(
+            input_path=prompts,
+            output_path=regenerated,
+            backend="hf",
+            model=str(target),
+            sampling=SamplingSettings(temperature=0.0, max_tokens=MAX_TOKENS),
+            batch_size=3,  # prompts of different lengths share a left-padded batch
+            progress=False,
+        ),
         log=lambda _m: None,
     )
     assert (summary.ok, summary.failed) == (len(PROMPTS), 0)

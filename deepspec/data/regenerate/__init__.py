@@ -28,20 +28,25 @@ Each row records the model that wrote it (``"generated_by": {"model", "fingerpri
 opened, the output and error files are checked against the input (and a local model folder):
 neither may be an input nor sit inside an input folder.
 
-The command line lives in :func:`main` (``scripts/data/generate_train_data.py``).
+The command line lives in :func:`main` (``scripts/data/generate_train_data.py``); it builds one
+:class:`RegenerateOptions` and calls :func:`regenerate` with it.
 
 Layout: ``common`` (settings, results, conversation jobs, input/output/resume/error
-files), ``hf_backend``, ``vllm_backend`` (including data-parallel workers),
-``openai_backend``, ``identity`` (the model record), ``drivers`` (batched and concurrent scheduling), ``runner``
+files), ``identity`` (the model record), ``hf_backend``, ``vllm_backend`` (including data-parallel
+workers), ``openai_backend``, ``drivers`` (batched and concurrent scheduling), ``options``
+(:class:`RegenerateOptions`, every default), ``sink`` (where rows, failures and skips go),
+``backends`` (:data:`BACKENDS`, the one table of backends: check, open, drive), ``runner``
 (:func:`regenerate`) and ``cli`` (:func:`build_parser`, :func:`main`).
 """
 
+from deepspec.data.regenerate.backends import BACKENDS, default_backend
 from deepspec.data.regenerate.cli import build_parser, main
 from deepspec.data.regenerate.common import RegenerationSummary, SamplingSettings, TurnResult, error_path_for
 from deepspec.data.regenerate.hf_backend import HFBackend
 from deepspec.data.regenerate.identity import ModelIdentity, ModelMismatchError, model_identity
 from deepspec.data.regenerate.openai_backend import OpenAIBackend
-from deepspec.data.regenerate.runner import default_backend, regenerate
+from deepspec.data.regenerate.options import RegenerateOptions
+from deepspec.data.regenerate.runner import regenerate
 from deepspec.data.regenerate.vllm_backend import VLLMBackend
 
 __all__ = [
@@ -55,7 +60,9 @@ __all__ = [
     "ModelIdentity",
     "ModelMismatchError",
     "model_identity",
+    "BACKENDS",
     "default_backend",
+    "RegenerateOptions",
     "regenerate",
     "build_parser",
     "main",

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
-import os
 import signal
 import sys
 import threading
 from typing import Sequence
 
-from deepspec.data.regenerate.common import RegenerationError, SamplingSettings, error_path_for
-from deepspec.data.regenerate.hf_backend import HFBackend
+from deepspec.data.regenerate.backends import BACKENDS, DEFAULT_RULE
+from deepspec.data.regenerate.common import RegenerationSummary, SamplingSettings, error_path_for
+from deepspec.data.regenerate.hf_backend import DTYPES, HFBackend
 from deepspec.data.regenerate.openai_backend import OpenAIBackend
-from deepspec.data.regenerate.runner import default_backend, regenerate
+from deepspec.data.regenerate.options import RegenerateOptions, option_default
+from deepspec.data.regenerate.runner import regenerate
 from deepspec.data.regenerate.vllm_backend import VLLMBackend
 from deepspec.errors import cli_main
 
@@ -83,7 +85,27 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    io = p.add_argument_group("input and output")
+    _add_io_args(p.add_argument_group("input and output"))
+    _add_model_args(p.add_argument_group("model and backend"))
+    _add_sampling_args(p.add_argument_group("sampling (unset = the target's own generation_config.json)"), parser=p)
+    _add_vllm_args(p.add_argument_group("vllm backend"))
+    _add_openai_args(p.add_argument_group("openai backend"))
+    p.add_argument(
+        "--no-progress", dest="progress", action="store_false", default=_default("progress"), help="no progress bar"
+    )
+    return p
+
+
+# The options' fields the command line spells differently; every other field is the dest of its flag.
+_DESTS = {"input_path": "input_file_path", "output_path": "output_file_path", "server_addresses": "server_address"}
+
+
+def _default(name: str, *, of: type = RegenerateOptions):
+    """Each default is written once, in the dataclass: the flags read it from there."""
+    return option_default(name, of=of)
+
+
+def _add_io_args(io) -> None:
     io.add_argument(
         "--input-file-path",
         required=True,
@@ -91,57 +113,74 @@ def build_parser() -> argparse.ArgumentParser:
     )
     io.add_argument("--output-file-path", required=True, help="JSONL to write; failures go to <stem>_error.jsonl")
     io.add_argument(
-        "--num-samples", type=positive_int, default=None, help="only the first N valid conversations (default: all)"
+        "--num-samples",
+        type=positive_int,
+        default=_default("num_samples"),
+        help="only the first N valid conversations (default: all)",
     )
     again = io.add_mutually_exclusive_group()
     again.add_argument(
         "--resume",
         action="store_true",
+        default=_default("resume"),
         help="keep the rows already in the output and do only the "
         "missing ids (failed ones are retried); refuses when another model wrote them",
     )
-    again.add_argument("--overwrite", action="store_true", help="start the output over if it already has rows")
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=_default("overwrite"),
+        help="start the output over if it already has rows",
+    )
 
-    m = p.add_argument_group("model and backend")
+
+def _add_model_args(m) -> None:
     m.add_argument(
         "--backend",
-        choices=["vllm", "openai", "hf"],
-        default=None,
-        help="vllm: in-process engine; openai: HTTP servers; hf: transformers generate "
-        "(default: vllm when importable, else hf)",
+        choices=list(BACKENDS),
+        default=_default("backend"),
+        help="; ".join(f"{name}: {backend.summary}" for name, backend in BACKENDS.items())
+        + f" (default: {DEFAULT_RULE})",
     )
     m.add_argument(
         "--model",
-        default=None,
+        default=_default("model"),
         help="target model folder or hub name (openai backend: the served "
         "model name; default there: the first model the server lists)",
     )
     m.add_argument(
         "--batch-size",
         type=positive_int,
-        default=None,
+        default=_default("batch_size"),
         help="conversations generated together per call (hf: %d, vllm: %d)"
         % (HFBackend.default_batch_size, VLLMBackend.default_batch_size),
     )
     m.add_argument(
         "--dtype",
-        default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
+        default=_default("dtype"),
+        choices=list(DTYPES),
         help="hf backend weights dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16",
     )
 
-    s = p.add_argument_group("sampling (unset = the target's own generation_config.json)")
-    s.add_argument("--temperature", type=nonnegative_float, default=None, help="0 = greedy")
-    s.add_argument("--top-p", type=unit_open_closed, default=None)
-    s.add_argument("--top-k", type=top_k_int, default=None, help="0 or -1 = off")
-    s.add_argument("--min-p", type=unit_closed, default=None)
+
+def _add_sampling_args(s, *, parser: argparse.ArgumentParser) -> None:
+    def default(name):
+        return _default(name, of=SamplingSettings)
+
+    s.add_argument("--temperature", type=nonnegative_float, default=default("temperature"), help="0 = greedy")
+    s.add_argument("--top-p", type=unit_open_closed, default=default("top_p"))
+    s.add_argument("--top-k", type=top_k_int, default=default("top_k"), help="0 or -1 = off")
+    s.add_argument("--min-p", type=unit_closed, default=default("min_p"))
     s.add_argument(
-        "--max-tokens", type=positive_int, default=2048, help="new tokens per assistant turn (default: 2048)"
+        "--max-tokens",
+        type=positive_int,
+        default=default("max_tokens"),
+        help=f"new tokens per assistant turn (default: {default('max_tokens')})",
     )
     s.add_argument(
         "--seed",
         type=nonnegative_int,
-        default=None,
+        default=default("seed"),
         help="sampling seed (hf and vllm default to 0; openai sends it per request only when given)",
     )
     think = s.add_mutually_exclusive_group()
@@ -154,67 +193,91 @@ def build_parser() -> argparse.ArgumentParser:
     think.add_argument(
         "--disable-thinking", dest="enable_thinking", action="store_false", help="enable_thinking=False (the default)"
     )
-    p.set_defaults(enable_thinking=False)
+    parser.set_defaults(enable_thinking=default("enable_thinking"))
 
-    v = p.add_argument_group("vllm backend")
-    v.add_argument("--tensor-parallel-size", type=positive_int, default=1, help="GPUs per engine")
+
+def _add_vllm_args(v) -> None:
+    v.add_argument(
+        "--tensor-parallel-size", type=positive_int, default=_default("tensor_parallel_size"), help="GPUs per engine"
+    )
     v.add_argument(
         "--data-parallel-size",
         type=positive_int,
-        default=None,
+        default=_default("data_parallel_size"),
         help="engines, one process each on its own GPU group (default: visible GPUs / tensor parallel size; 1 on CPU)",
     )
     v.add_argument(
-        "--max-model-len", type=positive_int, default=None, help="engine context length (default: the model's)"
+        "--max-model-len",
+        type=positive_int,
+        default=_default("max_model_len"),
+        help="engine context length (default: the model's)",
     )
     v.add_argument(
         "--gpu-memory-utilization",
         type=unit_open_closed,
-        default=0.9,
-        help="share of each GPU's memory vLLM may take (default: 0.9)",
+        default=_default("gpu_memory_utilization"),
+        help=f"share of each GPU's memory vLLM may take (default: {_default('gpu_memory_utilization')})",
     )
     v.add_argument(
         "--enforce-eager",
         dest="enforce_eager",
         action="store_true",
-        default=None,
+        default=_default("enforce_eager"),
         help="no CUDA graphs (always on for CPU)",
     )
 
-    o = p.add_argument_group("openai backend")
+
+def _add_openai_args(o) -> None:
     o.add_argument(
         "--server-address",
         action="append",
-        default=[],
+        default=list(_default("server_addresses")),  # append needs a list
         metavar="HOST:PORT",
         help="an OpenAI-compatible server; repeat for several (requests go round-robin)",
     )
     o.add_argument(
         "--concurrency",
         type=positive_int,
-        default=None,
+        default=_default("concurrency"),
         help="requests in flight across all servers (default: %d)" % OpenAIBackend.default_batch_size,
     )
-    o.add_argument("--request-timeout", type=positive_float, default=600.0, help="seconds per request (default: 600)")
     o.add_argument(
-        "--max-retries", type=nonnegative_int, default=5, help="retries per request with exponential backoff"
+        "--request-timeout",
+        type=positive_float,
+        default=_default("request_timeout"),
+        help=f"seconds per request (default: {_default('request_timeout'):g})",
+    )
+    o.add_argument(
+        "--max-retries",
+        type=nonnegative_int,
+        default=_default("max_retries"),
+        help="retries per request with exponential backoff",
     )
     key = o.add_mutually_exclusive_group()
     key.add_argument(
         "--api-key",
-        default=None,
+        default=_default("api_key"),
         metavar="KEY",
         help="bearer token sent to every --server-address (visible in `ps`; prefer --api-key-env). "
         "Without it no key is sent, except $OPENAI_API_KEY to https://api.openai.com",
     )
     key.add_argument(
         "--api-key-env",
-        default=None,
+        default=_default("api_key_env"),
         metavar="VAR",
         help="read the bearer token for every --server-address from environment variable VAR",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
+
+
+def options_from_args(args: argparse.Namespace) -> RegenerateOptions:
+    """The run the parsed command line asks for: every option field from the flag of the same name."""
+    sampling = SamplingSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingSettings)})
+    values = {
+        f.name: getattr(args, _DESTS.get(f.name, f.name))
+        for f in dataclasses.fields(RegenerateOptions)
+        if f.name != "sampling"
+    }
+    return RegenerateOptions(sampling=sampling, **values)
 
 
 def _exit_on_sigterm(signum, _frame):
@@ -222,82 +285,39 @@ def _exit_on_sigterm(signum, _frame):
     raise SystemExit(128 + signum)
 
 
-def _api_key(args) -> str | None:
-    if args.api_key_env is None:
-        return args.api_key
-    value = os.environ.get(args.api_key_env)
-    if not value:
-        raise RegenerationError(
-            f"--api-key-env {args.api_key_env}: that environment variable is not set or empty; "
-            "export it, or leave --api-key-env out for servers that want no key"
-        )
-    return value
-
-
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.backend != "openai" and (args.api_key or args.api_key_env or args.server_address):
-        raise RegenerationError(
-            "--server-address, --api-key and --api-key-env belong to --backend openai; "
-            f"add --backend openai or leave them out (backend now: {args.backend or 'default'})"
-        )
+    options = options_from_args(args)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    backend = args.backend or default_backend()
-    sampling = SamplingSettings(
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        min_p=args.min_p,
-        max_tokens=args.max_tokens,
-        seed=args.seed,
-        enable_thinking=args.enable_thinking,
-    )
     try:
-        summary = regenerate(
-            input_path=args.input_file_path,
-            output_path=args.output_file_path,
-            backend=backend,
-            model=args.model,
-            sampling=sampling,
-            num_samples=args.num_samples,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            batch_size=args.batch_size,
-            server_addresses=args.server_address,
-            concurrency=args.concurrency,
-            request_timeout=args.request_timeout,
-            max_retries=args.max_retries,
-            api_key=_api_key(args),
-            tensor_parallel_size=args.tensor_parallel_size,
-            data_parallel_size=args.data_parallel_size,
-            max_model_len=args.max_model_len,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            enforce_eager=args.enforce_eager,
-            dtype=args.dtype,
-            progress=not args.no_progress,
-        )
+        summary = regenerate(options)
     except KeyboardInterrupt:
         print("\ninterrupted: finished conversations are in the output; continue with --resume", file=sys.stderr)
         return 130
+    return _report(summary, input_text=args.input_file_path, output_text=args.output_file_path)
+
+
+def _report(summary: RegenerationSummary, *, input_text: str, output_text: str) -> int:
+    """Print what the run did (paths as the user spelled them); the exit status."""
     print(summary.text())
     if summary.failed:
         print(
-            f"failures are listed in {error_path_for(args.output_file_path)} (a --resume run tries the failed "
+            f"failures are listed in {error_path_for(output_text)} (a --resume run tries the failed "
             "conversations again)"
         )
     if summary.nothing_to_do:
-        print(f"nothing to do: all {summary.skipped} rows already in {args.output_file_path}")
+        print(f"nothing to do: all {summary.skipped} rows already in {output_text}")
         return 0
     if summary.ok == 0 and summary.skipped == 0:
         print(
-            f"no conversation was regenerated into {args.output_file_path}: {args.input_file_path} holds no valid "
+            f"no conversation was regenerated into {output_text}: {input_text} holds no valid "
             "conversation (see the failures above)",
             file=sys.stderr,
         )
         return 1
-    print(f"output: {args.output_file_path}")
+    print(f"output: {output_text}")
     if summary.broken_workers or (summary.failed and summary.ok == 0):
         return 1
     return 0

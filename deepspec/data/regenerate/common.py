@@ -33,7 +33,7 @@ class BackendUnavailable(DeepSpecError, RuntimeError):
 # ----------------------------------------------------------------------------- settings and results
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingSettings:
     """How the target samples. ``None`` means: the target's own default (generation_config.json)."""
 

@@ -13,6 +13,8 @@ from deepspec.data.regenerate.common import (
     TurnResult,
 )
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # --dtype: auto is bf16 on GPU, fp32 on CPU
+
 
 class HFBackend:
     """transformers ``generate``, batched with left padding. For machines without vLLM."""
@@ -39,10 +41,10 @@ class HFBackend:
         if dtype == "auto":
             # bf16 halves memory on GPU; on CPU fp32 keeps greedy outputs stable and is not slower here.
             torch_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        elif dtype in ("float32", "bfloat16", "float16"):
+        elif dtype in DTYPES:
             torch_dtype = getattr(torch, dtype)
         else:
-            raise RegenerationError(f"--dtype {dtype!r} is not one of auto, float32, bfloat16, float16")
+            raise RegenerationError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
             self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()

@@ -49,6 +49,16 @@ def base_url(address: str) -> str:
     return f"{parsed.scheme}://{parsed.netloc}{path}"
 
 
+def check_servers(servers: Sequence[str]) -> list[str]:
+    """The base URL of every ``--server-address``; refuses none at all and any that is not HOST:PORT."""
+    if not servers:
+        raise RegenerationError(
+            "the openai backend needs at least one --server-address host:port; start servers "
+            "with `bash scripts/data/launch_vllm_server.sh --model MODEL`"
+        )
+    return [base_url(s) for s in servers]
+
+
 def _is_loopback(url: str) -> bool:
     host = urllib.parse.urlparse(url).hostname or ""
     return host == "localhost" or host.startswith("127.") or host == "::1"
@@ -95,11 +105,7 @@ class OpenAIBackend:
         api_key: str | None = None,
         log: Log = print,
     ):
-        if not servers:
-            raise RegenerationError(
-                "the openai backend needs at least one --server-address host:port; start servers "
-                "with `bash scripts/data/launch_vllm_server.sh --model MODEL`"
-            )
+        bases = check_servers(servers)
         self.sampling = sampling
         self.timeout = timeout
         self.max_retries = max(0, int(max_retries))
@@ -110,7 +116,6 @@ class OpenAIBackend:
         self._default = urllib.request.build_opener()
         self._rr = itertools.count()
         self._rr_lock = threading.Lock()
-        bases = [base_url(s) for s in servers]
         if api_key:
             for base in bases:
                 if base.startswith("http://") and not _is_loopback(base):
