@@ -22,19 +22,22 @@ def parse_args(argv=None):
     from deepspec.eval.tasks import KNOWN_TASKS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from deepspec.cli import add_flag, add_max_new_tokens
     from deepspec.tiny_target import default_tiny_target_dir
 
     tiny = str(default_tiny_target_dir())
-    p.add_argument(
+    add_flag(
+        p,
         "--target_name_or_path",
-        "--target-name-or-path",
+        aliases=("--target-name-or-path",),
         dest="target",
         default=tiny,
         help="target model: hub id or local folder (default: the tiny local target, %(default)s)",
     )
-    p.add_argument(
+    add_flag(
+        p,
         "--draft_name_or_path",
-        "--draft-name-or-path",
+        aliases=("--draft-name-or-path",),
         dest="draft",
         help="draft: a step_N folder, a training checkpoint dir (its latest step) or a hub id; the "
         "algorithm comes from its config.json architectures",
@@ -59,7 +62,7 @@ def parse_args(argv=None):
         default=None,
         help="folder of <task>.jsonl prompt files (default: $DEEPSPEC_EVAL_DATA_DIR, else eval_datasets/)",
     )
-    p.add_argument("--max-new-tokens", type=int, default=2048)
+    add_max_new_tokens(p, type=int, default=2048, help="token budget of each answer (default: 2048)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (exactly the target's greedy output)")
     p.add_argument(
         "--confidence-threshold",
@@ -99,7 +102,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--no-calibration", action="store_true", help="ignore calibration.json next to the draft (raw confidence head)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument(
         "--batch-size",
         type=int,

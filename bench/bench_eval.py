@@ -19,17 +19,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
+    from deepspec.cli import add_draft, add_max_new_tokens, add_target
     from deepspec.tiny_target import default_tiny_target_dir
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--target",
-        default=str(default_tiny_target_dir()),
-    )
-    p.add_argument("--draft", default=None, help="draft folder or checkpoint dir (default: random tiny DSpark)")
-    p.add_argument("--prompts", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--threads", type=int, default=None)
+    add_target(p, default=str(default_tiny_target_dir()), help="target folder or hub id (default: %(default)s)")
+    add_draft(p, default=None, help="draft folder or checkpoint dir (default: random tiny DSpark)")
+    p.add_argument("--prompts", type=int, default=8, help="prompts to decode (default: 8)")
+    add_max_new_tokens(p, default=64, help="token budget per prompt (default: 64)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()
 
     import torch

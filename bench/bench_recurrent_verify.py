@@ -87,14 +87,14 @@ def time_verify_steps(runner, *, batch: int, prompt_len: int, gamma: int, accept
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--hidden", type=int, default=1024)
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--hidden", type=int, default=1024, help="hidden size of the random hybrid target (default: 1024)")
+    p.add_argument("--layers", type=int, default=8, help="its decoder layers (default: 8)")
+    p.add_argument("--vocab", type=int, default=32000, help="its vocabulary (default: 32000)")
     p.add_argument("--gamma", type=int, default=7, help="drafts per round (the feed is γ + 1 slots)")
-    p.add_argument("--prompt-len", type=int, default=256)
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 3])
-    p.add_argument("--rounds", type=int, default=12)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--prompt-len", type=int, default=256, help="prompt tokens per row (default: 256)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 3], help="batch sizes to time (default: 1 3)")
+    p.add_argument("--rounds", type=int, default=12, help="verify rounds timed per batch size (default: 12)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()
 
     import torch

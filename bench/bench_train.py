@@ -9,7 +9,7 @@ the first 30% of each sample outside the loss mask) for the tiny target; then ea
 
 ``--online``: the same configs trained offline (from a target cache) and online (train.py --online:
 the target runs live over the conversations) in one run, on the same data. A synthetic regen.jsonl
-of ``--samples`` two-turn conversations (short code answers, ~250-500 tokens each) is written, a
+of ``--num-samples`` two-turn conversations (short code answers, ~250-500 tokens each) is written, a
 cache is built from that file with the cache builder, then each config trains ``--steps`` steps
 from the cache and from the file. Per run: step time (mean of steps 2..N), tokens/s, the share of
 wall time the target forward took (metrics ``target_forward_s`` / wall time of those steps) and the
@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
 
+from deepspec.cli import add_num_samples  # noqa: E402
 from deepspec.run_config import load_config  # noqa: E402
 from deepspec.cache.writer import TargetCacheWriter, finalize_target_cache  # noqa: E402
 from deepspec.tiny_target import build_random_tiny_target, default_tiny_target_dir, read_marker  # noqa: E402
@@ -116,7 +117,7 @@ def online_bench(args, entry, tmp: Path, target: Path, kind: str) -> None:
     from deepspec.cache.build import build_target_cache
 
     data = tmp / "regen.jsonl"
-    synthetic_conversations(data, samples=args.samples)
+    synthetic_conversations(data, samples=args.num_samples)
     base = [
         f"model.target_model_name_or_path={target}",
         f"train.max_train_steps={args.steps + 1}",
@@ -182,14 +183,16 @@ def online_bench(args, entry, tmp: Path, target: Path, kind: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--samples", type=int, default=64)
+    p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per algorithm (default: 8)")
+    add_num_samples(p, aliases=("--samples",), default=64, help="synthetic conversations to train on (default: 64)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (data.num_workers)")
-    p.add_argument("--algos", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument(
+        "--algos", nargs="*", default=list(CONFIGS), choices=list(CONFIGS), help="algorithms to time (default: all)"
+    )
     p.add_argument(
         "--online",
         action="store_true",
-        help="offline vs online (target run live) on the same synthetic conversations; --samples conversations",
+        help="offline vs online (target run live) on the same synthetic conversations; --num-samples conversations",
     )
     p.add_argument(
         "--target",
@@ -197,7 +200,7 @@ def main() -> None:
         default=None,
         help="target model folder (default: the tiny target if built, else a random one of its shape)",
     )
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train (default: cpu)")
     p.add_argument("--cache-batch-size", type=int, default=8, help="--online: cache builder batch size")
     args = p.parse_args()
     if args.steps < 2:
@@ -228,7 +231,7 @@ def main() -> None:
             layer_ids=list(cfg0.model.target_layer_ids),
             hidden=hf.hidden_size,
             vocab=hf.vocab_size,
-            samples=args.samples,
+            samples=args.num_samples,
             max_length=int(cfg0.data.max_length),
         )
         rows = []

@@ -49,6 +49,8 @@ from gpu_check_perf import cache_section, decode_section, train_section
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from deepspec.cli import add_output_dir
+
     p = argparse.ArgumentParser(
         prog="bench/gpu_check.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -64,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="tiny shapes everywhere (hidden 64, vocab 512, 256-token samples, 16 anchors; small cache I/O) "
         "instead of Qwen3-4B's (hidden 2560, 36 layers, vocab 151936, 4096 tokens, 512 anchors x 7)",
     )
-    p.add_argument(
-        "--out",
+    add_output_dir(
+        p,
+        aliases=("--out",),
         type=Path,
         default=None,
         help="folder for gpu_check.json, cost_table.json and gpu_check.log (default: $OUT, else ./gpu_check_out)",
@@ -124,7 +127,7 @@ def main(argv=None) -> int:
     if args.train_steps:
         sizes = dataclasses.replace(sizes, train_steps=args.train_steps)
     caller = Path(os.environ.get("GPU_CHECK_CWD") or ".")  # set by gpu_check.sh (env.sh changes directory)
-    out_dir = caller / (args.out or Path(os.environ.get("OUT") or "gpu_check_out"))
+    out_dir = caller / (args.output_dir or Path(os.environ.get("OUT") or "gpu_check_out"))
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "gpu_check.log"
     log_file = open(log_path, "w")

@@ -7,7 +7,7 @@ the run before any work, not after an hour of it. Every problem found is listed 
 each with what to do; nothing is created or changed.
 
     python -m deepspec.preflight --tasks gsm8k:4,humaneval:4 --target ~/.cache/deepspec/tiny_target \\
-        --output runs/quickstart --cache-dir runs/quickstart/cache --config config/dspark/dspark_tiny.py \\
+        --output-dir runs/quickstart --cache-dir runs/quickstart/cache --config config/dspark/dspark_tiny.py \\
         --cache-samples 256 --cache-tokens 512
 """
 
@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from deepspec.cli import add_draft, add_output_dir, add_target
 from deepspec.hub import NoSuchFolderError, local_or_hub_id
 from deepspec.errors import DeepSpecError, cli_main
 from deepspec.fsio import existing_ancestor, free_disk
@@ -189,7 +190,7 @@ def run_checks(args) -> list[str]:
         checks.run(check_draft, args.draft, flag="--draft")
     if args.input:
         checks.run(check_inputs, args.input)
-    for folder in args.output:
+    for folder in args.output_dir:
         checks.run(check_writable, folder, what="output folder")
     if args.cache_dir and args.cache_samples and config_ok:
         estimate = checks.run(
@@ -218,13 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tasks", action="append", default=[], help="eval task list (eval.py --tasks); repeatable")
     p.add_argument("--eval-data-dir", default=None, help="folder of <task>.jsonl (default: eval_datasets/)")
-    p.add_argument("--target", default=None, help="target folder or hub id the later stages load")
+    add_target(p, default=None, help="target folder or hub id the later stages load")
     p.add_argument("--tiny-target", action="store_true", help="the target is the tiny one; absent, a stage builds it")
-    p.add_argument("--draft", default=None, help="draft folder, checkpoint dir or hub id to evaluate")
+    add_draft(p, default=None, help="draft folder, checkpoint dir or hub id to evaluate")
     p.add_argument("--config", default=None, help="run config file (train.py --config)")
     p.add_argument("--opts", nargs="*", default=[], help="config overrides key.path=value")
     p.add_argument("--input", action="append", default=[], help="a file or folder a later stage reads; repeatable")
-    p.add_argument("--output", action="append", default=[], help="a folder a later stage writes; repeatable")
+    add_output_dir(
+        p, aliases=("--output",), action="append", default=[], help="a folder a later stage writes; repeatable"
+    )
     p.add_argument("--cache-dir", default=None, help="where the target cache will go (its free disk is checked)")
     p.add_argument("--cache-samples", type=int, default=None, help="conversations the cache will hold")
     p.add_argument("--cache-tokens", type=int, default=4096, help="tokens per conversation, at most (default 4096)")
@@ -235,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.tiny_target and args.target and not (_path(args.target) / "config.json").is_file():
-        args.output.append(args.target)  # a later stage builds it there
+        args.output_dir.append(args.target)  # a later stage builds it there
         args.target = None
     for line in run_checks(args):
         print(f"[preflight] {line}")

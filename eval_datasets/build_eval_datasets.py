@@ -29,7 +29,7 @@ Prompt formats (inferred from the shared prompt files the evaluation was set up 
   alpaca         <instruction>, or <instruction> + "\\n\\nInput:\\n" + <input> when input is not blank
   arena-hard-v2  <prompt> as it is
 
-Rows are taken in source order and the first N are kept (N: --max-samples, default
+Rows are taken in source order and the first N are kept (N: --num-samples, default
 the paper's count per task), as the paper uses the first N rows of each file. Alpaca
 is the exception: it is a seeded shuffle (--seed) of tatsu-lab/alpaca, first N kept;
 a larger N keeps the smaller sample as its prefix.
@@ -53,7 +53,7 @@ Known uncertainties (fix them in FIELDS / SOURCES / the templates at the top of 
 
 Examples:
   python eval_datasets/build_eval_datasets.py                         # all nine, from the hub
-  python eval_datasets/build_eval_datasets.py --tasks gsm8k,mt-bench --max-samples 20
+  python eval_datasets/build_eval_datasets.py --tasks gsm8k,mt-bench --num-samples 20
   python eval_datasets/build_eval_datasets.py --source-dir /data/eval_sources --overwrite
 """
 
@@ -82,7 +82,7 @@ LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 # ----------------------------------------------------------------------------- the tables to edit
 
-# Paper sample counts (the default --max-samples), in the paper's table order: eval.py's task table.
+# Paper sample counts (the default --num-samples), in the paper's table order: eval.py's task table.
 PAPER_COUNTS: dict[str, int] = {name: count for name, (count, _) in _TASK_TABLE.items()}
 KNOWN_TASKS = tuple(PAPER_COUNTS)
 
@@ -450,9 +450,9 @@ def parse_max_samples(raw: str | int | None) -> int | None:
         try:
             raw = int(raw)
         except ValueError:
-            raise BuildError(f"--max-samples {raw!r} is not a number; give a positive integer or 'all'") from None
+            raise BuildError(f"--num-samples {raw!r} is not a number; give a positive integer or 'all'") from None
     if raw < 1:
-        raise BuildError(f"--max-samples must be at least 1 (or 'all' for every row), got {raw}")
+        raise BuildError(f"--num-samples must be at least 1 (or 'all' for every row), got {raw}")
     return raw
 
 
@@ -629,8 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tasks", default=None, help=f"comma list of tasks to build (default: all nine: {', '.join(KNOWN_TASKS)})"
     )
+    p.add_argument("--max-samples", dest="num_samples", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
     p.add_argument(
-        "--max-samples",
+        "--num-samples",
         default=None,
         metavar="N",
         help=f"keep at most N rows per task, or 'all' for every source row (default: the paper's counts: {counts})",
@@ -671,7 +672,7 @@ def main(argv=None) -> int:
             tasks=args.tasks,
             output_dir=args.output_dir,
             source_dir=args.source_dir,
-            max_samples=args.max_samples,
+            max_samples=args.num_samples,
             overwrite=args.overwrite,
             seed=args.seed,
             lcb_version=args.lcb_version,

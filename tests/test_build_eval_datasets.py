@@ -277,7 +277,7 @@ def test_command_line_runs_as_a_script(tmp_path, source_dir):
     help_text = subprocess.run(
         [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=300
     ).stdout
-    for word in ("--source-dir", "--max-samples", "--overwrite", "--seed", "openai/gsm8k", "arena-hard-v2"):
+    for word in ("--source-dir", "--num-samples", "--overwrite", "--seed", "openai/gsm8k", "arena-hard-v2"):
         assert word in help_text
 
 
@@ -337,7 +337,7 @@ def test_default_counts_are_the_papers_and_all_keeps_everything(mod, tmp_path, s
     )
     assert len(_turns(tmp_path / "all" / "aime25.jsonl")) == 45
     for bad in ("0", "-3", "lots"):
-        with pytest.raises(mod.BuildError, match="--max-samples"):
+        with pytest.raises(mod.BuildError, match="--num-samples"):
             mod.build(tasks="aime25", output_dir=tmp_path / "bad", source_dir=source_dir, max_samples=bad)
     assert not (tmp_path / "bad").exists()
 

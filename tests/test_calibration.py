@@ -386,7 +386,7 @@ def test_scripts_report_unusable_rounds(tmp_path):
     proc = _run(CALIBRATE, "--rounds", rounds, "--dry-run")
     assert proc.returncode == 2 and "no confidence head" in proc.stderr
     proc = _run(CALIBRATE, "--rounds", rounds)
-    assert proc.returncode == 2 and "--draft_name_or_path is required" in proc.stderr
+    assert proc.returncode == 2 and "--draft is required" in proc.stderr
 
 
 def test_calibration_goes_where_eval_reads_it_and_never_into_a_target(tmp_path):

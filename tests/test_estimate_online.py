@@ -146,7 +146,7 @@ def test_fewer_samples_than_a_batch_and_no_params(capsys):
         t["online: optimizer steps"].startswith("0 (")
         and "fewer samples than --global-batch-size" in t["online: optimizer steps"]
     )
-    assert "pass --target-model" in t["online: target forward"] and "--target-params" in t["online: target forward"]
+    assert "pass --target" in t["online: target forward"] and "--target-params" in t["online: target forward"]
     assert "target params" not in t
 
 

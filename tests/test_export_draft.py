@@ -78,7 +78,7 @@ def test_overwrite_never_deletes_the_draft_or_files_it_did_not_write(tmp_path):
     # The checkpoint root holds the draft being read (step_latest -> step_1): --overwrite must not replace it.
     refused(
         run_entry(SCRIPT, ["--draft", src, "--output", tmp_path / "run", "--overwrite"]),
-        f"--output folder {tmp_path / 'run'} contains the input {src}",
+        f"--output-dir folder {tmp_path / 'run'} contains the input {src}",
         code=2,
     )
     # Nor write inside the draft folder.

@@ -90,7 +90,7 @@ def test_help_explains_every_flag():
     for action in parser._actions:
         assert action.help, f"{action.option_strings} has no help text"
     text = parser.format_help()
-    for flag in ("--device", "--small", "--out", "--sections", "--work-dir", "--cache-gb", "--train-steps"):
+    for flag in ("--device", "--small", "--output-dir", "--sections", "--work-dir", "--cache-gb", "--train-steps"):
         assert flag in text
 
 

@@ -15,7 +15,7 @@ import os
 import random
 from pathlib import Path
 
-from deepspec.cli import positive_int
+from deepspec.cli import add_num_samples, add_output_file
 from deepspec.data.conversations import DataError, write_jsonl
 from deepspec.errors import check_outputs_apart, cli_main
 from deepspec.tiny_target import code_chat_pairs, load_corpus
@@ -29,7 +29,7 @@ def local_training_conversations(*, num: int, seed: int = 0) -> list[dict]:
     if num > len(pairs):
         raise DataError(
             f"asked for {num} prompts but the held-out stdlib files give only {len(pairs)}; "
-            f"lower --num to {len(pairs)} or less",
+            f"lower --num-samples to {len(pairs)} or less",
             reason="no_conversations",
         )
     return [
@@ -74,9 +74,9 @@ def _seed(text: str) -> int:
 @cli_main
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Write training prompts for the tiny target from held-out stdlib code.")
-    p.add_argument("--output-file-path", required=True)
-    p.add_argument("--num", type=positive_int, default=256, help="number of conversations")
-    p.add_argument("--seed", type=_seed, default=0)
+    add_output_file(p, required=True, help="the JSONL file of conversations to write")
+    add_num_samples(p, aliases=("--num",), default=256, help="number of conversations (default: 256)")
+    p.add_argument("--seed", type=_seed, default=0, help="which conversations are drawn (default: 0)")
     p.add_argument(
         "--eval-data-dir",
         default=os.environ.get("DEEPSPEC_EVAL_DATA_DIR"),
@@ -91,7 +91,7 @@ def main(argv=None) -> None:
     )
     if out.is_dir():
         raise DataError(f"{out} is a folder; --output-file-path must name a .jsonl file", reason="missing_file")
-    rows = local_training_conversations(num=args.num, seed=args.seed)
+    rows = local_training_conversations(num=args.num_samples, seed=args.seed)
     overlap = count_overlap(rows, args.eval_data_dir)
     if overlap:
         raise DataError(

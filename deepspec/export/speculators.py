@@ -293,7 +293,7 @@ def check_output(out: Path, *, src: Path, overwrite: bool, inputs: tuple = ()) -
     ``overwrite`` replaces only an earlier export, never a folder holding files of another kind."""
     local = [Path(p) for p in inputs if p and os.path.exists(os.path.expanduser(str(p)))]
     try:
-        check_outputs_apart(inputs=[src, *local], output_dirs=[out], what="--output")
+        check_outputs_apart(inputs=[src, *local], output_dirs=[out], what="--output-dir")
     except InputProtectionError as exc:
         raise SpeculatorsFormatError(str(exc)) from None
     if out.exists() and not out.is_dir():
@@ -308,7 +308,7 @@ def check_output(out: Path, *, src: Path, overwrite: bool, inputs: tuple = ()) -
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise SpeculatorsFormatError(
                 f"{out} holds {shown}, which no export writes; --overwrite replaces only an earlier export "
-                f"({' + '.join(EXPORT_FILES)}). Choose another --output folder, or empty that one yourself"
+                f"({' + '.join(EXPORT_FILES)}). Choose another --output-dir folder, or empty that one yourself"
             )
 
 

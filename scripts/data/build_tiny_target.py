@@ -3,7 +3,7 @@
 
 Runs offline on CPU. The output folder loads with AutoModelForCausalLM /
 AutoTokenizer like any hub model. An existing complete build with the same
-seed and step count is reused unless --force is given.
+seed and step count is reused unless --overwrite is given.
 
 Example (from the repo root):
     python scripts/data/build_tiny_target.py --output-dir /tmp/tiny_target --minutes 5
@@ -19,6 +19,7 @@ import sys
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from deepspec.cli import add_overwrite
     from deepspec.tiny_target import STEPS_PER_MINUTE, default_tiny_target_dir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,9 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--steps", type=int, default=None, help="exact number of optimizer steps; overrides --minutes")
     parser.add_argument("--seed", type=int, default=0, help="seed for init and data order (default: 0)")
-    parser.add_argument(
-        "--force", action="store_true", help="rebuild even if a complete build with the same seed/steps exists"
-    )
+    add_overwrite(parser, aliases=("--force",), help="rebuild even if a complete build with the same seed/steps exists")
     return parser.parse_args(argv)
 
 
@@ -52,7 +51,7 @@ def main(argv=None) -> int:
     from deepspec.tiny_target import MARKER_NAME, build_tiny_target
 
     out = build_tiny_target(
-        output_dir=args.output_dir, minutes=args.minutes, steps=args.steps, seed=args.seed, force=args.force
+        output_dir=args.output_dir, minutes=args.minutes, steps=args.steps, seed=args.seed, force=args.overwrite
     )
     info = json.loads((out / MARKER_NAME).read_text())
     print(f"tiny target: {out}")

@@ -7,14 +7,14 @@ layers plus the last hidden state in bf16, int32 ids and a uint8 loss mask.
 Also printed: the online alternative (train.py --online), which stores nothing and instead runs the
 target forward-only on every training token: ~2 x non-embedding target parameters FLOPs per token,
 i.e. 2 x params x global batch x tokens/sample per optimizer step, every epoch (attention's
-sequence-length term and the norms are left out). Parameters are counted from --target-model's
+sequence-length term and the norms are left out). Parameters are counted from --target's
 config.json or given with --target-params.
 
 Examples:
     python scripts/data/estimate_target_cache_size.py --num-samples 800000 --avg-tokens 2048 \\
         --num-layers 5 --hidden-size 2560
     python scripts/data/estimate_target_cache_size.py --train-data-path data/regen.jsonl \\
-        --target-model /models/Qwen3-4B --target-layer-ids 1,9,17,25,33 --tokenizer /models/Qwen3-4B
+        --target /models/Qwen3-4B --target-layer-ids 1,9,17,25,33 --tokenizer /models/Qwen3-4B
     python scripts/data/estimate_target_cache_size.py --num-samples 800000 --avg-tokens 2048 \\
         --num-layers 5 --hidden-size 2560 --target-params 3.6e9 --global-batch-size 512 --epochs 10
 """
@@ -28,6 +28,7 @@ from pathlib import Path
 
 
 from deepspec.data.conversations import SkipReport, list_input_files, read_conversations  # noqa: E402
+from deepspec.cli import add_num_samples, add_target, hide_aliases  # noqa: E402
 from deepspec.hub import NoSuchFolderError, local_or_hub_id  # noqa: E402
 from deepspec.errors import DeepSpecError, cli_main  # noqa: E402
 from deepspec.layer_ids import check_layer_ids  # noqa: E402
@@ -78,7 +79,7 @@ def _text_config(model: str, *, instead: str) -> dict:
     option that avoids reading it, for the error messages."""
     cfg_path = Path(model) / "config.json"
     if not cfg_path.is_file():
-        raise EstimateError(f"{cfg_path} not found; --target-model must be a local model folder (or pass {instead})")
+        raise EstimateError(f"{cfg_path} not found; --target must be a local model folder (or pass {instead})")
     try:
         cfg = json.loads(cfg_path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
@@ -186,9 +187,11 @@ def measure(paths: list[str], tokenizer_path: str | None, max_length: int | None
 
 @cli_main
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = hide_aliases(
+        argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    )
     data = ap.add_argument_group("data (either counts or a file to measure)")
-    data.add_argument("--num-samples", type=_number(int, minimum=1))
+    add_num_samples(data, type=_number(int, minimum=1), help="conversations the cache will hold")
     data.add_argument("--avg-tokens", type=_number(float, minimum=0, inclusive=False), help="mean tokens per sample")
     data.add_argument("--train-data-path", nargs="+", help="JSONL file(s)/folder(s) to count and measure")
     data.add_argument("--tokenizer", help="tokenizer folder/name for exact token counts (else chars/4)")
@@ -197,8 +200,8 @@ def main(argv=None) -> int:
     )
     model = ap.add_argument_group("target (either sizes or a local model folder)")
     model.add_argument("--num-layers", type=_number(int, minimum=1), help="number of captured target layers")
-    model.add_argument("--hidden-size", type=_number(int, minimum=1))
-    model.add_argument("--target-model", help="local model folder with config.json")
+    model.add_argument("--hidden-size", type=_number(int, minimum=1), help="the target's hidden size")
+    add_target(model, aliases=("--target-model",), help="the target: a local model folder with config.json")
     model.add_argument(
         "--target-layer-ids", type=_layer_ids, help="comma-separated captured layer ids, e.g. 1,9,17,25,33"
     )
@@ -206,7 +209,7 @@ def main(argv=None) -> int:
     online.add_argument(
         "--target-params",
         type=_number(float, minimum=1),
-        help="target non-embedding parameter count, e.g. 3.6e9 (default: counted from --target-model's config.json)",
+        help="target non-embedding parameter count, e.g. 3.6e9 (default: counted from --target's config.json)",
     )
     online.add_argument(
         "--global-batch-size",
@@ -235,17 +238,17 @@ def main(argv=None) -> int:
         num_layers = args.num_layers
     else:
         raise EstimateError("pass --num-layers or --target-layer-ids")
-    hidden = args.hidden_size or (hidden_size_from_config(args.target_model) if args.target_model else None)
-    if args.target_layer_ids and args.target_model:
-        depth = _text_config(args.target_model, instead="--num-layers").get("num_hidden_layers")
+    hidden = args.hidden_size or (hidden_size_from_config(args.target) if args.target else None)
+    if args.target_layer_ids and args.target:
+        depth = _text_config(args.target, instead="--num-layers").get("num_hidden_layers")
         if isinstance(depth, int) and depth > 0:
             check_layer_ids(args.target_layer_ids, num_layers=depth, error=EstimateError, key="--target-layer-ids")
     if not hidden:
-        raise EstimateError("pass --hidden-size or --target-model (a local folder with config.json)")
+        raise EstimateError("pass --hidden-size or --target (a local folder with config.json)")
     if args.target_params:
         target_params, params_how = int(args.target_params), "given"
-    elif args.target_model:
-        target_params, params_how = target_params_from_config(args.target_model)
+    elif args.target:
+        target_params, params_how = target_params_from_config(args.target)
     else:
         target_params, params_how = None, None
     if args.output_dir and Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
@@ -299,7 +302,7 @@ def main(argv=None) -> int:
         rows.append(
             (
                 "online: target forward",
-                "pass --target-model (local folder with config.json) or --target-params for the FLOPs per step",
+                "pass --target (local folder with config.json) or --target-params for the FLOPs per step",
             )
         )
     else:

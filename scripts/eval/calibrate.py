@@ -15,7 +15,7 @@ Outputs (in --output-dir, default: the folder of the first rounds file):
 
 Examples:
     python scripts/eval/calibrate.py --rounds outputs/eval/dspark/rounds.jsonl \\
-        --draft_name_or_path checkpoints/dspark/exp/step_latest
+        --draft checkpoints/dspark/exp/step_latest
     python scripts/eval/calibrate.py --rounds run1/rounds.jsonl run2/rounds.jsonl --dry-run
 """
 
@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 
-from deepspec.cli import nonnegative_int, positive_int, probability  # noqa: E402
+from deepspec.cli import add_draft, nonnegative_int, positive_int, probability  # noqa: E402
 from deepspec.decoding.confidence import (  # noqa: E402
     CALIBRATION_FILE,
     CalibrationError,
@@ -74,11 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="PATH",
         help="rounds.jsonl file(s) from eval.py runs with --confidence-threshold 0 (same draft, same gamma)",
     )
-    p.add_argument(
-        "--draft_name_or_path",
-        "--draft-name-or-path",
-        "--draft",
-        dest="draft",
+    add_draft(
+        p,
+        aliases=("--draft_name_or_path", "--draft-name-or-path"),
         metavar="DIR",
         help="draft checkpoint folder; calibration.json is written there (required unless --dry-run)",
     )
@@ -100,7 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     if not args.dry_run and not args.draft:
-        p.error("--draft_name_or_path is required (or pass --dry-run to only report)")
+        p.error("--draft is required (or pass --dry-run to only report)")
     return args
 
 
@@ -155,7 +153,7 @@ def draft_folder(given: str) -> str:
 
     if not Path(given).is_dir():
         raise CalibrationError(
-            f"no such folder: {given} (--draft_name_or_path must be the draft checkpoint "
+            f"no such folder: {given} (--draft must be the draft checkpoint "
             f"folder that {CALIBRATION_FILE} is written into)"
         )
     folder = Path(resolve_draft_dir(given))

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 
+from deepspec.cli import add_output_dir  # noqa: E402
 from deepspec.errors import DeepSpecError, check_outputs_apart, cli_main  # noqa: E402
 
 
@@ -57,8 +58,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", nargs="+", required=True, metavar="NAME=DIR", help="eval.py output folders, named")
     p.add_argument("--ceiling", default=None, metavar="DIR", help="an eval.py --self-draft run (τ must be γ+1)")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--title", default="Accepted length τ")
+    add_output_dir(p, required=True, help="folder for table.md and the comparison plot")
+    p.add_argument("--title", default="Accepted length τ", help="the plot's title (default: %(default)s)")
     args = p.parse_args(argv)
 
     runs, folders = {}, {}

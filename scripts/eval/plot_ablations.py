@@ -1,6 +1,6 @@
 """Plots and a table for the quickstart's --ablations runs (paper Figures 3 and 4, in miniature).
 
-    python scripts/eval/plot_ablations.py --out runs/quickstart
+    python scripts/eval/plot_ablations.py --output-dir runs/quickstart
 
 Reads <out>/eval/<run>/results.json for the runs the quickstart names: dspark_L1, dspark_L2 and
 dspark (5 draft layers) for depth; markov_b{4,8,12,16}, rnn_b{...}, dflash_b{...} (plus the main
@@ -63,15 +63,16 @@ from deepspec.errors import DeepSpecError, cli_main  # noqa: E402
 
 @cli_main
 def main(argv=None) -> int:
+    from deepspec.cli import add_output_dir
     from deepspec.eval.report import coverage_line
     from deepspec.fsio import atomic_write
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="the quickstart output folder")
+    add_output_dir(p, aliases=("--out",), required=True, help="the quickstart output folder (its plots go there too)")
     args = p.parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.output_dir)
     if not out.is_dir():
-        raise DeepSpecError(f"--out {out} is not a folder; pass the quickstart output folder (runs/quickstart)")
+        raise DeepSpecError(f"--output-dir {out} is not a folder; pass the quickstart output folder (runs/quickstart)")
     missing: list[str] = []
     covered: dict[str, list[str]] = {}
 

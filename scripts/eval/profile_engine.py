@@ -16,7 +16,7 @@ evenly, rows are padded to equal length and the padded token count is recorded a
 "computed_tokens".
 
 Example (from the repo root):
-    python scripts/eval/profile_engine.py --device cuda --context-len 2048 --output cost_table.json
+    python scripts/eval/profile_engine.py --device cuda --context-len 2048 --output-file-path cost_table.json
 """
 
 from __future__ import annotations
@@ -52,13 +52,13 @@ def _int_list(text: str) -> list[int]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from deepspec.cli import add_output_file, add_target
     from deepspec.tiny_target import default_tiny_target_dir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--target_name_or_path",
-        "--target-name-or-path",
-        dest="target",
+    add_target(
+        parser,
+        aliases=("--target_name_or_path", "--target-name-or-path"),
         default=None,
         help=f"target model (hub id or local folder); default: $DEEPSPEC_TINY_TARGET or {default_tiny_target_dir()}",
     )
@@ -90,8 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per B before timing (default: 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random context/query token ids (default: 0)")
-    parser.add_argument(
-        "--output",
+    add_output_file(
+        parser,
+        aliases=("--output",),
         type=pathlib.Path,
         default=pathlib.Path("cost_table.json"),
         help="where to write the cost table JSON (default: ./cost_table.json)",
@@ -199,10 +200,13 @@ def main(argv=None) -> int:
     dtype_name = DTYPES[args.dtype] if args.dtype else ("bfloat16" if device.type == "cuda" else "float32")
     target_path = args.target or str(default_tiny_target_dir())
     if os.path.exists(os.path.expanduser(target_path)):  # the table must not land in (or on) the target
-        check_outputs_apart(inputs=[os.path.expanduser(target_path)], outputs=[args.output], what="--output")
-    if args.output.is_dir():
+        check_outputs_apart(
+            inputs=[os.path.expanduser(target_path)], outputs=[args.output_file_path], what="--output-file-path"
+        )
+    if args.output_file_path.is_dir():
         raise DeepSpecError(
-            f"--output {args.output} is a folder; name the cost table file, e.g. {args.output}/cost_table.json"
+            f"--output-file-path {args.output_file_path} is a folder; name the cost table file, "
+            f"e.g. {args.output_file_path}/cost_table.json"
         )
 
     target = load_target(target_path, dtype=getattr(torch, dtype_name), device=device, with_tokenizer=False)
@@ -241,8 +245,8 @@ def main(argv=None) -> int:
             "step_seconds": [p["step_seconds"] for p in points],
         },
     )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    table.to_json(args.output)
+    args.output_file_path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_json(args.output_file_path)
 
     print(
         f"target {target_path} on {device_name}, {dtype_name}, context {args.context_len}, "
@@ -257,7 +261,7 @@ def main(argv=None) -> int:
     sps = table.steps_per_second
     if any(b > a * 1.05 for a, b in zip(sps, sps[1:])):
         print("note: steps/s rises with B somewhere by > 5% (timing noise?); more --repeats steadies it")
-    print(f"cost table written to {args.output}")
+    print(f"cost table written to {args.output_file_path}")
     return 0
 
 

@@ -9,7 +9,7 @@ Replays rounds recorded by eval.py with --confidence-threshold 0: at threshold t
                 (eval.py --survival-threshold)
 The replay is exact per round (the target's verdict on slot k does not depend on later slots), so
 no target is needed. c_k uses the STS temperatures from <draft>/calibration.json when
---draft_name_or_path has one (see scripts/eval/calibrate.py).
+--draft has one (see scripts/eval/calibrate.py).
 
 Per threshold: accepted and rejected draft tokens per step, acceptance rate (Σ accepted / Σ ℓ),
 committed tokens per step (accepted + the target's own token) and mean proposal length ℓ.
@@ -19,7 +19,7 @@ Outputs (in --output-dir, default: the folder of the first rounds file):
 
 Examples:
     python scripts/eval/threshold_sweep.py --rounds outputs/eval/dspark/rounds.jsonl \\
-        --draft_name_or_path checkpoints/dspark/exp/step_latest
+        --draft checkpoints/dspark/exp/step_latest
     python scripts/eval/threshold_sweep.py --rounds rounds.jsonl --no-calibration --thresholds 0 0.3 0.5
     python scripts/eval/threshold_sweep.py --rounds rounds.jsonl --rule cumulative
 """
@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 
-from deepspec.cli import probability  # noqa: E402
+from deepspec.cli import add_draft, probability  # noqa: E402
 from deepspec.decoding.confidence import CALIBRATION_FILE, RULES, CalibrationError, load_calibration  # noqa: E402
 from deepspec.decoding.rounds import read_rounds  # noqa: E402
 from deepspec.eval.calibration import calibration_arrays  # noqa: E402
@@ -52,11 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="PATH",
         help="rounds.jsonl file(s) from eval.py runs with --confidence-threshold 0 (same draft, same gamma)",
     )
-    p.add_argument(
-        "--draft_name_or_path",
-        "--draft-name-or-path",
-        "--draft",
-        dest="draft",
+    add_draft(
+        p,
+        aliases=("--draft_name_or_path", "--draft-name-or-path"),
         metavar="DIR",
         help="draft checkpoint folder; its calibration.json (if any) sets the STS temperatures",
     )
@@ -93,7 +91,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.draft and not args.no_calibration and not Path(args.draft).is_dir():
         raise CalibrationError(
-            f"no such folder: {args.draft} (--draft_name_or_path must be the draft checkpoint "
+            f"no such folder: {args.draft} (--draft must be the draft checkpoint "
             f"folder holding {CALIBRATION_FILE}; or pass --no-calibration)"
         )
     # Read and check everything before writing anything.

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Export a trained draft folder for serving, or convert a speculators-format draft back to ours.
 
-    python scripts/export/export_draft.py --draft ckpt/step_latest --format deepspec --output draft_vllm --dtype bf16
-    python scripts/export/export_draft.py --draft ckpt/step_latest --format speculators --output draft_spec
-    python scripts/export/export_draft.py --draft their_speculators_draft --format deepspec --output ours
+    python scripts/export/export_draft.py --draft ckpt/step_latest --format deepspec \\
+        --output-dir draft_vllm --dtype bf16
+    python scripts/export/export_draft.py --draft ckpt/step_latest --format speculators --output-dir draft_spec
+    python scripts/export/export_draft.py --draft their_speculators_draft --format deepspec --output-dir ours
 
 --draft is a DeepSpec draft folder (a checkpoint step_N / step_latest) or a speculators-format folder
 (ours or another tool's; one that omits embed_tokens / lm_head needs --target).
@@ -24,6 +25,7 @@ import argparse
 import sys
 
 
+from deepspec.cli import add_draft, add_output_dir, add_overwrite, add_target  # noqa: E402
 from deepspec.errors import cli_main  # noqa: E402
 
 DTYPES = {"keep": None, "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -31,8 +33,8 @@ DTYPES = {"keep": None, "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--draft",
+    add_draft(
+        p,
         required=True,
         help="draft folder: a DeepSpec checkpoint step_N / step_latest, or a speculators-format folder",
     )
@@ -43,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="deepspec: the folder vLLM's method 'dspark' loads; speculators: the vllm-project/"
         "speculators layout (vLLM method 'eagle3' for Eagle3, 'dspark' for Qwen 3 DSpark)",
     )
-    p.add_argument("--output", required=True, help="folder to write (must not exist or be empty, unless --overwrite)")
+    add_output_dir(
+        p, aliases=("--output",), required=True, help="folder to write (must not exist or be empty, unless --overwrite)"
+    )
     p.add_argument(
         "--dtype",
         choices=tuple(DTYPES),
@@ -57,12 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(what `vllm serve OUTPUT` loads as the target; default: the target in the checkpoint's "
         "train_config.json)",
     )
-    p.add_argument(
-        "--target",
+    add_target(
+        p,
         default=None,
         help="target to read embed_tokens / lm_head from when a speculators-format --draft omits them",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
+    add_overwrite(p, help="replace a non-empty --output-dir folder (only an earlier export)")
     return p
 
 
@@ -83,7 +87,7 @@ def main(argv=None) -> int:
 
         out = to_vllm_folder(
             draft_dir=args.draft,
-            output_dir=args.output,
+            output_dir=args.output_dir,
             overwrite=args.overwrite,
             dtype=dtype,
             frozen_target=args.target,
@@ -97,7 +101,7 @@ def main(argv=None) -> int:
 
     out = to_speculators_folder(
         draft_dir=args.draft,
-        output_dir=args.output,
+        output_dir=args.output_dir,
         overwrite=args.overwrite,
         dtype=dtype,
         verifier_name_or_path=args.verifier,

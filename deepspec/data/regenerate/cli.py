@@ -168,9 +168,11 @@ def _add_sampling_args(s, *, parser: argparse.ArgumentParser) -> None:
         return _default(name, of=SamplingSettings)
 
     s.add_argument("--temperature", type=nonnegative_float, default=default("temperature"), help="0 = greedy")
-    s.add_argument("--top-p", type=unit_open_closed, default=default("top_p"))
+    s.add_argument("--top-p", type=unit_open_closed, default=default("top_p"), help="nucleus sampling mass, in (0, 1]")
     s.add_argument("--top-k", type=top_k_int, default=default("top_k"), help="0 or -1 = off")
-    s.add_argument("--min-p", type=unit_closed, default=default("min_p"))
+    s.add_argument(
+        "--min-p", type=unit_closed, default=default("min_p"), help="drop tokens below this fraction of the top one"
+    )
     s.add_argument(
         "--max-tokens",
         type=positive_int,
