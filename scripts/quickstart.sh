@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: the tiny local target, end to end, on CPU.
 #
-#   bash scripts/quickstart.sh [--fast] [--online] [--out DIR] [--num-prompts N] [--train-steps N] [--eval-prompts N] [--ablations]
+#   bash scripts/quickstart.sh [--fast] [--online] [--out DIR] [--num-prompts N] [--train-steps N] [--eval-prompts N] [--ablations] [eval_temperature=T]
 #
 # First a preflight (python -m deepspec.preflight) checks what every stage needs and stops at once if
 # something is missing. Stages (each reused when already finished, so a re-run picks up where it stopped):
@@ -21,26 +21,52 @@
 #   --online: no stage 4; the drafts train with the target running live (train.py --online) into
 #   $OUT/checkpoints/<algo>_online, their table goes to $OUT/online/; an offline run in the same $OUT
 #   (a plain quickstart before or after) is printed next to it
+#
+# Options: --out DIR (default runs/quickstart, --fast: runs/quickstart-fast; a relative DIR means the
+# folder you run the script from), --num-prompts N, --train-steps N (per draft), --eval-prompts N (per task).
+# Variable, as an argument or in the environment: eval_temperature=1 (0: evaluate greedily).
+# Environment: DEEPSPEC_TINY_TARGET=DIR (a tiny target you built, used as it is),
+# DEEPSPEC_REGEN_BACKEND=hf (regenerate with transformers instead of vLLM).
+#
+# Examples:
+#   bash scripts/quickstart.sh --fast                      # a few minutes, every stage
+#   bash scripts/quickstart.sh --out myrun eval_temperature=0
+source "$(dirname "${BASH_SOURCE[0]}")/cli.sh"
+if ds_wants_help "$@"; then ds_help "$0"; exit 0; fi
+ds_no_dry_run
 set -euo pipefail
 FAST=0; ABLATIONS=0; ONLINE=0
 OUT=""; SET_PROMPTS=""; SET_STEPS=""; SET_EVAL=""
+value() {  # value FLAG [VALUE...]: the value after FLAG, or a refusal
+  [ $# -ge 2 ] || ds_die "$1 needs a value (see --help)"
+  case "$1" in
+    --out) ds_abs OUT "$2" ;;
+    *) [[ "$2" =~ ^[1-9][0-9]*$ ]] || ds_die "$1 needs a whole number >= 1, got '$2'" ;;
+  esac
+}
 while [ $# -gt 0 ]; do
   case "$1" in
     --fast) FAST=1 ;;
-    --out) OUT="$2"; shift ;;
-    --num-prompts) SET_PROMPTS="$2"; shift ;;
-    --train-steps) SET_STEPS="$2"; shift ;;
-    --eval-prompts) SET_EVAL="$2"; shift ;;
+    --out) value "$@"; shift ;;
+    --num-prompts) value "$@"; SET_PROMPTS="$2"; shift ;;
+    --train-steps) value "$@"; SET_STEPS="$2"; shift ;;
+    --eval-prompts) value "$@"; SET_EVAL="$2"; shift ;;
     --ablations) ABLATIONS=1 ;;
     --online) ONLINE=1 ;;
-    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    eval_temperature=* | eval-temperature=* | EVAL_TEMPERATURE=*) ds_set eval_temperature "${1#*=}" "${1%%=*}" ;;
+    *=*)
+      near="$(ds_closest "${1%%=*}" eval_temperature)"
+      ds_die "unknown name '${1%%=*}'${near:+ (closest: $near)}; see --help" ;;
+    *) ds_die "unknown argument '$1' (see --help)" ;;
   esac
   shift
 done
 if [ "$ONLINE" = 1 ] && [ "$ABLATIONS" = 1 ]; then
-  echo "--ablations trains from the target cache; run it without --online" >&2; exit 2
+  ds_die "--ablations trains from the target cache; run it without --online"
 fi
+ds_setting eval_temperature 1 EVAL_TEMPERATURE
+[[ "$eval_temperature" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]] \
+  || ds_die "${DS_FROM[eval_temperature]:-eval_temperature} must be a number >= 0, got '$eval_temperature'"
 DEEPSPEC_TINY_TARGET_GIVEN="${DEEPSPEC_TINY_TARGET:-}"
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 if [ "$FAST" = 1 ]; then
@@ -61,8 +87,8 @@ else
   EVAL_TASKS="${EVAL_TASKS%,}"
 fi
 # Sampling at temperature 1, like eval.py's default: DSpark's L1 loss and confidence head target the
-# acceptance of *sampled* drafts; greedy (EVAL_TEMPERATURE=0) measures argmax agreement instead.
-EVAL_TEMPERATURE="${EVAL_TEMPERATURE:-1}"
+# acceptance of *sampled* drafts; greedy (eval_temperature=0) measures argmax agreement instead.
+EVAL_TEMPERATURE="$eval_temperature"
 export DEEPSPEC_TINY_TARGET="$TARGET"
 
 # Preflight: every input a later stage needs (prompt files, the target, writable output folders, free

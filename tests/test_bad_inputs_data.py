@@ -525,7 +525,7 @@ def test_prepare_data_refuses_a_changed_model(tmp_path, fake_model):
     )
     before = fingerprint([data])
     result = run_entry(PREPARE, [], env=_prepare_env(tmp_path, fake_model), timeout=120)
-    refused(result, "written by Qwen/Qwen3-4B", "REGEN_OUT", "OVERWRITE=1")
+    refused(result, "written by Qwen/Qwen3-4B", "train_data_path=<new file>", "overwrite=1")
     assert fingerprint([data]) == before
     assert not (tmp_path / "cache").exists()
 

@@ -196,10 +196,12 @@ def test_train_sh_passes_bare_and_opts_overrides(args, tmp_path):
 
 
 def test_train_sh_online_from_train_data_path(tmp_path, monkeypatch):
-    monkeypatch.setenv("train_data_path", "a.jsonl b.jsonl")
+    monkeypatch.delenv("train_data_path", raising=False)
     monkeypatch.delenv("target_cache_dir", raising=False)
-    argv = _bash_argv("scripts/train/train.sh", ["--nproc", "2"], tmp_path)
-    assert argv[3:] == ["--online", "--train-data-path", "a.jsonl", "--train-data-path", "b.jsonl", "--nproc", "2"]
+    args = ["train_data_path=a.jsonl", "train_data_path=b c.jsonl", "--nproc", "2"]
+    argv = _bash_argv("scripts/train/train.sh", args, tmp_path)
+    files = [os.path.join(os.getcwd(), name) for name in ("a.jsonl", "b c.jsonl")]  # the caller's folder
+    assert argv[3:] == ["--online", "--train-data-path", files[0], "--train-data-path", files[1], "--nproc", "2"]
 
 
 def test_eval_sh_maps_name_value_to_flags(tmp_path):

@@ -26,26 +26,28 @@
 # Environment: DEEPSPEC_VLLM_PYTHON (interpreter with vLLM; default <repo>/.venv-vllm/bin/python,
 # made by scripts/data/setup_vllm_env.sh), CUDA_VISIBLE_DEVICES (which GPUs),
 # VLLM_CPU_KVCACHE_SPACE (CPU KV cache GiB, default here 1).
+source "$(dirname "${BASH_SOURCE[0]}")/../cli.sh"
+if ds_wants_help "$@"; then ds_help "$0"; exit 0; fi
+ds_no_dry_run
 set -euo pipefail
 set +m  # no job control: each background server must keep the pid that setsid gives it
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
-die() { echo "[launch] error: $*" >&2; exit 2; }
+die() { ds_die "$@"; }
+need() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
 
 MODEL="" HOST="127.0.0.1" PORT=8000 NUM_SERVERS="" TP=1 LOG_DIR="$ROOT/logs" WAIT_TIMEOUT=900 ADDRESS_FILE=""
 EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --model) MODEL="${2:?--model needs a value}"; shift 2 ;;
-    --host) HOST="${2:?--host needs a value}"; shift 2 ;;
-    --port) PORT="${2:?--port needs a value}"; shift 2 ;;
-    --num-servers) NUM_SERVERS="${2:?--num-servers needs a value}"; shift 2 ;;
-    --tensor-parallel-size) TP="${2:?--tensor-parallel-size needs a value}"; shift 2 ;;
-    --log-dir) LOG_DIR="${2:?--log-dir needs a value}"; shift 2 ;;
-    --wait-timeout) WAIT_TIMEOUT="${2:?--wait-timeout needs a value}"; shift 2 ;;
-    --address-file) ADDRESS_FILE="${2:?--address-file needs a value}"; shift 2 ;;
-    -h|--help) usage; exit 0 ;;
+    --model) need "$@"; MODEL="$2"; shift 2 ;;
+    --host) need "$@"; HOST="$2"; shift 2 ;;
+    --port) need "$@"; PORT="$2"; shift 2 ;;
+    --num-servers) need "$@"; NUM_SERVERS="$2"; shift 2 ;;
+    --tensor-parallel-size) need "$@"; TP="$2"; shift 2 ;;
+    --log-dir) need "$@"; LOG_DIR="$2"; shift 2 ;;
+    --wait-timeout) need "$@"; WAIT_TIMEOUT="$2"; shift 2 ;;
+    --address-file) need "$@"; ADDRESS_FILE="$2"; shift 2 ;;
     --) shift; EXTRA=("$@"); break ;;
     *) die "unknown option '$1' (see --help; vLLM's own options go after --)" ;;
   esac

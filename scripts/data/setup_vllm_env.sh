@@ -14,12 +14,11 @@
 #   DEEPSPEC_TORCH_INDEX_URL  extra pip index for the torch CPU build, when the
 #                             machine's pip configuration does not already provide it
 #   DEEPSPEC_VLLM_DEVICE      force "cpu" or "cuda" instead of probing nvidia-smi
+source "$(dirname "${BASH_SOURCE[0]}")/../cli.sh"
+if ds_wants_help "$@"; then ds_help "$0"; exit 0; fi
+ds_no_dry_run
+[ $# -eq 0 ] || ds_die "takes no arguments, got '$1' (settings come from the environment; see --help)"
 set -euo pipefail
-
-if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
-  exit 0
-fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${DEEPSPEC_VLLM_VENV:-$ROOT/.venv-vllm}"
@@ -36,7 +35,7 @@ elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; the
 else
   DEVICE=cpu
 fi
-case "$DEVICE" in cpu|cuda) ;; *) echo "[vllm-env] DEEPSPEC_VLLM_DEVICE must be cpu or cuda, got '$DEVICE'" >&2; exit 2 ;; esac
+case "$DEVICE" in cpu|cuda) ;; *) ds_die "DEEPSPEC_VLLM_DEVICE must be cpu or cuda, got '$DEVICE'" ;; esac
 
 mkdir -p "$VENV"
 # Two test runs starting at once must not install into the same folder concurrently.
