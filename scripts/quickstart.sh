@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: the tiny local target, end to end, on CPU.
 #
-#   bash scripts/quickstart.sh [--fast] [--online] [--out DIR] [--num-prompts N] [--train-steps N] [--eval-prompts N] [--ablations] [eval_temperature=T]
+#   bash scripts/quickstart.sh [--fast] [--online] [--output-dir DIR] [--num-prompts N] [--train-steps N] [--eval-prompts N] [--ablations] [eval_temperature=T]
 #
 # First a preflight (python -m deepspec.preflight) checks what every stage needs and stops at once if
 # something is missing. Stages (each reused when already finished, so a re-run picks up where it stopped):
@@ -22,7 +22,7 @@
 #   $OUT/checkpoints/<algo>_online, their table goes to $OUT/online/; an offline run in the same $OUT
 #   (a plain quickstart before or after) is printed next to it
 #
-# Options: --out DIR (default runs/quickstart, --fast: runs/quickstart-fast; a relative DIR means the
+# Options: --output-dir DIR (default runs/quickstart, --fast: runs/quickstart-fast; a relative DIR means the
 # folder you run the script from), --num-prompts N, --train-steps N (per draft), --eval-prompts N (per task).
 # Variable, as an argument or in the environment: eval_temperature=1 (0: evaluate greedily).
 # Environment: DEEPSPEC_TINY_TARGET=DIR (a tiny target you built, used as it is),
@@ -30,7 +30,7 @@
 #
 # Examples:
 #   bash scripts/quickstart.sh --fast                      # a few minutes, every stage
-#   bash scripts/quickstart.sh --out myrun eval_temperature=0
+#   bash scripts/quickstart.sh --output-dir myrun eval_temperature=0
 source "$(dirname "${BASH_SOURCE[0]}")/cli.sh"
 if ds_wants_help "$@"; then ds_help "$0"; exit 0; fi
 ds_no_dry_run
@@ -40,14 +40,14 @@ OUT=""; SET_PROMPTS=""; SET_STEPS=""; SET_EVAL=""
 value() {  # value FLAG [VALUE...]: the value after FLAG, or a refusal
   [ $# -ge 2 ] || ds_die "$1 needs a value (see --help)"
   case "$1" in
-    --out) ds_abs OUT "$2" ;;
+    --output-dir | --out) ds_abs OUT "$2" ;;
     *) [[ "$2" =~ ^[1-9][0-9]*$ ]] || ds_die "$1 needs a whole number >= 1, got '$2'" ;;
   esac
 }
 while [ $# -gt 0 ]; do
   case "$1" in
     --fast) FAST=1 ;;
-    --out) value "$@"; shift ;;
+    --output-dir | --out) value "$@"; shift ;;  # --out: the older spelling
     --num-prompts) value "$@"; SET_PROMPTS="$2"; shift ;;
     --train-steps) value "$@"; SET_STEPS="$2"; shift ;;
     --eval-prompts) value "$@"; SET_EVAL="$2"; shift ;;
@@ -93,7 +93,7 @@ export DEEPSPEC_TINY_TARGET="$TARGET"
 
 # Preflight: every input a later stage needs (prompt files, the target, writable output folders, free
 # disk for the target cache), checked before the first stage; a missing piece stops the run here.
-PREFLIGHT=(--tasks "$EVAL_TASKS" --tasks "$SELF_TASKS" --output "$OUT" --target "$TARGET" --tiny-target)
+PREFLIGHT=(--tasks "$EVAL_TASKS" --tasks "$SELF_TASKS" --output-dir "$OUT" --target "$TARGET" --tiny-target)
 if [ "$ONLINE" != 1 ]; then
   PREFLIGHT+=(--config config/dspark/dspark_tiny.py --cache-dir "$OUT/cache" --cache-samples "$NUM_PROMPTS"
               --cache-tokens "$((MAX_TOKENS + 512))")
@@ -118,7 +118,7 @@ else
   stage "tiny target" python scripts/data/build_tiny_target.py --output-dir "$TARGET" "${TARGET_BUDGET[@]}"
 fi
 if [ ! -s "$OUT/data/prompts.jsonl" ]; then
-  stage "training prompts" python -m deepspec.data.local_prompts --output-file-path "$OUT/data/prompts.jsonl" --num "$NUM_PROMPTS"
+  stage "training prompts" python -m deepspec.data.local_prompts --output-file-path "$OUT/data/prompts.jsonl" --num-samples "$NUM_PROMPTS"
 fi
 # Regeneration runs in vLLM (its own environment, .venv-vllm), as data preparation does on a GPU node;
 # only where vLLM cannot be installed does it fall back to transformers, and says so.
@@ -228,7 +228,7 @@ if [ "$ABLATIONS" = 1 ]; then
     done
   done
   echo; echo "==> ablations"
-  python scripts/eval/plot_ablations.py --out "$OUT"
+  python scripts/eval/plot_ablations.py --output-dir "$OUT"
 fi
 
 echo; echo "==> done: outputs in $OUT"

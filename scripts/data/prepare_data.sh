@@ -133,7 +133,7 @@ ds_run cd "$ROOT"
 ds_say "==> preflight"
 preflight=(--config "$config_path" --opts "model.target_model_name_or_path=$model_path" "${overrides[@]}"
   --target "$model_path"
-  --output "$data_dir" --output "$(dirname "$train_data_path")" --output "$target_cache_dir")
+  --output-dir "$data_dir" --output-dir "$(dirname "$train_data_path")" --output-dir "$target_cache_dir")
 if [ -n "$sample_size" ]; then  # tokens per sample at most: the answer budget plus a prompt allowance
   preflight+=(--cache-dir "$target_cache_dir" --cache-samples "$sample_size" --cache-tokens "$((max_tokens + 1024))")
 fi
