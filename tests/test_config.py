@@ -149,7 +149,7 @@ def test_override_yaml_has_no_yes_no_booleans():
 
 
 def test_opts_flag_repeats_and_lists():
-    """--opts a=1 --opts b=2 keeps both (README and DeepSpec's train.sh repeat the flag)."""
+    """--opts a=1 --opts b=2 keeps both (docs/configs.md and DeepSpec's train.sh repeat the flag)."""
     import argparse
 
     from deepspec.run_config import add_opts_argument

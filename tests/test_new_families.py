@@ -184,7 +184,7 @@ def test_qwen3_5_9b_configs_build_a_qwen3_draft_of_the_targets_sizes(algo):
     assert (draft.model_type, draft.hidden_size, draft.intermediate_size, draft.head_dim) == ("qwen3", 4096, 12288, 256)
     assert (draft.num_attention_heads, draft.num_key_value_heads, draft.vocab_size) == (16, 4, 248320)
     assert draft.rope_parameters == {"rope_type": "default", "rope_theta": 1e7}  # whole-head rope, no mrope
-    # Any layer type is captured (README): layers 1, 8, 22 and 29 are Gated DeltaNet layers.
+    # Any layer type is captured (docs/targets.md): layers 1, 8, 22 and 29 are Gated DeltaNet layers.
     assert draft.target_layer_ids == ([1, 15, 29] if algo == "eagle3" else [1, 8, 15, 22, 29])
     if algo != "eagle3":
         assert draft.mask_token_id == 248319 and cfg.data.chat_template == "qwen3_5"

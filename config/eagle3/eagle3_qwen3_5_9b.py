@@ -2,7 +2,7 @@
 
 Target layer ids: Qwen3.5-9B, 32 layers (Gated DeltaNet, with full attention at 3, 7, ..., 31). Capture
 after any layer, whatever its type: the spread rule (5 ids from 1 to L-3 = 29) gives [1, 8, 15, 22, 29]
-(README "Qwen3.5 targets" says why not full-attention layers only).
+(docs/targets.md, "Qwen3.5 targets", says why not full-attention layers only).
 The draft is Qwen3-style dense full attention with the target's sizes; the target's partial rotary factor
 is not carried over (Qwen3 layers rotate the whole head).
 Paper settings come from deepspec/recipes.py; override anything with --opts.

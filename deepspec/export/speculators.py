@@ -29,7 +29,7 @@ How our layout maps, and why each rule:
 - A reduced draft vocabulary (``draft_vocab_size`` < the target's, with ``d2t`` / ``t2d``) has no
   equivalent in our drafts: refused.
 
-What engines do with it (README "Serve your draft"): vLLM maps a ``dspark`` folder to its
+What engines do with it (docs/serving.md): vLLM maps a ``dspark`` folder to its
 ``Qwen3DSparkModel`` (Qwen 3 only) and an ``eagle3`` folder to ``Eagle3Qwen3ForCausalLM`` /
 ``Eagle3LlamaForCausalLM``; its ``dflash`` method refuses ``sample_from_anchor``.
 :func:`deepspec.export.vllm_layout.vllm_caveat` says which exports vLLM cannot serve from this format.

@@ -4,7 +4,7 @@
 Tokenizes every conversation with the target's chat template (loss mask = the
 assistant's tokens plus its end-of-turn token), runs one target forward per
 batch capturing `model.target_layer_ids` and the post-norm last hidden state,
-and writes the sharded cache described in DESIGN.md. Prints the estimated size
+and writes the sharded cache described in docs/data.md. Prints the estimated size
 first and refuses when the disk lacks room. Interrupted builds resume when the
 same command is re-run. A folder already holding a cache (or a partial build) of
 another target, layer set, max length, data file or setting is refused with what
