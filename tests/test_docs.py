@@ -47,9 +47,7 @@ DEFAULT_CONFIG = "config/dspark/dspark_tiny.py"
 # Names the docs set before a shell script that the script does not read yet: the lowercase spellings that
 # scripts/data/prepare_data.sh is about to accept (today it reads MODEL, CONFIG, ...). Empty it once the
 # scripts read them; test_pending_shell_names_are_still_pending says when an entry has become stale.
-PENDING_SHELL_NAMES: dict[str, set[str]] = {
-    "scripts/data/prepare_data.sh": {"model", "config", "sample_size", "data_dir", "cache_dir"},
-}
+PENDING_SHELL_NAMES: dict[str, set[str]] = {}
 
 # A shell script's flags: its own `case` patterns, plus those of the Python tool it hands the rest to
 # (None: the rest goes to a tool that is not ours, e.g. pytest, and is not checked).
@@ -61,7 +59,14 @@ SHELL_FORWARDS: dict[str, str | None] = {
     "scripts/test.sh": None,
 }
 # What a shell script does with a bare name=value argument: config overrides, or --name value.
-SHELL_KEY_VALUES = {"scripts/train/train.sh": "opts", "scripts/eval/eval.sh": "flags"}
+# What a bare name=value after a shell script is, besides one of the script's own variables: a config
+# override (opts), a flag of the tool it runs, spelled with '_' or '-' (flags), or nothing else (vars).
+SHELL_KEY_VALUES = {
+    "scripts/train/train.sh": "opts",
+    "scripts/eval/eval.sh": "flags",
+    "scripts/data/prepare_data.sh": "vars",
+    "scripts/quickstart.sh": "vars",
+}
 
 # Flags of programs that are not ours, named in prose next to ours: vLLM, torchrun, pip.
 FOREIGN_FLAGS = {"--speculative-config", "--nnodes", "--nproc-per-node", "--no-deps"}
@@ -232,8 +237,8 @@ def _shell_source(script: str) -> str:
 def _case_flags(script: str) -> set[str]:
     text = (ROOT / script).read_text(encoding="utf-8")
     flags = set()
-    for pattern in re.findall(r"^\s*\(?((?:-{1,2}[\w-]+\|?)+)\)", text, re.M):
-        flags.update(f for f in pattern.split("|") if f.startswith("--"))
+    for pattern in re.findall(r"^\s*\(?((?:-{1,2}[\w-]+\s*\|?\s*)+)\)", text, re.M):
+        flags.update(f.strip() for f in pattern.split("|") if f.strip().startswith("--"))
     flags.update(re.findall(r'=\s*"(--[\w-]+)"', text))  # [ "$1" = "--help" ]
     return flags
 
@@ -362,10 +367,16 @@ def check_command(cmd: Command, tools: Tools) -> list[str]:
             previous = rest[position - 1] if position else ""
             if previous.startswith("--"):
                 continue  # the value of a flag, e.g. --tasks a=b
-            name, tool = token.split("=", 1)[0], SHELL_FORWARDS[script]
+            name, tool = token.split("=", 1)[0], SHELL_FORWARDS.get(script)
+            if "." not in name and shell_reads(script, name):
+                continue  # the script's own variable (train.sh config_path=..., prepare_data.sh model_path=...)
             if mode == "opts":
                 problems += _check_key(cmd, token, config)
-            elif f"--{name}" not in tools.flags.get(tool, frozenset()):
+            elif mode == "vars":
+                problems.append(cmd.fail(f"{script} does not read the variable {name}"))
+            elif not {f"--{name}", f"--{name.replace('_', '-')}", f"--{name.replace('-', '_')}"} & tools.flags.get(
+                tool, frozenset()
+            ):
                 problems.append(cmd.fail(f"{script}: {name}=... is not a flag of {tool}"))
     return problems
 
