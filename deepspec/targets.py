@@ -7,8 +7,7 @@ A family (:class:`TargetFamily`) says where those pieces live inside the
 transformers model, which small quirks apply (Gemma's logit soft-capping, the
 multimodal wrapper around Gemma 4's text model), its chat facts (end-of-turn
 marker, mask token), its transformers classes and whose layers its drafts use.
-Adding a family is adding one entry to ``FAMILIES`` (and its tiny sizes to
-``deepspec.tiny_models.TINY_ARCHITECTURES``, which builds tiny models from these classes).
+Adding a family is adding one entry to ``FAMILIES`` (and its tiny sizes to ``deepspec.tiny_models``).
 
 Layer ids: ``i`` is the output of decoder layer ``i`` (0-based), ``-1`` the
 embedding output; equal to ``output_hidden_states[i + 1]`` of transformers.
@@ -58,12 +57,10 @@ class TargetFamily:
     chat_template: str  # the value of data.chat_template for this family's targets
     mask_token_id: int | None  # the parallel drafters' mask token (a token id that never occurs in text)
     text_model: Callable[[nn.Module], nn.Module]
-    # The transformers classes (names in the ``transformers`` namespace) of a text-only checkpoint: its decoder
-    # config and causal LM.
+    # transformers class names: the decoder's config and causal LM, and for families released as multimodal
+    # checkpoints the *ForConditionalGeneration wrapper and its config (the decoder's under ``text_config``).
     config_class: str
     causal_lm_class: str
-    # Families released as multimodal checkpoints: the *ForConditionalGeneration wrapper and its config, which
-    # keeps the decoder's under ``text_config`` (empty: text-only family).
     multimodal_config_class: str = ""
     multimodal_class: str = ""
     # Chat end-of-turn markers: the first closes an assistant turn (in the loss mask; none: the tokenizer's

@@ -12,6 +12,7 @@ Importing this module needs neither torch nor transformers; the functions import
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -146,7 +147,8 @@ def make_model_config(*, family: str = "qwen3", variant: str | None = None, mult
 
     target_family, arch = _tiny(family, variant)
     merged = {**MODEL_CONFIG, **arch.extra, **arch.variants.get(variant, {}), **overrides}
-    kwargs = {k: v(merged) if callable(v) else v for k, v in merged.items() if k not in arch.absent}
+    # Copies: a config keeps (and may change) the dicts it is given, such as rope_parameters.
+    kwargs = {k: copy.deepcopy(v(merged) if callable(v) else v) for k, v in merged.items() if k not in arch.absent}
     config = getattr(transformers, target_family.config_class)(**kwargs)
     config.architectures = [target_family.causal_lm_class]
     if not multimodal:

@@ -148,6 +148,8 @@ def test_the_default_is_the_shipped_target_and_variants_switch_the_architecture(
     assert k_eq_v.model.layers[0].self_attn.v_proj is not None  # sliding layers keep their values
     rope = make_model_config(family="llama3", variant="rope_scaling").rope_parameters
     assert (rope["rope_type"], rope["factor"], rope["original_max_position_embeddings"]) == ("llama3", 8.0, 16)
+    rope["factor"] = 1.0  # a config's dicts are its own: the table it came from is untouched
+    assert make_model_config(family="llama3", variant="rope_scaling").rope_parameters["factor"] == 8.0
     assert make_model_config(family="llama3").rope_parameters == tt.MODEL_CONFIG["rope_parameters"]
 
 
