@@ -6,8 +6,8 @@ hidden state in one forward, and hand out the frozen embedding and LM head.
 A family (:class:`TargetFamily`) says where those pieces live inside the
 transformers model, which small quirks apply (Gemma's logit soft-capping, the
 multimodal wrapper around Gemma 4's text model), its chat facts (end-of-turn
-marker, mask token) and whose layers its drafts use. Adding a family is adding
-one entry to ``FAMILIES``.
+marker, mask token), its transformers classes and whose layers its drafts use.
+Adding a family is adding one entry to ``FAMILIES`` (and its tiny sizes to ``deepspec.tiny_models``).
 
 Layer ids: ``i`` is the output of decoder layer ``i`` (0-based), ``-1`` the
 embedding output; equal to ``output_hidden_states[i + 1]`` of transformers.
@@ -52,6 +52,12 @@ class TargetFamily:
     chat_template: str  # the value of data.chat_template for this family's targets
     mask_token_id: int | None  # the parallel drafters' mask token (a token id that never occurs in text)
     text_model: Callable[[nn.Module], nn.Module]
+    # transformers class names: the decoder's config and causal LM, and for families released as multimodal
+    # checkpoints the *ForConditionalGeneration wrapper and its config (the decoder's under ``text_config``).
+    config_class: str
+    causal_lm_class: str
+    multimodal_config_class: str = ""
+    multimodal_class: str = ""
     # Chat end-of-turn markers: the first closes an assistant turn (in the loss mask; none: the tokenizer's
     # eos_token); any of them stops generation.
     end_of_turn: tuple[str, ...] = ()
@@ -124,6 +130,8 @@ FAMILIES = (
         chat_template="qwen3",
         mask_token_id=151669,  # first unused row after Qwen3's 151,669 tokenizer entries
         text_model=_text_model_plain,
+        config_class="Qwen3Config",
+        causal_lm_class="Qwen3ForCausalLM",
         end_of_turn=("<|im_end|>",),
         block_module_name="transformers.models.qwen3.modeling_qwen3",
         block_class_names=dict(
@@ -140,6 +148,10 @@ FAMILIES = (
         chat_template="gemma4",
         mask_token_id=4,  # Gemma's reserved <mask> token
         text_model=_text_model_multimodal,
+        config_class="Gemma4TextConfig",
+        causal_lm_class="Gemma4ForCausalLM",
+        multimodal_config_class="Gemma4Config",
+        multimodal_class="Gemma4ForConditionalGeneration",
         end_of_turn=("<turn|>", "<end_of_turn>"),
         block_module_name="transformers.models.gemma4.modeling_gemma4",
         block_class_names=dict(
@@ -163,6 +175,8 @@ FAMILIES = (
         chat_template="llama3",
         mask_token_id=128002,  # <|reserved_special_token_0|>: reserved, never in text
         text_model=_text_model_plain,
+        config_class="LlamaConfig",
+        causal_lm_class="LlamaForCausalLM",
         end_of_turn=("<|eot_id|>",),
         draft_family="qwen3",  # Llama has no q/k norms; the draft is a Qwen3-style layer of Llama's sizes
     ),
@@ -172,15 +186,29 @@ FAMILIES = (
         chat_template="qwen3",  # Qwen3's tokenizer and template
         mask_token_id=151669,
         text_model=_text_model_plain,
+        config_class="Qwen3MoeConfig",
+        causal_lm_class="Qwen3MoeForCausalLM",
         end_of_turn=("<|im_end|>",),
         draft_family="qwen3",  # a dense draft: Qwen3 layers with the target's dense intermediate_size
     ),
     # Qwen3.5: Gated DeltaNet (linear attention) layers with a full-attention layer every 4th. The draft is a
     # dense full-attention Qwen3 layer of the target's sizes (vLLM serves it as Qwen3DSparkModel).
-    TargetFamily(name="qwen3_5", model_types=("qwen3_5", "qwen3_5_text"), **_QWEN3_5),
+    TargetFamily(
+        name="qwen3_5",
+        model_types=("qwen3_5", "qwen3_5_text"),
+        config_class="Qwen3_5TextConfig",
+        causal_lm_class="Qwen3_5ForCausalLM",
+        multimodal_config_class="Qwen3_5Config",
+        multimodal_class="Qwen3_5ForConditionalGeneration",
+        **_QWEN3_5,
+    ),
     TargetFamily(
         name="qwen3_5_moe",
         model_types=("qwen3_5_moe", "qwen3_5_moe_text"),
+        config_class="Qwen3_5MoeTextConfig",
+        causal_lm_class="Qwen3_5MoeForCausalLM",
+        multimodal_config_class="Qwen3_5MoeConfig",
+        multimodal_class="Qwen3_5MoeForConditionalGeneration",
         # No dense MLP in the target: the draft's MLP is as wide as the target's active one per token
         # (the routed experts a token uses plus the shared expert).
         draft_intermediate_size=lambda text: (

@@ -3,7 +3,8 @@
 Everything here runs offline on CPU. The result is an ordinary Hugging Face
 folder (``config.json``, ``model.safetensors``, tokenizer files,
 ``generation_config.json``), so every stage loads it exactly like a hub model.
-A marker file written last, atomically, says the folder is complete.
+A marker file written last, atomically, says the folder is complete. The model
+configs of every family come from :mod:`deepspec.tiny_models`.
 """
 
 from __future__ import annotations
@@ -24,20 +25,24 @@ import uuid
 import zlib
 from typing import Callable
 
-from deepspec.errors import DeepSpecError
+from deepspec.tiny_models import (  # noqa: F401 (also this module's public names, as before the factory moved)
+    ENDOFTEXT_ID,
+    IM_END_ID,
+    IM_START_ID,
+    MASK_TOKEN_ID,
+    MODEL_CONFIG,
+    SPECIAL_TOKENS,
+    TINY_ARCHITECTURES,
+    VOCAB_SIZE,
+    TinyTargetError,
+    make_model,
+    make_model_config,
+    model_from_config,
+    seeded_rng,
+)
 
-ENDOFTEXT_ID = 0
-IM_START_ID = 1
-IM_END_ID = 2
-MASK_TOKEN_ID = 3  # for parallel drafters; never occurs in training text
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>")
-VOCAB_SIZE = 4096
 MARKER_NAME = "deepspec_tiny_target.json"
 FORMAT_VERSION = 2  # 2: newlines are their own pre-tokens (see _trained_tokenizer_json)
-
-
-class TinyTargetError(DeepSpecError, ValueError):
-    """The tiny target cannot be built as asked; the message says what to change."""
 
 
 # Qwen-style ChatML; extra kwargs such as ``enable_thinking`` are accepted and ignored.
@@ -53,22 +58,6 @@ CHAT_TEMPLATE = (
 STEPS_PER_MINUTE = 120.0
 TRAIN_THREADS = 2
 
-MODEL_CONFIG = dict(
-    vocab_size=VOCAB_SIZE,
-    hidden_size=192,
-    intermediate_size=576,
-    num_hidden_layers=4,
-    num_attention_heads=3,
-    num_key_value_heads=1,
-    head_dim=64,
-    max_position_embeddings=4096,
-    tie_word_embeddings=True,
-    rms_norm_eps=1e-6,
-    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-    bos_token_id=None,
-    eos_token_id=IM_END_ID,
-    pad_token_id=ENDOFTEXT_ID,
-)
 TRAIN_CONFIG = dict(
     batch_size=16,
     seq_len=256,
@@ -254,43 +243,7 @@ def build_tokenizer(*, root: str | os.PathLike | None = None, vocab_size: int = 
     )
 
 
-# ----------------------------------------------------------------------------- model
-
-# Target families the random tiny target can be built as: (config class, model class, extra config).
-TINY_ARCHITECTURES = {
-    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {}),
-    "llama3": ("LlamaConfig", "LlamaForCausalLM", {}),  # no q/k norms
-    "qwen3_moe": (
-        "Qwen3MoeConfig",
-        "Qwen3MoeForCausalLM",  # a sparse MoE MLP in every layer
-        dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, decoder_sparse_step=1),
-    ),
-    "qwen3_5": (
-        "Qwen3_5TextConfig",
-        "Qwen3_5ForCausalLM",  # Gated DeltaNet layers, full attention every 2nd layer, partial rope
-        dict(
-            full_attention_interval=2,
-            linear_num_key_heads=2,
-            linear_num_value_heads=4,
-            linear_key_head_dim=16,
-            linear_value_head_dim=16,
-            linear_conv_kernel_dim=4,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
-        ),
-    ),
-}
-
-
-def make_model_config(*, family: str = "qwen3", **overrides):
-    """The tiny target's config (``family``: a key of :data:`TINY_ARCHITECTURES`), ``overrides`` applied."""
-    import transformers
-
-    if family not in TINY_ARCHITECTURES:
-        raise TinyTargetError(f"no tiny {family!r} target; choose one of {sorted(TINY_ARCHITECTURES)}")
-    config_class, model_class, extra = TINY_ARCHITECTURES[family]
-    config = getattr(transformers, config_class)(**{**MODEL_CONFIG, **extra, **overrides})
-    config.architectures = [model_class]
-    return config
+# ----------------------------------------------------------------------------- folder (the model: deepspec.tiny_models)
 
 
 def _generation_config():
@@ -298,21 +251,6 @@ def _generation_config():
 
     # Either turn end or document end stops generation; greedy by default.
     return GenerationConfig(eos_token_id=[IM_END_ID, ENDOFTEXT_ID], pad_token_id=ENDOFTEXT_ID, do_sample=False)
-
-
-@contextlib.contextmanager
-def _seeded_threads(seed: int, threads: int | None):
-    import torch
-
-    prev = torch.get_num_threads()
-    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state untouched
-        torch.manual_seed(seed)
-        if threads:
-            torch.set_num_threads(threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(prev)
 
 
 def _save_folder(model, tokenizer, folder: pathlib.Path) -> None:
@@ -380,19 +318,16 @@ def build_random_tiny_target(
 ) -> pathlib.Path:
     """Save an untrained (random) tiny target with the real tokenizer, in seconds.
 
-    ``family``: qwen3 (default), llama3, qwen3_moe or qwen3_5 (:data:`TINY_ARCHITECTURES`); ``config_overrides`` go
-    to its config class (e.g. ``num_hidden_layers=2``).
+    ``family``: a name in :data:`deepspec.targets.FAMILIES` (qwen3 by default); ``config_overrides`` go to its
+    tiny config (:func:`deepspec.tiny_models.make_model_config`; e.g. ``num_hidden_layers=2``).
     """
     import torch
-    import transformers
 
     out = pathlib.Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER_NAME).unlink(missing_ok=True)
     tokenizer = build_tokenizer()
-    config = make_model_config(family=family, **config_overrides)
-    with _seeded_threads(seed, None):
-        model = getattr(transformers, config.architectures[0])(config).to(torch.float32)
+    model = make_model(family=family, seed=seed, dtype=torch.float32, **config_overrides)
     _save_folder(model, tokenizer, out)
     _write_marker(
         out,
@@ -479,7 +414,6 @@ def _train(
     *, folder: pathlib.Path, steps: int, seed: int, log: Log | None, family: str, config_overrides: dict
 ) -> dict:
     import torch
-    import transformers
     from tqdm.auto import tqdm
 
     cfg = TRAIN_CONFIG
@@ -501,9 +435,8 @@ def _train(
         f"{steps * cfg['batch_size'] * cfg['seq_len'] / 1e6:.2f}M tokens"
     )
 
-    with _seeded_threads(seed, TRAIN_THREADS):
-        config = make_model_config(family=family, **config_overrides)
-        model = getattr(transformers, config.architectures[0])(config).to(torch.float32)
+    with seeded_rng(seed, TRAIN_THREADS):
+        model = make_model(family=family, seed=seed, dtype=torch.float32, **config_overrides)
         n_params = sum(p.numel() for p in model.parameters())
         decay = [p for p in model.parameters() if p.ndim >= 2]
         no_decay = [p for p in model.parameters() if p.ndim < 2]  # norms

@@ -1,4 +1,12 @@
-"""Fixtures shared by several test files (plain helpers live in tests/tinyrun.py)."""
+"""Fixtures shared by several test files.
+
+Plain helpers live in helper modules, never in a test module (no test_*.py imports another): shared_targets
+(the tiny targets several files share, from deepspec.tiny_models), references (the independent references the
+tests compare against), tinyrun (a random tiny target with conversations and a cache), badinput (running entry
+points and checking refusals), vllm_env / vllm_probe / speculators_probe (the vLLM environment). Tests import
+them by bare module name (``from shared_targets import ...``): pytest puts tests/ on sys.path, and a subprocess
+does the same with ``sys.path.insert(0, "tests")``.
+"""
 
 import pytest
 

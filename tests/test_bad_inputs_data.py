@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.badinput import fingerprint, refused, run_entry
+from badinput import fingerprint, refused, run_entry
 
 GEN = "scripts/data/generate_train_data.py"
 SPLIT = "scripts/data/download_and_split.py"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.badinput import fingerprint, refused, run_entry
+from badinput import fingerprint, refused, run_entry
 from deepspec.launch import LAUNCH_ENV_VARS
 from deepspec.cli import nonnegative_float, nonnegative_int, positive_float, positive_int, probability
 from deepspec.decoding.confidence import CalibrationError, read_calibration_file
@@ -320,7 +320,7 @@ def trained(tmp_path_factory):
     """A tiny target, a 16-sample cache and a 2-step run with checkpoints step_1 and step_2."""
     import importlib.util
 
-    from tests.badinput import ROOT
+    from badinput import ROOT
     from deepspec.run_config import load_config
     from deepspec.cache.build import build_target_cache
     from deepspec.tiny_target import build_random_tiny_target

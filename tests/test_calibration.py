@@ -30,7 +30,13 @@ from deepspec.eval.calibration import (
     split_rounds,
     survival_labels,
 )
-from deepspec.eval.plots import plot_reliability
+from deepspec.eval.plots import (
+    plot_reliability,
+    plot_threshold_sweep,
+    reliability_before_after_figure,
+    reliability_figure,
+    threshold_sweep_figure,
+)
 from deepspec.eval.threshold import replay_threshold, sweep_thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,6 +241,61 @@ def test_plot_reliability_writes_png(tmp_path):
         prefix_survival(apply_temperatures(z, [1.0, 1.0])), survival_labels(acc, 2), path=tmp_path / "r.png", title="t"
     )
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reliability_diagram_shows_each_positions_bins_and_ece():
+    # Bins of width 0.1. k=1: bin 0 holds 0.05 (not survived), bin 1 0.15 and 0.15 (one survived), bin 9 0.95
+    # (survived): ECE = 1/4 * 0.05 + 2/4 * 0.35 + 1/4 * 0.05 = 0.2. k=2: bin 0 holds 0.02, bin 1 0.12 and 0.12,
+    # bin 5 0.58 (the only survivor): ECE = 1/4 * 0.02 + 2/4 * 0.12 + 1/4 * 0.42 = 0.17.
+    pred = np.array([[0.05, 0.02], [0.15, 0.12], [0.15, 0.12], [0.95, 0.58]])
+    label = np.array([[0, 0], [1, 0], [0, 0], [1, 1]], dtype=bool)
+    [ax] = reliability_figure(pred, label, title="t").axes
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == (
+        "predicted prefix survival a_k",
+        "empirical survival",
+        "t",
+    )
+    assert ax.get_xlim() == ax.get_ylim() == (0.0, 1.0)
+    diagonal, k1, k2 = ax.lines
+    assert diagonal.get_label() == "perfect" and list(diagonal.get_xdata()) == list(diagonal.get_ydata()) == [0, 1]
+    assert (k1.get_label(), k2.get_label()) == ("k=1 ECE 20.0%", "k=2 ECE 17.0%")
+    np.testing.assert_allclose(k1.get_xdata(), [0.05, 0.15, 0.95])
+    np.testing.assert_allclose(k1.get_ydata(), [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(k2.get_xdata(), [0.02, 0.12, 0.58])
+    np.testing.assert_allclose(k2.get_ydata(), [0.0, 0.0, 1.0])
+    # Before / after: the same labels against each prediction; everything at 0.5 after is one bin per position.
+    before, after = reliability_before_after_figure(pred, np.full_like(pred, 0.5), label, title="t").axes
+    assert (before.get_title(), after.get_title()) == ("t: before", "t: after STS")
+    assert [line.get_label() for line in before.lines] == [line.get_label() for line in ax.lines]
+    assert [line.get_label() for line in after.lines] == ["perfect", "k=1 ECE 0.0%", "k=2 ECE 25.0%"]
+    assert [list(line.get_ydata()) for line in after.lines[1:]] == [[0.5], [0.25]]
+
+
+def test_threshold_sweep_plot_shows_accepted_and_rejected_per_threshold(tmp_path):
+    results = [
+        {"threshold": 0.0, "avg_accepted": 2.5, "avg_rejected": 1.5, "rule": "per-slot"},
+        {"threshold": 0.25, "avg_accepted": 2.0, "avg_rejected": 0.75, "rule": "per-slot"},
+        {"threshold": 0.5, "avg_accepted": 1.25, "avg_rejected": 0.25, "rule": "per-slot"},
+    ]
+    [ax] = threshold_sweep_figure(results, title="sweep").axes
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == (
+        "confidence threshold on per-slot confidence c_k",
+        "draft tokens per step",
+        "sweep",
+    )
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.25", "0.5"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["accepted / step", "rejected / step"]
+    accepted, rejected = ax.containers
+    assert [b.get_height() for b in accepted] == [2.5, 2.0, 1.25]
+    assert [b.get_height() for b in rejected] == [1.5, 0.75, 0.25]
+    assert [b.get_x() + b.get_width() / 2 for b in accepted] == pytest.approx([-0.2, 0.8, 1.8])
+    assert [b.get_x() + b.get_width() / 2 for b in rejected] == pytest.approx([0.2, 1.2, 2.2])
+    cumulative = [dict(r, rule="cumulative") for r in results]
+    assert threshold_sweep_figure(cumulative, title="s").axes[0].get_xlabel() == (
+        "confidence threshold on prefix survival a_k"
+    )
+    plot_threshold_sweep(results, path=tmp_path / "sweep.png", title="sweep")
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
 # ----------------------------------------------------------------------------- threshold replay

@@ -8,225 +8,27 @@
     same draft distributions as the training forward over the committed prefix.
 """
 
-import math
-
 import pytest
 import torch
-from transformers import (
-    Gemma4ForCausalLM,
-    Gemma4TextConfig,
-    LlamaForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-    Qwen3MoeForCausalLM,
-    Qwen3_5ForCausalLM,
-    Qwen3_5MoeForCausalLM,
-)
 
-from tinyrun import llama3_config, qwen3_5_config, qwen3_5_moe_config, qwen3_moe_config
 from deepspec.decoding.engine import speculative_generate, target_generate
 from deepspec.decoding.scheduler import CostTable, CumulativeThreshold, PerSlotThreshold, PrefixScheduler
 from deepspec.algorithms import build_proposer
 from deepspec.decoding.proposers import TargetSelfProposer
 from deepspec.decoding.target_runner import TargetRunner
 from deepspec.decoding.verify import Verdict, verify_block
-from deepspec.models import build_draft, draft_config_from_target
-from deepspec.targets import Target
-
-ALGOS = {
-    "dspark": dict(markov_rank=8, confidence_head_alpha=1.0, confidence_head_with_markov=True),
-    "dspark_rnn": dict(algorithm="dspark", markov_rank=8, markov_head_type="rnn", confidence_head_alpha=1.0),
-    "dflash": dict(),
-    "eagle3": dict(),
-}
-
-
-def qwen3_target(vocab: int, *, sharpen: float = 30.0, seed: int = 0) -> Target:
-    torch.manual_seed(seed)
-    cfg = Qwen3Config(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    cfg._attn_implementation = "eager"
-    model = Qwen3ForCausalLM(cfg).double().eval()
-    with torch.no_grad():  # random init is near-uniform; sharpen so drafts and target really differ
-        model.lm_head.weight.mul_(sharpen)
-    return Target(model)
-
-
-def gemma4_target(vocab: int) -> Target:
-    torch.manual_seed(0)
-    cfg = Gemma4TextConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        global_head_dim=16,
-        hidden_size_per_layer_input=8,
-        vocab_size_per_layer_input=vocab,
-        sliding_window=6,
-        final_logit_softcapping=30.0,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-    )
-    cfg._attn_implementation = "eager"
-    return Target(Gemma4ForCausalLM(cfg).double().eval())
-
-
-def llama3_target(vocab: int) -> Target:
-    """No q/k norms; the draft is a Qwen3-style layer of the target's sizes (TargetFamily.draft_family)."""
-    torch.manual_seed(0)
-    cfg = llama3_config(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    cfg._attn_implementation = "eager"
-    model = LlamaForCausalLM(cfg).double().eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(30.0)
-    return Target(model)
-
-
-def qwen3_moe_target(vocab: int) -> Target:
-    """A sparse MoE target, a dense draft."""
-    torch.manual_seed(0)
-    cfg = qwen3_moe_config(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        moe_intermediate_size=16,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    cfg._attn_implementation = "eager"
-    cfg._experts_implementation = "eager"  # the grouped GEMM kernel has no float64
-    model = Qwen3MoeForCausalLM(cfg).double().eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(30.0)
-    return Target(model)
-
-
-def qwen3_5_target(vocab: int, *, sharpen: float = 30.0) -> Target:
-    """Gated DeltaNet layers (a recurrent state, rolled back per row) between full-attention layers."""
-    torch.manual_seed(0)
-    cfg = qwen3_5_config(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    cfg._attn_implementation = "eager"
-    model = Qwen3_5ForCausalLM(cfg).double().eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(sharpen)
-    return Target(model)
-
-
-def qwen3_5_moe_target(vocab: int) -> Target:
-    """The hybrid stack with sparse MoE MLPs; the draft is dense (MLP width = the active experts')."""
-    torch.manual_seed(0)
-    cfg = qwen3_5_moe_config(
-        vocab_size=vocab,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    cfg._attn_implementation = "eager"
-    cfg._experts_implementation = "eager"  # the grouped GEMM kernel has no float64
-    model = Qwen3_5MoeForCausalLM(cfg).double().eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(30.0)
-    return Target(model)
-
-
-TARGETS = {
-    "qwen3": lambda v: qwen3_target(v),
-    "gemma4": gemma4_target,
-    "llama3": llama3_target,
-    "qwen3_moe": qwen3_moe_target,
-    "qwen3_5": qwen3_5_target,
-    "qwen3_5_moe": qwen3_5_moe_target,
-}
-
-
-def make_draft(target: Target, algo: str, *, gamma: int = 4, seed: int = 1):
-    torch.manual_seed(seed)
-    extra = dict(ALGOS[algo])
-    model_cfg = dict(
-        algorithm=extra.pop("algorithm", algo),
-        num_draft_layers=1 if algo == "eagle3" else 2,
-        target_layer_ids=[0, 1],
-        block_size=gamma,
-        mask_token_id=target.vocab_size - 1,
-        ttt_length=gamma,
-        **extra,
-    )
-    config = draft_config_from_target(target.model.config, model_cfg)
-    draft = build_draft(config).double().eval()
-    draft.load_target_weights(target)
-    if (
-        getattr(draft, "confidence_head", None) is not None
-    ):  # spread confidences so thresholds and schedulers vary lengths
-        with torch.no_grad():
-            draft.confidence_head.proj.weight.mul_(40)
-    return draft
+from references import exact_token_marginals, hf_greedy, tv_bound
+from shared_targets import DECODING_ALGOS, DECODING_FAMILIES, decoding_draft, decoding_target
 
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12], [3] * 11]
 
 
-def hf_greedy(target: Target, prompt, n):
-    out = target.model.generate(
-        torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
-    )
-    return out[0, len(prompt) :].tolist()
-
-
-@pytest.mark.parametrize("family", list(TARGETS))
-@pytest.mark.parametrize("algo", list(ALGOS))
+@pytest.mark.parametrize("family", list(DECODING_FAMILIES))
+@pytest.mark.parametrize("algo", list(DECODING_ALGOS))
 def test_greedy_is_the_targets_greedy_output(family, algo):
-    target = TARGETS[family](48)
-    draft = make_draft(target, algo)
+    target = decoding_target(family, 48)
+    draft = decoding_draft(target, algo)
     runner = TargetRunner(target, layer_ids=draft.config.target_layer_ids)
     reference = [hf_greedy(target, p, 24) for p in PROMPTS]
     assert [
@@ -251,8 +53,8 @@ def test_greedy_is_the_targets_greedy_output(family, algo):
 
 
 def test_stop_tokens_end_each_request_and_batch_keeps_going():
-    target = qwen3_target(48)
-    draft = make_draft(target, "dspark")
+    target = decoding_target("qwen3", 48)
+    draft = decoding_draft(target, "dspark")
     runner = TargetRunner(target, layer_ids=draft.config.target_layer_ids)
     free = target_generate(runner=runner, prompts=PROMPTS, max_new_tokens=16, temperature=0)
     stop = free[0].tokens[5]  # a token the first request emits
@@ -270,7 +72,7 @@ def test_stop_tokens_end_each_request_and_batch_keeps_going():
 
 
 def test_target_drafting_for_itself_accepts_everything():
-    target = qwen3_target(48)
+    target = decoding_target("qwen3", 48)
     runner = TargetRunner(target, layer_ids=[0, 1])
     out = speculative_generate(
         runner=runner,
@@ -284,27 +86,6 @@ def test_target_drafting_for_itself_accepts_everything():
 
 
 # -- (b) sampling distribution ----------------------------------------------------------------
-
-
-def exact_token_marginals(target: Target, prompt, steps: int):
-    """P(token i = v) for i = 1..steps by enumerating every prefix (small vocab)."""
-    V = target.vocab_size
-    prefixes, weights = torch.tensor([prompt]), torch.ones(1, dtype=torch.float64)
-    marginals = []
-    for _ in range(steps):
-        with torch.no_grad():
-            probs = torch.softmax(target.model(input_ids=prefixes).logits[:, -1].double(), -1)
-        joint = weights[:, None] * probs  # [prefixes, V]
-        marginals.append(joint.sum(0))
-        prefixes = torch.cat([prefixes.repeat_interleave(V, 0), torch.arange(V).repeat(len(prefixes))[:, None]], 1)
-        weights = joint.reshape(-1)
-    return marginals
-
-
-def tv_bound(*, outcomes: int, samples: int, delta: float = 1e-4) -> float:
-    # E[TV] <= 1/2 sum_v sqrt(p_v / N) <= 1/2 sqrt(K / N) (Cauchy-Schwarz); TV moves by <= 1/N per
-    # sample, so McDiarmid adds sqrt(ln(1/delta) / 2N) at confidence 1 - delta.
-    return 0.5 * math.sqrt(outcomes / samples) + math.sqrt(math.log(1 / delta) / (2 * samples))
 
 
 def make_policy(name):
@@ -331,8 +112,8 @@ def make_policy(name):
 )
 def test_sampling_matches_the_targets_distribution(algo, policy_name):
     V, steps, N, batch = 12, 3, 3000, 500
-    target = qwen3_target(V, sharpen=8.0)
-    draft = make_draft(target, algo, gamma=3)
+    target = decoding_target("qwen3", V, sharpen=8.0)
+    draft = decoding_draft(target, algo, gamma=3)
     runner = TargetRunner(target, layer_ids=draft.config.target_layer_ids)
     prompt = [2, 3, 4, 5]
     gen = torch.Generator().manual_seed(1234)
@@ -364,8 +145,8 @@ def test_the_distribution_test_has_power():
     # A verifier that always accepts outputs the draft's distribution, which differs from the target's
     # by far more than the bound: the test above would catch it.
     V = 12
-    target = qwen3_target(V, sharpen=8.0)
-    draft = make_draft(target, "dflash", gamma=3)
+    target = decoding_target("qwen3", V, sharpen=8.0)
+    draft = decoding_draft(target, "dflash", gamma=3)
     runner = TargetRunner(target, layer_ids=draft.config.target_layer_ids)
     import deepspec.decoding.engine as engine
 
@@ -453,10 +234,10 @@ def reference_probs(target, draft, seq, prop):
     return torch.softmax(logits[0], -1), (None if conf is None else conf[0])
 
 
-@pytest.mark.parametrize("algo", list(ALGOS))
+@pytest.mark.parametrize("algo", list(DECODING_ALGOS))
 def test_incremental_proposer_matches_training_forward(algo):
-    target = qwen3_target(48, sharpen=3.0)
-    draft = make_draft(target, algo)
+    target = decoding_target("qwen3", 48, sharpen=3.0)
+    draft = decoding_draft(target, algo)
     runner = TargetRunner(target, layer_ids=draft.config.target_layer_ids)
     rec = Recorder(build_proposer(draft))
     speculative_generate(

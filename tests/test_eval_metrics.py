@@ -5,7 +5,14 @@ import json
 import pytest
 
 from deepspec.eval.metrics import MetricsError, macro_average, task_metrics
-from deepspec.eval.plots import plot_conditional_acceptance, plot_conditional_by_algorithm, plot_tau_by_task
+from deepspec.eval.plots import (
+    conditional_acceptance_figure,
+    conditional_by_algorithm_figure,
+    plot_conditional_acceptance,
+    plot_conditional_by_algorithm,
+    plot_tau_by_task,
+    tau_by_task_figure,
+)
 from deepspec.eval.report import comparison_table, format_table, markdown_table, short_name, write_results
 from deepspec.eval.tasks import (
     KNOWN_TASKS,
@@ -238,15 +245,53 @@ def test_write_results_round_trip(tmp_path):
     assert json.loads(path.read_text())["meta"]["gamma"] == 3  # the failed write left the old file
 
 
-def test_plots_and_comparison(tmp_path):
+def _labels(items) -> list[str]:
+    """The text of tick labels and legend entries, the label of lines."""
+    return [item.get_text() if hasattr(item, "get_text") else item.get_label() for item in items]
+
+
+def test_plots_show_the_metrics_and_comparison(tmp_path):
     res, domains = _results()
     by_algo = {"DSpark": res, "DFlash": {"gsm8k": res["gsm8k"]}}
-    plot_conditional_acceptance(res, domains=domains, path=tmp_path / "cond.png", title="t")
+    # Conditional acceptance by position, by hand: gsm8k as in test_task_metrics_hand_computed; humaneval's
+    # rounds accept 3, 2, 1, 3 of 3: slot 1 passes 4/4, slot 2 3/4, slot 3 2/3 (reached by 3 rounds).
+    gsm, code = [3 / 4, 2 / 3, 1.0], [1.0, 3 / 4, 2 / 3]
+    [ax] = conditional_acceptance_figure(res, domains=domains, title="t").axes
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == (
+        "draft position k",
+        "P(accept k | 1..k-1 accepted)",
+        "t",
+    )
+    assert ax.get_ylim() == (0.0, 1.02) and _labels(ax.lines) == ["math", "code"]
+    assert _labels(ax.get_legend().get_texts()) == ["math", "code"]
+    for line, want in zip(ax.lines, (gsm, code)):
+        assert list(line.get_xdata()) == [1, 2, 3] and list(line.get_ydata()) == pytest.approx(want)
+    [ax] = conditional_by_algorithm_figure(by_algo).axes  # macro over each algorithm's tasks
+    assert ax.get_title() == "Conditional acceptance by algorithm" and _labels(ax.lines) == ["DSpark", "DFlash"]
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([(a + b) / 2 for a, b in zip(gsm, code)])
+    assert list(ax.lines[1].get_ydata()) == pytest.approx(gsm)
+    [ax] = tau_by_task_figure(by_algo).axes
+    assert (ax.get_ylabel(), ax.get_title()) == ("accepted length τ", "Accepted length τ by task")
+    assert _labels(ax.get_xticklabels()) == ["gsm8k", "humaneval", "macro-avg"]
+    assert _labels(ax.get_legend().get_texts()) == ["DSpark", "DFlash"]
+    dspark, dflash = ax.containers  # one bar group per algorithm, side by side (width 0.4) around each task
+    assert [b.get_height() for b in dspark] == pytest.approx([2.5, 3.25, 2.875])  # τ, and macro (2.5 + 3.25) / 2
+    assert [b.get_x() + b.get_width() / 2 for b in dspark] == pytest.approx([-0.2, 0.8, 1.8])
+    # DFlash ran no humaneval: no bar there (not a zero bar); its macro is its one task's τ.
+    assert [b.get_height() for b in dflash] == pytest.approx([2.5, 2.5])
+    assert [b.get_x() + b.get_width() / 2 for b in dflash] == pytest.approx([0.2, 2.2])
+    # The PNGs are these figures, written where asked.
+    assert plot_conditional_acceptance(res, domains=domains, path=tmp_path / "cond.png", title="t") is True
     plot_tau_by_task(by_algo, path=tmp_path / "tau.png")
-    plot_conditional_by_algorithm(by_algo, path=tmp_path / "cond_algo.png")
+    assert plot_conditional_by_algorithm(by_algo, path=tmp_path / "cond_algo.png") is True
     for name in ("cond.png", "tau.png", "cond_algo.png"):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    # No position with data (every proposal cut to 0 slots): no figure and no file.
+    cut = {"gsm8k": dict(res["gsm8k"], conditional_accept_rate_by_position=[None] * 3)}
+    assert conditional_acceptance_figure(cut, domains=domains) is None
+    assert plot_conditional_acceptance(cut, domains=domains, path=tmp_path / "none.png") is False
+    assert not (tmp_path / "none.png").exists()
     md = comparison_table(by_algo, domains=domains)
     lines = md.splitlines()
     assert lines[0] == "| algorithm | τ all | τ math | τ code | gsm8k | humaneval |"
@@ -262,3 +307,46 @@ def test_coverage_line():
         "tasks covered (1): gsm8k; not covered, no prompt file: aime25, alpaca "
         "(eval_datasets/README.md says how to fetch them)"
     )
+
+
+def test_ablation_plots_show_the_macro_tau_of_each_evaluated_run(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "eval" / "plot_ablations.py"
+    spec = importlib.util.spec_from_file_location("plot_ablations", path)
+    ablations = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablations)
+    taus = {  # run -> τ of its two tasks; the macro is their mean
+        "dspark_L1": (2.0, 3.0),
+        "dspark": (4.0, 5.0),  # 5 draft layers, and the Markov head's block-7 point
+        "markov_b4": (3.0, 3.5),
+        "dflash": (2.5, 2.5),  # DFlash's block-7 point
+        "dflash_b16": (1.0, 2.0),
+    }
+    for run, (a, b) in taus.items():
+        folder = tmp_path / "eval" / run
+        folder.mkdir(parents=True)
+        tasks = {"gsm8k": {"acceptance_length": a}, "humaneval": {"acceptance_length": b}}
+        (folder / "results.json").write_text(json.dumps({"tasks": tasks}))
+    assert ablations.main(["--out", str(tmp_path)]) == 0
+    missing: list[str] = []
+    depth, blocks = ablations.ablation_series(tmp_path, missing, {})
+    assert "dspark_L2" in missing and "rnn_b4" in missing
+    figs = ablations.figures(depth, blocks)
+    assert list(figs) == ["depth.png", "block_size.png"]
+    for name in figs:  # main wrote the same two figures
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    [ax] = figs["depth.png"].axes
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("draft layers", "macro accepted length τ")
+    assert ax.get_title() == "τ vs draft depth (Fig. 3 analog)" and _labels(ax.lines) == ["DSpark"]
+    assert list(ax.lines[0].get_xdata()) == [1, 5] and list(ax.lines[0].get_ydata()) == pytest.approx([2.5, 4.5])
+    [ax] = figs["block_size.png"].axes
+    assert ax.get_xlabel() == "block size γ" and ax.get_title() == "τ vs block size (Fig. 4 analog)"
+    # The RNN head has no evaluated run: no line (and no legend entry) for it.
+    assert _labels(ax.lines) == _labels(ax.get_legend().get_texts()) == ["Markov (DSpark)", "DFlash (no head)"]
+    markov, dflash = ax.lines
+    assert list(markov.get_xdata()) == [4, 7] and list(markov.get_ydata()) == pytest.approx([3.25, 4.5])
+    assert list(dflash.get_xdata()) == [7, 16] and list(dflash.get_ydata()) == pytest.approx([2.5, 1.5])
+    table = (tmp_path / "ablations.md").read_text()
+    assert "| 1 | 2.500 |" in table and "| 5 | 4.500 |" in table and "| 7 | 4.500 | - | 2.500 |" in table

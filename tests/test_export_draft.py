@@ -3,39 +3,19 @@
 import json
 import os
 import shutil
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from deepspec.models import build_draft, draft_config_from_target
-from deepspec.tiny_target import make_model_config
-from deepspec.training.checkpoint import LATEST_NAME, save_checkpoint
+from deepspec.training.checkpoint import LATEST_NAME
 from badinput import fingerprint, refused, run_entry
+from shared_targets import export_target_config, saved_export_draft
 
 SCRIPT = "scripts/export/export_draft.py"
-TARGET = make_model_config(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=4,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=32,
-)
-BASE = dict(num_draft_layers=1, target_layer_ids=[0, 1, 2], block_size=4, num_anchors=4, mask_token_id=3)
-
-
-def saved_draft(root: Path, **model) -> Path:
-    torch.manual_seed(0)
-    draft = build_draft(draft_config_from_target(TARGET, dict(BASE, **model)))
-    save_checkpoint(
-        root=root, step=1, model=draft, model_state=draft.state_dict(), training_state={"step": 1}, config={}
-    )
-    return root / LATEST_NAME
 
 
 def test_dspark_export_casts_to_bf16_and_keeps_every_tensor(tmp_path):
-    src = saved_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="vanilla")
+    src = saved_export_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="vanilla")
     result = run_entry(SCRIPT, ["--draft", src, "--output", tmp_path / "out", "--dtype", "bf16"])
     assert result.rc == 0, result.output
     before, after = load_file(src / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
@@ -48,16 +28,16 @@ def test_dspark_export_casts_to_bf16_and_keeps_every_tensor(tmp_path):
 
 
 def test_dflash_export_gets_an_all_zero_rank_one_head(tmp_path):
-    src = saved_draft(tmp_path / "run", algorithm="dflash", markov_rank=0)
+    src = saved_export_draft(tmp_path / "run", algorithm="dflash", markov_rank=0)
     assert run_entry(SCRIPT, ["--draft", src, "--output", tmp_path / "out"]).rc == 0
     after = load_file(tmp_path / "out" / "model.safetensors")
     for name in ("markov_head.markov_w1.weight", "markov_head.markov_w2.weight"):
-        assert after[name].shape == (TARGET.vocab_size, 1) and not after[name].any()
+        assert after[name].shape == (export_target_config("qwen3").vocab_size, 1) and not after[name].any()
     assert json.loads((tmp_path / "out" / "config.json").read_text())["markov_rank"] == 1
 
 
 def test_gated_head_is_refused_and_nothing_is_written(tmp_path):
-    src = saved_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="gated")
+    src = saved_export_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="gated")
     before = fingerprint([tmp_path / "run"])
     result = run_entry(SCRIPT, ["--draft", src, "--output", tmp_path / "out"])
     refused(result, "markov_head_type='gated': vLLM implements only the vanilla Markov head", code=2)
@@ -65,7 +45,7 @@ def test_gated_head_is_refused_and_nothing_is_written(tmp_path):
 
 
 def test_non_empty_output_needs_overwrite(tmp_path):
-    src = saved_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="vanilla")
+    src = saved_export_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="vanilla")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     refused(run_entry(SCRIPT, ["--draft", src, "--output", tmp_path / "out"]), "exists and is not empty", code=2)
@@ -73,7 +53,7 @@ def test_non_empty_output_needs_overwrite(tmp_path):
 
 
 def test_overwrite_never_deletes_the_draft_or_files_it_did_not_write(tmp_path):
-    src = saved_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="vanilla")
+    src = saved_export_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="vanilla")
     before = fingerprint([tmp_path / "run"])
     # The checkpoint root holds the draft being read (step_latest -> step_1): --overwrite must not replace it.
     refused(
@@ -109,7 +89,7 @@ def test_overwrite_never_deletes_the_draft_or_files_it_did_not_write(tmp_path):
 
 
 def test_verifier_and_target_paths_that_are_not_there_are_refused(tmp_path):
-    src = saved_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="vanilla")
+    src = saved_export_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="vanilla")
     for flag in ("--verifier", "--target"):
         refused(
             run_entry(SCRIPT, ["--draft", src, "--format", "speculators", "--output", tmp_path / "o", flag, "./gone"]),
@@ -122,7 +102,7 @@ def test_verifier_and_target_paths_that_are_not_there_are_refused(tmp_path):
 def test_step_latest_that_is_a_real_folder_is_moved_aside_and_a_dangling_one_is_named(tmp_path, capsys):
     from deepspec.training.checkpoint import latest_checkpoint, point_latest
 
-    src = saved_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="vanilla")
+    src = saved_export_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="vanilla")
     root = tmp_path / "run"
     # As `scp -r` leaves it: step_latest is a folder holding a copy of the draft.
     os.unlink(src)
@@ -147,7 +127,7 @@ def test_a_write_past_the_file_size_limit_is_one_line_and_leaves_nothing(tmp_pat
 
     from badinput import ROOT
 
-    src = saved_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="vanilla")
+    src = saved_export_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="vanilla")
     before = fingerprint([tmp_path / "run"])
     cmd = f"ulimit -f 64; exec {sys.executable} {ROOT / SCRIPT} --draft {src} --output {tmp_path / 'out'}"
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -157,8 +137,9 @@ def test_a_write_past_the_file_size_limit_is_one_line_and_leaves_nothing(tmp_pat
     assert fingerprint([tmp_path / "run"]) == before
     # The checkpoint writer: the step is not left behind as a folder a resume would take.
     code = (
-        "import sys; sys.path.insert(0, 'tests'); from pathlib import Path; import test_export_draft as t; "
-        f"t.saved_draft(Path({str(tmp_path / 'run2')!r}), algorithm='dspark', markov_rank=8, "
+        "import sys; sys.path.insert(0, 'tests'); from pathlib import Path; "
+        "from shared_targets import saved_export_draft; "
+        f"saved_export_draft(Path({str(tmp_path / 'run2')!r}), algorithm='dspark', markov_rank=8, "
         "markov_head_type='vanilla')"
     )
     proc = subprocess.run(

@@ -5,26 +5,10 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from deepspec.targets import TargetError, family_of, load_target_config
 from deepspec.target_files import load_frozen_target_pieces
-from test_targets import VOCAB, tiny_gemma4, tiny_gemma4_multimodal, tiny_qwen3
-
-
-def tiny_qwen3_untied() -> Qwen3ForCausalLM:
-    torch.manual_seed(0)
-    cfg = Qwen3Config(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=5,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        tie_word_embeddings=False,
-    )
-    return Qwen3ForCausalLM(cfg).eval()
+from deepspec.targets import TargetError, family_of, load_target_config
+from shared_targets import CAPTURE_VOCAB as VOCAB, capture_model
 
 
 def check_pieces(model, folder, *, tied: bool):
@@ -36,19 +20,19 @@ def check_pieces(model, folder, *, tied: bool):
 
 
 @pytest.mark.parametrize(
-    "make, tied",
-    [(tiny_qwen3, True), (tiny_qwen3_untied, False), (tiny_gemma4, True), (tiny_gemma4_multimodal, True)],
+    "name, tied",
+    [("qwen3", True), ("qwen3_untied", False), ("gemma4_text", True), ("gemma4_multimodal", True)],
     ids=["qwen3_tied", "qwen3_untied", "gemma4_text", "gemma4_multimodal"],
 )
-def test_pieces_equal_the_loaded_model(tmp_path, make, tied):
-    model = make()
+def test_pieces_equal_the_loaded_model(tmp_path, name, tied):
+    model = capture_model(name)
     model.save_pretrained(tmp_path / "t")
     check_pieces(model, tmp_path / "t", tied=tied)
 
 
-@pytest.mark.parametrize("make, tied", [(tiny_qwen3, True), (tiny_qwen3_untied, False)], ids=["tied", "untied"])
-def test_pieces_from_a_sharded_save(tmp_path, make, tied):
-    model = make()
+@pytest.mark.parametrize("name, tied", [("qwen3", True), ("qwen3_untied", False)], ids=["tied", "untied"])
+def test_pieces_from_a_sharded_save(tmp_path, name, tied):
+    model = capture_model(name)
     model.save_pretrained(tmp_path / "t", max_shard_size="50KB")
     index = json.loads((tmp_path / "t" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1  # really sharded
@@ -57,7 +41,7 @@ def test_pieces_from_a_sharded_save(tmp_path, make, tied):
 
 
 def test_explicit_config_and_family(tmp_path):
-    model = tiny_gemma4_multimodal()
+    model = capture_model("gemma4_multimodal")
     model.save_pretrained(tmp_path / "t")
     config = load_target_config(str(tmp_path / "t"))
     embed, lm_head = load_frozen_target_pieces(str(tmp_path / "t"), family=family_of(config), config=config)
@@ -66,7 +50,7 @@ def test_explicit_config_and_family(tmp_path):
 
 
 def test_missing_embedding_lists_the_keys_found(tmp_path):
-    model = tiny_qwen3_untied()
+    model = capture_model("qwen3_untied")
     model.save_pretrained(tmp_path / "t")
     (tmp_path / "t" / "model.safetensors").unlink()
     save_file({"foo.weight": torch.zeros(2, 2), "bar.bias": torch.zeros(2)}, str(tmp_path / "t" / "model.safetensors"))
@@ -83,6 +67,6 @@ def test_missing_embedding_lists_the_keys_found(tmp_path):
 
 
 def test_no_safetensors_files(tmp_path):
-    tiny_qwen3().config.save_pretrained(tmp_path / "t")
+    capture_model("qwen3").config.save_pretrained(tmp_path / "t")
     with pytest.raises(TargetError, match="neither model.safetensors nor model.safetensors.index.json"):
         load_frozen_target_pieces(str(tmp_path / "t"))

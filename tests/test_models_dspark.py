@@ -1,78 +1,29 @@
 """DSpark / DFlash drafts: the batched block-sparse pass equals a naive per-block loop, gradients, save/load."""
 
 import json
-import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
-from transformers import Gemma4ForCausalLM, Gemma4TextConfig
 
 from deepspec.models import (
     build_draft,
     draft_config_from_dict,
     draft_config_from_target,
     load_draft,
-    parallel_draft_loss,
-    sample_anchors,
     parallel_draft_metrics,
+    sample_anchors,
 )
 from deepspec.models.dspark import DSparkDraftModel
 from deepspec.targets import Target
-from deepspec.tiny_target import make_model_config
-
-V, H, G, MASK = 96, 32, 4, 3
-LOSS = dict(loss_decay_gamma=4.0, ce_loss_alpha=0.1, l1_loss_alpha=0.9, confidence_head_alpha=1.0)
-
-
-def qwen3_target_config():
-    return make_model_config(
-        vocab_size=V,
-        hidden_size=H,
-        intermediate_size=64,
-        num_hidden_layers=5,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-    )
+from deepspec.tiny_models import model_from_config
+from references import G, H, MASK, V, batched_loss, make_batch, naive_loss
+from shared_targets import draft_math_target_config
 
 
-def gemma4_target_config(k_eq_v=False):
-    # Gemma 4 quirks: scaled embeddings, attention scaling 1.0, v_norm, soft-capped logits, sandwich
-    # norms + layer_scalar, full-attention layers with their own head dim (global_head_dim != head_dim)
-    # and, optionally, k=v attention with its own kv head count on full-attention layers.
-    extra = (
-        dict(attention_k_eq_v=True, num_global_key_value_heads=2, num_key_value_heads=1)
-        if k_eq_v
-        else dict(num_key_value_heads=1)
-    )
-    return Gemma4TextConfig(
-        vocab_size=V,
-        hidden_size=H,
-        intermediate_size=64,
-        num_hidden_layers=6,
-        num_attention_heads=2,
-        head_dim=16,
-        global_head_dim=8,
-        hidden_size_per_layer_input=8,
-        vocab_size_per_layer_input=V,
-        sliding_window=8,
-        final_logit_softcapping=30.0,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-        **extra,
-    )
-
-
-def gemma4_k_eq_v_target_config():
-    return gemma4_target_config(k_eq_v=True)
-
-
-VARIANTS = {  # name -> (target config, cfg.model overrides)
+VARIANTS = {  # name -> (target, cfg.model overrides); targets: shared_targets.DRAFT_MATH_TARGETS
     "dspark_vanilla": (
-        qwen3_target_config,
+        "qwen3",
         dict(
             algorithm="dspark",
             markov_rank=8,
@@ -81,9 +32,9 @@ VARIANTS = {  # name -> (target config, cfg.model overrides)
             confidence_head_with_markov=True,
         ),
     ),
-    "dflash": (qwen3_target_config, dict(algorithm="dflash", markov_rank=0, confidence_head_alpha=0.0)),
+    "dflash": ("qwen3", dict(algorithm="dflash", markov_rank=0, confidence_head_alpha=0.0)),
     "dspark_gated": (
-        qwen3_target_config,
+        "qwen3",
         dict(
             algorithm="dspark",
             markov_rank=8,
@@ -93,7 +44,7 @@ VARIANTS = {  # name -> (target config, cfg.model overrides)
         ),
     ),
     "dspark_rnn_conf_h_only": (
-        qwen3_target_config,
+        "qwen3",
         dict(
             algorithm="dspark",
             markov_rank=8,
@@ -103,7 +54,7 @@ VARIANTS = {  # name -> (target config, cfg.model overrides)
         ),
     ),
     "dspark_rnn": (
-        qwen3_target_config,
+        "qwen3",
         dict(
             algorithm="dspark",
             markov_rank=8,
@@ -113,7 +64,7 @@ VARIANTS = {  # name -> (target config, cfg.model overrides)
         ),
     ),
     "gemma4_dspark": (
-        gemma4_target_config,
+        "gemma4",
         dict(
             algorithm="dspark",
             markov_rank=8,
@@ -123,7 +74,7 @@ VARIANTS = {  # name -> (target config, cfg.model overrides)
         ),
     ),
     "gemma4_k_eq_v_rnn": (
-        gemma4_k_eq_v_target_config,
+        "gemma4_k_eq_v",
         dict(
             algorithm="dspark",
             markov_rank=8,
@@ -136,12 +87,12 @@ VARIANTS = {  # name -> (target config, cfg.model overrides)
 
 
 def make_draft(name, dtype=torch.float64):
-    target_cfg, overrides = VARIANTS[name]
+    target, overrides = VARIANTS[name]
     model_cfg = dict(
         num_draft_layers=2, target_layer_ids=[0, 1, 3], block_size=G, mask_token_id=MASK, num_anchors=6, **overrides
     )
     torch.manual_seed(0)
-    draft = build_draft(draft_config_from_target(target_cfg(), model_cfg)).to(dtype)
+    draft = build_draft(draft_config_from_target(draft_math_target_config(target), model_cfg)).to(dtype)
     with torch.no_grad():  # non-trivial norm weights, so a norm applied in the wrong place shows up
         for name_, p in draft.named_parameters():
             if name_.endswith("norm.weight"):
@@ -150,164 +101,6 @@ def make_draft(name, dtype=torch.float64):
             if name_.endswith("layer_scalar"):
                 b.fill_(0.75)
     return draft
-
-
-def make_batch(dtype=torch.float64, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    B, T = 2, 24
-    ids = torch.randint(4, V, (B, T), generator=g)
-    loss_mask = torch.zeros(B, T, dtype=torch.long)
-    loss_mask[0, 8:] = 1
-    loss_mask[1, 5:14] = 1  # a span that ends mid-sequence: blocks get cut there
-    loss_mask[1, 17:21] = 1
-    hidden = torch.randn(B, T, 3 * H, generator=g, dtype=dtype)
-    last = torch.randn(B, T, H, generator=g, dtype=dtype) * 3
-    anchors, valid = sample_anchors(loss_mask, num_anchors=6, block_size=G, generator=g)
-    return ids, hidden, loss_mask, last, anchors, valid
-
-
-# ----------------------------------------------------------------------------- naive reference
-
-
-def rope(x, cos, sin):  # x [L, heads, d], cos/sin [L, d]
-    half = x.shape[-1] // 2
-    rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos[:, None] + rot * sin[:, None]
-
-
-def naive_block(draft, ctx_states, block_ids, anchor):
-    """One block on its own: keys = [fc-normed context 0..anchor-1 ; block], all visible (no mask needed)."""
-    cfg = draft.config
-    ctx = draft.hidden_norm(draft.fc(ctx_states))  # [anchor, H]
-    x = draft.embed(block_ids)  # [G, H]
-    pos = torch.arange(anchor + G)[None]
-    cos, sin = (
-        draft.rotary_emb(x[None], pos, "full_attention")
-        if "gemma" in cfg.model_type
-        else draft.rotary_emb(x[None], pos)
-    )
-    cos, sin = cos[0], sin[0]
-    gemma = "gemma" in cfg.model_type  # sandwich norms + layer_scalar, as Gemma 4's own decoder layer
-    for layer in draft.layers:
-        attn = layer.self_attn
-        d = attn.head_dim
-        normed = layer.input_layernorm(x)
-        kv_in = torch.cat([ctx, normed])
-        q = rope(attn.q_norm(attn.q_proj(normed).view(G, -1, d)), cos[anchor:], sin[anchor:])
-        k_raw = attn.k_proj(kv_in).view(len(kv_in), -1, d)
-        k = rope(attn.k_norm(k_raw), cos, sin)
-        v = (
-            k_raw
-            if cfg.model_type.startswith("gemma") and cfg.attention_k_eq_v
-            else attn.v_proj(kv_in).view(len(kv_in), -1, d)
-        )
-        if gemma:
-            v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + cfg.rms_norm_eps)  # scale-free v_norm
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        scores = torch.einsum("qhd,khd->hqk", q, k) * (1.0 if gemma else d**-0.5)
-        out = attn.o_proj(torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(G, -1))
-        if gemma:
-            x = x + layer.post_attention_layernorm(out)
-            x = x + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(x)))
-            x = x * layer.layer_scalar
-        else:
-            x = x + out
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-    return draft.norm(x)
-
-
-def capped(cfg, logits):
-    cap = getattr(cfg, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
-
-
-def naive_heads(draft, h, prev):
-    cfg = draft.config
-    logits = capped(cfg, h @ draft.lm_head.weight.T)
-    if cfg.markov_rank:
-        mh, r = draft.markov_head, cfg.markov_rank
-        e = mh.markov_w1.weight[prev]  # e_k = W1[x_{k-1}]
-        if cfg.markov_head_type == "vanilla":
-            bias = e @ mh.markov_w2.weight.T
-        elif cfg.markov_head_type == "gated":
-            z = torch.sigmoid(torch.cat([h, e], -1) @ mh.gate_proj.weight.T + mh.gate_proj.bias) * e
-            bias = z @ mh.markov_w2.weight.T
-        else:  # paper eq. 6: z_k = [s_{k-1}; e_k; h_k] -> gate g, candidate c, output o
-            s, bias = torch.zeros(r, dtype=h.dtype), []
-            for k in range(G):
-                proj = torch.cat([s, e[k], h[k]]) @ mh.joint_proj.weight.T + mh.joint_proj.bias
-                g, c, o = proj[:r], proj[r : 2 * r], proj[2 * r :]
-                s = torch.sigmoid(g) * s + (1 - torch.sigmoid(g)) * torch.tanh(c)
-                bias.append(torch.tanh(o) @ mh.markov_w2.weight.T)
-            bias = torch.stack(bias)
-        logits = logits + bias
-    conf = None
-    if cfg.enable_confidence_head:  # paper eq. 7: [h_k ; W1[x_{k-1}]] for every head type
-        inp = torch.cat([h, draft.markov_head.markov_w1.weight[prev]], -1) if cfg.confidence_head_with_markov else h
-        conf = inp @ draft.confidence_head.proj.weight[0] + draft.confidence_head.proj.bias[0]
-    return logits, conf
-
-
-def naive_loss(draft, ids, hidden, loss_mask, last, anchors, valid):
-    """Loop over sequences, anchors and slots; returns the same sums as parallel_draft_loss."""
-    T = ids.shape[1]
-    sums = dict(loss_sum=0.0, weight_sum=0.0, ce_sum=0.0, l1_sum=0.0, conf_sum=0.0, tau_sum=0.0, block_count=0.0)
-    slot_logits = {}
-    for b in range(ids.shape[0]):
-        for a in range(anchors.shape[1]):
-            if not valid[b, a]:
-                continue
-            p = int(anchors[b, a])
-            block_ids = torch.tensor([int(ids[b, p])] + [MASK] * (G - 1))
-            prev = torch.tensor([int(ids[b, min(p + k, T - 1)]) for k in range(G)])
-            logits, conf = naive_heads(draft, naive_block(draft, hidden[b, :p], block_ids, p), prev)
-            survive, tau = 1.0, 1.0
-            for k in range(G):
-                if p + k + 1 >= T or not loss_mask[b, p + k + 1]:
-                    break  # supervision stops at the first token outside the loss mask
-                w = math.exp(-k / LOSS["loss_decay_gamma"])
-                p_d = logits[k].softmax(-1)
-                p_t = capped(draft.config, last[b, p + k] @ draft.lm_head.weight.T).softmax(-1)
-                ce = -torch.log(p_d[ids[b, p + k + 1]])
-                l1 = (p_d - p_t).abs().sum()
-                sums["weight_sum"] += w
-                sums["ce_sum"] += w * ce
-                sums["l1_sum"] += w * l1
-                if conf is not None:
-                    sums["conf_sum"] += w * F.binary_cross_entropy_with_logits(conf[k], (1 - 0.5 * l1).detach())
-                survive *= float(1 - 0.5 * l1.detach())
-                tau += survive
-                slot_logits[(b, a, k)] = logits[k]
-            sums["tau_sum"] += tau
-            sums["block_count"] += 1
-    sums["loss_sum"] = (
-        LOSS["ce_loss_alpha"] * sums["ce_sum"]
-        + LOSS["l1_loss_alpha"] * sums["l1_sum"]
-        + LOSS["confidence_head_alpha"] * sums["conf_sum"]
-    )
-    return sums, slot_logits
-
-
-def batched_loss(draft, ids, hidden, loss_mask, last, anchors, valid, backend="sdpa"):
-    out = draft.forward_train(
-        input_ids=ids,
-        hidden_states=hidden,
-        loss_mask=loss_mask,
-        anchors=anchors,
-        anchor_valid=valid,
-        attention_backend=backend,
-    )
-    alpha = dict(LOSS, confidence_head_alpha=LOSS["confidence_head_alpha"] if out.confidence_logits is not None else 0)
-    sums = parallel_draft_loss(
-        logits=out.logits,
-        target_logits=draft.gather_target_logits(last, out.targets),
-        labels=out.targets.labels,
-        slot_mask=out.targets.slot_mask,
-        confidence_logits=out.confidence_logits,
-        **alpha,
-    )
-    return out, sums
 
 
 # ----------------------------------------------------------------------------- tests
@@ -526,8 +319,7 @@ def test_public_layout_config_json_loads_with_expected_weight_names(tmp_path):
 
 def test_gemma4_draft_uses_the_family_embedding_scale_and_softcap():
     draft = make_draft("gemma4_dspark", dtype=torch.float32)
-    torch.manual_seed(0)
-    target = Target(Gemma4ForCausalLM(gemma4_target_config()).eval())
+    target = Target(model_from_config(draft_math_target_config("gemma4"), seed=0))
     draft.load_target_weights(target)
     ids = torch.randint(0, V, (2, 5))
     torch.testing.assert_close(draft.embed(ids), target.embed_tokens(ids))  # sqrt(H)-scaled, from the family
@@ -541,13 +333,12 @@ def test_config_errors_say_what_to_change():
     from deepspec.models import DraftConfigError
 
     base = dict(num_draft_layers=1, target_layer_ids=[0, 1], mask_token_id=MASK)
+    qwen3 = draft_math_target_config("qwen3")
     with pytest.raises(DraftConfigError, match="markov_rank=0"):
-        draft_config_from_target(qwen3_target_config(), dict(base, algorithm="dflash", markov_rank=4))
+        draft_config_from_target(qwen3, dict(base, algorithm="dflash", markov_rank=4))
     with pytest.raises(DraftConfigError, match="markov_head_type"):
-        draft_config_from_target(
-            qwen3_target_config(), dict(base, algorithm="dspark", markov_rank=4, markov_head_type="lstm")
-        )
+        draft_config_from_target(qwen3, dict(base, algorithm="dspark", markov_rank=4, markov_head_type="lstm"))
     with pytest.raises(DraftConfigError, match="mask_token_id"):
-        draft_config_from_target(qwen3_target_config(), dict(base, algorithm="dspark", mask_token_id=V))
+        draft_config_from_target(qwen3, dict(base, algorithm="dspark", mask_token_id=V))
     with pytest.raises(ValueError, match="last layer"):
-        draft_config_from_target(qwen3_target_config(), dict(base, algorithm="dspark", target_layer_ids=[0, 4]))
+        draft_config_from_target(qwen3, dict(base, algorithm="dspark", target_layer_ids=[0, 4]))

@@ -147,10 +147,12 @@ def test_family_facts_live_in_one_entry():
     assert qwen3_5.recurrent_layer_types == ("linear_attention",) and qwen3_5.draft_family == "qwen3"
     assert family_by_name("qwen3_5_moe").model_types == ("qwen3_5_moe", "qwen3_5_moe_text")
     # Qwen3.5-MoE has no dense MLP width: the dense draft's is the active experts' (2 x 16) + the shared one (16).
-    from tinyrun import qwen3_5_moe_config
     from deepspec.models.draft_config import draft_config_from_target
+    from deepspec.tiny_models import make_model_config
 
-    moe_target = qwen3_5_moe_config(vocab_size=64, hidden_size=32, num_hidden_layers=4, num_attention_heads=2)
+    moe_target = make_model_config(
+        family="qwen3_5_moe", hidden_size=32, moe_intermediate_size=16, shared_expert_intermediate_size=16
+    )
     draft = draft_config_from_target(moe_target, {"algorithm": "eagle3", "target_layer_ids": [0, 1]})
     assert (draft.model_type, draft.intermediate_size, draft.hidden_size) == ("qwen3", 48, 32)
     assert sorted(f.name for f in FAMILIES) == ["gemma4", "llama3", "qwen3", "qwen3_5", "qwen3_5_moe", "qwen3_moe"]

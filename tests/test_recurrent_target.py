@@ -10,12 +10,13 @@ accepting different lengths, and without the rollback both checks fail (they hav
 import pytest
 import torch
 
-from test_decoding import exact_token_marginals, hf_greedy, make_draft, qwen3_5_target, tv_bound
 from deepspec.decoding.engine import speculative_generate
 from deepspec.algorithms import build_proposer
 from deepspec.decoding.proposers import Proposal, TargetSelfProposer
 from deepspec.decoding.recurrent import RecurrentStates
 from deepspec.decoding.target_runner import TargetRunner
+from references import exact_token_marginals, hf_greedy, tv_bound
+from shared_targets import decoding_draft, decoding_target
 
 
 class WrongAt:
@@ -69,7 +70,7 @@ def committed_state_reference(target, tokens, layer):
 
 
 def test_rows_accepting_different_lengths_keep_their_exact_state():
-    target = qwen3_5_target(48)
+    target = decoding_target("qwen3_5", 48)
     runner = TargetRunner(target, layer_ids=[0, 1])
     out = speculative_generate(
         runner=runner,
@@ -84,7 +85,7 @@ def test_rows_accepting_different_lengths_keep_their_exact_state():
 
 
 def test_commit_restores_the_state_of_the_committed_prefix():
-    target = qwen3_5_target(48)
+    target = decoding_target("qwen3_5", 48)
     runner = TargetRunner(target, layer_ids=[0, 1])
     # One verify round: rows accept 1, 3 and 0 drafts, and every row is then done (max_new_tokens=2).
     out = speculative_generate(
@@ -108,7 +109,7 @@ def test_commit_restores_the_state_of_the_committed_prefix():
 
 
 def test_without_the_rollback_greedy_output_is_wrong():
-    target = qwen3_5_target(48)
+    target = decoding_target("qwen3_5", 48)
     runner = TargetRunner(target, layer_ids=[0, 1])
     original = RecurrentStates.commit
     RecurrentStates.commit = lambda self, num_valid: None  # keep the state after every fed token
@@ -128,8 +129,8 @@ def test_without_the_rollback_greedy_output_is_wrong():
 @pytest.mark.parametrize("batch,samples", [(1, 1200), (3, 3000)])
 def test_sampling_matches_the_targets_distribution(batch, samples):
     V, steps = 12, 3
-    target = qwen3_5_target(V, sharpen=8.0)
-    draft = make_draft(target, "dspark", gamma=3)
+    target = decoding_target("qwen3_5", V, sharpen=8.0)
+    draft = decoding_draft(target, "dspark", gamma=3)
     runner = TargetRunner(target, layer_ids=draft.config.target_layer_ids)
     prompt = [2, 3, 4, 5]
     gen = torch.Generator().manual_seed(1234)

@@ -3,7 +3,7 @@
 Each fixture is what a released checkpoint holds (config.json as DeepSpec writes it: the target's text
 config + draft fields; model.safetensors with DeepSpec's names). It must load strictly, every tensor
 must land under its own name, and the loaded draft must compute the formulas (the float64 naive
-references of test_models_dspark / test_models_eagle3). A renamed, missing or reshaped tensor fails
+references of tests/references.py). A renamed, missing or reshaped tensor fails
 with its name; older layouts of ours load through an exact mapping or fail saying why.
 """
 
@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from deepspec.models import DraftLoadError, load_draft
-from test_models_dspark import G, H, MASK, V, batched_loss, make_batch, naive_loss
+from references import G, H, MASK, V, batched_loss, eagle3_batch, eagle3_batched, make_batch, naive_loss, naive_unroll
 
 R = 8  # markov rank
 N_CTX = 3  # captured target layers
@@ -236,13 +236,11 @@ def test_released_parallel_draft_computes_the_formulas(kind, tmp_path):
 
 
 def test_released_eagle3_computes_the_formulas(tmp_path):
-    from test_models_eagle3 import batched, make_batch as eagle3_batch, naive_unroll
-
     config, shapes = fixture("gemma4_eagle3_k_eq_v")
     write(tmp_path, config, random_tensors(shapes))
     draft = load_draft(tmp_path).double()
     batch = eagle3_batch()
-    _, sums = batched(draft, *batch)
+    _, sums = eagle3_batched(draft, *batch)
     ref = naive_unroll(draft, *batch)
     torch.testing.assert_close(
         sums["loss_sum"].double(), torch.as_tensor(ref["loss_sum"], dtype=torch.float64), rtol=1e-6, atol=1e-6

@@ -353,6 +353,36 @@ def test_script_help(name, capsys):
     assert exc.value.code == 0 and "cost table" in capsys.readouterr().out
 
 
+def test_serving_plots_show_each_policys_curve():
+    sim = _script("simulate_serving")
+    row = ("policy", "concurrency", "per_user_speed", "throughput", "mean_verify_tokens")
+    results = [
+        dict(zip(row, values))
+        for values in [
+            ("prefix", 4, 10.0, 40.0, 3.0),
+            ("prefix", 1, 20.0, 20.0, 5.0),
+            ("fixed-7", 1, 15.0, 15.0, 8.0),
+            ("fixed-7", 4, 5.0, 20.0, 8.0),
+        ]
+    ]
+    figs = sim.figures(results)
+    assert list(figs) == ["throughput_vs_speed.png", "budget_vs_concurrency.png"]
+    [speed] = figs["throughput_vs_speed.png"].axes
+    assert (speed.get_xlabel(), speed.get_ylabel()) == ("per-user speed (tokens/s/user)", "throughput (tokens/s)")
+    assert (speed.get_xscale(), speed.get_yscale()) == ("log", "log")
+    assert [line.get_label() for line in speed.lines] == ["prefix", "fixed-7"]
+    prefix, fixed = speed.lines  # points in concurrency order
+    assert (list(prefix.get_xdata()), list(prefix.get_ydata())) == ([20.0, 10.0], [20.0, 40.0])
+    assert (list(fixed.get_xdata()), list(fixed.get_ydata())) == ([15.0, 5.0], [15.0, 20.0])
+    assert [text.get_text() for text in speed.texts] == ["R=1", "R=4"]  # the prefix points name their R
+    [budget] = figs["budget_vs_concurrency.png"].axes
+    assert (budget.get_xlabel(), budget.get_xscale()) == ("concurrency R", "log")
+    assert budget.get_ylabel() == "mean verification tokens per request (ℓ+1)"
+    prefix, fixed = budget.lines
+    assert (list(prefix.get_xdata()), list(prefix.get_ydata())) == ([1, 4], [5.0, 3.0])
+    assert (list(fixed.get_xdata()), list(fixed.get_ydata())) == ([1, 4], [8.0, 8.0])
+
+
 def _synthetic_rounds(path: pathlib.Path, *, gamma: int = 7) -> None:
     rng = np.random.default_rng(0)
     with open(path, "w") as f:

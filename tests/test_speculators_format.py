@@ -18,13 +18,14 @@ from deepspec.export.speculators import (
 )
 from deepspec.models import DraftLoadError, build_draft, draft_config_from_target, load_draft
 from deepspec.training.checkpoint import LATEST_NAME, save_checkpoint
+from deepspec.tiny_models import model_from_config
 from badinput import fingerprint, refused, run_entry
-from test_vllm_loader import target_config
+from shared_targets import export_target_config
 
 SCRIPT = "scripts/export/export_draft.py"
 LAYER_IDS = [0, 1, 2]
 # The same tiny targets the vLLM loader test exports (Gemma 4 with k=v attention).
-TARGETS = {"qwen3": target_config("qwen3"), "gemma4": target_config("gemma4_k_eq_v")}
+TARGETS = {"qwen3": export_target_config("qwen3"), "gemma4": export_target_config("gemma4_k_eq_v")}
 MASK = {"qwen3": 3, "gemma4": 4}
 ALGORITHMS = {
     "dspark": dict(
@@ -154,15 +155,13 @@ def foreign_folder(tmp_path: Path, **changes) -> Path:
 
 
 def test_foreign_folder_loads_with_the_target_filling_the_frozen_pieces(tmp_path):
-    from transformers import Qwen3ForCausalLM
-
     folder = foreign_folder(tmp_path)
     with pytest.raises(DraftLoadError, match="is a speculators-format folder; load it with deepspec.export.load_any"):
         load_draft(folder)  # the models read our layout only; the loader above them reads both
     with pytest.raises(DraftLoadError, match="has no embed_tokens.weight / lm_head.weight .* pass the target"):
         load_any_draft(folder)
     target = tmp_path / "target"
-    Qwen3ForCausalLM(TARGETS["qwen3"]).save_pretrained(target)
+    model_from_config(export_target_config("qwen3")).save_pretrained(target)
     draft = load_any_draft(folder, frozen_target=str(target))
     from deepspec.target_files import load_frozen_target_pieces
 
@@ -177,7 +176,7 @@ def test_foreign_folder_loads_with_the_target_filling_the_frozen_pieces(tmp_path
     assert set(load_file(tmp_path / "vllm" / "model.safetensors")) >= {"embed_tokens.weight", "lm_head.weight"}
     # A target of another width would fill pieces that load and draft garbage: refused, naming both shapes.
     wide = tmp_path / "wide_target"
-    Qwen3ForCausalLM(type(TARGETS["qwen3"])(**{**TARGETS["qwen3"].to_dict(), "hidden_size": 128})).save_pretrained(wide)
+    model_from_config(export_target_config("qwen3", hidden_size=128)).save_pretrained(wide)
     refused(
         run_entry(SCRIPT, ["--draft", folder, "--output", tmp_path / "wide", "--target", wide]),
         f"target {wide} has an embedding of ({TARGETS['qwen3'].vocab_size}, 128) (vocab x hidden), but the draft",

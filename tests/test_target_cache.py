@@ -21,24 +21,10 @@ from deepspec.cache.format import (
 )
 from deepspec.cache.reader import TargetCache
 from deepspec.cache.writer import TargetCacheWriteError, TargetCacheWriter, finalize_target_cache
+from tinyrun import CACHE_META, cache_sample
 
 REPO = Path(__file__).resolve().parents[1]
-LAYERS, H = [1, 3, 5], 16
-META = dict(target_model="Qwen/Qwen3-tiny", layer_ids=LAYERS, hidden_size=H)
-
-
-def make_sample(i):
-    g = torch.Generator().manual_seed(1000 + i)
-    t = 3 + (i * 7) % 29
-    return {
-        "input_ids": torch.randint(0, 50000, (t,), generator=g),
-        "loss_mask": torch.rand(t, generator=g) > 0.4,
-        # Random bit patterns cover every bf16 value class (NaN payloads, denormals, -0).
-        "hidden_states": torch.randint(-32768, 32767, (t, len(LAYERS) * H), dtype=torch.int16, generator=g).view(
-            torch.bfloat16
-        ),
-        "last_hidden_state": torch.randn(t, H, generator=g).bfloat16(),
-    }
+LAYERS, H = CACHE_META["layer_ids"], CACHE_META["hidden_size"]
 
 
 def assert_same(got, want):
@@ -51,9 +37,9 @@ def assert_same(got, want):
 
 def build(path, indices, *, rank=0, finalize=True, **kw):
     kw.setdefault("max_shard_bytes", 4096)
-    with TargetCacheWriter(path, rank=rank, **META, **kw) as w:
+    with TargetCacheWriter(path, rank=rank, **CACHE_META, **kw) as w:
         for i in indices:
-            w.add(source_index=i, **make_sample(i))
+            w.add(source_index=i, **cache_sample(i))
     return finalize_target_cache(path) if finalize else None
 
 
@@ -67,30 +53,30 @@ def test_round_trip_multiple_shards(tmp_path):
     cache = TargetCache(tmp_path, verify=True)
     assert len(cache) == 40 == manifest["num_samples"]
     assert manifest["source_files"] == ["a.jsonl"]
-    assert manifest["total_tokens"] == sum(len(make_sample(i)["input_ids"]) for i in range(40))
-    assert manifest["total_loss_tokens"] == sum(int(make_sample(i)["loss_mask"].sum()) for i in range(40))
-    assert cache.lengths.tolist() == [len(make_sample(i)["input_ids"]) for i in range(40)]
+    assert manifest["total_tokens"] == sum(len(cache_sample(i)["input_ids"]) for i in range(40))
+    assert manifest["total_loss_tokens"] == sum(int(cache_sample(i)["loss_mask"].sum()) for i in range(40))
+    assert cache.lengths.tolist() == [len(cache_sample(i)["input_ids"]) for i in range(40)]
     for i in range(40):
         got = cache[i]
         assert got["source_index"] == i
-        assert_same(got, make_sample(i))
+        assert_same(got, cache_sample(i))
         assert got["hidden_states"].data_ptr() % 64 == 0 and got["last_hidden_state"].data_ptr() % 64 == 0
-    assert_same(cache[-1], make_sample(39))
+    assert_same(cache[-1], cache_sample(39))
     with pytest.raises(IndexError):
         cache[40]
     # Tensors are private copy-on-write views: writing to them leaves the file alone.
     cache[0]["hidden_states"].zero_()
-    assert_same(TargetCache(tmp_path, verify=True)[0], make_sample(0))
+    assert_same(TargetCache(tmp_path, verify=True)[0], cache_sample(0))
     # Picklable for DataLoader workers (maps reopen lazily).
-    assert_same(pickle.loads(pickle.dumps(cache))[5], make_sample(5))
+    assert_same(pickle.loads(pickle.dumps(cache))[5], cache_sample(5))
     assert manifest["shards"][0]["file"] in repr(os.listdir(tmp_path))
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
 def test_input_forms_numpy_and_layer_stack(tmp_path):
-    s = make_sample(3)
+    s = cache_sample(3)
     t = len(s["input_ids"])
-    with TargetCacheWriter(tmp_path, **META) as w:
+    with TargetCacheWriter(tmp_path, **CACHE_META) as w:
         # numpy ids/mask, bf16 as raw int16 bits, [T, n, H] hidden, batch dim 1 on the last state.
         assert w.add(
             source_index=0,
@@ -140,11 +126,11 @@ def test_two_ranks_one_folder_sorted_by_source(tmp_path):
 CRASH_SCRIPT = """
 import os, sys
 sys.path.insert(0, {tests!r})
-from test_target_cache import META, make_sample
+from tinyrun import CACHE_META, cache_sample
 from deepspec.cache.writer import TargetCacheWriter
-w = TargetCacheWriter({path!r}, **META, max_shard_bytes=4096)
+w = TargetCacheWriter({path!r}, **CACHE_META, max_shard_bytes=4096)
 for i in range(25):
-    w.add(source_index=i, **make_sample(i))
+    w.add(source_index=i, **cache_sample(i))
 w.flush()   # all on disk, the last shard still open
 os._exit(1)  # killed: no close(), no finalize
 """
@@ -163,10 +149,10 @@ def test_crash_then_resume_equals_uninterrupted(tmp_path):
     done = committed_source_indices(path)
     assert done and done < set(range(25)) and done == set(range(len(done)))
 
-    with TargetCacheWriter(path, **META, max_shard_bytes=4096) as w:
+    with TargetCacheWriter(path, **CACHE_META, max_shard_bytes=4096) as w:
         assert not [p for p in os.listdir(path) if p.endswith(".tmp")]  # leftovers removed on resume
         assert w.committed == done
-        added = [i for i in range(40) if w.add(source_index=i, **make_sample(i))]
+        added = [i for i in range(40) if w.add(source_index=i, **cache_sample(i))]
     assert added == [i for i in range(40) if i not in done]
     finalize_target_cache(path, expected_num_samples=40)
     cache = TargetCache(path, verify=True)
@@ -184,7 +170,7 @@ def test_finalize_requires_all_samples_and_refuses_reopen(tmp_path):
         finalize_target_cache(tmp_path, expected_num_samples=6)
     finalize_target_cache(tmp_path)
     with pytest.raises(TargetCacheError, match="already a finalized"):
-        TargetCacheWriter(tmp_path, **META)
+        TargetCacheWriter(tmp_path, **CACHE_META)
     with pytest.raises(TargetCacheError, match="no target cache"):
         TargetCache(tmp_path / "nothing")
 
@@ -216,7 +202,7 @@ def test_flipped_byte_caught_on_first_read(tmp_path):
     bad = next(i for i in in_shard if cache.records["offset"][i] <= 100)
     good = [i for i in range(10) if i != bad]
     for i in good:  # the other samples, in this shard and others, still read (and pass)
-        assert_same(cache[i], make_sample(i))
+        assert_same(cache[i], cache_sample(i))
     with pytest.raises(TargetCacheError, match=rf"sample {bad} .*shard {shard} fails its checksum.*re-run the same"):
         cache[bad]
     with pytest.raises(TargetCacheError, match=rf"sample {bad} .*{shard.name}"):  # not marked good by a failure
@@ -306,7 +292,7 @@ def test_corrupt_index_part_refused_by_finalize(tmp_path):
 def test_check_compatible_messages(tmp_path):
     build(tmp_path, range(3))
     cache = TargetCache(tmp_path)
-    cache.check_compatible(**META)
+    cache.check_compatible(**CACHE_META)
     cache.check_compatible(target_model="/models/Qwen3-tiny", layer_ids=(1, 3, 5), hidden_size=16)
     with pytest.raises(
         CacheCompatibilityError,
@@ -341,7 +327,7 @@ def test_identity_fields_compared_with_old_and_new_values(tmp_path):
     )
     build(tmp_path, range(3), finalize=False, **ident)
     # The same build resumes, whatever the target folder is called now (the fingerprint decides).
-    TargetCacheWriter(tmp_path, **{**META, "target_model": "/copy/of/it"}, **ident).close()
+    TargetCacheWriter(tmp_path, **{**CACHE_META, "target_model": "/copy/of/it"}, **ident).close()
     cases = [
         (
             {"target_fingerprint": "dstf1:" + "b" * 64},
@@ -358,13 +344,13 @@ def test_identity_fields_compared_with_old_and_new_values(tmp_path):
     ]
     for change, message in cases:
         with pytest.raises(CacheCompatibilityError, match=message + ".*--overwrite"):
-            TargetCacheWriter(tmp_path, **META, **{**ident, **change})
+            TargetCacheWriter(tmp_path, **CACHE_META, **{**ident, **change})
     manifest = finalize_target_cache(tmp_path)
     assert manifest["target_fingerprint"] == ident["target_fingerprint"] and manifest["max_length"] == 512
     assert manifest["source_files"] == ident["source_files"] and manifest["sample_checksum"] == "crc32"
     with pytest.raises(CacheCompatibilityError, match="max_length"):
-        tc.check_build_folder(tmp_path, {**META, **ident, "max_length": 4})
-    assert tc.check_build_folder(tmp_path, {**META, **ident}) == "complete"
+        tc.check_build_folder(tmp_path, {**CACHE_META, **ident, "max_length": 4})
+    assert tc.check_build_folder(tmp_path, {**CACHE_META, **ident}) == "complete"
 
 
 def test_background_error_surfaces(tmp_path, monkeypatch):
@@ -372,12 +358,12 @@ def test_background_error_surfaces(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(tc, "_writev_all", disk_full)
-    w = TargetCacheWriter(tmp_path, **META)
-    w.add(source_index=0, **make_sample(0))
+    w = TargetCacheWriter(tmp_path, **CACHE_META)
+    w.add(source_index=0, **cache_sample(0))
     with pytest.raises(TargetCacheWriteError, match="No space left on device.*re-run the build to resume"):
         w.flush()
     with pytest.raises(TargetCacheWriteError):
-        w.add(source_index=1, **make_sample(1))
+        w.add(source_index=1, **cache_sample(1))
     with pytest.raises(TargetCacheWriteError):
         w.close()
     assert committed_source_indices(tmp_path) == set()
@@ -401,10 +387,10 @@ def test_half_committed_shards_are_redone(tmp_path):
     idx[1].with_suffix(".bin").unlink()  # as if a user deleted a corrupt shard to have it rebuilt
     lost = set(range(20)) - committed_source_indices(tmp_path)
     assert lost and 0 in lost
-    with TargetCacheWriter(tmp_path, **META, max_shard_bytes=4096) as w:
-        redone = [i for i in range(20) if w.add(source_index=i, **make_sample(i))]
+    with TargetCacheWriter(tmp_path, **CACHE_META, max_shard_bytes=4096) as w:
+        redone = [i for i in range(20) if w.add(source_index=i, **cache_sample(i))]
     assert set(redone) == lost
     finalize_target_cache(tmp_path, expected_num_samples=20)
     cache = TargetCache(tmp_path, verify=True)
     for i in range(20):
-        assert_same(cache[i], make_sample(i))
+        assert_same(cache[i], cache_sample(i))

@@ -3,159 +3,27 @@ Llama 3, Qwen3-MoE, Qwen3.5)."""
 
 import pytest
 import torch
-from transformers import (
-    Gemma4Config,
-    Gemma4ForCausalLM,
-    Gemma4ForConditionalGeneration,
-    Gemma4TextConfig,
-    LlamaForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-    Qwen3MoeForCausalLM,
-    Qwen3_5Config,
-    Qwen3_5ForCausalLM,
-    Qwen3_5ForConditionalGeneration,
-    Qwen3_5MoeForCausalLM,
-)
 
-from tinyrun import llama3_config, qwen3_5_config, qwen3_5_moe_config, qwen3_moe_config
 from deepspec.targets import Target, TargetError, family_of, load_target, validate_layer_ids
+from deepspec.tiny_models import model_from_config
+from shared_targets import CAPTURE_VOCAB as VOCAB, capture_model
 
-VOCAB = 128
-
-
-def tiny_qwen3() -> Qwen3ForCausalLM:
-    torch.manual_seed(0)
-    cfg = Qwen3Config(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=5,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        tie_word_embeddings=True,
-    )
-    return Qwen3ForCausalLM(cfg).eval()
+# Every family, and the multimodal classes the released Gemma 4 and Qwen3.5 checkpoints are.
+MODELS = [
+    "qwen3",
+    "gemma4_text",
+    "gemma4_multimodal",
+    "llama3",
+    "qwen3_moe",
+    "qwen3_5",
+    "qwen3_5_multimodal",
+    "qwen3_5_moe",
+]
 
 
-def tiny_gemma4_text_config() -> Gemma4TextConfig:
-    # Small but keeps Gemma 4's quirks: per-layer embeddings, sliding + full layers, logit soft-cap.
-    return Gemma4TextConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=6,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        global_head_dim=32,
-        hidden_size_per_layer_input=8,
-        vocab_size_per_layer_input=VOCAB,
-        sliding_window=8,
-        final_logit_softcapping=30.0,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-    )
-
-
-def tiny_gemma4() -> Gemma4ForCausalLM:
-    torch.manual_seed(0)
-    return Gemma4ForCausalLM(tiny_gemma4_text_config()).eval()
-
-
-def tiny_gemma4_multimodal() -> Gemma4ForConditionalGeneration:
-    torch.manual_seed(0)
-    cfg = Gemma4Config(text_config=tiny_gemma4_text_config().to_dict(), vision_config=None, audio_config=None)
-    return Gemma4ForConditionalGeneration(cfg).eval()
-
-
-def tiny_llama3() -> LlamaForCausalLM:  # no q/k norms, Llama 3 rope scaling
-    torch.manual_seed(0)
-    cfg = llama3_config(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=5,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
-def tiny_qwen3_moe() -> Qwen3MoeForCausalLM:  # sparse MoE MLPs in every layer
-    torch.manual_seed(0)
-    cfg = qwen3_moe_config(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        moe_intermediate_size=32,
-        num_hidden_layers=5,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        tie_word_embeddings=True,
-    )
-    return Qwen3MoeForCausalLM(cfg).eval()
-
-
-def tiny_qwen3_5_text_config():  # Gated DeltaNet layers 0, 2, 4; full attention 1, 3
-    return qwen3_5_config(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=5,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        tie_word_embeddings=True,
-    )
-
-
-def tiny_qwen3_5() -> Qwen3_5ForCausalLM:
-    torch.manual_seed(0)
-    return Qwen3_5ForCausalLM(tiny_qwen3_5_text_config()).eval()
-
-
-def tiny_qwen3_5_multimodal() -> Qwen3_5ForConditionalGeneration:  # the released checkpoints' class
-    torch.manual_seed(0)
-    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4)
-    cfg = Qwen3_5Config(text_config=tiny_qwen3_5_text_config().to_dict(), vision_config=vision)
-    return Qwen3_5ForConditionalGeneration(cfg).eval()
-
-
-def tiny_qwen3_5_moe() -> Qwen3_5MoeForCausalLM:  # the hybrid stack with sparse MoE MLPs
-    torch.manual_seed(0)
-    cfg = qwen3_5_moe_config(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        num_hidden_layers=5,
-        layer_types=["linear_attention", "full_attention"] * 2 + ["linear_attention"],
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        tie_word_embeddings=True,
-    )
-    return Qwen3_5MoeForCausalLM(cfg).eval()
-
-
-MODELS = {
-    "qwen3": tiny_qwen3,
-    "gemma4_text": tiny_gemma4,
-    "gemma4_multimodal": tiny_gemma4_multimodal,
-    "llama3": tiny_llama3,
-    "qwen3_moe": tiny_qwen3_moe,
-    "qwen3_5": tiny_qwen3_5,
-    "qwen3_5_multimodal": tiny_qwen3_5_multimodal,
-    "qwen3_5_moe": tiny_qwen3_5_moe,
-}
-
-
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", MODELS)
 def test_capture_equals_output_hidden_states(name):
-    model = MODELS[name]()
+    model = capture_model(name)
     target = Target(model)
     ids = [-1, 0, 2, target.num_layers - 2]
     torch.manual_seed(1)
@@ -176,7 +44,7 @@ def test_capture_equals_output_hidden_states(name):
 
 
 def test_families_and_frozen_pieces():
-    qwen, gemma, mm = Target(tiny_qwen3()), Target(tiny_gemma4()), Target(tiny_gemma4_multimodal())
+    qwen, gemma, mm = (Target(capture_model(name)) for name in ("qwen3", "gemma4_text", "gemma4_multimodal"))
     assert (qwen.family.name, gemma.family.name, mm.family.name) == ("qwen3", "gemma4", "gemma4")
     assert (qwen.num_layers, gemma.num_layers, mm.num_layers) == (5, 6, 6)
     assert (qwen.hidden_size, mm.hidden_size, mm.vocab_size) == (64, 64, VOCAB)
@@ -192,7 +60,7 @@ def test_families_and_frozen_pieces():
 
 @pytest.mark.parametrize("name", ["qwen3", "qwen3_5"])
 def test_capture_with_padding_mask_matches_unpadded(name):
-    target = Target(MODELS[name]())
+    target = Target(capture_model(name))
     torch.manual_seed(2)
     seq = torch.randint(3, VOCAB, (1, 10))
     padded = torch.cat([seq, torch.zeros(1, 4, dtype=torch.long)], dim=1)
@@ -231,7 +99,7 @@ def test_unsupported_family():
 
 
 def test_load_target_from_a_saved_folder(tmp_path):
-    model = tiny_qwen3()
+    model = capture_model("qwen3")
     model.save_pretrained(tmp_path / "t")
     target = load_target(str(tmp_path / "t"), dtype=torch.float32, with_tokenizer=False)
     x = torch.randint(3, VOCAB, (1, 8))
@@ -284,10 +152,9 @@ def test_fingerprint_saved_model_and_cheap_on_a_huge_file(tmp_path):
 
     from deepspec.target_files import target_fingerprint
 
-    tiny_qwen3().save_pretrained(tmp_path / "m1")
-    tiny_qwen3().save_pretrained(tmp_path / "m2")  # same seed: same weights
-    torch.manual_seed(1)
-    Qwen3ForCausalLM(tiny_qwen3().config).save_pretrained(tmp_path / "m3")
+    capture_model("qwen3").save_pretrained(tmp_path / "m1")
+    capture_model("qwen3").save_pretrained(tmp_path / "m2")  # same seed: same weights
+    model_from_config(capture_model("qwen3").config, seed=1).save_pretrained(tmp_path / "m3")
     fps = [target_fingerprint(tmp_path / m) for m in ("m1", "m2", "m3")]
     assert fps[0] == fps[1] != fps[2] and fps[0].startswith("dstf1:")
     # A 64 GiB sparse weight file: fingerprinting reads a few samples of it, not the file.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import pathlib
+import re
 import shutil
 
 import pytest
@@ -102,6 +103,90 @@ def test_steps_and_default_dir(monkeypatch, tmp_path):
     assert tt.default_tiny_target_dir() == tmp_path / "t"
     monkeypatch.delenv("DEEPSPEC_TINY_TARGET")
     assert tt.default_tiny_target_dir() == pathlib.Path.home() / ".cache" / "deepspec" / "tiny_target"
+
+
+# ----------------------------------------------------------------------------- the tiny-model factory
+
+SMALL = dict(
+    vocab_size=64, hidden_size=32, intermediate_size=64, num_attention_heads=2, head_dim=16, num_hidden_layers=2
+)
+
+
+def test_every_family_builds_with_the_classes_the_family_table_names():
+    from deepspec.targets import FAMILIES, family_of
+    from deepspec.tiny_models import TINY_ARCHITECTURES, make_model
+
+    assert sorted(TINY_ARCHITECTURES) == sorted(f.name for f in FAMILIES)
+    for family in FAMILIES:
+        for multimodal in (False, True) if family.multimodal_class else (False,):
+            model = make_model(family=family.name, multimodal=multimodal, **SMALL)
+            cls = family.multimodal_class if multimodal else family.causal_lm_class
+            assert type(model).__name__ == cls and model.config.architectures == [cls], (family.name, multimodal)
+            assert family_of(model.config) is family and not model.training
+            text = family.text_config(model.config)
+            assert type(text).__name__ == family.config_class
+            assert (text.vocab_size, text.hidden_size, text.num_hidden_layers) == (64, 32, 2)
+            assert family.text_model(model).embed_tokens.weight.shape == (64, 32)
+    # Sizes that follow the caller's: Gemma 4's per-layer input vocabulary, Qwen3.5's vision output width.
+    assert make_model(family="gemma4", **SMALL).config.vocab_size_per_layer_input == 64
+    assert make_model(family="qwen3_5", multimodal=True, **SMALL).config.vision_config.out_hidden_size == 32
+    # Qwen3.5-MoE has no dense MLP: the shared sizes' intermediate_size is left out.
+    assert not hasattr(make_model(family="qwen3_5_moe", **SMALL).config, "intermediate_size")
+
+
+def test_the_default_is_the_shipped_target_and_variants_switch_the_architecture():
+    from deepspec.tiny_models import make_model, make_model_config
+
+    shipped = make_model_config()
+    assert type(shipped).__name__ == "Qwen3Config" and shipped.architectures == ["Qwen3ForCausalLM"]
+    assert {k: getattr(shipped, k) for k in tt.MODEL_CONFIG} == tt.MODEL_CONFIG
+    plain, k_eq_v = (make_model(family="gemma4", variant=v, **SMALL) for v in (None, "k_eq_v"))
+    assert plain.config.layer_types == k_eq_v.config.layer_types == ["sliding_attention", "full_attention"]
+    full, plain_full = k_eq_v.model.layers[1].self_attn, plain.model.layers[1].self_attn
+    assert full.v_proj is None and full.k_proj.out_features == 2 * 16  # values are keys, 2 kv heads
+    assert plain_full.v_proj.out_features == plain_full.k_proj.out_features == 16
+    assert k_eq_v.model.layers[0].self_attn.v_proj is not None  # sliding layers keep their values
+    rope = make_model_config(family="llama3", variant="rope_scaling").rope_parameters
+    assert (rope["rope_type"], rope["factor"], rope["original_max_position_embeddings"]) == ("llama3", 8.0, 16)
+    rope["factor"] = 1.0  # a config's dicts are its own: the table it came from is untouched
+    assert make_model_config(family="llama3", variant="rope_scaling").rope_parameters["factor"] == 8.0
+    assert make_model_config(family="llama3").rope_parameters == tt.MODEL_CONFIG["rope_parameters"]
+
+
+def test_models_are_seeded_and_leave_the_callers_rng_alone():
+    from deepspec.tiny_models import make_model
+
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    a = make_model(seed=2, num_hidden_layers=1)
+    assert torch.equal(torch.rand(3), expected)
+    b = make_model(seed=2, num_hidden_layers=1)
+    c = make_model(seed=3, num_hidden_layers=1, dtype=torch.float64)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert sc["lm_head.weight"].dtype == torch.float64 and not torch.equal(
+        sa["lm_head.weight"].double(), sc["lm_head.weight"]
+    )
+    eager = make_model(family="qwen3_moe", eager=True, num_hidden_layers=1)
+    assert eager.config._attn_implementation == eager.config._experts_implementation == "eager"
+
+
+def test_factory_errors_say_what_to_change():
+    from deepspec.tiny_models import TinyTargetError, make_model_config
+
+    families = "['gemma4', 'llama3', 'qwen3', 'qwen3_5', 'qwen3_5_moe', 'qwen3_moe']"
+    with pytest.raises(TinyTargetError, match=re.escape(f"no tiny 'mistral' target; choose one of {families}")):
+        make_model_config(family="mistral")
+    with pytest.raises(
+        TinyTargetError, match=re.escape("the tiny gemma4 target has no variant 'k_eq_q'; it has ['k_eq_v']")
+    ):
+        make_model_config(family="gemma4", variant="k_eq_q")
+    with pytest.raises(
+        TinyTargetError, match="the qwen3 family has no multimodal class; build it with multimodal=False"
+    ):
+        make_model_config(family="qwen3", multimodal=True)
+    assert tt.TinyTargetError is TinyTargetError  # one error class, importable from both modules
 
 
 # ----------------------------------------------------------------------------- random target

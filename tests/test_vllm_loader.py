@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Gemma4ForCausalLM, Gemma4TextConfig, Qwen3ForCausalLM
 
 from deepspec.export import VllmExportError, to_vllm_folder
 from deepspec.export.speculators import load_any_draft, to_speculators_folder
@@ -33,13 +32,14 @@ from deepspec.models.blocks import project_kv, rotary_cos_sin
 from deepspec.models.draft_config import DRAFT_LAYER_TYPE
 from deepspec.models.eagle3 import ttt_mask
 from deepspec.target_files import load_frozen_target_pieces
-from deepspec.tiny_target import make_model_config
+from deepspec.tiny_models import model_from_config
 from deepspec.training.checkpoint import LATEST_NAME, save_checkpoint
+from shared_targets import EXPORT_SIZES, export_target_config
 from vllm_env import skip_or_fail, vllm_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = ROOT / "tests" / "vllm_probe.py"
-H, G, T = 64, 4, 6  # hidden size, block size, context length of the forward check
+H, G, T = EXPORT_SIZES["hidden_size"], 4, 6  # hidden size, block size, context length of the forward check
 LAYER_IDS = [0, 1, 2]
 
 PARALLEL = dict(num_draft_layers=2, target_layer_ids=LAYER_IDS, block_size=G, num_anchors=4)
@@ -82,44 +82,8 @@ def vllm_python():
 # ----------------------------------------------------------------------------- targets and drafts
 
 
-def target_config(kind: str):
-    if kind == "qwen3":
-        return make_model_config(
-            hidden_size=H,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=32,
-        )
-    extra = dict(attention_k_eq_v=True, num_global_key_value_heads=2) if kind == "gemma4_k_eq_v" else {}
-    cfg = Gemma4TextConfig(
-        vocab_size=256,
-        hidden_size=H,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        global_head_dim=32,
-        hidden_size_per_layer_input=8,
-        vocab_size_per_layer_input=256,
-        sliding_window=8,
-        final_logit_softcapping=30.0,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-        **extra,
-    )
-    cfg.architectures = ["Gemma4ForCausalLM"]
-    return cfg
-
-
 def save_target(kind: str, folder: Path) -> Path:
-    torch.manual_seed(0)
-    cfg = target_config(kind)
-    model = (Qwen3ForCausalLM if kind == "qwen3" else Gemma4ForCausalLM)(cfg)
-    model.save_pretrained(folder)
+    model_from_config(export_target_config(kind), seed=0).save_pretrained(folder)
     return folder
 
 
@@ -131,7 +95,7 @@ def save_draft(name: str, target_kind: str, root: Path, target: Path) -> Path:
     torch.manual_seed(1)
     draft = build_draft(
         draft_config_from_target(
-            target_config(target_kind), dict(PARALLEL, mask_token_id=MASK[target_kind], **overrides)
+            export_target_config(target_kind), dict(PARALLEL, mask_token_id=MASK[target_kind], **overrides)
         )
     )
     with torch.no_grad():
@@ -193,7 +157,7 @@ def built(tmp_path_factory):
         )
         for name in SPECULATORS
     }
-    vocab = target_config("qwen3").vocab_size
+    vocab = export_target_config("qwen3").vocab_size
     return {
         "base": base,
         "targets": targets,

@@ -1,7 +1,10 @@
-"""Shared by the training tests: a random tiny target, a learnable conversation file, a small cache."""
+"""Shared by the training and cache tests: a random tiny target, a learnable conversation file, a small cache built
+from them, and synthetic cache rows."""
 
 import json
 from pathlib import Path
+
+import torch
 
 from deepspec.run_config import load_config
 from deepspec.cache.build import build_target_cache
@@ -53,63 +56,21 @@ def tiny_run(base: Path, *, layers: list[int], n: int, batch_size: int, family: 
     return {"base": base, "target": str(target), "cache": str(base / "cache")}
 
 
-# The family-specific parts of the hand-sized tiny targets in test_targets.py and test_decoding.py (each
-# test picks its own sizes).
-LLAMA3_ROPE = {
-    "rope_type": "llama3",
-    "rope_theta": 500000.0,
-    "factor": 8.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 16,
-}
+# Synthetic cache rows (test_target_cache; its crash test writes them from a subprocess).
+CACHE_META = dict(target_model="Qwen/Qwen3-tiny", layer_ids=[1, 3, 5], hidden_size=16)
 
 
-def llama3_config(**sizes):
-    """Llama 3: no q/k norms, Llama 3 rope scaling, untied LM head."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(**{"tie_word_embeddings": False, "rope_parameters": dict(LLAMA3_ROPE), **sizes})
-
-
-def qwen3_moe_config(**sizes):
-    """Qwen3-MoE: a sparse MoE MLP (4 experts, top 2) in every layer."""
-    from transformers import Qwen3MoeConfig
-
-    return Qwen3MoeConfig(**{"num_experts": 4, "num_experts_per_tok": 2, **sizes})
-
-
-def qwen3_5_config(**sizes):
-    """Qwen3.5: Gated DeltaNet (linear attention) layers, full attention every 2nd layer, partial rope."""
-    from transformers import Qwen3_5TextConfig
-
-    return Qwen3_5TextConfig(
-        **{
-            "full_attention_interval": 2,
-            "linear_num_key_heads": 2,
-            "linear_num_value_heads": 4,
-            "linear_key_head_dim": 8,
-            "linear_value_head_dim": 8,
-            **sizes,
-        }
-    )
-
-
-def qwen3_5_moe_config(**sizes):
-    """Qwen3.5-MoE: the Qwen3.5 hybrid stack with a sparse MoE (4 experts, top 2) and a shared expert."""
-    from transformers import Qwen3_5MoeTextConfig
-
-    return Qwen3_5MoeTextConfig(
-        **{
-            "layer_types": ["linear_attention", "full_attention"] * 2,
-            "linear_num_key_heads": 2,
-            "linear_num_value_heads": 4,
-            "linear_key_head_dim": 8,
-            "linear_value_head_dim": 8,
-            "num_experts": 4,
-            "num_experts_per_tok": 2,
-            "moe_intermediate_size": 16,
-            "shared_expert_intermediate_size": 16,
-            **sizes,
-        }
-    )
+def cache_sample(i: int) -> dict:
+    """Row ``i``: its own length and loss mask, hidden states drawn as raw bf16 bits."""
+    layers, hidden = len(CACHE_META["layer_ids"]), CACHE_META["hidden_size"]
+    g = torch.Generator().manual_seed(1000 + i)
+    t = 3 + (i * 7) % 29
+    return {
+        "input_ids": torch.randint(0, 50000, (t,), generator=g),
+        "loss_mask": torch.rand(t, generator=g) > 0.4,
+        # Random bit patterns cover every bf16 value class (NaN payloads, denormals, -0).
+        "hidden_states": torch.randint(-32768, 32767, (t, layers * hidden), dtype=torch.int16, generator=g).view(
+            torch.bfloat16
+        ),
+        "last_hidden_state": torch.randn(t, hidden, generator=g).bfloat16(),
+    }

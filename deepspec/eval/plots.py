@@ -2,7 +2,9 @@
 
 Computing and plotting stay apart so that the metrics, calibration and replay modules (and the
 decode, which must never pay for matplotlib) import without it: each function here imports
-matplotlib when called. Figures:
+matplotlib when called. Each figure has a ``*_figure`` function that builds it (a bare matplotlib
+``Figure``, outside pyplot, so tests read what it shows: labels, lines, bar heights) and a
+``plot_*`` function that writes it as a PNG. Figures:
 
 - conditional acceptance by position (per domain, per algorithm) and τ by task — eval.py and compare.py;
 - reliability diagrams of the confidence head's prefix survival a_k (before / after STS) — eval.py
@@ -48,12 +50,12 @@ def _nan(values) -> list[float]:
     return [float("nan") if v is None else float(v) for v in values]
 
 
-def _plot_position_lines(series: dict[str, list[float | None]], *, path, title: str, ylabel: str) -> bool:
-    """Draw the lines that have data; False (nothing written) when none has: every proposal was cut to
+def _position_lines_figure(series: dict[str, list[float | None]], *, title: str, ylabel: str):
+    """One line per series that has data (x = draft position 1..); None when none has: every proposal was cut to
     0 slots (a confidence threshold above every confidence) or no round was decoded."""
     series = {k: v for k, v in series.items() if any(x is not None for x in v)}
     if not series:
-        return False
+        return None
     fig, ax = _new_axes(figsize=(6.0, 4.0))
     for label, values in series.items():
         ax.plot(range(1, len(values) + 1), _nan(values), marker="o", label=label)
@@ -65,6 +67,12 @@ def _plot_position_lines(series: dict[str, list[float | None]], *, path, title: 
     ax.grid(True, alpha=0.3)
     ax.set_title(title)
     ax.legend()
+    return fig
+
+
+def _save_if_any(fig, path: str | os.PathLike) -> bool:
+    if fig is None:
+        return False
     _save(fig, path)
     return True
 
@@ -72,38 +80,42 @@ def _plot_position_lines(series: dict[str, list[float | None]], *, path, title: 
 _COND_LABEL = "P(accept k | 1..k-1 accepted)"
 
 
-def plot_conditional_acceptance(
-    results: Results, *, domains: Mapping[str, str], path: str | os.PathLike, title: str | None = None
-) -> bool:
-    """PNG of conditional acceptance by position, one line per domain (mean over its tasks); False when no
-    position has data (nothing written)."""
+def conditional_acceptance_figure(results: Results, *, domains: Mapping[str, str], title: str | None = None):
+    """Conditional acceptance by position, one line per domain (mean over its tasks); None when no position
+    has data."""
     series = {}
     for dom in ordered_domains(results, domains):
         ms = [m for n, m in results.items() if domain_of(n, domains) == dom]
         series[dom] = mean_by_position(ms, key="conditional_accept_rate_by_position")
-    return _plot_position_lines(
-        series, path=path, title=title or "Conditional acceptance by position", ylabel=_COND_LABEL
-    )
+    return _position_lines_figure(series, title=title or "Conditional acceptance by position", ylabel=_COND_LABEL)
+
+
+def plot_conditional_acceptance(
+    results: Results, *, domains: Mapping[str, str], path: str | os.PathLike, title: str | None = None
+) -> bool:
+    """PNG of :func:`conditional_acceptance_figure`; False when no position has data (nothing written)."""
+    return _save_if_any(conditional_acceptance_figure(results, domains=domains, title=title), path)
+
+
+def conditional_by_algorithm_figure(results_by_algorithm: Mapping[str, Results], *, title: str | None = None):
+    """Conditional acceptance by position, one line per algorithm (macro over its tasks); None when no
+    position has data."""
+    series = {
+        algo: mean_by_position(list(res.values()), key="conditional_accept_rate_by_position")
+        for algo, res in results_by_algorithm.items()
+    }
+    return _position_lines_figure(series, title=title or "Conditional acceptance by algorithm", ylabel=_COND_LABEL)
 
 
 def plot_conditional_by_algorithm(
     results_by_algorithm: Mapping[str, Results], *, path: str | os.PathLike, title: str | None = None
 ) -> bool:
-    """PNG of conditional acceptance by position, one line per algorithm (macro over its tasks); False when
-    no position has data (nothing written)."""
-    series = {
-        algo: mean_by_position(list(res.values()), key="conditional_accept_rate_by_position")
-        for algo, res in results_by_algorithm.items()
-    }
-    return _plot_position_lines(
-        series, path=path, title=title or "Conditional acceptance by algorithm", ylabel=_COND_LABEL
-    )
+    """PNG of :func:`conditional_by_algorithm_figure`; False when no position has data (nothing written)."""
+    return _save_if_any(conditional_by_algorithm_figure(results_by_algorithm, title=title), path)
 
 
-def plot_tau_by_task(
-    results_by_algorithm: Mapping[str, Results], *, path: str | os.PathLike, title: str | None = None
-) -> None:
-    """PNG of grouped bars: τ per task (plus the macro average), one bar per algorithm."""
+def tau_by_task_figure(results_by_algorithm: Mapping[str, Results], *, title: str | None = None):
+    """Grouped bars: τ per task (plus the macro average), one bar container per algorithm."""
     tasks = task_order(results_by_algorithm)
     assert results_by_algorithm and tasks, "plot_tau_by_task needs at least one algorithm with one task"
     groups = tasks + ["macro-avg"]
@@ -125,7 +137,14 @@ def plot_tau_by_task(
     ax.grid(True, axis="y", alpha=0.3)
     ax.margins(y=0.08)  # headroom for the value labels
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: bars fill the axes
-    _save(fig, path)
+    return fig
+
+
+def plot_tau_by_task(
+    results_by_algorithm: Mapping[str, Results], *, path: str | os.PathLike, title: str | None = None
+) -> None:
+    """PNG of :func:`tau_by_task_figure`."""
+    _save(tau_by_task_figure(results_by_algorithm, title=title), path)
 
 
 # ----------------------------------------------------------------------------- reliability diagrams
@@ -148,54 +167,62 @@ def _draw_reliability(ax, pred, label, *, num_bins: int, title: str) -> None:
     ax.legend(fontsize=7, loc="upper left")
 
 
-def plot_reliability(pred, label, *, path, title: str, num_bins: int = 10) -> None:
-    """Reliability diagram PNG: one line per position k (pred, label: [N, γ]) plus the diagonal."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    _draw_reliability(ax, pred, label, num_bins=num_bins, title=title)
+def _save_tight(fig, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+
+def reliability_figure(pred, label, *, title: str, num_bins: int = 10):
+    """Reliability diagram: the diagonal, then one line per position k (pred, label: [N, γ]) through the
+    (mean predicted, empirical) survival of each non-empty bin."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 5))
+    _draw_reliability(fig.add_subplot(1, 1, 1), pred, label, num_bins=num_bins, title=title)
+    return fig
+
+
+def plot_reliability(pred, label, *, path, title: str, num_bins: int = 10) -> None:
+    """PNG of :func:`reliability_figure`."""
+    _save_tight(reliability_figure(pred, label, title=title, num_bins=num_bins), path)
+
+
+def reliability_before_after_figure(pred_before, pred_after, label, *, title: str, num_bins: int = 10):
+    """Two reliability diagrams side by side: uncalibrated and calibrated, same labels."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 5))
+    axes = fig.subplots(1, 2)
+    _draw_reliability(axes[0], pred_before, label, num_bins=num_bins, title=f"{title}: before")
+    _draw_reliability(axes[1], pred_after, label, num_bins=num_bins, title=f"{title}: after STS")
+    return fig
 
 
 def plot_reliability_before_after(pred_before, pred_after, label, *, path, title: str, num_bins: int = 10) -> None:
-    """Two reliability diagrams side by side: uncalibrated and calibrated, same labels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
-    _draw_reliability(axes[0], pred_before, label, num_bins=num_bins, title=f"{title}: before")
-    _draw_reliability(axes[1], pred_after, label, num_bins=num_bins, title=f"{title}: after STS")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """PNG of :func:`reliability_before_after_figure`."""
+    _save_tight(reliability_before_after_figure(pred_before, pred_after, label, title=title, num_bins=num_bins), path)
 
 
 # ----------------------------------------------------------------------------- threshold sweep
 
 
-def plot_threshold_sweep(results: list[dict], *, path, title: str) -> None:
+def threshold_sweep_figure(results: list[dict], *, title: str):
     """Grouped bars per threshold: accepted vs rejected draft tokens per step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     x = np.arange(len(results))
     width = 0.4
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(results) + 2), 4))
+    fig = Figure(figsize=(max(6, 0.7 * len(results) + 2), 4))
+    ax = fig.add_subplot(1, 1, 1)
     ax.bar(x - width / 2, [r["avg_accepted"] for r in results], width, label="accepted / step", color="tab:green")
     ax.bar(x + width / 2, [r["avg_rejected"] for r in results], width, label="rejected / step", color="tab:red")
     ax.set_xticks(x, [f"{r['threshold']:g}" for r in results])
     on = {"per-slot": "per-slot confidence c_k", "cumulative": "prefix survival a_k"}.get(results[0].get("rule"), "?")
     ax.set(xlabel=f"confidence threshold on {on}", ylabel="draft tokens per step", title=title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot_threshold_sweep(results: list[dict], *, path, title: str) -> None:
+    """PNG of :func:`threshold_sweep_figure`."""
+    _save_tight(threshold_sweep_figure(results, title=title), path)

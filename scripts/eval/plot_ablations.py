@@ -37,13 +37,12 @@ def macro_tau(out: Path, run: str, missing: list[str], covered: dict[str, list[s
     return macro_average(results["tasks"]).get("all")
 
 
-def _plot(series: dict[str, list[tuple[int, float]]], *, path: Path, xlabel: str, title: str) -> None:
-    import matplotlib
+def ablation_figure(series: dict[str, list[tuple[int, float]]], *, xlabel: str, title: str):
+    """Macro τ against ``xlabel``: one line per series that has points (x, τ)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot(1, 1, 1)
     for name, points in series.items():
         if points:
             xs, ys = zip(*points)
@@ -53,9 +52,31 @@ def _plot(series: dict[str, list[tuple[int, float]]], *, path: Path, xlabel: str
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def ablation_series(out: Path, missing: list[str], covered: dict[str, list[str]]):
+    """``(depth, blocks)``: the (draft layers, macro τ) points, and per head the (block size, macro τ) points, of
+    the runs that were evaluated (the others go to ``missing``)."""
+    depth = [(n, t) for n, run in DEPTH_RUNS.items() if (t := macro_tau(out, run, missing, covered)) is not None]
+    blocks: dict[str, list[tuple[int, float]]] = {}
+    for label, pattern in HEADS.items():
+        runs = {b: (MAIN_AT_7.get(label) if b == 7 else pattern.format(b)) for b in BLOCKS}
+        blocks[label] = [
+            (b, t)
+            for b, run in runs.items()
+            if run is not None and (t := macro_tau(out, run, missing, covered)) is not None
+        ]
+    return depth, blocks
+
+
+def figures(depth: list[tuple[int, float]], blocks: dict[str, list[tuple[int, float]]]) -> dict[str, object]:
+    """The two figures by file name: τ vs draft depth (paper Fig. 3) and τ vs block size per head (Fig. 4)."""
+    depth_title, block_title = "τ vs draft depth (Fig. 3 analog)", "τ vs block size (Fig. 4 analog)"
+    return {
+        "depth.png": ablation_figure({"DSpark": depth}, xlabel="draft layers", title=depth_title),
+        "block_size.png": ablation_figure(blocks, xlabel="block size γ", title=block_title),
+    }
 
 
 from deepspec.errors import DeepSpecError, cli_main  # noqa: E402
@@ -76,16 +97,7 @@ def main(argv=None) -> int:
     missing: list[str] = []
     covered: dict[str, list[str]] = {}
 
-    depth = [(n, t) for n, run in DEPTH_RUNS.items() if (t := macro_tau(out, run, missing, covered)) is not None]
-    blocks: dict[str, list[tuple[int, float]]] = {}
-    for label, pattern in HEADS.items():
-        runs = {b: (MAIN_AT_7.get(label) if b == 7 else pattern.format(b)) for b in BLOCKS}
-        blocks[label] = [
-            (b, t)
-            for b, run in runs.items()
-            if run is not None and (t := macro_tau(out, run, missing, covered)) is not None
-        ]
-
+    depth, blocks = ablation_series(out, missing, covered)
     lines = ["| draft layers | τ |", "|---:|---:|"] + [f"| {n} | {t:.3f} |" for n, t in depth]
     lines += ["", "| block size | " + " | ".join(HEADS) + " |", "|---:|" + "---:|" * len(HEADS)]
     for b in BLOCKS:
@@ -95,8 +107,9 @@ def main(argv=None) -> int:
     if missing:
         lines += ["", f"missing runs (not evaluated): {', '.join(sorted(set(missing)))}"]
     atomic_write(out / "ablations.md", "\n".join(lines) + "\n")
-    _plot({"DSpark": depth}, path=out / "depth.png", xlabel="draft layers", title="τ vs draft depth (Fig. 3 analog)")
-    _plot(blocks, path=out / "block_size.png", xlabel="block size γ", title="τ vs block size (Fig. 4 analog)")
+    for name, fig in figures(depth, blocks).items():
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
     print("\n".join(lines))
     print(f"[ablations] wrote {out}/ablations.md, depth.png, block_size.png")
     return 0

@@ -305,14 +305,14 @@ def gains(results: list[dict], *, baselines: list[str]) -> dict:
 _STYLES = {"prefix": "o-", "prefix-async": "s:"}  # async often overlaps prefix: keep both visible
 
 
-def plot(results: list[dict], *, out_dir: pathlib.Path) -> list[pathlib.Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def figures(results: list[dict]) -> dict[str, object]:
+    """The two figures, by file name: throughput vs per-user speed (log-log, a point per concurrency R) and the
+    mean verification tokens per request vs R; one line per policy, in the order the results name them."""
+    from matplotlib.figure import Figure
 
     names = list(dict.fromkeys(r["policy"] for r in results))
-    fig, ax = plt.subplots(figsize=(7, 5))
+    speed = Figure(figsize=(7, 5))
+    ax = speed.add_subplot(1, 1, 1)
     for name in names:
         curve = sorted(_curve(results, name).items())
         xs, ys = [c["per_user_speed"] for _, c in curve], [c["throughput"] for _, c in curve]
@@ -335,12 +335,9 @@ def plot(results: list[dict], *, out_dir: pathlib.Path) -> list[pathlib.Path]:
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    paths = [out_dir / "throughput_vs_speed.png"]
-    fig.tight_layout()
-    fig.savefig(paths[0], dpi=120)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    budget = Figure(figsize=(7, 4.5))
+    ax = budget.add_subplot(1, 1, 1)
     for name in names:
         curve = sorted(_curve(results, name).items())
         ax.plot(
@@ -358,10 +355,16 @@ def plot(results: list[dict], *, out_dir: pathlib.Path) -> list[pathlib.Path]:
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    paths.append(out_dir / "budget_vs_concurrency.png")
-    fig.tight_layout()
-    fig.savefig(paths[1], dpi=120)
-    plt.close(fig)
+    return {"throughput_vs_speed.png": speed, "budget_vs_concurrency.png": budget}
+
+
+def plot(results: list[dict], *, out_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Write :func:`figures` into ``out_dir``; returns the PNG paths."""
+    paths = []
+    for name, fig in figures(results).items():
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=120)
+        paths.append(out_dir / name)
     return paths
 
 
