@@ -54,16 +54,12 @@ def model_recipe(algorithm: str, *, target: str, target_layer_ids: list[int], ma
     )
 
 
-def parallel_drafter_model(
-    *, algorithm: str, target: str, target_layer_ids: list[int], mask_token_id: int | None = None
-) -> dict:
-    """DSpark (Markov + confidence heads, CE+L1+BCE) or DFlash (no heads, CE only); see :func:`model_recipe`."""
-    return model_recipe(algorithm, target=target, target_layer_ids=target_layer_ids, mask_token_id=mask_token_id)
-
-
-def eagle3_model(*, target: str, target_layer_ids: list[int]) -> dict:
-    """One-layer autoregressive draft trained with a 7-step training-time test; see :func:`model_recipe`."""
-    return model_recipe("eagle3", target=target, target_layer_ids=target_layer_ids)
+def paper_run(
+    *, algorithm: str, target: str, target_layer_ids: list[int], chat_template: str, mask_token_id: int | None = None
+) -> tuple[dict, dict, dict, dict]:
+    """A config file's ``model, train, logging, data`` sections: the paper recipe of ``algorithm`` for ``target``."""
+    model = model_recipe(algorithm, target=target, target_layer_ids=target_layer_ids, mask_token_id=mask_token_id)
+    return model, paper_train(), paper_logging(), paper_data(chat_template=chat_template)
 
 
 def paper_train(*, trainer_cls: str | None = None) -> dict:

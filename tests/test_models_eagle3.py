@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from deepspec.models import Eagle3DraftModel, build_draft, draft_config_from_target, eagle3_metrics, load_draft
-from deepspec.recipes import eagle3_model
+from deepspec.recipes import model_recipe
 from references import DECAY, H, S, V, eagle3_batch, eagle3_batched, naive_unroll
 from shared_targets import draft_math_target_config
 
 
 def make_draft(family="qwen3", dtype=torch.float64, layers=1):
     model_cfg = dict(
-        eagle3_model(target="unused", target_layer_ids=[0, 1, 3]),
+        model_recipe("eagle3", target="unused", target_layer_ids=[0, 1, 3]),
         ttt_length=S,
         step_loss_decay=DECAY,
         num_draft_layers=layers,

@@ -2,30 +2,21 @@
 
 Target layer ids: Llama-3.1-8B, 32 layers: the spread rule (5 ids from 1 to L-3 = 29) gives [1, 8, 15, 22, 29].
 Llama has no q/k norms; the draft layers are Qwen3-style (Qwen3DSparkModel) with Llama's sizes and rope.
-Paper settings come from deepspec/recipes.py; override anything with --opts.
+Paper settings come from deepspec/recipes.py (paper_run); override anything with --opts.
 """
 
-from deepspec.recipes import (
-    LLAMA3_MASK_TOKEN_ID,
-    derive_output_dirs,
-    paper_data,
-    paper_logging,
-    paper_train,
-    parallel_drafter_model,
-)
+from deepspec.recipes import LLAMA3_MASK_TOKEN_ID, derive_output_dirs, paper_run
 
 project_name = "deepspec"
 exp_name = "dflash_block7_llama3_8b"
 seed = 42
 
-model = parallel_drafter_model(
+model, train, logging, data = paper_run(
     algorithm="dflash",
     target="meta-llama/Llama-3.1-8B-Instruct",
     target_layer_ids=[1, 8, 15, 22, 29],
+    chat_template="llama3",
     mask_token_id=LLAMA3_MASK_TOKEN_ID,
 )
-train = paper_train()
-logging = paper_logging()
-data = paper_data(chat_template="llama3")
 
 finalize_cfg = derive_output_dirs

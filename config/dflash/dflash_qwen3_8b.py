@@ -1,30 +1,21 @@
 """DFlash draft for Qwen/Qwen3-8B: block 7, 5 draft layers, no Markov / confidence head, CE only.
 
 Target layer ids: Qwen3-8B, 36 layers: same depth as 4B, so the same spread ids.
-Paper settings come from deepspec/recipes.py; override anything with --opts.
+Paper settings come from deepspec/recipes.py (paper_run); override anything with --opts.
 """
 
-from deepspec.recipes import (
-    QWEN3_MASK_TOKEN_ID,
-    derive_output_dirs,
-    paper_data,
-    paper_logging,
-    paper_train,
-    parallel_drafter_model,
-)
+from deepspec.recipes import QWEN3_MASK_TOKEN_ID, derive_output_dirs, paper_run
 
 project_name = "deepspec"
 exp_name = "dflash_block7_qwen3_8b"
 seed = 42
 
-model = parallel_drafter_model(
+model, train, logging, data = paper_run(
     algorithm="dflash",
     target="Qwen/Qwen3-8B",
     target_layer_ids=[1, 9, 17, 25, 33],
+    chat_template="qwen3",
     mask_token_id=QWEN3_MASK_TOKEN_ID,
 )
-train = paper_train()
-logging = paper_logging()
-data = paper_data(chat_template="qwen3")
 
 finalize_cfg = derive_output_dirs

@@ -5,29 +5,20 @@ DEEPSPEC_TINY_TARGET, else ~/.cache/deepspec/tiny_target). Its 4 decoder layers
 allow ids -1..2; we capture layers 0, 1 and 2.
 """
 
-from deepspec.recipes import (
-    default_tiny_target_dir,
-    derive_output_dirs,
-    paper_data,
-    paper_logging,
-    paper_train,
-    parallel_drafter_model,
-    tiny_overrides,
-)
+from deepspec.recipes import default_tiny_target_dir, derive_output_dirs, paper_run, tiny_overrides
 
 project_name = "deepspec_tiny"
 exp_name = "dspark_block7_tiny"
 seed = 42
 
-model = parallel_drafter_model(
+# mask token <|mask|> in the tiny tokenizer; the tiny tokenizer is Qwen-style
+model, train, logging, data = paper_run(
     algorithm="dspark",
     target=default_tiny_target_dir(),
     target_layer_ids=[0, 1, 2],
-    mask_token_id=3,  # <|mask|> in the tiny tokenizer
+    chat_template="qwen3",
+    mask_token_id=3,
 )
-train = paper_train()
-logging = paper_logging()
-data = paper_data(chat_template="qwen3")  # the tiny tokenizer is Qwen-style
 tiny_overrides(model, train, logging, data)
 
 finalize_cfg = derive_output_dirs

@@ -5,23 +5,22 @@ after any layer, whatever its type: the spread rule (5 ids from 1 to L-3 = 29) g
 (docs/targets.md, "Qwen3.5 targets", says why not full-attention layers only).
 The draft is Qwen3-style dense full attention with the target's sizes; the target's partial rotary factor
 is not carried over (Qwen3 layers rotate the whole head).
-Paper settings come from deepspec/recipes.py; override anything with --opts.
+Paper settings come from deepspec/recipes.py (paper_run); override anything with --opts.
 """
 
-from deepspec.recipes import derive_output_dirs, eagle3_model, paper_data, paper_logging, paper_train
+from deepspec.recipes import derive_output_dirs, paper_run
 
 project_name = "deepspec"
 exp_name = "eagle3_ttt7_qwen3_5_9b"
 seed = 42
 
-model = eagle3_model(
+# Low / middle / high features, a subset of the parallel drafters' ids so one target cache serves all three
+# algorithms.
+model, train, logging, data = paper_run(
+    algorithm="eagle3",
     target="Qwen/Qwen3.5-9B",
-    # Low / middle / high features, a subset of the parallel drafters' ids so
-    # one target cache serves all three algorithms.
     target_layer_ids=[1, 15, 29],
+    chat_template="qwen3_5",
 )
-train = paper_train()
-logging = paper_logging()
-data = paper_data(chat_template="qwen3_5")
 
 finalize_cfg = derive_output_dirs

@@ -5,24 +5,19 @@ DEEPSPEC_TINY_TARGET, else ~/.cache/deepspec/tiny_target). Its 4 decoder layers
 allow ids -1..2; we capture layers 0, 1 and 2.
 """
 
-from deepspec.recipes import (
-    default_tiny_target_dir,
-    derive_output_dirs,
-    eagle3_model,
-    paper_data,
-    paper_logging,
-    paper_train,
-    tiny_overrides,
-)
+from deepspec.recipes import default_tiny_target_dir, derive_output_dirs, paper_run, tiny_overrides
 
 project_name = "deepspec_tiny"
 exp_name = "eagle3_ttt7_tiny"
 seed = 42
 
-model = eagle3_model(target=default_tiny_target_dir(), target_layer_ids=[0, 1, 2])
-train = paper_train()
-logging = paper_logging()
-data = paper_data(chat_template="qwen3")  # the tiny tokenizer is Qwen-style
+# the tiny tokenizer is Qwen-style
+model, train, logging, data = paper_run(
+    algorithm="eagle3",
+    target=default_tiny_target_dir(),
+    target_layer_ids=[0, 1, 2],
+    chat_template="qwen3",
+)
 tiny_overrides(model, train, logging, data)
 
 finalize_cfg = derive_output_dirs
