@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from badinput import ROOT, Result, fingerprint, refused, run_entry
+from tinyrun import RUN_SIZES
 
 PREPARE = "scripts/data/prepare_target_cache.py"
 ESTIMATE = "scripts/data/estimate_target_cache_size.py"
@@ -75,12 +76,7 @@ def world(tmp_path_factory):
     target = build_random_tiny_target(
         output_dir=base / "base" / "Qwen3-tiny",
         seed=0,
-        num_hidden_layers=3,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
+        **RUN_SIZES,
     )
     ft = base / "ft" / "Qwen3-tiny"
     shutil.copytree(target, ft)

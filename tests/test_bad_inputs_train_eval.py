@@ -21,6 +21,7 @@ from deepspec.cli import nonnegative_float, nonnegative_int, positive_float, pos
 from deepspec.decoding.confidence import CalibrationError, read_calibration_file
 from deepspec.decoding.rounds import read_rounds
 from deepspec.eval.calibration import save_calibration
+from tinyrun import RUN_SIZES
 
 CALIBRATE = "scripts/eval/calibrate.py"
 SWEEP = "scripts/eval/threshold_sweep.py"
@@ -329,12 +330,7 @@ def trained(tmp_path_factory):
     target = build_random_tiny_target(
         output_dir=base / "target",
         seed=0,
-        num_hidden_layers=3,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
+        **RUN_SIZES,
     )
     rows = [
         json.dumps(

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from deepspec.run_config import ConfigError, load_config
+from tinyrun import RUN_SIZES
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("deepspec_train_entry_online", ROOT / "train.py")
@@ -134,12 +135,7 @@ def test_online_run_refuses_before_loading_the_target(tmp_path, monkeypatch):
     target = build_random_tiny_target(
         output_dir=tmp_path / "target",
         seed=0,
-        num_hidden_layers=3,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
+        **RUN_SIZES,
     )
 
     monkeypatch.setattr(online, "free_memory_bytes", lambda device, ranks_on_node: (1 << 20, "host RAM (test)"))

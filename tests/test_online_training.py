@@ -21,6 +21,7 @@ from deepspec.run_config import load_config
 from deepspec.cache.build import build_target_cache
 from deepspec.tiny_target import build_random_tiny_target
 from deepspec.training.metrics import read_metrics
+from tinyrun import TINY_SIZES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -38,13 +39,7 @@ def setup(tmp_path_factory):
     target = build_random_tiny_target(
         output_dir=base / "target",
         seed=0,
-        num_hidden_layers=3,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        initializer_range=0.3,
+        **TINY_SIZES,
     )
     rows = []
     for i in range(40):

@@ -21,7 +21,7 @@ from deepspec.training.checkpoint import ResumeError, latest_checkpoint, save_ch
 from deepspec.launch import LAUNCH_ENV_VARS as LAUNCH_ENV, LaunchError, LaunchPlan, launch, plan_launch, plan_rendezvous
 from deepspec.training.metrics import read_metrics
 from deepspec.training.trainer import TrainingError, grad_accumulation
-from tinyrun import tiny_run
+from tinyrun import tiny_run, TINY_SIZES
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_LAYERS = [-1, 1]  # layer 0 deliberately absent (pre-flight test)
@@ -275,13 +275,7 @@ def test_preflight_errors(setup, tmp_path):
     other = build_random_tiny_target(
         output_dir=tmp_path / "other_target",
         seed=1,
-        num_hidden_layers=3,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        initializer_range=0.3,
+        **TINY_SIZES,
     )  # same shape, other weights
     with pytest.raises(CacheCompatibilityError, match="target_model"):
         train(setup, make_cfg(setup, "dspark", tmp_path / "b", f"model.target_model_name_or_path={other}"))
