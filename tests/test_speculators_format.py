@@ -67,7 +67,7 @@ def saved_draft(root: Path, family: str, algorithm: str, **overrides) -> Path:
 
 
 @pytest.mark.parametrize("family", ["qwen3", "gemma4"])
-@pytest.mark.parametrize("algorithm", ["dspark", "dflash", "eagle3"])
+@pytest.mark.parametrize("algorithm", ["dspark", "eagle3"])  # DFlash: below (not exported in DeepSpec's layout)
 def test_round_trip_is_exact(tmp_path, family, algorithm):
     src = saved_draft(tmp_path / "run", family, algorithm)
     out = tmp_path / "spec"
@@ -92,7 +92,7 @@ def test_round_trip_is_exact(tmp_path, family, algorithm):
         assert tokens == 5 and spec["norm_before_residual"] is False
     else:
         assert tokens == 4 and spec["sample_from_anchor"] is True and spec["block_size"] == 4
-        assert spec["markov_rank"] == (8 if algorithm == "dspark" else 0)
+        assert spec["markov_rank"] == 8
     # Tensors bit-equal, same names.
     a, b = load_file(src / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
@@ -110,6 +110,57 @@ def test_round_trip_is_exact(tmp_path, family, algorithm):
         assert '"method": "eagle3"' in result.output
     else:
         assert "note: vLLM cannot serve this folder" in result.output
+
+
+DFLASH_REFUSED = (
+    "DFlash in DeepSpec's block layout (sample_from_anchor: true, slot k predicts token p+k+1) has no speculators "
+    "export that an engine decodes right: vLLM's dflash method takes slot 0 for the bonus token"
+)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma4"])
+def test_dflash_in_deepspec_layout_is_not_exported_to_speculators(tmp_path, family):
+    # vLLM's V1 runner would load the folder silently and decode it one slot off (issue 31): no such folder.
+    src = saved_draft(tmp_path / "run", family, "dflash")
+    before = fingerprint([tmp_path / "run"])
+    result = run_entry(SCRIPT, ["--draft", src, "--format", "speculators", "--output", tmp_path / "spec"])
+    refused(result, DFLASH_REFUSED, code=2)
+    assert "Export it with --format deepspec and serve it with method dspark" in result.output
+    assert not (tmp_path / "spec").exists() and fingerprint([tmp_path / "run"]) == before
+    with pytest.raises(SpeculatorsFormatError, match="one slot off"):
+        to_speculators_folder(draft_dir=src, output_dir=tmp_path / "spec")
+    assert not (tmp_path / "spec").exists()
+
+
+def legacy_dflash_folder(tmp_path: Path, monkeypatch, family: str = "qwen3") -> tuple[Path, Path]:
+    """(our DFlash draft, the speculators folder earlier versions exported from it, sample_from_anchor: true)."""
+    import dataclasses
+
+    from deepspec.algorithms import ALGORITHMS
+
+    src = saved_draft(tmp_path / "run", family, "dflash")
+    dflash = ALGORITHMS["dflash"]
+    old = dataclasses.replace(dflash.speculators, export_refused=lambda config: None)
+    with monkeypatch.context() as m:
+        m.setitem(ALGORITHMS, "dflash", dataclasses.replace(dflash, speculators=old))
+        return src, to_speculators_folder(draft_dir=src, output_dir=tmp_path / "legacy")
+
+
+def test_a_legacy_dflash_speculators_folder_still_reads_exactly(tmp_path, monkeypatch):
+    # DeepSpec decodes such a folder right (its layout is ours), so an import is not refused; re-exporting it
+    # to the speculators format is, and --format deepspec is the way out.
+    src, legacy = legacy_dflash_folder(tmp_path, monkeypatch)
+    spec = json.loads((legacy / "config.json").read_text())
+    assert spec["speculators_model_type"] == "dflash" and spec["sample_from_anchor"] is True
+    back = load_any_draft(legacy)
+    back.save_pretrained(tmp_path / "back")
+    assert json.loads((tmp_path / "back" / "config.json").read_text()) == json.loads((src / "config.json").read_text())
+    a, c = load_file(src / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
+    assert c.keys() == a.keys() and all(torch.equal(a[k], c[k]) for k in a)
+    refused(
+        run_entry(SCRIPT, ["--draft", legacy, "--format", "speculators", "--output", tmp_path / "x"]), "one slot off"
+    )
+    assert run_entry(SCRIPT, ["--draft", legacy, "--format", "deepspec", "--output", tmp_path / "vllm"]).rc == 0
 
 
 def test_speculators_folder_converts_to_the_vllm_dspark_folder(tmp_path):

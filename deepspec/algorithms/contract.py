@@ -24,6 +24,9 @@ class SpeculatorsAdapter:
     import_fixed: Mapping[str, Any]  # our values whatever a foreign config says (DFlash: no heads)
     proposal_tokens: Callable[[dict], int]  # the greedy proposal's speculative_tokens, from our config dict
     refuse: Callable[[dict], "str | None"]  # why our config dict has no equivalent in the format, else None
+    # Why an engine would decode this format's export of our config dict wrongly, else None. Export only:
+    # DeepSpec itself reads such a folder right, so an import is not refused for it.
+    export_refused: Callable[[dict], "str | None"] = lambda config: None
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,16 @@ def block_recipe(*, target: str, target_layer_ids: list[int], mask_token_id: int
     )
 
 
+# Why DeepSpec's DFlash layout gets no speculators export (issue 31, measured in vLLM 0.32's CPU build).
+DFLASH_SPECULATORS_REFUSED = (
+    "DFlash in DeepSpec's block layout (sample_from_anchor: true, slot k predicts token p+k+1) has no "
+    "speculators export that an engine decodes right: vLLM's dflash method takes slot 0 for the bonus token, so "
+    "its V1 model runner loads such a folder without a word and reads every prediction one slot off (measured: "
+    "tau 1.09 instead of 1.17), and its V2 runner refuses it. Export it with --format deepspec and serve it with "
+    "method dspark (vLLM's V2 GPU model runner)"
+)
+
+
 def block_speculators(*, heads: bool) -> SpeculatorsAdapter:
     """The block drafter in the speculators format (``sample_from_anchor: true``: slot k predicts token p+k+1).
     A foreign DSpark folder that omits a field gets speculators' defaults; a DFlash one never has heads."""
@@ -92,6 +102,7 @@ def block_speculators(*, heads: bool) -> SpeculatorsAdapter:
         import_fixed={} if heads else dict(markov_rank=0, enable_confidence_head=False),
         proposal_tokens=lambda config: int(config["block_size"]),
         refuse=lambda config: None,
+        export_refused=(lambda config: None) if heads else (lambda config: DFLASH_SPECULATORS_REFUSED),
     )
 
 

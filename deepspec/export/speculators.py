@@ -17,9 +17,11 @@ How our layout maps, and why each rule:
   ``confidence_head.proj``, ``embed_tokens``, ``lm_head`` (Gemma 4's ``layer_scalar`` buffers ride
   along). Speculators-only tensors are dropped on import: ``verifier_norm`` / ``verifier_lm_head``
   (training-time copies of the target's) and identity ``d2t`` / ``t2d`` tables.
-- DeepSpec's block layout is ``sample_from_anchor: true`` (slot k predicts token p+k+1), written
-  explicitly for DFlash too; ``sample_from_anchor: false`` drafts (anchor = bonus token) are refused
-  on import: our drafter does not implement that layout.
+- DeepSpec's block layout is ``sample_from_anchor: true`` (slot k predicts token p+k+1);
+  ``sample_from_anchor: false`` drafts (anchor = bonus token) are refused on import: our drafter does
+  not implement that layout. DFlash in our layout is not exported at all (the adapter's
+  ``export_refused``): vLLM's ``dflash`` method reads slot 0 as the bonus token, and its V1 runner
+  would decode such a folder one slot off without a word; folders earlier versions wrote still import.
 - Eagle3: our layer fuses ``[input_layernorm(embeds) ; hidden_norm(x)]`` and keeps the un-normalised
   x as residual (``norm_before_residual: false``). Speculators feeds the 2H input to layer 0 only,
   so only one-layer Eagle3 drafts have an equivalent; the other Eagle3 norm variants have none here.
@@ -31,7 +33,7 @@ How our layout maps, and why each rule:
 
 What engines do with it (docs/serving.md): vLLM maps a ``dspark`` folder to its
 ``Qwen3DSparkModel`` (Qwen 3 only) and an ``eagle3`` folder to ``Eagle3Qwen3ForCausalLM`` /
-``Eagle3LlamaForCausalLM``; its ``dflash`` method refuses ``sample_from_anchor``.
+``Eagle3LlamaForCausalLM``.
 :func:`deepspec.export.vllm_layout.vllm_caveat` says which exports vLLM cannot serve from this format.
 """
 
@@ -91,6 +93,9 @@ def to_speculators_config(
     why_not = adapter.refuse(config)
     if why_not:
         raise SpeculatorsFormatError(f"{why_not}. Export a draft that has one")
+    served_wrongly = adapter.export_refused(config)
+    if served_wrongly:
+        raise SpeculatorsFormatError(served_wrongly)
     ours = {"architectures", *(f.name for f in (*COMMON_FIELDS, *algorithm.spec.fields) if f.saved)}
     out = {
         "architectures": [adapter.architecture],

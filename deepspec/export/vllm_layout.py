@@ -88,18 +88,17 @@ def check_vllm_servable(*, config: dict) -> None:
 
 def vllm_caveat(config: dict) -> str | None:
     """Why vLLM (0.32) cannot serve the speculators export of our ``config``, or None when it can."""
+    from deepspec.algorithms import algorithm_of
     from deepspec.models.draft_config import draft_config_from_dict
 
-    algorithm, model_type = draft_config_from_dict(config).algorithm, config.get("model_type")
-    if algorithm == "eagle3":
+    algorithm, model_type = algorithm_of(draft_config_from_dict(config)), config.get("model_type")
+    served_wrongly = algorithm.speculators.export_refused(config)  # DeepSpec-layout DFlash
+    if served_wrongly:
+        return served_wrongly
+    if algorithm.name == "eagle3":
         if model_type not in ("qwen3", "llama"):
             return f"vLLM's speculators Eagle3 path builds only qwen3 / llama layers, not {model_type}"
         return None
-    if algorithm == "dflash":
-        return (
-            "vLLM's dflash method refuses sample_from_anchor (DeepSpec's DFlash layout); serve it with "
-            "--format deepspec and method dspark"
-        )
     if model_type != "qwen3":
         return (
             f"vLLM maps every speculators dspark folder to Qwen3DSparkModel, which cannot hold {model_type} "
