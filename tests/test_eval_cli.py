@@ -93,6 +93,18 @@ def test_eval_writes_results_and_matches_target_greedy(setup, capsys):
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert len(rounds) == g["num_rounds"] + results["tasks"]["mt-bench"]["num_rounds"]
     assert all(len(r["conf_logits"]) == 4 for r in rounds)
+    # vLLM's counters in its own schema, per request the ordered steps of rounds.jsonl.
+    spec = results["spec_decode"]
+    assert spec["num_drafts"] == len(rounds) and spec["num_accepted_tokens"] == sum(r["accepted"] for r in rounds)
+    assert spec["num_accepted_tokens_per_pos"] == [sum(r["accepted"] >= k for r in rounds) for k in (1, 2, 3, 4)]
+    first = [r for r in rounds if (r["task"], r["prompt_index"]) == ("gsm8k", 0)]
+    assert spec["requests"][0] == {
+        "task": "gsm8k",
+        "prompt_index": 0,
+        "per_step_accepted": [r["accepted"] for r in first],
+        "per_step_drafted": [4] * len(first),
+    }
+    assert g["spec_decode"]["num_drafts"] == g["num_rounds"]
     for name in ("table.md", "conditional_acceptance.png", "reliability_gsm8k.png"):
         assert (out / name).stat().st_size > 0
 
