@@ -9,7 +9,7 @@ how it is checked is its spec, :data:`deepspec.draft_specs.DSPARK`.
 from __future__ import annotations
 
 from deepspec.algorithms.contract import Algorithm, SpeculatorsAdapter
-from deepspec.draft_specs import DFLASH, DSPARK, DraftSpec
+from deepspec.draft_specs import DFLASH, DSPARK, DraftSpec, field_reader
 
 
 def block_compute_sums(*, model, draft, batch, model_cfg, generator, target_logits) -> dict:
@@ -49,10 +49,10 @@ def block_summary(sums: dict) -> dict:
     return parallel_draft_metrics(sums)
 
 
-def block_proposer(draft):
+def block_proposer(draft, *, gamma: int | None = None):
     from deepspec.decoding.proposers import ParallelProposer
 
-    return ParallelProposer(draft)
+    return ParallelProposer(draft, gamma=gamma)
 
 
 def block_recipe(*, target: str, target_layer_ids: list[int], mask_token_id: int | None, heads: bool) -> dict:
@@ -100,7 +100,6 @@ def block_speculators(*, heads: bool) -> SpeculatorsAdapter:
             else dict(block_size=8)
         ),
         import_fixed={} if heads else dict(markov_rank=0, enable_confidence_head=False),
-        proposal_tokens=lambda config: int(config["block_size"]),
         refuse=lambda config: None,
         export_refused=(lambda config: None) if heads else (lambda config: DFLASH_SPECULATORS_REFUSED),
     )
@@ -118,6 +117,7 @@ def block_algorithm(spec: DraftSpec, *, heads: bool) -> Algorithm:
         ),
         trainer_name="DSparkTrainer",
         speculators=block_speculators(heads=heads),
+        trained_tokens=lambda config: int(field_reader(config)("block_size")),
     )
 
 

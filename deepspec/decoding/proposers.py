@@ -60,11 +60,12 @@ class _LayerCache:
 
 
 class ParallelProposer:
-    """DSpark (Markov + confidence heads) and DFlash (``markov_rank == 0``): γ = ``block_size``."""
+    """DSpark (Markov + confidence heads) and DFlash (``markov_rank == 0``): γ = ``block_size``, or a
+    shorter block of ``gamma`` slots [pending, mask, ...] (an engine's smaller num_speculative_tokens)."""
 
-    def __init__(self, draft):
+    def __init__(self, draft, *, gamma: int | None = None):
         self.draft = draft.eval()
-        self.gamma = int(draft.config.block_size)
+        self.gamma = int(gamma or draft.config.block_size)
         self.mask_token_id = int(draft.config.mask_token_id)
         self.cache = _LayerCache(len(draft.layers))
 
@@ -130,11 +131,12 @@ class ParallelProposer:
 
 
 class Eagle3Proposer:
-    """Eagle3: step 0 comes from the context pass (state at p−1 with token p), steps 1..γ−1 chain."""
+    """Eagle3: step 0 comes from the context pass (state at p−1 with token p), steps 1..γ−1 chain;
+    γ = ``ttt_length`` or ``gamma`` (a shorter chain)."""
 
-    def __init__(self, draft):
+    def __init__(self, draft, *, gamma: int | None = None):
         self.draft = draft.eval()
-        self.gamma = int(draft.config.ttt_length)
+        self.gamma = int(gamma or draft.config.ttt_length)
         self.cache = _LayerCache(len(draft.layers))
         self.last_state = None  # [B, H] layer output at each row's last committed slot
 

@@ -104,6 +104,7 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str], scheduler: st
         "target": str(opts.target),
         "draft": draft_name if opts.self_draft_gamma else str(opts.draft),
         "gamma": gamma,
+        "num_speculative_tokens": getattr(opts, "num_speculative_tokens", None),  # None: the draft's trained count
         "temperature": opts.temperature,
         "confidence_threshold": opts.confidence_threshold,
         "survival_threshold": opts.survival_threshold,

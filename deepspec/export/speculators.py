@@ -111,7 +111,7 @@ def to_speculators_config(
     }
     out["speculators_config"] = {
         "algorithm": algorithm.name,
-        "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": adapter.proposal_tokens(config)}],
+        "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": algorithm.trained_tokens(config)}],
         "default_proposal_method": "greedy",
         "verifier": {"name_or_path": verifier_name_or_path, "architectures": list(verifier_architectures or [])},
     }
