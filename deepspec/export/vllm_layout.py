@@ -157,3 +157,58 @@ def to_vllm_folder(
         )
     except SpeculatorsFormatError as exc:
         raise VllmExportError(str(exc)) from None
+
+
+# ----------------------------------------------------------------------------- which vLLM method serves a draft
+
+# How each vLLM method reads a block: does slot 0 (the anchor, the last committed token) predict the next
+# token (sample_from_anchor: true, DeepSpec's layout), or is it the bonus token with each mask predicting its
+# own position (false, vLLM / SGLang / z-lab DFlash)? dspark follows the folder's flag (default true).
+METHOD_READS_ANCHOR = {"dflash": False, "dspark": None}
+METHOD_ALGORITHMS = {"eagle3": ("eagle3",), "dflash": ("dflash",), "dspark": ("dspark", "dflash")}
+
+
+def draft_samples_from_anchor(config: dict, raw_config: dict | None = None) -> bool | None:
+    """The block layout of a draft (our config dict; ``raw_config`` its folder's own config.json, which a
+    speculators folder writes the flag into): True for DeepSpec's, None for drafts without blocks."""
+    from deepspec.algorithms import algorithm_of
+    from deepspec.models.draft_config import draft_config_from_dict
+
+    if algorithm_of(draft_config_from_dict(config)).name == "eagle3":
+        return None
+    raw = raw_config or {}
+    return bool(raw.get("sample_from_anchor", config.get("sample_from_anchor", True)))
+
+
+def vllm_serving_plan(config: dict) -> tuple[str, str]:
+    """(export format, vLLM speculative method) that serves a draft with our config dict as we decode it."""
+    from deepspec.algorithms import algorithm_of
+    from deepspec.models.draft_config import draft_config_from_dict
+
+    if algorithm_of(draft_config_from_dict(config)).name == "eagle3":
+        return "speculators", "eagle3"
+    return "deepspec", "dspark"
+
+
+def engine_anchor_layout_problem(*, raw_config: dict, config: dict, method: str | None) -> tuple[str, str] | None:
+    """(why, fix) when vLLM's ``method`` (None: :func:`vllm_serving_plan`'s) would read the draft's
+    predictions from other slots than we trained them in, or does not serve its algorithm; else None."""
+    from deepspec.algorithms import algorithm_of
+    from deepspec.models.draft_config import draft_config_from_dict
+
+    name = algorithm_of(draft_config_from_dict(config)).name
+    fmt, planned = vllm_serving_plan(config)
+    method = method or planned
+    if name not in METHOD_ALGORITHMS.get(method, (name,)):
+        return (
+            f"vLLM's method {method!r} does not serve a {name} draft",
+            f"serve it with method {planned!r} (export_draft.py --format {fmt})",
+        )
+    ours, reads = draft_samples_from_anchor(config, raw_config), METHOD_READS_ANCHOR.get(method)
+    if ours is None or reads is None or ours == reads:
+        return None
+    return (
+        f"the draft uses sample_from_anchor={str(ours).lower()} (slot k predicts token p+k+1), but vLLM's "
+        f"{method!r} method reads slot 0 as the bonus token: every prediction would be read one slot off",
+        f"serve it with method {planned!r} (export_draft.py --format {fmt})",
+    )
