@@ -135,6 +135,7 @@ def make_policy(name):
         ("dspark", "cumulative-threshold"),
         ("dspark", "prefix"),
         ("dflash", None),
+        ("dflash_engine_layout", None),
         ("eagle3", None),
     ],
 )
@@ -245,6 +246,18 @@ def reference_probs(target, draft, seq, prop):
             input_ids=ids, hidden_states=states, loss_mask=torch.ones_like(ids), attention_backend="eager", ttt_length=G
         )
         return torch.softmax(out.logits[:, 0, p - 1], -1), None
+    if not draft.samples_from_anchor:  # the engines' layout, through the training forward with anchor p
+        ids = torch.tensor([committed + [pending] + prop.tokens[0].tolist()])
+        states = target.capture(ids, layer_ids=draft.config.target_layer_ids).hidden_states
+        out = draft.forward_train(
+            input_ids=ids,
+            hidden_states=states,
+            loss_mask=torch.ones_like(ids),
+            anchors=torch.tensor([[p]]),
+            attention_backend="eager",
+        )
+        conf = out.confidence_logits
+        return torch.softmax(out.logits[0, 0], -1), (None if conf is None else conf[0, 0])
     states = target.capture(torch.tensor([committed]), layer_ids=draft.config.target_layer_ids).hidden_states
     ctx = draft.context_features(states)
     block = torch.tensor([[pending] + [draft.config.mask_token_id] * (G - 1)])

@@ -46,10 +46,7 @@ def saved_draft(root: Path, family: str, algorithm: str, **overrides) -> Path:
     model = dict(
         ALGORITHMS[algorithm],
         target_layer_ids=LAYER_IDS,
-        block_size=4,
-        num_anchors=16,
-        mask_token_id=MASK[family],
-        **overrides,
+        **{"block_size": 4, "num_anchors": 16, "mask_token_id": MASK[family], **overrides},
     )
     draft = build_draft(draft_config_from_target(TARGETS[family], model))
     with torch.no_grad():
@@ -163,6 +160,33 @@ def test_a_legacy_dflash_speculators_folder_still_reads_exactly(tmp_path, monkey
     assert run_entry(SCRIPT, ["--draft", legacy, "--format", "deepspec", "--output", tmp_path / "vllm"]).rc == 0
 
 
+def test_dflash_in_the_engines_layout_exports_and_reads_back_exactly(tmp_path):
+    # sample_from_anchor false (slot 0 = the bonus token, block_size - 1 drafts): what vLLM's dflash method reads.
+    src = saved_draft(tmp_path / "run", "qwen3", "dflash", sample_from_anchor=False, block_size=5)
+    result = run_entry(SCRIPT, ["--draft", src, "--format", "speculators", "--output", tmp_path / "spec"])
+    assert result.rc == 0, result.output
+    assert '"method": "dflash"' in result.output
+    spec = json.loads((tmp_path / "spec" / "config.json").read_text())
+    assert spec["speculators_model_type"] == "dflash" and spec["sample_from_anchor"] is False
+    assert spec["block_size"] == 5 and spec["speculators_config"]["proposal_methods"][0]["speculative_tokens"] == 4
+    back = load_any_draft(tmp_path / "spec")
+    back.save_pretrained(tmp_path / "back")
+    assert json.loads((tmp_path / "back" / "config.json").read_text()) == json.loads((src / "config.json").read_text())
+    a, c = load_file(src / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
+    assert c.keys() == a.keys() and all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_a_foreign_engine_layout_folder_reads_in_its_layout(tmp_path):
+    from deepspec.algorithms import build_proposer
+
+    folder = foreign_folder(tmp_path, sample_from_anchor=False)  # speculators' fill-in layout (vLLM's default)
+    target = tmp_path / "target"
+    model_from_config(export_target_config("qwen3")).save_pretrained(target)
+    draft = load_any_draft(folder, frozen_target=str(target))
+    assert draft.config.sample_from_anchor is False and not draft.samples_from_anchor
+    assert build_proposer(draft).gamma == draft.config.block_size - 1 == 3
+
+
 def test_speculators_folder_converts_to_the_vllm_dspark_folder(tmp_path):
     src = saved_draft(tmp_path / "run", "qwen3", "dspark", markov_head_type="vanilla")
     spec = to_speculators_folder(draft_dir=src, output_dir=tmp_path / "spec", dtype=torch.bfloat16)
@@ -239,7 +263,6 @@ def test_foreign_folder_loads_with_the_target_filling_the_frozen_pieces(tmp_path
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"sample_from_anchor": False}, "sample_from_anchor=false (the anchor is the bonus token"),
         ({"draft_vocab_size": 1000}, "draft_vocab_size 1000 < the target's 4096"),
         ({"speculators_model_type": "mtp"}, "speculators_model_type 'mtp'; DeepSpec reads"),
         ({"aux_hidden_state_layer_ids": None}, "no aux_hidden_state_layer_ids"),

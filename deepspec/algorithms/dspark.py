@@ -82,26 +82,38 @@ DFLASH_SPECULATORS_REFUSED = (
 )
 
 
+def samples_from_anchor(config) -> bool:
+    """The block layout of a draft config (dict or object): True for DeepSpec's (the default)."""
+    value = field_reader(config)("sample_from_anchor")
+    return True if value is None else bool(value)
+
+
+def dflash_export_refused(config) -> str | None:
+    return DFLASH_SPECULATORS_REFUSED if samples_from_anchor(config) else None
+
+
 def block_speculators(*, heads: bool) -> SpeculatorsAdapter:
-    """The block drafter in the speculators format (``sample_from_anchor: true``: slot k predicts token p+k+1).
+    """The block drafter in the speculators format (``sample_from_anchor``, a field of ours, says the layout).
     A foreign DSpark folder that omits a field gets speculators' defaults; a DFlash one never has heads."""
     return SpeculatorsAdapter(
         architecture="DSparkSpeculator" if heads else "DFlashSpeculator",
         aux_key="aux_hidden_state_layer_ids",
-        flags={"sample_from_anchor": (True, heads)},
-        flags_refused=(
-            "{flags} (the anchor is the bonus token and each mask predicts its own position); DeepSpec's parallel "
-            "drafter uses the sample_from_anchor=true layout (slot k predicts token p+k+1), so this draft cannot "
-            "be measured here"
-        ),
+        flags={},
+        flags_refused="",
         import_defaults=(
-            dict(block_size=8, markov_rank=256, enable_confidence_head=True, confidence_head_with_markov=True)
+            dict(
+                block_size=8,
+                markov_rank=256,
+                enable_confidence_head=True,
+                confidence_head_with_markov=True,
+                sample_from_anchor=True,
+            )
             if heads
-            else dict(block_size=8)
+            else dict(block_size=8, sample_from_anchor=False)
         ),
         import_fixed={} if heads else dict(markov_rank=0, enable_confidence_head=False),
         refuse=lambda config: None,
-        export_refused=(lambda config: None) if heads else (lambda config: DFLASH_SPECULATORS_REFUSED),
+        export_refused=(lambda config: None) if heads else dflash_export_refused,
     )
 
 
@@ -117,7 +129,9 @@ def block_algorithm(spec: DraftSpec, *, heads: bool) -> Algorithm:
         ),
         trainer_name="DSparkTrainer",
         speculators=block_speculators(heads=heads),
-        trained_tokens=lambda config: int(field_reader(config)("block_size")),
+        trained_tokens=lambda config: (
+            int(field_reader(config)("block_size")) - (0 if samples_from_anchor(config) else 1)
+        ),
     )
 
 

@@ -26,9 +26,10 @@ What differs, and what :func:`to_vllm_folder` therefore does:
 - Eagle3: vLLM has no DeepSpec-layout Eagle3 class (it reads the speculators format,
   :mod:`deepspec.export.speculators`); refused.
 
-``sample_from_anchor: true`` (DSpark's layout, the default vLLM's DSpark speculator assumes) is
-written explicitly. The frozen ``embed_tokens`` / ``lm_head`` copies are kept (vLLM then keeps its
-own copies instead of sharing the target's; the values are the target's either way).
+The draft's ``sample_from_anchor`` is written explicitly (true, DeepSpec's layout, is what vLLM's DSpark
+speculator assumes when the key is absent; false is its fill-in layout). The frozen ``embed_tokens`` /
+``lm_head`` copies are kept (vLLM then keeps its own copies instead of sharing the target's; the values
+are the target's either way).
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def to_vllm_folder(
         state["markov_head.markov_w1.weight"] = torch.zeros(vocab, 1, dtype=ref.dtype)
         state["markov_head.markov_w2.weight"] = torch.zeros(vocab, 1, dtype=ref.dtype)
         config.update(markov_rank=1, markov_head_type="vanilla")
-    config["sample_from_anchor"] = True
+    config["sample_from_anchor"] = bool(config.get("sample_from_anchor", True))  # vLLM's DSpark reads both layouts
     if dtype is not None:
         config["torch_dtype"] = str(dtype).removeprefix("torch.")
     try:
@@ -185,8 +186,11 @@ def vllm_serving_plan(config: dict) -> tuple[str, str]:
     from deepspec.algorithms import algorithm_of
     from deepspec.models.draft_config import draft_config_from_dict
 
-    if algorithm_of(draft_config_from_dict(config)).name == "eagle3":
+    name = algorithm_of(draft_config_from_dict(config)).name
+    if name == "eagle3":
         return "speculators", "eagle3"
+    if name == "dflash" and draft_samples_from_anchor(config) is False:
+        return "speculators", "dflash"  # the engines' DFlash layout: vLLM's dflash method, V1 and V2 runners
     return "deepspec", "dspark"
 
 
