@@ -65,6 +65,15 @@ def parse_args(argv=None):
     add_max_new_tokens(p, type=int, default=2048, help="token budget of each answer (default: 2048)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (exactly the target's greedy output)")
     p.add_argument(
+        "--num-speculative-tokens",
+        type=int,
+        default=None,
+        metavar="K",
+        help="draft K tokens per round, as engines' num_speculative_tokens does (default: what the draft was "
+        "trained for, block_size / ttt_length; more is refused). DSpark / DFlash run a block of K slots, "
+        "Eagle3 a chain of K steps; decoding stays lossless",
+    )
+    p.add_argument(
         "--confidence-threshold",
         type=float,
         default=0.0,
@@ -107,7 +116,10 @@ def parse_args(argv=None):
         "--batch-size",
         type=int,
         default=1,
-        help="requests decoded together (default 1: exactly comparable per-request numbers)",
+        help="requests decoded together (default 1: exactly comparable per-request numbers). It changes speed, "
+        "not acceptance: rows share each target pass, so tokens/s rises with it (issue 31, quickstart Eagle3 on 2 "
+        "cores: 107.5 at 1, 417 at 8; compare engines at equal concurrency). τ stays the same (at --temperature "
+        "0 exactly, up to batched kernels' rounding; above 0 each request gets other random draws)",
     )
     p.add_argument("--output-dir", default=None, help="default: runs/eval/<draft name>")
     p.add_argument(
@@ -132,6 +144,8 @@ def parse_args(argv=None):
         p.error("--draft_name_or_path is required (or --self-draft GAMMA for the ceiling check)")
     if args.max_new_tokens < 1 or args.batch_size < 1:
         p.error("--max-new-tokens and --batch-size must be >= 1")
+    if args.num_speculative_tokens is not None and args.num_speculative_tokens < 1:
+        p.error(f"--num-speculative-tokens must be >= 1, got {args.num_speculative_tokens}")
     if args.self_draft < 0:
         p.error(
             f"--self-draft must be >= 1 (γ, the tokens the target drafts for itself) or 0 (off), got {args.self_draft}"
@@ -199,6 +213,7 @@ def main(argv=None) -> int:
         async_scheduler=args.async_scheduler,
         use_calibration=not args.no_calibration,
         self_draft_gamma=args.self_draft,
+        num_speculative_tokens=args.num_speculative_tokens,
         save_outputs=args.save_outputs,
         progress=not args.no_progress,
     )

@@ -141,6 +141,10 @@ def block_fields(*, heads: bool) -> tuple[DraftField, ...]:
     without (DFlash) CE alone. The saved ones are the same for both: they share the architecture."""
     return (
         DraftField("block_size", int, 7, low=2, why="anchor + at least one mask"),
+        # The block layout: true (DeepSpec's) = slot k predicts token p+k+1, block_size drafts per round;
+        # false (vLLM / SGLang / z-lab DFlash) = slot 0 is the bonus token, slot k predicts token p+k,
+        # block_size - 1 drafts per round.
+        DraftField("sample_from_anchor", bool, True),
         DraftField("mask_token_id", int),  # None: the target family's mask token
         DraftField("num_anchors", int, 512, low=1, speculators="deepspec"),
         DraftField("markov_rank", int, 0, low=0, why="0 = no Markov head"),

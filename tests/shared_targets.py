@@ -53,6 +53,7 @@ DECODING_ALGOS = {
     "dspark": dict(markov_rank=8, confidence_head_alpha=1.0, confidence_head_with_markov=True),
     "dspark_rnn": dict(algorithm="dspark", markov_rank=8, markov_head_type="rnn", confidence_head_alpha=1.0),
     "dflash": dict(),
+    "dflash_engine_layout": dict(algorithm="dflash", sample_from_anchor=False),  # slot 0 = the bonus token
     "eagle3": dict(),
 }
 
@@ -77,7 +78,7 @@ def decoding_draft(target: Target, algo: str, *, gamma: int = 4, seed: int = 1):
         algorithm=extra.pop("algorithm", algo),
         num_draft_layers=1 if algo == "eagle3" else 2,
         target_layer_ids=[0, 1],
-        block_size=gamma,
+        block_size=gamma + (0 if extra.get("sample_from_anchor", True) else 1),  # gamma drafts in either layout
         mask_token_id=target.vocab_size - 1,
         ttt_length=gamma,
         **extra,

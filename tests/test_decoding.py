@@ -13,7 +13,7 @@ import torch
 
 from deepspec.decoding.engine import speculative_generate, target_generate
 from deepspec.decoding.scheduler import CostTable, CumulativeThreshold, PerSlotThreshold, PrefixScheduler
-from deepspec.algorithms import build_proposer
+from deepspec.algorithms import SpeculativeTokensError, build_proposer
 from deepspec.decoding.proposers import TargetSelfProposer
 from deepspec.decoding.target_runner import TargetRunner
 from deepspec.decoding.verify import Verdict, verify_block
@@ -50,6 +50,34 @@ def test_greedy_is_the_targets_greedy_output(family, algo):
         # every committed token is accounted for: tokens = first (prefill) + sum(accepted + 1), truncated
         for g in out:
             assert len(g.tokens) <= 1 + sum(r["accepted"] + 1 for r in g.rounds)
+
+
+@pytest.mark.parametrize("algo", list(DECODING_ALGOS))
+def test_fewer_speculative_tokens_than_trained_stay_lossless(algo):
+    # An engine's num_speculative_tokens K: DSpark / DFlash run a block of K slots, Eagle3 a chain of K steps.
+    target = decoding_target("qwen3", 48)
+    draft = decoding_draft(target, algo)  # trained for 4 (block_size / ttt_length)
+    runner = TargetRunner(target, layer_ids=draft.config.target_layer_ids)
+    reference = [hf_greedy(target, p, 20) for p in PROMPTS]
+
+    def run(k):
+        proposer = build_proposer(draft, num_speculative_tokens=k)
+        return proposer.gamma, speculative_generate(
+            runner=runner, proposer=proposer, prompts=PROMPTS, max_new_tokens=20, temperature=0
+        )
+
+    gamma, default = run(None)
+    assert gamma == 4
+    gamma, same = run(4)  # K = trained: today's rounds exactly
+    assert gamma == 4 and [(g.tokens, g.rounds) for g in same] == [(g.tokens, g.rounds) for g in default]
+    for k in (3, 1):
+        gamma, out = run(k)
+        assert gamma == k and [g.tokens for g in out] == reference, f"{algo} K={k}"
+        assert all(r["gamma"] == r["proposal_len"] == k for g in out for r in g.rounds)
+    with pytest.raises(SpeculativeTokensError, match=f"this {DECODING_ALGOS[algo].get('algorithm', algo)} draft"):
+        build_proposer(draft, num_speculative_tokens=5)
+    with pytest.raises(SpeculativeTokensError, match="so it takes 1..4; positions past its training"):
+        build_proposer(draft, num_speculative_tokens=0)
 
 
 def test_stop_tokens_end_each_request_and_batch_keeps_going():
@@ -107,6 +135,7 @@ def make_policy(name):
         ("dspark", "cumulative-threshold"),
         ("dspark", "prefix"),
         ("dflash", None),
+        ("dflash_engine_layout", None),
         ("eagle3", None),
     ],
 )
@@ -217,6 +246,18 @@ def reference_probs(target, draft, seq, prop):
             input_ids=ids, hidden_states=states, loss_mask=torch.ones_like(ids), attention_backend="eager", ttt_length=G
         )
         return torch.softmax(out.logits[:, 0, p - 1], -1), None
+    if not draft.samples_from_anchor:  # the engines' layout, through the training forward with anchor p
+        ids = torch.tensor([committed + [pending] + prop.tokens[0].tolist()])
+        states = target.capture(ids, layer_ids=draft.config.target_layer_ids).hidden_states
+        out = draft.forward_train(
+            input_ids=ids,
+            hidden_states=states,
+            loss_mask=torch.ones_like(ids),
+            anchors=torch.tensor([[p]]),
+            attention_backend="eager",
+        )
+        conf = out.confidence_logits
+        return torch.softmax(out.logits[0, 0], -1), (None if conf is None else conf[0, 0])
     states = target.capture(torch.tensor([committed]), layer_ids=draft.config.target_layer_ids).hidden_states
     ctx = draft.context_features(states)
     block = torch.tensor([[pending] + [draft.config.mask_token_id] * (G - 1)])

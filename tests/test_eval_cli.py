@@ -93,6 +93,18 @@ def test_eval_writes_results_and_matches_target_greedy(setup, capsys):
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert len(rounds) == g["num_rounds"] + results["tasks"]["mt-bench"]["num_rounds"]
     assert all(len(r["conf_logits"]) == 4 for r in rounds)
+    # vLLM's counters in its own schema, per request the ordered steps of rounds.jsonl.
+    spec = results["spec_decode"]
+    assert spec["num_drafts"] == len(rounds) and spec["num_accepted_tokens"] == sum(r["accepted"] for r in rounds)
+    assert spec["num_accepted_tokens_per_pos"] == [sum(r["accepted"] >= k for r in rounds) for k in (1, 2, 3, 4)]
+    first = [r for r in rounds if (r["task"], r["prompt_index"]) == ("gsm8k", 0)]
+    assert spec["requests"][0] == {
+        "task": "gsm8k",
+        "prompt_index": 0,
+        "per_step_accepted": [r["accepted"] for r in first],
+        "per_step_drafted": [4] * len(first),
+    }
+    assert g["spec_decode"]["num_drafts"] == g["num_rounds"]
     for name in ("table.md", "conditional_acceptance.png", "reliability_gsm8k.png"):
         assert (out / name).stat().st_size > 0
 
@@ -428,3 +440,34 @@ def test_a_threshold_that_cuts_every_block_still_reports(setup, capsys):
     assert results["tasks"]["gsm8k"]["acceptance_length"] == pytest.approx(1.0)
     assert (out / "table.md").is_file() and not (out / "conditional_acceptance.png").exists()
     assert "no draft position was ever verified" in capsys.readouterr().out
+
+
+def test_num_speculative_tokens_drafts_fewer_and_refuses_more(setup, capsys):
+    base, target, drafts, data = setup
+    common = ["--target_name_or_path", target, "--eval-data-dir", data, "--tasks", "gsm8k:2", "--temperature", 0]
+    common += ["--max-new-tokens", 10, "--save-outputs"]
+    outputs = {}
+    for k in (None, 2):
+        out = base / f"k_{k}"
+        flag = [] if k is None else ["--num-speculative-tokens", k]
+        assert run(common + ["--draft_name_or_path", drafts["eagle3"], "--output-dir", out] + flag) == 0
+        results = json.loads((out / "results.json").read_text())
+        assert results["meta"]["gamma"] == (k or 4) and results["meta"]["num_speculative_tokens"] == k
+        assert results["spec_decode"]["num_spec_tokens"] == (k or 4)
+        outputs[k] = [json.loads(line)["token_ids"] for line in (out / "outputs.jsonl").read_text().splitlines()]
+    assert outputs[2] == outputs[None]  # lossless at T=0 either way
+    # More than the draft was trained for (ttt_length 4): refused before any model loads, nothing written.
+    for draft in ("eagle3", "dspark"):
+        out = base / f"k5_{draft}"
+        assert (
+            run(common + ["--draft_name_or_path", drafts[draft], "--output-dir", out, "--num-speculative-tokens", 5])
+            == 2
+        )
+        assert (
+            f"--num-speculative-tokens 5: this {draft} draft was trained to propose 4 tokens per round, so it "
+            "takes 1..4" in capsys.readouterr().err
+        )
+        assert not out.exists()
+    with pytest.raises(SystemExit):
+        eval_cli.parse_args(["--draft_name_or_path", "x", "--num-speculative-tokens", "0"])
+    assert "--num-speculative-tokens must be >= 1, got 0" in capsys.readouterr().err

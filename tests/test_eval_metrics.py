@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from deepspec.eval.metrics import MetricsError, macro_average, task_metrics
+from deepspec.eval.metrics import MetricsError, engine_counters, macro_average, request_steps, task_metrics
 from deepspec.eval.plots import (
     conditional_acceptance_figure,
     conditional_by_algorithm_figure,
@@ -60,6 +60,29 @@ def test_task_metrics_hand_computed():
     assert m["acceptance_rate"] == pytest.approx(6 / 11)
     assert m["generated_tokens"] == 10
     assert m["tokens_per_second"] == pytest.approx(5.0)
+
+
+def test_engine_counters_in_vllms_schema_hand_computed():
+    cut = {"task": "gsm8k", "prompt_index": 1, "round": 2, "gamma": 3, "proposal_len": 0, "accepted": 0}
+    c = engine_counters(ROUNDS + [cut], gamma=GAMMA)
+    # The ℓ=0 round sent nothing to verify: no vLLM draft. Drafts (ℓ, accepted): (3,3) (3,1) (2,2) (3,0).
+    assert c == {
+        "num_spec_tokens": 3,
+        "num_drafts": 4,
+        "num_draft_tokens": 11,
+        "num_accepted_tokens": 6,
+        "num_accepted_tokens_per_pos": [3, 2, 1],  # accepted >= 1: 3 drafts; >= 2: 2; >= 3: 1
+        "num_draft_tokens_per_pos": [4, 4, 3],  # ℓ >= 1: 4; >= 2: 4; >= 3: 3
+    }
+    # vLLM's mean acceptance length 1 + accepted / drafts equals our τ when no round is cut to 0.
+    assert (
+        1 + c["num_accepted_tokens"] / c["num_drafts"]
+        == task_metrics(ROUNDS, gamma=3, num_samples=2)["acceptance_length"]
+    )
+    assert request_steps(ROUNDS[2:] + [cut]) == {"per_step_accepted": [2, 0], "per_step_drafted": [2, 3]}
+    assert engine_counters([], gamma=2)["num_accepted_tokens_per_pos"] == [0, 0]
+    with pytest.raises(MetricsError, match="gamma=3 is outside 1..2"):
+        engine_counters(ROUNDS, gamma=2)
 
 
 def test_task_metrics_caller_tokens_none_positions_and_empty():

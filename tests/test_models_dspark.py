@@ -197,6 +197,40 @@ def test_sample_anchors_and_slot_supervision():
     assert not tg.slot_mask[1].any()
 
 
+def test_slot_supervision_in_the_engines_layout():
+    # sample_from_anchor false: slot 0 (the anchor, the bonus token) predicts nothing, slot k the token at p+k.
+    from deepspec.models.dspark import block_targets, drafting_slots
+
+    loss_mask = torch.tensor([[0, 0, 1, 1, 1, 0, 1, 1]])
+    anchors, valid = torch.tensor([[2, 3, 6]]), torch.tensor([[True, True, True]])
+    ids = torch.arange(8).view(1, 8) + 10
+    tg = block_targets(
+        input_ids=ids,
+        loss_mask=loss_mask,
+        anchors=anchors,
+        anchor_valid=valid,
+        block_size=3,
+        mask_token_id=99,
+        sample_from_anchor=False,
+    )
+    # anchor 2: positions 3, 4 supervised; anchor 3: 4, then 5 is not; anchor 6: 7, then the end.
+    assert tg.slot_mask[0].tolist() == [[False, True, True], [False, True, False], [False, True, False]]
+    assert tg.block_ids[0, 0].tolist() == [12, 99, 99] and tg.positions[0, 0].tolist() == [2, 3, 4]
+    assert tg.labels[0, 0].tolist() == [12, 13, 14] and tg.target_positions[0, 0].tolist() == [1, 2, 3]
+    assert tg.prev_tokens[0, 0].tolist() == [11, 12, 13]
+    drafting = drafting_slots(tg, sample_from_anchor=False)
+    assert drafting.labels[0, 0].tolist() == [13, 14] and drafting.target_positions[0, 0].tolist() == [2, 3]
+    assert drafting.slot_mask[0].tolist() == [[True, True], [True, False], [True, False]]
+    # The same tokens as DeepSpec's slots 0..1 of the same anchors, from the next slot (own position) each.
+    ours = block_targets(
+        input_ids=ids, loss_mask=loss_mask, anchors=anchors, anchor_valid=valid, block_size=3, mask_token_id=99
+    )
+    assert torch.equal(drafting.labels, ours.labels[:, :, :2]) and torch.equal(
+        drafting.slot_mask, ours.slot_mask[:, :, :2]
+    )
+    assert torch.equal(drafting.target_positions, ours.target_positions[:, :, :2])
+
+
 @pytest.mark.parametrize(
     "name",
     ["dspark_vanilla", "dspark_gated", "dspark_rnn_conf_h_only", "dspark_rnn", "gemma4_dspark", "gemma4_k_eq_v_rnn"],

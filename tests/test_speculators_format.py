@@ -46,10 +46,7 @@ def saved_draft(root: Path, family: str, algorithm: str, **overrides) -> Path:
     model = dict(
         ALGORITHMS[algorithm],
         target_layer_ids=LAYER_IDS,
-        block_size=4,
-        num_anchors=16,
-        mask_token_id=MASK[family],
-        **overrides,
+        **{"block_size": 4, "num_anchors": 16, "mask_token_id": MASK[family], **overrides},
     )
     draft = build_draft(draft_config_from_target(TARGETS[family], model))
     with torch.no_grad():
@@ -67,7 +64,7 @@ def saved_draft(root: Path, family: str, algorithm: str, **overrides) -> Path:
 
 
 @pytest.mark.parametrize("family", ["qwen3", "gemma4"])
-@pytest.mark.parametrize("algorithm", ["dspark", "dflash", "eagle3"])
+@pytest.mark.parametrize("algorithm", ["dspark", "eagle3"])  # DFlash: below (not exported in DeepSpec's layout)
 def test_round_trip_is_exact(tmp_path, family, algorithm):
     src = saved_draft(tmp_path / "run", family, algorithm)
     out = tmp_path / "spec"
@@ -92,7 +89,7 @@ def test_round_trip_is_exact(tmp_path, family, algorithm):
         assert tokens == 5 and spec["norm_before_residual"] is False
     else:
         assert tokens == 4 and spec["sample_from_anchor"] is True and spec["block_size"] == 4
-        assert spec["markov_rank"] == (8 if algorithm == "dspark" else 0)
+        assert spec["markov_rank"] == 8
     # Tensors bit-equal, same names.
     a, b = load_file(src / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
@@ -110,6 +107,84 @@ def test_round_trip_is_exact(tmp_path, family, algorithm):
         assert '"method": "eagle3"' in result.output
     else:
         assert "note: vLLM cannot serve this folder" in result.output
+
+
+DFLASH_REFUSED = (
+    "DFlash in DeepSpec's block layout (sample_from_anchor: true, slot k predicts token p+k+1) has no speculators "
+    "export that an engine decodes right: vLLM's dflash method takes slot 0 for the bonus token"
+)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma4"])
+def test_dflash_in_deepspec_layout_is_not_exported_to_speculators(tmp_path, family):
+    # vLLM's V1 runner would load the folder silently and decode it one slot off (issue 31): no such folder.
+    src = saved_draft(tmp_path / "run", family, "dflash")
+    before = fingerprint([tmp_path / "run"])
+    result = run_entry(SCRIPT, ["--draft", src, "--format", "speculators", "--output", tmp_path / "spec"])
+    refused(result, DFLASH_REFUSED, code=2)
+    assert "Export it with --format deepspec and serve it with method dspark" in result.output
+    assert not (tmp_path / "spec").exists() and fingerprint([tmp_path / "run"]) == before
+    with pytest.raises(SpeculatorsFormatError, match="one slot off"):
+        to_speculators_folder(draft_dir=src, output_dir=tmp_path / "spec")
+    assert not (tmp_path / "spec").exists()
+
+
+def legacy_dflash_folder(tmp_path: Path, monkeypatch, family: str = "qwen3") -> tuple[Path, Path]:
+    """(our DFlash draft, the speculators folder earlier versions exported from it, sample_from_anchor: true)."""
+    import dataclasses
+
+    from deepspec.algorithms import ALGORITHMS
+
+    src = saved_draft(tmp_path / "run", family, "dflash")
+    dflash = ALGORITHMS["dflash"]
+    old = dataclasses.replace(dflash.speculators, export_refused=lambda config: None)
+    with monkeypatch.context() as m:
+        m.setitem(ALGORITHMS, "dflash", dataclasses.replace(dflash, speculators=old))
+        return src, to_speculators_folder(draft_dir=src, output_dir=tmp_path / "legacy")
+
+
+def test_a_legacy_dflash_speculators_folder_still_reads_exactly(tmp_path, monkeypatch):
+    # DeepSpec decodes such a folder right (its layout is ours), so an import is not refused; re-exporting it
+    # to the speculators format is, and --format deepspec is the way out.
+    src, legacy = legacy_dflash_folder(tmp_path, monkeypatch)
+    spec = json.loads((legacy / "config.json").read_text())
+    assert spec["speculators_model_type"] == "dflash" and spec["sample_from_anchor"] is True
+    back = load_any_draft(legacy)
+    back.save_pretrained(tmp_path / "back")
+    assert json.loads((tmp_path / "back" / "config.json").read_text()) == json.loads((src / "config.json").read_text())
+    a, c = load_file(src / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
+    assert c.keys() == a.keys() and all(torch.equal(a[k], c[k]) for k in a)
+    refused(
+        run_entry(SCRIPT, ["--draft", legacy, "--format", "speculators", "--output", tmp_path / "x"]), "one slot off"
+    )
+    assert run_entry(SCRIPT, ["--draft", legacy, "--format", "deepspec", "--output", tmp_path / "vllm"]).rc == 0
+
+
+def test_dflash_in_the_engines_layout_exports_and_reads_back_exactly(tmp_path):
+    # sample_from_anchor false (slot 0 = the bonus token, block_size - 1 drafts): what vLLM's dflash method reads.
+    src = saved_draft(tmp_path / "run", "qwen3", "dflash", sample_from_anchor=False, block_size=5)
+    result = run_entry(SCRIPT, ["--draft", src, "--format", "speculators", "--output", tmp_path / "spec"])
+    assert result.rc == 0, result.output
+    assert '"method": "dflash"' in result.output
+    spec = json.loads((tmp_path / "spec" / "config.json").read_text())
+    assert spec["speculators_model_type"] == "dflash" and spec["sample_from_anchor"] is False
+    assert spec["block_size"] == 5 and spec["speculators_config"]["proposal_methods"][0]["speculative_tokens"] == 4
+    back = load_any_draft(tmp_path / "spec")
+    back.save_pretrained(tmp_path / "back")
+    assert json.loads((tmp_path / "back" / "config.json").read_text()) == json.loads((src / "config.json").read_text())
+    a, c = load_file(src / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
+    assert c.keys() == a.keys() and all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_a_foreign_engine_layout_folder_reads_in_its_layout(tmp_path):
+    from deepspec.algorithms import build_proposer
+
+    folder = foreign_folder(tmp_path, sample_from_anchor=False)  # speculators' fill-in layout (vLLM's default)
+    target = tmp_path / "target"
+    model_from_config(export_target_config("qwen3")).save_pretrained(target)
+    draft = load_any_draft(folder, frozen_target=str(target))
+    assert draft.config.sample_from_anchor is False and not draft.samples_from_anchor
+    assert build_proposer(draft).gamma == draft.config.block_size - 1 == 3
 
 
 def test_speculators_folder_converts_to_the_vllm_dspark_folder(tmp_path):
@@ -188,7 +263,6 @@ def test_foreign_folder_loads_with_the_target_filling_the_frozen_pieces(tmp_path
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"sample_from_anchor": False}, "sample_from_anchor=false (the anchor is the bonus token"),
         ({"draft_vocab_size": 1000}, "draft_vocab_size 1000 < the target's 4096"),
         ({"speculators_model_type": "mtp"}, "speculators_model_type 'mtp'; DeepSpec reads"),
         ({"aux_hidden_state_layer_ids": None}, "no aux_hidden_state_layer_ids"),

@@ -87,6 +87,24 @@ def test_each_algorithm_learns(setup, algo, tmp_path):
     assert any((tmp_path / "tb").iterdir()), "TensorBoard events missing"
 
 
+def test_dflash_in_the_engines_layout_learns_and_saves_its_layout(setup, tmp_path):
+    # model.sample_from_anchor=False: slot 0 is the bonus token, block_size 4 drafts 3 tokens (vLLM's layout).
+    layout = ("model.sample_from_anchor=False", "model.block_size=4")
+    cfg = make_cfg(
+        setup, "dflash", tmp_path, "train.max_train_steps=24", "train.lr=5e-3", "train.warmup_ratio=0.1", *layout
+    )
+    train(setup, cfg)
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
+    assert mean(records[-4:], "loss") < 0.9 * mean(records[:4], "loss"), [r["loss"] for r in records]
+    saved = json.loads((tmp_path / "step_latest" / "config.json").read_text())
+    assert saved["sample_from_anchor"] is False and saved["block_size"] == 4
+    draft = load_draft(tmp_path / "step_latest")
+    from deepspec.algorithms import build_proposer
+
+    assert build_proposer(draft).gamma == 3 and not draft.samples_from_anchor
+
+
 def test_resume_replays_exactly(setup, tmp_path):
     ref = tmp_path / "ref"
     train(setup, make_cfg(setup, "dspark", ref))

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from deepspec.export import VllmExportError, to_vllm_folder
-from deepspec.export.speculators import load_any_draft, to_speculators_folder
+from deepspec.export.speculators import SpeculatorsFormatError, load_any_draft, to_speculators_folder
 from deepspec.models import build_draft, draft_config_from_target
 from deepspec.models.blocks import project_kv, rotary_cos_sin
 from deepspec.models.draft_config import DRAFT_LAYER_TYPE
@@ -69,7 +69,7 @@ DRAFTS = {  # name -> (target, cfg.model overrides)
     "dspark_gemma4_no_k_eq_v": ("gemma4", dict(algorithm="dspark", markov_rank=8, markov_head_type="vanilla")),
     "eagle3_qwen3": ("qwen3", dict(algorithm="eagle3", num_draft_layers=1)),
 }
-SPECULATORS = ("dspark_qwen3", "dflash_qwen3", "eagle3_qwen3", "dspark_gemma4")  # exported with --format speculators
+SPECULATORS = ("dspark_qwen3", "eagle3_qwen3", "dspark_gemma4")  # exported with --format speculators (not DFlash)
 MASK = {"qwen3": 3, "gemma4": 4, "gemma4_k_eq_v": 4}
 
 
@@ -214,11 +214,21 @@ def probe(vllm_python, built):
             method="dspark",
             inputs=built["inputs"]["qwen3"],
         ),
+        # The one folder DeepSpec writes for its DFlash layout (--format deepspec), served the way a user
+        # would, with vLLM's config validation on: its CPU (V1) model runner refuses both methods.
         dict(
-            name="dflash_qwen3_speculators",
+            name="dflash_deepspec_served_as_dflash",
             target=t["qwen3"],
-            draft=built["speculators"]["dflash_qwen3"],
+            draft=built["dflash_vllm"],
             method="dflash",
+            validate="1",
+        ),
+        dict(
+            name="dflash_deepspec_served_as_dspark",
+            target=t["qwen3"],
+            draft=built["dflash_vllm"],
+            method="dspark",
+            validate="1",
         ),
         dict(
             name="eagle3_qwen3_speculators",
@@ -306,6 +316,25 @@ def test_vllm_builds_its_class_and_loads_every_tensor(probe, built, name, cls):
 )
 def test_vllm_refuses_what_to_vllm_folder_refuses(probe, name, reason):
     assert reason in probe[name]["error"]
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("dflash_deepspec_served_as_dflash", "DFlashQwen3DSparkModel"),  # no DFlash class for our architecture
+        ("dflash_deepspec_served_as_dspark", "Model Runner V1 does not support: dspark"),
+    ],
+)
+def test_no_vllm_runner_here_decodes_deepspec_dflash_one_slot_off(probe, built, tmp_path, name, reason):
+    # --format speculators refuses DeepSpec-layout DFlash (vLLM's V1 runner would read it one slot off); the
+    # --format deepspec folder is refused by this CPU build under either method. (vLLM's V2 GPU runner serves
+    # it with method dspark, whose sample_from_anchor layout is ours; not run here: no GPU.)
+    assert reason in probe[name]["error"], probe[name]
+    with pytest.raises(SpeculatorsFormatError, match="one slot off"):
+        to_speculators_folder(draft_dir=built["drafts"]["dflash_qwen3"], output_dir=tmp_path / "spec")
+    assert not (tmp_path / "spec").exists()
+    assert probe["_facts"]["dflash_refuses_sample_from_anchor"]  # ... and its V2 runner refuses the layout
 
 
 @pytest.mark.vllm
@@ -418,7 +447,6 @@ def tensor_names(folder: Path) -> list[str]:
     "name, method, cls",
     [
         ("dspark_qwen3_speculators", "dspark", "Qwen3DSparkForCausalLM"),
-        ("dflash_qwen3_speculators", "dflash", "DFlashQwen3ForCausalLM"),
         ("eagle3_qwen3_speculators", "eagle3", "Eagle3Qwen3ForCausalLM"),
     ],
 )
@@ -428,9 +456,7 @@ def test_vllm_loads_our_speculators_exports(probe, built, name, method, cls):
     assert result["method"] == method and result["hf_config_class"] == "SpeculatorsConfig"
     assert load["class"] == cls, load["class"]
     assert result["aux_layer_ids"] == [i + 1 for i in LAYER_IDS]
-    assert load["not_written"] == (
-        ["model.mask_embedding"] if "dflash" not in name and cls.startswith("Qwen3") else load["not_written"]
-    )
+    assert load["not_written"] == (["model.mask_embedding"] if cls.startswith("Qwen3") else load["not_written"])
     assert all(n == "model.mask_embedding" for n in load["not_written"]), load["not_written"]
     ours = tensor_names(built["speculators"][name.removesuffix("_speculators")])
     assert sorted(load["consumed"]) == ours
@@ -439,11 +465,6 @@ def test_vllm_loads_our_speculators_exports(probe, built, name, method, cls):
     if method == "dspark":  # DeepSpec's layout: slot k predicts p+k+1, the anchor is sampled from
         assert hf["sample_from_anchor"] is True and hf["dspark_bonus_anchor"] is False
         assert hf["target_layer_ids"] == LAYER_IDS and hf["markov_rank"] == 8 and hf["block_size"] == G
-    elif method == "dflash":  # loads, but vLLM's DFlash speculator refuses this layout when it starts
-        assert (
-            hf["dflash_config"]["sample_from_anchor"] is True and hf["dflash_config"]["target_layer_ids"] == LAYER_IDS
-        )
-        assert probe["_facts"]["dflash_refuses_sample_from_anchor"]
     else:
         assert hf["norm_before_residual"] is False and result["num_speculative_tokens"] == 7  # ttt_length
 
@@ -516,7 +537,6 @@ def speculators_probe(vllm_python, built):
     "name, config_class, model_class",
     [
         ("dspark_qwen3", "DSparkSpeculatorConfig", "DSparkDraftModel"),
-        ("dflash_qwen3", "DFlashSpeculatorConfig", "DFlashDraftModel"),
         ("eagle3_qwen3", "Eagle3SpeculatorConfig", "Eagle3DraftModel"),
     ],
 )

@@ -341,6 +341,29 @@ def serve_resolution(folder: str) -> dict:
     return {"model": model, "speculative_config": spec}
 
 
+def validate_serving(case: dict) -> dict:
+    """What ``vllm serve <target> --speculative-config`` makes of a draft folder: the whole ``VllmConfig``
+    built with its speculative config and validated (the runner checks included), or the error."""
+    from vllm.config import DeviceConfig, ModelConfig, ParallelConfig, SpeculativeConfig, VllmConfig
+
+    model_config = ModelConfig(model=case["target"], dtype="float32", max_model_len=256, enforce_eager=True, seed=0)
+    parallel = ParallelConfig()
+    spec = SpeculativeConfig(
+        model=case["draft"],
+        method=case["method"],
+        num_speculative_tokens=num_speculative_tokens(case["draft"]),
+        target_model_config=model_config,
+        target_parallel_config=parallel,
+    )
+    VllmConfig(
+        model_config=model_config,
+        parallel_config=parallel,
+        device_config=DeviceConfig(device="cpu"),
+        speculative_config=spec,
+    )
+    return {"validated": True}
+
+
 def main() -> None:
     cases_file, out_file = sys.argv[1:3]
     results = {"_facts": facts()}
@@ -349,7 +372,7 @@ def main() -> None:
             results[case["name"]] = serve_resolution(case["draft"])
             continue
         try:
-            results[case["name"]] = run_case(case)
+            results[case["name"]] = validate_serving(case) if case.get("validate") else run_case(case)
         except Exception as exc:  # the test asserts on which cases vLLM refuses, and why
             results[case["name"]] = {
                 "error": f"{type(exc).__name__}: {exc}"[:3000],

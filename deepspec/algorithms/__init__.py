@@ -17,15 +17,17 @@ A fourth algorithm is:
   ``draft_architecture``), or an existing architecture;
 - one module ``deepspec/algorithms/<name>.py`` defining ``ALGORITHM = Algorithm(spec, ...)``
   (:mod:`deepspec.algorithms.contract`): ``compute_sums`` (one micro-batch to loss sums),
-  ``summarize``, ``build_proposer``, ``recipe`` (the paper's ``cfg.model``), ``trainer_name`` and
+  ``summarize``, ``build_proposer``, ``recipe`` (the paper's ``cfg.model``), ``trainer_name``,
   ``speculators`` (its :class:`~deepspec.algorithms.contract.SpeculatorsAdapter`: the speculators class,
-  layer-id key, layout flags, what has no equivalent), plus its line in :data:`ALGORITHMS`.
+  layer-id key, layout flags, what has no equivalent) and ``trained_tokens`` (tokens per round it was
+  trained for), plus its line in :data:`ALGORITHMS`.
 """
 
 from __future__ import annotations
 
 from deepspec.algorithms import dflash, dspark, eagle3
 from deepspec.algorithms.contract import Algorithm
+from deepspec.errors import DeepSpecError
 from deepspec.draft_specs import (
     UnknownAlgorithmError,
     architecture_fields,
@@ -38,6 +40,7 @@ from deepspec.draft_specs import (
 __all__ = [
     "ALGORITHMS",
     "Algorithm",
+    "SpeculativeTokensError",
     "UnknownAlgorithmError",
     "algorithm_of",
     "architecture_fields",
@@ -46,6 +49,7 @@ __all__ = [
     "field_reader",
     "get_algorithm",
     "saved_architecture",
+    "speculative_tokens",
 ]
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (dspark.ALGORITHM, dflash.ALGORITHM, eagle3.ALGORITHM)}
@@ -63,6 +67,28 @@ def algorithm_of(draft_config) -> Algorithm:
     return get_algorithm(spec_of(draft_config).name)
 
 
-def build_proposer(draft):
-    """The decoding proposer for a loaded draft model (its algorithm's)."""
-    return algorithm_of(draft.config).build_proposer(draft)
+class SpeculativeTokensError(DeepSpecError, ValueError):
+    """More speculative tokens asked of a draft than it was trained to propose; the message says the bound."""
+
+
+def speculative_tokens(draft_config, requested: int | None = None) -> int:
+    """Tokens a draft proposes per round: ``requested`` (an engine's num_speculative_tokens, 1..trained), or
+    what it was trained for (block_size / ttt_length) when None."""
+    algorithm = algorithm_of(draft_config)
+    trained = algorithm.trained_tokens(draft_config)
+    if requested is None:
+        return trained
+    if isinstance(requested, bool) or int(requested) != requested or not 1 <= requested <= trained:
+        raise SpeculativeTokensError(
+            f"--num-speculative-tokens {requested}: this {algorithm.name} draft was trained to propose {trained} "
+            f"tokens per round, so it takes 1..{trained}; positions past its training were never learned "
+            "(engines would draft garbage there)"
+        )
+    return int(requested)
+
+
+def build_proposer(draft, *, num_speculative_tokens: int | None = None):
+    """The decoding proposer for a loaded draft model (its algorithm's), proposing
+    :func:`speculative_tokens` tokens per round."""
+    gamma = speculative_tokens(draft.config, num_speculative_tokens)
+    return algorithm_of(draft.config).build_proposer(draft, gamma=gamma)

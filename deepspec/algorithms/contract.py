@@ -22,8 +22,10 @@ class SpeculatorsAdapter:
     flags_refused: str  # why other flag values have no equivalent here; "{flags}" names them
     import_defaults: Mapping[str, Any]  # speculators' values for the top-level fields a foreign config omits
     import_fixed: Mapping[str, Any]  # our values whatever a foreign config says (DFlash: no heads)
-    proposal_tokens: Callable[[dict], int]  # the greedy proposal's speculative_tokens, from our config dict
     refuse: Callable[[dict], "str | None"]  # why our config dict has no equivalent in the format, else None
+    # Why an engine would decode this format's export of our config dict wrongly, else None. Export only:
+    # DeepSpec itself reads such a folder right, so an import is not refused for it.
+    export_refused: Callable[[dict], "str | None"] = lambda config: None
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,13 @@ class Algorithm:
     spec: Any  # deepspec.draft_specs.DraftSpec: name, architecture, saved fields, their values and check
     compute_sums: Callable[..., dict]  # one micro-batch to loss sums (deepspec.models.losses)
     summarize: Callable[[dict], dict]  # readable metrics from the all-reduced sums
-    build_proposer: Callable[[Any], Any]  # the decoding proposer for a loaded draft
+    build_proposer: Callable[..., Any]  # (draft, *, gamma=None): the decoding proposer for a loaded draft
     recipe: Callable[..., dict]  # the paper's cfg.model section
     trainer_name: str  # the train.trainer_cls value older configs use for it (checked, not needed)
     speculators: SpeculatorsAdapter  # its speculators-format mapping (deepspec.export.speculators)
+    # Tokens the draft was trained to propose per round, from its config (a dict or a config object): the
+    # most an engine's num_speculative_tokens may ask of it, and the default.
+    trained_tokens: Callable[[Any], int]
 
     # The spec's facts, read through the entry (one object per algorithm for the trainer and the checks).
     @property

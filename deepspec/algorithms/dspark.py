@@ -9,7 +9,7 @@ how it is checked is its spec, :data:`deepspec.draft_specs.DSPARK`.
 from __future__ import annotations
 
 from deepspec.algorithms.contract import Algorithm, SpeculatorsAdapter
-from deepspec.draft_specs import DFLASH, DSPARK, DraftSpec
+from deepspec.draft_specs import DFLASH, DSPARK, DraftSpec, field_reader
 
 
 def block_compute_sums(*, model, draft, batch, model_cfg, generator, target_logits) -> dict:
@@ -49,10 +49,10 @@ def block_summary(sums: dict) -> dict:
     return parallel_draft_metrics(sums)
 
 
-def block_proposer(draft):
+def block_proposer(draft, *, gamma: int | None = None):
     from deepspec.decoding.proposers import ParallelProposer
 
-    return ParallelProposer(draft)
+    return ParallelProposer(draft, gamma=gamma)
 
 
 def block_recipe(*, target: str, target_layer_ids: list[int], mask_token_id: int | None, heads: bool) -> dict:
@@ -72,26 +72,48 @@ def block_recipe(*, target: str, target_layer_ids: list[int], mask_token_id: int
     )
 
 
+# Why DeepSpec's DFlash layout gets no speculators export (issue 31, measured in vLLM 0.32's CPU build).
+DFLASH_SPECULATORS_REFUSED = (
+    "DFlash in DeepSpec's block layout (sample_from_anchor: true, slot k predicts token p+k+1) has no "
+    "speculators export that an engine decodes right: vLLM's dflash method takes slot 0 for the bonus token, so "
+    "its V1 model runner loads such a folder without a word and reads every prediction one slot off (measured: "
+    "tau 1.09 instead of 1.17), and its V2 runner refuses it. Export it with --format deepspec and serve it with "
+    "method dspark (vLLM's V2 GPU model runner)"
+)
+
+
+def samples_from_anchor(config) -> bool:
+    """The block layout of a draft config (dict or object): True for DeepSpec's (the default)."""
+    value = field_reader(config)("sample_from_anchor")
+    return True if value is None else bool(value)
+
+
+def dflash_export_refused(config) -> str | None:
+    return DFLASH_SPECULATORS_REFUSED if samples_from_anchor(config) else None
+
+
 def block_speculators(*, heads: bool) -> SpeculatorsAdapter:
-    """The block drafter in the speculators format (``sample_from_anchor: true``: slot k predicts token p+k+1).
+    """The block drafter in the speculators format (``sample_from_anchor``, a field of ours, says the layout).
     A foreign DSpark folder that omits a field gets speculators' defaults; a DFlash one never has heads."""
     return SpeculatorsAdapter(
         architecture="DSparkSpeculator" if heads else "DFlashSpeculator",
         aux_key="aux_hidden_state_layer_ids",
-        flags={"sample_from_anchor": (True, heads)},
-        flags_refused=(
-            "{flags} (the anchor is the bonus token and each mask predicts its own position); DeepSpec's parallel "
-            "drafter uses the sample_from_anchor=true layout (slot k predicts token p+k+1), so this draft cannot "
-            "be measured here"
-        ),
+        flags={},
+        flags_refused="",
         import_defaults=(
-            dict(block_size=8, markov_rank=256, enable_confidence_head=True, confidence_head_with_markov=True)
+            dict(
+                block_size=8,
+                markov_rank=256,
+                enable_confidence_head=True,
+                confidence_head_with_markov=True,
+                sample_from_anchor=True,
+            )
             if heads
-            else dict(block_size=8)
+            else dict(block_size=8, sample_from_anchor=False)
         ),
         import_fixed={} if heads else dict(markov_rank=0, enable_confidence_head=False),
-        proposal_tokens=lambda config: int(config["block_size"]),
         refuse=lambda config: None,
+        export_refused=(lambda config: None) if heads else dflash_export_refused,
     )
 
 
@@ -107,6 +129,9 @@ def block_algorithm(spec: DraftSpec, *, heads: bool) -> Algorithm:
         ),
         trainer_name="DSparkTrainer",
         speculators=block_speculators(heads=heads),
+        trained_tokens=lambda config: (
+            int(field_reader(config)("block_size")) - (0 if samples_from_anchor(config) else 1)
+        ),
     )
 
 

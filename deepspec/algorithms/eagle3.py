@@ -5,7 +5,7 @@ cross-entropy to the target decaying by ``step_loss_decay`` per step."""
 from __future__ import annotations
 
 from deepspec.algorithms.contract import Algorithm, SpeculatorsAdapter
-from deepspec.draft_specs import EAGLE3
+from deepspec.draft_specs import EAGLE3, field_reader
 
 
 def compute_sums(*, model, draft, batch, model_cfg, generator, target_logits) -> dict:
@@ -34,10 +34,10 @@ def summarize(sums: dict) -> dict:
     return eagle3_metrics(sums)
 
 
-def build_proposer(draft):
+def build_proposer(draft, *, gamma: int | None = None):
     from deepspec.decoding.proposers import Eagle3Proposer
 
-    return Eagle3Proposer(draft)
+    return Eagle3Proposer(draft, gamma=gamma)
 
 
 def recipe(*, target: str, target_layer_ids: list[int], mask_token_id=None) -> dict:
@@ -79,7 +79,6 @@ SPECULATORS = SpeculatorsAdapter(
     ),
     import_defaults={},
     import_fixed={},
-    proposal_tokens=lambda config: int(config.get("ttt_length") or 3),
     refuse=refuse_speculators,
 )
 
@@ -91,4 +90,5 @@ ALGORITHM = Algorithm(
     recipe=recipe,
     trainer_name="Eagle3Trainer",
     speculators=SPECULATORS,
+    trained_tokens=lambda config: int(field_reader(config)("ttt_length")),
 )

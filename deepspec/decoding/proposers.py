@@ -60,11 +60,15 @@ class _LayerCache:
 
 
 class ParallelProposer:
-    """DSpark (Markov + confidence heads) and DFlash (``markov_rank == 0``): γ = ``block_size``."""
+    """DSpark (Markov + confidence heads) and DFlash (``markov_rank == 0``). DeepSpec's layout: a block of
+    γ slots [pending, mask, ...], γ = ``block_size``; the engines' layout (``sample_from_anchor`` false):
+    γ + 1 slots whose slot 0 (pending, the bonus token) drafts nothing, γ = ``block_size - 1``. ``gamma``
+    asks for fewer (an engine's smaller num_speculative_tokens)."""
 
-    def __init__(self, draft):
+    def __init__(self, draft, *, gamma: int | None = None):
         self.draft = draft.eval()
-        self.gamma = int(draft.config.block_size)
+        self.bonus_slots = 0 if draft.samples_from_anchor else 1
+        self.gamma = int(gamma or int(draft.config.block_size) - self.bonus_slots)
         self.mask_token_id = int(draft.config.mask_token_id)
         self.cache = _LayerCache(len(draft.layers))
 
@@ -81,11 +85,11 @@ class ParallelProposer:
 
     @torch.no_grad()
     def propose(self, *, slots: SlotTable, pending, temperature: float, generator=None, sequences=None) -> Proposal:
-        d, G = self.draft, self.gamma
+        d, n = self.draft, self.gamma + self.bonus_slots
         B = pending.shape[0]
-        block = torch.full((B, G), self.mask_token_id, dtype=torch.long, device=pending.device)
+        block = torch.full((B, n), self.mask_token_id, dtype=torch.long, device=pending.device)
         block[:, 0] = pending
-        pos = slots.next_position()[:, None] + torch.arange(G, device=pending.device)
+        pos = slots.next_position()[:, None] + torch.arange(n, device=pending.device)
         x = d.embed(block).to(d.fc.weight.dtype)
         rope = rotary_cos_sin(d.rotary_emb, x, pos, DRAFT_LAYER_TYPE)
         mask = slots.query_mask(query_pos=pos, causal_new=False)  # committed context + the whole block
@@ -98,7 +102,7 @@ class ParallelProposer:
                 attn.o_proj(attend(project_q(attn, normed, rope), k, v, scale=attn.scaling, mask=mask, backend="sdpa")),
             )
             x = layer.mlp_block(x)
-        return self._sample_block(d.norm(x), pending, temperature, generator)
+        return self._sample_block(d.norm(x)[:, self.bonus_slots :], pending, temperature, generator)
 
     def _sample_block(self, h, pending, temperature, generator) -> Proposal:
         d, G = self.draft, self.gamma
@@ -130,11 +134,12 @@ class ParallelProposer:
 
 
 class Eagle3Proposer:
-    """Eagle3: step 0 comes from the context pass (state at p−1 with token p), steps 1..γ−1 chain."""
+    """Eagle3: step 0 comes from the context pass (state at p−1 with token p), steps 1..γ−1 chain;
+    γ = ``ttt_length`` or ``gamma`` (a shorter chain)."""
 
-    def __init__(self, draft):
+    def __init__(self, draft, *, gamma: int | None = None):
         self.draft = draft.eval()
-        self.gamma = int(draft.config.ttt_length)
+        self.gamma = int(gamma or draft.config.ttt_length)
         self.cache = _LayerCache(len(draft.layers))
         self.last_state = None  # [B, H] layer output at each row's last committed slot
 

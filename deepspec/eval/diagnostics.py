@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from deepspec.decoding.rounds import ROUNDS_FILE, file_round, write_rounds
-from deepspec.eval.metrics import task_metrics
+from deepspec.eval.metrics import engine_counters, request_steps, task_metrics
 from deepspec.eval.report import (
     coverage_line,
     format_table,
@@ -62,12 +62,13 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str], scheduler: st
 
     out_dir = Path(opts.output_dir)
     gamma, temps = decoded["gamma"], decoded["calibration"]
-    results, output_lines, all_rounds = {}, [], []
+    results, output_lines, all_rounds, requests = {}, [], [], []
     for name, part in decoded["tasks"].items():
         records = part["records"]
         rounds = []
         for rec in records:
             rounds += [file_round(r, task=name, prompt_index=rec["prompt_index"]) for r in rec["rounds"]]
+            requests.append({"task": name, "prompt_index": rec["prompt_index"], **request_steps(rec["rounds"])})
             if opts.save_outputs:
                 output_lines.append(
                     json.dumps(
@@ -86,6 +87,7 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str], scheduler: st
             rounds, gamma=gamma, num_samples=len(records), generated_tokens=generated, wall_seconds=part["seconds"]
         )
         metrics["truncated_prompts"] = part["truncated_prompts"]
+        metrics["spec_decode"] = engine_counters(rounds, gamma=gamma)
         conf = confidence_diagnostics(
             rounds, temperatures=temps, plot_path=out_dir / f"reliability_{name}.png", title=name
         )
@@ -102,6 +104,7 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str], scheduler: st
         "target": str(opts.target),
         "draft": draft_name if opts.self_draft_gamma else str(opts.draft),
         "gamma": gamma,
+        "num_speculative_tokens": getattr(opts, "num_speculative_tokens", None),  # None: the draft's trained count
         "temperature": opts.temperature,
         "confidence_threshold": opts.confidence_threshold,
         "survival_threshold": opts.survival_threshold,
@@ -118,7 +121,8 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str], scheduler: st
     )
     if pooled is not None:
         meta["confidence_all_tasks"] = to_jsonable(pooled)
-    write_results(out_dir / "results.json", results=results, meta=meta, domains=domains)
+    spec_decode = {**engine_counters(all_rounds, gamma=gamma), "requests": requests}
+    write_results(out_dir / "results.json", results=results, meta=meta, domains=domains, spec_decode=spec_decode)
     covers = coverage_line(results, opts.absent_tasks)
     table = format_table(results, target=target_name, draft=draft_name, gamma=gamma, domains=domains)
     table += "\n" + covers

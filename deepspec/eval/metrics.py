@@ -95,6 +95,38 @@ def task_metrics(
     }
 
 
+def engine_counters(rounds: Iterable[Mapping], *, gamma: int) -> dict:
+    """vLLM's speculative-decoding counters (``SpecDecodingStats``) of round records, in vLLM's names.
+
+    A round that sent ``proposal_len`` ℓ > 0 drafts to the target is one vLLM *draft* (a verify step with
+    ℓ draft tokens, ``accepted`` of them accepted); a round with ℓ = 0 (a threshold cut the whole block) is
+    a plain decode step, which vLLM does not count. Keys: ``num_spec_tokens`` (γ), ``num_drafts``,
+    ``num_draft_tokens`` (Σℓ), ``num_accepted_tokens`` (Σaccepted), ``num_accepted_tokens_per_pos`` (for
+    k = 1..γ, drafts with ``accepted >= k``) and ``num_draft_tokens_per_pos`` (drafts with ℓ >= k).
+    vLLM's mean acceptance length is ``1 + num_accepted_tokens / num_drafts``.
+    """
+    try:
+        checked = [check_counts(r, where=f"round record #{i}", gamma=gamma) for i, r in enumerate(rounds)]
+    except RoundsError as exc:
+        raise MetricsError(str(exc)) from None
+    drafts = [(ell, acc) for _, ell, acc in checked if ell > 0]
+    return {
+        "num_spec_tokens": int(gamma),
+        "num_drafts": len(drafts),
+        "num_draft_tokens": sum(ell for ell, _ in drafts),
+        "num_accepted_tokens": sum(acc for _, acc in drafts),
+        "num_accepted_tokens_per_pos": [sum(1 for _, acc in drafts if acc >= k) for k in range(1, gamma + 1)],
+        "num_draft_tokens_per_pos": [sum(1 for ell, _ in drafts if ell >= k) for k in range(1, gamma + 1)],
+    }
+
+
+def request_steps(rounds: Iterable[Mapping]) -> dict:
+    """One request's rounds as vLLM's per-request ``detailed`` metrics: the ordered accepted and drafted
+    counts of its verify steps (rounds with ℓ = 0 are no step there, see :func:`engine_counters`)."""
+    steps = [(int(r["accepted"]), int(r["proposal_len"])) for r in rounds if int(r["proposal_len"]) > 0]
+    return {"per_step_accepted": [a for a, _ in steps], "per_step_drafted": [d for _, d in steps]}
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 

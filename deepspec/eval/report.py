@@ -184,9 +184,16 @@ def to_jsonable(obj):
 
 
 def write_results(
-    path: str | os.PathLike, *, results: Results, meta: Mapping, domains: Mapping[str, str] | None = None
+    path: str | os.PathLike,
+    *,
+    results: Results,
+    meta: Mapping,
+    domains: Mapping[str, str] | None = None,
+    spec_decode: Mapping | None = None,
 ) -> None:
-    """Write ``{"tasks": {name: metrics}, "macro": {...}, "meta": {...}}`` as JSON, atomically."""
+    """Write ``{"tasks": {name: metrics}, "macro": {...}, "meta": {...}}`` as JSON, atomically, plus
+    ``"spec_decode"`` (the run's counters in vLLM's schema, :func:`deepspec.eval.metrics.engine_counters`)
+    when given."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -194,6 +201,8 @@ def write_results(
         "macro": macro_average(results, domains={n: domain_of(n, domains) for n in results}),
         "meta": dict(meta),
     }
+    if spec_decode is not None:
+        payload["spec_decode"] = dict(spec_decode)
     try:
         text = json.dumps(payload, indent=2, allow_nan=False)
     except (TypeError, ValueError) as e:

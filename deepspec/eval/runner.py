@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class EvalOptions:
     async_scheduler: bool = False
     use_calibration: bool = True
     self_draft_gamma: int = 0  # > 0: the target drafts for itself (ceiling check, τ = γ+1)
+    num_speculative_tokens: int | None = None  # tokens drafted per round (None: what the draft was trained for)
     save_outputs: bool = False
     progress: bool = True
 
@@ -134,7 +136,7 @@ def _dtype(name: str, device: str) -> torch.dtype:
 def load_models(opts: EvalOptions, device: str):
     """(target, draft or None, proposer factory, γ, calibration temperatures or None)."""
     from deepspec.decoding.confidence import load_calibration
-    from deepspec.algorithms import build_proposer
+    from deepspec.algorithms import build_proposer, speculative_tokens
     from deepspec.decoding.proposers import TargetSelfProposer
     from deepspec.export import load_any_draft
     from deepspec.targets import load_target
@@ -154,11 +156,38 @@ def load_models(opts: EvalOptions, device: str):
     check_draft_fits_target(draft.config, target)
     draft.load_target_weights(target)  # the frozen embedding / LM head are the target's by definition
     draft = draft.to(device=device, dtype=dtype).eval()
-    proposer = build_proposer(draft)
+    k = opts.num_speculative_tokens
+    proposer = build_proposer(draft, num_speculative_tokens=k)
     temps = None
     if opts.use_calibration and os.path.isdir(draft_dir) and getattr(draft, "confidence_head", None) is not None:
-        temps = load_calibration(draft_dir, gamma=proposer.gamma)
-    return target, draft, lambda: build_proposer(draft), proposer.gamma, temps
+        if proposer.gamma == speculative_tokens(draft.config):
+            temps = load_calibration(draft_dir, gamma=proposer.gamma)
+        elif load_calibration(draft_dir) is not None:  # fitted on full blocks: a shorter block's confidences differ
+            print(
+                f"[eval] note: {draft_dir}/calibration.json was fitted on full blocks; with "
+                f"--num-speculative-tokens {k} the raw confidences are used",
+                file=sys.stderr,
+            )
+    return target, draft, lambda: build_proposer(draft, num_speculative_tokens=k), proposer.gamma, temps
+
+
+def check_num_speculative_tokens(opts: EvalOptions) -> int | None:
+    """The draft's trained tokens per round, after refusing a ``--num-speculative-tokens`` above it, before
+    any model loads (None for a hub id, checked when it loads, and for --self-draft, which has its own γ)."""
+    from deepspec.algorithms import speculative_tokens
+    from deepspec.export.speculators import read_any_config
+    from deepspec.models.draft_config import draft_config_from_dict
+
+    if opts.self_draft_gamma:
+        if opts.num_speculative_tokens is not None:
+            raise EvalSetupError("--num-speculative-tokens applies to a draft; --self-draft GAMMA sets its own γ")
+        return None
+    draft_dir = resolve_draft_dir(opts.draft)
+    if not os.path.isdir(draft_dir):
+        return None
+    config = draft_config_from_dict(read_any_config(draft_dir))
+    speculative_tokens(config, opts.num_speculative_tokens)
+    return speculative_tokens(config)
 
 
 def policy_choice(
@@ -329,8 +358,7 @@ def run_eval(opts: EvalOptions) -> dict:
     from deepspec.eval.diagnostics import write_reports
 
     check_output_dir(opts)
-    if opts.draft and not opts.self_draft_gamma:
-        resolve_draft_dir(opts.draft)  # a wrong draft path fails before the target loads
+    check_num_speculative_tokens(opts)  # a wrong draft path or K fails before the target loads
     opts.output_dir.mkdir(parents=True, exist_ok=True)
     decoded = decode_all(opts)
     scheduler, _ = policy_choice(

@@ -17,9 +17,12 @@ How our layout maps, and why each rule:
   ``confidence_head.proj``, ``embed_tokens``, ``lm_head`` (Gemma 4's ``layer_scalar`` buffers ride
   along). Speculators-only tensors are dropped on import: ``verifier_norm`` / ``verifier_lm_head``
   (training-time copies of the target's) and identity ``d2t`` / ``t2d`` tables.
-- DeepSpec's block layout is ``sample_from_anchor: true`` (slot k predicts token p+k+1), written
-  explicitly for DFlash too; ``sample_from_anchor: false`` drafts (anchor = bonus token) are refused
-  on import: our drafter does not implement that layout.
+- The block layout is our ``sample_from_anchor`` field, written as it is: true (DeepSpec's, slot k
+  predicts token p+k+1) or false (the engines' DFlash layout: slot 0 is the bonus token, slot k predicts
+  token p+k, ``block_size - 1`` drafts). DFlash in DeepSpec's layout is not exported at all (the
+  adapter's ``export_refused``): vLLM's ``dflash`` method reads slot 0 as the bonus token, and its V1
+  runner would decode such a folder one slot off without a word; folders earlier versions wrote still
+  import.
 - Eagle3: our layer fuses ``[input_layernorm(embeds) ; hidden_norm(x)]`` and keeps the un-normalised
   x as residual (``norm_before_residual: false``). Speculators feeds the 2H input to layer 0 only,
   so only one-layer Eagle3 drafts have an equivalent; the other Eagle3 norm variants have none here.
@@ -31,7 +34,7 @@ How our layout maps, and why each rule:
 
 What engines do with it (docs/serving.md): vLLM maps a ``dspark`` folder to its
 ``Qwen3DSparkModel`` (Qwen 3 only) and an ``eagle3`` folder to ``Eagle3Qwen3ForCausalLM`` /
-``Eagle3LlamaForCausalLM``; its ``dflash`` method refuses ``sample_from_anchor``.
+``Eagle3LlamaForCausalLM``.
 :func:`deepspec.export.vllm_layout.vllm_caveat` says which exports vLLM cannot serve from this format.
 """
 
@@ -91,6 +94,9 @@ def to_speculators_config(
     why_not = adapter.refuse(config)
     if why_not:
         raise SpeculatorsFormatError(f"{why_not}. Export a draft that has one")
+    served_wrongly = adapter.export_refused(config)
+    if served_wrongly:
+        raise SpeculatorsFormatError(served_wrongly)
     ours = {"architectures", *(f.name for f in (*COMMON_FIELDS, *algorithm.spec.fields) if f.saved)}
     out = {
         "architectures": [adapter.architecture],
@@ -100,13 +106,13 @@ def to_speculators_config(
         "draft_vocab_size": int(config["vocab_size"]),
         "target_hidden_size": int(config["hidden_size"]),
         "deepspec": {f.name: config[f.name] for f in _fields(algorithm, "deepspec") if config.get(f.name) is not None},
-        **{f.name: config[f.name] for f in _fields(algorithm, "top")},
+        **{f.name: config.get(f.name, f.default) for f in _fields(algorithm, "top")},
         adapter.aux_key: [int(i) + 1 for i in config["target_layer_ids"]],
         **{flag: ours_value for flag, (ours_value, _) in adapter.flags.items()},
     }
     out["speculators_config"] = {
         "algorithm": algorithm.name,
-        "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": adapter.proposal_tokens(config)}],
+        "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": algorithm.trained_tokens(config)}],
         "default_proposal_method": "greedy",
         "verifier": {"name_or_path": verifier_name_or_path, "architectures": list(verifier_architectures or [])},
     }

@@ -26,9 +26,10 @@ What differs, and what :func:`to_vllm_folder` therefore does:
 - Eagle3: vLLM has no DeepSpec-layout Eagle3 class (it reads the speculators format,
   :mod:`deepspec.export.speculators`); refused.
 
-``sample_from_anchor: true`` (DSpark's layout, the default vLLM's DSpark speculator assumes) is
-written explicitly. The frozen ``embed_tokens`` / ``lm_head`` copies are kept (vLLM then keeps its
-own copies instead of sharing the target's; the values are the target's either way).
+The draft's ``sample_from_anchor`` is written explicitly (true, DeepSpec's layout, is what vLLM's DSpark
+speculator assumes when the key is absent; false is its fill-in layout). The frozen ``embed_tokens`` /
+``lm_head`` copies are kept (vLLM then keeps its own copies instead of sharing the target's; the values
+are the target's either way).
 """
 
 from __future__ import annotations
@@ -88,18 +89,17 @@ def check_vllm_servable(*, config: dict) -> None:
 
 def vllm_caveat(config: dict) -> str | None:
     """Why vLLM (0.32) cannot serve the speculators export of our ``config``, or None when it can."""
+    from deepspec.algorithms import algorithm_of
     from deepspec.models.draft_config import draft_config_from_dict
 
-    algorithm, model_type = draft_config_from_dict(config).algorithm, config.get("model_type")
-    if algorithm == "eagle3":
+    algorithm, model_type = algorithm_of(draft_config_from_dict(config)), config.get("model_type")
+    served_wrongly = algorithm.speculators.export_refused(config)  # DeepSpec-layout DFlash
+    if served_wrongly:
+        return served_wrongly
+    if algorithm.name == "eagle3":
         if model_type not in ("qwen3", "llama"):
             return f"vLLM's speculators Eagle3 path builds only qwen3 / llama layers, not {model_type}"
         return None
-    if algorithm == "dflash":
-        return (
-            "vLLM's dflash method refuses sample_from_anchor (DeepSpec's DFlash layout); serve it with "
-            "--format deepspec and method dspark"
-        )
     if model_type != "qwen3":
         return (
             f"vLLM maps every speculators dspark folder to Qwen3DSparkModel, which cannot hold {model_type} "
@@ -149,7 +149,7 @@ def to_vllm_folder(
         state["markov_head.markov_w1.weight"] = torch.zeros(vocab, 1, dtype=ref.dtype)
         state["markov_head.markov_w2.weight"] = torch.zeros(vocab, 1, dtype=ref.dtype)
         config.update(markov_rank=1, markov_head_type="vanilla")
-    config["sample_from_anchor"] = True
+    config["sample_from_anchor"] = bool(config.get("sample_from_anchor", True))  # vLLM's DSpark reads both layouts
     if dtype is not None:
         config["torch_dtype"] = str(dtype).removeprefix("torch.")
     try:
@@ -158,3 +158,61 @@ def to_vllm_folder(
         )
     except SpeculatorsFormatError as exc:
         raise VllmExportError(str(exc)) from None
+
+
+# ----------------------------------------------------------------------------- which vLLM method serves a draft
+
+# How each vLLM method reads a block: does slot 0 (the anchor, the last committed token) predict the next
+# token (sample_from_anchor: true, DeepSpec's layout), or is it the bonus token with each mask predicting its
+# own position (false, vLLM / SGLang / z-lab DFlash)? dspark follows the folder's flag (default true).
+METHOD_READS_ANCHOR = {"dflash": False, "dspark": None}
+METHOD_ALGORITHMS = {"eagle3": ("eagle3",), "dflash": ("dflash",), "dspark": ("dspark", "dflash")}
+
+
+def draft_samples_from_anchor(config: dict, raw_config: dict | None = None) -> bool | None:
+    """The block layout of a draft (our config dict; ``raw_config`` its folder's own config.json, which a
+    speculators folder writes the flag into): True for DeepSpec's, None for drafts without blocks."""
+    from deepspec.algorithms import algorithm_of
+    from deepspec.models.draft_config import draft_config_from_dict
+
+    if algorithm_of(draft_config_from_dict(config)).name == "eagle3":
+        return None
+    raw = raw_config or {}
+    return bool(raw.get("sample_from_anchor", config.get("sample_from_anchor", True)))
+
+
+def vllm_serving_plan(config: dict) -> tuple[str, str]:
+    """(export format, vLLM speculative method) that serves a draft with our config dict as we decode it."""
+    from deepspec.algorithms import algorithm_of
+    from deepspec.models.draft_config import draft_config_from_dict
+
+    name = algorithm_of(draft_config_from_dict(config)).name
+    if name == "eagle3":
+        return "speculators", "eagle3"
+    if name == "dflash" and draft_samples_from_anchor(config) is False:
+        return "speculators", "dflash"  # the engines' DFlash layout: vLLM's dflash method, V1 and V2 runners
+    return "deepspec", "dspark"
+
+
+def engine_anchor_layout_problem(*, raw_config: dict, config: dict, method: str | None) -> tuple[str, str] | None:
+    """(why, fix) when vLLM's ``method`` (None: :func:`vllm_serving_plan`'s) would read the draft's
+    predictions from other slots than we trained them in, or does not serve its algorithm; else None."""
+    from deepspec.algorithms import algorithm_of
+    from deepspec.models.draft_config import draft_config_from_dict
+
+    name = algorithm_of(draft_config_from_dict(config)).name
+    fmt, planned = vllm_serving_plan(config)
+    method = method or planned
+    if name not in METHOD_ALGORITHMS.get(method, (name,)):
+        return (
+            f"vLLM's method {method!r} does not serve a {name} draft",
+            f"serve it with method {planned!r} (export_draft.py --format {fmt})",
+        )
+    ours, reads = draft_samples_from_anchor(config, raw_config), METHOD_READS_ANCHOR.get(method)
+    if ours is None or reads is None or ours == reads:
+        return None
+    return (
+        f"the draft uses sample_from_anchor={str(ours).lower()} (slot k predicts token p+k+1), but vLLM's "
+        f"{method!r} method reads slot 0 as the bonus token: every prediction would be read one slot off",
+        f"serve it with method {planned!r} (export_draft.py --format {fmt})",
+    )

@@ -11,6 +11,11 @@ Block. Anchor p = the last committed token. Block input = [x_p, mask, ..., mask]
 embedded with the frozen target embedding, family scale included); slot k sits at rotary position
 p + k and predicts token p + k + 1. Context position j sits at rotary position j.
 
+``sample_from_anchor: false`` (the engines' DFlash layout, vLLM / SGLang / z-lab): the same block and
+context, but slot 0 (the anchor) is the bonus token and predicts nothing, and slot k >= 1 predicts token
+p + k, its own position; a block of G slots drafts G - 1 tokens. Training drops slot 0 from the outputs
+(logits, labels, masks are [B, A, G - 1]).
+
 Which context a block sees: positions j < p (strictly before the anchor). This is what exists at
 inference: the target has run over the committed tokens x_0..x_{p-1}; x_p itself (the bonus token
 of the last verification, or the first sampled token after prefill) has not been through the
@@ -176,27 +181,42 @@ def block_targets(
     anchor_valid: torch.Tensor | None,
     block_size: int,
     mask_token_id: int,
+    sample_from_anchor: bool = True,
 ) -> BlockTargets:
+    """Every slot's bookkeeping [B, A, G]. ``sample_from_anchor`` false: slot k's label is the token at its
+    own position (slot 0, the bonus token, unsupervised), so label, Markov input and target position all
+    sit one position earlier than in DeepSpec's layout."""
     B, T = input_ids.shape
     G = block_size
     k = torch.arange(G, device=input_ids.device)
     positions = anchors[:, :, None] + k  # [B, A, G]
     flat = lambda t: t.reshape(B, -1)  # noqa: E731
     gather = lambda src, pos: src.gather(1, flat(pos.clamp(max=T - 1))).view_as(pos)  # noqa: E731
-    nxt = positions + 1
-    in_mask = gather(loss_mask.bool(), nxt) & (nxt < T)
+    predicted = positions + 1 if sample_from_anchor else positions  # the token each slot predicts
+    in_mask = gather(loss_mask.bool(), predicted) & (predicted < T)
+    if not sample_from_anchor:
+        in_mask[:, :, 0] = True  # the bonus slot: not supervised (below), but it does not stop the others
     valid = torch.ones_like(anchors, dtype=torch.bool) if anchor_valid is None else anchor_valid.bool()
     slot_mask = in_mask.long().cumprod(dim=-1).bool() & valid[:, :, None]  # stop at the first unsupervised token
+    if not sample_from_anchor:
+        slot_mask[:, :, 0] = False
     block_ids = torch.full_like(positions, mask_token_id)
     block_ids[:, :, 0] = gather(input_ids, anchors[:, :, None])[:, :, 0]
     return BlockTargets(
         block_ids=block_ids,
         positions=positions,
-        labels=gather(input_ids, nxt),
-        prev_tokens=gather(input_ids, positions),
-        target_positions=positions.clamp(max=T - 1),
+        labels=gather(input_ids, predicted),
+        prev_tokens=gather(input_ids, (predicted - 1).clamp(min=0)),
+        target_positions=(predicted - 1).clamp(min=0, max=T - 1),
         slot_mask=slot_mask,
     )
+
+
+def drafting_slots(targets: BlockTargets, *, sample_from_anchor: bool) -> BlockTargets:
+    """The slots that draft tokens: all of them, or (the engines' layout) all but the bonus slot 0."""
+    if sample_from_anchor:
+        return targets
+    return BlockTargets(**{k: v[:, :, 1:] for k, v in vars(targets).items()})
 
 
 class DSparkDraftModel(DraftPreTrainedModel):
@@ -224,6 +244,12 @@ class DSparkDraftModel(DraftPreTrainedModel):
             self.confidence_head = ConfidenceHead(H + (rank if config.confidence_head_with_markov else 0))
         self.post_init()
         self._freeze_target_pieces()
+
+    @property
+    def samples_from_anchor(self) -> bool:
+        """The block layout (module docstring): True for DeepSpec's, False for the engines' DFlash layout."""
+        value = getattr(self.config, "sample_from_anchor", None)
+        return True if value is None else bool(value)
 
     # -- pieces (shared by training and, later, inference) ---------------------------------------
     def context_features(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -303,7 +329,7 @@ class DSparkDraftModel(DraftPreTrainedModel):
         input_ids [B, T], hidden_states [B, T, n·H] (captured target layers), loss_mask [B, T],
         anchors / anchor_valid [B, A] (see :func:`sample_anchors`). Returns per-slot logits
         [B, A, G, V], confidence logits [B, A, G] and the slot bookkeeping (labels, slot_mask,
-        target_positions for the target logits). Compute the loss with
+        target_positions for the target logits); G - 1 slots in the engines' layout. Compute the loss with
         :func:`deepspec.models.losses.parallel_draft_loss`.
         """
         B, T = input_ids.shape
@@ -315,6 +341,7 @@ class DSparkDraftModel(DraftPreTrainedModel):
         G = int(self.config.block_size)
         A = anchors.shape[1]
         backend = resolve_backend(attention_backend, input_ids.device)
+        from_anchor = self.samples_from_anchor
         tg = block_targets(
             input_ids=input_ids,
             loss_mask=loss_mask,
@@ -322,6 +349,7 @@ class DSparkDraftModel(DraftPreTrainedModel):
             anchor_valid=anchor_valid,
             block_size=G,
             mask_token_id=int(self.config.mask_token_id),
+            sample_from_anchor=from_anchor,
         )
         context = self.context_features(hidden_states)
         ctx_pos = torch.arange(T, device=input_ids.device).expand(B, T)
@@ -333,8 +361,10 @@ class DSparkDraftModel(DraftPreTrainedModel):
             mask=self.training_mask(anchors, context_len=T, backend=backend),
             backend=backend,
         )
-        logits, conf = self.heads(hidden.view(B, A, G, -1), tg.prev_tokens)
-        return DSparkTrainOutput(logits=logits, confidence_logits=conf, targets=tg)
+        first = 0 if from_anchor else 1  # the engines' layout: the bonus slot drafts nothing
+        drafting = drafting_slots(tg, sample_from_anchor=from_anchor)
+        logits, conf = self.heads(hidden.view(B, A, G, -1)[:, :, first:], drafting.prev_tokens)
+        return DSparkTrainOutput(logits=logits, confidence_logits=conf, targets=drafting)
 
     def forward(self, **kwargs) -> DSparkTrainOutput:  # DDP/FSDP call forward(); same as forward_train
         return self.forward_train(**kwargs)

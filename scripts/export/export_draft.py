@@ -14,9 +14,11 @@
 rank-1 Markov head (vLLM's DSpark classes always build one). Drafts vLLM cannot serve this way are
 refused with the reason: gated/rnn Markov heads, Gemma 4 without k=v attention, Eagle3.
 
---format speculators writes the vllm-project/speculators layout (DSparkSpeculator / DFlashSpeculator /
-Eagle3Speculator): tensors bit-equal, layer ids +1, DeepSpec-only fields under "deepspec" so the
-round trip back is exact. It prints a note when vLLM cannot serve the result from that format.
+--format speculators writes the vllm-project/speculators layout (DSparkSpeculator / Eagle3Speculator):
+tensors bit-equal, layer ids +1, DeepSpec-only fields under "deepspec" so the round trip back is exact.
+It prints a note when vLLM cannot serve the result from that format. DFlash in DeepSpec's block layout
+is refused: vLLM's dflash method reads slot 0 as the bonus token, so its CPU (V1) runner would decode
+such a folder one slot off without a word; use --format deepspec for it.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("deepspec", "speculators"),
         default="deepspec",
         help="deepspec: the folder vLLM's method 'dspark' loads; speculators: the vllm-project/"
-        "speculators layout (vLLM method 'eagle3' for Eagle3, 'dspark' for Qwen 3 DSpark)",
+        "speculators layout (vLLM method 'eagle3' for Eagle3, 'dspark' for Qwen 3 DSpark; refused for "
+        "DFlash in DeepSpec's layout, which vLLM's 'dflash' would decode one slot off)",
     )
     add_output_dir(
         p, aliases=("--output",), required=True, help="folder to write (must not exist or be empty, unless --overwrite)"
