@@ -96,6 +96,20 @@ def test_interval_edges():
     tasks, macro = tau_intervals({"gsm8k": pp((0, 0), (4, 4)), "mbpp": pp((0, 0))}, draws=200, seed=0)
     assert tasks["mbpp"] is None and "code" not in macro
     assert tasks["gsm8k"][1] == 2.0 and macro["all"][1] == 2.0
+    # One prompt resamples to itself: no interval (not a zero-width one), for it and the averages over it.
+    tasks, macro = tau_intervals({"gsm8k": pp((4, 4), (4, 8)), "mbpp": pp((3, 6))}, draws=200, seed=0)
+    assert tasks["mbpp"] is None and macro["code"] is None and macro["all"] is None and macro["math"] is not None
+    one = _run("one", {"gsm8k": pp((4, 4))})
+    p = _pair(one, _run("other", {"gsm8k": pp((4, 0))}))
+    assert p.differences["all"].relative == 1.0 and p.differences["all"].resolved is None
+    assert (
+        pairing_line(p)
+        == "one vs other (paired: 1 prompts in 1 task): all +100.0% [no interval], math +100.0% [no interval]"
+    )
+    assert p.notes == [
+        "no interval for gsm8k (1) or the averages over them: one prompt resamples to itself; evaluate more "
+        "prompts per task"
+    ]
 
 
 def test_per_prompt_counts_give_the_task_tau():

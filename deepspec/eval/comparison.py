@@ -111,6 +111,7 @@ def summarize(run: Run, *, domains, draws: int, seed: int, level: float = LEVEL)
         return s
     aligned = align(dict(zip(run.labels(), run.seeds())))
     s.notes += [f"{run.name}: {n}" for n in aligned.notes] if len(run.results) > 1 else []
+    s.notes += [f"{run.name}: {n}" for n in [aligned.few_prompts_note()] if n]
     index = resample({t: len(k) for t, k in aligned.keys.items()}, draws=draws, seed=seed)
     d = run_draws(run.seeds(), keys=aligned.keys, index=index, domains=domains)
     s.macro, s.seed_macro = d.macro, d.seed_macro
@@ -161,7 +162,8 @@ def paired(a: Run, b: Run, *, domains, macro: Mapping[str, Mapping[str, float]],
     da = run_draws(a.seeds(), keys=aligned.keys, index=index, domains=domains)
     db = run_draws(b.seeds(), keys=aligned.keys, index=index, domains=domains)
     prompts = sum(len(k) for k in aligned.keys.values())
-    return Pairing(a.name, b.name, relative_difference(da, db), prompts, len(aligned.keys), aligned.notes, {})
+    notes = aligned.notes + [n for n in [aligned.few_prompts_note()] if n]
+    return Pairing(a.name, b.name, relative_difference(da, db), prompts, len(aligned.keys), notes, {})
 
 
 def _pct(v: float) -> str:

@@ -142,7 +142,7 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str], scheduler: st
     notes = "\n".join(
         [
             covers,
-            interval_line(meta["bootstrap"]),
+            interval_line(meta["bootstrap"], without=[n for n, ci in task_ci.items() if ci is None]),
             draft_cost_line(draft_cost, tau=macro_average(results, domains=domains).get("all")),
         ]
     )

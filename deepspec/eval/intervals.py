@@ -29,6 +29,9 @@ from deepspec.eval.tasks import DOMAINS, task_domain
 DEFAULT_DRAWS = 1000
 DEFAULT_SEED = 0
 MIN_DRAWS = 100  # a 95 % interval reads the 2.5 % tails: fewer draws leave a handful of values there
+# A task of one prompt resamples to itself in every draw: a zero-width interval that would read as certainty.
+# It gets none, and neither does an average over it.
+MIN_PROMPTS = 2
 LEVEL = 0.95
 METHOD = "percentile interval of a cluster bootstrap over prompts, resampled within each task"
 
@@ -96,6 +99,16 @@ class Alignment:
 
     keys: dict[str, list[int]]  # task -> shared prompt indices (sorted)
     notes: list[str]
+
+    def few_prompts_note(self) -> str | None:
+        """Names the tasks with too few prompts for an interval (None when every task has enough)."""
+        few = [f"{t} ({len(k)})" for t, k in self.keys.items() if len(k) < MIN_PROMPTS]
+        if not few:
+            return None
+        return (
+            f"no interval for {', '.join(few)} or the averages over them: one prompt resamples to itself; "
+            "evaluate more prompts per task"
+        )
 
 
 def align(named: Mapping[str, Mapping[str, PerPrompt]]) -> Alignment:
@@ -216,7 +229,9 @@ def run_draws(
             rounds, committed = _arrays(seed[task], k)
             point = tau_of(rounds, committed)
             if np.isfinite(point):  # a task without rounds has no τ, as in metrics.macro_average
-                taus[task], draws[task] = float(point), tau_of(rounds, committed, index[task])
+                taus[task] = float(point)
+                enough = len(k) >= MIN_PROMPTS
+                draws[task] = tau_of(rounds, committed, index[task]) if enough else np.full(len(index[task]), np.nan)
         per_seed_tau.append(taus)
         per_seed_draws.append(draws)
     tasks = [t for t in keys if all(t in taus for taus in per_seed_tau)]

@@ -200,12 +200,19 @@ def coverage_line(covered, absent=()) -> str:
     return line
 
 
-def interval_line(bootstrap: Mapping) -> str:
-    """What the τ intervals are: level, method, draws and seed (``meta.bootstrap`` of a results.json)."""
-    return (
+def interval_line(bootstrap: Mapping, *, without=()) -> str:
+    """What the τ intervals are: level, method, draws and seed (``meta.bootstrap`` of a results.json), and the
+    tasks ``without`` one (a single prompt, or no round)."""
+    line = (
         f"τ intervals: {100 * bootstrap['level']:.0f}% from a cluster bootstrap over prompts (whole prompts "
         f"resampled within each task; {bootstrap['draws']} draws, seed {bootstrap['seed']})"
     )
+    if without:
+        line += (
+            f"; none for {', '.join(without)} or the averages over them (one prompt, or no round: "
+            "evaluate more prompts per task)"
+        )
+    return line
 
 
 def si(value: float | None, unit: str = "") -> str:
