@@ -168,7 +168,7 @@ def resample(sizes: Mapping[str, int], *, draws: int, seed: int) -> dict[str, np
     return {task: rng.integers(0, n, size=(draws, n)) for task, n in sizes.items()}
 
 
-def tau_of(rounds: np.ndarray, committed: np.ndarray, index: np.ndarray | None = None):
+def tau_of(rounds: np.ndarray, committed: np.ndarray, *, index: np.ndarray | None = None):
     """Σ committed / Σ rounds over the prompts (or over each row of ``index``); NaN where no round ran."""
     if index is None:
         r, c = rounds.sum(), committed.sum()
@@ -231,7 +231,9 @@ def run_draws(
             if np.isfinite(point):  # a task without rounds has no τ, as in metrics.macro_average
                 taus[task] = float(point)
                 enough = len(k) >= MIN_PROMPTS
-                draws[task] = tau_of(rounds, committed, index[task]) if enough else np.full(len(index[task]), np.nan)
+                draws[task] = (
+                    tau_of(rounds, committed, index=index[task]) if enough else np.full(len(index[task]), np.nan)
+                )
         per_seed_tau.append(taus)
         per_seed_draws.append(draws)
     tasks = [t for t in keys if all(t in taus for taus in per_seed_tau)]

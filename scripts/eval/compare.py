@@ -99,15 +99,8 @@ def ceiling_check(folder: str) -> tuple[dict, str]:
     )
 
 
-@cli_main
-def main(argv=None) -> int:
-    from deepspec.eval.comparison import legend_lines, mean_tasks, paired, pairing_line, summarize
+def parse_args(argv=None) -> argparse.Namespace:
     from deepspec.eval.intervals import DEFAULT_DRAWS, DEFAULT_SEED, draws_problem
-    from deepspec.eval.metrics import macro_average
-    from deepspec.eval.plots import plot_conditional_by_algorithm, plot_tau_by_task
-    from deepspec.eval.report import comparison_table, coverage_line, task_order
-    from deepspec.eval.tasks import task_domain
-    from deepspec.fsio import atomic_write
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -133,23 +126,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if draws_problem(args.bootstrap_draws):
         p.error(draws_problem(args.bootstrap_draws))
+    args.folders = parse_runs(p, args.runs)
+    return args
 
-    folders = parse_runs(p, args.runs)
-    out = Path(args.output_dir)
-    written = [
-        out / f for f in ("results.json", "table.md", "tau_by_task.png", "conditional_acceptance_by_algorithm.png")
-    ]
-    # Each run's own results.json / table.md are inputs: the comparison never lands on them.
-    inputs = [f for dirs in folders.values() for f in dirs] + ([args.ceiling] if args.ceiling else [])
-    check_outputs_apart(inputs=inputs, outputs=written)
-    runs = {name: read_run(name, dirs) for name, dirs in folders.items()}
-    by_algo = {name: mean_tasks(r.results) for name, r in runs.items()}
-    domains = {t: task_domain(t) for res in by_algo.values() for t in res}
-    macro = {name: macro_average(res, domains=domains) for name, res in by_algo.items()}
-    boot = dict(draws=args.bootstrap_draws, seed=args.bootstrap_seed)
-    summaries = {name: summarize(r, domains=domains, **boot) for name, r in runs.items()}
-    names = list(runs)
-    pairings = [paired(runs[names[0]], runs[o], domains=domains, macro=macro, **boot) for o in names[1:]]
+
+def table_lines(*, runs: dict, by_algo: dict, summaries: dict, pairings: list, domains, boot: dict) -> list[str]:
+    """table.md: the table, the tasks covered, what the intervals are, notes, the paired differences."""
+    from deepspec.eval.comparison import legend_lines, pairing_line
+    from deepspec.eval.report import comparison_table, coverage_line, task_order
 
     covered = task_order(by_algo)
     meta_absent = (t for r in runs.values() for res in r.results for t in res.get("meta", {}).get("absent_tasks", []))
@@ -160,20 +144,48 @@ def main(argv=None) -> int:
     for pairing in pairings:
         lines.append(pairing_line(pairing))
         lines += [f"  {note}" for note in pairing.notes]
+    return lines
+
+
+@cli_main
+def main(argv=None) -> int:
+    from deepspec.eval.comparison import mean_tasks, paired, summarize
+    from deepspec.eval.metrics import macro_average
+    from deepspec.eval.plots import plot_conditional_by_algorithm, plot_tau_by_task
+    from deepspec.eval.tasks import task_domain
+    from deepspec.fsio import atomic_write
+
+    args = parse_args(argv)
+    out = Path(args.output_dir)
+    written = [
+        out / f for f in ("results.json", "table.md", "tau_by_task.png", "conditional_acceptance_by_algorithm.png")
+    ]
+    # Each run's own results.json / table.md are inputs: the comparison never lands on them.
+    inputs = [f for dirs in args.folders.values() for f in dirs] + ([args.ceiling] if args.ceiling else [])
+    check_outputs_apart(inputs=inputs, outputs=written)
+    runs = {name: read_run(name, dirs) for name, dirs in args.folders.items()}
+    by_algo = {name: mean_tasks(r.results) for name, r in runs.items()}
+    domains = {t: task_domain(t) for res in by_algo.values() for t in res}
+    macro = {name: macro_average(res, domains=domains) for name, res in by_algo.items()}
+    boot = dict(draws=args.bootstrap_draws, seed=args.bootstrap_seed)
+    summaries = {name: summarize(r, domains=domains, **boot) for name, r in runs.items()}
+    names = list(runs)
+    pairings = [paired(runs[names[0]], runs[o], domains=domains, macro=macro, **boot) for o in names[1:]]
+    lines = table_lines(runs=runs, by_algo=by_algo, summaries=summaries, pairings=pairings, domains=domains, boot=boot)
     ceiling = None
     if args.ceiling:
         ceiling, line = ceiling_check(args.ceiling)
         lines.append(line)
     out.mkdir(parents=True, exist_ok=True)
     payload = {
-        "algorithms": {
+        "algorithms": {  # meta: the first seed's
             n: {
                 "tasks": by_algo[n],
                 "macro": macro[n],
                 "meta": runs[n].results[0].get("meta", {}),
                 "folders": runs[n].folders,
-                **summaries[n].as_json(),
             }
+            | summaries[n].as_json()
             for n in names
         },
         "differences": {f"{q.a} vs {q.b}": q.as_json() for q in pairings},
