@@ -2,8 +2,9 @@
 
     python eval.py --draft_name_or_path runs/quickstart/checkpoints/dspark --tasks gsm8k:20,mt-bench:10
 
-Prints the accepted-length table (τ incl. the bonus token, verify rate, accept_rate@k) and writes
-results.json, table.md, rounds.jsonl (every decoding round: the input of scripts/eval/calibrate.py,
+Prints the accepted-length table (τ incl. the bonus token with its 95% interval from a bootstrap over
+prompts, verify rate, accept_rate@k, the draft's cost per round) and writes results.json (with per-prompt
+counts), table.md, rounds.jsonl (every decoding round: the input of scripts/eval/calibrate.py,
 threshold_sweep.py and simulate_serving.py), conditional-acceptance and reliability PNGs to
 --output-dir. Decoding is lossless: the output follows the target's own distribution.
 """
@@ -19,6 +20,7 @@ from deepspec.errors import cli_main
 
 
 def parse_args(argv=None):
+    from deepspec.eval.intervals import DEFAULT_DRAWS, DEFAULT_SEED, draws_problem
     from deepspec.eval.tasks import KNOWN_TASKS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,6 +115,20 @@ def parse_args(argv=None):
     )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument(
+        "--bootstrap-draws",
+        type=int,
+        default=DEFAULT_DRAWS,
+        metavar="N",
+        help="draws of the bootstrap over prompts behind every τ interval (95%%; whole prompts resampled "
+        "within each task; default: %(default)s)",
+    )
+    p.add_argument(
+        "--bootstrap-seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help="seed of those draws, recorded in results.json (default: %(default)s)",
+    )
+    p.add_argument(
         "--batch-size",
         type=int,
         default=1,
@@ -146,6 +162,8 @@ def parse_args(argv=None):
         p.error("--max-new-tokens and --batch-size must be >= 1")
     if args.num_speculative_tokens is not None and args.num_speculative_tokens < 1:
         p.error(f"--num-speculative-tokens must be >= 1, got {args.num_speculative_tokens}")
+    if draws_problem(args.bootstrap_draws):
+        p.error(draws_problem(args.bootstrap_draws))
     if args.self_draft < 0:
         p.error(
             f"--self-draft must be >= 1 (γ, the tokens the target drafts for itself) or 0 (off), got {args.self_draft}"
@@ -214,6 +232,8 @@ def main(argv=None) -> int:
         use_calibration=not args.no_calibration,
         self_draft_gamma=args.self_draft,
         num_speculative_tokens=args.num_speculative_tokens,
+        bootstrap_draws=args.bootstrap_draws,
+        bootstrap_seed=args.bootstrap_seed,
         save_outputs=args.save_outputs,
         progress=not args.no_progress,
     )

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: the tiny local target, end to end, on CPU.
 #
-#   bash scripts/quickstart.sh [--fast] [--online] [--output-dir DIR] [--num-prompts N] [--train-steps N] [--eval-prompts N] [--ablations] [eval_temperature=T]
+#   bash scripts/quickstart.sh [--fast] [--online] [--output-dir DIR] [--num-prompts N] [--train-steps N] [--eval-prompts N] [--seeds N] [--ablations] [eval_temperature=T]
 #
 # First a preflight (python -m deepspec.preflight) checks what every stage needs and stops at once if
 # something is missing. Stages (each reused when already finished, so a re-run picks up where it stopped):
@@ -16,6 +16,11 @@
 #      (eval_datasets/, the five shipped tasks; the four others when fetched), plus the target
 #      drafting for itself (the ceiling check: τ must be γ+1)
 #   7. one table + plots in $OUT (results.json, table.md, tau_by_task.png, ...)  scripts/eval/compare.py
+#      every τ with its 95% interval (a bootstrap over prompts), the draft's cost per round, and the paired
+#      difference of DSpark over each other draft ("not resolved" where the interval contains 0)
+#   --seeds N: stages 5 and 6 for N seeds per algorithm (seed 1 is the configs' own; seed k > 1 trains
+#   with seed=k-1 into checkpoints/<algo>_s<k-1> and samples with eval.py --seed k-1); the table gives the
+#   mean over seeds ± their spread, and the interval
 #   --ablations: also DSpark with 1/2 draft layers (paper Fig. 3) and block size 4/8/12/16 with the
 #   Markov head, the RNN head and DFlash (Fig. 4), same budget: $OUT/ablations.md, depth.png, block_size.png
 #   --online: no stage 4; the drafts train with the target running live (train.py --online) into
@@ -23,20 +28,24 @@
 #   (a plain quickstart before or after) is printed next to it
 #
 # Options: --output-dir DIR (default runs/quickstart, --fast: runs/quickstart-fast; a relative DIR means the
-# folder you run the script from), --num-prompts N, --train-steps N (per draft), --eval-prompts N (per task).
-# Variable, as an argument or in the environment: eval_temperature=1 (0: evaluate greedily).
+# folder you run the script from), --num-prompts N, --train-steps N (per draft), --eval-prompts N (per task),
+# --seeds N (per algorithm, default 1).
+# Variable, as an argument or in the environment: eval_temperature=1 (0: evaluate greedily; a temperature
+# other than 1 keeps its evaluations and table in $OUT/t<T>/, e.g. t0/, next to those at 1, and reuses the
+# trained drafts).
 # Environment: DEEPSPEC_TINY_TARGET=DIR (a tiny target you built, used as it is),
 # DEEPSPEC_REGEN_BACKEND=hf (regenerate with transformers instead of vLLM).
 #
 # Examples:
 #   bash scripts/quickstart.sh --fast                      # a few minutes, every stage
 #   bash scripts/quickstart.sh --output-dir myrun eval_temperature=0
+#   bash scripts/quickstart.sh --seeds 3                   # three seeds per algorithm: about 3x stages 5-6
 source "$(dirname "${BASH_SOURCE[0]}")/cli.sh"
 if ds_wants_help "$@"; then ds_help "$0"; exit 0; fi
 ds_no_dry_run
 set -euo pipefail
 FAST=0; ABLATIONS=0; ONLINE=0
-OUT=""; SET_PROMPTS=""; SET_STEPS=""; SET_EVAL=""
+OUT=""; SET_PROMPTS=""; SET_STEPS=""; SET_EVAL=""; SEEDS=1
 value() {  # value FLAG [VALUE...]: the value after FLAG, or a refusal
   [ $# -ge 2 ] || ds_die "$1 needs a value (see --help)"
   case "$1" in
@@ -51,6 +60,7 @@ while [ $# -gt 0 ]; do
     --num-prompts) value "$@"; SET_PROMPTS="$2"; shift ;;
     --train-steps) value "$@"; SET_STEPS="$2"; shift ;;
     --eval-prompts) value "$@"; SET_EVAL="$2"; shift ;;
+    --seeds) value "$@"; SEEDS="$2"; shift ;;
     --ablations) ABLATIONS=1 ;;
     --online) ONLINE=1 ;;
     eval_temperature=* | eval-temperature=* | EVAL_TEMPERATURE=*) ds_set eval_temperature "${1#*=}" "${1%%=*}" ;;
@@ -89,6 +99,10 @@ fi
 # Sampling at temperature 1, like eval.py's default: DSpark's L1 loss and confidence head target the
 # acceptance of *sampled* drafts; greedy (eval_temperature=0) measures argmax agreement instead.
 EVAL_TEMPERATURE="$eval_temperature"
+case "$EVAL_TEMPERATURE" in  # where evaluations and tables go: $OUT at temperature 1, $OUT/t<T> otherwise
+  1 | 1. | 1.0 | 1.00) RESULTS="$OUT" ;;
+  *) RESULTS="$OUT/t$EVAL_TEMPERATURE" ;;
+esac
 export DEEPSPEC_TINY_TARGET="$TARGET"
 
 # Preflight: every input a later stage needs (prompt files, the target, writable output folders, free
@@ -161,55 +175,71 @@ train() {  # train NAME CONFIG STEPS [OPTS...]: one draft into $OUT/checkpoints/
     "logging.logging_steps=1" "logging.checkpoint_dir=$OUT/checkpoints/$name" \
     "logging.tensorboard_dir=$OUT/tensorboard/$name" "$@"
 }
-for algo in dspark dflash eagle3; do
-  # Same data, same steps and batch for all three: only the algorithm differs.
-  train "$algo$SUFFIX" "config/$algo/${algo}_tiny.py" "$TRAIN_STEPS"
+seeded() {  # seeded NAME K: the run name of seed K (0: NAME itself, the configs' own seed)
+  if [ "$2" = 0 ]; then echo "$1"; else echo "$1_s$2"; fi
+}
+for ((k = 0; k < SEEDS; k++)); do
+  for algo in dspark dflash eagle3; do
+    # Same data, same steps and batch for all three: only the algorithm (and the seed) differs.
+    seed_opt=(); [ "$k" = 0 ] || seed_opt=("seed=$k")
+    train "$(seeded "$algo$SUFFIX" "$k")" "config/$algo/${algo}_tiny.py" "$TRAIN_STEPS" "${seed_opt[@]}"
+  done
 done
 
 echo; echo "==> training summary (first -> last logged step)"
-python - "$OUT" "$SUFFIX" <<'PY'
+python - "$OUT" "$SUFFIX" "$SEEDS" <<'PY'
 import json, sys, pathlib
-for algo in ("dspark", "dflash", "eagle3"):
-    rows = [json.loads(l) for l in (pathlib.Path(sys.argv[1]) / "checkpoints" / (algo + sys.argv[2]) / "metrics.jsonl").read_text().splitlines() if l.strip()]
-    first, last = rows[0], rows[-1]
-    extra = "".join(f", {k} {first[k]:.3f} -> {last[k]:.3f}" for k in ("tau_probabilistic", "accuracy@0") if k in last)
-    if "target_forward_s" in last and sys.argv[2]:
-        extra += f", target forward {sum(r['target_forward_s'] for r in rows):.1f} s in all"
-    print(f"  {algo:7s} steps {last['step']:4d}: loss {first['loss']:.3f} -> {last['loss']:.3f}{extra}")
+for seed in range(int(sys.argv[3])):
+    for algo in ("dspark", "dflash", "eagle3"):
+        name = algo + sys.argv[2] + (f"_s{seed}" if seed else "")
+        rows = [json.loads(l) for l in (pathlib.Path(sys.argv[1]) / "checkpoints" / name / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        first, last = rows[0], rows[-1]
+        extra = "".join(f", {k} {first[k]:.3f} -> {last[k]:.3f}" for k in ("tau_probabilistic", "accuracy@0") if k in last)
+        if "target_forward_s" in last and sys.argv[2]:
+            extra += f", target forward {sum(r['target_forward_s'] for r in rows):.1f} s in all"
+        print(f"  {name:14s} steps {last['step']:4d}: loss {first['loss']:.3f} -> {last['loss']:.3f}{extra}")
 PY
 
 evaluate() {  # evaluate NAME EVAL_ARGS...: reuse a finished evaluation of the same checkpoint and settings
   local name="$1"; shift
   # step_latest is a symlink and -nt follows it: results must be newer than the newest step_N folder
   # (its mtime is when its files were written); no checkpoint dir (self-draft): -nt is true.
-  local dir="$OUT/eval/$name" settings="$* --max-new-tokens $EVAL_TOKENS --temperature $EVAL_TEMPERATURE"
+  local dir="$RESULTS/eval/$name" settings="$* --max-new-tokens $EVAL_TOKENS --temperature $EVAL_TEMPERATURE"
   if [ -s "$dir/results.json" ] && [ "$dir/results.json" -nt "$OUT/checkpoints/$name/step_latest" ] \
      && [ "$(cat "$dir/settings.txt" 2>/dev/null)" = "$settings" ]; then
     echo "==> eval $name: reusing $dir"; return
   fi
   stage "eval $name" python eval.py --output-dir "$dir" --max-new-tokens "$EVAL_TOKENS" \
-    --temperature "$EVAL_TEMPERATURE" --seed 0 "$@"
+    --temperature "$EVAL_TEMPERATURE" "$@"
   echo "$settings" > "$dir/settings.txt"
 }
-for algo in dspark dflash eagle3; do
-  evaluate "$algo$SUFFIX" --draft_name_or_path "$OUT/checkpoints/$algo$SUFFIX" --tasks "$EVAL_TASKS"
+for ((k = 0; k < SEEDS; k++)); do
+  for algo in dspark dflash eagle3; do
+    name="$(seeded "$algo$SUFFIX" "$k")"
+    evaluate "$name" --draft_name_or_path "$OUT/checkpoints/$name" --tasks "$EVAL_TASKS" --seed "$k"
+  done
 done
-evaluate self7 --self-draft 7 --tasks "$SELF_TASKS"
+evaluate self7 --self-draft 7 --tasks "$SELF_TASKS" --seed 0
 
+seed_dirs() {  # seed_dirs NAME: the eval folders of NAME's seeds, comma-separated
+  local k dirs="$RESULTS/eval/$1"
+  for ((k = 1; k < SEEDS; k++)); do dirs+=",$RESULTS/eval/$1_s$k"; done
+  echo "$dirs"
+}
 table() {  # table SUFFIX OUTPUT_DIR LABEL
-  echo; echo "==> the paper's Table 1 in miniature, $3 (macro τ per domain; temperature $EVAL_TEMPERATURE, $EVAL_TOKENS new tokens per prompt)"
-  python scripts/eval/compare.py --runs dspark="$OUT/eval/dspark$1" dflash="$OUT/eval/dflash$1" \
-    eagle3="$OUT/eval/eagle3$1" --ceiling "$OUT/eval/self7" --output-dir "$2"
+  echo; echo "==> the paper's Table 1 in miniature, $3 (macro τ per domain; temperature $EVAL_TEMPERATURE, $EVAL_TOKENS new tokens per prompt, $SEEDS seed(s))"
+  python scripts/eval/compare.py --runs dspark="$(seed_dirs "dspark$1")" dflash="$(seed_dirs "dflash$1")" \
+    eagle3="$(seed_dirs "eagle3$1")" --ceiling "$RESULTS/eval/self7" --output-dir "$2"
 }
 if [ "$ONLINE" = 1 ]; then
-  table _online "$OUT/online" "trained online"
-  if [ -s "$OUT/eval/dspark/results.json" ] && [ -s "$OUT/eval/dflash/results.json" ] && [ -s "$OUT/eval/eagle3/results.json" ]; then
-    table "" "$OUT" "trained offline from the cache (the earlier run in $OUT)"
+  table _online "$RESULTS/online" "trained online"
+  if [ -s "$RESULTS/eval/dspark/results.json" ] && [ -s "$RESULTS/eval/dflash/results.json" ] && [ -s "$RESULTS/eval/eagle3/results.json" ]; then
+    table "" "$RESULTS" "trained offline from the cache (the earlier run in $OUT)"
   fi
 else
-  table "" "$OUT" "trained offline from the cache"
-  if [ -s "$OUT/online/table.md" ]; then
-    echo; echo "==> the same, trained online (the earlier --online run in $OUT): $OUT/online/table.md"; cat "$OUT/online/table.md"
+  table "" "$RESULTS" "trained offline from the cache"
+  if [ -s "$RESULTS/online/table.md" ]; then
+    echo; echo "==> the same, trained online (the earlier --online run in $OUT): $RESULTS/online/table.md"; cat "$RESULTS/online/table.md"
   fi
 fi
 
@@ -228,7 +258,7 @@ if [ "$ABLATIONS" = 1 ]; then
     done
   done
   echo; echo "==> ablations"
-  python scripts/eval/plot_ablations.py --output-dir "$OUT"
+  python scripts/eval/plot_ablations.py --output-dir "$RESULTS"
 fi
 
 echo; echo "==> done: outputs in $OUT"

@@ -148,6 +148,12 @@ CASES = [
         ["--temperature must be >= 0"],
     ),
     ("eval-negative-self-draft", "eval.py", ["--self-draft", "-1"], ["--self-draft must be >= 1"]),
+    (
+        "eval-few-bootstrap-draws",
+        "eval.py",
+        ["--self-draft", "2", "--bootstrap-draws", "20"],
+        ["--bootstrap-draws must be >= 100 (a 95% interval reads the tails of the draws), got 20"],
+    ),
     ("eval-bad-device", "eval.py", ["--self-draft", "2", "--device", "tpu"], ["--device must be cpu, cuda or cuda:N"]),
     (
         "eval-prefix-needs-profile",
@@ -240,6 +246,18 @@ CASES = [
         "scripts/eval/compare.py",
         ["--runs", "nodir", "--output-dir", "{base}/cmp"],
         ["write NAME=DIR"],
+    ),
+    (
+        "compare-empty-seed-folder",
+        "scripts/eval/compare.py",
+        ["--runs", "a={base}/x,", "--output-dir", "{base}/cmp"],
+        ["write NAME=DIR", "NAME=DIR1,DIR2 for seeds of one algorithm"],
+    ),
+    (
+        "compare-few-bootstrap-draws",
+        "scripts/eval/compare.py",
+        ["--runs", "a={base}/x", "--output-dir", "{base}/cmp", "--bootstrap-draws", "99"],
+        ["--bootstrap-draws must be >= 100"],
     ),
     (
         "compare-missing-run",

@@ -107,6 +107,25 @@ def test_eval_writes_results_and_matches_target_greedy(setup, capsys):
     assert g["spec_decode"]["num_drafts"] == g["num_rounds"]
     for name in ("table.md", "conditional_acceptance.png", "reliability_gsm8k.png"):
         assert (out / name).stat().st_size > 0
+    # Per-prompt counts: rounds.jsonl grouped by prompt, prompts fingerprinted; τ with its interval.
+    from deepspec.eval.intervals import METHOD, prompt_id
+
+    counts = g["per_prompt"]
+    assert [(c["prompt_index"], c["prompt_id"]) for c in counts] == [
+        (i, prompt_id(f"What is {i} + {i}?")) for i in range(3)
+    ]
+    for c in counts:
+        mine = [r for r in rounds if r["task"] == "gsm8k" and r["prompt_index"] == c["prompt_index"]]
+        assert (c["rounds"], c["accepted"]) == (len(mine), sum(r["accepted"] for r in mine)) and c["prompt_tokens"] > 5
+    assert g["acceptance_length"] == sum(c["rounds"] + c["accepted"] for c in counts) / g["num_rounds"]
+    lo, hi = g["acceptance_length_ci"]
+    assert 1 <= lo <= hi <= 5 and results["macro_ci"]["all"][0] <= results["macro_ci"]["all"][1]
+    assert results["meta"]["bootstrap"] == {"draws": 1000, "seed": 0, "level": 0.95, "method": METHOD}
+    cost = results["draft_cost"]
+    assert cost["rounds"] == len(rounds) and cost["flops_per_round"] > 0 and cost["seconds_per_round"] > 0
+    assert g["draft_cost"]["rounds"] == g["num_rounds"]
+    assert "95% CI" in printed.out and f"[{lo:.2f}, {hi:.2f}]" in (out / "table.md").read_text()
+    assert "τ intervals: 95% from a cluster bootstrap over prompts" in printed.out
 
     # Losslessness through the whole CLI: greedy speculative output == transformers' greedy output.
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -303,6 +303,16 @@ def test_plots_show_the_metrics_and_comparison(tmp_path):
     # DFlash ran no humaneval: no bar there (not a zero bar); its macro is its one task's τ.
     assert [b.get_height() for b in dflash] == pytest.approx([2.5, 2.5])
     assert [b.get_x() + b.get_width() / 2 for b in dflash] == pytest.approx([0.2, 2.2])
+    # Intervals become error bars, from each bar's low to its high end (none where a bar has no interval).
+    intervals = {"DSpark": {"gsm8k": [2.0, 3.0], "macro-avg": [2.5, 3.5]}}
+    from matplotlib.container import BarContainer
+
+    [ax] = tau_by_task_figure(by_algo, intervals=intervals).axes
+    bars, dflash_bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    segments = bars.errorbar.lines[2][0].get_segments()
+    assert [y for s in segments for y in (s[0][1], s[1][1])] == pytest.approx([2.0, 3.0, 3.25, 3.25, 2.5, 3.5])
+    assert [b.get_height() for b in bars] == pytest.approx([2.5, 3.25, 2.875])
+    assert dflash_bars.errorbar is None  # DFlash has no interval: no error bars at all
     # The PNGs are these figures, written where asked.
     assert plot_conditional_acceptance(res, domains=domains, path=tmp_path / "cond.png", title="t") is True
     plot_tau_by_task(by_algo, path=tmp_path / "tau.png")

@@ -15,6 +15,13 @@ DSpark / DFlash (:class:`ParallelProposer`): one bidirectional backbone pass ove
 the Markov head samples left to right, each slot's bias depending on the token drawn before it.
 Eagle3 (:class:`Eagle3Proposer`): a chain of ``ttt_length`` single-token steps, each feeding its own
 output state and token to the next, with a per-round chain cache on top of the context cache.
+
+Draft cost. Each proposer also says what its two calls compute for one request
+(``extend_flops`` / ``propose_flops``), counted by one rule (:func:`linear_flops`, :func:`attention_flops`):
+2 FLOPs per multiply-add of every ``nn.Linear`` a token passes (the frozen LM head included, embedding
+look-ups free), and 4·(heads·head_dim) per (query, key) pair an attention scores and sums over (masked
+pairs count: the kernel computes them). Norms, rotary, softmax and sampling are left out (O(H) or O(V)
+per token, not O(H²) or O(H·V)). The counts follow the module shapes, so they hold for every family.
 """
 
 from __future__ import annotations
@@ -57,6 +64,16 @@ class _LayerCache:
 
     def select_rows(self, rows: torch.Tensor) -> None:
         self.kv = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.kv]
+
+
+def linear_flops(*modules: torch.nn.Module) -> int:
+    """FLOPs per token through every ``nn.Linear`` inside ``modules``: 2 · (its weight's in × out)."""
+    return 2 * sum(m.weight.numel() for mod in modules for m in mod.modules() if isinstance(m, torch.nn.Linear))
+
+
+def attention_flops(attn: torch.nn.Module, *, pairs: int) -> int:
+    """FLOPs of ``pairs`` (query, key) pairs of one attention: q·k and the weighted sum of v, per query head."""
+    return 4 * int(attn.q_proj.out_features) * int(pairs)
 
 
 class ParallelProposer:
@@ -103,6 +120,27 @@ class ParallelProposer:
             )
             x = layer.mlp_block(x)
         return self._sample_block(d.norm(x)[:, self.bonus_slots :], pending, temperature, generator)
+
+    def extend_flops(self, *, new_slots: int, cached_slots: int) -> int:
+        """One request's extend over ``new_slots`` verified slots: ``fc``, then each layer's k/v projections
+        (the context is not run through the layers: KV injection)."""
+        d = self.draft
+        per_token = linear_flops(d.fc) + sum(
+            linear_flops(*(m for m in (layer.self_attn.k_proj, layer.self_attn.v_proj) if m is not None))
+            for layer in d.layers
+        )
+        return per_token * int(new_slots)
+
+    def propose_flops(self, *, cached_slots: int) -> int:
+        """One request's block: γ slots through every layer (each attending the cache and the whole block),
+        then per slot the LM head and (DSpark) the Markov and confidence heads."""
+        d, G = self.draft, self.gamma
+        layers = sum(
+            linear_flops(layer) * G + attention_flops(layer.self_attn, pairs=G * (cached_slots + G))
+            for layer in d.layers
+        )
+        heads = [d.lm_head] + [m for m in (d.markov_head, d.confidence_head) if m is not None]
+        return layers + linear_flops(*heads) * G
 
     def _sample_block(self, h, pending, temperature, generator) -> Proposal:
         d, G = self.draft, self.gamma
@@ -189,6 +227,20 @@ class Eagle3Proposer:
             p = probs_from_logits(d.base_logits(d.norm(x))[:, 0], temperature)
             tokens.append(sample(p, generator)), probs.append(p)
         return Proposal(tokens=torch.stack(tokens, 1), probs=torch.stack(probs, 1), conf_logits=None)
+
+    def extend_flops(self, *, new_slots: int, cached_slots: int) -> int:
+        """One request's extend: ``fc`` and every layer over the ``new_slots`` verified slots, each attending
+        the cache and the new slots."""
+        d, n = self.draft, int(new_slots)
+        attn = sum(attention_flops(layer.self_attn, pairs=n * (cached_slots + n)) for layer in d.layers)
+        return linear_flops(d.fc, *d.layers) * n + attn
+
+    def propose_flops(self, *, cached_slots: int) -> int:
+        """One request's chain: the LM head on γ states; steps 1..γ-1 run every layer on one token that attends
+        the cache and the chain so far (step s: s chain keys)."""
+        d, G = self.draft, self.gamma
+        attn = sum(attention_flops(layer.self_attn, pairs=cached_slots + s) for s in range(1, G) for layer in d.layers)
+        return linear_flops(d.lm_head) * G + linear_flops(*d.layers) * (G - 1) + attn
 
     def crop(self, n: int) -> None:
         self.cache.crop(n)

@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 
 from deepspec.decoding.rounds import ROUNDS_FILE, file_round, write_rounds
-from deepspec.eval.metrics import engine_counters, request_steps, task_metrics
+from deepspec.eval.metrics import engine_counters, macro_average, request_steps, task_metrics
 from deepspec.eval.report import (
     coverage_line,
+    draft_cost_line,
+    interval_line,
     format_table,
     markdown_table,
     short_name,
@@ -60,9 +62,12 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str], scheduler: st
     """``scheduler``: the verification policy the decode used (the runner resolves it from ``opts``)."""
     from deepspec.eval.plots import plot_conditional_acceptance
 
+    from deepspec.eval.draft_cost import per_round
+    from deepspec.eval.intervals import METHOD, LEVEL, prompt_counts, tau_intervals
+
     out_dir = Path(opts.output_dir)
     gamma, temps = decoded["gamma"], decoded["calibration"]
-    results, output_lines, all_rounds, requests = {}, [], [], []
+    results, output_lines, all_rounds, requests, all_costs = {}, [], [], [], []
     for name, part in decoded["tasks"].items():
         records = part["records"]
         rounds = []
@@ -88,6 +93,9 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str], scheduler: st
         )
         metrics["truncated_prompts"] = part["truncated_prompts"]
         metrics["spec_decode"] = engine_counters(rounds, gamma=gamma)
+        metrics["per_prompt"] = prompt_counts(records)
+        metrics["draft_cost"] = per_round(part["draft_cost"])
+        all_costs += part["draft_cost"]
         conf = confidence_diagnostics(
             rounds, temperatures=temps, plot_path=out_dir / f"reliability_{name}.png", title=name
         )
@@ -122,14 +130,29 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str], scheduler: st
     if pooled is not None:
         meta["confidence_all_tasks"] = to_jsonable(pooled)
     spec_decode = {**engine_counters(all_rounds, gamma=gamma), "requests": requests}
-    write_results(out_dir / "results.json", results=results, meta=meta, domains=domains, spec_decode=spec_decode)
-    covers = coverage_line(results, opts.absent_tasks)
-    table = format_table(results, target=target_name, draft=draft_name, gamma=gamma, domains=domains)
-    table += "\n" + covers
-    atomic_write(
-        out_dir / "table.md",
-        markdown_table(results, target=target_name, draft=draft_name, gamma=gamma, domains=domains) + f"\n\n{covers}\n",
+    task_ci, macro_ci = tau_intervals(
+        {n: m["per_prompt"] for n, m in results.items()},
+        domains=domains,
+        draws=opts.bootstrap_draws,
+        seed=opts.bootstrap_seed,
     )
+    for name, ci in task_ci.items():
+        results[name]["acceptance_length_ci"] = ci
+    meta["bootstrap"] = {"draws": opts.bootstrap_draws, "seed": opts.bootstrap_seed, "level": LEVEL, "method": METHOD}
+    draft_cost = per_round(all_costs)
+    extra = {"macro_ci": macro_ci, "draft_cost": draft_cost, "spec_decode": spec_decode}
+    write_results(out_dir / "results.json", results=results, meta=meta, domains=domains, extra=extra)
+    covers = coverage_line(results, opts.absent_tasks)
+    notes = "\n".join(
+        [
+            covers,
+            interval_line(meta["bootstrap"], without=[n for n, ci in task_ci.items() if ci is None]),
+            draft_cost_line(draft_cost, tau=macro_average(results, domains=domains).get("all")),
+        ]
+    )
+    kw = dict(target=target_name, draft=draft_name, gamma=gamma, domains=domains, macro_ci=macro_ci)
+    table = format_table(results, **kw) + "\n" + notes
+    atomic_write(out_dir / "table.md", markdown_table(results, **kw) + f"\n\n{notes}\n")
     plotted = plot_conditional_acceptance(
         results,
         domains=domains,

@@ -114,8 +114,13 @@ def plot_conditional_by_algorithm(
     return _save_if_any(conditional_by_algorithm_figure(results_by_algorithm, title=title), path)
 
 
-def tau_by_task_figure(results_by_algorithm: Mapping[str, Results], *, title: str | None = None):
-    """Grouped bars: τ per task (plus the macro average), one bar container per algorithm."""
+def tau_by_task_figure(
+    results_by_algorithm: Mapping[str, Results], *, title: str | None = None, intervals: Mapping | None = None
+):
+    """Grouped bars: τ per task (plus the macro average), one bar container per algorithm.
+
+    ``intervals`` (algorithm -> {task or "macro-avg": [low, high]}) draws each bar's 95 % interval as an
+    error bar (bars without one get none)."""
     tasks = task_order(results_by_algorithm)
     assert results_by_algorithm and tasks, "plot_tau_by_task needs at least one algorithm with one task"
     groups = tasks + ["macro-avg"]
@@ -128,7 +133,14 @@ def tau_by_task_figure(results_by_algorithm: Mapping[str, Results], *, title: st
         # Missing tasks get no bar (not a zero bar that would read as "nothing accepted").
         xs = [g + (i - (n_algo - 1) / 2) * width for g, v in enumerate(values) if v is not None]
         hs = [float(v) for v in values if v is not None]
-        bars = ax.bar(xs, hs, width=width, label=algo)
+        cis = [((intervals or {}).get(algo) or {}).get(g) for g, v in zip(groups, values) if v is not None]
+        yerr = None
+        if any(cis):  # asymmetric: down to the low end, up to the high end (0 where a bar has no interval)
+            yerr = [
+                [h - c[0] if c else 0.0 for h, c in zip(hs, cis)],
+                [c[1] - h if c else 0.0 for h, c in zip(hs, cis)],
+            ]
+        bars = ax.bar(xs, hs, width=width, label=algo, yerr=yerr, capsize=2 if yerr else 0)
         ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=30, ha="right")
@@ -141,10 +153,14 @@ def tau_by_task_figure(results_by_algorithm: Mapping[str, Results], *, title: st
 
 
 def plot_tau_by_task(
-    results_by_algorithm: Mapping[str, Results], *, path: str | os.PathLike, title: str | None = None
+    results_by_algorithm: Mapping[str, Results],
+    *,
+    path: str | os.PathLike,
+    title: str | None = None,
+    intervals: Mapping | None = None,
 ) -> None:
     """PNG of :func:`tau_by_task_figure`."""
-    _save(tau_by_task_figure(results_by_algorithm, title=title), path)
+    _save(tau_by_task_figure(results_by_algorithm, title=title, intervals=intervals), path)
 
 
 # ----------------------------------------------------------------------------- reliability diagrams

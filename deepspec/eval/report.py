@@ -68,22 +68,36 @@ def _proposal(gamma: int, mean_len: float | None) -> str:
     return f"{gamma} ({shown})"
 
 
-def _row(label: str, *, target: str, draft: str, gamma: int, tau, mean_len, verify, rates) -> list[str]:
+def _ci(ci) -> str:
+    """A 95 % interval as ``[2.61, 3.27]`` (``-`` when there is none)."""
+    return "-" if not ci else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def _row(label: str, *, target: str, draft: str, gamma: int, tau, ci, mean_len, verify, rates) -> list[str]:
     rates = list(rates) + [None] * max(0, gamma - len(rates))
-    return [label, target, draft, _proposal(gamma, mean_len), _num(tau), _pct(verify)] + [
-        _pct(r) for r in rates[:gamma]
-    ]
+    cells = [label, target, draft, _proposal(gamma, mean_len), _num(tau)] + ([] if ci is False else [_ci(ci)])
+    return cells + [_pct(verify)] + [_pct(r) for r in rates[:gamma]]
 
 
 def _table_rows(
-    results: Results, *, target: str, draft: str, gamma: int, domains: Mapping[str, str] | None
+    results: Results,
+    *,
+    target: str,
+    draft: str,
+    gamma: int,
+    domains: Mapping[str, str] | None,
+    macro_ci: Mapping[str, list] | None,
 ) -> tuple[list[str], list[list[str]], int]:
-    """Header, rows (tasks, then per-domain averages, then the overall macro average), #task rows."""
+    """Header, rows (tasks, then per-domain averages, then the overall macro average), #task rows.
+
+    The ``95% CI`` column (after accept_len) is there when ``macro_ci`` is given: tasks read theirs from
+    ``acceptance_length_ci``, average rows from ``macro_ci`` (:mod:`deepspec.eval.intervals`).
+    """
     assert gamma >= 1, f"gamma must be >= 1, got {gamma}"
     t, d = short_name(target), short_name(draft)
-    header = ["dataset", "target", "draft", "proposal_len", "accept_len", "verify"] + [
-        f"acc@{k}" for k in range(1, gamma + 1)
-    ]
+    with_ci = macro_ci is not None
+    header = ["dataset", "target", "draft", "proposal_len", "accept_len"] + (["95% CI"] if with_ci else [])
+    header += ["verify"] + [f"acc@{k}" for k in range(1, gamma + 1)]
     rows = [
         _row(
             name,
@@ -91,6 +105,7 @@ def _table_rows(
             draft=d,
             gamma=gamma,
             tau=m.get("acceptance_length"),
+            ci=m.get("acceptance_length_ci") if with_ci else False,
             mean_len=m.get("mean_proposal_len"),
             verify=m.get("verify_rate"),
             rates=m.get("accept_rate_by_position") or [],
@@ -100,14 +115,15 @@ def _table_rows(
     n_tasks = len(rows)
     macro = macro_average(results, domains={n: domain_of(n, domains) for n in results})
 
-    def avg_row(label: str, names: list[str], tau) -> list[str]:
+    def avg_row(label: str, names: list[str], key: str) -> list[str]:
         ms = [results[n] for n in names]
         return _row(
             label,
             target=t,
             draft=d,
             gamma=gamma,
-            tau=tau,
+            tau=macro.get(key),
+            ci=macro_ci.get(key) if with_ci else False,
             mean_len=_mean(m.get("mean_proposal_len") for m in ms),
             verify=_mean(m.get("verify_rate") for m in ms),
             rates=mean_by_position(ms, key="accept_rate_by_position"),
@@ -116,21 +132,29 @@ def _table_rows(
     if n_tasks:
         for dom in ordered_domains(results, domains):
             names = [n for n in results if domain_of(n, domains) == dom]
-            rows.append(avg_row(f"avg {dom} ({len(names)})", names, macro.get(dom)))
-        rows.append(avg_row(f"macro-avg ({n_tasks})", list(results), macro.get("all")))
+            rows.append(avg_row(f"avg {dom} ({len(names)})", names, dom))
+        rows.append(avg_row(f"macro-avg ({n_tasks})", list(results), "all"))
     return header, rows, n_tasks
 
 
 def format_table(
-    results: Results, *, target: str, draft: str, gamma: int, domains: Mapping[str, str] | None = None
+    results: Results,
+    *,
+    target: str,
+    draft: str,
+    gamma: int,
+    domains: Mapping[str, str] | None = None,
+    macro_ci: Mapping[str, list] | None = None,
 ) -> str:
     """Fixed-width text table: one row per task, per-domain average rows, a final macro-average row.
 
     Columns: dataset, target and draft (basenames), proposal length (γ, or ``γ (mean ℓ)`` when a
-    threshold/scheduler truncated proposals), accept_len τ, verify rate, accept_rate@1..@γ (%).
-    Average rows are macro averages over tasks (each task weighs the same).
+    threshold/scheduler truncated proposals), accept_len τ, its 95 % interval (with ``macro_ci``), verify
+    rate, accept_rate@1..@γ (%). Average rows are macro averages over tasks (each task weighs the same).
     """
-    header, rows, n_tasks = _table_rows(results, target=target, draft=draft, gamma=gamma, domains=domains)
+    header, rows, n_tasks = _table_rows(
+        results, target=target, draft=draft, gamma=gamma, domains=domains, macro_ci=macro_ci
+    )
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -145,10 +169,18 @@ def format_table(
 
 
 def markdown_table(
-    results: Results, *, target: str, draft: str, gamma: int, domains: Mapping[str, str] | None = None
+    results: Results,
+    *,
+    target: str,
+    draft: str,
+    gamma: int,
+    domains: Mapping[str, str] | None = None,
+    macro_ci: Mapping[str, list] | None = None,
 ) -> str:
     """The ``format_table`` content as a Markdown table (average rows in bold)."""
-    header, rows, n_tasks = _table_rows(results, target=target, draft=draft, gamma=gamma, domains=domains)
+    header, rows, n_tasks = _table_rows(
+        results, target=target, draft=draft, gamma=gamma, domains=domains, macro_ci=macro_ci
+    )
 
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
@@ -165,6 +197,43 @@ def coverage_line(covered, absent=()) -> str:
     line = f"tasks covered ({len(covered)}): {', '.join(covered)}"
     if absent:
         line += f"; not covered, no prompt file: {', '.join(absent)} (eval_datasets/README.md says how to fetch them)"
+    return line
+
+
+def interval_line(bootstrap: Mapping, *, without=()) -> str:
+    """What the τ intervals are: level, method, draws and seed (``meta.bootstrap`` of a results.json), and the
+    tasks ``without`` one (a single prompt, or no round)."""
+    line = (
+        f"τ intervals: {100 * bootstrap['level']:.0f}% from a cluster bootstrap over prompts (whole prompts "
+        f"resampled within each task; {bootstrap['draws']} draws, seed {bootstrap['seed']})"
+    )
+    if without:
+        line += (
+            f"; none for {', '.join(without)} or the averages over them (one prompt, or no round: "
+            "evaluate more prompts per task)"
+        )
+    return line
+
+
+def si(value: float | None, unit: str = "") -> str:
+    """``45.2 M`` / ``5.41 G`` style: three significant digits with an SI prefix (``-`` for None)."""
+    if value is None:
+        return "-"
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def draft_cost_line(cost: Mapping, *, tau: float | None) -> str:
+    """The draft's forward cost per round (``draft_cost`` of a results.json) and macro τ per unit of it."""
+    flops, seconds = cost.get("flops_per_round"), cost.get("seconds_per_round")
+    if seconds is None:
+        return "draft cost per round: no round was decoded"
+    line = f"draft cost per round: {si(flops, 'FLOP')}, {_g3(1000 * seconds)} ms measured here (median)"
+    if tau is not None:
+        line += f"; macro τ per draft GFLOP {_g3(tau / (flops / 1e9))}" if flops else ""
+        line += f", per draft ms {_g3(tau / (1000 * seconds))}" if seconds else ""
     return line
 
 
@@ -189,20 +258,21 @@ def write_results(
     results: Results,
     meta: Mapping,
     domains: Mapping[str, str] | None = None,
-    spec_decode: Mapping | None = None,
+    extra: Mapping | None = None,
 ) -> None:
-    """Write ``{"tasks": {name: metrics}, "macro": {...}, "meta": {...}}`` as JSON, atomically, plus
-    ``"spec_decode"`` (the run's counters in vLLM's schema, :func:`deepspec.eval.metrics.engine_counters`)
-    when given."""
+    """Write ``{"tasks": {name: metrics}, "macro": {...}, "meta": {...}}`` and ``extra``'s keys as JSON, atomically.
+
+    ``extra`` adds top-level keys (eval.py: ``macro_ci``, ``draft_cost`` and ``spec_decode``, the run's counters
+    in vLLM's schema, :func:`deepspec.eval.metrics.engine_counters`) after the three fixed ones.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "tasks": {n: dict(m) for n, m in results.items()},
         "macro": macro_average(results, domains={n: domain_of(n, domains) for n in results}),
         "meta": dict(meta),
+        **dict(extra or {}),
     }
-    if spec_decode is not None:
-        payload["spec_decode"] = dict(spec_decode)
     try:
         text = json.dumps(payload, indent=2, allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -221,15 +291,52 @@ def task_order(results_by_algorithm: Mapping[str, Results]) -> list[str]:
     return order
 
 
-def comparison_table(results_by_algorithm: Mapping[str, Results], *, domains: Mapping[str, str] | None = None) -> str:
-    """Markdown table: one row per algorithm; macro τ over all / math / code / chat, then τ per task."""
+def _tau_cell(tau, *, ci=None, spread=None) -> str:
+    """``2.94``, ``2.94 [2.61, 3.27]`` or, over several seeds, ``2.94 ±0.05 [2.61, 3.27]``."""
+    if tau is None:
+        return "-"
+    cell = _num(tau) + (f" ±{spread:.2f}" if spread is not None else "")
+    return cell + (f" {_ci(ci)}" if ci else "")
+
+
+def _g3(v: float | None) -> str:
+    """Three significant digits, whole numbers from 100 up (``0.906``, ``12.5``, ``3375``)."""
+    return "-" if v is None else f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def _cost_cells(cost: Mapping, tau) -> list[str]:
+    flops, seconds = cost.get("flops_per_round"), cost.get("seconds_per_round")
+    per_gflop = _g3(tau / (flops / 1e9)) if tau is not None and flops else "-"
+    per_ms = _g3(tau / (1000 * seconds)) if tau is not None and seconds else "-"
+    return [si(flops), _g3(None if seconds is None else 1000 * seconds), per_gflop, per_ms]
+
+
+COST_HEADER = ["draft FLOP/round", "draft ms/round", "τ per draft GFLOP", "τ per draft ms"]
+
+
+def comparison_table(
+    results_by_algorithm: Mapping[str, Results],
+    *,
+    domains: Mapping[str, str] | None = None,
+    summaries: Mapping | None = None,
+) -> str:
+    """Markdown table: one row per algorithm; macro τ over all / math / code / chat, then τ per task.
+
+    ``summaries`` (algorithm -> :class:`deepspec.eval.comparison.Summary`) adds to every τ its 95 %
+    interval (and, over several seeds, ± the standard deviation across seeds), then the draft's cost per
+    round and macro τ per unit of it (FLOPs counted, milliseconds measured).
+    """
     tasks = task_order(results_by_algorithm)
     doms = ordered_domains(tasks, domains)
-    header = ["algorithm", "τ all"] + [f"τ {d}" for d in doms] + tasks
+    header = ["algorithm", "τ all"] + [f"τ {d}" for d in doms] + tasks + (COST_HEADER if summaries else [])
     out = ["| " + " | ".join(header) + " |", "|:---|" + "---:|" * (len(header) - 1)]
     for algo, res in results_by_algorithm.items():
         macro = macro_average(res, domains={n: domain_of(n, domains) for n in res})
-        cells = [algo, _num(macro.get("all"))] + [_num(macro.get(d)) for d in doms]
-        cells += [_num(res[t].get("acceptance_length")) if t in res else "-" for t in tasks]
+        s = (summaries or {}).get(algo)
+        macro_ci, task_ci = (s.macro_ci, s.task_ci) if s else ({}, {})
+        spread = s.spread if s and s.seeds > 1 else {}
+        cells = [algo] + [_tau_cell(macro.get(g), ci=macro_ci.get(g), spread=spread.get(g)) for g in ["all", *doms]]
+        cells += [_tau_cell(res[t].get("acceptance_length"), ci=task_ci.get(t)) if t in res else "-" for t in tasks]
+        cells += _cost_cells(s.draft_cost, macro.get("all")) if summaries else []
         out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(out)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from deepspec.errors import DeepSpecError, check_outputs_apart
+from deepspec.eval.intervals import DEFAULT_DRAWS, DEFAULT_SEED
 from deepspec.eval.tasks import TaskSpec, domains_of, load_prompts
 
 
@@ -46,6 +47,8 @@ class EvalOptions:
     use_calibration: bool = True
     self_draft_gamma: int = 0  # > 0: the target drafts for itself (ceiling check, τ = γ+1)
     num_speculative_tokens: int | None = None  # tokens drafted per round (None: what the draft was trained for)
+    bootstrap_draws: int = DEFAULT_DRAWS  # τ intervals: draws of the bootstrap over prompts
+    bootstrap_seed: int = DEFAULT_SEED
     save_outputs: bool = False
     progress: bool = True
 
@@ -249,6 +252,8 @@ def decode_shard(opts: EvalOptions, *, rank: int, world: int, device: str) -> di
 
     from deepspec.decoding.engine import speculative_generate
     from deepspec.decoding.target_runner import TargetRunner
+    from deepspec.eval.draft_cost import MeteredProposer
+    from deepspec.eval.intervals import prompt_id
 
     target, draft, make_proposer, gamma, temps = load_models(opts, device)
     layer_ids = draft.config.target_layer_ids if draft is not None else [target.num_layers - 2]
@@ -257,11 +262,12 @@ def decode_shard(opts: EvalOptions, *, rank: int, world: int, device: str) -> di
     max_pos = int(getattr(target.config, "max_position_embeddings", 0) or 0)
     policy = _policy(opts, gamma)
     gen = torch.Generator(device=device).manual_seed(opts.seed * 1000 + rank)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
     out = {"gamma": gamma, "calibration": temps, "tasks": {}}
     for task in opts.tasks:
         prompts = load_prompts(task)
         mine = list(range(rank, len(prompts), world))
-        records, truncated, t0 = [], 0, time.perf_counter()
+        records, truncated, costs, t0 = [], 0, [], time.perf_counter()
         bar = tqdm(total=len(mine), desc=f"{task.name}", disable=not opts.progress or rank != 0, unit="prompt")
         for start in range(0, len(mine), opts.batch_size):
             batch = mine[start : start + opts.batch_size]
@@ -277,9 +283,10 @@ def decode_shard(opts: EvalOptions, *, rank: int, world: int, device: str) -> di
                         )
                     ids, truncated = ids[-room:], truncated + 1
                 encoded.append(ids)
+            proposer = MeteredProposer(make_proposer(), synchronize=sync)
             gens = speculative_generate(
                 runner=runner,
-                proposer=make_proposer(),
+                proposer=proposer,
                 prompts=encoded,
                 max_new_tokens=opts.max_new_tokens,
                 temperature=opts.temperature,
@@ -288,10 +295,13 @@ def decode_shard(opts: EvalOptions, *, rank: int, world: int, device: str) -> di
                 confidence_temperatures=temps,
                 generator=gen,
             )
-            for i, g in zip(batch, gens):
+            costs.append(proposer.totals())
+            for i, ids, g in zip(batch, encoded, gens):
                 records.append(
                     {
                         "prompt_index": i,
+                        "prompt_id": prompt_id(prompts[i]),
+                        "prompt_tokens": len(ids),
                         "tokens": g.tokens,
                         "rounds": g.rounds,
                         "stopped": g.stopped,
@@ -306,6 +316,7 @@ def decode_shard(opts: EvalOptions, *, rank: int, world: int, device: str) -> di
             "records": records,
             "seconds": time.perf_counter() - t0,
             "truncated_prompts": truncated,
+            "draft_cost": costs,  # MeteredProposer totals, one per batch
         }
     return out
 
@@ -337,6 +348,7 @@ def decode_all(opts: EvalOptions) -> dict:
             "records": sorted((r for p in parts for r in p["records"]), key=lambda r: r["prompt_index"]),
             "seconds": max(p["seconds"] for p in parts),  # workers run side by side
             "truncated_prompts": sum(p["truncated_prompts"] for p in parts),
+            "draft_cost": [c for p in parts for c in p["draft_cost"]],
         }
     return merged
 
