@@ -30,6 +30,8 @@ def world(tmp_path_factory):
     draft.mkdir()
     (draft / "config.json").write_text(json.dumps({"architectures": ["Qwen3DSparkModel"]}))
     (base / "notes.txt").write_text("a user's file\n")
+    (base / "empty.jsonl").write_text("\n")
+    (base / "latin1.jsonl").write_bytes(b'{"conversations": [{"role": "user", "content": "caf\xe9"}]}\n')
     return {"base": base, "target": target, "prompts": prompts, "draft": draft, "notes": base / "notes.txt"}
 
 
@@ -272,17 +274,36 @@ CASES = [
         "train.py",
         ["--config", TINY, "--online", "--train-data-path", "{prompts}/broken.jsonl", "--nproc", "1"]
         + ["--opts", "logging.checkpoint_dir={base}/ck_online", "logging.tensorboard_dir={base}/tb_online"],
-        ["has no usable training sample (empty, or every line skipped"],
+        [
+            "read 2 conversations: kept 0, skipped 2",  # the cache builder's summary, with file:line
+            "broken.jsonl:2: malformed JSON",
+            "no usable training sample in {prompts}/broken.jsonl: all 2 conversations were skipped",
+        ],
+    ),
+    (
+        "train-online-empty-file",
+        "train.py",
+        ["--config", TINY, "--online", "--train-data-path", "{base}/empty.jsonl", "--nproc", "1"]
+        + ["--opts", "logging.checkpoint_dir={base}/ck_online", "logging.tensorboard_dir={base}/tb_online"],
+        ["no training data: {base}/empty.jsonl holds no conversation (empty, or blank lines only)"],
+    ),
+    (
+        "train-online-not-utf8",
+        "train.py",
+        ["--config", TINY, "--online", "--train-data-path", "{base}/latin1.jsonl", "--nproc", "1"]
+        + ["--opts", "logging.checkpoint_dir={base}/ck_online", "logging.tensorboard_dir={base}/tb_online"],
+        ["kept 0, skipped 1", "latin1.jsonl:1: invalid UTF-8", "no usable training sample in {base}/latin1.jsonl"],
     ),
 ]
 
 
 @pytest.mark.parametrize("script,args,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_refused_clearly_and_nothing_touched(world, script, args, needles):
-    argv = [a.format(**{k: str(v) for k, v in world.items()}) for a in args]
+    fill = {k: str(v) for k, v in world.items()}
+    argv = [a.format(**fill) for a in args]
     before = fingerprint(_protected(world))
     result = run_entry(script, argv, env=_env(world))
-    refused(result, *needles)
+    refused(result, *[n.format(**fill) for n in needles])
     assert fingerprint(_protected(world)) == before
 
 

@@ -442,6 +442,48 @@ def test_resume_refuses(trained, tmp_path, case):
     assert not marker.exists(), "a pickled payload in a checkpoint ran"
 
 
+def test_resume_checks_the_data_it_was_trained_on(trained, tmp_path):
+    """Checkpoints record the data (files' size and sha256, tokenization settings): a run resumed on other data
+    is refused naming both, online or offline; the same files read live (online) resume the cached run."""
+    import hashlib
+
+    run = _copy_run(trained, tmp_path)
+    data = trained["base"] / "train.jsonl"
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(data.read_text().splitlines(keepends=True)[:12]))
+    before = fingerprint([run, trained["cache"], data])
+    env = {k: "" for k in LAUNCH_ENV_VARS}
+    args = _resume_args(trained, run)
+    online = ["--online", "--nproc", "1"] + args[:2] + args[4:] + ["data.min_loss_tokens=2"]
+
+    def shown(path):
+        return f"{path} ({path.stat().st_size} bytes, sha256 {hashlib.sha256(path.read_bytes()).hexdigest()[:12]})"
+
+    at = online.index("--online") + 1
+
+    def train(path, *extra):
+        return run_entry("train.py", online[:at] + ["--train-data-path", path] + online[at:] + list(extra), env=env)
+
+    result = train(other)
+    refused(
+        result,
+        f"train.py: error: cannot resume: the checkpoint {run / 'step_2'} differs in the training data: it was "
+        f"trained on [{shown(data)}], this run has [{shown(other)}]; resume on that data (the same "
+        "--train-data-path files, or a target cache built from them), or train on this data as a fresh run",
+        code=2,
+    )
+    assert "read 12 conversations: kept 12, skipped 0" in result.stderr  # the cache builder's summary, online
+    refused(
+        train(data, "data.max_length=256"),
+        f"the checkpoint {run / 'step_2'} differs in max_length: it was trained on data.max_length=512, this run has "
+        "256; set data.max_length=512 to match it",
+        code=2,
+    )
+    assert fingerprint([run, trained["cache"], data]) == before
+    same = train(data)
+    assert same.rc == 0 and "training already complete" in same.stdout, same.output[-2000:]
+
+
 @pytest.mark.parametrize(
     "table,needle",
     [
