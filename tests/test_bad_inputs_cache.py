@@ -472,3 +472,31 @@ def test_estimate_checks_layer_ids_against_the_target_and_a_missing_tokenizer(tm
         f"--tokenizer: no such folder: {tmp_path / 'no_tokenizer'}",
         code=2,
     )
+
+
+def test_estimate_names_an_empty_file_a_tokenizer_folder_without_one_and_takes_negative_layer_ids(world, tmp_path):
+    """Before: 'see the summary above' with no summary; 0.0 tokens per sample from a draft folder taken for a
+    tokenizer, exit 0; and '--target-layer-ids -1,1' read as an unknown option."""
+    (tmp_path / "empty.jsonl").write_text("\n")
+    sizes = ["--num-layers", "2", "--hidden-size", "8"]
+    refused(
+        run_entry(ESTIMATE, ["--train-data-path", tmp_path / "empty.jsonl", *sizes]),
+        f"--train-data-path {tmp_path / 'empty.jsonl'} holds no conversation (empty, or blank lines only)",
+        code=2,
+    )
+    no_tokenizer = tmp_path / "draft"
+    no_tokenizer.mkdir()
+    (no_tokenizer / "config.json").write_text('{"architectures": ["Qwen3DSparkModel"]}')
+    refused(
+        run_entry(ESTIMATE, ["--train-data-path", world["data"], *sizes, "--tokenizer", no_tokenizer]),
+        f"--tokenizer {no_tokenizer} holds no tokenizer (tokenizer.json, tokenizer_config.json",
+        code=2,
+    )
+    given = ["--num-samples", "10", "--avg-tokens", "10", "--target", world["target"]]
+    refused(
+        run_entry(ESTIMATE, [*given, "--target-layer-ids", "-9,1"]),
+        "--target-layer-ids: -1 (embedding output) is the smallest id, got [-9, 1]",
+        code=2,
+    )
+    ok = run_entry(ESTIMATE, [*given, "--target-layer-ids", "-1,1", "--target-params", "1e6"])
+    assert ok.rc == 0 and "2 x hidden 64 (+ last hidden state)" in ok.stdout, ok.output[-2000:]

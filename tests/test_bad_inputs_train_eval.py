@@ -192,6 +192,7 @@ CALIBRATE_CASES = {
         ["--draft_name_or_path", "runs/nope/step_5"],
         ["no such folder: runs/nope/step_5"],
     ),
+    "draft_is_a_file": (lambda u: u["rounds"], ["--draft_name_or_path", "README.md"], ["not a folder: README.md"]),
     "held_out_one": (lambda u: u["rounds"], ["--held-out-fraction", "1"], ["[0, 1)"]),
     "held_out_nan": (lambda u: u["rounds"], ["--held-out-fraction", "nan"], ["--held-out-fraction", "expected"]),
     "num_bins_one": (lambda u: u["rounds"], ["--num-bins", "1"], ["--num-bins", ">= 2"]),
@@ -239,6 +240,18 @@ def test_calibrate_writes_after_validation(user):
     assert not list(user["draft"].glob(".*.tmp"))
 
 
+def test_calibrate_refuses_a_folder_where_calibration_json_goes_before_writing_anything(user):
+    """Before: the report was written, then '[Errno 21] Is a directory' and a .calibration.json.tmp left behind."""
+    (user["draft"] / "calibration.json").unlink()
+    (user["draft"] / "calibration.json").mkdir()
+    args = ["--rounds", user["rounds"], "--draft_name_or_path", user["draft"], "--output-dir", user["out"]]
+    check_refused(user, CALIBRATE, args, f"{user['draft'] / 'calibration.json'} is a folder, where the calibration")
+    assert not user["out"].exists() and sorted(p.name for p in user["draft"].iterdir()) == [
+        "calibration.json",
+        "config.json",
+    ]
+
+
 # -- threshold_sweep.py ----------------------------------------------------------------------------
 def _bad_calibration(user, text):
     (user["draft"] / "calibration.json").write_text(text)
@@ -251,6 +264,7 @@ SWEEP_CASES = {
     "threshold_above_one": (lambda u: u["rounds"], ["--thresholds", "0.2", "1.5"], ["--thresholds", "[0, 1]"]),
     "threshold_nan": (lambda u: u["rounds"], ["--thresholds", "nan"], ["--thresholds"]),
     "draft_missing": (lambda u: u["rounds"], ["--draft_name_or_path", "./nope"], ["no such folder: ./nope"]),
+    "draft_is_a_file": (lambda u: u["rounds"], ["--draft_name_or_path", "README.md"], ["not a folder: README.md"]),
     "calibration_nan": (
         lambda u: _bad_calibration(u, '{"method": "sts", "temperatures": [1, NaN, 1, 1], "gamma": 4}'),
         ["--draft_name_or_path", "@draft"],

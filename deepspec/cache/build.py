@@ -194,7 +194,7 @@ def check_build_request(
     inputs = list(train_data_paths) + files
     if target is not None and Path(target).expanduser().is_dir():
         inputs.append(Path(target).expanduser())  # a cache inside the model folder could be --overwrite'n away
-    check_outputs_apart(inputs=inputs, output_dirs=[output_dir], what="cache output")
+    check_outputs_apart(inputs=inputs, output_dirs=[output_dir], what="cache output", may_write_into=("target cache",))
     if output_dir.exists() and not output_dir.is_dir():
         raise CacheBuildError(f"--output-dir {output_dir} is a file; the cache is a folder: choose a folder path")
     if overwrite and output_dir.is_dir():

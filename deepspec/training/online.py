@@ -157,14 +157,15 @@ def build_online_source(*, cfg, train_data_paths: Sequence[str], info, draft_byt
     """(TokenDataset, OnlineCollate): tokenized like the cache builder, target loaded frozen and checked to fit."""
     from transformers import AutoTokenizer
 
-    from deepspec.cache.build import check_build_request, data_identity, report_plan, tokenize_training_data
+    from deepspec.cache.build import data_identity, report_plan, tokenize_training_data
+    from deepspec.data.conversations import list_input_files
     from deepspec.precision import target_precision
     from deepspec.targets import family_of, load_target, load_target_config, validate_layer_ids
     from deepspec.target_files import count_target_parameters
 
     path = cfg.model.target_model_name_or_path
     device = info.device
-    check_build_request(train_data_paths=list(train_data_paths), output_dir=cfg.logging.checkpoint_dir)
+    list_input_files(list(train_data_paths))  # a missing file fails now (train.py checked the outputs against them)
     hf_config = load_target_config(path)
     text = family_of(hf_config).text_config(hf_config)
     layer_ids = validate_layer_ids(cfg.model.target_layer_ids, num_layers=int(text.num_hidden_layers))

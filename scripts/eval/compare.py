@@ -22,36 +22,11 @@ from deepspec.cli import add_output_dir  # noqa: E402
 from deepspec.errors import DeepSpecError, check_outputs_apart, cli_main  # noqa: E402
 
 
-def read_results(folder: str) -> dict:
-    """An eval.py results.json: ``{"tasks": {name: {"acceptance_length": number, ...}}, "meta": {...}}``."""
-    path = Path(folder) / "results.json"
-    if not path.is_file():
-        raise DeepSpecError(f"{path} not found; run eval.py with --output-dir {folder} first")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DeepSpecError(f"{path} is not valid JSON ({exc}); rerun eval.py into {folder}") from None
-    tasks = data.get("tasks") if isinstance(data, dict) else None
-    if not isinstance(tasks, dict) or not tasks:
-        raise DeepSpecError(
-            f'{path} has no "tasks" mapping; is it an eval.py results.json? Rerun eval.py into {folder}'
-        )
-    for name, metrics in tasks.items():
-        if not isinstance(metrics, dict):
-            raise DeepSpecError(f"{path}: tasks.{name} must be a mapping of metrics, got {metrics!r}")
-        tau = metrics.get("acceptance_length")
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)):
-            raise DeepSpecError(f"{path}: tasks.{name}.acceptance_length must be a number, got {tau!r}")
-    if not isinstance(data.get("meta", {}), dict):
-        raise DeepSpecError(f'{path}: "meta" must be a mapping')
-    return data
-
-
 @cli_main
 def main(argv=None) -> int:
     from deepspec.eval.metrics import macro_average
     from deepspec.eval.plots import plot_conditional_by_algorithm, plot_tau_by_task
-    from deepspec.eval.report import comparison_table, coverage_line, task_order
+    from deepspec.eval.report import comparison_table, coverage_line, read_results, task_order
     from deepspec.eval.tasks import task_domain
     from deepspec.fsio import atomic_write
 
@@ -75,7 +50,8 @@ def main(argv=None) -> int:
         out / f for f in ("results.json", "table.md", "tau_by_task.png", "conditional_acceptance_by_algorithm.png")
     ]
     # Each run's own results.json / table.md are inputs: the comparison never lands on them.
-    check_outputs_apart(inputs=list(folders.values()) + ([args.ceiling] if args.ceiling else []), outputs=written)
+    inputs = list(folders.values()) + ([args.ceiling] if args.ceiling else [])
+    check_outputs_apart(inputs=inputs, outputs=written, what="--output-dir")
     runs = {name: read_results(folder) for name, folder in folders.items()}
     by_algo = {name: r["tasks"] for name, r in runs.items()}
     domains = {t: task_domain(t) for res in by_algo.values() for t in res}
