@@ -456,6 +456,42 @@ def test_resume_refuses(trained, tmp_path, case):
     assert not marker.exists(), "a pickled payload in a checkpoint ran"
 
 
+def test_a_checkpoint_write_past_the_file_size_limit_is_one_line_and_a_rerun_continues(trained, tmp_path):
+    """ulimit -f while step 2 is saved: one line, step_1 stays the latest (no step_2, no temp folder), and the same
+    command without the limit resumes from step_1 and writes the step_2 an uninterrupted run wrote."""
+    import shutil
+    import subprocess
+    import sys
+
+    from badinput import ROOT, Result
+
+    run = _copy_run(trained, tmp_path)
+    shutil.rmtree(run / "step_2")
+    os.unlink(run / "step_latest")
+    os.symlink("step_1", run / "step_latest")
+    before = fingerprint([run / "step_1", trained["cache"]])
+    args = [str(a) for a in _resume_args(trained, run)]
+    cmd = " ".join(f"'{a}'" for a in [sys.executable, "train.py", *args])
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV_VARS}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # a .pyc truncated by the limit would break later imports
+    proc = subprocess.run(
+        ["bash", "-c", f"ulimit -f 64; exec {cmd}"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
+    )
+    refused(
+        Result(proc.returncode, proc.stdout, proc.stderr),
+        f"train.py: error: writing {run / '.step_2.tmp'} failed (",
+        "check the free disk space and the file-size limit (ulimit -f), then run the same command again",
+        code=2,
+    )
+    assert sorted(p.name for p in run.glob("*step_*")) == ["step_1", "step_latest"]
+    assert os.readlink(run / "step_latest") == "step_1" and fingerprint([run / "step_1", trained["cache"]]) == before
+    again = run_entry("train.py", args, env={k: "" for k in LAUNCH_ENV_VARS})
+    assert again.rc == 0, again.output[-2000:]
+    assert os.readlink(run / "step_latest") == "step_2"
+    want = (trained["run"] / "step_2" / "model.safetensors").read_bytes()
+    assert (run / "step_2" / "model.safetensors").read_bytes() == want
+
+
 def test_resume_checks_the_data_it_was_trained_on(trained, tmp_path):
     """Checkpoints record the data (files' size and sha256, tokenization settings): a run resumed on other data
     is refused naming both, online or offline; the same files read live (online) resume the cached run."""
