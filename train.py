@@ -108,6 +108,23 @@ def resolve_cache_dir(cfg, cache_dir: str | None) -> str:
     return str(path)
 
 
+def check_outputs_apart_from_inputs(cfg, source: dict) -> None:
+    """The checkpoint and tensorboard folders neither are, hold nor lie in what training reads (the cache, the
+    data files, a local target), nor lie in an owned folder of another kind (a target, a cache, an eval run)."""
+    import os
+
+    from deepspec.errors import check_outputs_apart
+
+    read = [source.get("cache_dir"), cfg.model.target_model_name_or_path, *(source.get("train_data_paths") or [])]
+    inputs = [p for p in read if p and os.path.exists(os.path.expanduser(str(p)))]
+    for key in ("checkpoint_dir", "tensorboard_dir"):
+        folder = cfg.logging.get(key)
+        if folder:
+            check_outputs_apart(
+                inputs=inputs, output_dirs=[folder], what=f"logging.{key}", may_write_into=("checkpoint root",)
+            )
+
+
 def _worker(
     info: DistInfo,
     *,
@@ -150,6 +167,7 @@ def run_training(
 
     check_trainer_name(cfg)  # a train.trainer_cls that disagrees: fail before spawning anything
     source = resolve_data_source(cfg, cache_dir=cache_dir, online=online, train_data_paths=train_data_paths)
+    check_outputs_apart_from_inputs(cfg, source)
     check_run_inputs(  # the target the workers load and the folders they write, before any of them starts
         target=(cfg.model.target_model_name_or_path, "model.target_model_name_or_path"),
         outputs={"checkpoint folder": cfg.logging.checkpoint_dir, "tensorboard folder": cfg.logging.tensorboard_dir},

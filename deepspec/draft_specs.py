@@ -269,6 +269,11 @@ def spec_of(draft_config) -> DraftSpec:
     raise UnknownAlgorithmError(f"no registered algorithm matches this {architecture} draft config")
 
 
+def is_speculators_config(config: Mapping[str, Any]) -> bool:
+    """A vllm-project/speculators ``config.json`` (read by ``deepspec.export.speculators``), not ours."""
+    return "speculators_model_type" in config
+
+
 def saved_architecture(config_dict: Mapping[str, Any]) -> str | None:
     """The draft architecture of a saved ``config.json`` dict: its ``architectures`` name, else its own fields."""
     names = " ".join(config_dict.get("architectures") or ())

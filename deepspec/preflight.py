@@ -41,6 +41,11 @@ def check_model(name: str, *, what: str, flag: str) -> str:
     if local:
         if not Path(resolved).is_dir() or not (Path(resolved) / "config.json").is_file():
             raise PreflightError(f"{flag}: {name} is not a model folder (no config.json in it)")
+        if what == "target" and _is_draft(Path(resolved) / "config.json"):
+            raise PreflightError(
+                f"{flag}: {name} is a trained draft, not a target (its config.json names a draft architecture); "
+                "pass the target model the draft was trained for"
+            )
         return f"{what} {resolved} (local folder)"
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         from huggingface_hub import try_to_load_from_cache
@@ -52,6 +57,19 @@ def check_model(name: str, *, what: str, flag: str) -> str:
             )
         return f"{what} {name} (hub id, in the local cache)"
     return f"{what} {name} (hub id: downloaded from the Hugging Face hub on first use)"
+
+
+def _is_draft(config_path: Path) -> bool:
+    """Whether a local config.json is a draft's (ours, or a speculators-format one); unreadable: not judged here."""
+    import json
+
+    from deepspec.draft_specs import is_speculators_config, saved_architecture
+
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and (is_speculators_config(config) or saved_architecture(config) is not None)
 
 
 def check_draft(name: str, *, flag: str) -> str:

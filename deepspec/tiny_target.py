@@ -25,6 +25,7 @@ import uuid
 import zlib
 from typing import Callable
 
+from deepspec.errors import check_outputs_apart
 from deepspec.tiny_models import (  # noqa: F401 (also this module's public names, as before the factory moved)
     ENDOFTEXT_ID,
     IM_END_ID,
@@ -536,13 +537,20 @@ def _build_lock(out: pathlib.Path):
 
 
 def _check_replaceable(out: pathlib.Path) -> None:
-    if not out.exists():
+    """A rebuild replaces an earlier tiny target only: a folder with our marker and nothing a build does not write.
+    A folder without the marker (a real target, say) or with other files in it is never deleted."""
+    if not out.exists() or not any(out.iterdir()):
         return
     strangers = sorted(p.name for p in out.iterdir() if p.name not in _OWN_FILES)
-    if strangers and read_marker(folder=out) is None:
+    if not (out / MARKER_NAME).is_file():
         raise TinyTargetError(
-            f"refusing to replace {out}: it is not a tiny-target folder "
-            f"(unexpected entries: {', '.join(strangers[:5])})"
+            f"refusing to replace {out}: it is not a tiny-target folder (no {MARKER_NAME}; it holds "
+            f"{', '.join(sorted(p.name for p in out.iterdir())[:5])}); choose another --output-dir"
+        )
+    if strangers:
+        raise TinyTargetError(
+            f"refusing to replace {out}: it holds {', '.join(strangers[:5])}, which no tiny-target build writes; "
+            "move them away, or choose another --output-dir"
         )
 
 
@@ -574,6 +582,8 @@ def build_tiny_target(
     say = log or (lambda _msg: None)
     if out.exists() and not out.is_dir():  # before the lock, which would leave a file beside the user's
         raise TinyTargetError(f"output path exists and is not a folder: {out}; pass a new folder with --output-dir")
+    # Never into a checkpoint root, a target cache or an eval run; a rebuild replaces only its own model folder.
+    check_outputs_apart(inputs=[], output_dirs=[out], what="--output-dir", may_write_into=("model folder",))
     out.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(out):
         if not force and is_complete_tiny_target(

@@ -468,3 +468,70 @@ def test_estimate_checks_layer_ids_against_the_target_and_a_missing_tokenizer(tm
         f"--tokenizer: no such folder: {tmp_path / 'no_tokenizer'}",
         code=2,
     )
+
+
+def test_a_shard_write_past_the_file_size_limit_is_one_line_and_a_rerun_continues(world, tmp_path):
+    """ulimit -f: the writer's EFBIG ends the build in one line; the uncommitted shard is never taken for part of the
+    cache (no manifest, a temp name), and the same command without the limit keeps the shards already committed
+    (byte for byte) and completes the cache."""
+    import subprocess
+    import sys
+
+    from deepspec.cache.reader import TargetCache
+
+    rows = []  # even samples (rank 0) are too large for the limit, odd ones (rank 1) fit
+    for i in range(8):
+        answer = "    return x" + " + x" * (60 if i % 2 == 0 else 4)
+        turns = [{"role": "user", "content": f"def f{i}(x):"}, {"role": "assistant", "content": answer}]
+        rows.append(json.dumps({"id": f"c{i}", "conversations": turns}))
+    data = tmp_path / "mixed_lengths.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    cache = tmp_path / "cache"
+    more = ["--train-data-path", data, "--output-dir", cache, "--max-shard-bytes", "1", "--nproc", "2"]
+    args = [str(a) for a in prepare_args(world, *more)]
+    cmd = " ".join(f"'{a}'" for a in [sys.executable, str(ROOT / PREPARE), *args])
+    # No .pyc written under the limit: a truncated one would break every later import of that module.
+    env = {"TQDM_DISABLE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run(["bash", "-c", f"ulimit -f 24; exec {cmd}"], capture_output=True, text=True, env=env)
+    result = Result(proc.returncode, proc.stdout, proc.stderr)
+    refused(result, f"prepare_target_cache.py: error: writing {cache} failed ([Errno 27] File too large)", code=2)
+    assert "file-size limit (ulimit -f)" in result.stderr and "resumes after the last committed shard" in result.stderr
+    assert not (cache / "manifest.json").exists() and not list(cache.glob("rank00000.shard*"))
+    with pytest.raises(Exception, match="no target cache|incomplete|manifest"):
+        TargetCache(cache)
+    kept = {p.name: p.read_bytes() for p in cache.glob("rank00001.shard*")}
+    assert len(kept) == 8  # rank 1's four samples, one shard (.bin + .idx) each, committed before the failure
+    again = run_entry(PREPARE, args)
+    assert again.rc == 0, again.output[-2000:]
+    assert {p.name: p.read_bytes() for p in cache.glob("rank00001.shard*")} == kept  # continued, not redone
+    assert not list(cache.glob(".*.tmp"))
+    built = TargetCache(cache)
+    assert len(built) == 8 and all(int(built[i]["input_ids"].numel()) > 0 for i in range(8))
+
+
+def test_estimate_names_an_empty_file_a_tokenizer_folder_without_one_and_takes_negative_layer_ids(world, tmp_path):
+    """Before: 'see the summary above' with no summary; 0.0 tokens per sample from a draft folder taken for a
+    tokenizer, exit 0; and '--target-layer-ids -1,1' read as an unknown option."""
+    (tmp_path / "empty.jsonl").write_text("\n")
+    sizes = ["--num-layers", "2", "--hidden-size", "8"]
+    refused(
+        run_entry(ESTIMATE, ["--train-data-path", tmp_path / "empty.jsonl", *sizes]),
+        f"--train-data-path {tmp_path / 'empty.jsonl'} holds no conversation (empty, or blank lines only)",
+        code=2,
+    )
+    no_tokenizer = tmp_path / "draft"
+    no_tokenizer.mkdir()
+    (no_tokenizer / "config.json").write_text('{"architectures": ["Qwen3DSparkModel"]}')
+    refused(
+        run_entry(ESTIMATE, ["--train-data-path", world["data"], *sizes, "--tokenizer", no_tokenizer]),
+        f"--tokenizer {no_tokenizer} holds no tokenizer (tokenizer.json, tokenizer_config.json",
+        code=2,
+    )
+    given = ["--num-samples", "10", "--avg-tokens", "10", "--target", world["target"]]
+    refused(
+        run_entry(ESTIMATE, [*given, "--target-layer-ids", "-9,1"]),
+        "--target-layer-ids: -1 (embedding output) is the smallest id, got [-9, 1]",
+        code=2,
+    )
+    ok = run_entry(ESTIMATE, [*given, "--target-layer-ids", "-1,1", "--target-params", "1e6"])
+    assert ok.rc == 0 and "2 x hidden 64 (+ last hidden state)" in ok.stdout, ok.output[-2000:]

@@ -30,6 +30,8 @@ def world(tmp_path_factory):
     draft.mkdir()
     (draft / "config.json").write_text(json.dumps({"architectures": ["Qwen3DSparkModel"]}))
     (base / "notes.txt").write_text("a user's file\n")
+    (base / "empty.jsonl").write_text("\n")
+    (base / "latin1.jsonl").write_bytes(b'{"conversations": [{"role": "user", "content": "caf\xe9"}]}\n')
     return {"base": base, "target": target, "prompts": prompts, "draft": draft, "notes": base / "notes.txt"}
 
 
@@ -272,7 +274,48 @@ CASES = [
         ["--batch-tokens", "1,x"],
         ["expected comma-separated integers"],
     ),
-    ("profile-repeats-zero", "scripts/eval/profile_engine.py", ["--repeats", "0"], ["must be >= 1"]),
+    (
+        "profile-repeats-zero",
+        "scripts/eval/profile_engine.py",
+        ["--repeats", "0"],
+        ["argument --repeats: expected an integer >= 1, got '0'"],
+    ),
+    (
+        "profile-threads-negative",  # was torch's RuntimeError traceback
+        "scripts/eval/profile_engine.py",
+        ["--threads", "-2"],
+        ["argument --threads: expected an integer >= 1, got '-2'"],
+    ),
+    (
+        "profile-cuda-without-gpu",  # was an AssertionError traceback
+        "scripts/eval/profile_engine.py",
+        ["--device", "cuda", "--output-file-path", "{base}/cost.json"],
+        ["--device cuda: no CUDA device is visible here; pass --device cpu"],
+    ),
+    (
+        "profile-context-past-max-positions",  # was an AssertionError traceback, after loading the target
+        "scripts/eval/profile_engine.py",
+        ["--target", "{target}", "--context-len", "100000000", "--output-file-path", "{base}/cost.json"],
+        ["--context-len 100000000 plus the query tokens", "exceeds the target's max_position_embeddings"],
+    ),
+    (
+        "profile-target-is-a-draft",  # was a profile of a draft config with random weights, exit 0
+        "scripts/eval/profile_engine.py",
+        ["--target", "{draft}", "--output-file-path", "{base}/cost.json"],
+        ["--target: {draft} is a trained draft, not a target (its config.json names a draft architecture)"],
+    ),
+    (
+        "profile-target-is-no-model",  # was transformers' ValueError traceback
+        "scripts/eval/profile_engine.py",
+        ["--target", "{prompts}", "--output-file-path", "{base}/cost.json"],
+        ["--target: {prompts} is not a model folder (no config.json in it)"],
+    ),
+    (
+        "profile-output-under-a-file",  # was '[Errno 17] File exists'
+        "scripts/eval/profile_engine.py",
+        ["--target", "{target}", "--output-file-path", "{notes}/cost.json"],
+        ["--output-file-path path {notes}/cost.json cannot be written: {notes} is a file, not a folder"],
+    ),
     (
         "train-bogus-attention-backend",
         "train.py",
@@ -290,17 +333,36 @@ CASES = [
         "train.py",
         ["--config", TINY, "--online", "--train-data-path", "{prompts}/broken.jsonl", "--nproc", "1"]
         + ["--opts", "logging.checkpoint_dir={base}/ck_online", "logging.tensorboard_dir={base}/tb_online"],
-        ["has no usable training sample (empty, or every line skipped"],
+        [
+            "read 2 conversations: kept 0, skipped 2",  # the cache builder's summary, with file:line
+            "broken.jsonl:2: malformed JSON",
+            "no usable training sample in {prompts}/broken.jsonl: all 2 conversations were skipped",
+        ],
+    ),
+    (
+        "train-online-empty-file",
+        "train.py",
+        ["--config", TINY, "--online", "--train-data-path", "{base}/empty.jsonl", "--nproc", "1"]
+        + ["--opts", "logging.checkpoint_dir={base}/ck_online", "logging.tensorboard_dir={base}/tb_online"],
+        ["no training data: {base}/empty.jsonl holds no conversation (empty, or blank lines only)"],
+    ),
+    (
+        "train-online-not-utf8",
+        "train.py",
+        ["--config", TINY, "--online", "--train-data-path", "{base}/latin1.jsonl", "--nproc", "1"]
+        + ["--opts", "logging.checkpoint_dir={base}/ck_online", "logging.tensorboard_dir={base}/tb_online"],
+        ["kept 0, skipped 1", "latin1.jsonl:1: invalid UTF-8", "no usable training sample in {base}/latin1.jsonl"],
     ),
 ]
 
 
 @pytest.mark.parametrize("script,args,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_refused_clearly_and_nothing_touched(world, script, args, needles):
-    argv = [a.format(**{k: str(v) for k, v in world.items()}) for a in args]
+    fill = {k: str(v) for k, v in world.items()}
+    argv = [a.format(**fill) for a in args]
     before = fingerprint(_protected(world))
     result = run_entry(script, argv, env=_env(world))
-    refused(result, *needles)
+    refused(result, *[n.format(**fill) for n in needles])
     assert fingerprint(_protected(world)) == before
 
 
@@ -374,8 +436,18 @@ def test_small_tools_never_write_over_their_inputs(world, tmp_path):
             "tasks.gsm8k.acceptance_length must be a number, got '2.1'",
         ),
         ('{"tasks": {"gsm8k": 3}}', "tasks.gsm8k must be a mapping of metrics, got 3"),
+        # these three were a NaN table (exit 0), a TypeError traceback, and task names spelled letter by letter
+        ('{"tasks": {"gsm8k": {"acceptance_length": NaN}}}', "tasks.gsm8k.acceptance_length must be a number, got nan"),
+        (
+            '{"tasks": {"gsm8k": {"acceptance_length": 2.0, "conditional_accept_rate_by_position": "high"}}}',
+            "tasks.gsm8k.conditional_accept_rate_by_position must be a list of numbers, got 'high'",
+        ),
+        (
+            '{"tasks": {"gsm8k": {"acceptance_length": 2.0}}, "meta": {"absent_tasks": "mbpp"}}',
+            "meta.absent_tasks must be a list of task names, got 'mbpp'",
+        ),
     ],
-    ids=["not-json", "no-tasks", "string-tau", "task-not-mapping"],
+    ids=["not-json", "no-tasks", "string-tau", "task-not-mapping", "nan-tau", "string-rates", "string-absent"],
 )
 def test_compare_names_the_file_and_field_of_a_malformed_results_json(tmp_path, content, needle):
     run = tmp_path / "run"
@@ -388,3 +460,71 @@ def test_compare_names_the_file_and_field_of_a_malformed_results_json(tmp_path, 
         in run_entry("scripts/eval/compare.py", ["--runs", f"a={run}", "--output-dir", tmp_path / "cmp"]).stderr
     )
     assert fingerprint([run]) == before and not (tmp_path / "cmp").exists()
+
+
+def test_compare_names_a_results_file_given_for_a_run_and_an_output_under_a_file(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"tasks": {"gsm8k": {"acceptance_length": 2.0}}}))
+    (tmp_path / "notes.txt").write_text("mine\n")
+    before = fingerprint([tmp_path])
+    compare = "scripts/eval/compare.py"
+    refused(
+        run_entry(compare, ["--runs", f"a={run / 'results.json'}", "--output-dir", tmp_path / "cmp"]),
+        f"{run / 'results.json'} is a file; pass the eval run's folder (the one eval.py wrote results.json in)",
+        code=2,
+    )
+    refused(
+        run_entry(compare, ["--runs", f"a={run}", "--output-dir", tmp_path / "notes.txt"]),
+        f"cannot be written: {tmp_path / 'notes.txt'} is a file, not a folder; choose another path",
+        code=2,
+    )
+    assert fingerprint([tmp_path]) == before
+
+
+def _quickstart_folder(base, results: str | None, *, kind: str = "file"):
+    """A quickstart output folder whose eval/dspark run holds ``results`` as its results.json."""
+    run = base / "eval" / "dspark"
+    base.mkdir(parents=True)
+    if kind == "run-is-a-file":
+        run.parent.mkdir(parents=True)
+        run.write_text("not a folder")
+    elif kind == "results-is-a-folder":
+        (run / "results.json").mkdir(parents=True)
+    elif results is not None:
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(results)
+    return base
+
+
+@pytest.mark.parametrize(
+    "results,kind,needle",
+    [
+        ("{oops", "file", "eval/dspark/results.json is not valid JSON"),  # was a JSONDecodeError traceback
+        ('{"tasks": {}}', "file", 'eval/dspark/results.json has no "tasks" mapping'),  # was empty plots, exit 0
+        ('{"tasks": {"gsm8k": {"acceptance_length": "2.1"}}}', "file", "acceptance_length must be a number"),
+        (
+            '{"tasks": {"gsm8k": {"acceptance_length": 2.1}}, "meta": {"absent_tasks": "mbpp"}}',
+            "file",
+            "meta.absent_tasks must be a list of task names",
+        ),
+        (None, "file", "no ablation run under"),  # no run at all: was empty plots and table, exit 0
+        (None, "run-is-a-file", "no ablation run under"),
+        (None, "results-is-a-folder", "no ablation run under"),
+    ],
+    ids=["not-json", "no-tasks", "string-tau", "string-absent", "no-runs", "run-is-a-file", "results-is-a-folder"],
+)
+def test_plot_ablations_refuses_what_it_cannot_plot_and_writes_nothing(tmp_path, results, kind, needle):
+    out = _quickstart_folder(tmp_path / "q", results, kind=kind)
+    before = fingerprint([tmp_path])
+    refused(run_entry("scripts/eval/plot_ablations.py", ["--output-dir", out]), needle, code=2)
+    assert fingerprint([tmp_path]) == before
+
+
+def test_plot_ablations_plots_the_runs_it_finds(tmp_path):
+    out = _quickstart_folder(tmp_path / "q", json.dumps({"tasks": {"gsm8k": {"acceptance_length": 2.5}}}))
+    result = run_entry("scripts/eval/plot_ablations.py", ["--output-dir", out])
+    assert result.rc == 0, result.output[-2000:]
+    table = (out / "ablations.md").read_text()
+    assert "| 5 | 2.500 |" in table and "missing runs (not evaluated): dflash," in table
+    assert (out / "depth.png").is_file() and (out / "block_size.png").is_file()

@@ -193,6 +193,7 @@ CALIBRATE_CASES = {
         ["--draft_name_or_path", "runs/nope/step_5"],
         ["no such folder: runs/nope/step_5"],
     ),
+    "draft_is_a_file": (lambda u: u["rounds"], ["--draft_name_or_path", "README.md"], ["not a folder: README.md"]),
     "held_out_one": (lambda u: u["rounds"], ["--held-out-fraction", "1"], ["[0, 1)"]),
     "held_out_nan": (lambda u: u["rounds"], ["--held-out-fraction", "nan"], ["--held-out-fraction", "expected"]),
     "num_bins_one": (lambda u: u["rounds"], ["--num-bins", "1"], ["--num-bins", ">= 2"]),
@@ -240,6 +241,18 @@ def test_calibrate_writes_after_validation(user):
     assert not list(user["draft"].glob(".*.tmp"))
 
 
+def test_calibrate_refuses_a_folder_where_calibration_json_goes_before_writing_anything(user):
+    """Before: the report was written, then '[Errno 21] Is a directory' and a .calibration.json.tmp left behind."""
+    (user["draft"] / "calibration.json").unlink()
+    (user["draft"] / "calibration.json").mkdir()
+    args = ["--rounds", user["rounds"], "--draft_name_or_path", user["draft"], "--output-dir", user["out"]]
+    check_refused(user, CALIBRATE, args, f"{user['draft'] / 'calibration.json'} is a folder, where the calibration")
+    assert not user["out"].exists() and sorted(p.name for p in user["draft"].iterdir()) == [
+        "calibration.json",
+        "config.json",
+    ]
+
+
 # -- threshold_sweep.py ----------------------------------------------------------------------------
 def _bad_calibration(user, text):
     (user["draft"] / "calibration.json").write_text(text)
@@ -252,6 +265,7 @@ SWEEP_CASES = {
     "threshold_above_one": (lambda u: u["rounds"], ["--thresholds", "0.2", "1.5"], ["--thresholds", "[0, 1]"]),
     "threshold_nan": (lambda u: u["rounds"], ["--thresholds", "nan"], ["--thresholds"]),
     "draft_missing": (lambda u: u["rounds"], ["--draft_name_or_path", "./nope"], ["no such folder: ./nope"]),
+    "draft_is_a_file": (lambda u: u["rounds"], ["--draft_name_or_path", "README.md"], ["not a folder: README.md"]),
     "calibration_nan": (
         lambda u: _bad_calibration(u, '{"method": "sts", "temperatures": [1, NaN, 1, 1], "gamma": 4}'),
         ["--draft_name_or_path", "@draft"],
@@ -436,6 +450,84 @@ def test_resume_refuses(trained, tmp_path, case):
     refused(run_entry("train.py", _resume_args(trained, run), env=env), *RESUME_CASES[case][1])
     assert fingerprint([run, trained["cache"]]) == before
     assert not marker.exists(), "a pickled payload in a checkpoint ran"
+
+
+def test_a_checkpoint_write_past_the_file_size_limit_is_one_line_and_a_rerun_continues(trained, tmp_path):
+    """ulimit -f while step 2 is saved: one line, step_1 stays the latest (no step_2, no temp folder), and the same
+    command without the limit resumes from step_1 and writes the step_2 an uninterrupted run wrote."""
+    import shutil
+    import subprocess
+    import sys
+
+    from badinput import ROOT, Result
+
+    run = _copy_run(trained, tmp_path)
+    shutil.rmtree(run / "step_2")
+    os.unlink(run / "step_latest")
+    os.symlink("step_1", run / "step_latest")
+    before = fingerprint([run / "step_1", trained["cache"]])
+    args = [str(a) for a in _resume_args(trained, run)]
+    cmd = " ".join(f"'{a}'" for a in [sys.executable, "train.py", *args])
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV_VARS}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # a .pyc truncated by the limit would break later imports
+    proc = subprocess.run(
+        ["bash", "-c", f"ulimit -f 64; exec {cmd}"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
+    )
+    refused(
+        Result(proc.returncode, proc.stdout, proc.stderr),
+        f"train.py: error: writing {run / '.step_2.tmp'} failed (",
+        "check the free disk space and the file-size limit (ulimit -f), then run the same command again",
+        code=2,
+    )
+    assert sorted(p.name for p in run.glob("*step_*")) == ["step_1", "step_latest"]
+    assert os.readlink(run / "step_latest") == "step_1" and fingerprint([run / "step_1", trained["cache"]]) == before
+    again = run_entry("train.py", args, env={k: "" for k in LAUNCH_ENV_VARS})
+    assert again.rc == 0, again.output[-2000:]
+    assert os.readlink(run / "step_latest") == "step_2"
+    want = (trained["run"] / "step_2" / "model.safetensors").read_bytes()
+    assert (run / "step_2" / "model.safetensors").read_bytes() == want
+
+
+def test_resume_checks_the_data_it_was_trained_on(trained, tmp_path):
+    """Checkpoints record the data (files' size and sha256, tokenization settings): a run resumed on other data
+    is refused naming both, online or offline; the same files read live (online) resume the cached run."""
+    import hashlib
+
+    run = _copy_run(trained, tmp_path)
+    data = trained["base"] / "train.jsonl"
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(data.read_text().splitlines(keepends=True)[:12]))
+    before = fingerprint([run, trained["cache"], data])
+    env = {k: "" for k in LAUNCH_ENV_VARS}
+    args = _resume_args(trained, run)
+    online = ["--online", "--nproc", "1"] + args[:2] + args[4:] + ["data.min_loss_tokens=2"]
+
+    def shown(path):
+        return f"{path} ({path.stat().st_size} bytes, sha256 {hashlib.sha256(path.read_bytes()).hexdigest()[:12]})"
+
+    at = online.index("--online") + 1
+
+    def train(path, *extra):
+        return run_entry("train.py", online[:at] + ["--train-data-path", path] + online[at:] + list(extra), env=env)
+
+    result = train(other)
+    refused(
+        result,
+        f"train.py: error: cannot resume: the checkpoint {run / 'step_2'} differs in the training data: it was "
+        f"trained on [{shown(data)}], this run has [{shown(other)}]; resume on that data (the same "
+        "--train-data-path files, or a target cache built from them), or train on this data as a fresh run",
+        code=2,
+    )
+    assert "read 12 conversations: kept 12, skipped 0" in result.stderr  # the cache builder's summary, online
+    refused(
+        train(data, "data.max_length=256"),
+        f"the checkpoint {run / 'step_2'} differs in max_length: it was trained on data.max_length=512, this run has "
+        "256; set data.max_length=512 to match it",
+        code=2,
+    )
+    assert fingerprint([run, trained["cache"], data]) == before
+    same = train(data)
+    assert same.rc == 0 and "training already complete" in same.stdout, same.output[-2000:]
 
 
 @pytest.mark.parametrize(

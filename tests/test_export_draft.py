@@ -130,7 +130,8 @@ def test_a_write_past_the_file_size_limit_is_one_line_and_leaves_nothing(tmp_pat
     src = saved_export_draft(tmp_path / "run", algorithm="dspark", markov_rank=8, markov_head_type="vanilla")
     before = fingerprint([tmp_path / "run"])
     cmd = f"ulimit -f 64; exec {sys.executable} {ROOT / SCRIPT} --draft {src} --output {tmp_path / 'out'}"
-    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}  # a .pyc truncated by the limit would break later imports
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert f"writing {tmp_path / 'out'} failed (" in proc.stderr and "ulimit -f" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no export, no temp folder
@@ -143,7 +144,11 @@ def test_a_write_past_the_file_size_limit_is_one_line_and_leaves_nothing(tmp_pat
         "markov_head_type='vanilla')"
     )
     proc = subprocess.run(
-        ["bash", "-c", f'ulimit -f 64; exec {sys.executable} -c "{code}"'], capture_output=True, text=True, cwd=ROOT
+        ["bash", "-c", f'ulimit -f 64; exec {sys.executable} -c "{code}"'],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
     )
     assert proc.returncode != 0 and f"writing {tmp_path / 'run2' / '.step_1.tmp'} failed (" in proc.stderr
     assert not any(p.name.startswith(("step_1", ".step_1")) for p in (tmp_path / "run2").iterdir())

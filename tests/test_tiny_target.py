@@ -213,6 +213,22 @@ def test_refuses_to_replace_foreign_folder(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_a_rebuild_replaces_only_an_earlier_tiny_target(tmp_path):
+    """--overwrite never deletes what a build did not write: a folder without the marker (a real target holding
+    only config.json + model.safetensors, say) or a tiny target holding other files stays as it is."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "config.json").write_text("{}")
+    (real / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(tt.TinyTargetError, match=r"not a tiny-target folder \(no deepspec_tiny_target\.json; it "):
+        tt.build_tiny_target(output_dir=real, steps=STEPS, force=True, log=None)
+    mixed = tt.build_random_tiny_target(output_dir=tmp_path / "mixed", seed=0, num_hidden_layers=1)
+    (mixed / "calibration.json").write_text("mine")
+    with pytest.raises(tt.TinyTargetError, match="it holds calibration.json, which no tiny-target build writes"):
+        tt.build_tiny_target(output_dir=mixed, steps=STEPS, force=True, log=None)
+    assert (real / "model.safetensors").read_bytes() == b"weights" and (mixed / "calibration.json").is_file()
+
+
 # ----------------------------------------------------------------------------- trained target
 
 

@@ -99,6 +99,26 @@ class CacheBuildError(DeepSpecError, ValueError):
     """The cache build cannot run as asked; the message says what to change."""
 
 
+def report_plan(plan: BuildPlan, *, max_length: int, min_loss_knob: str, log: Callable[[str], None]) -> None:
+    """Say what the reader kept and skipped (reasons, first problems as file:line), and refuse data with no usable
+    sample, naming an empty input as such. The cache build and online training both report through here."""
+    log(plan.report.summary())
+    if plan.truncated:
+        log(f"  {plan.truncated} conversations truncated to data.max_length={max_length} tokens")
+    if plan.samples:
+        return
+    files = ", ".join(plan.source_files)
+    if plan.report.kept + plan.report.skipped == 0:
+        raise CacheBuildError(
+            f"no training data: {files} holds no conversation (empty, or blank lines only); pass the regenerated "
+            "JSONL file(s), one conversation per line"
+        )
+    raise CacheBuildError(
+        f"no usable training sample in {files}: all {plan.report.skipped} conversations were skipped (reasons and "
+        f"the first lines above, as file:line); fix the data, or lower {min_loss_knob} if they were too short"
+    )
+
+
 def check_disk_space(*, output_dir: Path, needed_bytes: int, ignore: bool) -> str:
     from deepspec.cache.format import format_bytes
 
@@ -129,6 +149,30 @@ def describe_source_files(paths: Sequence[str | os.PathLike]) -> list[dict]:
     ]
 
 
+def data_identity(
+    *,
+    train_data_paths: Sequence[str | os.PathLike],
+    max_length: int,
+    chat_template: str,
+    min_loss_tokens: int,
+    long_samples: str = "truncate",
+) -> dict:
+    """What decides the sample list read from conversation files: the files (path, size, sha256) and the
+    settings that tokenize and filter them. A cache records it in its manifest, a training run in its
+    checkpoints (:func:`deepspec.cache.format.data_identity_of` reads it back); both compare with
+    :func:`deepspec.cache.format.check_identity`."""
+    return {
+        "source_files": describe_source_files(train_data_paths),
+        "max_length": int(max_length),
+        "extra": {
+            "max_length": max_length,
+            "chat_template": chat_template,
+            "min_loss_tokens": min_loss_tokens,
+            "long_samples": long_samples,
+        },
+    }
+
+
 def check_build_request(
     *,
     train_data_paths: Sequence[str | os.PathLike],
@@ -150,7 +194,7 @@ def check_build_request(
     inputs = list(train_data_paths) + files
     if target is not None and Path(target).expanduser().is_dir():
         inputs.append(Path(target).expanduser())  # a cache inside the model folder could be --overwrite'n away
-    check_outputs_apart(inputs=inputs, output_dirs=[output_dir], what="cache output")
+    check_outputs_apart(inputs=inputs, output_dirs=[output_dir], what="cache output", may_write_into=("target cache",))
     if output_dir.exists() and not output_dir.is_dir():
         raise CacheBuildError(f"--output-dir {output_dir} is a file; the cache is a folder: choose a folder path")
     if overwrite and output_dir.is_dir():
@@ -298,20 +342,20 @@ def build_target_cache(
     hf_config = load_target_config(target_path)
     text_config = family_of(hf_config).text_config(hf_config)
     layer_ids = validate_layer_ids(cfg.model.target_layer_ids, num_layers=text_config.num_hidden_layers)
-    extra = {
-        "max_length": cfg.data.max_length,
-        "chat_template": cfg.data.chat_template,
-        "min_loss_tokens": min_loss_tokens,
-        "long_samples": long_samples,
-    }
+    data = data_identity(
+        train_data_paths=train_data_paths,
+        max_length=cfg.data.max_length,
+        chat_template=cfg.data.chat_template,
+        min_loss_tokens=min_loss_tokens,
+        long_samples=long_samples,
+    )
+    extra = data["extra"]
     identity = {
         "target_model": str(target_path),
         "target_fingerprint": target_fingerprint(target_path, download=True),
         "layer_ids": layer_ids,
         "hidden_size": int(text_config.hidden_size),
-        "max_length": int(cfg.data.max_length),
-        "source_files": describe_source_files(train_data_paths),
-        "extra": extra,
+        **data,
     }
     if overwrite:
         removed = remove_cache_files(output_dir)
@@ -333,13 +377,7 @@ def build_target_cache(
         long_samples=long_samples,
         strict=strict,
     )
-    log(plan.report.summary())
-    if plan.truncated:
-        log(f"  {plan.truncated} conversations truncated to data.max_length={cfg.data.max_length} tokens")
-    if not plan.samples:
-        raise CacheBuildError(
-            "no usable training samples (see the summary above); fix the data or lower --min-loss-tokens"
-        )
+    report_plan(plan, max_length=cfg.data.max_length, min_loss_knob="--min-loss-tokens", log=log)
     needed = estimate_cache_bytes(
         num_samples=len(plan.samples),
         avg_tokens=plan.num_tokens / len(plan.samples),

@@ -74,6 +74,7 @@ __all__ = [
     "committed_source_indices",
     "cache_is_complete",
     "read_rank_metas",
+    "data_identity_of",
     "check_identity",
     "check_build_folder",
     "validate_manifest",
@@ -257,9 +258,16 @@ def _max_length(record: dict):
     return value if value is not None else (record.get("extra") or {}).get("max_length")
 
 
-def check_identity(have: dict, want: dict, *, where: str, fix: str) -> None:
-    """Raise :class:`CacheCompatibilityError` naming the first field where ``have`` (a cache's manifest or a
-    partial build's meta) differs from ``want`` (this run), with both values and ``fix``.
+def data_identity_of(record: dict) -> dict:
+    """The data part of an identity (a manifest, a partial build's meta, a checkpoint's record): the source
+    files and the settings that turned them into samples (:func:`deepspec.cache.build.data_identity`)."""
+    return {key: record.get(key) for key in ("source_files", "max_length", "extra")}
+
+
+def check_identity(have: dict, want: dict, *, where: str, fix: str, made: str = "built with") -> None:
+    """Raise :class:`CacheCompatibilityError` naming the first field where ``have`` (a cache's manifest, a
+    partial build's meta, or a checkpoint's data record) differs from ``want`` (this run), with both values and
+    ``fix``; ``made`` says how ``have`` came from its value ("it was built with ...", "trained on").
 
     Fields absent (None) in ``want`` are not checked. The target is compared by fingerprint when both sides
     have one; otherwise by name (a cache from before fingerprints, or a caller that could not compute one).
@@ -268,7 +276,7 @@ def check_identity(have: dict, want: dict, *, where: str, fix: str) -> None:
     def differ(field: str, old, new, match: str = "") -> CacheCompatibilityError:
         hint = f"set {match} to match it, or " if match else ""
         return CacheCompatibilityError(
-            f"{where} differs in {field}: it was built with {old}, this run has {new}; {hint}{fix}"
+            f"{where} differs in {field}: it was {made} {old}, this run has {new}; {hint}{fix}"
         )
 
     name_old, name_new = have.get("target_model"), want.get("target_model")

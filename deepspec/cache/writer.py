@@ -48,7 +48,7 @@ from deepspec.cache.format import (
     sample_nbytes,
     scan_shards,
 )
-from deepspec.fsio import atomic_write, fsync_dir
+from deepspec.fsio import atomic_write, fsync_dir, write_failed
 
 __all__ = ["TargetCacheWriteError", "TargetCacheWriter", "finalize_target_cache"]
 
@@ -297,11 +297,17 @@ class TargetCacheWriter:
                 pass
 
     def _raise_if_failed(self) -> None:
-        if self._error is not None:
+        if self._error is None:
+            return
+        if isinstance(self._error, OSError):  # full disk, file-size limit: the one wording of every writer
             raise TargetCacheWriteError(
-                f"target cache writer (rank {self.rank}, {self.output_dir}) failed: {self._error!r}. Samples after "
-                "the last committed shard were not saved; fix the cause and re-run the build to resume"
+                f"{write_failed(self.output_dir, self._error)} (rank {self.rank}): the build resumes after the "
+                "last committed shard"
             ) from self._error
+        raise TargetCacheWriteError(
+            f"target cache writer (rank {self.rank}, {self.output_dir}) failed: {self._error!r}. Samples after "
+            "the last committed shard were not saved; fix the cause and re-run the build to resume"
+        ) from self._error
 
     # -- writer thread
     def _run(self) -> None:

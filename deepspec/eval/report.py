@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Mapping
 
+from deepspec.errors import DeepSpecError
 from deepspec.eval.metrics import macro_average, mean_by_position
 from deepspec.eval.tasks import DOMAINS, task_domain
 from deepspec.fsio import atomic_write
@@ -281,6 +282,51 @@ def write_results(
             "and dicts only (no NaN, tensors or paths) in results and meta"
         ) from None
     atomic_write(path, text + "\n")
+
+
+class ResultsFileError(DeepSpecError, ValueError):
+    """A run's results.json is missing or not what :func:`write_results` writes; the message names file and field."""
+
+
+def read_results(folder: str | os.PathLike) -> dict:
+    """An eval.py run's ``results.json``: ``{"tasks": {name: {"acceptance_length": number, ...}}, "meta": {...}}``,
+    checked field by field (what compare.py and plot_ablations.py read)."""
+    path = Path(folder) / "results.json"
+    if Path(folder).is_file():
+        raise ResultsFileError(
+            f"{folder} is a file; pass the eval run's folder (the one eval.py wrote results.json in)"
+        )
+    if not path.is_file():
+        raise ResultsFileError(f"{path} not found; run eval.py with --output-dir {folder} first")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ResultsFileError(f"{path} is not valid JSON ({exc}); rerun eval.py into {folder}") from None
+    tasks = data.get("tasks") if isinstance(data, dict) else None
+    if not isinstance(tasks, dict) or not tasks:
+        raise ResultsFileError(
+            f'{path} has no "tasks" mapping; is it an eval.py results.json? Rerun eval.py into {folder}'
+        )
+    for name, metrics in tasks.items():
+        if not isinstance(metrics, dict):
+            raise ResultsFileError(f"{path}: tasks.{name} must be a mapping of metrics, got {metrics!r}")
+        tau = metrics.get("acceptance_length")
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau):
+            raise ResultsFileError(f"{path}: tasks.{name}.acceptance_length must be a number, got {tau!r}")
+        rates = metrics.get("conditional_accept_rate_by_position", [])
+        if not isinstance(rates, list) or not all(
+            r is None or (isinstance(r, (int, float)) and not isinstance(r, bool)) for r in rates
+        ):
+            raise ResultsFileError(
+                f"{path}: tasks.{name}.conditional_accept_rate_by_position must be a list of numbers, got {rates!r:.80}"
+            )
+    meta = data.get("meta", {})
+    if not isinstance(meta, dict):
+        raise ResultsFileError(f'{path}: "meta" must be a mapping')
+    absent = meta.get("absent_tasks", [])
+    if not isinstance(absent, list) or not all(isinstance(t, str) for t in absent):
+        raise ResultsFileError(f"{path}: meta.absent_tasks must be a list of task names, got {absent!r}")
+    return data
 
 
 def task_order(results_by_algorithm: Mapping[str, Results]) -> list[str]:

@@ -362,7 +362,7 @@ def check_output_dir(opts: EvalOptions) -> None:
         )
     inputs = {str(task.path.parent) for task in opts.tasks}
     inputs |= {p for p in (opts.target, opts.draft) if p and os.path.exists(os.path.expanduser(p))}
-    check_outputs_apart(inputs=sorted(inputs), outputs=[out], what="--output-dir")
+    check_outputs_apart(inputs=sorted(inputs), outputs=[out], what="--output-dir", may_write_into=("eval run",))
 
 
 def run_eval(opts: EvalOptions) -> dict:

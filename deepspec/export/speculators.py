@@ -299,7 +299,9 @@ def check_output(out: Path, *, src: Path, overwrite: bool, inputs: tuple = ()) -
     ``overwrite`` replaces only an earlier export, never a folder holding files of another kind."""
     local = [Path(p) for p in inputs if p and os.path.exists(os.path.expanduser(str(p)))]
     try:
-        check_outputs_apart(inputs=[src, *local], output_dirs=[out], what="--output-dir")
+        check_outputs_apart(
+            inputs=[src, *local], output_dirs=[out], what="--output-dir", may_write_into=("model folder",)
+        )
     except InputProtectionError as exc:
         raise SpeculatorsFormatError(str(exc)) from None
     if out.exists() and not out.is_dir():

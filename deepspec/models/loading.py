@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from deepspec.draft_specs import is_speculators_config
 from deepspec.errors import DeepSpecError
 
 SAFETENSORS_NAME = "model.safetensors"
@@ -68,11 +69,6 @@ def read_config_dict(folder) -> dict:
     if not isinstance(data, dict):
         raise DraftLoadError(f"{file} is not a JSON object; pass a draft folder")
     return data
-
-
-def is_speculators_config(config: dict) -> bool:
-    """A vllm-project/speculators ``config.json`` (read by ``deepspec.export.speculators``), not ours."""
-    return "speculators_model_type" in config
 
 
 def read_draft_folder(folder) -> tuple[dict, dict[str, torch.Tensor]]:

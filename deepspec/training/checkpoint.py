@@ -331,3 +331,25 @@ def check_resume_config(*, saved: dict, current: dict, folder: Path) -> None:
             f"Restore {key} to its saved value, or start a fresh run with a different logging.checkpoint_dir "
             "(e.g. --opts exp_name=<new name>)"
         )
+
+
+def check_resume_data(*, saved: dict | None, current: dict | None, folder: Path) -> None:
+    """The run resumes on the data it was trained on: the same files (size and sha256, wherever they lie now,
+    read live or through a cache built from them) and the same tokenization settings. The data position counts
+    samples of that list, so other data would silently train on another order. Checkpoints from before the data
+    was recorded (``saved`` None) are not checked."""
+    if not saved or not current:
+        return
+    from deepspec.cache.format import CacheCompatibilityError, check_identity
+
+    try:
+        check_identity(
+            saved,
+            current,
+            where=f"cannot resume: the checkpoint {folder}",
+            made="trained on",
+            fix="resume on that data (the same --train-data-path files, or a target cache built from them), or train "
+            "on this data as a fresh run with another logging.checkpoint_dir (e.g. --opts exp_name=<new name>)",
+        )
+    except CacheCompatibilityError as exc:
+        raise ResumeError(str(exc)) from None

@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from deepspec.cache.format import data_identity_of
 from deepspec.cache.reader import TargetCache
 from deepspec.errors import DeepSpecError
 
@@ -49,6 +50,11 @@ class CacheDataset(Dataset):
     def __init__(self, cache: TargetCache, *, columns: torch.Tensor | None):
         self.cache = cache
         self.columns = columns
+
+    @property
+    def identity(self) -> dict:
+        """The data files and settings the cache was built from (kept with checkpoints, checked on resume)."""
+        return data_identity_of(self.cache.manifest)
 
     def __len__(self) -> int:
         return len(self.cache)

@@ -15,6 +15,7 @@ and a few stored values differ by one bf16 step (the cache builder's own batchin
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Sequence
 
@@ -33,8 +34,9 @@ class OnlineError(DeepSpecError, ValueError):
 class TokenDataset(Dataset):
     """The tokenized samples; the target states are added per micro-batch by :class:`OnlineCollate`."""
 
-    def __init__(self, samples: list):
+    def __init__(self, samples: list, *, identity: dict | None = None):
         self.samples = samples
+        self.identity = identity  # the data files and settings (cache.build.data_identity), kept with checkpoints
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -155,14 +157,15 @@ def build_online_source(*, cfg, train_data_paths: Sequence[str], info, draft_byt
     """(TokenDataset, OnlineCollate): tokenized like the cache builder, target loaded frozen and checked to fit."""
     from transformers import AutoTokenizer
 
-    from deepspec.cache.build import check_build_request, tokenize_training_data
+    from deepspec.cache.build import data_identity, report_plan, tokenize_training_data
+    from deepspec.data.conversations import list_input_files
     from deepspec.precision import target_precision
     from deepspec.targets import family_of, load_target, load_target_config, validate_layer_ids
     from deepspec.target_files import count_target_parameters
 
     path = cfg.model.target_model_name_or_path
     device = info.device
-    check_build_request(train_data_paths=list(train_data_paths), output_dir=cfg.logging.checkpoint_dir)
+    list_input_files(list(train_data_paths))  # a missing file fails now (train.py checked the outputs against them)
     hf_config = load_target_config(path)
     text = family_of(hf_config).text_config(hf_config)
     layer_ids = validate_layer_ids(cfg.model.target_layer_ids, num_layers=int(text.num_hidden_layers))
@@ -180,20 +183,25 @@ def build_online_source(*, cfg, train_data_paths: Sequence[str], info, draft_byt
         num_captured=len(layer_ids),
         draft_bytes=draft_bytes,
     )
-    ranks_on_node = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
+    ranks_on_node = int(os.environ.get("LOCAL_WORLD_SIZE") or info.world_size)  # set but empty: as unset
     free, where = free_memory_bytes(device, ranks_on_node=ranks_on_node)
     check_memory_fits(plan, free_bytes=free, where=where, world_size=info.world_size, sharded=sharded)
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    tokens = tokenize_training_data(
-        list(train_data_paths),
-        tokenizer=tokenizer,
-        chat_template=cfg.data.chat_template,
-        max_length=int(cfg.data.max_length),
-        min_loss_tokens=int(cfg.data.min_loss_tokens),
-    )
+    settings = {
+        "chat_template": cfg.data.chat_template,
+        "max_length": int(cfg.data.max_length),
+        "min_loss_tokens": int(cfg.data.min_loss_tokens),
+    }
+    tokens = tokenize_training_data(list(train_data_paths), tokenizer=tokenizer, **settings)
+    # The cache builder's report: kept / skipped with reasons and file:line, and an empty or all-bad file refused.
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if info.is_main else (lambda msg: None)
+    report_plan(tokens, max_length=settings["max_length"], min_loss_knob="data.min_loss_tokens", log=say)
+    identity = data_identity(train_data_paths=list(train_data_paths), **settings)
     # deepspec.targets.Target holds its model in eval mode with requires_grad off; capture runs under no_grad.
     target = load_target(path, dtype=dtype, device="cpu" if sharded else device, with_tokenizer=False)
     if sharded:
         shard_target(target, device=device, world_size=info.world_size)
-    return TokenDataset(tokens.samples), OnlineCollate(target=target, layer_ids=layer_ids, device=device)
+    return TokenDataset(tokens.samples, identity=identity), OnlineCollate(
+        target=target, layer_ids=layer_ids, device=device
+    )

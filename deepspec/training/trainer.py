@@ -104,6 +104,7 @@ class Trainer:
             dataset, collate_fn = self._cache_dataset(cache_dir, target_config), collate
             source = f"the target cache {cache_dir}"
         self.collate_fn = collate_fn
+        self.data_identity = dataset.identity  # recorded with each checkpoint, checked on resume
         if len(dataset) == 0:
             raise TrainingError(
                 f"{source} has no usable training sample (empty, or every line skipped: see the summary above); "
@@ -154,6 +155,7 @@ class Trainer:
         if latest:
             state, tensors = found[1:] if found else ckpt.read_checkpoint(latest)
             ckpt.check_resume_config(saved=state["config"], current=self.cfg_dict, folder=latest)
+            ckpt.check_resume_data(saved=state.get("data"), current=self.data_identity, folder=latest)
             try:
                 load_state_strict(self.draft, tensors, source=str(latest))
             except DraftLoadError as exc:
@@ -369,6 +371,7 @@ class Trainer:
                 "rng": rng,
                 "world_size": self.info.world_size,
                 "global_batch_size": int(self.cfg.train.global_batch_size),
+                "data": self.data_identity,
             }
             ckpt.save_checkpoint(
                 root=self.ckpt_dir,

@@ -74,6 +74,17 @@ def _layer_ids(text: str) -> list[int]:
     return ids
 
 
+def _joined_layer_ids(argv: list[str]) -> list[str]:
+    """``--target-layer-ids -1,9``: argparse takes a value starting with '-' for an option; join it to its flag."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--target-layer-ids" and arg[:1] == "-" and arg[1:2].isdigit():
+            out[-1] = f"--target-layer-ids={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def _text_config(model: str, *, instead: str) -> dict:
     """config.json of a local model folder (its text_config for multimodal models); ``instead`` names the
     option that avoids reading it, for the error messages."""
@@ -139,13 +150,22 @@ def format_flops(n: float) -> str:
     return f"{n:.0f} FLOP"
 
 
-def _load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+# A local folder holds a tokenizer when it has one of these (AutoTokenizer reads any of them).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
+
+def _load_tokenizer(path: str):
     try:
-        local_or_hub_id(path, what="--tokenizer")  # a missing folder is said as such, not as a hub id error
+        resolved, local = local_or_hub_id(path, what="--tokenizer")  # a missing folder is said as such
     except NoSuchFolderError as exc:
         raise EstimateError(f"--tokenizer: {exc}") from None
+    if local and not any((Path(resolved) / name).is_file() for name in TOKENIZER_FILES):
+        raise EstimateError(
+            f"--tokenizer {path} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); pass the target model folder, "
+            "or leave --tokenizer out for a chars/4 estimate"
+        )
+    from transformers import AutoTokenizer
+
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
@@ -176,6 +196,13 @@ def measure(paths: list[str], tokenizer_path: str | None, max_length: int | None
         tokens += min(count, max_length) if max_length else count
     if report.skipped:
         print(report.summary(), file=sys.stderr)
+    if not report.kept + report.skipped:
+        raise EstimateError(
+            f"--train-data-path {', '.join(map(str, files))} holds no conversation (empty, or blank lines only); "
+            "pass the conversation JSONL file(s), or --num-samples and --avg-tokens"
+        )
+    if n and not tokens:
+        raise EstimateError(f"--tokenizer {tokenizer_path} turned every conversation into 0 tokens; is it a tokenizer?")
     if n == 0:
         raise EstimateError(
             "no valid conversations found in --train-data-path (see the summary above); pass a "
@@ -224,7 +251,7 @@ def main(argv=None) -> int:
         help="training epochs, for the total over the run (default 1; the paper recipes use 10)",
     )
     ap.add_argument("--output-dir", help="where the cache will go: compare with its free space")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(_joined_layer_ids(sys.argv[1:] if argv is None else list(argv)))
 
     # Options that need no data first, so a wrong one is said before a long measurement.
     if args.target_layer_ids:

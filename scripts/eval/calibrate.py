@@ -153,8 +153,8 @@ def draft_folder(given: str) -> str:
 
     if not Path(given).is_dir():
         raise CalibrationError(
-            f"no such folder: {given} (--draft must be the draft checkpoint "
-            f"folder that {CALIBRATION_FILE} is written into)"
+            f"{'not a folder' if Path(given).exists() else 'no such folder'}: {given} (--draft must be the draft "
+            f"checkpoint folder that {CALIBRATION_FILE} is written into)"
         )
     folder = Path(resolve_draft_dir(given))
     try:
@@ -194,9 +194,20 @@ def main(argv=None) -> None:
     out_dir = Path(args.output_dir) if args.output_dir else Path(args.rounds[0]).resolve().parent
     outputs = [out_dir / "calibration_report.json", out_dir / "reliability_overall.png"]
     outputs += [out_dir / f"reliability_{_safe(task)}.png" for task in tasks]
+    # The report lands beside the rounds (an eval run) or in a folder of its own; calibration.json goes into
+    # the draft's step folder (checked to hold a draft above), never anywhere else.
+    check_outputs_apart(inputs=args.rounds, outputs=outputs, what="--output-dir", may_write_into=("eval run",))
     if not args.dry_run:
-        outputs.append(Path(args.draft) / CALIBRATION_FILE)
-    check_outputs_apart(inputs=args.rounds, outputs=outputs)
+        check_outputs_apart(
+            inputs=args.rounds,
+            outputs=[Path(args.draft) / CALIBRATION_FILE],
+            what=CALIBRATION_FILE,
+            may_write_into=("model folder", "checkpoint root"),
+        )
+        if (Path(args.draft) / CALIBRATION_FILE).is_dir():
+            raise CalibrationError(
+                f"{Path(args.draft) / CALIBRATION_FILE} is a folder, where the calibration file goes; move it away"
+            )
     if out_dir.exists() and not out_dir.is_dir():
         raise CalibrationError(f"--output-dir {out_dir} is a file; pass a folder for the report and plots")
     logits, accepted, _ = calibration_arrays(fit)

@@ -26,32 +26,7 @@ from pathlib import Path
 
 from deepspec.cli import add_output_dir  # noqa: E402
 from deepspec.errors import DeepSpecError, check_outputs_apart, cli_main  # noqa: E402
-from deepspec.eval.report import to_jsonable  # noqa: E402
-
-
-def read_results(folder: str) -> dict:
-    """An eval.py results.json: ``{"tasks": {name: {"acceptance_length": number, ...}}, "meta": {...}}``."""
-    path = Path(folder) / "results.json"
-    if not path.is_file():
-        raise DeepSpecError(f"{path} not found; run eval.py with --output-dir {folder} first")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DeepSpecError(f"{path} is not valid JSON ({exc}); rerun eval.py into {folder}") from None
-    tasks = data.get("tasks") if isinstance(data, dict) else None
-    if not isinstance(tasks, dict) or not tasks:
-        raise DeepSpecError(
-            f'{path} has no "tasks" mapping; is it an eval.py results.json? Rerun eval.py into {folder}'
-        )
-    for name, metrics in tasks.items():
-        if not isinstance(metrics, dict):
-            raise DeepSpecError(f"{path}: tasks.{name} must be a mapping of metrics, got {metrics!r}")
-        tau = metrics.get("acceptance_length")
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)):
-            raise DeepSpecError(f"{path}: tasks.{name}.acceptance_length must be a number, got {tau!r}")
-    if not isinstance(data.get("meta", {}), dict):
-        raise DeepSpecError(f'{path}: "meta" must be a mapping')
-    return data
+from deepspec.eval.report import read_results, to_jsonable  # noqa: E402
 
 
 def parse_runs(p: argparse.ArgumentParser, items: list[str]) -> dict[str, list[str]]:
@@ -162,7 +137,7 @@ def main(argv=None) -> int:
     ]
     # Each run's own results.json / table.md are inputs: the comparison never lands on them.
     inputs = [f for dirs in args.folders.values() for f in dirs] + ([args.ceiling] if args.ceiling else [])
-    check_outputs_apart(inputs=inputs, outputs=written)
+    check_outputs_apart(inputs=inputs, outputs=written, what="--output-dir")
     runs = {name: read_run(name, dirs) for name, dirs in args.folders.items()}
     by_algo = {name: mean_tasks(r.results) for name, r in runs.items()}
     domains = {t: task_domain(t) for res in by_algo.values() for t in res}

@@ -11,7 +11,6 @@ block_size.png (macro τ over the evaluated tasks). Missing runs are skipped wit
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -19,18 +18,19 @@ from pathlib import Path
 DEPTH_RUNS = {1: "dspark_L1", 2: "dspark_L2", 5: "dspark"}
 BLOCKS = (4, 7, 8, 12, 16)
 HEADS = {"Markov (DSpark)": "markov_b{}", "RNN head": "rnn_b{}", "DFlash (no head)": "dflash_b{}"}
+FIGURES = ("depth.png", "block_size.png")  # the figures' file names, in --output-dir
 MAIN_AT_7 = {"Markov (DSpark)": "dspark", "DFlash (no head)": "dflash"}  # the main runs are the block-7 points
 
 
 def macro_tau(out: Path, run: str, missing: list[str], covered: dict[str, list[str]]) -> float | None:
     """The run's macro τ over its tasks; ``covered`` gathers the tasks (and the absent ones) of every run."""
     from deepspec.eval.metrics import macro_average
+    from deepspec.eval.report import read_results
 
-    path = out / "eval" / run / "results.json"
-    if not path.is_file():
+    if not (out / "eval" / run / "results.json").is_file():
         missing.append(run)
         return None
-    results = json.loads(path.read_text())
+    results = read_results(out / "eval" / run)  # a malformed file: one line naming the file and the field
     for key, names in (("tasks", list(results["tasks"])), ("absent", results.get("meta", {}).get("absent_tasks", []))):
         bucket = covered.setdefault(key, [])
         bucket += [n for n in names if n not in bucket]
@@ -73,13 +73,18 @@ def ablation_series(out: Path, missing: list[str], covered: dict[str, list[str]]
 def figures(depth: list[tuple[int, float]], blocks: dict[str, list[tuple[int, float]]]) -> dict[str, object]:
     """The two figures by file name: τ vs draft depth (paper Fig. 3) and τ vs block size per head (Fig. 4)."""
     depth_title, block_title = "τ vs draft depth (Fig. 3 analog)", "τ vs block size (Fig. 4 analog)"
-    return {
-        "depth.png": ablation_figure({"DSpark": depth}, xlabel="draft layers", title=depth_title),
-        "block_size.png": ablation_figure(blocks, xlabel="block size γ", title=block_title),
-    }
+    return dict(
+        zip(
+            FIGURES,
+            (
+                ablation_figure({"DSpark": depth}, xlabel="draft layers", title=depth_title),
+                ablation_figure(blocks, xlabel="block size γ", title=block_title),
+            ),
+        )
+    )
 
 
-from deepspec.errors import DeepSpecError, cli_main  # noqa: E402
+from deepspec.errors import DeepSpecError, check_outputs_apart, cli_main  # noqa: E402
 
 
 @cli_main
@@ -94,10 +99,18 @@ def main(argv=None) -> int:
     out = Path(args.output_dir)
     if not out.is_dir():
         raise DeepSpecError(f"--output-dir {out} is not a folder; pass the quickstart output folder (runs/quickstart)")
+    written = [out / name for name in ("ablations.md", *FIGURES)]
+    check_outputs_apart(inputs=[out / "eval"], outputs=written, what="--output-dir")
     missing: list[str] = []
     covered: dict[str, list[str]] = {}
 
     depth, blocks = ablation_series(out, missing, covered)
+    if not depth and not any(blocks.values()):
+        raise DeepSpecError(
+            f"no ablation run under {out / 'eval'} has a results.json (looked for {', '.join(sorted(set(missing)))}); "
+            "run bash scripts/quickstart.sh --ablations --output-dir "
+            f"{out} first, or pass the folder it wrote"
+        )
     lines = ["| draft layers | τ |", "|---:|---:|"] + [f"| {n} | {t:.3f} |" for n, t in depth]
     lines += ["", "| block size | " + " | ".join(HEADS) + " |", "|---:|" + "---:|" * len(HEADS)]
     for b in BLOCKS:

@@ -52,7 +52,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from deepspec.cli import add_output_file, add_target
+    from deepspec.cli import add_output_file, add_target, nonnegative_int, positive_int
     from deepspec.tiny_target import default_tiny_target_dir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,12 +72,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--context-len",
-        type=int,
+        type=positive_int,
         default=512,
         help="tokens of cached context per row, a representative prompt+answer length (default: 512)",
     )
     parser.add_argument(
-        "--row-tokens", type=int, default=8, help="query tokens per row = γ+1 (default: 8); see the layout note above"
+        "--row-tokens",
+        type=positive_int,
+        default=8,
+        help="query tokens per row = γ+1 (default: 8); see the layout note above",
     )
     parser.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when available, else cpu)")
     parser.add_argument(
@@ -86,10 +89,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=sorted(DTYPES),
         help="weights/activations dtype (default: bf16 on cuda, fp32 on cpu)",
     )
-    parser.add_argument("--repeats", type=int, default=10, help="timed calls per B; the median is kept (default: 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per B before timing (default: 2)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the random context/query token ids (default: 0)")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=10, help="timed calls per B; the median is kept (default: 10)"
+    )
+    parser.add_argument(
+        "--warmup", type=nonnegative_int, default=2, help="untimed calls per B before timing (default: 2)"
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="seed for the random context/query token ids (default: 0)"
+    )
     add_output_file(
         parser,
         aliases=("--output",),
@@ -98,10 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="where to write the cost table JSON (default: ./cost_table.json)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
-    if args.context_len < 1 or args.row_tokens < 1 or args.repeats < 1 or args.warmup < 0:
-        parser.error("--context-len, --row-tokens and --repeats must be >= 1 and --warmup >= 0")
-    return args
+    return parser.parse_args(argv)
 
 
 def _layout(batch_tokens: int, row_tokens: int) -> tuple[int, int]:
@@ -190,19 +198,23 @@ def main(argv=None) -> int:
     import torch
 
     from deepspec.decoding.scheduler import CostTable
+    from deepspec.preflight import check_model
     from deepspec.targets import load_target
     from deepspec.tiny_target import default_tiny_target_dir
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    assert device.type != "cuda" or torch.cuda.is_available(), "--device cuda asked but no CUDA device is visible"
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise DeepSpecError(f"--device {args.device!r}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeepSpecError(f"--device {args.device}: no CUDA device is visible here; pass --device cpu")
     dtype_name = DTYPES[args.dtype] if args.dtype else ("bfloat16" if device.type == "cuda" else "float32")
     target_path = args.target or str(default_tiny_target_dir())
-    if os.path.exists(os.path.expanduser(target_path)):  # the table must not land in (or on) the target
-        check_outputs_apart(
-            inputs=[os.path.expanduser(target_path)], outputs=[args.output_file_path], what="--output-file-path"
-        )
+    check_model(target_path, what="target", flag="--target")  # a missing folder, a cache or a draft: said now
+    local = [os.path.expanduser(target_path)] if os.path.exists(os.path.expanduser(target_path)) else []
+    check_outputs_apart(inputs=local, outputs=[args.output_file_path], what="--output-file-path")
     if args.output_file_path.is_dir():
         raise DeepSpecError(
             f"--output-file-path {args.output_file_path} is a folder; name the cost table file, "
@@ -212,10 +224,11 @@ def main(argv=None) -> int:
     target = load_target(target_path, dtype=getattr(torch, dtype_name), device=device, with_tokenizer=False)
     max_pos = getattr(target.config, "max_position_embeddings", None)
     longest = args.context_len + max(_layout(B, args.row_tokens)[1] for B in args.batch_tokens)
-    assert max_pos is None or longest <= max_pos, (
-        f"--context-len {args.context_len} plus the query tokens ({longest}) exceeds the target's "
-        f"max_position_embeddings={max_pos}; lower --context-len"
-    )
+    if max_pos is not None and longest > max_pos:
+        raise DeepSpecError(
+            f"--context-len {args.context_len} plus the query tokens ({longest}) exceeds the target's "
+            f"max_position_embeddings={max_pos}; lower --context-len"
+        )
 
     points = measure(
         target.model,

@@ -378,17 +378,17 @@ def main(argv=None) -> int:
     from deepspec.decoding.confidence import read_calibration_file
     from deepspec.decoding.scheduler import CostTable
 
-    # Read and check every input before anything is written.
-    cost_table = CostTable.from_json(args.cost_table)
-    temperatures = read_calibration_file(args.calibration) if args.calibration else None
-    traces = load_traces(args.rounds, temperatures=temperatures)
+    # Where the outputs go is checked first; every input is read and checked before anything is written.
     outputs = [args.output_dir / n for n in ("simulation.json", "throughput_vs_speed.png", "budget_vs_concurrency.png")]
     inputs = [*args.rounds, args.cost_table] + ([args.calibration] if args.calibration else [])
-    check_outputs_apart(inputs=inputs, outputs=outputs)
+    check_outputs_apart(inputs=inputs, outputs=outputs, what="--output-dir")
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise CalibrationError(
             f"--output-dir {args.output_dir} is a file; pass a folder for simulation.json and the plots"
         )
+    cost_table = CostTable.from_json(args.cost_table)
+    temperatures = read_calibration_file(args.calibration) if args.calibration else None
+    traces = load_traces(args.rounds, temperatures=temperatures)
     G = traces.gamma
     print(
         f"{len(traces.lengths)} traces, {len(traces.accepted)} full rounds (gamma={G}), "

@@ -91,8 +91,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.draft and not args.no_calibration and not Path(args.draft).is_dir():
         raise CalibrationError(
-            f"no such folder: {args.draft} (--draft must be the draft checkpoint "
-            f"folder holding {CALIBRATION_FILE}; or pass --no-calibration)"
+            f"{'not a folder' if Path(args.draft).exists() else 'no such folder'}: {args.draft} (--draft must be "
+            f"the draft checkpoint folder holding {CALIBRATION_FILE}; or pass --no-calibration)"
         )
     # Read and check everything before writing anything.
     rounds = read_rounds(args.rounds)
@@ -110,7 +110,8 @@ def main(argv=None) -> None:
             source = str(Path(args.draft) / CALIBRATION_FILE)
     out_dir = Path(args.output_dir) if args.output_dir else Path(args.rounds[0]).resolve().parent
     json_path, png_path = out_dir / "threshold_sweep.json", out_dir / "threshold_sweep.png"
-    check_outputs_apart(inputs=args.rounds, outputs=[json_path, png_path])
+    inputs = list(args.rounds) + ([args.draft] if args.draft and Path(args.draft).exists() else [])
+    check_outputs_apart(inputs=inputs, outputs=[json_path, png_path], what="--output-dir", may_write_into=("eval run",))
     if out_dir.exists() and not out_dir.is_dir():
         raise CalibrationError(f"--output-dir {out_dir} is a file; pass a folder for threshold_sweep.json / .png")
     short = int((proposal_len < gamma).sum())
