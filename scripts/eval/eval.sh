@@ -37,6 +37,8 @@ engine_profile|--engine-profile|path|cost table JSON from scripts/eval/profile_e
 async_scheduler|--async-scheduler|switch|prefix scheduler: budget from confidences two steps old [off]
 no_calibration|--no-calibration|switch|ignore calibration.json next to the draft [off]
 seed|--seed|value|random seed [default: 0]
+bootstrap_draws|--bootstrap-draws|value|draws of the bootstrap over prompts behind every τ interval, at least 100 [default: 1000]
+bootstrap_seed|--bootstrap-seed|value|seed of those draws [default: 0]
 batch_size|--batch-size|value|requests decoded together [default: 1]
 output_dir|--output-dir|path|results folder [runs/eval/<draft name> in the repository]
 device|--device|value|cpu, cuda (one worker per visible GPU) or cuda:N [cuda when available, else cpu]
