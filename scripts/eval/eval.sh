@@ -26,6 +26,7 @@ OPTIONS='
 target_name_or_path|--target_name_or_path|model|target model [the tiny local target: $DEEPSPEC_TINY_TARGET, else ~/.cache/deepspec/tiny_target]
 draft_name_or_path|--draft_name_or_path|model|draft: a step_N folder, a checkpoint dir (its latest step) or a hub id [none: give it or self_draft]
 self_draft|--self-draft|value|ceiling check: the target drafts GAMMA tokens for itself [default: 0]
+num_speculative_tokens|--num-speculative-tokens|value|tokens drafted per round, at most what the draft was trained for [default: trained]
 tasks|--tasks|value|name[:n],... (any <name>.jsonl in eval_data_dir is a task) [all nine with the paper'"'"'s counts]
 eval_data_dir|--eval-data-dir|path|folder of <task>.jsonl prompt files [$DEEPSPEC_EVAL_DATA_DIR, else eval_datasets/]
 max_new_tokens|--max-new-tokens|value|tokens generated per prompt [default: 2048]
