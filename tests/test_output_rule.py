@@ -197,6 +197,19 @@ CASES = [
         "--output-dir path {cache}/eval lies in {cache}, a target cache",
     ),
     (
+        "cache-build-in-a-checkpoint-root",
+        "scripts/data/prepare_target_cache.py",
+        ["--config", "config/dspark/dspark_tiny.py", "--train-data-path", "{data}", "--output-dir", "{ckpt}/cache"],
+        "cache output path {ckpt}/cache lies in {ckpt}, a checkpoint root",
+    ),
+    (
+        "regenerated-data-into-a-run",
+        "scripts/data/generate_train_data.py",
+        ["--backend", "hf", "--model", "{target}", "--input-file-path", "{data}"]
+        + ["--output-file-path", "{run}/regen.jsonl"],
+        "output path {run}/regen.jsonl lies in {run}, an eval run",
+    ),
+    (
         "train-checkpoints-around-the-data",
         "train.py",
         ["--config", "config/dspark/dspark_tiny.py", "--online", "--train-data-path", "{data}"]
