@@ -536,13 +536,23 @@ def _build_lock(out: pathlib.Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _holds_our_tokenizer(folder: pathlib.Path) -> bool:
+    """Whether ``folder/tokenizer.json`` is the tiny tokenizer (our four special tokens at ids 0..3): what an
+    interrupted build without its marker still has, and no other model's tokenizer does."""
+    try:
+        added = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens") or []
+        return [(t["id"], t["content"]) for t in added[: len(SPECIAL_TOKENS)]] == list(enumerate(SPECIAL_TOKENS))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return False
+
+
 def _check_replaceable(out: pathlib.Path) -> None:
-    """A rebuild replaces an earlier tiny target only: a folder with our marker and nothing a build does not write.
-    A folder without the marker (a real target, say) or with other files in it is never deleted."""
+    """A rebuild replaces an earlier tiny target only: a folder with our marker (or, interrupted before the marker,
+    our tokenizer) and nothing a build does not write. Any other folder (a real target, an export) is never deleted."""
     if not out.exists() or not any(out.iterdir()):
         return
     strangers = sorted(p.name for p in out.iterdir() if p.name not in _OWN_FILES)
-    if not (out / MARKER_NAME).is_file():
+    if not (out / MARKER_NAME).is_file() and not _holds_our_tokenizer(out):
         raise TinyTargetError(
             f"refusing to replace {out}: it is not a tiny-target folder (no {MARKER_NAME}; it holds "
             f"{', '.join(sorted(p.name for p in out.iterdir())[:5])}); choose another --output-dir"

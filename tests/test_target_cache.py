@@ -360,7 +360,7 @@ def test_background_error_surfaces(tmp_path, monkeypatch):
     monkeypatch.setattr(tc, "_writev_all", disk_full)
     w = TargetCacheWriter(tmp_path, **CACHE_META)
     w.add(source_index=0, **cache_sample(0))
-    with pytest.raises(TargetCacheWriteError, match="No space left on device.*re-run the build to resume"):
+    with pytest.raises(TargetCacheWriteError, match="No space left on device.*resumes after the last committed"):
         w.flush()
     with pytest.raises(TargetCacheWriteError):
         w.add(source_index=1, **cache_sample(1))

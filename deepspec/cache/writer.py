@@ -301,8 +301,8 @@ class TargetCacheWriter:
             return
         if isinstance(self._error, OSError):  # full disk, file-size limit: the one wording of every writer
             raise TargetCacheWriteError(
-                f"{write_failed(self.output_dir, self._error)} (rank {self.rank}): the build resumes after the "
-                "last committed shard"
+                f"{write_failed(self.output_dir, self._error)}: the build resumes after the last committed shard "
+                f"(rank {self.rank}'s writer failed)"
             ) from self._error
         raise TargetCacheWriteError(
             f"target cache writer (rank {self.rank}, {self.output_dir}) failed: {self._error!r}. Samples after "
