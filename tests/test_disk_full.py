@@ -30,6 +30,7 @@ def _namespace_mount_works(tmp_path) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_every_writer_on_a_full_disk_is_one_line_and_the_cache_build_continues(tmp_path):
     if not _namespace_mount_works(tmp_path):
         pytest.skip("no user-namespace tmpfs here (unshare -rm mount is not allowed)")
