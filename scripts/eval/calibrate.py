@@ -171,6 +171,25 @@ def draft_folder(given: str) -> str:
     return str(folder)
 
 
+def check_outputs(args, *, tasks: list[str]) -> Path:
+    """The report folder (returned) and calibration.json, checked before anything is written. The report lands
+    beside the rounds (an eval run) or in a folder of its own; calibration.json goes into the draft's step folder
+    (checked to hold a draft by :func:`draft_folder`), never anywhere else."""
+    out_dir = Path(args.output_dir) if args.output_dir else Path(args.rounds[0]).resolve().parent
+    outputs = [out_dir / "calibration_report.json", out_dir / "reliability_overall.png"]
+    outputs += [out_dir / f"reliability_{_safe(task)}.png" for task in tasks]
+    check_outputs_apart(inputs=args.rounds, outputs=outputs, what="--output-dir", may_write_into=("eval run",))
+    if not args.dry_run:
+        path = Path(args.draft) / CALIBRATION_FILE
+        kinds = ("model folder", "checkpoint root")
+        check_outputs_apart(inputs=args.rounds, outputs=[path], what=CALIBRATION_FILE, may_write_into=kinds)
+        if path.is_dir():
+            raise CalibrationError(f"{path} is a folder, where the calibration file goes; move it away")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CalibrationError(f"--output-dir {out_dir} is a file; pass a folder for the report and plots")
+    return out_dir
+
+
 @cli_main
 def main(argv=None) -> None:
     args = parse_args(argv)
@@ -191,25 +210,7 @@ def main(argv=None) -> None:
                 f"the {name} split has no usable rounds; record more prompts or change --held-out-fraction"
             ) from None
     tasks = sorted({r["task"] for r in held})
-    out_dir = Path(args.output_dir) if args.output_dir else Path(args.rounds[0]).resolve().parent
-    outputs = [out_dir / "calibration_report.json", out_dir / "reliability_overall.png"]
-    outputs += [out_dir / f"reliability_{_safe(task)}.png" for task in tasks]
-    # The report lands beside the rounds (an eval run) or in a folder of its own; calibration.json goes into
-    # the draft's step folder (checked to hold a draft above), never anywhere else.
-    check_outputs_apart(inputs=args.rounds, outputs=outputs, what="--output-dir", may_write_into=("eval run",))
-    if not args.dry_run:
-        check_outputs_apart(
-            inputs=args.rounds,
-            outputs=[Path(args.draft) / CALIBRATION_FILE],
-            what=CALIBRATION_FILE,
-            may_write_into=("model folder", "checkpoint root"),
-        )
-        if (Path(args.draft) / CALIBRATION_FILE).is_dir():
-            raise CalibrationError(
-                f"{Path(args.draft) / CALIBRATION_FILE} is a folder, where the calibration file goes; move it away"
-            )
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CalibrationError(f"--output-dir {out_dir} is a file; pass a folder for the report and plots")
+    out_dir = check_outputs(args, tasks=tasks)
     logits, accepted, _ = calibration_arrays(fit)
     temps = fit_sts(logits, accepted, num_bins=args.num_bins)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -192,6 +192,19 @@ def measure(
 from deepspec.errors import DeepSpecError, check_outputs_apart, cli_main  # noqa: E402
 
 
+def resolve_device(name: str | None):
+    """``--device`` as a torch device (default: cuda when one is visible); a bad name or a missing GPU is one line."""
+    import torch
+
+    try:
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise DeepSpecError(f"--device {name!r}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeepSpecError(f"--device {name}: no CUDA device is visible here; pass --device cpu")
+    return device
+
+
 @cli_main
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -204,12 +217,7 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        raise DeepSpecError(f"--device {args.device!r}: expected cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeepSpecError(f"--device {args.device}: no CUDA device is visible here; pass --device cpu")
+    device = resolve_device(args.device)
     dtype_name = DTYPES[args.dtype] if args.dtype else ("bfloat16" if device.type == "cuda" else "float32")
     target_path = args.target or str(default_tiny_target_dir())
     check_model(target_path, what="target", flag="--target")  # a missing folder, a cache or a draft: said now
