@@ -69,11 +69,11 @@ def decoding_target(family: str, vocab: int, *, sharpen: float = 30.0, seed: int
     return Target(model)
 
 
-def decoding_draft(target: Target, algo: str, *, gamma: int = 4, seed: int = 1):
-    """A float64 draft of ``algo`` (a key of DECODING_ALGOS) on ``target``'s layers 0 and 1, its frozen pieces
-    loaded; confidences spread so that thresholds and schedulers vary the proposal lengths."""
+def decoding_draft(target: Target, algo: str, *, gamma: int = 4, seed: int = 1, **overrides):
+    """A float64 draft of ``algo`` (a key of DECODING_ALGOS, ``overrides`` on top) on ``target``'s layers 0 and 1,
+    its frozen pieces loaded; confidences spread so that thresholds and schedulers vary the proposal lengths."""
     torch.manual_seed(seed)
-    extra = dict(DECODING_ALGOS[algo])
+    extra = dict(DECODING_ALGOS[algo], **overrides)
     model_cfg = dict(
         algorithm=extra.pop("algorithm", algo),
         num_draft_layers=1 if algo == "eagle3" else 2,

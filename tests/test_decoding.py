@@ -80,6 +80,17 @@ def test_fewer_speculative_tokens_than_trained_stay_lossless(algo):
         build_proposer(draft, num_speculative_tokens=0)
 
 
+def test_dspark_in_the_engines_layout_is_lossless():
+    target = decoding_target("qwen3", 48)
+    draft = decoding_draft(target, "dspark", sample_from_anchor=False)  # block of 5: the bonus slot + 4 drafts
+    runner = TargetRunner(target, layer_ids=draft.config.target_layer_ids)
+    out = speculative_generate(
+        runner=runner, proposer=build_proposer(draft), prompts=PROMPTS, max_new_tokens=24, temperature=0
+    )
+    assert [g.tokens for g in out] == [hf_greedy(target, p, 24) for p in PROMPTS]
+    assert all(r["gamma"] == 4 and len(r["conf_logits"]) == 4 for g in out for r in g.rounds)
+
+
 def test_stop_tokens_end_each_request_and_batch_keeps_going():
     target = decoding_target("qwen3", 48)
     draft = decoding_draft(target, "dspark")
@@ -275,10 +286,13 @@ def reference_probs(target, draft, seq, prop):
     return torch.softmax(logits[0], -1), (None if conf is None else conf[0])
 
 
-@pytest.mark.parametrize("algo", list(DECODING_ALGOS))
-def test_incremental_proposer_matches_training_forward(algo):
+@pytest.mark.parametrize(
+    "algo, layout", [(a, {}) for a in DECODING_ALGOS] + [("dspark", {"sample_from_anchor": False})]
+)
+def test_incremental_proposer_matches_training_forward(algo, layout):
+    # DSpark in the engines' layout too: its Markov head's x_{k-1} is the bonus token for slot 1.
     target = decoding_target("qwen3", 48, sharpen=3.0)
-    draft = decoding_draft(target, algo)
+    draft = decoding_draft(target, algo, **layout)
     runner = TargetRunner(target, layer_ids=draft.config.target_layer_ids)
     rec = Recorder(build_proposer(draft))
     speculative_generate(

@@ -78,7 +78,8 @@ DFLASH_SPECULATORS_REFUSED = (
     "speculators export that an engine decodes right: vLLM's dflash method takes slot 0 for the bonus token, so "
     "its V1 model runner loads such a folder without a word and reads every prediction one slot off (measured: "
     "tau 1.09 instead of 1.17), and its V2 runner refuses it. Export it with --format deepspec and serve it with "
-    "method dspark (vLLM's V2 GPU model runner)"
+    "method dspark (vLLM's V2 GPU model runner), or train it in the engines' layout (model.sample_from_anchor=False), "
+    "which vLLM's dflash method serves"
 )
 
 

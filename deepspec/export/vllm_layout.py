@@ -13,12 +13,12 @@ What differs, and what :func:`to_vllm_folder` therefore does:
 
 - DFlash (``markov_rank == 0``). DeepSpec's DFlash is DSpark's layout without the Markov head: the
   anchor slot predicts the next token and each slot the one after it. vLLM's ``dflash`` method uses
-  the other layout (anchor = bonus token, each mask predicts its own position) and refuses
-  ``sample_from_anchor``, and it would look for a ``DFlash<arch>`` class; so a DeepSpec DFlash draft
-  is served with the ``dspark`` method. vLLM's DSpark classes always build a Markov head of
-  ``markov_rank``; a rank-0 head crashes vLLM's CPU weight processing (SIGFPE in
-  ``create_onednn_mm``). The export writes ``markov_rank = 1`` with all-zero ``markov_w1`` /
-  ``markov_w2``: the bias is exactly 0, so the drafts are unchanged.
+  the other layout (anchor = bonus token, each mask predicts its own position; our
+  ``sample_from_anchor: false`` drafts, exported in the speculators format), and it would look for a
+  ``DFlash<arch>`` class; so a DeepSpec-layout DFlash draft is served with the ``dspark`` method. vLLM's
+  DSpark classes always build a Markov head of ``markov_rank``; a rank-0 head crashes vLLM's CPU weight
+  processing (SIGFPE in ``create_onednn_mm``). The export writes ``markov_rank = 1`` with all-zero
+  ``markov_w1`` / ``markov_w2``: the bias is exactly 0, so the drafts are unchanged.
 - Gated / RNN Markov heads: vLLM implements only the vanilla head (bias = W2 W1[x_{k-1}]) and
   ignores ``markov_head_type``; refused.
 - Gemma 4 drafts without ``attention_k_eq_v``: vLLM's Gemma 4 DSpark precomputes context K/V

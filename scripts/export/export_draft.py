@@ -18,7 +18,8 @@ refused with the reason: gated/rnn Markov heads, Gemma 4 without k=v attention, 
 tensors bit-equal, layer ids +1, DeepSpec-only fields under "deepspec" so the round trip back is exact.
 It prints a note when vLLM cannot serve the result from that format. DFlash in DeepSpec's block layout
 is refused: vLLM's dflash method reads slot 0 as the bonus token, so its CPU (V1) runner would decode
-such a folder one slot off without a word; use --format deepspec for it.
+such a folder one slot off without a word; use --format deepspec for it, or train DFlash with
+model.sample_from_anchor=False (the engines' layout), whose speculators export vLLM's dflash method serves.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("deepspec", "speculators"),
         default="deepspec",
         help="deepspec: the folder vLLM's method 'dspark' loads; speculators: the vllm-project/"
-        "speculators layout (vLLM method 'eagle3' for Eagle3, 'dspark' for Qwen 3 DSpark; refused for "
-        "DFlash in DeepSpec's layout, which vLLM's 'dflash' would decode one slot off)",
+        "speculators layout (vLLM method 'eagle3' for Eagle3, 'dspark' for Qwen 3 DSpark, 'dflash' for DFlash "
+        "in the engines' layout; refused for DFlash in DeepSpec's layout, which 'dflash' would decode one slot off)",
     )
     add_output_dir(
         p, aliases=("--output",), required=True, help="folder to write (must not exist or be empty, unless --overwrite)"
