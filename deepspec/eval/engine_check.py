@@ -244,10 +244,10 @@ def reference_side(opts: EngineCheckOptions, prompts: list[dict], *, device: str
     """Our tokenization of each prompt, the stop token ids, and (temperature 0) the target's greedy outputs."""
     from deepspec.decoding.engine import target_generate
     from deepspec.decoding.target_runner import TargetRunner
-    from deepspec.eval.runner import _dtype, encode_prompt, stop_token_ids
+    from deepspec.eval.runner import decode_dtype, encode_prompt, stop_token_ids
     from deepspec.targets import load_target
 
-    target = load_target(opts.target, dtype=_dtype(opts.dtype, device), device=device)
+    target = load_target(opts.target, dtype=decode_dtype(opts.dtype, device), device=device)
     encoded = [encode_prompt(target.tokenizer, p["text"]) for p in prompts]
     stops = stop_token_ids(target.tokenizer, target.model)
     greedy = None
@@ -371,6 +371,32 @@ def ks_to_check(opts: EngineCheckOptions, config: dict) -> list[int]:
     return [speculative_tokens(draft_config, k) for k in ks]  # above the trained count: refused here
 
 
+def vllm_job(
+    opts: EngineCheckOptions, prompts: list[dict], ref: dict, *, folder: Path, method: str, ks: list[int]
+) -> dict:
+    """The job :mod:`deepspec.eval.vllm_side` runs: eval.py's prompts, rendering, stop ids and sampling."""
+    longest = max(len(ids) for ids in ref["encoded"])
+    return {
+        "target": opts.target,
+        "dtype": VLLM_DTYPES[opts.dtype],
+        "max_model_len": longest + opts.max_new_tokens + 2 * max(ks) + 8,
+        "max_num_seqs": opts.batch_size,
+        "seed": opts.seed,
+        "chat_template_kwargs": {"enable_thinking": False},  # as eval.py's encode_prompt renders prompts
+        "sampling": {
+            "temperature": opts.temperature,
+            "max_tokens": opts.max_new_tokens,
+            "stop_token_ids": ref["stop_token_ids"],
+            "seed": opts.seed,
+        },
+        "prompts": [
+            {"task": p["task"], "prompt_index": p["prompt_index"], "messages": [{"role": "user", "content": p["text"]}]}
+            for p in prompts
+        ],
+        "runs": [{"name": f"k{k}", "method": method, "draft": str(folder), "num_speculative_tokens": k} for k in ks],
+    }
+
+
 def run_engine_check(opts: EngineCheckOptions) -> dict:
     """Doctor, export, vLLM, eval.py, comparison (module docstring); returns the report it writes."""
     import torch
@@ -402,27 +428,7 @@ def run_engine_check(opts: EngineCheckOptions) -> dict:
     print(f"[engine_check] the target's own decode of {len(prompts)} prompts (tokenization, stop ids, greedy output)")
     ref = reference_side(opts, prompts, device=device)
     folder, method = export_for_vllm(opts, config)
-    longest = max(len(ids) for ids in ref["encoded"])
-    job = {
-        "target": opts.target,
-        "dtype": VLLM_DTYPES[opts.dtype],
-        "max_model_len": longest + opts.max_new_tokens + 2 * max(ks) + 8,
-        "max_num_seqs": opts.batch_size,
-        "seed": opts.seed,
-        "chat_template_kwargs": {"enable_thinking": False},  # as eval.py's encode_prompt renders prompts
-        "sampling": {
-            "temperature": opts.temperature,
-            "max_tokens": opts.max_new_tokens,
-            "stop_token_ids": ref["stop_token_ids"],
-            "seed": opts.seed,
-        },
-        "prompts": [
-            {"task": p["task"], "prompt_index": p["prompt_index"], "messages": [{"role": "user", "content": p["text"]}]}
-            for p in prompts
-        ],
-        "runs": [{"name": f"k{k}", "method": method, "draft": str(folder), "num_speculative_tokens": k} for k in ks],
-    }
-    vllm = run_vllm(opts, job)
+    vllm = run_vllm(opts, vllm_job(opts, prompts, ref, folder=folder, method=method, ks=ks))
     runs = []
     for k in ks:
         print(f"[engine_check] eval.py at K={k}")

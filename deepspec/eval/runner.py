@@ -130,7 +130,8 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     return list(ids)
 
 
-def _dtype(name: str, device: str) -> torch.dtype:
+def decode_dtype(name: str, device: str) -> torch.dtype:
+    """eval.py's --dtype on ``device`` (auto: bf16 on GPU, fp32 on CPU)."""
     if name == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[name]
@@ -144,7 +145,7 @@ def load_models(opts: EvalOptions, device: str):
     from deepspec.export import load_any_draft
     from deepspec.targets import load_target
 
-    dtype = _dtype(opts.dtype, device)
+    dtype = decode_dtype(opts.dtype, device)
     target = load_target(opts.target, dtype=dtype, device=device)
     if opts.self_draft_gamma > 0:
         return (
