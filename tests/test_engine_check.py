@@ -322,7 +322,8 @@ def test_refusals_name_the_cause(built, tmp_path):
     # A vLLM build with only the V1 model runner (the CPU wheel) refuses DSpark: said, with what it needs.
     fake = tmp_path / "fake_vllm_python"
     error = {
-        "error": "ValidationError: 1 validation error\n Model Runner V1 does not support: dspark speculative decoding"
+        "error": "ValidationError: 1 validation error for VllmConfig\n  Value error, Model Runner V1 does not support: "
+        "dspark speculative decoding [type=value_error, input_value=ArgsKwargs((), {})]"
     }
     fake.write_text(f"#!/bin/bash\necho '{json.dumps({'vllm_version': '0', 'runs': {'k4': error}})}' > \"$3\"\n")
     fake.chmod(0o755)
@@ -331,7 +332,8 @@ def test_refusals_name_the_cause(built, tmp_path):
     )
     refused(
         result,
-        "vLLM refused run k4: ValidationError: 1 validation error; this vLLM build runs its V1 model runner",
+        "vLLM refused run k4: Value error, Model Runner V1 does not support: dspark speculative decoding; this "
+        "vLLM build runs its V1 model runner",
         code=2,
     )
     assert "DSpark and DeepSpec-layout DFlash need the V2 GPU runner" in result.output

@@ -308,7 +308,9 @@ def run_vllm(opts: EngineCheckOptions, job: dict) -> dict:
     result = json.loads(out_file.read_text())
     for name, run in result["runs"].items():
         if "error" in run:
-            why = run["error"].splitlines()[0]
+            lines = [line.strip() for line in run["error"].splitlines() if line.strip()]
+            why = next((line for line in lines if V1_REFUSAL in line), lines[0] if lines else "no message")
+            why = why.split(" [type=")[0]  # pydantic's trailer
             if V1_REFUSAL in run["error"]:
                 why += (
                     "; this vLLM build runs its V1 model runner (no Triton, e.g. the CPU wheel), which has no DSpark: "
