@@ -300,6 +300,14 @@ def test_doctor_only_prints_the_checks_and_writes_nothing(built, tmp_path):
     assert result.rc == 0, result.output
     assert "[doctor] PASS  anchor_layout:" in result.output and "[doctor] 7 passed, 0 warning(s)" in result.output
     assert not (tmp_path / "o").exists() and fingerprint([built["base"]]) == before
+    # The method a user serves with, checked against the draft's layout: DeepSpec's DFlash under dflash.
+    result = run_entry(
+        SCRIPT,
+        ["--target", built["target"], "--draft", built["drafts"]["dflash"], "--doctor-only", "--method", "dflash"],
+    )
+    assert result.rc == 0, result.output
+    assert "[doctor] WARN  anchor_layout: the draft uses sample_from_anchor=true" in result.output
+    assert "fix: serve it with method 'dspark' (export_draft.py --format deepspec)" in result.output
 
 
 def test_refusals_name_the_cause(built, tmp_path):
@@ -319,6 +327,9 @@ def test_refusals_name_the_cause(built, tmp_path):
         + ["--draft", built["drafts"]["eagle3"], "--vllm-python", tmp_path / "none", "--output-dir", tmp_path / "b"],
     )
     refused(result, f"no vLLM interpreter at {tmp_path / 'none'}; install vLLM's environment with", code=2)
+    other = ["--draft", built["drafts"]["eagle3"], "--method", "dflash", "--output-dir", tmp_path / "m"]
+    refused(run_entry(SCRIPT, common + other), "--method dflash: the engine check serves this draft with method eagle3")
+    assert not (tmp_path / "m").exists()
     # A vLLM build with only the V1 model runner (the CPU wheel) refuses DSpark: said, with what it needs.
     fake = tmp_path / "fake_vllm_python"
     error = {

@@ -60,6 +60,7 @@ class EngineCheckOptions:
     seed: int = 0
     vllm_python: str | None = None  # default: vllm_interpreter()
     doctor_only: bool = False
+    method: str | None = None  # the vLLM method the user serves with, for the doctor (None: the one served here)
     target_cache_dir: str | None = None
     train_data_paths: list[str] = field(default_factory=list)
     progress: bool = True
@@ -414,6 +415,7 @@ def run_engine_check(opts: EngineCheckOptions) -> dict:
             target=opts.target,
             draft=draft_dir,
             num_speculative_tokens=max(opts.num_speculative_tokens) if opts.num_speculative_tokens else None,
+            method=opts.method,
             temperature=opts.temperature,
             target_cache_dir=opts.target_cache_dir,
             train_data_paths=opts.train_data_paths,
@@ -422,6 +424,14 @@ def run_engine_check(opts: EngineCheckOptions) -> dict:
     print(doctor_report(checks))
     if opts.doctor_only:
         return {"doctor": checks_json(checks)}
+    from deepspec.export.vllm_layout import vllm_serving_plan
+
+    fmt, planned = vllm_serving_plan(config)
+    if opts.method not in (None, planned):
+        raise EngineCheckError(
+            f"--method {opts.method}: the engine check serves this draft with method {planned} (export_draft.py "
+            f"--format {fmt}), the one that decodes it as trained; pass --doctor-only to check --method alone"
+        )
     ks = ks_to_check(opts, config)
     check_output_dir(opts)
     opts.output_dir.mkdir(parents=True, exist_ok=True)

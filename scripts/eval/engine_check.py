@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--doctor-only", action="store_true", help="run the τ doctor's checks and stop (writes nothing)")
     p.add_argument(
+        "--method",
+        choices=("eagle3", "dspark", "dflash"),
+        default=None,
+        help="doctor: the vLLM speculative method you serve the draft with, checked against its block layout "
+        "(default: the one the engine check serves it with)",
+    )
+    p.add_argument(
         "--target-cache-dir",
         default=None,
         help="doctor: the target cache the draft was trained on (default: its train_config.json's)",
@@ -134,6 +141,7 @@ def main(argv=None) -> int:
             seed=args.seed,
             vllm_python=args.vllm_python,
             doctor_only=args.doctor_only,
+            method=args.method,
             target_cache_dir=args.target_cache_dir,
             train_data_paths=args.train_data_path,
             progress=not args.no_progress,
