@@ -20,7 +20,7 @@ from deepspec.errors import cli_main
 
 
 def parse_args(argv=None):
-    from deepspec.eval.intervals import DEFAULT_DRAWS, DEFAULT_SEED, draws_problem
+    from deepspec.eval.intervals import add_bootstrap_args
     from deepspec.eval.tasks import KNOWN_TASKS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,20 +114,7 @@ def parse_args(argv=None):
         "--no-calibration", action="store_true", help="ignore calibration.json next to the draft (raw confidence head)"
     )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    p.add_argument(
-        "--bootstrap-draws",
-        type=int,
-        default=DEFAULT_DRAWS,
-        metavar="N",
-        help="draws of the bootstrap over prompts behind every τ interval (95%%; whole prompts resampled "
-        "within each task; default: %(default)s)",
-    )
-    p.add_argument(
-        "--bootstrap-seed",
-        type=int,
-        default=DEFAULT_SEED,
-        help="seed of those draws, recorded in results.json (default: %(default)s)",
-    )
+    add_bootstrap_args(p)
     p.add_argument(
         "--batch-size",
         type=int,
@@ -162,8 +149,6 @@ def parse_args(argv=None):
         p.error("--max-new-tokens and --batch-size must be >= 1")
     if args.num_speculative_tokens is not None and args.num_speculative_tokens < 1:
         p.error(f"--num-speculative-tokens must be >= 1, got {args.num_speculative_tokens}")
-    if draws_problem(args.bootstrap_draws):
-        p.error(draws_problem(args.bootstrap_draws))
     if args.self_draft < 0:
         p.error(
             f"--self-draft must be >= 1 (γ, the tokens the target drafts for itself) or 0 (off), got {args.self_draft}"

@@ -154,7 +154,7 @@ CASES = [
         "eval-few-bootstrap-draws",
         "eval.py",
         ["--self-draft", "2", "--bootstrap-draws", "20"],
-        ["--bootstrap-draws must be >= 100 (a 95% interval reads the tails of the draws), got 20"],
+        ["argument --bootstrap-draws: must be >= 100 (a 95% interval reads the tails of the draws), got 20"],
     ),
     ("eval-bad-device", "eval.py", ["--self-draft", "2", "--device", "tpu"], ["--device must be cpu, cuda or cuda:N"]),
     (
@@ -259,7 +259,7 @@ CASES = [
         "compare-few-bootstrap-draws",
         "scripts/eval/compare.py",
         ["--runs", "a={base}/x", "--output-dir", "{base}/cmp", "--bootstrap-draws", "99"],
-        ["--bootstrap-draws must be >= 100"],
+        ["argument --bootstrap-draws: must be >= 100"],
     ),
     (
         "compare-missing-run",

@@ -122,6 +122,7 @@ def test_eval_writes_results_and_matches_target_greedy(setup, capsys):
     assert 1 <= lo <= hi <= 5 and results["macro_ci"]["math"] == [lo, hi]
     # mt-bench has one prompt: no interval for it or the averages over it (not a zero-width one).
     assert results["tasks"]["mt-bench"]["acceptance_length_ci"] is None and results["macro_ci"]["all"] is None
+    assert "none for mt-bench or the averages over them" in printed.out
     assert results["meta"]["bootstrap"] == {"draws": 1000, "seed": 0, "level": 0.95, "method": METHOD}
     cost = results["draft_cost"]
     assert cost["rounds"] == len(rounds) and cost["flops_per_round"] > 0 and cost["seconds_per_round"] > 0

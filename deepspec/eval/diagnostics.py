@@ -58,54 +58,66 @@ def confidence_diagnostics(rounds: list[dict], *, temperatures, plot_path: Path 
     return {"uncalibrated": before, "calibrated": after}
 
 
+def task_report(name: str, part: dict, *, gamma: int, temps, out_dir: Path) -> tuple[dict, list[dict]]:
+    """One task's metrics (τ, per-prompt counts, draft cost, confidence diagnostics) and its rounds.jsonl lines."""
+    from deepspec.eval.draft_cost import per_round
+    from deepspec.eval.intervals import prompt_counts
+
+    records = part["records"]
+    rounds = [file_round(r, task=name, prompt_index=rec["prompt_index"]) for rec in records for r in rec["rounds"]]
+    generated = sum(len(rec["tokens"]) for rec in records)
+    metrics = task_metrics(
+        rounds, gamma=gamma, num_samples=len(records), generated_tokens=generated, wall_seconds=part["seconds"]
+    )
+    metrics["truncated_prompts"] = part["truncated_prompts"]
+    metrics["spec_decode"] = engine_counters(rounds, gamma=gamma)
+    metrics["per_prompt"] = prompt_counts(records)
+    metrics["draft_cost"] = per_round(part["draft_cost"])
+    conf = confidence_diagnostics(rounds, temperatures=temps, plot_path=out_dir / f"reliability_{name}.png", title=name)
+    if conf is not None:
+        metrics["confidence"] = to_jsonable(conf)
+    return metrics, rounds
+
+
+def output_lines(decoded: dict) -> list[str]:
+    """outputs.jsonl: per prompt its task, index, generated token ids and text, and whether it stopped."""
+    keys = ("token_ids", "tokens"), ("text", "text"), ("stopped", "stopped")
+    return [
+        json.dumps({"task": name, "prompt_index": rec["prompt_index"], **{k: rec[src] for k, src in keys}})
+        for name, part in decoded["tasks"].items()
+        for rec in part["records"]
+    ]
+
+
+def add_intervals(results: dict, *, domains: dict[str, str], draws: int, seed: int) -> tuple[dict, dict, list[str]]:
+    """Give each task its ``acceptance_length_ci``; return the macro intervals, the bootstrap's ``meta`` entry and
+    the tasks left without an interval."""
+    from deepspec.eval.intervals import LEVEL, METHOD, tau_intervals
+
+    task_ci, macro_ci = tau_intervals(
+        {n: m["per_prompt"] for n, m in results.items()}, domains=domains, draws=draws, seed=seed
+    )
+    for name, ci in task_ci.items():
+        results[name]["acceptance_length_ci"] = ci
+    bootstrap = {"draws": draws, "seed": seed, "level": LEVEL, "method": METHOD}
+    return macro_ci, bootstrap, [n for n, ci in task_ci.items() if ci is None]
+
+
 def write_reports(opts, decoded: dict, *, domains: dict[str, str], scheduler: str) -> dict:
     """``scheduler``: the verification policy the decode used (the runner resolves it from ``opts``)."""
-    from deepspec.eval.plots import plot_conditional_acceptance
-
     from deepspec.eval.draft_cost import per_round
-    from deepspec.eval.intervals import METHOD, LEVEL, prompt_counts, tau_intervals
+    from deepspec.eval.plots import plot_conditional_acceptance
 
     out_dir = Path(opts.output_dir)
     gamma, temps = decoded["gamma"], decoded["calibration"]
-    results, output_lines, all_rounds, requests, all_costs = {}, [], [], [], []
+    results, all_rounds = {}, []
     for name, part in decoded["tasks"].items():
-        records = part["records"]
-        rounds = []
-        for rec in records:
-            rounds += [file_round(r, task=name, prompt_index=rec["prompt_index"]) for r in rec["rounds"]]
-            requests.append({"task": name, "prompt_index": rec["prompt_index"], **request_steps(rec["rounds"])})
-            if opts.save_outputs:
-                output_lines.append(
-                    json.dumps(
-                        {
-                            "task": name,
-                            "prompt_index": rec["prompt_index"],
-                            "token_ids": rec["tokens"],
-                            "text": rec["text"],
-                            "stopped": rec["stopped"],
-                        }
-                    )
-                )
+        results[name], rounds = task_report(name, part, gamma=gamma, temps=temps, out_dir=out_dir)
         all_rounds += rounds
-        generated = sum(len(rec["tokens"]) for rec in records)
-        metrics = task_metrics(
-            rounds, gamma=gamma, num_samples=len(records), generated_tokens=generated, wall_seconds=part["seconds"]
-        )
-        metrics["truncated_prompts"] = part["truncated_prompts"]
-        metrics["spec_decode"] = engine_counters(rounds, gamma=gamma)
-        metrics["per_prompt"] = prompt_counts(records)
-        metrics["draft_cost"] = per_round(part["draft_cost"])
-        all_costs += part["draft_cost"]
-        conf = confidence_diagnostics(
-            rounds, temperatures=temps, plot_path=out_dir / f"reliability_{name}.png", title=name
-        )
-        if conf is not None:
-            metrics["confidence"] = to_jsonable(conf)
-        results[name] = metrics
 
     write_rounds(out_dir / ROUNDS_FILE, all_rounds)
     if opts.save_outputs:
-        atomic_write(out_dir / "outputs.jsonl", "".join(line + "\n" for line in output_lines))
+        atomic_write(out_dir / "outputs.jsonl", "".join(line + "\n" for line in output_lines(decoded)))
     target_name = short_name(opts.target)
     draft_name = f"self (gamma {gamma})" if opts.self_draft_gamma else short_name(opts.draft)
     meta = {
@@ -129,27 +141,21 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str], scheduler: st
     )
     if pooled is not None:
         meta["confidence_all_tasks"] = to_jsonable(pooled)
+    requests = [
+        {"task": name, "prompt_index": rec["prompt_index"], **request_steps(rec["rounds"])}
+        for name, part in decoded["tasks"].items()
+        for rec in part["records"]
+    ]
     spec_decode = {**engine_counters(all_rounds, gamma=gamma), "requests": requests}
-    task_ci, macro_ci = tau_intervals(
-        {n: m["per_prompt"] for n, m in results.items()},
-        domains=domains,
-        draws=opts.bootstrap_draws,
-        seed=opts.bootstrap_seed,
+    macro_ci, meta["bootstrap"], without = add_intervals(
+        results, domains=domains, draws=opts.bootstrap_draws, seed=opts.bootstrap_seed
     )
-    for name, ci in task_ci.items():
-        results[name]["acceptance_length_ci"] = ci
-    meta["bootstrap"] = {"draws": opts.bootstrap_draws, "seed": opts.bootstrap_seed, "level": LEVEL, "method": METHOD}
-    draft_cost = per_round(all_costs)
+    draft_cost = per_round([c for part in decoded["tasks"].values() for c in part["draft_cost"]])
     extra = {"macro_ci": macro_ci, "draft_cost": draft_cost, "spec_decode": spec_decode}
     write_results(out_dir / "results.json", results=results, meta=meta, domains=domains, extra=extra)
-    covers = coverage_line(results, opts.absent_tasks)
-    notes = "\n".join(
-        [
-            covers,
-            interval_line(meta["bootstrap"], without=[n for n, ci in task_ci.items() if ci is None]),
-            draft_cost_line(draft_cost, tau=macro_average(results, domains=domains).get("all")),
-        ]
-    )
+    tau = macro_average(results, domains=domains).get("all")
+    notes = [coverage_line(results, opts.absent_tasks), interval_line(meta["bootstrap"], without=without)]
+    notes = "\n".join(notes + [draft_cost_line(draft_cost, tau=tau)])
     kw = dict(target=target_name, draft=draft_name, gamma=gamma, domains=domains, macro_ci=macro_ci)
     table = format_table(results, **kw) + "\n" + notes
     atomic_write(out_dir / "table.md", markdown_table(results, **kw) + f"\n\n{notes}\n")

@@ -44,11 +44,40 @@ class PromptMismatchError(DeepSpecError, ValueError):
     """Runs that claim the same prompt but hold different ones; the message names the task and prompt."""
 
 
-def draws_problem(draws: int) -> str | None:
-    """Why ``--bootstrap-draws`` cannot be ``draws`` (None when it can)."""
+def _draws(text: str) -> int:
+    """``--bootstrap-draws``: a whole number >= MIN_DRAWS, refused at parse time."""
+    import argparse
+
+    try:
+        draws = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if draws < MIN_DRAWS:
-        return f"--bootstrap-draws must be >= {MIN_DRAWS} (a 95% interval reads the tails of the draws), got {draws}"
-    return None
+        raise argparse.ArgumentTypeError(
+            f"must be >= {MIN_DRAWS} (a 95% interval reads the tails of the draws), got {draws}"
+        )
+    return draws
+
+
+def add_bootstrap_args(parser) -> None:
+    """``--bootstrap-draws N`` and ``--bootstrap-seed S``: the draws behind every τ interval (eval.py, compare.py)."""
+    from deepspec.cli import nonnegative_int
+
+    parser.add_argument(
+        "--bootstrap-draws",
+        type=_draws,
+        default=DEFAULT_DRAWS,
+        metavar="N",
+        help="draws of the bootstrap over prompts behind every τ interval (95%%; whole prompts resampled "
+        f"within each task; at least {MIN_DRAWS}; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--bootstrap-seed",
+        type=nonnegative_int,
+        default=DEFAULT_SEED,
+        metavar="S",
+        help="seed of those draws, recorded with the intervals (default: %(default)s)",
+    )
 
 
 def prompt_id(text: str) -> str:

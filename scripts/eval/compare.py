@@ -75,7 +75,7 @@ def ceiling_check(folder: str) -> tuple[dict, str]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from deepspec.eval.intervals import DEFAULT_DRAWS, DEFAULT_SEED, draws_problem
+    from deepspec.eval.intervals import add_bootstrap_args
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -88,19 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ceiling", default=None, metavar="DIR", help="an eval.py --self-draft run (τ must be γ+1)")
     add_output_dir(p, required=True, help="folder for table.md and the comparison plot")
     p.add_argument("--title", default="Accepted length τ", help="the plot's title (default: %(default)s)")
-    p.add_argument(
-        "--bootstrap-draws",
-        type=int,
-        default=DEFAULT_DRAWS,
-        metavar="N",
-        help="draws of the bootstrap over prompts behind the intervals (default: %(default)s)",
-    )
-    p.add_argument(
-        "--bootstrap-seed", type=int, default=DEFAULT_SEED, help="seed of those draws (default: %(default)s)"
-    )
+    add_bootstrap_args(p)
     args = p.parse_args(argv)
-    if draws_problem(args.bootstrap_draws):
-        p.error(draws_problem(args.bootstrap_draws))
     args.folders = parse_runs(p, args.runs)
     return args
 
