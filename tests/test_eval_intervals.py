@@ -208,8 +208,7 @@ def test_seeds_mean_spread_and_interval():
     assert s.macro_ci["all"] == pytest.approx([2.5, 2.5])  # the seeds' draws cancel: 1 + 4 on either prompt
     old = Run(name="old", folders=["runs/old"], results=[{"tasks": {"gsm8k": {"acceptance_length": 2.0}}}])
     assert summarize(old, domains=None, draws=500, seed=0).notes == [
-        "old: no interval, runs/old has no per-prompt counts (written before eval.py recorded them); "
-        "rerun eval.py there"
+        "no interval, runs/old has no per-prompt counts (written before eval.py recorded them); rerun eval.py there"
     ]
 
 

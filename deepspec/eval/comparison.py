@@ -76,7 +76,7 @@ class Summary:
     spread: dict[str, float | None] = field(default_factory=dict)  # sd across seeds
     seed_macro: list[dict[str, float]] = field(default_factory=list)
     draft_cost: dict = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what has no interval, or was left out, and why
 
     def as_json(self) -> dict:
         return {
@@ -105,13 +105,13 @@ def summarize(run: Run, *, domains, draws: int, seed: int, level: float = LEVEL)
     s = Summary(seeds=len(run.results), draft_cost=_mean_cost(run))
     if not run.has_counts():
         s.notes.append(
-            f"{run.name}: no interval, {' / '.join(run.folders)} has no per-prompt counts (written before "
-            "eval.py recorded them); rerun eval.py there"
+            f"no interval, {' / '.join(run.folders)} has no per-prompt counts (written before eval.py recorded "
+            "them); rerun eval.py there"
         )
         return s
     aligned = align(dict(zip(run.labels(), run.seeds())))
-    s.notes += [f"{run.name}: {n}" for n in aligned.notes] if len(run.results) > 1 else []
-    s.notes += [f"{run.name}: {n}" for n in [aligned.few_prompts_note()] if n]
+    s.notes += aligned.notes if len(run.results) > 1 else []
+    s.notes += [n for n in [aligned.few_prompts_note()] if n]
     index = resample({t: len(k) for t, k in aligned.keys.items()}, draws=draws, seed=seed)
     d = run_draws(run.seeds(), keys=aligned.keys, index=index, domains=domains)
     s.macro, s.seed_macro = d.macro, d.seed_macro
@@ -153,7 +153,7 @@ def paired(a: Run, b: Run, *, domains, macro: Mapping[str, Mapping[str, float]],
     """
     if not (a.has_counts() and b.has_counts()):
         point = {g: macro[a.name][g] / macro[b.name][g] - 1 for g in macro[a.name] if macro[b.name].get(g)}
-        return Pairing(a.name, b.name, {}, 0, 0, ["no interval: a run has no per-prompt counts"], point)
+        return Pairing(a.name, b.name, {}, 0, 0, [], point)  # pairing_line says why there is no interval
     try:
         aligned = align(dict(zip(a.labels() + b.labels(), a.seeds() + b.seeds())))
     except PromptMismatchError as exc:
@@ -182,6 +182,19 @@ def pairing_line(p: Pairing) -> str:
         cells.append(f"{g} {_pct(d.relative)} {ci}" + (" not resolved" if d.resolved is False else ""))
     tasks = f"{p.tasks} task" + ("s" if p.tasks != 1 else "")
     return f"{p.a} vs {p.b} (paired: {p.prompts} prompts in {tasks}): " + ", ".join(cells)
+
+
+def note_lines(summaries: Mapping[str, Summary], pairings: Sequence[Pairing]) -> list[str]:
+    """The runs' notes, each once with the runs it concerns, then every paired difference with the notes of
+    its own (those the runs' notes already say are left out)."""
+    by_text: dict[str, list[str]] = {}
+    for name, s in summaries.items():
+        for note in s.notes:
+            by_text.setdefault(note, []).append(name)
+    lines = [f"{', '.join(names)}: {text}" for text, names in by_text.items()]
+    for p in pairings:
+        lines += [pairing_line(p)] + [f"  {note}" for note in p.notes if note not in by_text]
+    return lines
 
 
 def legend_lines(*, draws: int, seed: int, seeds: int) -> list[str]:

@@ -96,7 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def table_lines(*, runs: dict, by_algo: dict, summaries: dict, pairings: list, domains, boot: dict) -> list[str]:
     """table.md: the table, the tasks covered, what the intervals are, notes, the paired differences."""
-    from deepspec.eval.comparison import legend_lines, pairing_line
+    from deepspec.eval.comparison import legend_lines, note_lines
     from deepspec.eval.report import comparison_table, coverage_line, task_order
 
     covered = task_order(by_algo)
@@ -104,11 +104,7 @@ def table_lines(*, runs: dict, by_algo: dict, summaries: dict, pairings: list, d
     absent = [t for t in dict.fromkeys(meta_absent) if t not in covered]
     lines = [comparison_table(by_algo, domains=domains, summaries=summaries), "", coverage_line(covered, absent)]
     lines += legend_lines(seeds=max(s.seeds for s in summaries.values()), **boot)
-    lines += [note for s in summaries.values() for note in s.notes]
-    for pairing in pairings:
-        lines.append(pairing_line(pairing))
-        lines += [f"  {note}" for note in pairing.notes]
-    return lines
+    return lines + note_lines(summaries, pairings)
 
 
 @cli_main
