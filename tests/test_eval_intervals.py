@@ -207,6 +207,8 @@ def test_seeds_mean_spread_and_interval():
     s = summarize(_run("y", wide, {"gsm8k": pp((4, 12), (4, 0))}), domains=None, draws=500, seed=0)
     assert s.macro_ci["all"] == pytest.approx([2.5, 2.5])  # the seeds' draws cancel: 1 + 4 on either prompt
     old = Run(name="old", folders=["runs/old"], results=[{"tasks": {"gsm8k": {"acceptance_length": 2.0}}}])
+    p = paired(old, run, domains=None, macro={"old": {"all": 2.0}, "dspark": {"all": 2.5}}, draws=500, seed=0)
+    assert pairing_line(p) == "old vs dspark: all -20.0% (no interval: a run has no per-prompt counts; rerun eval.py)"
     assert summarize(old, domains=None, draws=500, seed=0).notes == [
         "no interval, runs/old has no per-prompt counts (written before eval.py recorded them); rerun eval.py there"
     ]
