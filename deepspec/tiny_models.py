@@ -49,6 +49,20 @@ MODEL_CONFIG = dict(
 )
 
 
+def sizes(*, layers: int, hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate=None, **extra) -> dict:
+    """transformers' size keys for a small config, in one line: ``intermediate`` defaults to 2 x ``hidden``;
+    ``extra`` keys (vocab_size, tie_word_embeddings, ...) are passed as they are."""
+    return dict(
+        num_hidden_layers=layers,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden if intermediate is None else intermediate,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        **extra,
+    )
+
+
 @dataclass(frozen=True)
 class TinyArchitecture:
     """What a family adds to :data:`MODEL_CONFIG` to be a tiny but faithful member.

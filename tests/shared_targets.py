@@ -17,7 +17,7 @@ import torch
 
 from deepspec.models import build_draft, draft_config_from_target
 from deepspec.targets import Target
-from deepspec.tiny_models import make_model, make_model_config
+from deepspec.tiny_models import make_model, make_model_config, sizes
 from references import H, V
 
 # Qwen3.5's Gated DeltaNet heads in these tests (the tiny default is 16 wide).
@@ -25,12 +25,11 @@ HYBRID_HEADS = dict(linear_key_head_dim=8, linear_value_head_dim=8)
 
 # ----------------------------------------------------------------------------- decoding
 
-DECODING_SIZES = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=3,
-    num_attention_heads=2,
-    num_key_value_heads=1,
+DECODING_SIZES = sizes(
+    layers=3,
+    hidden=32,
+    heads=2,
+    kv_heads=1,
     head_dim=16,
     max_position_embeddings=256,
     tie_word_embeddings=False,
@@ -95,15 +94,7 @@ def decoding_draft(target: Target, algo: str, *, gamma: int = 4, seed: int = 1, 
 # ----------------------------------------------------------------------------- capture
 
 CAPTURE_VOCAB = 128
-CAPTURE_SIZES = dict(
-    vocab_size=CAPTURE_VOCAB,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=5,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=32,
-)
+CAPTURE_SIZES = sizes(layers=5, hidden=64, heads=2, kv_heads=1, head_dim=32, vocab_size=CAPTURE_VOCAB)
 _GEMMA4 = dict(family="gemma4", num_hidden_layers=6, global_head_dim=32)  # sliding + full layers, soft-cap
 CAPTURE_MODELS = {  # name -> what it changes in CAPTURE_SIZES
     "qwen3": dict(family="qwen3"),

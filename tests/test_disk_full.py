@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from badinput import ROOT
+from tinyrun import RUN_SIZES
 from deepspec.tiny_target import build_random_tiny_target
 
 
@@ -37,12 +38,7 @@ def test_every_writer_on_a_full_disk_is_one_line_and_the_cache_build_continues(t
     target = build_random_tiny_target(
         output_dir=tmp_path / "target",
         seed=0,
-        num_hidden_layers=3,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
+        **RUN_SIZES,
     )
     rows = []  # long samples first in the build order: one commits, the next one fills the disk
     for i in range(8):

@@ -12,6 +12,7 @@ import json
 import pytest
 
 from badinput import ROOT, refused, run_entry
+from deepspec.tiny_models import sizes
 
 ESTIMATE = "scripts/data/estimate_target_cache_size.py"
 _spec = importlib.util.spec_from_file_location("entry_estimate_online", ROOT / ESTIMATE)
@@ -20,16 +21,7 @@ _spec.loader.exec_module(estimate)
 
 # 2 layers; q, o: 64 x (4 x 16) = 4,096 each; k, v: 64 x (2 x 16) = 2,048 each -> attention 12,288;
 # MLP gate/up/down 3 x 64 x 128 = 24,576; per layer 36,864; 2 layers -> 73,728 non-embedding parameters.
-SMALL = dict(
-    num_hidden_layers=2,
-    hidden_size=64,
-    intermediate_size=128,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    vocab_size=1000,
-    model_type="qwen3",
-)
+SMALL = sizes(layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, vocab_size=1000, model_type="qwen3")
 SMALL_PARAMS = 73_728
 
 

@@ -8,18 +8,12 @@ import torch
 
 from deepspec.run_config import load_config
 from deepspec.cache.build import build_target_cache
+from deepspec.tiny_models import sizes
 from deepspec.tiny_target import build_random_tiny_target
 
 ROOT = Path(__file__).resolve().parents[1]
 # The random tiny targets of the run tests: 3 layers, hidden 64.
-RUN_SIZES = dict(
-    num_hidden_layers=3,
-    hidden_size=64,
-    intermediate_size=128,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=32,
-)
+RUN_SIZES = sizes(layers=3, hidden=64, heads=2, kv_heads=1, head_dim=32)
 # Peaked (initializer_range 0.3) so a draft can learn it in a few steps.
 TINY_SIZES = dict(RUN_SIZES, initializer_range=0.3)
 
