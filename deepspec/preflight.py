@@ -154,7 +154,7 @@ def hidden_size_of(target: str, *, tiny: bool) -> int | None:
         config = load_target_config(str(_path(target)))
         return int(family_of(config).text_config(config).hidden_size)
     if tiny:
-        from deepspec.tiny_target import MODEL_CONFIG
+        from deepspec.tiny_models import MODEL_CONFIG
 
         return int(MODEL_CONFIG["hidden_size"])
     return None

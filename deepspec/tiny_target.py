@@ -26,19 +26,15 @@ import zlib
 from typing import Callable
 
 from deepspec.errors import check_outputs_apart
-from deepspec.tiny_models import (  # noqa: F401 (also this module's public names, as before the factory moved)
+from deepspec.tiny_models import (
     ENDOFTEXT_ID,
     IM_END_ID,
-    IM_START_ID,
-    MASK_TOKEN_ID,
     MODEL_CONFIG,
     SPECIAL_TOKENS,
-    TINY_ARCHITECTURES,
     VOCAB_SIZE,
     TinyTargetError,
     make_model,
     make_model_config,
-    model_from_config,
     seeded_rng,
 )
 

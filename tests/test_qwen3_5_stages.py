@@ -16,7 +16,8 @@ import torch
 from deepspec.cache.build import build_target_cache
 from deepspec.data.regenerate import RegenerateOptions, SamplingSettings, regenerate
 from deepspec.run_config import load_config
-from deepspec.tiny_target import ENDOFTEXT_ID, IM_END_ID, build_random_tiny_target
+from deepspec.tiny_models import ENDOFTEXT_ID, IM_END_ID
+from deepspec.tiny_target import build_random_tiny_target
 from deepspec.training.metrics import read_metrics
 from tinyrun import TINY_SIZES
 

@@ -11,6 +11,7 @@ import shutil
 import pytest
 import torch
 
+from deepspec import tiny_models as tm
 from deepspec import tiny_target as tt
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -37,14 +38,14 @@ def _state(folder):
 
 
 def test_special_token_ids(tokenizer):
-    assert len(tokenizer) == tt.VOCAB_SIZE
-    assert tokenizer.convert_ids_to_tokens([0, 1, 2, 3]) == list(tt.SPECIAL_TOKENS)
-    assert (tt.ENDOFTEXT_ID, tt.IM_START_ID, tt.IM_END_ID, tt.MASK_TOKEN_ID) == (0, 1, 2, 3)
-    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.eos_token_id == tt.IM_END_ID
-    assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.pad_token_id == tt.ENDOFTEXT_ID
-    assert tokenizer.mask_token_id == tt.MASK_TOKEN_ID
+    assert len(tokenizer) == tm.VOCAB_SIZE
+    assert tokenizer.convert_ids_to_tokens([0, 1, 2, 3]) == list(tm.SPECIAL_TOKENS)
+    assert (tm.ENDOFTEXT_ID, tm.IM_START_ID, tm.IM_END_ID, tm.MASK_TOKEN_ID) == (0, 1, 2, 3)
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.eos_token_id == tm.IM_END_ID
+    assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.pad_token_id == tm.ENDOFTEXT_ID
+    assert tokenizer.mask_token_id == tm.MASK_TOKEN_ID
     # special tokens inside text are matched whole, not split into bytes
-    assert tokenizer("a<|mask|>b", add_special_tokens=False)["input_ids"].count(tt.MASK_TOKEN_ID) == 1
+    assert tokenizer("a<|mask|>b", add_special_tokens=False)["input_ids"].count(tm.MASK_TOKEN_ID) == 1
     assert tokenizer("x = 1", add_special_tokens=False)["input_ids"][0] > 3  # no BOS added
 
 
@@ -64,7 +65,7 @@ def test_chat_template_exact_and_round_trip(tokenizer):
     no_prompt = tokenizer.apply_chat_template(msgs[:2], tokenize=False)
     assert no_prompt.endswith("def add(a, b):<|im_end|>\n")
     ids = _ids(tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True))
-    assert ids[0] == tt.IM_START_ID and ids.count(tt.IM_END_ID) == 4
+    assert ids[0] == tm.IM_START_ID and ids.count(tm.IM_END_ID) == 4
     assert tokenizer.decode(ids) == text
     # training text uses exactly the template's rendering
     pair = msgs[1:3]
@@ -84,7 +85,7 @@ def test_corpus_excludes_tests_and_charmaps():
     names = [rel for rel, _ in train + val]
     assert train and val and set(rel for rel, _ in train).isdisjoint(rel for rel, _ in val)
     assert not any(rel.startswith(("encodings/", "test/", "idlelib/")) or "/tests/" in rel for rel in names)
-    assert not any(tok in text for _, text in train for tok in tt.SPECIAL_TOKENS)
+    assert not any(tok in text for _, text in train for tok in tm.SPECIAL_TOKENS)
 
 
 def test_code_chat_pairs():
@@ -139,7 +140,7 @@ def test_the_default_is_the_shipped_target_and_variants_switch_the_architecture(
 
     shipped = make_model_config()
     assert type(shipped).__name__ == "Qwen3Config" and shipped.architectures == ["Qwen3ForCausalLM"]
-    assert {k: getattr(shipped, k) for k in tt.MODEL_CONFIG} == tt.MODEL_CONFIG
+    assert {k: getattr(shipped, k) for k in tm.MODEL_CONFIG} == tm.MODEL_CONFIG
     plain, k_eq_v = (make_model(family="gemma4", variant=v, **SMALL) for v in (None, "k_eq_v"))
     assert plain.config.layer_types == k_eq_v.config.layer_types == ["sliding_attention", "full_attention"]
     full, plain_full = k_eq_v.model.layers[1].self_attn, plain.model.layers[1].self_attn
@@ -150,7 +151,7 @@ def test_the_default_is_the_shipped_target_and_variants_switch_the_architecture(
     assert (rope["rope_type"], rope["factor"], rope["original_max_position_embeddings"]) == ("llama3", 8.0, 16)
     rope["factor"] = 1.0  # a config's dicts are its own: the table it came from is untouched
     assert make_model_config(family="llama3", variant="rope_scaling").rope_parameters["factor"] == 8.0
-    assert make_model_config(family="llama3").rope_parameters == tt.MODEL_CONFIG["rope_parameters"]
+    assert make_model_config(family="llama3").rope_parameters == tm.MODEL_CONFIG["rope_parameters"]
 
 
 def test_models_are_seeded_and_leave_the_callers_rng_alone():
@@ -186,7 +187,7 @@ def test_factory_errors_say_what_to_change():
         TinyTargetError, match="the qwen3 family has no multimodal class; build it with multimodal=False"
     ):
         make_model_config(family="qwen3", multimodal=True)
-    assert tt.TinyTargetError is TinyTargetError  # one error class, importable from both modules
+    assert tm.TinyTargetError is TinyTargetError  # one error class, importable from both modules
 
 
 # ----------------------------------------------------------------------------- random target
@@ -198,8 +199,8 @@ def test_random_target_loads_and_is_seeded(tmp_path):
     a = tt.build_random_tiny_target(output_dir=tmp_path / "a", seed=3, num_hidden_layers=2)
     b = tt.build_random_tiny_target(output_dir=tmp_path / "b", seed=3, num_hidden_layers=2)
     model = AutoModelForCausalLM.from_pretrained(a)
-    assert model.config.num_hidden_layers == 2 and model.config.vocab_size == tt.VOCAB_SIZE
-    assert AutoTokenizer.from_pretrained(a).mask_token_id == tt.MASK_TOKEN_ID
+    assert model.config.num_hidden_layers == 2 and model.config.vocab_size == tm.VOCAB_SIZE
+    assert AutoTokenizer.from_pretrained(a).mask_token_id == tm.MASK_TOKEN_ID
     sa, sb = model.state_dict(), _state(b)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert tt.read_marker(folder=a)["kind"] == "random"
@@ -208,7 +209,7 @@ def test_random_target_loads_and_is_seeded(tmp_path):
 
 def test_refuses_to_replace_foreign_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(tt.TinyTargetError, match="not a tiny-target folder"):
+    with pytest.raises(tm.TinyTargetError, match="not a tiny-target folder"):
         tt.build_tiny_target(output_dir=tmp_path, steps=STEPS, log=None)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
@@ -220,11 +221,11 @@ def test_a_rebuild_replaces_only_an_earlier_tiny_target(tmp_path):
     real.mkdir()
     (real / "config.json").write_text("{}")
     (real / "model.safetensors").write_bytes(b"weights")
-    with pytest.raises(tt.TinyTargetError, match=r"not a tiny-target folder \(no deepspec_tiny_target\.json; it "):
+    with pytest.raises(tm.TinyTargetError, match=r"not a tiny-target folder \(no deepspec_tiny_target\.json; it "):
         tt.build_tiny_target(output_dir=real, steps=STEPS, force=True, log=None)
     mixed = tt.build_random_tiny_target(output_dir=tmp_path / "mixed", seed=0, num_hidden_layers=1)
     (mixed / "calibration.json").write_text("mine")
-    with pytest.raises(tt.TinyTargetError, match="it holds calibration.json, which no tiny-target build writes"):
+    with pytest.raises(tm.TinyTargetError, match="it holds calibration.json, which no tiny-target build writes"):
         tt.build_tiny_target(output_dir=mixed, steps=STEPS, force=True, log=None)
     assert (real / "model.safetensors").read_bytes() == b"weights" and (mixed / "calibration.json").is_file()
 
@@ -250,8 +251,8 @@ def test_trained_target_loads_and_generates(built):
     tok = AutoTokenizer.from_pretrained(built)
     model = AutoModelForCausalLM.from_pretrained(built)
     assert info["num_parameters"] == sum(p.numel() for p in model.parameters())
-    assert list(model.generation_config.eos_token_id) == [tt.IM_END_ID, tt.ENDOFTEXT_ID]
-    assert model.generation_config.pad_token_id == tt.ENDOFTEXT_ID
+    assert list(model.generation_config.eos_token_id) == [tm.IM_END_ID, tm.ENDOFTEXT_ID]
+    assert model.generation_config.pad_token_id == tm.ENDOFTEXT_ID
     ids = _ids(tok.apply_chat_template([{"role": "user", "content": "def f(x):"}], add_generation_prompt=True))
     out = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False)
     assert out.shape[0] == 1 and ids == out[0, : len(ids)].tolist() and out.shape[1] > len(ids)
