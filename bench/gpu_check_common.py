@@ -129,9 +129,9 @@ def sync(device) -> None:
 def fresh_compile_caches(device) -> None:
     """Drop dynamo's compiled code before a check or run on CUDA.
 
-    Compiled flex attention (``dynamic=False``) compiles once per shape, and Eagle3's TTT has one key length
-    per step (7 shapes per forward, as many for the backward): across checks that would reach dynamo's
-    per-function recompile limit, after which flex silently runs uncompiled.
+    Compiled flex attention is one function for dynamo: every model, dtype and grad mode the checks run adds its
+    own graphs to it (Eagle3's TTT alone: a few, deepspec.models.blocks.flex_kernel), and across checks they
+    would reach dynamo's per-function recompile limit, after which flex silently runs uncompiled.
     """
     import torch
 
@@ -263,7 +263,7 @@ def make_trainer(cfg, *, cache: Path, device):
         device = torch.device("cuda", torch.cuda.current_device())
     info = DistInfo(rank=0, local_rank=device.index or 0, world_size=1, device=device)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch_compile on CPU etc.: said in the JSON instead
+        warnings.simplefilter("ignore")  # library warnings: what matters is said in the JSON
         return Trainer(cfg=cfg, cache_dir=str(cache), info=info, progress=False)
 
 

@@ -31,7 +31,9 @@ class SpeculatorsAdapter:
 @dataclass(frozen=True)
 class Algorithm:
     spec: Any  # deepspec.draft_specs.DraftSpec: name, architecture, saved fields, their values and check
-    compute_sums: Callable[..., dict]  # one micro-batch to loss sums (deepspec.models.losses)
+    # one micro-batch to loss sums (deepspec.models.losses); keyword arguments model, draft, batch, model_cfg,
+    # generator, target_logits and attention_backend (the kernel the trainer runs: flex, sdpa or eager)
+    compute_sums: Callable[..., dict]
     summarize: Callable[[dict], dict]  # readable metrics from the all-reduced sums
     build_proposer: Callable[..., Any]  # (draft, *, gamma=None): the decoding proposer for a loaded draft
     recipe: Callable[..., dict]  # the paper's cfg.model section

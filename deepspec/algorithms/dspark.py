@@ -12,7 +12,7 @@ from deepspec.algorithms.contract import Algorithm, SpeculatorsAdapter
 from deepspec.draft_specs import DFLASH, DSPARK, DraftSpec, field_reader
 
 
-def block_compute_sums(*, model, draft, batch, model_cfg, generator, target_logits) -> dict:
+def block_compute_sums(*, model, draft, batch, model_cfg, generator, target_logits, attention_backend) -> dict:
     """Sample anchors, run the block drafter, compare each slot with the target (CE / L1 / BCE sums)."""
     from deepspec.models.dspark import sample_anchors
     from deepspec.models.losses import parallel_draft_loss
@@ -27,7 +27,7 @@ def block_compute_sums(*, model, draft, batch, model_cfg, generator, target_logi
         loss_mask=batch["loss_mask"],
         anchors=anchors,
         anchor_valid=valid,
-        attention_backend=m.attention_backend,
+        attention_backend=attention_backend,
     )
     reference = target_logits(lambda: draft.gather_target_logits(batch["last_hidden_state"], out.targets))
     return parallel_draft_loss(

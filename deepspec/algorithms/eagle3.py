@@ -8,7 +8,7 @@ from deepspec.algorithms.contract import Algorithm, SpeculatorsAdapter
 from deepspec.draft_specs import EAGLE3, field_reader
 
 
-def compute_sums(*, model, draft, batch, model_cfg, generator, target_logits) -> dict:
+def compute_sums(*, model, draft, batch, model_cfg, generator, target_logits, attention_backend) -> dict:
     """The TTT chain over every position, then the decayed per-step soft-CE sums."""
     from deepspec.models.losses import eagle3_loss
 
@@ -17,7 +17,7 @@ def compute_sums(*, model, draft, batch, model_cfg, generator, target_logits) ->
         hidden_states=batch["hidden_states"],
         loss_mask=batch["loss_mask"],
         attention_mask=batch["attention_mask"],
-        attention_backend=model_cfg.attention_backend,
+        attention_backend=attention_backend,
     )
     reference = target_logits(lambda: draft.gather_target_logits(batch["last_hidden_state"], out.target_positions))
     return eagle3_loss(

@@ -110,15 +110,16 @@ class ParallelProposer:
         x = d.embed(block).to(d.fc.weight.dtype)
         rope = rotary_cos_sin(d.rotary_emb, x, pos, DRAFT_LAYER_TYPE)
         mask = slots.query_mask(query_pos=pos, causal_new=False)  # committed context + the whole block
+
+        def attention_of(i):  # layer i: the block's keys/values join its cached context
+            def attention(attn, normed):
+                k, v = self.cache.with_new(i, *project_kv(attn, normed, rope))
+                return attend(project_q(attn, normed, rope), k, v, scale=attn.scaling, mask=mask, backend="sdpa")
+
+            return attention
+
         for i, layer in enumerate(d.layers):
-            attn = layer.self_attn
-            normed = layer.attention_input(x)
-            k, v = self.cache.with_new(i, *project_kv(attn, normed, rope))
-            x = layer.add_attention(
-                x,
-                attn.o_proj(attend(project_q(attn, normed, rope), k, v, scale=attn.scaling, mask=mask, backend="sdpa")),
-            )
-            x = layer.mlp_block(x)
+            x = layer(x, attention=attention_of(i))
         return self._sample_block(d.norm(x)[:, self.bonus_slots :], pending, temperature, generator)
 
     def extend_flops(self, *, new_slots: int, cached_slots: int) -> int:
@@ -191,14 +192,18 @@ class Eagle3Proposer:
         """
         d = self.draft
         emb = d.embed(tokens).to(x.dtype)
+
+        def attention_of(i):  # layer i: new keys/values go to store_in; queries see below, then store_in
+            def attention(attn, attn_in):
+                q, k, v = project_qkv(attn, attn_in, attn_in, rope, rope)
+                store_in.append(i, k, v)
+                k, v = store_in.kv[i] if below is None else below.with_new(i, *store_in.kv[i])
+                return attend(q, k, v, scale=attn.scaling, mask=mask, backend="sdpa")
+
+            return attention
+
         for i, layer in enumerate(d.layers):
-            attn = layer.self_attn
-            attn_in = layer.attention_input(x, emb)
-            q, k, v = project_qkv(attn, attn_in, attn_in, rope, rope)
-            store_in.append(i, k, v)
-            k, v = store_in.kv[i] if below is None else below.with_new(i, *store_in.kv[i])
-            x = layer.add_attention(x, attn.o_proj(attend(q, k, v, scale=attn.scaling, mask=mask, backend="sdpa")))
-            x = layer.mlp_block(x)
+            x = layer(x, attention=attention_of(i), embeds=emb)
         return x
 
     @torch.no_grad()

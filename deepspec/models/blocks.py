@@ -160,9 +160,7 @@ def attend(q, k, v, *, scale: float, mask, backend: str) -> torch.Tensor:
     """
     B, h, Lq, d = q.shape
     if backend == "flex":
-        from torch.nn.attention.flex_attention import flex_attention
-
-        out = _compiled_flex(flex_attention)(q, k, v, block_mask=mask, scale=scale, enable_gqa=k.shape[1] != h)
+        out = flex_kernel()(q, k, v, block_mask=mask, scale=scale, enable_gqa=k.shape[1] != h)
     elif backend == "sdpa":
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scale, enable_gqa=k.shape[1] != h)
     elif backend == "eager":
@@ -179,11 +177,26 @@ def attend(q, k, v, *, scale: float, mask, backend: str) -> torch.Tensor:
 _FLEX = {}
 
 
-def _compiled_flex(fn):
-    # flex attention is only fast (and memory-lean) when compiled; compile once per process.
-    if "fn" not in _FLEX:
-        _FLEX["fn"] = fn if os.environ.get("DEEPSPEC_FLEX_EAGER") else torch.compile(fn, dynamic=False)
-    return _FLEX["fn"]
+def flex_kernel() -> Callable:
+    """flex attention, compiled once per process (only compiled is it fast and memory-lean).
+
+    Sequence and key lengths vary from batch to batch, and Eagle3's TTT step s attends (s+1)·T keys. Compiled
+    per shape (``dynamic=False``), one batch length already takes 7 graphs and a second reaches dynamo's
+    recompile limit (8), past which flex silently runs uncompiled. With automatic dynamic shapes a length
+    that changes is recompiled once as a symbol, so the graphs stay few whatever the lengths (Eagle3 at 3
+    lengths below 128 tokens: 5, each a one-off: the first change of a length and the first mask of more
+    than one 128-token block). Mask functions must capture lengths as tensors, never Python ints: an int is
+    guarded by value, a recompile per length. (``dynamic=True`` is not used: torch 2.13's CPU code generator
+    fails on DSpark's block mask with every size symbolic.) ``DEEPSPEC_FLEX_EAGER=1``: the uncompiled kernel
+    (debugging; its CPU forward needs no C++ build).
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if os.environ.get("DEEPSPEC_FLEX_EAGER"):
+        return flex_attention
+    if "compiled" not in _FLEX:
+        _FLEX["compiled"] = torch.compile(flex_attention)
+    return _FLEX["compiled"]
 
 
 def make_flex_mask(mask_mod, *, batch: int, q_len: int, kv_len: int, device):
@@ -202,8 +215,10 @@ class DraftLayer(nn.Module):
     ``fused_input`` (Eagle3): the attention input is ``[input_layernorm(embeds) ; hidden_norm(x)]``
     (2·H wide q/k/v projections); the residual stream stays the un-normalised ``x``.
 
-    Holds parameters only; each draft runs the attention itself (:func:`project_qkv` + :func:`attend`)
-    because its keys/values are not just its own queries' inputs.
+    :meth:`forward` runs the block; the draft passes the attention computation itself (``attention(self_attn,
+    attn_in)`` -> [B, L, heads*d], before ``o_proj``: :func:`project_qkv` + :func:`attend`) because its
+    keys/values are not just its own queries' inputs. Every use goes through ``forward``, so FSDP2 (which
+    gathers a layer's sharded weights in the hooks around ``forward``) sees each layer as one unit.
     """
 
     def __init__(self, family: TargetFamily, config, layer_idx: int, *, fused_input: bool = False):
@@ -220,6 +235,16 @@ class DraftLayer(nn.Module):
             self.pre_feedforward_layernorm = build_norm(family, config, H)
             self.post_feedforward_layernorm = build_norm(family, config, H)
             self.register_buffer("layer_scalar", torch.ones(1))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        attention: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+        embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        attn_in = self.attention_input(x, embeds)
+        return self.mlp_block(self.add_attention(x, self.self_attn.o_proj(attention(self.self_attn, attn_in))))
 
     def attention_input(self, x: torch.Tensor, embeds: torch.Tensor | None = None) -> torch.Tensor:
         if hasattr(self, "hidden_norm"):

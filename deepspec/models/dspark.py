@@ -269,12 +269,13 @@ class DSparkDraftModel(DraftPreTrainedModel):
         rope_q = rotary_cos_sin(self.rotary_emb, x, block_positions, DRAFT_LAYER_TYPE)
         rope_ctx = rotary_cos_sin(self.rotary_emb, x, context_positions, DRAFT_LAYER_TYPE)
         rope_kv = tuple(torch.cat([c, q], dim=1) for c, q in zip(rope_ctx, rope_q))
-        for layer in self.layers:
-            attn = layer.self_attn
-            normed = layer.attention_input(x)
+
+        def attention(attn, normed):  # queries: the block slots; keys/values: [context ; block slots]
             q, k, v = project_qkv(attn, normed, torch.cat([context, normed], dim=1), rope_q, rope_kv)
-            x = layer.add_attention(x, attn.o_proj(attend(q, k, v, scale=attn.scaling, mask=mask, backend=backend)))
-            x = layer.mlp_block(x)
+            return attend(q, k, v, scale=attn.scaling, mask=mask, backend=backend)
+
+        for layer in self.layers:
+            x = layer(x, attention=attention)
         return self.norm(x)
 
     def heads(self, hidden: torch.Tensor, prev_tokens: torch.Tensor):
@@ -300,11 +301,12 @@ class DSparkDraftModel(DraftPreTrainedModel):
         Q = A * G
         slot_anchor = anchors.repeat_interleave(G, dim=1)  # [B, Q]
         if backend == "flex":
+            ctx_len = torch.as_tensor(context_len, device=anchors.device)  # a tensor: no recompile per length
 
             def mask_mod(b, h, q_idx, kv_idx):
-                in_ctx = kv_idx < context_len
+                in_ctx = kv_idx < ctx_len
                 ctx_ok = kv_idx < slot_anchor[b, q_idx]
-                same_block = (kv_idx - context_len) // G == q_idx // G
+                same_block = (kv_idx - ctx_len) // G == q_idx // G
                 return (in_ctx & ctx_ok) | (~in_ctx & same_block)
 
             return make_flex_mask(mask_mod, batch=B, q_len=Q, kv_len=context_len + Q, device=anchors.device)

@@ -105,25 +105,28 @@ class Eagle3DraftModel(DraftPreTrainedModel):
         """One TTT step over all indices. ``caches[i]`` = lists of earlier steps' (k, v) for layer i."""
         x = hidden
         rope = rotary_cos_sin(self.rotary_emb, x, positions, DRAFT_LAYER_TYPE)
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            attn_in = layer.attention_input(x, token_embeds)
-            q, k, v = project_qkv(attn, attn_in, attn_in, rope, rope)
-            caches[i][0].append(k)
-            caches[i][1].append(v)
-            keys, values = torch.cat(caches[i][0], dim=2), torch.cat(caches[i][1], dim=2)
-            x = layer.add_attention(
-                x, attn.o_proj(attend(q, keys, values, scale=attn.scaling, mask=mask, backend=backend))
-            )
-            x = layer.mlp_block(x)
+
+        def attention_over(cache):  # this step's keys/values join the layer's earlier steps'
+            def attention(attn, attn_in):
+                q, k, v = project_qkv(attn, attn_in, attn_in, rope, rope)
+                cache[0].append(k)
+                cache[1].append(v)
+                keys, values = torch.cat(cache[0], dim=2), torch.cat(cache[1], dim=2)
+                return attend(q, keys, values, scale=attn.scaling, mask=mask, backend=backend)
+
+            return attention
+
+        for layer, cache in zip(self.layers, caches):
+            x = layer(x, attention=attention_over(cache), embeds=token_embeds)
         return x
 
     def _mask(self, *, step: int, batch: int, length: int, backend: str, device):
         if backend == "flex":
+            n = torch.as_tensor(length, device=device)  # a tensor: no recompile per length
 
             def mask_mod(b, h, q_idx, kv_idx):
-                j = kv_idx % length
-                return torch.where(kv_idx < length, j <= q_idx, j == q_idx)
+                j = kv_idx % n
+                return torch.where(kv_idx < n, j <= q_idx, j == q_idx)
 
             return make_flex_mask(mask_mod, batch=batch, q_len=length, kv_len=(step + 1) * length, device=device)
         return ttt_mask(step=step, length=length, device=device).expand(batch, -1, -1)

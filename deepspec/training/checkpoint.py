@@ -191,6 +191,31 @@ def save_checkpoint(
     return final
 
 
+def optimizer_state_by_index(state: dict, names: list[str]) -> dict:
+    """The optimizer state keyed by parameter position, as ``Optimizer.state_dict`` keys it: the one layout a
+    checkpoint holds, whatever wrapped the draft. ``names`` are the trainable parameters' names in optimizer
+    order; a state keyed by name (torch.distributed.checkpoint's full state dict, FSDP) is re-keyed, one keyed
+    by position is returned as it is."""
+    index = {name: i for i, name in enumerate(names)}
+    return {
+        "state": {index.get(k, k): v for k, v in state["state"].items()},
+        "param_groups": [dict(g, params=[index.get(p, p) for p in g["params"]]) for g in state["param_groups"]],
+    }
+
+
+def optimizer_state_by_name(state: dict, names: list[str]) -> dict:
+    """The inverse of :func:`optimizer_state_by_index`: keyed by parameter name, as FSDP's
+    ``set_optimizer_state_dict`` reads a full state dict."""
+
+    def name(key):
+        return names[key] if isinstance(key, int) else key
+
+    return {
+        "state": {name(k): v for k, v in state["state"].items()},
+        "param_groups": [dict(g, params=[name(p) for p in g["params"]]) for g in state["param_groups"]],
+    }
+
+
 class CheckpointReadError(ResumeError):
     """A file of a checkpoint folder is missing, truncated or corrupted."""
 

@@ -5,8 +5,6 @@ Starting the workers is :mod:`deepspec.launch`, shared with the cache build and 
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.distributed as dist
 
@@ -51,16 +49,19 @@ def broadcast_object(obj, info: DistInfo):
 
 
 # -- model wrapping ------------------------------------------------------------------------------
-def resolve_sharding(strategy: str, device: torch.device, *, warn: bool) -> str:
-    """FSDP needs GPUs; on CPU we fall back to DDP (same maths, every rank holds the full model)."""
-    if strategy != "no_shard" and device.type != "cuda":
-        if warn:
-            warnings.warn(
-                f"train.sharding_strategy={strategy} (FSDP) needs CUDA; falling back to DDP (no_shard) on CPU",
-                stacklevel=2,
-            )
-        return "no_shard"
-    return strategy
+def resolve_sharding(strategy: str, *, sharded_world: bool) -> str:
+    """The strategy the draft trains with: ``strategy`` wherever there is a process group to shard over.
+
+    FSDP2 (``full_shard`` / ``shard_grad_op``) runs on NCCL and on gloo (CPU) alike. A single worker started
+    without a process group has nothing to split its weights over, so it trains the plain model (the same
+    maths; no warning, nothing changes).
+    """
+    return strategy if sharded_world else "no_shard"
+
+
+def has_process_group() -> bool:
+    """True inside a process group (every multi-worker run, and a one-rank group a caller formed itself)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def wrap_model(model: torch.nn.Module, *, strategy: str, info: DistInfo) -> torch.nn.Module:

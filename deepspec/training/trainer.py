@@ -24,6 +24,7 @@ from deepspec.algorithms import ALGORITHMS, get_algorithm
 from deepspec.cache.reader import TargetCache
 from deepspec.errors import DeepSpecError
 from deepspec.models import DraftLoadError, build_draft, draft_config_from_target, load_state_strict
+from deepspec.models.blocks import resolve_backend
 from deepspec.precision import describe_choice
 from deepspec.targets import family_of, load_target_config
 from deepspec.target_files import load_frozen_target_pieces
@@ -35,9 +36,11 @@ from deepspec.training.distributed import (
     all_reduce_sums,
     barrier,
     broadcast_object,
+    has_process_group,
     resolve_sharding,
     wrap_model,
 )
+from deepspec.training.fast_paths import StepPaths, fallback, mark_sequence_dynamic, say
 from deepspec.training.metrics import MetricsLogger
 from deepspec.training.schedule import build_scheduler
 
@@ -94,7 +97,7 @@ class Trainer:
 
             with torch.device("meta"):  # the draft's size, for the memory check before the target is loaded
                 draft_bytes = draft_state_bytes(build_draft(draft_config_from_target(target_config, m)))
-            if resolve_sharding(t.sharding_strategy, self.device, warn=False) != "no_shard":
+            if resolve_sharding(t.sharding_strategy, sharded_world=has_process_group()) != "no_shard":
                 draft_bytes //= info.world_size  # FSDP splits the draft's weights and optimizer state too
             dataset, collate_fn = build_online_source(
                 cfg=cfg, train_data_paths=list(train_data_paths or []), info=info, draft_bytes=draft_bytes
@@ -162,13 +165,15 @@ class Trainer:
                 raise TrainingError(f"cannot resume: {exc}") from None
             found = tensors = None  # the weights now live in the draft; drop the loaded copy
         self.draft.to(self.device).train()
-        self.strategy = resolve_sharding(t.sharding_strategy, self.device, warn=info.is_main)
-        self.model = wrap_model(self.draft, strategy=self.strategy, info=info)
-        if t.torch_compile:
-            if self.device.type == "cuda":
-                self.model = torch.compile(self.model)
-            elif info.is_main:
-                warnings.warn("train.torch_compile is GPU-only; training eagerly on CPU", stacklevel=2)
+        self.strategy = resolve_sharding(t.sharding_strategy, sharded_world=has_process_group())
+        self.wrapped = wrap_model(self.draft, strategy=self.strategy, info=info)
+        # torch.compile and flex attention run wherever torch has them (CPU too); the first step proves them
+        # and falls back once if they fail (deepspec.training.fast_paths).
+        self.paths = StepPaths(
+            compiled=bool(t.torch_compile), attention_backend=resolve_backend(m.attention_backend, self.device)
+        )
+        self.paths_proven = False
+        self.model = torch.compile(self.wrapped) if self.paths.compiled else self.wrapped
         self.params = self.draft.trainable_parameters()
         self.optimizer = torch.optim.AdamW(
             self.params, lr=float(t.lr), betas=tuple(t.adam_betas), weight_decay=float(t.weight_decay)
@@ -221,6 +226,7 @@ class Trainer:
             model_cfg=self.cfg.model,
             generator=generator,
             target_logits=self._target_logits,
+            attention_backend=self.paths.attention_backend,
         )
 
     def _target_logits(self, fn):
@@ -293,33 +299,19 @@ class Trainer:
 
     def train_step(self, batches) -> tuple[dict, float]:
         t = self.cfg.train
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
-        totals: dict[str, torch.Tensor] = {}
+        fetched: list[dict] = []  # this step's micro-batches, kept so that a failed first step can run again
         wait = 0.0
-        num_tokens = 0
-        for micro in range(self.grad_accum):
-            t0 = time.perf_counter()
-            batch = next(batches)
-            wait += time.perf_counter() - t0
-            num_tokens += batch.pop("num_tokens")
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            last_micro = micro == self.grad_accum - 1
-            # DDP: all-reduce gradients once, on the last micro-batch.
-            sync = (
-                contextlib.nullcontext() if last_micro or not hasattr(self.model, "no_sync") else self.model.no_sync()
-            )
-            with sync:
-                with autocast:
-                    sums = self.compute_sums(
-                        batch,
-                        generator=anchor_generator(
-                            seed=int(self.cfg.seed), step=self.step, chunk=micro * self.info.world_size + self.info.rank
-                        ),
-                    )
-                sums["loss_sum"].backward()
-            for k, v in sums.items():
-                totals[k] = totals[k] + v.detach().float().cpu() if k in totals else v.detach().float().cpu()
-        totals["num_tokens"] = torch.tensor(float(num_tokens))
+
+        def micro_batch(i: int) -> dict:
+            nonlocal wait
+            if i == len(fetched):
+                t0 = time.perf_counter()
+                fetched.append(next(batches))
+                wait += time.perf_counter() - t0
+            return fetched[i]
+
+        totals = self._accumulate(micro_batch) if self.paths_proven else self._first_step(micro_batch)
+        totals["num_tokens"] = torch.tensor(float(sum(b["num_tokens"] for b in fetched)))
         reduced = all_reduce_sums(totals, self.info)
         weight = float(reduced["weight_sum"])
         # DDP/FSDP averaged gradients over ranks; turn that mean of sums into (sum of sums) / global weight.
@@ -338,8 +330,69 @@ class Trainer:
             "lr": lr,
             "grad_norm": float(grad_norm),
             "num_tokens": float(reduced["num_tokens"]),
+            "attention_backend": self.paths.attention_backend,
+            "compiled": self.paths.compiled,
         }
         return record, wait
+
+    def _accumulate(self, micro_batch: Callable[[int], dict]) -> dict[str, torch.Tensor]:
+        """Forward + backward over the step's micro-batches; their loss sums, added up on the CPU."""
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        totals: dict[str, torch.Tensor] = {}
+        for micro in range(self.grad_accum):
+            fetched = micro_batch(micro)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in fetched.items() if k != "num_tokens"}
+            if self.paths.compiled:
+                mark_sequence_dynamic(batch)
+            last_micro = micro == self.grad_accum - 1
+            # DDP: all-reduce gradients once, on the last micro-batch.
+            sync = (
+                contextlib.nullcontext() if last_micro or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            )
+            with sync:
+                with autocast:
+                    sums = self.compute_sums(
+                        batch,
+                        generator=anchor_generator(
+                            seed=int(self.cfg.seed), step=self.step, chunk=micro * self.info.world_size + self.info.rank
+                        ),
+                    )
+                sums["loss_sum"].backward()
+            for k, v in sums.items():
+                totals[k] = totals[k] + v.detach().float().cpu() if k in totals else v.detach().float().cpu()
+        return totals
+
+    def _first_step(self, micro_batch: Callable[[int], dict]) -> dict[str, torch.Tensor]:
+        """The first step builds the compiled graphs and kernels; if that fails, fall back once and run it again."""
+        for i in range(self.grad_accum):
+            micro_batch(i)  # read up front: a data error is never taken for a kernel failure
+        while True:
+            try:
+                totals = self._accumulate(micro_batch)
+            except Exception as exc:  # noqa: BLE001 - compile and kernel failures share no exception type
+                switch = fallback(self.paths, exc)
+                if switch is None:
+                    raise
+            else:
+                self.paths_proven = True
+                return totals
+            if self.info.is_main:
+                say(switch.message)
+            self._switch_paths(switch.paths)
+
+    def _switch_paths(self, paths: StepPaths) -> None:
+        """Drop the failed attempt: its partial gradients, DDP's pending reduction, FSDP's gathered weights."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.paths = paths
+        if self.strategy == "no_shard":
+            self.wrapped = wrap_model(self.draft, strategy=self.strategy, info=self.info)  # a fresh DDP reducer
+        else:
+            from torch.distributed.fsdp import FSDPModule
+
+            for module in self.draft.modules():
+                if isinstance(module, FSDPModule):
+                    module.reshard()
+        self.model = torch.compile(self.wrapped) if paths.compiled else self.wrapped
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def _model_and_optim_state(self) -> tuple[dict | None, dict | None]:
@@ -352,10 +405,15 @@ class Trainer:
         )
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)  # collective: every rank calls it
-        return (
-            get_model_state_dict(self.draft, options=opts),
-            get_optimizer_state_dict(self.draft, self.optimizer, options=opts),
-        )
+        model_state = get_model_state_dict(self.draft, options=opts)
+        optim_state = get_optimizer_state_dict(self.draft, self.optimizer, options=opts)  # keyed by name
+        if not self.info.is_main:
+            return model_state, optim_state  # empty: only rank 0 holds (and saves) the full state
+        return model_state, ckpt.optimizer_state_by_index(optim_state, self._param_names())
+
+    def _param_names(self) -> list[str]:
+        """The trainable parameters' names, in the optimizer's order (``trainable_parameters``)."""
+        return [name for name, p in self.draft.named_parameters() if p.requires_grad]
 
     def save(self) -> None:
         model_state, optim_state = self._model_and_optim_state()
@@ -392,15 +450,16 @@ class Trainer:
                 f"there, {self.cfg.train.global_batch_size} now (the data position counts global "
                 "batches); restore it or start a fresh run with a new exp_name"
             )
+        # One saved layout (keyed by position) for DDP and FSDP: either resumes what the other saved.
         if self.strategy == "no_shard":
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.optimizer.load_state_dict(ckpt.optimizer_state_by_index(state["optimizer"], self._param_names()))
         else:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
             set_optimizer_state_dict(
                 self.draft,
                 self.optimizer,
-                optim_state_dict=state["optimizer"],
+                optim_state_dict=ckpt.optimizer_state_by_name(state["optimizer"], self._param_names()),
                 options=StateDictOptions(full_state_dict=True),
             )
         self.scheduler.load_state_dict(state["scheduler"])
