@@ -151,7 +151,7 @@ def train_section(device, *, sizes: Sizes, workdir: Path, log) -> dict:
         row = {"flops_per_step": flops}
         for mode in ("eager", "compiled"):
             if mode == "compiled" and not cuda:
-                row[mode] = {"status": "skipped: torch_compile is CUDA-only in the trainer"}
+                row[mode] = {"status": "skipped: on CPU (slow to compile; bench_train.py --compile measures it)"}
                 continue
             try:
                 row[mode] = train_throughput(
