@@ -21,15 +21,14 @@ from typing import Callable
 import torch
 
 from deepspec.algorithms import ALGORITHMS, get_algorithm
-from deepspec.cache.reader import TargetCache
-from deepspec.errors import DeepSpecError
 from deepspec.models import DraftLoadError, build_draft, draft_config_from_target, load_state_strict
 from deepspec.models.blocks import resolve_backend
 from deepspec.precision import describe_choice
-from deepspec.targets import family_of, load_target_config
+from deepspec.targets import load_target_config
 from deepspec.target_files import load_frozen_target_pieces
 from deepspec.training import checkpoint as ckpt
-from deepspec.training.data import CacheDataset, CacheLayerError, StepSampler, build_loader, collate, layer_columns
+from deepspec.training.data import StepSampler, build_loader
+from deepspec.training.data_source import TrainingError, check_dataset_size, open_data_source
 from deepspec.training.distributed import (
     DistInfo,
     all_gather_object,
@@ -43,10 +42,6 @@ from deepspec.training.distributed import (
 from deepspec.training.fast_paths import StepPaths, fallback, mark_sequence_dynamic, say
 from deepspec.training.metrics import MetricsLogger
 from deepspec.training.schedule import build_scheduler
-
-
-class TrainingError(DeepSpecError, ValueError):
-    """A config / data problem found before the first step; the message says what to change."""
 
 
 def grad_accumulation(*, global_batch_size: int, world_size: int, local_batch_size: int) -> int:
@@ -82,50 +77,45 @@ class Trainer:
     ):
         self.cfg, self.info, self.device = cfg, info, info.device
         self.on_step_end, self.stop_after_step = on_step_end, stop_after_step
-        t, m = cfg.train, cfg.model
         check_trainer_name(cfg)
-        self.algorithm = get_algorithm(m.algorithm)
-
-        # -- pre-flight: everything that can be wrong is checked before any work --------------------
+        self.algorithm = get_algorithm(cfg.model.algorithm)
+        # Pre-flight: everything that can be wrong is checked before any work.
+        t = cfg.train
         self.grad_accum = grad_accumulation(
             global_batch_size=t.global_batch_size, world_size=info.world_size, local_batch_size=t.local_batch_size
         )
-        # One data contract, two producers: a cache on disk, or the target run live (deepspec.training.online).
-        target_config = load_target_config(m.target_model_name_or_path)
-        if cache_dir is None:
-            from deepspec.training.online import build_online_source, draft_state_bytes
+        target_config = load_target_config(cfg.model.target_model_name_or_path)
+        self._build_data(cache_dir=cache_dir, train_data_paths=train_data_paths, target_config=target_config)
+        self._build_draft(target_config)
+        self.cfg_dict = cfg.to_dict()
+        self.ckpt_dir = cfg.logging.checkpoint_dir
+        resume = self._load_resume_weights()
+        self._wrap_model()
+        self._build_optimizer()
+        self.step = 0
+        self._saved_step = -1
+        if resume is not None:
+            self._restore(*resume)
+        self._start_logging(progress=progress)
 
-            with torch.device("meta"):  # the draft's size, for the memory check before the target is loaded
-                draft_bytes = draft_state_bytes(build_draft(draft_config_from_target(target_config, m)))
-            if resolve_sharding(t.sharding_strategy, sharded_world=has_process_group()) != "no_shard":
-                draft_bytes //= info.world_size  # FSDP splits the draft's weights and optimizer state too
-            dataset, collate_fn = build_online_source(
-                cfg=cfg, train_data_paths=list(train_data_paths or []), info=info, draft_bytes=draft_bytes
-            )
-            source = f"the online data {list(train_data_paths or [])}"
-        else:
-            dataset, collate_fn = self._cache_dataset(cache_dir, target_config), collate
-            source = f"the target cache {cache_dir}"
-        self.collate_fn = collate_fn
+    # -- the steps of __init__ ---------------------------------------------------------------------
+    def _build_data(self, *, cache_dir: str | None, train_data_paths: list[str] | None, target_config) -> None:
+        """The data source (cache or online), checked; the step sampler, the loader and the run's length."""
+        t = self.cfg.train
+        dataset, self.collate_fn, source = open_data_source(
+            cfg=self.cfg,
+            info=self.info,
+            cache_dir=cache_dir,
+            train_data_paths=train_data_paths,
+            target_config=target_config,
+        )
         self.data_identity = dataset.identity  # recorded with each checkpoint, checked on resume
-        if len(dataset) == 0:
-            raise TrainingError(
-                f"{source} has no usable training sample (empty, or every line skipped: see the summary above); "
-                "check the file(s), e.g. that they hold conversation JSON lines, or regenerate them"
-            )
-        if len(dataset) < t.global_batch_size:
-            raise TrainingError(
-                f"{source} has {len(dataset)} samples, fewer than one global batch "
-                f"(train.global_batch_size={t.global_batch_size}); lower train.global_batch_size to at most "
-                f"{len(dataset)} (a multiple of world size x train.local_batch_size) or use more data"
-            )
-
-        # -- data ---------------------------------------------------------------------------------
+        check_dataset_size(dataset=dataset, source=source, global_batch_size=t.global_batch_size)
         self.sampler = StepSampler(
             num_samples=len(dataset),
-            seed=int(cfg.seed),
-            rank=info.rank,
-            world_size=info.world_size,
+            seed=int(self.cfg.seed),
+            rank=self.info.rank,
+            world_size=self.info.world_size,
             local_batch_size=t.local_batch_size,
             grad_accum=self.grad_accum,
         )
@@ -135,38 +125,45 @@ class Trainer:
         self.loader = build_loader(
             dataset,
             self.sampler,
-            collate_fn=collate_fn,
-            num_workers=int(cfg.data.num_workers) if offline else 0,
+            collate_fn=self.collate_fn,
+            num_workers=int(self.cfg.data.num_workers) if offline else 0,
             pin_memory=offline and self.device.type == "cuda",
         )
         spe = self.sampler.steps_per_epoch
         self.total_steps = int(t.max_train_steps) if t.max_train_steps else int(t.num_train_epochs) * spe
 
-        # -- model (fp32 master weights; bf16 only inside autocast) --------------------------------
-        torch.manual_seed(int(cfg.seed))  # identical init on every rank
-        self.draft = build_draft(draft_config_from_target(target_config, m))
-        embed, lm_head = load_frozen_target_pieces(m.target_model_name_or_path, config=target_config)
+    def _build_draft(self, target_config) -> None:
+        """The draft, fp32 master weights (bf16 only inside autocast), with the target's frozen embedding and head."""
+        torch.manual_seed(int(self.cfg.seed))  # identical init on every rank
+        self.draft = build_draft(draft_config_from_target(target_config, self.cfg.model))
+        embed, lm_head = load_frozen_target_pieces(self.cfg.model.target_model_name_or_path, config=target_config)
         self.draft.load_frozen_weights(embed=embed, lm_head=lm_head)
-        del embed, lm_head
-        self.cfg_dict = cfg.to_dict()
-        self.ckpt_dir = cfg.logging.checkpoint_dir
-        # Rank 0 picks the newest readable checkpoint (an unreadable one falls back to the previous step, said
-        # on stderr); the other ranks read the folder it picked.
-        found = ckpt.resume_point(self.ckpt_dir) if info.is_main else None
-        latest = broadcast_object(str(found[0]) if found else "", info)
-        state = None
-        if latest:
-            state, tensors = found[1:] if found else ckpt.read_checkpoint(latest)
-            ckpt.check_resume_config(saved=state["config"], current=self.cfg_dict, folder=latest)
-            ckpt.check_resume_data(saved=state.get("data"), current=self.data_identity, folder=latest)
-            try:
-                load_state_strict(self.draft, tensors, source=str(latest))
-            except DraftLoadError as exc:
-                raise TrainingError(f"cannot resume: {exc}") from None
-            found = tensors = None  # the weights now live in the draft; drop the loaded copy
+
+    def _load_resume_weights(self) -> tuple[dict, str] | None:
+        """Load the newest checkpoint's weights into the draft; its training state and folder, or None.
+
+        Rank 0 picks the newest readable checkpoint (an unreadable one falls back to the previous step, said on
+        stderr); the other ranks read the folder it picked.
+        """
+        found = ckpt.resume_point(self.ckpt_dir) if self.info.is_main else None
+        latest = broadcast_object(str(found[0]) if found else "", self.info)
+        if not latest:
+            return None
+        state, tensors = found[1:] if found else ckpt.read_checkpoint(latest)
+        ckpt.check_resume_config(saved=state["config"], current=self.cfg_dict, folder=latest)
+        ckpt.check_resume_data(saved=state.get("data"), current=self.data_identity, folder=latest)
+        try:
+            load_state_strict(self.draft, tensors, source=str(latest))
+        except DraftLoadError as exc:
+            raise TrainingError(f"cannot resume: {exc}") from None
+        return state, latest  # the weights now live in the draft; the loaded copy is dropped here
+
+    def _wrap_model(self) -> None:
+        """The draft on its device, wrapped for DDP or FSDP, and compiled if asked."""
+        t, m = self.cfg.train, self.cfg.model
         self.draft.to(self.device).train()
         self.strategy = resolve_sharding(t.sharding_strategy, sharded_world=has_process_group())
-        self.wrapped = wrap_model(self.draft, strategy=self.strategy, info=info)
+        self.wrapped = wrap_model(self.draft, strategy=self.strategy, info=self.info)
         # torch.compile and flex attention run wherever torch has them (CPU too); the first step proves them
         # and falls back once if they fail (deepspec.training.fast_paths).
         self.paths = StepPaths(
@@ -174,6 +171,10 @@ class Trainer:
         )
         self.paths_proven = False
         self.model = torch.compile(self.wrapped) if self.paths.compiled else self.wrapped
+
+    def _build_optimizer(self) -> None:
+        """AdamW over the trainable parameters, and its learning-rate schedule."""
+        t = self.cfg.train
         self.params = self.draft.trainable_parameters()
         self.optimizer = torch.optim.AdamW(
             self.params, lr=float(t.lr), betas=tuple(t.adam_betas), weight_decay=float(t.weight_decay)
@@ -181,43 +182,26 @@ class Trainer:
         self.scheduler = build_scheduler(
             self.optimizer, total_steps=self.total_steps, warmup_ratio=float(t.warmup_ratio)
         )
-        self.step = 0
-        self._saved_step = -1
-        if state is not None:
-            self._restore(state, latest)
-        # bf16 autocast only where it is fast (GPUs, CPUs with bf16 units); said once, recorded per log line.
-        choice = describe_choice(t.precision, self.device)
+
+    def _start_logging(self, *, progress: bool) -> None:
+        """Say the compute dtype and open the metrics log at the current step.
+
+        bf16 autocast only where it is fast (GPUs, CPUs with bf16 units); said once, recorded per log line.
+        """
+        choice = describe_choice(self.cfg.train.precision, self.device)
         self.precision = choice["compute_dtype"]
-        if info.is_main:
+        if self.info.is_main:
             print(f"[train] compute dtype {self.precision}: {choice['reason']}", file=sys.stderr)
         self.metrics = MetricsLogger(
             checkpoint_dir=self.ckpt_dir,
-            tensorboard_dir=cfg.logging.tensorboard_dir,
+            tensorboard_dir=self.cfg.logging.tensorboard_dir,
             total_steps=self.total_steps,
             start_step=self.step,
-            enabled=info.is_main,
+            enabled=self.info.is_main,
             progress=progress,
         )
 
     # -- one micro-batch -> loss sums (per algorithm) ----------------------------------------------
-    def _cache_dataset(self, cache_dir: str, target_config) -> CacheDataset:
-        m = self.cfg.model
-        cache = TargetCache(cache_dir)
-        # Only the target's config and its frozen embedding / LM head are needed, never the whole model.
-        hidden_size = int(family_of(target_config).text_config(target_config).hidden_size)
-        # Target by fingerprint (not folder name) and max length; layers are checked as a subset below.
-        # Every sample is then checked against its crc32 the first time the loader reads it.
-        cache.check_compatible(
-            target_model=m.target_model_name_or_path, hidden_size=hidden_size, max_length=self.cfg.data.max_length
-        )
-        try:
-            columns = layer_columns(
-                cache_layer_ids=cache.layer_ids, wanted_layer_ids=m.target_layer_ids, hidden_size=hidden_size
-            )
-        except CacheLayerError as exc:
-            raise TrainingError(str(exc)) from None
-        return CacheDataset(cache, columns=columns)
-
     def compute_sums(self, batch: dict, *, generator: torch.Generator) -> dict[str, torch.Tensor]:
         return self.algorithm.compute_sums(
             model=self.model,
