@@ -296,6 +296,142 @@ def run_worker(rank: int, world: int, args: WorkerArgs) -> int:
     return written
 
 
+def check_build_numbers(*, batch_size: int, max_shard_bytes: int, min_loss_tokens: int, nproc: int | None) -> None:
+    """Refuse sizes and counts that cannot work (before any file is read)."""
+    if batch_size < 1 or max_shard_bytes < 1 or min_loss_tokens < 0 or (nproc is not None and nproc < 1):
+        raise CacheBuildError(
+            f"batch_size ({batch_size}), max_shard_bytes ({max_shard_bytes}) and nproc ({nproc}) "
+            f"must be >= 1 and min_loss_tokens ({min_loss_tokens}) >= 0"
+        )
+
+
+def build_identity(*, cfg, train_data_paths: Sequence[str], min_loss_tokens: int, long_samples: str) -> dict:
+    """What this build is: the target (name, fingerprint), its checked layers and hidden size, the data and
+    settings (:func:`data_identity`). Compared with what the output folder holds, and handed to the writers."""
+    from deepspec.targets import family_of, load_target_config, validate_layer_ids
+    from deepspec.target_files import target_fingerprint
+
+    target_path = cfg.model.target_model_name_or_path
+    hf_config = load_target_config(target_path)
+    text_config = family_of(hf_config).text_config(hf_config)
+    layer_ids = validate_layer_ids(cfg.model.target_layer_ids, num_layers=text_config.num_hidden_layers)
+    data = data_identity(
+        train_data_paths=train_data_paths,
+        max_length=cfg.data.max_length,
+        chat_template=cfg.data.chat_template,
+        min_loss_tokens=min_loss_tokens,
+        long_samples=long_samples,
+    )
+    return {
+        "target_model": str(target_path),
+        "target_fingerprint": target_fingerprint(target_path, download=True),
+        "layer_ids": layer_ids,
+        "hidden_size": int(text_config.hidden_size),
+        **data,
+    }
+
+
+def prepare_output_dir(*, output_dir: Path, identity: dict, overwrite: bool, log: Callable[[str], None]) -> bool:
+    """``overwrite``: delete the previous cache's files. Otherwise compare the folder with this build (another
+    build is refused); True when it already holds this complete cache: nothing to do."""
+    from deepspec.cache.format import check_build_folder
+
+    if overwrite:
+        removed = remove_cache_files(output_dir)
+        if removed:
+            log(f"--overwrite: removed {removed} files of the previous cache in {output_dir}")
+        return False
+    complete = check_build_folder(output_dir, identity) == "complete"
+    if complete:
+        log(
+            f"{output_dir} is already a complete target cache of this target, layers, data and settings; nothing "
+            "to do (pass --overwrite to rebuild it)"
+        )
+    return complete
+
+
+def plan_samples(
+    *,
+    cfg,
+    train_data_paths: Sequence[str],
+    min_loss_tokens: int,
+    long_samples: str,
+    strict: bool,
+    log: Callable[[str], None],
+) -> BuildPlan:
+    """Tokenize the data with the target's tokenizer; say what was kept and skipped, refuse data with no sample."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.target_model_name_or_path)
+    plan = tokenize_training_data(
+        train_data_paths,
+        tokenizer=tokenizer,
+        chat_template=cfg.data.chat_template,
+        max_length=cfg.data.max_length,
+        min_loss_tokens=min_loss_tokens,
+        long_samples=long_samples,
+        strict=strict,
+    )
+    report_plan(plan, max_length=cfg.data.max_length, min_loss_knob="--min-loss-tokens", log=log)
+    return plan
+
+
+def size_line(*, plan: BuildPlan, identity: dict, output_dir: Path, ignore_disk_space: bool) -> str:
+    """Samples, tokens, estimated cache size and free disk; refuses a cache that does not fit."""
+    from deepspec.cache.format import estimate_cache_bytes
+
+    needed = estimate_cache_bytes(
+        num_samples=len(plan.samples),
+        avg_tokens=plan.num_tokens / len(plan.samples),
+        num_layers=len(identity["layer_ids"]),
+        hidden_size=identity["hidden_size"],
+    )
+    disk = check_disk_space(output_dir=output_dir, needed_bytes=needed, ignore=ignore_disk_space)
+    return f"{len(plan.samples)} samples, {plan.num_tokens} tokens; {disk}"
+
+
+def launch_capture(
+    *,
+    plan: BuildPlan,
+    identity: dict,
+    output_dir: Path,
+    batch_size: int,
+    max_shard_bytes: int,
+    device: str | None,
+    nproc: int | None,
+    fail_after_batches: int | None,
+) -> None:
+    """Run :func:`run_worker` on ``nproc`` workers (default: one per GPU, or one on the CPU) and wait for them."""
+    import torch
+
+    from deepspec.launch import LaunchPlan, launch
+    from deepspec.precision import target_precision
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    world = nproc or (torch.cuda.device_count() if device == "cuda" else 1)
+    args = WorkerArgs(
+        output_dir=str(output_dir),
+        target=identity["target_model"],
+        layer_ids=identity["layer_ids"],
+        hidden_size=identity["hidden_size"],
+        samples=plan.samples,
+        batch_size=batch_size,
+        max_shard_bytes=max_shard_bytes,
+        device=device,
+        dtype=target_precision(device),
+        source_files=identity["source_files"],
+        extra=identity["extra"],
+        target_fingerprint=identity["target_fingerprint"],
+        max_length=identity["max_length"],
+        fail_after_batches=fail_after_batches,
+    )
+    # Workers write disjoint parts and share no collectives: no process group. run_worker places its
+    # own device from the rank (an explicit --nproc may exceed the GPUs: ranks then share them).
+    workers = LaunchPlan(nproc=world, node_rank=0, num_nodes=1, master_addr=None, master_port=None, device_type="cpu")
+    launch(functools.partial(_launched_worker, args=args), workers, process_group=False)
+
+
 def build_target_cache(
     *,
     cfg,
@@ -320,99 +456,39 @@ def build_target_cache(
     """
     output_dir = Path(output_dir)
     target_path = cfg.model.target_model_name_or_path
-    if batch_size < 1 or max_shard_bytes < 1 or min_loss_tokens < 0 or (nproc is not None and nproc < 1):
-        raise CacheBuildError(
-            f"batch_size ({batch_size}), max_shard_bytes ({max_shard_bytes}) and nproc ({nproc}) "
-            f"must be >= 1 and min_loss_tokens ({min_loss_tokens}) >= 0"
-        )
+    check_build_numbers(
+        batch_size=batch_size, max_shard_bytes=max_shard_bytes, min_loss_tokens=min_loss_tokens, nproc=nproc
+    )
     check_build_request(
         train_data_paths=train_data_paths, output_dir=output_dir, target=target_path, overwrite=overwrite
     )
-
-    import torch
-    from transformers import AutoTokenizer
-
-    from deepspec.cache.format import check_build_folder, estimate_cache_bytes
     from deepspec.cache.reader import TargetCache
     from deepspec.cache.writer import finalize_target_cache
-    from deepspec.precision import target_precision
-    from deepspec.targets import family_of, load_target_config, validate_layer_ids
-    from deepspec.target_files import target_fingerprint
 
-    hf_config = load_target_config(target_path)
-    text_config = family_of(hf_config).text_config(hf_config)
-    layer_ids = validate_layer_ids(cfg.model.target_layer_ids, num_layers=text_config.num_hidden_layers)
-    data = data_identity(
-        train_data_paths=train_data_paths,
-        max_length=cfg.data.max_length,
-        chat_template=cfg.data.chat_template,
-        min_loss_tokens=min_loss_tokens,
-        long_samples=long_samples,
+    identity = build_identity(
+        cfg=cfg, train_data_paths=train_data_paths, min_loss_tokens=min_loss_tokens, long_samples=long_samples
     )
-    extra = data["extra"]
-    identity = {
-        "target_model": str(target_path),
-        "target_fingerprint": target_fingerprint(target_path, download=True),
-        "layer_ids": layer_ids,
-        "hidden_size": int(text_config.hidden_size),
-        **data,
-    }
-    if overwrite:
-        removed = remove_cache_files(output_dir)
-        if removed:
-            log(f"--overwrite: removed {removed} files of the previous cache in {output_dir}")
-    elif check_build_folder(output_dir, identity) == "complete":
-        log(
-            f"{output_dir} is already a complete target cache of this target, layers, data and settings; nothing "
-            "to do (pass --overwrite to rebuild it)"
-        )
+    if prepare_output_dir(output_dir=output_dir, identity=identity, overwrite=overwrite, log=log):
         return TargetCache(output_dir).manifest
-    tokenizer = AutoTokenizer.from_pretrained(target_path)
-    plan = tokenize_training_data(
-        train_data_paths,
-        tokenizer=tokenizer,
-        chat_template=cfg.data.chat_template,
-        max_length=cfg.data.max_length,
+    plan = plan_samples(
+        cfg=cfg,
+        train_data_paths=train_data_paths,
         min_loss_tokens=min_loss_tokens,
         long_samples=long_samples,
         strict=strict,
+        log=log,
     )
-    report_plan(plan, max_length=cfg.data.max_length, min_loss_knob="--min-loss-tokens", log=log)
-    needed = estimate_cache_bytes(
-        num_samples=len(plan.samples),
-        avg_tokens=plan.num_tokens / len(plan.samples),
-        num_layers=len(layer_ids),
-        hidden_size=text_config.hidden_size,
-    )
-    log(
-        f"{len(plan.samples)} samples, {plan.num_tokens} tokens; "
-        + check_disk_space(output_dir=output_dir, needed_bytes=needed, ignore=ignore_disk_space)
-    )
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    world = nproc or (torch.cuda.device_count() if device == "cuda" else 1)
-    args = WorkerArgs(
-        output_dir=str(output_dir),
-        target=str(target_path),
-        layer_ids=layer_ids,
-        hidden_size=identity["hidden_size"],
-        samples=plan.samples,
+    log(size_line(plan=plan, identity=identity, output_dir=output_dir, ignore_disk_space=ignore_disk_space))
+    launch_capture(
+        plan=plan,
+        identity=identity,
+        output_dir=output_dir,
         batch_size=batch_size,
         max_shard_bytes=max_shard_bytes,
         device=device,
-        dtype=target_precision(device),
-        source_files=identity["source_files"],
-        extra=extra,
-        target_fingerprint=identity["target_fingerprint"],
-        max_length=identity["max_length"],
+        nproc=nproc,
         fail_after_batches=fail_after_batches,
     )
-    from deepspec.launch import LaunchPlan, launch
-
-    # Workers write disjoint parts and share no collectives: no process group. run_worker places its
-    # own device from the rank (an explicit --nproc may exceed the GPUs: ranks then share them).
-    workers = LaunchPlan(nproc=world, node_rank=0, num_nodes=1, master_addr=None, master_port=None, device_type="cpu")
-    launch(functools.partial(_launched_worker, args=args), workers, process_group=False)
     manifest = finalize_target_cache(
         output_dir, expected_num_samples=len(plan.samples), source_files=identity["source_files"]
     )
