@@ -120,6 +120,7 @@ def test_a_fourth_algorithm_is_one_registry_entry(toy_registered, tmp_path):
     res = tmp_path / "res"
     argv = ["--target_name_or_path", run["target"], "--draft_name_or_path", str(step), "--eval-data-dir", str(data)]
     argv += ["--tasks", "gsm8k", "--max-new-tokens", "10", "--temperature", "0", "--output-dir", str(res)]
+    argv += ["--dtype", "fp32"]  # compared with an fp32 reference below (auto may pick bf16 by a probe)
     assert eval_cli.main([*argv, "--save-outputs", "--no-progress"]) == 0
 
     import torch

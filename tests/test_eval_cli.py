@@ -48,6 +48,12 @@ def setup(tmp_path_factory):
     return base, target, drafts, data
 
 
+@pytest.fixture(autouse=True)
+def _no_dtype_probe(fp32_target):
+    """--dtype auto decodes in fp32 here without a probe (outputs are compared with fp32 references); the
+    probe's own tests below set DEEPSPEC_CPU_BF16=1."""
+
+
 def run(args):
     return eval_cli.main([str(a) for a in args] + ["--no-progress"])
 
@@ -124,6 +130,13 @@ def test_eval_writes_results_and_matches_target_greedy(setup, capsys):
     assert results["tasks"]["mt-bench"]["acceptance_length_ci"] is None and results["macro_ci"]["all"] is None
     assert "none for mt-bench or the averages over them" in printed.out
     assert results["meta"]["bootstrap"] == {"draws": 1000, "seed": 0, "level": 0.95, "method": METHOD}
+    # How it decoded, and why: no native bf16 (the fixture's DEEPSPEC_CPU_BF16=0), so fp32 without a probe;
+    # the threads by the cores other jobs leave free, one count per batch (2 batches of 2: gsm8k, 1: mt-bench).
+    meta = results["meta"]
+    assert meta["dtype"] == "fp32" and meta["dtype_probe"] is None
+    assert meta["dtype_reason"] == "auto: fp32, CPU has no native bf16 (DEEPSPEC_CPU_BF16=0); bf16 not probed"
+    assert meta["threads"] >= 1 and meta["threads_reason"].startswith(("auto: ", f"{meta['threads']}, OMP_NUM"))
+    assert sum(meta["threads_used"].values()) == 3
     cost = results["draft_cost"]
     assert cost["rounds"] == len(rounds) and cost["flops_per_round"] > 0 and cost["seconds_per_round"] > 0
     assert g["draft_cost"]["rounds"] == g["num_rounds"]
@@ -493,3 +506,61 @@ def test_num_speculative_tokens_drafts_fewer_and_refuses_more(setup, capsys):
     with pytest.raises(SystemExit):
         eval_cli.parse_args(["--draft_name_or_path", "x", "--num-speculative-tokens", "0"])
     assert "--num-speculative-tokens must be >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.fixture
+def native_bf16(monkeypatch):
+    from deepspec import precision
+
+    monkeypatch.setenv("DEEPSPEC_CPU_BF16", "1")
+    precision.cpu_has_native_bf16.cache_clear()
+    yield
+    precision.cpu_has_native_bf16.cache_clear()
+
+
+def _dtype_run(setup, out, *extra):
+    base, target, drafts, data = setup
+    args = ["--target_name_or_path", target, "--draft_name_or_path", drafts["dspark"], "--eval-data-dir", data]
+    args += ["--tasks", "gsm8k:2", "--max-new-tokens", 6, "--batch-size", 2, "--output-dir", out, *extra]
+    assert run(args) == 0
+    return json.loads((out / "results.json").read_text())["meta"]
+
+
+def test_auto_dtype_on_native_bf16_is_probed_at_decode_shapes_and_recorded(setup, native_bf16, monkeypatch):
+    """A fake timer (bf16 twice as fast): both dtypes decode warm-up + 3 times each, interleaved, at the run's
+    batch and γ; the faster is decoded with, and results.json says why."""
+    from deepspec.eval import decode_setup
+
+    calls = []
+
+    def fake(*, target, proposer, layer_ids, shapes, seed=0):
+        name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[target.model.dtype]
+        assert next(proposer.draft.parameters()).dtype == target.model.dtype  # the draft in the same dtype
+        calls.append((name, shapes["batch"], shapes["gamma"]))
+        return 0.5 if name == "bf16" else 1.0
+
+    monkeypatch.setattr(decode_setup, "seconds_per_round", fake)
+    meta = _dtype_run(setup, setup[0] / "probed")
+    assert calls == [("fp32", 2, 4), ("bf16", 2, 4)] * 4
+    assert meta["dtype"] == "bf16" and meta["dtype_reason"].startswith("auto: bf16, probe 2.000x faster than fp32 ")
+    assert "(batch 2, 5 tokens per verify, 256-token KV cache)" in meta["dtype_reason"]
+    assert meta["dtype_probe"]["fp32_s_per_round"] == 1.0 and meta["dtype_probe"]["bf16_s_per_round"] == 0.5
+
+
+def test_explicit_dtype_is_not_probed(setup, native_bf16, monkeypatch):
+    from deepspec.eval import decode_setup
+
+    def refuse(**_):
+        raise AssertionError("an explicit --dtype must not be probed")
+
+    monkeypatch.setattr(decode_setup, "seconds_per_round", refuse)
+    meta = _dtype_run(setup, setup[0] / "explicit", "--dtype", "bf16")
+    assert (meta["dtype"], meta["dtype_reason"], meta["dtype_probe"]) == ("bf16", "bf16 as given (--dtype)", None)
+
+
+def test_the_real_probe_times_both_dtypes(setup, native_bf16):
+    """No timing claim: the probe decodes in both dtypes and the choice names its ratio."""
+    meta = _dtype_run(setup, setup[0] / "real_probe")
+    probe = meta["dtype_probe"]
+    assert probe["fp32_s_per_round"] > 0 and probe["bf16_s_per_round"] > 0 and probe["context"] == 256
+    assert meta["dtype"] in ("fp32", "bf16") and meta["dtype_reason"].startswith(f"auto: {meta['dtype']}, ")

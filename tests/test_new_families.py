@@ -103,6 +103,8 @@ def test_train_then_eval_is_lossless(family_setup, algo, tmp_path):
                 str(res),
                 "--save-outputs",
                 "--no-progress",
+                "--dtype",  # compared with an fp32 reference below (auto may pick bf16 by a probe)
+                "fp32",
             ]
         )
         == 0

@@ -133,6 +133,7 @@ def write_reports(opts, decoded: dict, *, domains: dict[str, str], scheduler: st
         "batch_size": opts.batch_size,
         "seed": opts.seed,
         "device": opts.device,
+        **decoded.get("setup", {}),  # dtype and threads, each with the reason it was chosen
         "calibration_temperatures": temps,
         "absent_tasks": list(opts.absent_tasks),
     }

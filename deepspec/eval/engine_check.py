@@ -245,10 +245,12 @@ def reference_side(opts: EngineCheckOptions, prompts: list[dict], *, device: str
     """Our tokenization of each prompt, the stop token ids, and (temperature 0) the target's greedy outputs."""
     from deepspec.decoding.engine import target_generate
     from deepspec.decoding.target_runner import TargetRunner
-    from deepspec.eval.runner import decode_dtype, encode_prompt, stop_token_ids
+    from deepspec.eval.decode_setup import dtype_without_probe
+    from deepspec.eval.runner import encode_prompt, stop_token_ids
     from deepspec.targets import load_target
 
-    target = load_target(opts.target, dtype=decode_dtype(opts.dtype, device), device=device)
+    # eval.py's rule (decode_setup): an explicit dtype is used as given, on both engines
+    target = load_target(opts.target, dtype=dtype_without_probe(opts.dtype, device=device).dtype, device=device)
     encoded = [encode_prompt(target.tokenizer, p["text"]) for p in prompts]
     stops = stop_token_ids(target.tokenizer, target.model)
     greedy = None

@@ -130,49 +130,96 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     return list(ids)
 
 
-def decode_dtype(name: str, device: str) -> torch.dtype:
-    """eval.py's --dtype on ``device`` (auto: bf16 on GPU, fp32 on CPU)."""
-    if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[name]
-
-
-def load_models(opts: EvalOptions, device: str):
-    """(target, draft or None, proposer factory, γ, calibration temperatures or None)."""
-    from deepspec.decoding.confidence import load_calibration
-    from deepspec.algorithms import build_proposer, speculative_tokens
-    from deepspec.decoding.proposers import TargetSelfProposer
+def _load_pair(opts: EvalOptions, device: str, dtype_name: str):
+    """(target, draft or None) in ``dtype_name``, the draft fitted to the target."""
+    from deepspec.eval.decode_setup import torch_dtype
     from deepspec.export import load_any_draft
     from deepspec.targets import load_target
 
-    dtype = decode_dtype(opts.dtype, device)
+    dtype = torch_dtype(dtype_name)
     target = load_target(opts.target, dtype=dtype, device=device)
     if opts.self_draft_gamma > 0:
-        return (
-            target,
-            None,
-            lambda: TargetSelfProposer(target, gamma=opts.self_draft_gamma),
-            opts.self_draft_gamma,
-            None,
-        )
-    draft_dir = resolve_draft_dir(opts.draft)
-    draft = load_any_draft(draft_dir, frozen_target=opts.target)  # fills what a speculators folder may omit
+        return target, None
+    # frozen_target fills what a speculators folder may omit
+    draft = load_any_draft(resolve_draft_dir(opts.draft), frozen_target=opts.target)
     check_draft_fits_target(draft.config, target)
     draft.load_target_weights(target)  # the frozen embedding / LM head are the target's by definition
-    draft = draft.to(device=device, dtype=dtype).eval()
+    return target, draft.to(device=device, dtype=dtype).eval()
+
+
+def _proposer_factory(opts: EvalOptions, target, draft):
+    from deepspec.algorithms import build_proposer
+    from deepspec.decoding.proposers import TargetSelfProposer
+
+    if draft is None:
+        return lambda: TargetSelfProposer(target, gamma=opts.self_draft_gamma)
+    return lambda: build_proposer(draft, num_speculative_tokens=opts.num_speculative_tokens)
+
+
+def _layer_ids(target, draft) -> list[int]:
+    return draft.config.target_layer_ids if draft is not None else [target.num_layers - 2]
+
+
+def _load_in_chosen_dtype(opts: EvalOptions, device: str):
+    """(target, draft or None, γ, the dtype choice): :func:`deepspec.eval.decode_setup.choose_dtype`'s rule;
+    with ``auto`` on a CPU with native bf16 both dtypes load, a short probe decode in each picks one, and the
+    other is dropped."""
+    from deepspec.eval.decode_setup import (
+        choose_dtype,
+        describe_shapes,
+        dtype_without_probe,
+        probe_shapes,
+        seconds_per_round,
+    )
+
+    loaded = {}
+
+    def pair(name: str):
+        if name not in loaded:
+            loaded[name] = _load_pair(opts, device, name)
+        return loaded[name]
+
+    fixed = dtype_without_probe(opts.dtype, device=device)
+    target, draft = pair(fixed.name if fixed else "fp32")
+    gamma = _proposer_factory(opts, target, draft)().gamma
+    if fixed is not None:
+        return target, draft, gamma, fixed
+    max_pos = int(getattr(target.config, "max_position_embeddings", 0) or 0)
+    shapes = probe_shapes(batch=opts.batch_size, gamma=gamma, max_positions=max_pos)
+
+    def probe(name: str) -> float:
+        t, d = pair(name)
+        proposer = _proposer_factory(opts, t, d)()
+        return seconds_per_round(target=t, proposer=proposer, layer_ids=_layer_ids(t, d), shapes=shapes)
+
+    print(f"[eval] --dtype auto: timing fp32 and bf16 decodes ({describe_shapes(shapes)}) ...", file=sys.stderr)
+    choice = choose_dtype(opts.dtype, device=device, probe=probe, shapes=shapes)
+    return *pair(choice.name), gamma, choice
+
+
+def load_models(opts: EvalOptions, device: str):
+    """(target, draft or None, proposer factory, γ, calibration temperatures or None, the dtype choice)."""
+    from deepspec.algorithms import speculative_tokens
+    from deepspec.decoding.confidence import load_calibration
+
+    target, draft, gamma, choice = _load_in_chosen_dtype(opts, device)
+    print(f"[eval] dtype {choice.name}: {choice.reason}", file=sys.stderr)
+    make_proposer = _proposer_factory(opts, target, draft)
+    if draft is None:
+        return target, None, make_proposer, gamma, None, choice
+    draft_dir = resolve_draft_dir(opts.draft)
     k = opts.num_speculative_tokens
-    proposer = build_proposer(draft, num_speculative_tokens=k)
     temps = None
     if opts.use_calibration and os.path.isdir(draft_dir) and getattr(draft, "confidence_head", None) is not None:
-        if proposer.gamma == speculative_tokens(draft.config):
-            temps = load_calibration(draft_dir, gamma=proposer.gamma)
+        if gamma == speculative_tokens(draft.config):
+            temps = load_calibration(draft_dir, gamma=gamma)
         elif load_calibration(draft_dir) is not None:  # fitted on full blocks: a shorter block's confidences differ
             print(
                 f"[eval] note: {draft_dir}/calibration.json was fitted on full blocks; with "
                 f"--num-speculative-tokens {k} the raw confidences are used",
                 file=sys.stderr,
             )
-    return target, draft, lambda: build_proposer(draft, num_speculative_tokens=k), proposer.gamma, temps
+    return target, draft, make_proposer, gamma, temps, choice
 
 
 def check_num_speculative_tokens(opts: EvalOptions) -> int | None:
@@ -248,7 +295,20 @@ def _policy(opts: EvalOptions, gamma: int):
 
 
 def decode_shard(opts: EvalOptions, *, rank: int, world: int, device: str) -> dict:
-    """Decode this worker's share of every task. Returns {task: [per-prompt records]}."""
+    """Decode this worker's share of every task: {"gamma", "calibration", "tasks": {task: {"records", ...}},
+    "setup": the dtype and thread choices with their reasons (results.json's meta)}. torch's thread count is
+    put back afterwards."""
+    from deepspec.eval.decode_setup import ThreadRule
+
+    threads = ThreadRule(device=device)
+    threads.apply(batch=False)  # the dtype probe in load_models runs at the decode's thread count
+    try:
+        return _decode_tasks(opts, rank=rank, world=world, device=device, threads=threads)
+    finally:
+        threads.restore()
+
+
+def _decode_tasks(opts: EvalOptions, *, rank: int, world: int, device: str, threads) -> dict:
     from tqdm.auto import tqdm
 
     from deepspec.decoding.engine import speculative_generate
@@ -256,21 +316,22 @@ def decode_shard(opts: EvalOptions, *, rank: int, world: int, device: str) -> di
     from deepspec.eval.draft_cost import MeteredProposer
     from deepspec.eval.intervals import prompt_id
 
-    target, draft, make_proposer, gamma, temps = load_models(opts, device)
-    layer_ids = draft.config.target_layer_ids if draft is not None else [target.num_layers - 2]
+    target, draft, make_proposer, gamma, temps, dtype = load_models(opts, device)
+    layer_ids = _layer_ids(target, draft)
     runner = TargetRunner(target, layer_ids=layer_ids)
     stops = stop_token_ids(target.tokenizer, target.model)
     max_pos = int(getattr(target.config, "max_position_embeddings", 0) or 0)
     policy = _policy(opts, gamma)
     gen = torch.Generator(device=device).manual_seed(opts.seed * 1000 + rank)
     sync = torch.cuda.synchronize if device.startswith("cuda") else None
-    out = {"gamma": gamma, "calibration": temps, "tasks": {}}
+    out = {"gamma": gamma, "calibration": temps, "tasks": {}, "setup": {}}
     for task in opts.tasks:
         prompts = load_prompts(task)
         mine = list(range(rank, len(prompts), world))
         records, truncated, costs, t0 = [], 0, [], time.perf_counter()
         bar = tqdm(total=len(mine), desc=f"{task.name}", disable=not opts.progress or rank != 0, unit="prompt")
         for start in range(0, len(mine), opts.batch_size):
+            threads.apply()
             batch = mine[start : start + opts.batch_size]
             encoded = []
             for i in batch:
@@ -319,6 +380,7 @@ def decode_shard(opts: EvalOptions, *, rank: int, world: int, device: str) -> di
             "truncated_prompts": truncated,
             "draft_cost": costs,  # MeteredProposer totals, one per batch
         }
+    out["setup"] = {**dtype.meta(), **threads.meta()}
     return out
 
 
@@ -343,6 +405,7 @@ def decode_all(opts: EvalOptions) -> dict:
         launch(functools.partial(_decode_shard_to_file, opts=opts, shard_dir=shard_dir), plan, process_group=False)
         shards = [json.loads((Path(shard_dir) / f"shard_{r}.json").read_text()) for r in range(world)]
     merged = {"gamma": shards[0]["gamma"], "calibration": shards[0]["calibration"], "tasks": {}}
+    merged["setup"] = shards[0]["setup"]  # one rule on every GPU
     for name in shards[0]["tasks"]:
         parts = [s["tasks"][name] for s in shards]
         merged["tasks"][name] = {
