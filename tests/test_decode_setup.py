@@ -58,7 +58,8 @@ def test_native_bf16_cpu_probes_both_interleaved_and_says_why(native_bf16):
     assert choice.reason == (
         "auto: fp32, probe 1.140x faster than bf16 at decode shapes (batch 8, 8 tokens per verify, 256-token KV cache)"
     )
-    probed = {"fp32_s_per_round": 0.010, "bf16_s_per_round": 0.0114, "repeats": 3, **SHAPES}
+    runs = {"fp32": [0.010] * 3, "bf16": [0.0114] * 3}
+    probed = {"fp32_s_per_round": 0.010, "bf16_s_per_round": 0.0114, "runs": runs, **SHAPES}
     assert choice.meta()["dtype_probe"] == probed
     assert ds.choose_dtype("auto", device="cpu", probe=timer(fp32=0.02, bf16=0.01)[0]).name == "bf16"
 
@@ -70,11 +71,12 @@ def test_bf16_needs_a_clear_margin_over_fp32(native_bf16):
     assert ds.choose_dtype("auto", device="cpu", probe=timer(fp32=0.0111, bf16=0.0100)[0]).name == "bf16"
 
 
-def test_the_fastest_run_of_each_dtype_counts(native_bf16):
+def test_the_median_run_of_each_dtype_counts(native_bf16):
     native_bf16(True)
-    times = iter([9.0, 9.0, 0.03, 0.06, 0.01, 0.05, 0.02, 0.07])  # warm-ups (slow) first, then fp32 / bf16 by turns
+    times = iter([9.0, 9.0, 0.03, 0.06, 0.01, 0.05, 0.02, 0.01])  # warm-ups (slow) first, then fp32 / bf16 by turns
     choice = ds.choose_dtype("auto", device="cpu", probe=lambda name: next(times))
-    assert choice.probe["fp32_s_per_round"] == 0.01 and choice.probe["bf16_s_per_round"] == 0.05
+    assert choice.probe["fp32_s_per_round"] == 0.02 and choice.probe["bf16_s_per_round"] == 0.05
+    assert choice.probe["runs"] == {"fp32": [0.03, 0.01, 0.02], "bf16": [0.06, 0.05, 0.01]} and choice.name == "fp32"
 
 
 def threads(**kw):
@@ -101,18 +103,35 @@ def test_omp_num_threads_and_gpus_keep_torchs_count():
     assert threads(device="cuda", default=3, others=5).count == 3
 
 
-def test_thread_rule_rechooses_between_batches_counts_them_and_restores(monkeypatch):
+class Proposer:
+    gamma = 3
+
+    def __init__(self):
+        self.proposed = 0
+
+    def propose(self, **_):
+        self.proposed += 1
+        return "block"
+
+    def crop(self, n):
+        return n
+
+
+def test_thread_rule_rechooses_between_rounds_counts_them_and_restores(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     loads, now = iter([0, 9, 9]), [0.0]
     rule = ds.ThreadRule(device="cpu", every=5.0, others=lambda: next(loads), clock=lambda: now[0])
     before = torch.get_num_threads()
     free = min(ds.torch_default_threads(), len(ds.os.sched_getaffinity(0)), ds.os.cpu_count())
+    inner = Proposer()
+    watched = rule.watch(inner)
+    assert watched.gamma == 3 and watched.crop(2) == 2  # the rest passes through
     try:
-        rule.apply(batch=False)  # the probe, not a batch
+        rule.apply()  # before decoding (the dtype probe): not a round
         for t in (1.0, 2.0, 6.0, 7.0):  # re-chosen at 6 s (busy machine: one thread), not at 1, 2 or 7
             now[0] = t
-            rule.apply()
-        assert torch.get_num_threads() == 1
+            assert watched.propose(pending=None) == "block"
+        assert torch.get_num_threads() == 1 and inner.proposed == 4
     finally:
         rule.restore()
     assert torch.get_num_threads() == before

@@ -131,12 +131,14 @@ def test_eval_writes_results_and_matches_target_greedy(setup, capsys):
     assert "none for mt-bench or the averages over them" in printed.out
     assert results["meta"]["bootstrap"] == {"draws": 1000, "seed": 0, "level": 0.95, "method": METHOD}
     # How it decoded, and why: no native bf16 (the fixture's DEEPSPEC_CPU_BF16=0), so fp32 without a probe;
-    # the threads by the cores other jobs leave free, one count per batch (2 batches of 2: gsm8k, 1: mt-bench).
+    # the threads by the cores other jobs leave free, every decoding round counted under the count it ran with.
     meta = results["meta"]
     assert meta["dtype"] == "fp32" and meta["dtype_probe"] is None
     assert meta["dtype_reason"] == "auto: fp32, CPU has no native bf16 (DEEPSPEC_CPU_BF16=0); bf16 not probed"
     assert meta["threads"] >= 1 and meta["threads_reason"].startswith(("auto: ", f"{meta['threads']}, OMP_NUM"))
-    assert sum(meta["threads_used"].values()) == 3
+    per_prompt = [c["rounds"] for c in counts] + [results["tasks"]["mt-bench"]["per_prompt"][0]["rounds"]]
+    batch_rounds = max(per_prompt[:2]) + per_prompt[2] + per_prompt[3]  # batches of 2: gsm8k 0+1, gsm8k 2, mt-bench 0
+    assert sum(meta["threads_used"].values()) == batch_rounds
     cost = results["draft_cost"]
     assert cost["rounds"] == len(rounds) and cost["flops_per_round"] > 0 and cost["seconds_per_round"] > 0
     assert g["draft_cost"]["rounds"] == g["num_rounds"]
@@ -545,6 +547,7 @@ def test_auto_dtype_on_native_bf16_is_probed_at_decode_shapes_and_recorded(setup
     assert meta["dtype"] == "bf16" and meta["dtype_reason"].startswith("auto: bf16, probe 2.000x faster than fp32 ")
     assert "(batch 2, 5 tokens per verify, 256-token KV cache)" in meta["dtype_reason"]
     assert meta["dtype_probe"]["fp32_s_per_round"] == 1.0 and meta["dtype_probe"]["bf16_s_per_round"] == 0.5
+    assert meta["dtype_probe"]["runs"] == {"fp32": [1.0] * 3, "bf16": [0.5] * 3}
 
 
 def test_explicit_dtype_is_not_probed(setup, native_bf16, monkeypatch):

@@ -4,7 +4,8 @@
 without native bf16 (:func:`deepspec.precision.cpu_has_native_bf16`: emulated bf16 costs 7-16x). On a CPU
 with native bf16, a probe decides: a short speculative decode at the run's decode shapes (its batch, its
 γ, a KV cache of a few hundred tokens) in each dtype, timed per round after the prefill, interleaved and
-repeated, the fastest run of each kept. bf16 is chosen only when it is at least :data:`BF16_MARGIN` times
+repeated, the median run of each kept (on shared cores a lucky run that had a core alone is no more typical
+than an unlucky one). bf16 is chosen only when it is at least :data:`BF16_MARGIN` times
 faster: fp32 is the exact reference, and a closer call would flip from run to run with noise. Training
 picks bf16 on such CPUs by its flags (large matmuls, where bf16 units pay); decoding's small per-round
 matmuls are another shape, hence the probe (issue 31: fp32 1.14x faster at decode shapes there).
@@ -13,7 +14,7 @@ matmuls are another shape, hence the probe (issue 31: fp32 1.14x faster at decod
 barrier: a thread whose core another job holds stalls every op. With three jobs on 2 cores an evaluation
 took 26x its quiet time. So on CPU the thread count is the cores other jobs leave free: the processors
 this process may use, less the other runnable tasks that ``/proc/loadavg`` counts (ours subtracted), at
-least 1, at most torch's default, re-chosen every :data:`THREAD_RECHECK_S` seconds between batches.
+least 1, at most torch's default, re-chosen every :data:`THREAD_RECHECK_S` seconds (checked at each round).
 ``OMP_NUM_THREADS`` in the environment is used as given. A GPU decode keeps torch's default.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,8 +88,8 @@ def choose_dtype(
     for _ in range(PROBE_REPEATS):
         for name in times:
             times[name].append(probe(name))
-    fp32, bf16 = min(times["fp32"]), min(times["bf16"])
-    record = {"fp32_s_per_round": fp32, "bf16_s_per_round": bf16, "repeats": PROBE_REPEATS, **(shapes or {})}
+    fp32, bf16 = statistics.median(times["fp32"]), statistics.median(times["bf16"])
+    record = {"fp32_s_per_round": fp32, "bf16_s_per_round": bf16, "runs": times, **(shapes or {})}
     where = "at decode shapes" + (f" ({describe_shapes(shapes)})" if shapes else "")
     if fp32 >= bf16 * BF16_MARGIN:
         return DtypeChoice("bf16", f"auto: bf16, probe {fp32 / bf16:.3f}x faster than fp32 {where}", record)
@@ -105,17 +107,14 @@ def describe_shapes(shapes: Mapping) -> str:
     return f"batch {shapes['batch']}, {shapes['gamma'] + 1} tokens per verify, {shapes['context']}-token KV cache"
 
 
-class _FirstProposeClock:
-    """A proposer that notes when decoding proper starts (its first propose, after the prefill) and counts rounds."""
+class _OnPropose:
+    """A proposer that calls ``before()`` ahead of each propose (one per decoding round of the batch)."""
 
-    def __init__(self, proposer):
-        self.inner, self.gamma = proposer, proposer.gamma
-        self.started, self.rounds = None, 0
+    def __init__(self, proposer, before: Callable[[], object]):
+        self.inner, self.gamma, self._before = proposer, proposer.gamma, before
 
     def propose(self, **kwargs):
-        if self.started is None:
-            self.started = time.perf_counter()
-        self.rounds += 1
+        self._before()
         return self.inner.propose(**kwargs)
 
     def __getattr__(self, name):  # reset, extend, crop, select_rows
@@ -136,15 +135,15 @@ def seconds_per_round(*, target, proposer, layer_ids: list[int], shapes: Mapping
 
     gen = torch.Generator().manual_seed(seed)
     prompts = torch.randint(0, target.vocab_size, (shapes["batch"], shapes["context"]), generator=gen).tolist()
-    clock = _FirstProposeClock(proposer)
+    starts = []  # one per round; the first is when decoding proper starts, after the prefill
     speculative_generate(
         runner=TargetRunner(target, layer_ids=layer_ids),
-        proposer=clock,
+        proposer=_OnPropose(proposer, lambda: starts.append(time.perf_counter())),
         prompts=prompts,
         max_new_tokens=shapes["new_tokens"],
         temperature=0.0,
     )
-    return (time.perf_counter() - clock.started) / max(clock.rounds, 1)
+    return (time.perf_counter() - starts[0]) / len(starts)
 
 
 # -- threads --------------------------------------------------------------------------------------------------
@@ -211,14 +210,15 @@ def choose_threads(
 @dataclass
 class ThreadRule:
     """Sets torch's threads for CPU decoding by :func:`choose_threads`, re-chosen at most every ``every``
-    seconds (call :meth:`apply` before each batch); :meth:`restore` puts the previous count back."""
+    seconds: :meth:`apply` before decoding, :meth:`watch` a proposer to re-check at each round;
+    :meth:`restore` puts the previous count back."""
 
     device: str
     every: float = THREAD_RECHECK_S
     others: Callable[[], int | None] = runnable_others
     clock: Callable[[], float] = time.monotonic
     first: ThreadChoice | None = None
-    used: dict[int, int] = field(default_factory=dict)  # thread count -> batches decoded with it
+    used: dict[int, int] = field(default_factory=dict)  # thread count -> decoding rounds run with it
     _last: float | None = None
     _count: int | None = None
     _before: int | None = None
@@ -234,8 +234,8 @@ class ThreadRule:
             others=self.others(),
         )
 
-    def apply(self, *, batch: bool = True) -> int:
-        """Set the thread count (re-chosen when due); ``batch``: count it as one batch decoded with it."""
+    def apply(self) -> int:
+        """Set the thread count, re-chosen when ``every`` seconds have passed since the last choice."""
         now = self.clock()
         if self._last is None or now - self._last >= self.every:
             choice, self._last = self.choose(), now
@@ -244,16 +244,22 @@ class ThreadRule:
             if choice.count != torch.get_num_threads():
                 torch.set_num_threads(choice.count)
             self._count = choice.count
-        if batch:
-            self.used[self._count] = self.used.get(self._count, 0) + 1
         return self._count
+
+    def _round(self) -> None:
+        count = self.apply()
+        self.used[count] = self.used.get(count, 0) + 1
+
+    def watch(self, proposer):
+        """``proposer``, applying the rule (and counting the round) before each of its rounds."""
+        return _OnPropose(proposer, self._round)
 
     def restore(self) -> None:
         if self._before is not None and torch.get_num_threads() != self._before:
             torch.set_num_threads(self._before)
 
     def meta(self) -> dict:
-        """``threads`` (the first choice), ``threads_reason`` and ``threads_used`` ({count: batches})."""
+        """``threads`` (the first choice), ``threads_reason`` and ``threads_used`` ({count: decoding rounds})."""
         first = self.first or self.choose()
         return {
             "threads": first.count,

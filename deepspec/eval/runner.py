@@ -301,7 +301,7 @@ def decode_shard(opts: EvalOptions, *, rank: int, world: int, device: str) -> di
     from deepspec.eval.decode_setup import ThreadRule
 
     threads = ThreadRule(device=device)
-    threads.apply(batch=False)  # the dtype probe in load_models runs at the decode's thread count
+    threads.apply()  # the dtype probe in load_models runs at the decode's thread count
     try:
         return _decode_tasks(opts, rank=rank, world=world, device=device, threads=threads)
     finally:
@@ -331,7 +331,6 @@ def _decode_tasks(opts: EvalOptions, *, rank: int, world: int, device: str, thre
         records, truncated, costs, t0 = [], 0, [], time.perf_counter()
         bar = tqdm(total=len(mine), desc=f"{task.name}", disable=not opts.progress or rank != 0, unit="prompt")
         for start in range(0, len(mine), opts.batch_size):
-            threads.apply()
             batch = mine[start : start + opts.batch_size]
             encoded = []
             for i in batch:
@@ -348,7 +347,7 @@ def _decode_tasks(opts: EvalOptions, *, rank: int, world: int, device: str, thre
             proposer = MeteredProposer(make_proposer(), synchronize=sync)
             gens = speculative_generate(
                 runner=runner,
-                proposer=proposer,
+                proposer=threads.watch(proposer),  # re-checks the free cores as it goes
                 prompts=encoded,
                 max_new_tokens=opts.max_new_tokens,
                 temperature=opts.temperature,
