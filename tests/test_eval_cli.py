@@ -529,8 +529,8 @@ def _dtype_run(setup, out, *extra):
 
 
 def test_auto_dtype_on_native_bf16_is_probed_at_decode_shapes_and_recorded(setup, native_bf16, monkeypatch):
-    """A fake timer (bf16 twice as fast): both dtypes decode warm-up + 3 times each, interleaved, at the run's
-    batch and γ; the faster is decoded with, and results.json says why."""
+    """A fake timer (bf16 twice as fast): both dtypes are timed 3 times each, by turns, at the run's batch and γ;
+    the faster is decoded with, and results.json says why."""
     from deepspec.eval import decode_setup
 
     calls = []
@@ -543,8 +543,8 @@ def test_auto_dtype_on_native_bf16_is_probed_at_decode_shapes_and_recorded(setup
 
     monkeypatch.setattr(decode_setup, "seconds_per_round", fake)
     meta = _dtype_run(setup, setup[0] / "probed")
-    assert calls == [("fp32", 2, 4), ("bf16", 2, 4)] * 4
-    assert meta["dtype"] == "bf16" and meta["dtype_reason"].startswith("auto: bf16, probe 2.000x faster than fp32 ")
+    assert calls == [("fp32", 2, 4), ("bf16", 2, 4)] * 3
+    assert meta["dtype"] == "bf16" and meta["dtype_reason"].startswith("auto: bf16, probe 2.00x faster than fp32 ")
     assert "(batch 2, 5 tokens per verify, 256-token KV cache)" in meta["dtype_reason"]
     assert meta["dtype_probe"]["fp32_s_per_round"] == 1.0 and meta["dtype_probe"]["bf16_s_per_round"] == 0.5
     assert meta["dtype_probe"]["runs"] == {"fp32": [1.0] * 3, "bf16": [0.5] * 3}
@@ -567,3 +567,10 @@ def test_the_real_probe_times_both_dtypes(setup, native_bf16):
     probe = meta["dtype_probe"]
     assert probe["fp32_s_per_round"] > 0 and probe["bf16_s_per_round"] > 0 and probe["context"] == 256
     assert meta["dtype"] in ("fp32", "bf16") and meta["dtype_reason"].startswith(f"auto: {meta['dtype']}, ")
+    # The target drafting for itself accepts every token: the probe still times its rounds (it counts rounds,
+    # not tokens).
+    base, target, drafts, data = setup
+    out = base / "real_probe_self"
+    args = ["--target_name_or_path", target, "--self-draft", 3, "--eval-data-dir", data, "--tasks", "gsm8k:1"]
+    assert run(args + ["--max-new-tokens", 4, "--output-dir", out]) == 0
+    assert json.loads((out / "results.json").read_text())["meta"]["dtype_probe"]["rounds"] == 8

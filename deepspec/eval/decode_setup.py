@@ -2,13 +2,15 @@
 
 **Dtype.** ``--dtype bf16 / fp32 / fp16`` is used as given. ``auto`` is bf16 on a GPU and fp32 on a CPU
 without native bf16 (:func:`deepspec.precision.cpu_has_native_bf16`: emulated bf16 costs 7-16x). On a CPU
-with native bf16, a probe decides: a short speculative decode at the run's decode shapes (its batch, its
-γ, a KV cache of a few hundred tokens) in each dtype, timed per round after the prefill, interleaved and
-repeated, the median run of each kept (on shared cores a lucky run that had a core alone is no more typical
-than an unlucky one). bf16 is chosen only when it is at least :data:`BF16_MARGIN` times
-faster: fp32 is the exact reference, and a closer call would flip from run to run with noise. Training
-picks bf16 on such CPUs by its flags (large matmuls, where bf16 units pay); decoding's small per-round
-matmuls are another shape, hence the probe (issue 31: fp32 1.14x faster at decode shapes there).
+with native bf16, a probe decides: a short greedy decode of random prompts at the run's decode shapes (its
+batch, its γ, a KV cache of :data:`PROBE_CONTEXT` tokens) in each dtype, timed per round after the prefill
+and the first round (both pay one-time set-up), fp32 and bf16 by turns, up to :data:`PROBE_REPEATS` times
+each or until :data:`PROBE_BUDGET_S` seconds are spent; the median run of each counts (on shared cores a
+lucky run that had a core alone is no more typical than an unlucky one). bf16 is chosen only when it is at
+least :data:`BF16_MARGIN` times faster: fp32 is the exact reference, and on a shared 2-core machine a probe
+that found bf16 1.11-1.16x faster at the quickstart's shapes came with whole decodes of equal speed (issue
+31), so a smaller lead is noise. Training picks bf16 on such CPUs by its flags (large matmuls, where bf16
+units pay); decoding a small model is many small ops, another regime, hence the probe.
 
 **Threads.** Decoding runs many small ops, each split across torch's intra-op threads and joined at a
 barrier: a thread whose core another job holds stalls every op. With three jobs on 2 cores an evaluation
@@ -31,10 +33,11 @@ from typing import Callable, Mapping
 import torch
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
-BF16_MARGIN = 1.10  # bf16 must decode at least this much faster than fp32 to be chosen
-PROBE_REPEATS = 3  # timed probe runs per dtype (after one untimed warm-up each)
+BF16_MARGIN = 1.25  # bf16 must decode at least this much faster than fp32 to be chosen
+PROBE_REPEATS = 3  # probe runs per dtype, at most
+PROBE_BUDGET_S = 30.0  # no further pair of runs starts once the probe has spent this long (one pair at least)
 PROBE_CONTEXT = 256  # KV-cache length of the probe's prompts
-PROBE_NEW_TOKENS = 8  # tokens each probe decodes (about as many rounds: random prompts accept little)
+PROBE_ROUNDS = 8  # timed decoding rounds per probe run
 THREAD_RECHECK_S = 5.0
 
 
@@ -75,29 +78,32 @@ def dtype_without_probe(requested: str, *, device: str) -> DtypeChoice | None:
 
 
 def choose_dtype(
-    requested: str, *, device: str, probe: Callable[[str], float], shapes: Mapping | None = None
+    requested: str,
+    *,
+    device: str,
+    probe: Callable[[str], float],
+    shapes: Mapping | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> DtypeChoice:
     """``requested`` (auto | bf16 | fp32 | fp16) on ``device``; ``probe(name)`` times one decode in that dtype
     (seconds per round) and is called only when auto must choose between fp32 and bf16 (module doc)."""
     fixed = dtype_without_probe(requested, device=device)
     if fixed is not None:
         return fixed
-    times = {"fp32": [], "bf16": []}
-    for name in times:  # warm-up: first calls pay one-time kernel set-up
-        probe(name)
-    for _ in range(PROBE_REPEATS):
+    times, start = {"fp32": [], "bf16": []}, clock()
+    while len(times["fp32"]) < PROBE_REPEATS and (not times["fp32"] or clock() - start < PROBE_BUDGET_S):
         for name in times:
             times[name].append(probe(name))
     fp32, bf16 = statistics.median(times["fp32"]), statistics.median(times["bf16"])
     record = {"fp32_s_per_round": fp32, "bf16_s_per_round": bf16, "runs": times, **(shapes or {})}
     where = "at decode shapes" + (f" ({describe_shapes(shapes)})" if shapes else "")
     if fp32 >= bf16 * BF16_MARGIN:
-        return DtypeChoice("bf16", f"auto: bf16, probe {fp32 / bf16:.3f}x faster than fp32 {where}", record)
+        return DtypeChoice("bf16", f"auto: bf16, probe {fp32 / bf16:.2f}x faster than fp32 {where}", record)
     if bf16 >= fp32:
-        return DtypeChoice("fp32", f"auto: fp32, probe {bf16 / fp32:.3f}x faster than bf16 {where}", record)
+        return DtypeChoice("fp32", f"auto: fp32, probe {bf16 / fp32:.2f}x faster than bf16 {where}", record)
     return DtypeChoice(
         "fp32",
-        f"auto: fp32, bf16 only {fp32 / bf16:.3f}x faster {where}, under the {BF16_MARGIN:.2f}x that choosing "
+        f"auto: fp32, bf16 only {fp32 / bf16:.2f}x faster {where}, under the {BF16_MARGIN:.2f}x that choosing "
         "bf16 over the exact fp32 needs",
         record,
     )
@@ -122,28 +128,43 @@ class _OnPropose:
 
 
 def probe_shapes(*, batch: int, gamma: int, max_positions: int) -> dict:
-    room = max_positions - PROBE_NEW_TOKENS - 2 * (gamma + 1) if max_positions else PROBE_CONTEXT
-    return {"batch": batch, "gamma": gamma, "context": max(8, min(PROBE_CONTEXT, room)), "new_tokens": PROBE_NEW_TOKENS}
+    """The probe's shapes: this run's batch and γ, a :data:`PROBE_CONTEXT`-token KV cache where it fits."""
+    room = max_positions - (PROBE_ROUNDS + 3) * (gamma + 1) if max_positions else PROBE_CONTEXT
+    return {"batch": batch, "gamma": gamma, "context": max(8, min(PROBE_CONTEXT, room)), "rounds": PROBE_ROUNDS}
+
+
+class _ProbeDone(Exception):
+    """Raised from the proposer hook once the probe has timed its rounds."""
 
 
 @torch.no_grad()
 def seconds_per_round(*, target, proposer, layer_ids: list[int], shapes: Mapping, seed: int = 0) -> float:
-    """One greedy speculative decode of ``shapes['batch']`` random prompts of ``shapes['context']`` tokens:
-    the seconds per round after the prefill (the probe :func:`choose_dtype` runs in each dtype)."""
+    """A greedy speculative decode of ``shapes['batch']`` random prompts of ``shapes['context']`` tokens: the
+    seconds per round over ``shapes['rounds']`` rounds after the first (the prefill and the first round pay
+    one-time set-up). The probe :func:`choose_dtype` runs in each dtype."""
     from deepspec.decoding.engine import speculative_generate
     from deepspec.decoding.target_runner import TargetRunner
 
     gen = torch.Generator().manual_seed(seed)
     prompts = torch.randint(0, target.vocab_size, (shapes["batch"], shapes["context"]), generator=gen).tolist()
-    starts = []  # one per round; the first is when decoding proper starts, after the prefill
-    speculative_generate(
-        runner=TargetRunner(target, layer_ids=layer_ids),
-        proposer=_OnPropose(proposer, lambda: starts.append(time.perf_counter())),
-        prompts=prompts,
-        max_new_tokens=shapes["new_tokens"],
-        temperature=0.0,
-    )
-    return (time.perf_counter() - starts[0]) / len(starts)
+    starts, rounds = [], shapes["rounds"]
+
+    def tick():
+        starts.append(time.perf_counter())
+        if len(starts) == rounds + 2:
+            raise _ProbeDone
+
+    try:
+        speculative_generate(
+            runner=TargetRunner(target, layer_ids=layer_ids),
+            proposer=_OnPropose(proposer, tick),
+            prompts=prompts,
+            max_new_tokens=(rounds + 2) * (proposer.gamma + 1),  # a round commits at most γ + 1 tokens
+            temperature=0.0,
+        )
+    except _ProbeDone:
+        return (starts[-1] - starts[1]) / rounds
+    raise AssertionError(f"the probe decode ended after {len(starts)} rounds, before {rounds + 2}")
 
 
 # -- threads --------------------------------------------------------------------------------------------------
