@@ -37,7 +37,7 @@ BF16_MARGIN = 1.25  # bf16 must decode at least this much faster than fp32 to be
 PROBE_REPEATS = 3  # probe runs per dtype, at most
 PROBE_BUDGET_S = 30.0  # no further pair of runs starts once the probe has spent this long (one pair at least)
 PROBE_CONTEXT = 256  # KV-cache length of the probe's prompts
-PROBE_ROUNDS = 8  # timed decoding rounds per probe run
+PROBE_ROUNDS = 4  # timed decoding rounds per probe run
 THREAD_RECHECK_S = 5.0
 
 
