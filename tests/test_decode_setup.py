@@ -66,9 +66,9 @@ def test_native_bf16_cpu_probes_both_interleaved_and_says_why(native_bf16):
 
 def test_bf16_needs_a_clear_margin_over_fp32(native_bf16):
     native_bf16(True)
-    close = ds.choose_dtype("auto", device="cpu", probe=timer(fp32=0.0115, bf16=0.0100)[0])
-    assert close.name == "fp32" and "bf16 only 1.15x faster at decode shapes, under the 1.25x" in close.reason
-    assert ds.choose_dtype("auto", device="cpu", probe=timer(fp32=0.0126, bf16=0.0100)[0]).name == "bf16"
+    close = ds.choose_dtype("auto", device="cpu", probe=timer(fp32=0.0128, bf16=0.0100)[0])
+    assert close.name == "fp32" and "bf16 only 1.28x faster at decode shapes, under the 1.50x" in close.reason
+    assert ds.choose_dtype("auto", device="cpu", probe=timer(fp32=0.0151, bf16=0.0100)[0]).name == "bf16"
 
 
 def test_the_median_run_of_each_dtype_counts(native_bf16):
