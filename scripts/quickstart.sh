@@ -150,9 +150,15 @@ setup_vllm() {
 }
 rows() { if [ -s "$1" ]; then grep -c . "$1" || true; else echo 0; fi; }  # non-blank lines of a file
 # Answered already, by this target (a target rebuilt since is newer: the run below then refuses to mix).
-if [ "$(rows "$OUT/data/train_regen.jsonl")" -ge "$(rows "$OUT/data/prompts.jsonl")" ] \
+# Conversations that failed (listed in train_regen_error.jsonl) count as done: retrying them here would
+# change the data the target cache and the drafts were built from, and the cache would refuse to mix.
+REGEN_FAILED="$(rows "$OUT/data/train_regen_error.jsonl")"
+if [ "$(( $(rows "$OUT/data/train_regen.jsonl") + REGEN_FAILED ))" -ge "$(rows "$OUT/data/prompts.jsonl")" ] \
    && [ "$OUT/data/train_regen.jsonl" -nt "$TARGET/config.json" ]; then
-  echo; echo "==> regenerate answers: reusing $OUT/data/train_regen.jsonl (every prompt answered)"
+  echo; echo "==> regenerate answers: reusing $OUT/data/train_regen.jsonl (every prompt answered or failed)"
+  if [ "$REGEN_FAILED" -gt 0 ]; then
+    echo "    $REGEN_FAILED failed, listed in $OUT/data/train_regen_error.jsonl; to retry them, use a new --output-dir"
+  fi
 else
   if [ "${DEEPSPEC_REGEN_BACKEND:-vllm}" = vllm ]; then stage "vLLM environment" setup_vllm; fi
   stage "regenerate answers" "${REGEN[@]}" --model "$TARGET" \
